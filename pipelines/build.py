@@ -1,0 +1,383 @@
+"""The build driver: validate everything, plan, run the Beam pipeline, publish the manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from generators.handler import DiffusersHandler, GenerationSettings
+from generators.model_folder import (
+    ModelFolderError,
+    check_diffusers_folder,
+    folder_sha256,
+    scheduler_config,
+)
+from generators.planning import check_unique_keys, plan
+from pipelines.atomic import remove_stale_tmp, write_bytes_atomic
+from pipelines.context import BuildContext, canonical_json, library_versions
+from pipelines.faults import maybe_fault
+from pipelines.progress import Progress
+from pipelines.transforms import METRICS_NAMESPACE, GenerateSamples, WriteShards
+from schemas.manifest import MANIFEST_NAME, MANIFEST_VERSION, STATE_DIR, shard_files, stats_name
+from schemas.recipe import Recipe, load_recipe, resolve_path
+from schemas.records import GenerationRequest, score_column
+from validators.base import Check
+from validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
+from validators.clip_scorer import ClipScoreHandler
+from validators.clip_threshold import ClipThreshold
+
+logger = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """A build cannot start or did not complete; the message says why."""
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    manifest: dict[str, Any]
+    seconds: float
+    generated_now: int
+    reused_shards: list[int] = field(default_factory=list)
+    metrics: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    """A recipe with its model folders resolved and checked (no model loaded yet)."""
+
+    recipe: Recipe
+    model_path: Path
+    clip: ClipFolder
+
+    @property
+    def score_columns(self) -> tuple[str, ...]:
+        return (score_column(self.clip.name),)
+
+
+def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
+    """Check the recipe's model folders; raises ModelFolderError naming the problem."""
+    model_path = resolve_path(base_dir, recipe.model.path)
+    check_diffusers_folder(model_path)
+    clip = check_clip_folder(resolve_path(base_dir, recipe.scoring.clip_model))
+    return ResolvedRecipe(recipe=recipe, model_path=model_path, clip=clip)
+
+
+def beam_options(beam_args: list[str]) -> PipelineOptions:
+    """PipelineOptions from the arguments after `--`; DirectRunner unless a runner is named."""
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args):
+        beam_args = [*beam_args, "--default_sdk_harness_log_level=WARNING"]
+    options = PipelineOptions(flags=list(beam_args))
+    std = options.view_as(StandardOptions)
+    if not std.runner:
+        std.runner = "DirectRunner"
+    return options
+
+
+def make_checks(resolved: ResolvedRecipe) -> list[Check]:
+    return [ClipThreshold(resolved.score_columns[0], resolved.recipe.scoring.threshold)]
+
+
+def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
+    r = resolved.recipe
+    index = json.loads((resolved.model_path / "model_index.json").read_text())
+    device = r.model.device
+    if device == "cpu":
+        device = f"cpu:threads={r.model.cpu_threads}"
+    scorers = [
+        {
+            "name": resolved.clip.name,
+            "column": resolved.score_columns[0],
+            "sha256": clip_sha256(resolved.clip),
+            "library": "open_clip_torch",
+        }
+    ]
+    return BuildContext(
+        recipe_name=r.name,
+        recipe_hash=r.hash,
+        model_path=str(resolved.model_path),
+        model_sha256=folder_sha256(resolved.model_path),
+        pipeline_class=str(index["_class_name"]),
+        scheduler=r.sampling.scheduler,
+        scheduler_config=canonical_json(scheduler_config(resolved.model_path, r.sampling.scheduler)),
+        steps=r.sampling.steps,
+        guidance_scale=r.sampling.guidance_scale,
+        compute_batch=r.model.compute_batch,
+        dtype=r.model.dtype,
+        device=device,
+        image_format=r.output.image_format,
+        scorers=canonical_json(scorers),
+        library_versions=canonical_json(library_versions()),
+        created_at=created_at,
+    )
+
+
+def generation_settings(resolved: ResolvedRecipe) -> GenerationSettings:
+    r = resolved.recipe
+    return GenerationSettings(
+        model_path=str(resolved.model_path),
+        scheduler=r.sampling.scheduler,
+        steps=r.sampling.steps,
+        guidance_scale=r.sampling.guidance_scale,
+        height=r.sampling.height,
+        width=r.sampling.width,
+        dtype=r.model.dtype,
+        device=r.model.device,
+        compute_batch=r.model.compute_batch,
+        cpu_threads=r.model.cpu_threads,
+        image_format=r.output.image_format,
+        png_compress_level=r.output.png_compress_level,
+        quality=r.output.quality,
+    )
+
+
+# -- output folder state --------------------------------------------------------------------
+
+
+def _state_path(out: Path) -> Path:
+    return out / STATE_DIR / "state.json"
+
+
+def prepare_output(out: Path, recipe: Recipe, resume: bool) -> dict[str, Any]:
+    """Create or reopen the output folder; returns the build state (hash, created_at)."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out}: output path exists and is not a directory")
+    non_empty = out.exists() and any(out.iterdir())
+    if non_empty and not resume:
+        raise BuildError(
+            f"{out}: output directory is not empty; pass --resume to finish an interrupted "
+            "build there, or choose a new directory"
+        )
+    if non_empty:
+        state_file = _state_path(out)
+        if not state_file.is_file():
+            raise BuildError(f"{out}: cannot resume: not a synthgen build (no {STATE_DIR}/state.json)")
+        state = json.loads(state_file.read_text())
+        if state.get("recipe_hash") != recipe.hash:
+            raise BuildError(
+                f"{out}: cannot resume: the recipe changed since this build started "
+                f"(recipe hash {state.get('recipe_hash', '?')[:12]} there, {recipe.hash[:12]} now); "
+                "build into a new directory"
+            )
+        return state
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STATE_DIR).mkdir(exist_ok=True)
+    state = {
+        "recipe_hash": recipe.hash,
+        "recipe": recipe.model_dump(mode="json"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+    write_bytes_atomic(_state_path(out), json.dumps(state, indent=2).encode())
+    return state
+
+
+def finished_shard(out: Path, shard: int, recipe_hash: str) -> dict[str, Any] | None:
+    """A shard's stats entry if the shard is complete and its files match; else None."""
+    from generators.model_folder import file_sha256  # noqa: PLC0415
+
+    path = out / stats_name(shard)
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if entry.get("recipe_hash") != recipe_hash:
+        return None
+    for name in shard_files(shard):
+        info = entry.get("files", {}).get(name)
+        f = out / name
+        if not info or not f.is_file() or f.stat().st_size != info["bytes"]:
+            return None
+        if file_sha256(f) != info["sha256"]:
+            return None
+    return dict(entry)
+
+
+def _discard_shard(out: Path, shard: int) -> None:
+    (out / stats_name(shard)).unlink(missing_ok=True)
+    for name in shard_files(shard):
+        (out / name).unlink(missing_ok=True)
+
+
+# -- the build -------------------------------------------------------------------------------
+
+
+def build_manifest(
+    resolved: ResolvedRecipe,
+    state: dict[str, Any],
+    requests: list[GenerationRequest],
+    entries: list[dict[str, Any]],
+    ctx: BuildContext,
+) -> dict[str, Any]:
+    r = resolved.recipe
+    accepted = sum(e["accepted"] for e in entries)
+    rejected = sum(e["rejected"] for e in entries)
+    planned_per_class: dict[str, int] = {}
+    for req in requests:
+        planned_per_class[req.class_name] = planned_per_class.get(req.class_name, 0) + 1
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "status": "complete",
+        "recipe_name": r.name,
+        "recipe_hash": r.hash,
+        "recipe": r.model_dump(mode="json"),
+        "created_at": state["created_at"],
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "versions": json.loads(ctx.library_versions),
+        "model": {"path": ctx.model_path, "sha256": ctx.model_sha256, "class": ctx.pipeline_class},
+        "scorers": json.loads(ctx.scorers),
+        "score_columns": list(resolved.score_columns),
+        "counts": {
+            "planned": len(requests),
+            "attempted": accepted + rejected,
+            "accepted": accepted,
+            "rejected": rejected,
+            "planned_per_class": planned_per_class,
+        },
+        "shards": [
+            {k: e[k] for k in ("shard", "files", "accepted", "rejected")}
+            for e in sorted(entries, key=lambda e: e["shard"])
+        ],
+    }
+
+
+def run_build(
+    recipe_path: str | Path,
+    output: str | Path,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    beam_args: list[str] | None = None,
+    show_progress: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+) -> BuildResult:
+    """Build a corpus. Every input is checked before the output folder is touched."""
+    start = time.monotonic()
+    recipe, base_dir = load_recipe(recipe_path, overrides)
+    resolved = resolve(recipe, base_dir)
+    options = beam_options(beam_args or [])
+    requests = plan(recipe)
+    check_unique_keys(requests)
+    out = Path(output).resolve()
+
+    state = prepare_output(out, recipe, resume)
+    remove_stale_tmp(out)
+    ctx = make_context(resolved, state["created_at"])
+    shard_ids = sorted({r.shard for r in requests})
+
+    if (out / MANIFEST_NAME).is_file():
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        logger.info("%s: build already complete; nothing to do", out)
+        return BuildResult(out, manifest, time.monotonic() - start, 0, reused_shards=shard_ids)
+
+    done: dict[int, dict[str, Any]] = {}
+    for shard in shard_ids:
+        entry = finished_shard(out, shard, recipe.hash)
+        if entry is None:
+            _discard_shard(out, shard)
+        else:
+            done[shard] = entry
+    todo = [s for s in shard_ids if s not in done]
+    if done:
+        logger.info("resuming: reusing %d finished shard(s), building %d", len(done), len(todo))
+
+    metrics: dict[str, int] = {}
+    generated_now = sum(1 for r in requests if r.shard in set(todo))
+    if todo:
+        progress_dir = out / STATE_DIR / "progress"
+        shutil.rmtree(progress_dir, ignore_errors=True)
+        progress_dir.mkdir(parents=True)
+        metrics = _run_pipeline(
+            resolved, ctx, todo, options, out, progress_dir, test_pipeline,
+            total=len(requests),
+            done_counts=(sum(e["accepted"] for e in done.values()),
+                         sum(e["rejected"] for e in done.values())),
+            show_progress=show_progress,
+        )
+
+    entries: list[dict[str, Any]] = []
+    missing: list[int] = []
+    for shard in shard_ids:
+        entry = done.get(shard) or finished_shard(out, shard, recipe.hash)
+        if entry is None:
+            missing.append(shard)
+        else:
+            entries.append(entry)
+    if missing:
+        raise BuildError(f"{out}: build incomplete: shard(s) {missing} were not written")
+    maybe_fault("manifest", "*")
+    manifest = build_manifest(resolved, state, requests, entries, ctx)
+    write_bytes_atomic(out / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
+    seconds = time.monotonic() - start
+    return BuildResult(out, manifest, seconds, generated_now, sorted(done), metrics)
+
+
+def _run_pipeline(
+    resolved: ResolvedRecipe,
+    ctx: BuildContext,
+    shard_ids: list[int],
+    options: PipelineOptions,
+    out: Path,
+    progress_dir: Path,
+    test_pipeline: beam.Pipeline | None,
+    total: int,
+    done_counts: tuple[int, int],
+    show_progress: bool,
+) -> dict[str, int]:
+    r = resolved.recipe
+    generate = DiffusersHandler(generation_settings(resolved), batch_size=r.batch_size)
+    score = ClipScoreHandler(
+        str(resolved.clip.config.parent), resolved.clip.name, r.model.device, r.scoring.batch_size
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    _ = (
+        pipeline
+        | "ShardIds" >> beam.Create(shard_ids)
+        | "Generate" >> GenerateSamples(r, generate, score, make_checks(resolved), str(progress_dir))
+        | "Write" >> WriteShards(str(out), ctx, resolved.score_columns)
+    )
+    progress = (
+        Progress(progress_dir, total, *done_counts) if show_progress else None
+    )
+    if progress:
+        progress.__enter__()
+    try:
+        result = pipeline.run()
+        state = result.wait_until_finish()
+    finally:
+        if progress:
+            progress.__exit__(None, None, None)
+    if state is not None and str(state) not in ("DONE", "PipelineState.DONE"):
+        raise BuildError(f"pipeline finished in state {state}")
+    return _counters(result)
+
+
+def _counters(result: Any) -> dict[str, int]:
+    from apache_beam.metrics.metric import MetricsFilter  # noqa: PLC0415
+
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except (NotImplementedError, AttributeError):
+        return {}
+    out: dict[str, int] = {}
+    for c in query.get("counters", []):
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed or 0)
+    return out
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ModelFolderError):
+        return f"bad model folder: {exc}"
+    return str(exc)

@@ -1,0 +1,88 @@
+"""Shard writing: one tar (accepted samples), one Parquet (every attempt), then stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from generators.encoding import EXTENSIONS
+from generators.model_folder import file_sha256
+from pipelines.atomic import atomic_write, write_bytes_atomic
+from pipelines.context import BuildContext
+from schemas.manifest import shard_entry, shard_files, stats_name
+from schemas.records import ACCEPTED, Sample, provenance_from_row, sample_schema
+
+logger = logging.getLogger(__name__)
+
+TAR_MTIME = 0  # fixed, so equal content gives equal tar bytes
+
+
+def unique_by_key(samples: Iterable[Sample]) -> list[Sample]:
+    """Sort by key; a key seen twice (a retried bundle) must carry identical image bytes."""
+    by_key: dict[str, Sample] = {}
+    for s in samples:
+        seen = by_key.get(s.request.key)
+        if seen is None:
+            by_key[s.request.key] = s
+        elif seen.image_sha256 != s.image_sha256:
+            raise RuntimeError(
+                f"sample {s.request.key} was produced twice with different images; "
+                "generation is not deterministic on this worker setup"
+            )
+    return [by_key[k] for k in sorted(by_key)]
+
+
+def write_shard(
+    out_dir: Path,
+    shard: int,
+    samples: Iterable[Sample],
+    ctx: BuildContext,
+    score_columns: tuple[str, ...],
+) -> dict[str, Any]:
+    """Write a shard's files under temporary names, rename each after close, stats last."""
+    ordered = unique_by_key(samples)
+    rows = [ctx.row(s, score_columns) for s in ordered]
+    ext = EXTENSIONS[ctx.image_format]
+    tar_name, parquet_name = shard_files(shard)
+
+    with atomic_write(out_dir / tar_name) as f:
+        writer = wds.TarWriter(f, encoder=False, mtime=TAR_MTIME, user="synthgen", group="synthgen")
+        for s, row in zip(ordered, rows, strict=True):
+            if s.status != ACCEPTED:
+                continue
+            prov = provenance_from_row(row, score_columns)
+            writer.write(
+                {
+                    "__key__": s.request.key,
+                    ext: s.image,
+                    "json": json.dumps(prov, sort_keys=True, ensure_ascii=False).encode(),
+                    "txt": s.request.prompt.encode(),
+                    "cls": str(s.request.class_label).encode("ascii"),
+                }
+            )
+        writer.close()
+
+    for s, row in zip(ordered, rows, strict=True):
+        row["rejected_image"] = None if s.status == ACCEPTED else s.image
+    table = pa.Table.from_pylist(rows, schema=sample_schema(score_columns))
+    with atomic_write(out_dir / parquet_name) as f:
+        pq.write_table(table, f, compression="zstd")
+
+    accepted = sum(1 for s in ordered if s.status == ACCEPTED)
+    files = {
+        name: {"sha256": file_sha256(out_dir / name), "bytes": (out_dir / name).stat().st_size}
+        for name in (tar_name, parquet_name)
+    }
+    entry = shard_entry(shard, files, accepted=accepted, rejected=len(ordered) - accepted)
+    entry["recipe_hash"] = ctx.recipe_hash
+    entry["keys"] = len(ordered)
+    write_bytes_atomic(out_dir / stats_name(shard), json.dumps(entry, indent=2).encode())
+    logger.info("shard %05d written: %d accepted, %d rejected", shard, accepted, entry["rejected"])
+    return entry

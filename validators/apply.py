@@ -1,0 +1,20 @@
+"""Apply checks to a sample: record every outcome; the first failing check is the reason."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from schemas.records import ACCEPTED, REJECTED, Sample
+from validators.base import Check
+
+
+def apply_checks(sample: Sample, checks: Sequence[Check]) -> Sample:
+    first: str | None = None
+    for check in checks:
+        reason = check.reason(sample)
+        sample.checks[check.name] = "pass" if reason is None else reason
+        if reason is not None and first is None:
+            first = reason
+    sample.status = ACCEPTED if first is None else REJECTED
+    sample.reject_reason = first
+    return sample
