@@ -1,0 +1,89 @@
+"""Tiny real components: a random Stable-Diffusion-layout pipeline and a random open_clip model."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from generators.clip_layout import make_random_clip  # noqa: E402
+from generators.sd_layout import SDLayoutConfig, make_random_pipeline  # noqa: E402
+
+TINY_SD = SDLayoutConfig(
+    image_size=32,
+    vae_channels=(8, 16),
+    vae_norm_groups=4,
+    unet_channels=(16, 32),
+    unet_norm_groups=4,
+    text_hidden=16,
+    text_intermediate=32,
+    text_heads=2,
+    text_layers=1,
+)
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding `sd/` (diffusers pipeline) and `clip/` (open_clip config + weights)."""
+    root = tmp_path_factory.mktemp("models")
+    make_random_pipeline(root / "sd", TINY_SD, seed=0)
+    make_random_clip(root / "clip", name="tiny-clip", config=TINY_CLIP, seed=0)
+    return root
+
+
+def tiny_recipe_dict(model_dir: Path, **overrides: Any) -> dict[str, Any]:
+    recipe: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 7,
+        "model": {"path": str(model_dir / "sd"), "compute_batch": 4},
+        "sampling": {
+            "scheduler": "dpm-solver++",
+            "steps": 2,
+            "guidance_scale": 2.0,
+            "height": 32,
+            "width": 32,
+            "negative_prompt": "blurry",
+        },
+        "classes": [
+            {"id": 0, "name": "zero", "prompts": ["a handwritten digit 0", "the number zero"]},
+            {"id": 1, "name": "one", "prompts": ["a handwritten digit 1"]},
+            {"id": 2, "name": "two", "prompts": ["a handwritten digit 2"]},
+        ],
+        "count_per_class": 4,
+        "scoring": {"clip_model": str(model_dir / "clip"), "threshold": 0.0},
+        "output": {"shard_size": 5},
+        "batch_size": 4,
+    }
+    for key, value in overrides.items():
+        recipe[key] = value
+    return recipe
+
+
+def write_recipe(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path, model_dir: Path) -> Path:
+    return write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(model_dir))
+
+
+def read_rows(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(str(out / "*.parquet")))])
+
+# About the median tiny-CLIP score of the tiny build: some samples pass, some are rejected.
+SPLIT_THRESHOLD = -0.085
