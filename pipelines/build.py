@@ -338,7 +338,11 @@ def _run_pipeline(
     r = resolved.recipe
     generate = DiffusersHandler(generation_settings(resolved), batch_size=r.batch_size)
     score = ClipScoreHandler(
-        str(resolved.clip.config.parent), resolved.clip.name, r.model.device, r.scoring.batch_size
+        str(resolved.clip.config.parent),
+        resolved.clip.name,
+        r.model.device,
+        r.scoring.batch_size,
+        r.model.cpu_threads,
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pipeline = test_pipeline or beam.Pipeline(options=options)

@@ -82,7 +82,7 @@ class ScoringSpec(_Frozen):
 
     clip_model: str = Field(min_length=1, description="folder holding <name>.json + <name>.safetensors")
     threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=1, description="fixed CLIP compute batch (hashed)")
 
 
 class OutputSpec(_Frozen):
@@ -122,12 +122,12 @@ class Recipe(_Frozen):
     def hash(self) -> str:
         """sha256 of the canonical JSON of every field that affects the corpus.
 
-        `batch_size` is left out: it changes how work is batched, never what is made
-        (images do not depend on their batch; see the determinism tests).
+        `batch_size` (Beam batching) is left out: it changes how work is grouped, never what
+        is made. `model.compute_batch` and `scoring.batch_size` are in: they fix the shape
+        of every model call, and float rounding depends on that shape.
         """
         data = self.model_dump(mode="json")
         data.pop("batch_size")
-        data["scoring"].pop("batch_size")
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -24,12 +24,14 @@ def test_loads_and_hash_is_stable(recipe_file: Path) -> None:
 
 def test_hash_ignores_beam_batching_but_not_content(recipe_file: Path) -> None:
     base, _ = load_recipe(recipe_file)
-    rebatched, _ = load_recipe(recipe_file, ["batch_size=3", "scoring.batch_size=2"])
+    rebatched, _ = load_recipe(recipe_file, ["batch_size=3"])
     reseeded, _ = load_recipe(recipe_file, ["seed=8"])
     recompute, _ = load_recipe(recipe_file, ["model.compute_batch=2"])
+    rescore, _ = load_recipe(recipe_file, ["scoring.batch_size=2"])
     assert rebatched.hash == base.hash
     assert reseeded.hash != base.hash
     assert recompute.hash != base.hash
+    assert rescore.hash != base.hash
 
 
 def test_overrides_are_typed_and_validated(recipe_file: Path) -> None:
