@@ -36,8 +36,9 @@ def save_clip(model: Any, name: str, folder: Path) -> Path:
     return path
 
 
-def make_random_clip(folder: Path, name: str = "tiny-clip", config: dict[str, Any] | None = None,
-                     seed: int = 0) -> Path:
+def make_random_clip(
+    folder: Path, name: str = "tiny-clip", config: dict[str, Any] | None = None, seed: int = 0
+) -> Path:
     import torch  # noqa: PLC0415
 
     torch.manual_seed(seed)

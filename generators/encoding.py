@@ -15,7 +15,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def encode_image(pixels: np.ndarray, fmt: str, png_compress_level: int = 1, quality: int = 95) -> bytes:
+def encode_image(
+    pixels: np.ndarray, fmt: str, png_compress_level: int = 1, quality: int = 95
+) -> bytes:
     """Encode uint8 (H, W, C) pixels. PNG is lossless; its level trades CPU for size only."""
     img = Image.fromarray(pixels)
     buf = io.BytesIO()

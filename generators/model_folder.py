@@ -102,7 +102,9 @@ def check_diffusers_folder(path: Path) -> dict[str, Any]:
     return index
 
 
-def folder_sha256(path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.json", "*.txt")) -> str:
+def folder_sha256(
+    path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.json", "*.txt")
+) -> str:
     """A content fingerprint of a model folder: sha256 over (relative path, file sha256) pairs."""
     h = hashlib.sha256()
     files = sorted({p for pat in patterns for p in path.rglob(pat) if p.is_file()})
@@ -125,7 +127,9 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     import diffusers  # noqa: PLC0415
 
     if name not in SCHEDULER_CLASSES:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_CLASSES)}")
+        raise ValueError(
+            f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_CLASSES)}"
+        )
     class_name, extra = SCHEDULER_CLASSES[name]
     return getattr(diffusers, class_name).from_config(base_config, **extra)
 

@@ -110,7 +110,9 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
         model_sha256=folder_sha256(resolved.model_path),
         pipeline_class=str(index["_class_name"]),
         scheduler=r.sampling.scheduler,
-        scheduler_config=canonical_json(scheduler_config(resolved.model_path, r.sampling.scheduler)),
+        scheduler_config=canonical_json(
+            scheduler_config(resolved.model_path, r.sampling.scheduler)
+        ),
         steps=r.sampling.steps,
         guidance_scale=r.sampling.guidance_scale,
         compute_batch=r.model.compute_batch,
@@ -162,12 +164,15 @@ def prepare_output(out: Path, recipe: Recipe, resume: bool) -> dict[str, Any]:
     if non_empty:
         state_file = _state_path(out)
         if not state_file.is_file():
-            raise BuildError(f"{out}: cannot resume: not a synthgen build (no {STATE_DIR}/state.json)")
+            raise BuildError(
+                f"{out}: cannot resume: not a synthgen build (no {STATE_DIR}/state.json)"
+            )
         state = json.loads(state_file.read_text())
         if state.get("recipe_hash") != recipe.hash:
             raise BuildError(
                 f"{out}: cannot resume: the recipe changed since this build started "
-                f"(recipe hash {state.get('recipe_hash', '?')[:12]} there, {recipe.hash[:12]} now); "
+                f"(recipe hash {str(state.get('recipe_hash'))[:12]} there, "
+                f"{recipe.hash[:12]} now); "
                 "build into a new directory"
             )
         return state
@@ -299,10 +304,18 @@ def run_build(
         shutil.rmtree(progress_dir, ignore_errors=True)
         progress_dir.mkdir(parents=True)
         metrics = _run_pipeline(
-            resolved, ctx, todo, options, out, progress_dir, test_pipeline,
+            resolved,
+            ctx,
+            todo,
+            options,
+            out,
+            progress_dir,
+            test_pipeline,
             total=len(requests),
-            done_counts=(sum(e["accepted"] for e in done.values()),
-                         sum(e["rejected"] for e in done.values())),
+            done_counts=(
+                sum(e["accepted"] for e in done.values()),
+                sum(e["rejected"] for e in done.values()),
+            ),
             show_progress=show_progress,
         )
 
@@ -349,12 +362,11 @@ def _run_pipeline(
     _ = (
         pipeline
         | "ShardIds" >> beam.Create(shard_ids)
-        | "Generate" >> GenerateSamples(r, generate, score, make_checks(resolved), str(progress_dir))
+        | "Generate"
+        >> GenerateSamples(r, generate, score, make_checks(resolved), str(progress_dir))
         | "Write" >> WriteShards(str(out), ctx, resolved.score_columns)
     )
-    progress = (
-        Progress(progress_dir, total, *done_counts) if show_progress else None
-    )
+    progress = Progress(progress_dir, total, *done_counts) if show_progress else None
     if progress:
         progress.__enter__()
     try:

@@ -107,9 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(own)
     _setup_logging(args.verbose)
     _quiet_libraries()
+    from generators.model_folder import ModelFolderError  # noqa: PLC0415
     from pipelines.build import BuildError  # noqa: PLC0415
     from schemas.recipe import RecipeError  # noqa: PLC0415
-    from generators.model_folder import ModelFolderError  # noqa: PLC0415
 
     try:
         if args.command == "build":

@@ -138,5 +138,6 @@ class WriteShards(beam.PTransform):
             samples
             | "KeyByShard" >> beam.Map(lambda s: (s.request.shard, s))
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShardFn(self._out_dir, self._ctx, self._score_columns))
+            | "WriteShard"
+            >> beam.ParDo(WriteShardFn(self._out_dir, self._ctx, self._score_columns))
         )

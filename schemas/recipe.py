@@ -80,7 +80,9 @@ class ClassSpec(_Frozen):
 class ScoringSpec(_Frozen):
     """CLIP image-prompt scoring: a local open_clip config JSON + safetensors checkpoint."""
 
-    clip_model: str = Field(min_length=1, description="folder holding <name>.json + <name>.safetensors")
+    clip_model: str = Field(
+        min_length=1, description="folder holding <name>.json + <name>.safetensors"
+    )
     threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
     batch_size: int = Field(default=64, ge=1, description="fixed CLIP compute batch (hashed)")
 
@@ -107,7 +109,7 @@ class Recipe(_Frozen):
 
     @model_validator(mode="after")
     def _unique_classes(self) -> Recipe:
-        ids = [c.id for c in self.classes]
+        ids = [str(c.id) for c in self.classes]
         names = [c.name for c in self.classes]
         for what, values in (("id", ids), ("name", names)):
             dupes = sorted({str(v) for v in values if values.count(v) > 1})
@@ -161,6 +163,7 @@ _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,  # type: ignore[arg-type]
 )
+
 
 def safe_load(text: str) -> Any:
     """`yaml.safe_load` that also refuses duplicate keys (any `!!python/...` tag is an error)."""
@@ -269,7 +272,7 @@ def read_recipe_dict(path: Path) -> dict[str, Any]:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
-    """Load, override and validate a recipe. Returns the recipe and the folder paths resolve from."""
+    """Load, override and validate a recipe; returns it and the folder its paths resolve from."""
     path = Path(path)
     data = read_recipe_dict(path)
     data = apply_overrides(data, overrides or [], Path.cwd())

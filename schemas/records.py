@@ -125,7 +125,9 @@ class Sample:
 JSON_FIELDS = ("scheduler_config", "scorers", "checks", "library_versions")
 
 
-def provenance_from_row(row: dict[str, object], score_columns: tuple[str, ...]) -> dict[str, object]:
+def provenance_from_row(
+    row: dict[str, object], score_columns: tuple[str, ...]
+) -> dict[str, object]:
     """The `.json` sidecar of a sample: allow-listed fields, nested JSON decoded, plus scores."""
     import json  # noqa: PLC0415
 

@@ -14,8 +14,8 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from generators.clip_layout import make_random_clip  # noqa: E402
-from generators.sd_layout import SDLayoutConfig, make_random_pipeline  # noqa: E402
+from generators.clip_layout import make_random_clip
+from generators.sd_layout import SDLayoutConfig, make_random_pipeline
 
 TINY_SD = SDLayoutConfig(
     image_size=32,
@@ -84,6 +84,7 @@ def recipe_file(tmp_path: Path, model_dir: Path) -> Path:
 
 def read_rows(out: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(str(out / "*.parquet")))])
+
 
 # About the median tiny-CLIP score of the tiny build: some samples pass, some are rejected.
 SPLIT_THRESHOLD = -0.085

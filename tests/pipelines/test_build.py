@@ -12,13 +12,15 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.build import BuildError, run_build
-from pipelines.faults import InjectedFault
+from pipelines.faults import InjectedFault, maybe_fault
 from schemas.recipe import RecipeError
 from tests.conftest import SPLIT_THRESHOLD, read_rows, tiny_recipe_dict, write_recipe
 
 
 def _shard_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("0*")) if not p.name.endswith("_stats.json")}
+    return {
+        p.name: p.read_bytes() for p in sorted(out.glob("0*")) if not p.name.endswith("_stats.json")
+    }
 
 
 def _images_by_key(out: Path) -> dict[str, str]:
@@ -189,8 +191,6 @@ def test_resume_redoes_a_corrupted_shard(tmp_path: Path, built: Path) -> None:
 
 
 def test_fault_injection_marker_fires_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.faults import maybe_fault
-
     marker = tmp_path / "fired"
     monkeypatch.setenv("SYNTHGEN_FAULT", f"write:00003:raise:{marker}")
     maybe_fault("write", "00002")

@@ -40,9 +40,9 @@ def test_overrides_are_typed_and_validated(recipe_file: Path) -> None:
     assert r.classes[1].prompts == ["a", "b"]
     with pytest.raises(RecipeError, match="count_per_class"):
         load_recipe(recipe_file, ["count_per_class=many"])
-    with pytest.raises(RecipeError, match="sampling.colour: unknown field"):
+    with pytest.raises(RecipeError, match=r"sampling.colour: unknown field"):
         load_recipe(recipe_file, ["sampling.colour=red"])
-    with pytest.raises(RecipeError, match="expected dotted.key=value"):
+    with pytest.raises(RecipeError, match=r"expected dotted.key=value"):
         load_recipe(recipe_file, ["seed"])
 
 
@@ -87,7 +87,7 @@ def test_class_names_with_dots_or_slashes_refused(model_dir: Path) -> None:
     for bad in ("../up", "a.b", "a/b"):
         data = tiny_recipe_dict(model_dir)
         data["classes"] = [{"id": 0, "name": bad, "prompts": ["x"]}]
-        with pytest.raises(RecipeError, match="classes.0.name"):
+        with pytest.raises(RecipeError, match=r"classes.0.name"):
             recipe_from_dict(data)
 
 

@@ -1,0 +1,30 @@
+# The two commands: `make build` (default corpus) and `make test` (the whole CI suite).
+# Each sets up .venv/ first if needed.
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= out/digits
+BEAM_ARGS ?=
+
+.PHONY: setup build test lint typecheck pytest train-default benchmark clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(BIN)/synthgen build recipes/digits.yaml --output $(OUT) --resume -- $(BEAM_ARGS)
+
+test: setup
+	@scripts/setup.sh --test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+train-default: setup
+	$(BIN)/synthgen train-default --output models
+
+benchmark: setup
+	$(BIN)/python benchmarks/default_models.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create or refresh .venv/ at the repository root. Idempotent: reinstalls only when
+# pyproject.toml or constraints.txt changed. Usage: scripts/setup.sh [--test]
+#   --test  also install what the test suite needs beyond Python packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-}
+if [ -z "$PYTHON" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then PYTHON=$candidate; break; fi
+  done
+fi
+if [ -z "$PYTHON" ] || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: Python 3.11 or newer is required (set PYTHON=...)" >&2
+  exit 1
+fi
+
+stamp=.venv/.synthgen-setup
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv || {
+    echo "setup: 'python -m venv' failed; on Debian/Ubuntu install python3-venv" >&2
+    exit 1
+  }
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing synthgen and its dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch and torchvision in the same call as everything else, so pip cannot swap torch.
+  .venv/bin/python -m pip install --quiet -c constraints.txt \
+    torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
