@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from generators.encoding import decode_image  # noqa: E402
-from generators.handler import generate_batch  # noqa: E402
-from generators.model_folder import load_pipeline  # noqa: E402
-from generators.planning import plan  # noqa: E402
-from generators.training.clip import zero_shot  # noqa: E402
-from generators.training.data import EVAL_TEMPLATE, load_split, to_features, to_images  # noqa: E402
-from pipelines.build import generation_settings, resolve, run_build  # noqa: E402
-from schemas.recipe import load_recipe  # noqa: E402
+from generators.encoding import decode_image
+from generators.handler import generate_batch
+from generators.model_folder import load_pipeline
+from generators.planning import plan
+from generators.training.clip import zero_shot
+from generators.training.data import EVAL_TEMPLATE, load_split, to_features, to_images
+from pipelines.build import generation_settings, resolve, run_build
+from schemas.recipe import load_recipe
 
 TARGETS = {
     "label_fidelity_min_class": 0.95,
