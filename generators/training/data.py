@@ -61,7 +61,7 @@ def to_images(x: np.ndarray, size: int) -> Any:
 
 
 def to_features(images: Any) -> np.ndarray:
-    """Images (N, 3, H, W) in [0, 1] -> (N, 64) grey 8x8 features in 0..16, the classifier's input."""
+    """Images (N, 3, H, W) in [0, 1] -> (N, 64) grey 8x8 features in 0..16 (classifier input)."""
     import torch.nn.functional as F  # noqa: PLC0415
 
     grey = images.float().mean(dim=1, keepdim=True)
