@@ -27,14 +27,22 @@ from pipelines.atomic import remove_stale_tmp, write_bytes_atomic
 from pipelines.context import BuildContext, canonical_json, library_versions
 from pipelines.faults import maybe_fault
 from pipelines.progress import Progress
-from pipelines.transforms import METRICS_NAMESPACE, GenerateSamples, WriteShards
+from pipelines.transforms import (
+    METRICS_NAMESPACE,
+    DecideSamples,
+    GenerateSamples,
+    GlobalChecks,
+    WriteShards,
+)
 from schemas.manifest import MANIFEST_NAME, MANIFEST_VERSION, STATE_DIR, shard_files, stats_name
 from schemas.recipe import Recipe, load_recipe, resolve_path
-from schemas.records import GenerationRequest, score_column
+from schemas.records import GenerationRequest, SampleFeatures, score_column
 from validators.base import Check
 from validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
-from validators.clip_scorer import ClipScoreHandler
-from validators.clip_threshold import ClipThreshold
+from validators.checks.odd_size import OddSize
+from validators.checks.threshold import ScoreThreshold
+from validators.clip_scorer import ClipScoreHandler, margin_column
+from validators.measure import MEASURE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +70,16 @@ class ResolvedRecipe:
     clip: ClipFolder
 
     @property
+    def clip_column(self) -> str:
+        return score_column(self.clip.name)
+
+    @property
+    def margin_column(self) -> str:
+        return margin_column(self.clip.name)
+
+    @property
     def score_columns(self) -> tuple[str, ...]:
-        return (score_column(self.clip.name),)
+        return (self.clip_column, self.margin_column, *MEASURE_COLUMNS)
 
 
 def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
@@ -85,8 +101,59 @@ def beam_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
-def make_checks(resolved: ResolvedRecipe) -> list[Check]:
-    return [ClipThreshold(resolved.score_columns[0], resolved.recipe.scoring.threshold)]
+# check name -> (score column, keep samples above the threshold?)
+def _threshold_columns(resolved: ResolvedRecipe) -> dict[str, tuple[str, bool]]:
+    return {
+        "dark": ("brightness", True),
+        "light": ("brightness", False),
+        "blurry": ("sharpness", True),
+        "low_information": ("entropy", True),
+        "clip_score": (resolved.clip_column, True),
+        "label_margin": (resolved.margin_column, True),
+    }
+
+
+def make_checks(resolved: ResolvedRecipe) -> tuple[list[Check], GlobalChecks]:
+    """Per-sample checks in reporting order, and the build-wide ones."""
+    spec = resolved.recipe.checks
+    sampling = resolved.recipe.sampling
+    checks: list[Check] = []
+    if spec.odd_size:
+        checks.append(OddSize(sampling.width, sampling.height))
+    quantiles: dict[str, tuple[str, float]] = {}
+    for name, (column, keep_above) in _threshold_columns(resolved).items():
+        threshold = getattr(spec, name)
+        if threshold is None:
+            continue
+        q = threshold.per_class_quantile
+        checks.append(ScoreThreshold(name, column, threshold.absolute, keep_above, quantile=q))
+        if q is not None:
+            quantiles[name] = (column, q)
+    near = spec.near_duplicate.max_distance if spec.near_duplicate else None
+    return checks, GlobalChecks(spec.exact_duplicate, near, quantiles)
+
+
+def reused_features(
+    out: Path, shards: list[int], score_columns: tuple[str, ...]
+) -> list[SampleFeatures]:
+    """What build-wide checks need of the samples in reused shards, read from their Parquet."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    feats: list[SampleFeatures] = []
+    columns = ["key", "class_label", "image_sha256", "phash", *score_columns]
+    for shard in shards:
+        table = pq.read_table(out / shard_files(shard)[1], columns=columns)
+        for row in table.to_pylist():
+            feats.append(
+                SampleFeatures(
+                    key=row["key"],
+                    class_label=row["class_label"],
+                    image_sha256=row["image_sha256"],
+                    phash=row["phash"],
+                    scores={c: (float("nan") if row[c] is None else row[c]) for c in score_columns},
+                )
+            )
+    return feats
 
 
 def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
@@ -307,6 +374,7 @@ def run_build(
             resolved,
             ctx,
             todo,
+            reused_features(out, sorted(done), resolved.score_columns),
             options,
             out,
             progress_dir,
@@ -340,6 +408,7 @@ def _run_pipeline(
     resolved: ResolvedRecipe,
     ctx: BuildContext,
     shard_ids: list[int],
+    reused: list[SampleFeatures],
     options: PipelineOptions,
     out: Path,
     progress_dir: Path,
@@ -356,14 +425,16 @@ def _run_pipeline(
         r.model.device,
         r.scoring.batch_size,
         r.model.cpu_threads,
+        class_prompts={c.id: c.prompts[0] for c in r.classes},
     )
+    checks, global_checks = make_checks(resolved)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pipeline = test_pipeline or beam.Pipeline(options=options)
     _ = (
         pipeline
         | "ShardIds" >> beam.Create(shard_ids)
-        | "Generate"
-        >> GenerateSamples(r, generate, score, make_checks(resolved), str(progress_dir))
+        | "Generate" >> GenerateSamples(r, generate, score)
+        | "Check" >> DecideSamples(checks, global_checks, reused, str(progress_dir))
         | "Write" >> WriteShards(str(out), ctx, resolved.score_columns)
     )
     progress = Progress(progress_dir, total, *done_counts) if show_progress else None

@@ -69,6 +69,7 @@ class BuildContext:
             "negative_prompt": r.negative_prompt,
             "seed": r.seed,
             "image_sha256": sample.image_sha256,
+            "phash": sample.phash,
             "image_format": self.image_format,
             "width": sample.width,
             "height": sample.height,

@@ -6,6 +6,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,9 +19,17 @@ from pipelines.context import BuildContext
 from pipelines.faults import maybe_fault
 from pipelines.writer import write_shard
 from schemas.recipe import Recipe
-from schemas.records import ACCEPTED, GenerationRequest, Sample
+from schemas.records import ACCEPTED, GenerationRequest, Sample, SampleFeatures
 from validators.apply import apply_checks
 from validators.base import Check
+from validators.checks.threshold import ScoreThreshold
+from validators.dedup import (
+    exact_duplicate_losers,
+    hash_bands,
+    near_duplicate_losers,
+    quantile_threshold,
+)
+from validators.measure import measure_image
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +52,115 @@ class ExpandShard(beam.DoFn):
         yield from self._by_shard.get(shard, [])
 
 
-class ApplyChecksFn(beam.DoFn):
+def measure(sample: Sample) -> Sample:
+    values, phash = measure_image(sample.image)
+    sample.scores.update(values)
+    sample.phash = phash
+    return sample
+
+
+def features(sample: Sample) -> SampleFeatures:
+    return SampleFeatures(
+        key=sample.request.key,
+        class_label=sample.request.class_label,
+        image_sha256=sample.image_sha256,
+        phash=sample.phash,
+        scores=dict(sample.scores),
+    )
+
+
+class GenerateSamples(beam.PTransform):
+    """Shard ids -> generated, CLIP-scored and measured Samples (nothing decided yet)."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        generate: ModelHandler,
+        score: ModelHandler,
+        counts: dict[int, int] | None = None,
+    ):
+        super().__init__()
+        self._recipe = recipe
+        self._generate = generate
+        self._score = score
+        self._counts = counts
+
+    def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
+        return (
+            shard_ids
+            | "PlanRequests" >> beam.ParDo(ExpandShard(self._recipe, self._counts))
+            | "Spread" >> beam.Reshuffle()
+            | "GenerateImages" >> RunInference(self._generate)
+            | "TakeImages" >> beam.Map(lambda result: result.inference)
+            | "ScoreWithClip" >> RunInference(self._score)
+            | "TakeScored" >> beam.Map(lambda result: result.example)
+            | "MeasureImages" >> beam.Map(measure)
+        )
+
+
+@dataclass(frozen=True)
+class GlobalChecks:
+    """Build-wide checks: duplicates across the whole build and per-class quantile cuts."""
+
+    exact_duplicate: bool
+    near_duplicate_distance: int | None
+    # check name -> (score column, quantile); resolved into per-class thresholds.
+    quantiles: dict[str, tuple[str, float]]
+
+
+class ExactDuplicates(beam.PTransform):
+    def expand(self, feats: beam.PCollection) -> beam.PCollection:
+        return (
+            feats
+            | "BySha" >> beam.Map(lambda f: (f.image_sha256, f.key))
+            | "GroupSha" >> beam.GroupByKey()
+            | "Losers" >> beam.FlatMap(lambda kv: exact_duplicate_losers(kv[1]))
+            | "Tag" >> beam.Map(lambda key: (key, "exact_duplicate"))
+        )
+
+
+class NearDuplicates(beam.PTransform):
+    def __init__(self, max_distance: int):
+        super().__init__()
+        self._d = max_distance
+
+    def expand(self, feats: beam.PCollection) -> beam.PCollection:
+        d = self._d
+        return (
+            feats
+            | "Bands"
+            >> beam.FlatMap(lambda f: [(b, (f.key, f.phash)) for b in hash_bands(f.phash, d)])
+            | "GroupBand" >> beam.GroupByKey()
+            | "Losers" >> beam.FlatMap(lambda kv: near_duplicate_losers(kv[1], d))
+            | "Distinct" >> beam.Distinct()
+            | "Tag" >> beam.Map(lambda key: (key, "near_duplicate"))
+        )
+
+
+class QuantileCuts(beam.PTransform):
+    """(check name, class) -> absolute threshold, from every sample's score in that class."""
+
+    def __init__(self, quantiles: dict[str, tuple[str, float]]):
+        super().__init__()
+        self._q = quantiles
+
+    def expand(self, feats: beam.PCollection) -> beam.PCollection:
+        q = self._q
+        return (
+            feats
+            | "Scores"
+            >> beam.FlatMap(
+                lambda f: [
+                    ((name, f.class_label), f.scores.get(col, float("nan")))
+                    for name, (col, _) in q.items()
+                ]
+            )
+            | "GroupClass" >> beam.GroupByKey()
+            | "Cut" >> beam.Map(lambda kv: (kv[0], quantile_threshold(kv[1], q[kv[0][0]][1])))
+        )
+
+
+class DecideFn(beam.DoFn):
     """Accept or reject each sample; counts per outcome and reason are Beam metrics."""
 
     def __init__(self, checks: Sequence[Check], progress_dir: str | None):
@@ -59,9 +176,15 @@ class ApplyChecksFn(beam.DoFn):
             path = Path(self._progress_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.log"
             self._progress = path.open("a", buffering=1, encoding="ascii")
 
-    def process(self, sample: Sample) -> Iterator[Sample]:
+    def process(
+        self,
+        sample: Sample,
+        duplicates: dict[str, str],
+        cuts: dict[tuple[str, int], float],
+    ) -> Iterator[Sample]:
         maybe_fault("check", sample.request.key)
-        apply_checks(sample, self._checks)
+        checks = [_resolve(c, cuts) for c in self._checks]
+        apply_checks(sample, checks, duplicates.get(sample.request.key))
         self._generated.inc()
         if sample.status == ACCEPTED:
             self._accepted.inc()
@@ -77,6 +200,59 @@ class ApplyChecksFn(beam.DoFn):
             self._progress.close()
 
 
+def _resolve(check: Check, cuts: dict[tuple[str, int], float]) -> Check:
+    """A quantile-based threshold check with its per-class cuts filled in."""
+    if not isinstance(check, ScoreThreshold) or check.quantile is None:
+        return check
+    per_class = {cls: value for (name, cls), value in cuts.items() if name == check.name}
+    return ScoreThreshold(check.name, check.column, per_class, check.keep_above)
+
+
+class DecideSamples(beam.PTransform):
+    """Samples -> decided Samples. Build-wide checks see every sample of the build, including
+    those of shards reused on resume (`reused`: their SampleFeatures)."""
+
+    def __init__(
+        self,
+        checks: Sequence[Check],
+        global_checks: GlobalChecks,
+        reused: list[SampleFeatures],
+        progress_dir: str | None,
+    ):
+        super().__init__()
+        self._checks = checks
+        self._global = global_checks
+        self._reused = reused
+        self._progress_dir = progress_dir
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        p = samples.pipeline
+        feats = (
+            samples | "Features" >> beam.Map(features),
+            p | "ReusedFeatures" >> beam.Create(self._reused),
+        ) | "AllFeatures" >> beam.Flatten()
+        tagged = []
+        if self._global.exact_duplicate:
+            tagged.append(feats | "ExactDuplicates" >> ExactDuplicates())
+        if self._global.near_duplicate_distance is not None:
+            tagged.append(
+                feats | "NearDuplicates" >> NearDuplicates(self._global.near_duplicate_distance)
+            )
+        if not tagged:
+            tagged.append(p | "NoDuplicates" >> beam.Create([]))
+        duplicates = (
+            tuple(tagged)
+            | "AllDuplicates" >> beam.Flatten()
+            | "FirstReason" >> beam.CombinePerKey(min)
+        )
+        cuts = feats | "QuantileCuts" >> QuantileCuts(self._global.quantiles)
+        return samples | "Decide" >> beam.ParDo(
+            DecideFn(self._checks, self._progress_dir),
+            duplicates=beam.pvalue.AsDict(duplicates),
+            cuts=beam.pvalue.AsDict(cuts),
+        )
+
+
 class WriteShardFn(beam.DoFn):
     def __init__(self, out_dir: str, ctx: BuildContext, score_columns: tuple[str, ...]):
         self._out_dir = out_dir
@@ -89,39 +265,6 @@ class WriteShardFn(beam.DoFn):
         maybe_fault("write", f"{shard:05d}")
         yield write_shard(Path(self._out_dir), shard, samples, self._ctx, self._score_columns)
         self._shards.inc()
-
-
-class GenerateSamples(beam.PTransform):
-    """Shard ids -> generated, CLIP-scored and checked Samples."""
-
-    def __init__(
-        self,
-        recipe: Recipe,
-        generate: ModelHandler,
-        score: ModelHandler,
-        checks: Sequence[Check],
-        progress_dir: str | None = None,
-        counts: dict[int, int] | None = None,
-    ):
-        super().__init__()
-        self._recipe = recipe
-        self._generate = generate
-        self._score = score
-        self._checks = checks
-        self._progress_dir = progress_dir
-        self._counts = counts
-
-    def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
-        return (
-            shard_ids
-            | "PlanRequests" >> beam.ParDo(ExpandShard(self._recipe, self._counts))
-            | "Spread" >> beam.Reshuffle()
-            | "GenerateImages" >> RunInference(self._generate)
-            | "TakeImages" >> beam.Map(lambda result: result.inference)
-            | "ScoreWithClip" >> RunInference(self._score)
-            | "TakeScored" >> beam.Map(lambda result: result.example)
-            | "ApplyChecks" >> beam.ParDo(ApplyChecksFn(self._checks, self._progress_dir))
-        )
 
 
 class WriteShards(beam.PTransform):

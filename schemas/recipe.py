@@ -83,8 +83,66 @@ class ScoringSpec(_Frozen):
     clip_model: str = Field(
         min_length=1, description="folder holding <name>.json + <name>.safetensors"
     )
-    threshold: float = Field(default=0.0, ge=-1.0, le=1.0)
     batch_size: int = Field(default=64, ge=1, description="fixed CLIP compute batch (hashed)")
+
+
+class Threshold(_Frozen):
+    """Exactly one of: an absolute value, a per-class quantile, or a per-class kept fraction.
+
+    `quantile: q` rejects each class's lowest q of samples (by the score);
+    `kept_fraction: f` keeps each class's highest f (the same as `quantile: 1 - f`).
+    """
+
+    absolute: float | None = None
+    quantile: float | None = Field(default=None, ge=0.0, le=1.0)
+    kept_fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Threshold:
+        given = [v is not None for v in (self.absolute, self.quantile, self.kept_fraction)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of absolute, quantile, kept_fraction")
+        return self
+
+    @property
+    def per_class_quantile(self) -> float | None:
+        if self.quantile is not None:
+            return self.quantile
+        if self.kept_fraction is not None:
+            return 1.0 - self.kept_fraction
+        return None
+
+
+class NearDuplicateSpec(_Frozen):
+    max_distance: int = Field(
+        default=2, ge=0, le=15, description="perceptual-hash Hamming distance"
+    )
+
+
+class ChecksSpec(_Frozen):
+    """Per-image checks; `null` disables one. Names follow cleanvision's vocabulary."""
+
+    clip_score: Threshold | None = Threshold(absolute=0.0)
+    label_margin: Threshold | None = None
+    blurry: Threshold | None = None
+    dark: Threshold | None = None
+    light: Threshold | None = None
+    low_information: Threshold | None = None
+    odd_size: bool = True
+    exact_duplicate: bool = True
+    near_duplicate: NearDuplicateSpec | None = None
+
+    @model_validator(mode="after")
+    def _light_is_absolute(self) -> ChecksSpec:
+        if self.light is not None and self.light.absolute is None:
+            raise ValueError("light: only an absolute threshold is supported")
+        return self
+
+
+class ValidationSpec(_Frozen):
+    """Corpus expectations run after writing (great_expectations)."""
+
+    min_accepted_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class OutputSpec(_Frozen):
@@ -104,6 +162,8 @@ class Recipe(_Frozen):
     classes: list[ClassSpec] = Field(min_length=1)
     count_per_class: int = Field(ge=1)
     scoring: ScoringSpec
+    checks: ChecksSpec = ChecksSpec()
+    validation: ValidationSpec = ValidationSpec()
     output: OutputSpec = OutputSpec()
     batch_size: int = Field(default=8, ge=1, le=4096)
 

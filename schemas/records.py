@@ -23,6 +23,7 @@ PROVENANCE_FIELDS: tuple[str, ...] = (
     "negative_prompt",
     "seed",
     "image_sha256",
+    "phash",
     "image_format",
     "width",
     "height",
@@ -56,6 +57,7 @@ _BASE_FIELDS: list[pa.Field] = [
     pa.field("negative_prompt", pa.string(), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("image_sha256", pa.string(), nullable=False),
+    pa.field("phash", pa.string(), nullable=False),
     pa.field("image_format", pa.string(), nullable=False),
     pa.field("width", pa.int32(), nullable=False),
     pa.field("height", pa.int32(), nullable=False),
@@ -94,6 +96,17 @@ def sample_schema(score_columns: list[str] | tuple[str, ...]) -> pa.Schema:
 
 
 @dataclass(frozen=True, slots=True)
+class SampleFeatures:
+    """What build-wide checks need of a sample: small, also read back from reused shards."""
+
+    key: str
+    class_label: int
+    image_sha256: str
+    phash: str
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One planned sample: everything generation needs, nothing heavy."""
 
@@ -116,6 +129,7 @@ class Sample:
     image_sha256: str
     width: int
     height: int
+    phash: str = ""
     scores: dict[str, float] = field(default_factory=dict)
     checks: dict[str, str] = field(default_factory=dict)
     status: str = ACCEPTED

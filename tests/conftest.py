@@ -63,7 +63,8 @@ def tiny_recipe_dict(model_dir: Path, **overrides: Any) -> dict[str, Any]:
             {"id": 2, "name": "two", "prompts": ["a handwritten digit 2"]},
         ],
         "count_per_class": 4,
-        "scoring": {"clip_model": str(model_dir / "clip"), "threshold": 0.0},
+        "scoring": {"clip_model": str(model_dir / "clip")},
+        "checks": {"clip_score": {"absolute": 0.0}},
         "output": {"shard_size": 5},
         "batch_size": 4,
     }

@@ -8,8 +8,12 @@ from schemas.records import ACCEPTED, REJECTED, Sample
 from validators.base import Check
 
 
-def apply_checks(sample: Sample, checks: Sequence[Check]) -> Sample:
+def apply_checks(sample: Sample, checks: Sequence[Check], duplicate: str | None = None) -> Sample:
+    """Record every check's outcome; a build-wide duplicate verdict ranks first."""
     first: str | None = None
+    if duplicate is not None:
+        first = duplicate
+    sample.checks["duplicate"] = duplicate or "pass"
     for check in checks:
         reason = check.reason(sample)
         sample.checks[check.name] = "pass" if reason is None else reason

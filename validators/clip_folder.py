@@ -56,6 +56,7 @@ class ClipBundle:
     model: Any
     preprocess: Any
     tokenizer: Any
+    class_embeddings: Any = None
 
 
 def load_clip(path: Path, device: str = "cpu") -> ClipBundle:

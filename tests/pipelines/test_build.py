@@ -33,7 +33,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
     """One tiny build with some rejects (threshold at about the median tiny-CLIP score)."""
     tmp = tmp_path_factory.mktemp("built")
     data = tiny_recipe_dict(model_dir)
-    data["scoring"]["threshold"] = SPLIT_THRESHOLD
+    data["checks"]["clip_score"] = {"absolute": SPLIT_THRESHOLD}
     recipe = write_recipe(tmp / "recipe.yaml", data)
     run_build(recipe, tmp / "out", show_progress=False)
     return tmp / "out"
@@ -59,7 +59,7 @@ def test_tar_samples_equal_accepted_parquet_rows(built: Path) -> None:
     assert len({r["key"] for r in rows}) == len(rows) == 12
     accepted = {r["key"]: r for r in rows if r["status"] == "accepted"}
     rejected = [r for r in rows if r["status"] == "rejected"]
-    assert all(r["reject_reason"] == "clip_score_low" for r in rejected)
+    assert all(r["reject_reason"] == "clip_score" for r in rejected)
     assert all(r["rejected_image"] for r in rejected)
     assert all(r["clip_tiny_clip_score"] < SPLIT_THRESHOLD for r in rejected)
 
@@ -96,7 +96,7 @@ def test_same_recipe_other_batch_size_and_two_worker_processes(
     built: Path, tmp_path: Path, model_dir: Path
 ) -> None:
     data = tiny_recipe_dict(model_dir)
-    data["scoring"]["threshold"] = SPLIT_THRESHOLD
+    data["checks"]["clip_score"] = {"absolute": SPLIT_THRESHOLD}
     data["batch_size"] = 3
     recipe = write_recipe(tmp_path / "recipe.yaml", data)
     run_build(
@@ -156,7 +156,7 @@ def test_resume_after_interrupted_build_equals_clean_build(
     tmp_path: Path, built: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tiny_recipe_dict(model_dir)
-    data["scoring"]["threshold"] = SPLIT_THRESHOLD
+    data["checks"]["clip_score"] = {"absolute": SPLIT_THRESHOLD}
     recipe = write_recipe(tmp_path / "recipe.yaml", data)
     out = tmp_path / "out"
     monkeypatch.setenv("SYNTHGEN_FAULT", "write:00002:raise")

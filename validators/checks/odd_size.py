@@ -1,0 +1,18 @@
+"""Images whose size is not the size the recipe asked for."""
+
+from __future__ import annotations
+
+from schemas.records import Sample
+from validators.base import Check
+
+
+class OddSize(Check):
+    name = "odd_size"
+
+    def __init__(self, width: int, height: int):
+        self.width = width
+        self.height = height
+
+    def reason(self, sample: Sample) -> str | None:
+        ok = (sample.width, sample.height) == (self.width, self.height)
+        return None if ok else self.name
