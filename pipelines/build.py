@@ -38,9 +38,9 @@ from schemas.manifest import MANIFEST_NAME, MANIFEST_VERSION, STATE_DIR, shard_f
 from schemas.recipe import Recipe, load_recipe, resolve_path
 from schemas.records import GenerationRequest, SampleFeatures, score_column
 from validators.base import Check
-from validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
 from validators.checks.odd_size import OddSize
 from validators.checks.threshold import ScoreThreshold
+from validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
 from validators.clip_scorer import ClipScoreHandler, margin_column
 from validators.measure import MEASURE_COLUMNS
 

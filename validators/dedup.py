@@ -40,7 +40,7 @@ def near_duplicate_losers(members: Iterable[tuple[str, str]], max_distance: int)
     """Within one band bucket of (key, phash): keys with a smaller-keyed near duplicate."""
     items = sorted(set(members))
     for i, (key, h) in enumerate(items):
-        for other_key, other_h in items[:i]:
+        for _, other_h in items[:i]:
             if hamming(h, other_h) <= max_distance:
                 yield key
                 break
