@@ -42,13 +42,23 @@ from validators.checks.odd_size import OddSize
 from validators.checks.threshold import ScoreThreshold
 from validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
 from validators.clip_scorer import ClipScoreHandler, margin_column
+from validators.corpus import validate_corpus
 from validators.measure import MEASURE_COLUMNS
+from validators.report import write_report
 
 logger = logging.getLogger(__name__)
 
 
 class BuildError(RuntimeError):
     """A build cannot start or did not complete; the message says why."""
+
+
+class ValidationFailed(BuildError):
+    """The corpus was written but failed its expectations; the manifest says so."""
+
+    def __init__(self, message: str, result: BuildResult):
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -350,6 +360,8 @@ def run_build(
 
     if (out / MANIFEST_NAME).is_file():
         manifest = json.loads((out / MANIFEST_NAME).read_text())
+        if manifest.get("status") != "complete":
+            raise BuildError(f"{out}: the build there ended as {manifest.get('status')!r}")
         logger.info("%s: build already complete; nothing to do", out)
         return BuildResult(out, manifest, time.monotonic() - start, 0, reused_shards=shard_ids)
 
@@ -397,11 +409,33 @@ def run_build(
             entries.append(entry)
     if missing:
         raise BuildError(f"{out}: build incomplete: shard(s) {missing} were not written")
-    maybe_fault("manifest", "*")
     manifest = build_manifest(resolved, state, requests, entries, ctx)
+    # The gate: corpus expectations over what was written, before the manifest exists.
+    validation = validate_corpus(
+        out,
+        entries,
+        recipe,
+        manifest["counts"]["planned_per_class"],
+        list(resolved.score_columns),
+        tars=False,
+    )
+    manifest["validation"] = validation.as_dict()
+    manifest["status"] = "complete" if validation.ok else "failed_validation"
+    maybe_fault("manifest", "*")
     write_bytes_atomic(out / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
+    write_report(out)
     seconds = time.monotonic() - start
-    return BuildResult(out, manifest, seconds, generated_now, sorted(done), metrics)
+    result = BuildResult(out, manifest, seconds, generated_now, sorted(done), metrics)
+    if not validation.ok:
+        failed = [
+            f"{e.dataset}: {e.expectation} {e.kwargs} {e.detail}"
+            for e in validation.failed_expectations()
+        ]
+        raise ValidationFailed(
+            f"{out}: build failed validation:\n  " + "\n  ".join(validation.failures + failed),
+            result,
+        )
+    return result
 
 
 def _run_pipeline(

@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", action="store_true", help="finish an interrupted build")
     b.add_argument("--no-progress", action="store_true", help="no progress display")
 
+    v = sub.add_parser(
+        "validate",
+        help="re-run every corpus check on a build directory",
+        description="Hashes against the manifest, tar readability, tar/Parquet agreement and "
+        "the great_expectations suite. Exit 0 only when all pass.",
+    )
+    v.add_argument("dir", help="build output directory")
+
+    r = sub.add_parser("report", help="(re)write report.html and report.json for a build")
+    r.add_argument("dir", help="build output directory")
+
     t = sub.add_parser(
         "train-default",
         help="train the bundled digits models (diffusion + CLIP) on scikit-learn's digits",
@@ -64,8 +75,19 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("apache_beam", "diffusers", "transformers", "urllib3", "httpx"):
+    for noisy in (
+        "apache_beam",
+        "diffusers",
+        "transformers",
+        "great_expectations",
+        "matplotlib",
+        "urllib3",
+        "httpx",
+    ):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        # Beam's import logs this on the root logger; it concerns only GCP connectors.
+        handler.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
 
 
 def _quiet_libraries() -> None:
@@ -108,6 +130,40 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from validators.corpus import validate_dir  # noqa: PLC0415
+
+    report = validate_dir(Path(args.dir))
+    for failure in report.failures:
+        print(f"FAIL {failure}")
+    for e in report.failed_expectations():
+        print(f"FAIL expectation {e.dataset}: {e.expectation} {e.kwargs} {e.detail}")
+    passed = sum(e.success for e in report.expectations)
+    print(
+        f"synthgen: {args.dir}: {'valid' if report.ok else 'INVALID'} "
+        f"({passed}/{len(report.expectations)} expectations passed, "
+        f"{len(report.failures)} other failure(s))"
+    )
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from schemas.manifest import MANIFEST_NAME  # noqa: PLC0415
+    from validators.report import write_report  # noqa: PLC0415
+
+    out = Path(args.dir)
+    if not (out / MANIFEST_NAME).is_file():
+        print(f"synthgen: error: {out}: no {MANIFEST_NAME}: not a finished build", file=sys.stderr)
+        return EXIT_FAILED
+    json_path, html_path = write_report(out)
+    print(f"synthgen: wrote {html_path} and {json_path}")
+    return EXIT_OK
+
+
 def cmd_train_default(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
@@ -137,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_build(args, beam_args)
         if args.command == "train-default":
             return cmd_train_default(args)
+        if args.command == "validate":
+            return cmd_validate(args)
+        if args.command == "report":
+            return cmd_report(args)
     except KeyboardInterrupt:
         print("synthgen: interrupted; the build is incomplete (no manifest)", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,0 +1,223 @@
+"""Corpus-level validation of an output directory: hashes, tars, Parquet, expectations."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.manifest import MANIFEST_NAME, shard_files
+from schemas.recipe import Recipe, RecipeError, recipe_from_dict
+from validators.expectations import ExpectationResult, corpus_expectations
+
+IMAGE_EXTS = ("png", "webp", "jpg")
+
+
+@dataclass
+class CorpusReport:
+    failures: list[str] = field(default_factory=list)
+    expectations: list[ExpectationResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and all(e.success for e in self.expectations)
+
+    def failed_expectations(self) -> list[ExpectationResult]:
+        return [e for e in self.expectations if not e.success]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "success": self.ok,
+            "failures": self.failures,
+            "expectations": [e.as_dict() for e in self.expectations],
+        }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_rows(out: Path, shards: Iterable[int], with_images: bool = False) -> pd.DataFrame:
+    tables = []
+    for shard in shards:
+        path = out / shard_files(shard)[1]
+        table = pq.read_table(path)
+        if not with_images and "rejected_image" in table.column_names:
+            table = table.drop_columns(["rejected_image"])
+        tables.append(table)
+    if not tables:
+        return pd.DataFrame()
+    return pa.concat_tables(tables).to_pandas()
+
+
+def file_table(out: Path, entries: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for entry in entries:
+        for name, info in entry["files"].items():
+            path = out / name
+            exists = path.is_file()
+            rows.append(
+                {
+                    "file": name,
+                    "manifest_sha256": info["sha256"],
+                    "manifest_bytes": int(info["bytes"]),
+                    "actual_sha256": sha256_file(path) if exists else None,
+                    "actual_bytes": path.stat().st_size if exists else -1,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def class_table(
+    rows: pd.DataFrame, planned: dict[str, int], targets: dict[str, int] | None = None
+) -> pd.DataFrame:
+    targets = targets or {}
+    out = []
+    for name, n in sorted(planned.items()):
+        mine = rows[rows["class_name"] == name] if len(rows) else rows
+        accepted = int((mine["status"] == "accepted").sum()) if len(mine) else 0
+        target = targets.get(name, -1)
+        out.append(
+            {
+                "class_name": name,
+                "planned": n,
+                "attempted": len(mine),
+                "accepted": accepted,
+                "target_accepted": target,
+                "accepted_or_untargeted": accepted if target >= 0 else -1,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def check_tar(out: Path, shard: int, rows: pd.DataFrame) -> list[str]:
+    """Readable, contiguous samples with every member; agrees with the shard's Parquet rows."""
+    from PIL import Image  # noqa: PLC0415
+
+    tar_name = shard_files(shard)[0]
+    failures: list[str] = []
+    members: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(out / tar_name) as tf:
+            for m in tf:
+                key, _, ext = m.name.partition(".")
+                if order and order[-1] != key and key in members:
+                    failures.append(f"{tar_name}: key {key} is not contiguous or repeats")
+                if not order or order[-1] != key:
+                    order.append(key)
+                f = tf.extractfile(m)
+                data = f.read() if f else b""
+                if ext in members.setdefault(key, {}):
+                    failures.append(f"{tar_name}: duplicate member {m.name}")
+                members[key][ext] = data
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return [f"{tar_name}: unreadable tar: {exc}"]
+    shard_rows = rows[rows["shard"] == shard] if len(rows) else rows
+    accepted = shard_rows[shard_rows["status"] == "accepted"] if len(shard_rows) else shard_rows
+    by_key = {r["key"]: r for r in accepted.to_dict("records")}
+    if set(members) != set(by_key):
+        extra = sorted(set(members) - set(by_key))[:3]
+        missing = sorted(set(by_key) - set(members))[:3]
+        failures.append(
+            f"{tar_name}: tar keys differ from accepted Parquet rows "
+            f"(only in tar: {extra}, only in Parquet: {missing})"
+        )
+    for key, parts in members.items():
+        image_ext = next((e for e in IMAGE_EXTS if e in parts), None)
+        if image_ext is None or not {"json", "txt", "cls"} <= set(parts):
+            failures.append(f"{tar_name}: sample {key} lacks members (has {sorted(parts)})")
+            continue
+        try:
+            Image.open(io.BytesIO(parts[image_ext])).load()
+        except Exception as exc:
+            failures.append(f"{tar_name}: {key}.{image_ext} does not decode: {exc}")
+        try:
+            prov = json.loads(parts["json"])
+        except ValueError:
+            failures.append(f"{tar_name}: {key}.json is not JSON")
+            continue
+        if prov.get("key") != key:
+            failures.append(f"{tar_name}: {key}.json names key {prov.get('key')!r}")
+        row = by_key.get(key)
+        if row is not None:
+            if hashlib.sha256(parts[image_ext]).hexdigest() != row["image_sha256"]:
+                failures.append(f"{tar_name}: {key} image differs from its Parquet sha256")
+            if parts["cls"].decode("ascii", "replace") != str(row["class_label"]):
+                failures.append(f"{tar_name}: {key}.cls differs from its Parquet class_label")
+    return failures
+
+
+def validate_corpus(
+    out: Path,
+    entries: list[dict[str, Any]],
+    recipe: Recipe,
+    planned_per_class: dict[str, int],
+    score_columns: list[str],
+    targets: dict[str, int] | None = None,
+    tars: bool = True,
+) -> CorpusReport:
+    report = CorpusReport()
+    shards = [e["shard"] for e in entries]
+    for shard in shards:
+        for name in shard_files(shard):
+            if not (out / name).is_file():
+                report.failures.append(f"{name}: missing")
+    if report.failures:
+        return report
+    try:
+        rows = read_rows(out, shards)
+    except (OSError, pa.ArrowException) as exc:
+        report.failures.append(f"unreadable Parquet: {exc}")
+        return report
+    if tars:
+        for shard in shards:
+            report.failures += check_tar(out, shard, rows)
+    report.expectations = corpus_expectations(
+        rows,
+        file_table(out, entries),
+        class_table(rows, planned_per_class, targets),
+        recipe_hash=recipe.hash,
+        width=recipe.sampling.width,
+        height=recipe.sampling.height,
+        score_columns=score_columns,
+        min_accepted_fraction=recipe.validation.min_accepted_fraction,
+    )
+    return report
+
+
+def validate_dir(out: Path) -> CorpusReport:
+    """`synthgen validate DIR`: every check, trusting nothing but the manifest's recipe."""
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return CorpusReport(failures=[f"{out}: no {MANIFEST_NAME}: not a complete build"])
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        recipe = recipe_from_dict(manifest["recipe"], str(manifest_path))
+        entries = list(manifest["shards"])
+        planned = dict(manifest["counts"]["planned_per_class"])
+        targets = manifest["counts"].get("target_accepted_per_class")
+        score_columns = list(manifest["score_columns"])
+    except (ValueError, KeyError, TypeError, RecipeError) as exc:
+        return CorpusReport(failures=[f"{manifest_path}: malformed manifest: {exc}"])
+    report = validate_corpus(out, entries, recipe, planned, score_columns, targets)
+    listed = {name for e in entries for name in e["files"]}
+    for p in sorted(out.glob("*.tar")) + sorted(out.glob("*.parquet")):
+        if p.name not in listed:
+            report.failures.append(f"{p.name}: shard file not listed in the manifest")
+    if manifest.get("status") != "complete":
+        report.failures.append(f"manifest status is {manifest.get('status')!r}")
+    return report

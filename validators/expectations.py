@@ -1,0 +1,149 @@
+"""Corpus expectations with great_expectations 1.x (ephemeral context, pandas, no network)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from schemas.records import KEY_PATTERN, PROVENANCE_FIELDS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExpectationResult:
+    dataset: str
+    expectation: str
+    kwargs: dict[str, Any]
+    success: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "expectation": self.expectation,
+            "kwargs": self.kwargs,
+            "success": self.success,
+            "detail": self.detail,
+        }
+
+
+def _detail(result: Any) -> str:
+    r = result.result or {}
+    parts = []
+    if "observed_value" in r:
+        parts.append(f"observed {r['observed_value']}")
+    if r.get("unexpected_count"):
+        sample = r.get("partial_unexpected_list") or []
+        parts.append(f"{r['unexpected_count']} unexpected, e.g. {sample[:3]}")
+    return "; ".join(parts)
+
+
+def _validate(
+    context: Any, name: str, df: pd.DataFrame, expectations: list[Any]
+) -> list[ExpectationResult]:
+    import great_expectations as gx  # noqa: PLC0415
+
+    source = context.data_sources.add_pandas(f"synthgen_{name}")
+    asset = source.add_dataframe_asset(name)
+    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
+        batch_parameters={"dataframe": df}
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=f"synthgen_{name}"))
+    for e in expectations:
+        suite.add_expectation(e)
+    outcome = batch.validate(suite)
+    out = []
+    for r in outcome.results:
+        cfg = r.expectation_config
+        kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
+        out.append(ExpectationResult(name, cfg.type, kwargs, bool(r.success), _detail(r)))
+    return out
+
+
+def corpus_expectations(
+    rows: pd.DataFrame,
+    files: pd.DataFrame,
+    classes: pd.DataFrame,
+    *,
+    recipe_hash: str,
+    width: int,
+    height: int,
+    score_columns: list[str],
+    min_accepted_fraction: float,
+) -> list[ExpectationResult]:
+    """Run every corpus expectation.
+
+    rows: the build's Parquet rows (image bytes dropped). files: one row per shard file with
+    manifest and actual sha256/bytes. classes: per class `planned`, `attempted`, `accepted`,
+    `target_accepted` (the accepted count the plan requires; -1 where the plan sets none).
+    """
+    import os  # noqa: PLC0415
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx  # noqa: PLC0415
+    import great_expectations.expectations as gxe  # noqa: PLC0415
+    from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: PLC0415
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    sample_expectations: list[Any] = [
+        gxe.ExpectColumnValuesToBeUnique(column="key"),
+        gxe.ExpectColumnValuesToMatchRegex(column="key", regex=KEY_PATTERN.pattern),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["accepted", "rejected"]),
+        gxe.ExpectColumnValuesToBeInSet(column="recipe_hash", value_set=[recipe_hash]),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=width, max_value=width),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=height, max_value=height),
+    ]
+    for name in PROVENANCE_FIELDS:
+        sample_expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
+    for column in score_columns:
+        if column.startswith("clip_") and column.endswith("_score"):
+            lo, hi = -1.0, 1.0
+        elif column.endswith("_label_margin"):
+            lo, hi = -2.0, 2.0
+        elif column == "brightness":
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = 0.0, None
+        sample_expectations.append(
+            gxe.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi)
+        )
+    if min_accepted_fraction > 0:
+        sample_expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="status", value_set=["accepted"], mostly=min_accepted_fraction
+            )
+        )
+    results = _validate(context, "samples", rows, sample_expectations)
+    results += _validate(
+        context,
+        "classes",
+        classes,
+        [
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="planned", column_B="attempted"),
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A="accepted_or_untargeted", column_B="target_accepted"
+            ),
+        ],
+    )
+    results += _validate(
+        context,
+        "files",
+        files,
+        [
+            gxe.ExpectColumnValuesToNotBeNull(column="actual_sha256"),
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A="manifest_sha256", column_B="actual_sha256"
+            ),
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="manifest_bytes", column_B="actual_bytes"),
+        ],
+    )
+    return results
