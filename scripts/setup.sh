@@ -33,3 +33,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  # The report test renders report.html in a real headless browser.
+  echo "setup: installing Debian's chromium for the browser test"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
