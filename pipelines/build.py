@@ -196,6 +196,13 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
         dtype=r.model.dtype,
         device=device,
         image_format=r.output.image_format,
+        image_encoding=canonical_json(
+            {
+                "format": r.output.image_format,
+                "png_compress_level": r.output.png_compress_level,
+                "quality": r.output.quality,
+            }
+        ),
         scorers=canonical_json(scorers),
         library_versions=canonical_json(library_versions()),
         created_at=created_at,

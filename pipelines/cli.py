@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="(re)write report.html and report.json for a build")
     r.add_argument("dir", help="build output directory")
 
+    g = sub.add_parser(
+        "regenerate",
+        help="rebuild one sample from its provenance alone and compare its bytes",
+    )
+    g.add_argument("dir", help="build output directory")
+    g.add_argument("key", help="sample key")
+    g.add_argument("--image-out", default=None, help="also write the regenerated image here")
+
     t = sub.add_parser(
         "train-default",
         help="train the bundled digits models (diffusion + CLIP) on scikit-learn's digits",
@@ -164,6 +172,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_regenerate(args: argparse.Namespace) -> int:
+    import glob  # noqa: PLC0415
+    import hashlib  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    import pyarrow.dataset as ds  # noqa: PLC0415
+
+    from generators.regenerate import regenerate  # noqa: PLC0415
+
+    files = sorted(glob.glob(str(Path(args.dir) / "*.parquet")))
+    if not files:
+        print(f"synthgen: error: {args.dir}: no Parquet shards", file=sys.stderr)
+        return EXIT_FAILED
+    table = ds.dataset(files).to_table(filter=ds.field("key") == args.key)
+    if table.num_rows != 1:
+        print(f"synthgen: error: {args.dir}: key {args.key!r} found {table.num_rows} times",
+              file=sys.stderr)
+        return EXIT_FAILED
+    prov = table.drop_columns(["rejected_image"]).to_pylist()[0]
+    data = regenerate(prov)
+    digest = hashlib.sha256(data).hexdigest()
+    if args.image_out:
+        Path(args.image_out).write_bytes(data)
+    same = digest == prov["image_sha256"]
+    print(f"synthgen: {args.key}: regenerated sha256 {digest} "
+          f"{'matches' if same else 'DIFFERS FROM'} the recorded {prov['image_sha256']}")
+    return EXIT_OK if same else EXIT_FAILED
+
+
 def cmd_train_default(args: argparse.Namespace) -> int:
     from pathlib import Path  # noqa: PLC0415
 
@@ -193,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_build(args, beam_args)
         if args.command == "train-default":
             return cmd_train_default(args)
+        if args.command == "regenerate":
+            return cmd_regenerate(args)
         if args.command == "validate":
             return cmd_validate(args)
         if args.command == "report":

@@ -50,6 +50,7 @@ class BuildContext:
     dtype: str
     device: str
     image_format: str
+    image_encoding: str  # canonical JSON: {"format", "png_compress_level", "quality"}
     scorers: str  # canonical JSON list of {"name", "column", "sha256", "version"}
     library_versions: str  # canonical JSON
     created_at: str  # ISO-8601 UTC: the start of the build that made the sample
@@ -71,6 +72,7 @@ class BuildContext:
             "image_sha256": sample.image_sha256,
             "phash": sample.phash,
             "image_format": self.image_format,
+            "image_encoding": self.image_encoding,
             "width": sample.width,
             "height": sample.height,
             "recipe_name": self.recipe_name,

@@ -25,6 +25,7 @@ PROVENANCE_FIELDS: tuple[str, ...] = (
     "image_sha256",
     "phash",
     "image_format",
+    "image_encoding",
     "width",
     "height",
     "recipe_name",
@@ -59,6 +60,7 @@ _BASE_FIELDS: list[pa.Field] = [
     pa.field("image_sha256", pa.string(), nullable=False),
     pa.field("phash", pa.string(), nullable=False),
     pa.field("image_format", pa.string(), nullable=False),
+    pa.field("image_encoding", pa.string(), nullable=False),  # JSON
     pa.field("width", pa.int32(), nullable=False),
     pa.field("height", pa.int32(), nullable=False),
     pa.field("recipe_name", pa.string(), nullable=False),
@@ -136,7 +138,7 @@ class Sample:
     reject_reason: str | None = None
 
 
-JSON_FIELDS = ("scheduler_config", "scorers", "checks", "library_versions")
+JSON_FIELDS = ("scheduler_config", "scorers", "checks", "library_versions", "image_encoding")
 
 
 def provenance_from_row(
