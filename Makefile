@@ -11,7 +11,7 @@ setup:
 	@scripts/setup.sh
 
 build: setup
-	$(BIN)/synthgen build recipes/digits.yaml --output $(OUT) --resume -- $(BEAM_ARGS)
+	$(BIN)/synthgen build recipes/digits.yaml --publish $(OUT) --resume -- $(BEAM_ARGS)
 
 test: setup
 	@scripts/setup.sh --test

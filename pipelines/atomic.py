@@ -19,12 +19,15 @@ def tmp_name(final: Path) -> Path:
 @contextlib.contextmanager
 def atomic_write(final: Path) -> Iterator[IO[bytes]]:
     """Yield a binary file; on success it is fsynced and renamed to `final`, else removed."""
+    from pipelines.faults import maybe_fault  # noqa: PLC0415
+
     tmp = tmp_name(final)
     try:
         with tmp.open("wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        maybe_fault("rename", final.name)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -52,3 +55,10 @@ def remove_stale_tmp(folder: Path) -> int:
         p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def swap_symlink(link: Path, target: str) -> None:
+    """Point `link` at `target` in one atomic step (a new link renamed over the old one)."""
+    tmp = tmp_name(link)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)

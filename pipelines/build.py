@@ -342,23 +342,106 @@ def build_manifest(
     }
 
 
+LATEST = "latest"
+
+
+def _state_hash(build_dir: Path) -> str | None:
+    try:
+        return str(json.loads(_state_path(build_dir).read_text())["recipe_hash"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def versioned_output(root: Path, recipe: Recipe, resume: bool) -> Path:
+    """The build folder under ROOT/builds/ for a published build.
+
+    With `resume`, the newest unfinished build of the same recipe is continued, and a
+    `latest` that is already a complete build of this recipe is returned as it is.
+    Otherwise a new folder `<UTC time>-<recipe hash>` is made; complete builds are never
+    written to again.
+    """
+    if root.exists() and not root.is_dir():
+        raise BuildError(f"{root}: publish root exists and is not a directory")
+    builds = root / "builds"
+    if resume:
+        latest = root / LATEST
+        if latest.is_symlink() and (latest / MANIFEST_NAME).is_file():
+            if _state_hash(latest.resolve()) == recipe.hash:
+                return latest.resolve()
+        if builds.is_dir():
+            unfinished = [
+                d
+                for d in sorted(builds.iterdir())
+                if d.is_dir() and not (d / MANIFEST_NAME).exists() and _state_hash(d) == recipe.hash
+            ]
+            if unfinished:
+                return unfinished[-1]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return builds / f"{stamp}-{recipe.hash[:12]}"
+
+
+def publish(root: Path, build_dir: Path) -> Path:
+    """Swap ROOT/latest to this complete build in one atomic step."""
+    from pipelines.atomic import swap_symlink  # noqa: PLC0415
+
+    swap_symlink(root / LATEST, f"builds/{build_dir.name}")
+    return root / LATEST
+
+
 def run_build(
     recipe_path: str | Path,
-    output: str | Path,
+    output: str | Path | None = None,
     overrides: list[str] | None = None,
     resume: bool = False,
     beam_args: list[str] | None = None,
     show_progress: bool = True,
     test_pipeline: beam.Pipeline | None = None,
+    publish_root: str | Path | None = None,
 ) -> BuildResult:
-    """Build a corpus. Every input is checked before the output folder is touched."""
+    """Build a corpus into `output`, or as a new version under `publish_root`.
+
+    Every input is checked before any output folder is touched.
+    """
     start = time.monotonic()
+    if (output is None) == (publish_root is None):
+        raise BuildError("give exactly one of an output directory or a publish root")
     recipe, base_dir = load_recipe(recipe_path, overrides)
     resolved = resolve(recipe, base_dir)
     options = beam_options(beam_args or [])
     requests = plan(recipe)
     check_unique_keys(requests)
-    out = Path(output).resolve()
+    if publish_root is not None:
+        root = Path(publish_root).resolve()
+        out = versioned_output(root, recipe, resume)
+        result = _build_into(
+            out,
+            resolved,
+            requests,
+            options,
+            resume or out.exists(),
+            start,
+            show_progress,
+            test_pipeline,
+        )
+        publish(root, out)
+        return result
+    out = Path(output).resolve()  # type: ignore[arg-type]
+    return _build_into(
+        out, resolved, requests, options, resume, start, show_progress, test_pipeline
+    )
+
+
+def _build_into(
+    out: Path,
+    resolved: ResolvedRecipe,
+    requests: list[GenerationRequest],
+    options: PipelineOptions,
+    resume: bool,
+    start: float,
+    show_progress: bool,
+    test_pipeline: beam.Pipeline | None,
+) -> BuildResult:
+    recipe = resolved.recipe
 
     state = prepare_output(out, recipe, resume)
     remove_stale_tmp(out)

@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def _split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -38,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Build a corpus. Arguments after `--` go to Beam's PipelineOptions.",
     )
     b.add_argument("recipe", help="recipe YAML file")
-    b.add_argument("--output", "-o", required=True, help="output directory")
+    where = b.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", "-o", help="output directory (refused if not empty)")
+    where.add_argument(
+        "--publish",
+        metavar="ROOT",
+        help="versioned build: ROOT/builds/<time>-<hash>/, then ROOT/latest swapped to it",
+    )
     b.add_argument(
         "--set",
         dest="overrides",
@@ -122,6 +129,7 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     result = run_build(
         args.recipe,
         args.output,
+        publish_root=args.publish,
         overrides=args.overrides,
         resume=args.resume,
         beam_args=beam_args,
@@ -135,6 +143,8 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
         f"{result.generated_now} generated in {result.seconds:.1f}s ({rate:.2f} images/s)"
         + (f"; reused {len(result.reused_shards)} shard(s)" if result.reused_shards else "")
     )
+    if args.publish:
+        print(f"synthgen: published {args.publish}/latest -> {result.output.name}")
     return EXIT_OK
 
 
@@ -187,8 +197,10 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     table = ds.dataset(files).to_table(filter=ds.field("key") == args.key)
     if table.num_rows != 1:
-        print(f"synthgen: error: {args.dir}: key {args.key!r} found {table.num_rows} times",
-              file=sys.stderr)
+        print(
+            f"synthgen: error: {args.dir}: key {args.key!r} found {table.num_rows} times",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     prov = table.drop_columns(["rejected_image"]).to_pylist()[0]
     data = regenerate(prov)
@@ -196,8 +208,10 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     if args.image_out:
         Path(args.image_out).write_bytes(data)
     same = digest == prov["image_sha256"]
-    print(f"synthgen: {args.key}: regenerated sha256 {digest} "
-          f"{'matches' if same else 'DIFFERS FROM'} the recorded {prov['image_sha256']}")
+    print(
+        f"synthgen: {args.key}: regenerated sha256 {digest} "
+        f"{'matches' if same else 'DIFFERS FROM'} the recorded {prov['image_sha256']}"
+    )
     return EXIT_OK if same else EXIT_FAILED
 
 
@@ -216,7 +230,22 @@ def cmd_train_default(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+class Terminated(BaseException):
+    """SIGTERM: unwind like an interrupt so no manifest is written for an unfinished build."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal  # noqa: PLC0415
+
+    signal.signal(signal.SIGTERM, _terminate)
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(own)
     _setup_logging(args.verbose)
@@ -239,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synthgen: interrupted; the build is incomplete (no manifest)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("synthgen: terminated; the build is incomplete (no manifest)", file=sys.stderr)
+        return EXIT_TERMINATED
     except (RecipeError, ModelFolderError, BuildError) as exc:
         print(f"synthgen: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

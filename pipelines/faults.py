@@ -2,7 +2,8 @@
 
 `SYNTHGEN_FAULT=<point>:<match>:<action>[:<marker-file>]`
 - point: `check` (per sample, match = key), `write` (per shard, match = 00000),
-  `manifest` (match = `*`)
+  `rename` (a finished temporary file about to get its final name, match = that name,
+  e.g. `manifest.json` or `00001.tar`), `manifest` (before the manifest, match = `*`)
 - action: `kill` (SIGKILL this process), `raise` (an exception)
 - marker-file (optional): fire once only; the file is created when the fault fires.
 Unset in normal use: one environment lookup per call.
