@@ -365,9 +365,12 @@ def versioned_output(root: Path, recipe: Recipe, resume: bool) -> Path:
     builds = root / "builds"
     if resume:
         latest = root / LATEST
-        if latest.is_symlink() and (latest / MANIFEST_NAME).is_file():
-            if _state_hash(latest.resolve()) == recipe.hash:
-                return latest.resolve()
+        if (
+            latest.is_symlink()
+            and (latest / MANIFEST_NAME).is_file()
+            and _state_hash(latest.resolve()) == recipe.hash
+        ):
+            return latest.resolve()
         if builds.is_dir():
             unfinished = [
                 d
