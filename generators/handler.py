@@ -48,6 +48,10 @@ def generate_batch(
     """
     import torch  # noqa: PLC0415
 
+    from pipelines.faults import maybe_fault  # noqa: PLC0415
+
+    for r in requests:
+        maybe_fault("generate", r.key)
     samples: list[Sample] = []
     n = settings.compute_batch
     for start in range(0, len(requests), n):

@@ -560,7 +560,7 @@ def _run_pipeline(
     _ = (
         pipeline
         | "ShardIds" >> beam.Create(shard_ids)
-        | "Generate" >> GenerateSamples(r, generate, score)
+        | "Generate" >> GenerateSamples(r, generate, score, progress_dir=str(progress_dir))
         | "Check" >> DecideSamples(checks, global_checks, reused, str(progress_dir))
         | "Write" >> WriteShards(str(out), ctx, resolved.score_columns)
     )

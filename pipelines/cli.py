@@ -230,8 +230,28 @@ def cmd_train_default(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_RECEIVED: list[int] = []
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
     raise Terminated(signum)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _signal_exit() -> int | None:
+    """The exit status for a signal received during the run, even if a runner wrapped it."""
+    import signal  # noqa: PLC0415
+
+    if not _RECEIVED:
+        return None
+    what = "terminated" if _RECEIVED[0] == signal.SIGTERM else "interrupted"
+    print(f"synthgen: {what}; the build is incomplete (no manifest)", file=sys.stderr)
+    return EXIT_TERMINATED if _RECEIVED[0] == signal.SIGTERM else EXIT_INTERRUPTED
 
 
 class Terminated(BaseException):
@@ -246,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal  # noqa: PLC0415
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(own)
     _setup_logging(args.verbose)
@@ -265,16 +286,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_validate(args)
         if args.command == "report":
             return cmd_report(args)
-    except KeyboardInterrupt:
-        print("synthgen: interrupted; the build is incomplete (no manifest)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print("synthgen: terminated; the build is incomplete (no manifest)", file=sys.stderr)
-        return EXIT_TERMINATED
+    except (KeyboardInterrupt, Terminated):
+        code = _signal_exit()
+        return code if code is not None else EXIT_INTERRUPTED
     except (RecipeError, ModelFolderError, BuildError) as exc:
         print(f"synthgen: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
+        code = _signal_exit()
+        if code is not None:  # a runner re-raised the interrupt as its own error
+            return code
         logger.debug("failure", exc_info=True)
         print(f"synthgen: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -1,7 +1,8 @@
 """Fault injection for crash and retry tests, driven by the SYNTHGEN_FAULT environment variable.
 
 `SYNTHGEN_FAULT=<point>:<match>:<action>[:<marker-file>]`
-- point: `check` (per sample, match = key), `write` (per shard, match = 00000),
+- point: `generate` (per sample, before its batch runs, match = key),
+  `check` (per sample, match = key), `write` (per shard, match = 00000),
   `rename` (a finished temporary file about to get its final name, match = that name,
   e.g. `manifest.json` or `00001.tar`), `manifest` (before the manifest, match = `*`)
 - action: `kill` (SIGKILL this process), `raise` (an exception)

@@ -12,16 +12,18 @@ from typing import TextIO
 logger = logging.getLogger(__name__)
 
 
-def count_progress(progress_dir: Path) -> tuple[int, int]:
-    accepted = rejected = 0
+def count_progress(progress_dir: Path) -> tuple[int, int, int]:
+    """(generated, accepted, rejected) so far, summed over every worker's progress file."""
+    generated = accepted = rejected = 0
     for p in progress_dir.glob("*.log"):
         try:
             text = p.read_text(encoding="ascii")
         except OSError:
             continue
+        generated += text.count("G")
         accepted += text.count("A")
         rejected += text.count("R")
-    return accepted, rejected
+    return generated, accepted, rejected
 
 
 class Progress:
@@ -56,12 +58,12 @@ class Progress:
         self._report(final=True)
 
     def line(self) -> str:
-        a, r = count_progress(self._dir)
+        g, a, r = count_progress(self._dir)
         a += self._base[0]
         r += self._base[1]
-        n = a + r
+        n = g + sum(self._base)
         elapsed = time.monotonic() - self._start
-        rate = (n - sum(self._base)) / elapsed if elapsed > 0 else 0.0
+        rate = g / elapsed if elapsed > 0 else 0.0
         return (
             f"generated {n}/{self._total} | accepted {a} | rejected {r} | "
             f"{rate:.1f} img/s | {elapsed:.0f}s"

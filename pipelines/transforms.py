@@ -78,12 +78,14 @@ class GenerateSamples(beam.PTransform):
         generate: ModelHandler,
         score: ModelHandler,
         counts: dict[int, int] | None = None,
+        progress_dir: str | None = None,
     ):
         super().__init__()
         self._recipe = recipe
         self._generate = generate
         self._score = score
         self._counts = counts
+        self._progress_dir = progress_dir
 
     def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
         return (
@@ -95,6 +97,7 @@ class GenerateSamples(beam.PTransform):
             | "ScoreWithClip" >> RunInference(self._score)
             | "TakeScored" >> beam.Map(lambda result: result.example)
             | "MeasureImages" >> beam.Map(measure)
+            | "CountGenerated" >> beam.ParDo(CountGenerated(self._progress_dir))
         )
 
 
@@ -160,21 +163,46 @@ class QuantileCuts(beam.PTransform):
         )
 
 
-class DecideFn(beam.DoFn):
-    """Accept or reject each sample; counts per outcome and reason are Beam metrics."""
+class _ProgressWriter(beam.DoFn):
+    """Appends one letter per sample to a per-worker file the driver's progress display reads."""
 
-    def __init__(self, checks: Sequence[Check], progress_dir: str | None):
-        self._checks = list(checks)
+    def __init__(self, progress_dir: str | None):
         self._progress_dir = progress_dir
         self._progress: IO[str] | None = None
-        self._generated = Metrics.counter(METRICS_NAMESPACE, "generated")
-        self._accepted = Metrics.counter(METRICS_NAMESPACE, "accepted")
-        self._rejected = Metrics.counter(METRICS_NAMESPACE, "rejected")
 
     def setup(self) -> None:
         if self._progress_dir and os.path.isdir(self._progress_dir):
             path = Path(self._progress_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.log"
             self._progress = path.open("a", buffering=1, encoding="ascii")
+
+    def note(self, letter: str) -> None:
+        if self._progress is not None:
+            self._progress.write(letter + "\n")
+
+    def teardown(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+
+
+class CountGenerated(_ProgressWriter):
+    def __init__(self, progress_dir: str | None):
+        super().__init__(progress_dir)
+        self._generated = Metrics.counter(METRICS_NAMESPACE, "generated")
+
+    def process(self, sample: Sample) -> Iterator[Sample]:
+        self._generated.inc()
+        self.note("G")
+        yield sample
+
+
+class DecideFn(_ProgressWriter):
+    """Accept or reject each sample; counts per outcome and reason are Beam metrics."""
+
+    def __init__(self, checks: Sequence[Check], progress_dir: str | None):
+        super().__init__(progress_dir)
+        self._checks = list(checks)
+        self._accepted = Metrics.counter(METRICS_NAMESPACE, "accepted")
+        self._rejected = Metrics.counter(METRICS_NAMESPACE, "rejected")
 
     def process(
         self,
@@ -185,19 +213,13 @@ class DecideFn(beam.DoFn):
         maybe_fault("check", sample.request.key)
         checks = [_resolve(c, cuts) for c in self._checks]
         apply_checks(sample, checks, duplicates.get(sample.request.key))
-        self._generated.inc()
         if sample.status == ACCEPTED:
             self._accepted.inc()
         else:
             self._rejected.inc()
             Metrics.counter(METRICS_NAMESPACE, f"rejected_{sample.reject_reason}").inc()
-        if self._progress is not None:
-            self._progress.write("A\n" if sample.status == ACCEPTED else "R\n")
+        self.note("A" if sample.status == ACCEPTED else "R")
         yield sample
-
-    def teardown(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
 
 
 def _resolve(check: Check, cuts: dict[tuple[str, int], float]) -> Check:
