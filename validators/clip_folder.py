@@ -9,6 +9,9 @@ from typing import Any
 
 from generators.model_folder import UNSAFE_WEIGHT_SUFFIXES, ModelFolderError, file_sha256
 
+# JSON files a CLIP folder may hold besides the open_clip config.
+NON_CONFIG_JSON = ("training.json", "model_card.json")
+
 
 @dataclass(frozen=True)
 class ClipFolder:
@@ -24,7 +27,7 @@ def check_clip_folder(path: Path) -> ClipFolder:
     for p in path.iterdir():
         if p.suffix in UNSAFE_WEIGHT_SUFFIXES or p.suffix == ".py":
             raise ModelFolderError(f"{p}: refused (only a config JSON and safetensors are loaded)")
-    configs = [p for p in sorted(path.glob("*.json")) if p.name != "model_card.json"]
+    configs = [p for p in sorted(path.glob("*.json")) if p.name not in NON_CONFIG_JSON]
     if len(configs) != 1:
         raise ModelFolderError(
             f"{path}: expected exactly one open_clip config <name>.json, found {len(configs)}"
