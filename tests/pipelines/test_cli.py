@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def cli_build(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("cli")
+    data = tiny_recipe_dict(model_dir)
+    data["checks"] = {"clip_score": {"absolute": SPLIT_THRESHOLD}}
+    recipe = write_recipe(tmp / "recipe.yaml", data)
+    proc = _run(
+        "build",
+        str(recipe),
+        "--output",
+        str(tmp / "out"),
+        "--set",
+        "count_per_class=3",
+        "--set",
+        "output.shard_size=4",
+        "--",
+        "--runner=DirectRunner",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "synthgen: built" in proc.stdout and "images/s" in proc.stdout
+    return tmp / "out"
+
+
+def test_set_overrides_reach_the_build(cli_build: Path) -> None:
+    manifest = json.loads((cli_build / "manifest.json").read_text())
+    assert manifest["counts"]["planned"] == 9
+    assert manifest["recipe"]["output"]["shard_size"] == 4
+    assert len(manifest["shards"]) == 3
+
+
+def test_regenerate_matches_recorded_bytes(cli_build: Path, tmp_path: Path) -> None:
+    rows = pq.read_table(cli_build / "00001.parquet").to_pylist()
+    for row in (rows[0], rows[-1]):
+        out_png = tmp_path / f"{row['key']}.png"
+        proc = _run("regenerate", str(cli_build), row["key"], "--image-out", str(out_png))
+        assert proc.returncode == 0, proc.stderr
+        assert "matches" in proc.stdout
+        import hashlib
+
+        assert hashlib.sha256(out_png.read_bytes()).hexdigest() == row["image_sha256"]
+
+
+def test_regenerate_refuses_a_changed_model(cli_build: Path, tmp_path: Path) -> None:
+    import shutil
+
+    rows = pq.read_table(cli_build / "00000.parquet").to_pylist()
+    moved = tmp_path / "copy"
+    shutil.copytree(cli_build, moved)
+    model = Path(rows[0]["model_path"])
+    backup = (model / "scheduler" / "scheduler_config.json").read_text()
+    try:
+        (model / "scheduler" / "scheduler_config.json").write_text(
+            backup.replace('"steps_offset": 1', '"steps_offset": 0')
+        )
+        proc = _run("regenerate", str(moved), rows[0]["key"])
+        assert proc.returncode == 1
+        assert "content differs" in proc.stderr
+    finally:
+        (model / "scheduler" / "scheduler_config.json").write_text(backup)
+
+
+def test_report_and_validate_commands(cli_build: Path) -> None:
+    (cli_build / "report.html").unlink()
+    proc = _run("report", str(cli_build))
+    assert proc.returncode == 0 and (cli_build / "report.html").is_file()
+    proc = _run("validate", str(cli_build))
+    assert proc.returncode == 0, proc.stdout
+    assert "valid" in proc.stdout
+
+
+def test_bad_override_exits_1_naming_the_field(recipe_file: Path, tmp_path: Path) -> None:
+    proc = _run("build", str(recipe_file), "-o", str(tmp_path / "out"), "--set", "seed=-4")
+    assert proc.returncode == 1
+    assert "seed: Input should be greater than or equal to 0" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_in_a_regenerate_request(cli_build: Path) -> None:
+    proc = _run("regenerate", str(cli_build), "no-such-key")
+    assert proc.returncode == 1 and "found 0 times" in proc.stderr
