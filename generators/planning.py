@@ -29,16 +29,19 @@ def pick_prompt(cls: ClassSpec, seed: int) -> str:
     return cls.prompts[seed % len(cls.prompts)]
 
 
-def interleaved_order(counts: dict[int, int]) -> list[tuple[int, int]]:
-    """(class_id, index) pairs ordered index-major, class-minor.
+def interleaved_order(
+    counts: dict[int, int], start: dict[int, int] | None = None
+) -> list[tuple[int, int]]:
+    """(class_id, index) pairs, index in [start, count), ordered index-major, class-minor.
 
     Shards are consecutive slices of this order, so each shard mixes classes evenly.
     """
+    start = start or {}
     order: list[tuple[int, int]] = []
     width = max(counts.values(), default=0)
-    for index in range(width):
+    for index in range(min(start.values(), default=0), width):
         for class_id in sorted(counts):
-            if index < counts[class_id]:
+            if start.get(class_id, 0) <= index < counts[class_id]:
                 order.append((class_id, index))
     return order
 
@@ -47,22 +50,31 @@ def num_shards(total: int, shard_size: int) -> int:
     return max(1, math.ceil(total / shard_size))
 
 
-def plan(recipe: Recipe, counts: dict[int, int] | None = None) -> list[GenerationRequest]:
-    """Every sample of the build, in shard order.
+def plan(
+    recipe: Recipe,
+    counts: dict[int, int] | None = None,
+    start: dict[int, int] | None = None,
+    shard_offset: int = 0,
+) -> list[GenerationRequest]:
+    """Every sample of the build (or of one balancing round), in shard order.
 
-    `counts` overrides `count_per_class` per class id (used by class balancing).
+    `counts` overrides `count_per_class` per class id; a balancing round plans indices from
+    `start` up to `counts` into new shards numbered from `shard_offset`, so earlier rounds'
+    keys, seeds and shards never change.
     """
     if counts is None:
+        if recipe.count_per_class is None:
+            raise ValueError("a balance recipe is planned per round, with explicit counts")
         counts = {c.id: recipe.count_per_class for c in recipe.classes}
     requests: list[GenerationRequest] = []
-    for position, (class_id, index) in enumerate(interleaved_order(counts)):
+    for position, (class_id, index) in enumerate(interleaved_order(counts, start)):
         cls = recipe.class_by_id(class_id)
         key = sample_key(recipe.name, cls.name, index)
         seed = sample_seed(recipe.seed, key)
         requests.append(
             GenerationRequest(
                 key=key,
-                shard=position // recipe.output.shard_size,
+                shard=shard_offset + position // recipe.output.shard_size,
                 index=index,
                 class_label=cls.id,
                 class_name=cls.name,

@@ -78,6 +78,7 @@ class ResolvedRecipe:
     recipe: Recipe
     model_path: Path
     clip: ClipFolder
+    balance_source: str | None = None  # resolved path or shard pattern of a balance source
 
     @property
     def clip_column(self) -> str:
@@ -97,7 +98,17 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     model_path = resolve_path(base_dir, recipe.model.path)
     check_diffusers_folder(model_path)
     clip = check_clip_folder(resolve_path(base_dir, recipe.scoring.clip_model))
-    return ResolvedRecipe(recipe=recipe, model_path=model_path, clip=clip)
+    source = None
+    if recipe.balance is not None:
+        from generators.sources.open import open_source  # noqa: PLC0415
+
+        raw = recipe.balance.source
+        if any(c in raw for c in "{*?["):  # a shard pattern, not a single path
+            source = raw if Path(raw).is_absolute() else str(base_dir / raw)
+        else:
+            source = str(resolve_path(base_dir, raw))
+        open_source(recipe.balance, source)  # a missing or malformed source fails here
+    return ResolvedRecipe(recipe=recipe, model_path=model_path, clip=clip, balance_source=source)
 
 
 def beam_options(beam_args: list[str]) -> PipelineOptions:
@@ -411,8 +422,11 @@ def run_build(
     recipe, base_dir = load_recipe(recipe_path, overrides)
     resolved = resolve(recipe, base_dir)
     options = beam_options(beam_args or [])
-    requests = plan(recipe)
-    check_unique_keys(requests)
+    requests: list[GenerationRequest] = []
+    if recipe.balance is None:
+        requests = plan(recipe)
+        check_unique_keys(requests)
+
     if publish_root is not None:
         root = Path(publish_root).resolve()
         out = versioned_output(root, recipe, resume)
@@ -434,30 +448,33 @@ def run_build(
     )
 
 
-def _build_into(
+@dataclass
+class ShardsOutcome:
+    entries: list[dict[str, Any]]
+    reused: list[int]
+    generated_now: int
+    metrics: dict[str, int]
+
+
+def build_shards(
     out: Path,
     resolved: ResolvedRecipe,
+    ctx: BuildContext,
     requests: list[GenerationRequest],
     options: PipelineOptions,
-    resume: bool,
-    start: float,
     show_progress: bool,
     test_pipeline: beam.Pipeline | None,
-) -> BuildResult:
+    plan_kwargs: dict[str, Any] | None = None,
+    prior_shards: list[int] | None = None,
+    quota: dict[int, int] | None = None,
+) -> ShardsOutcome:
+    """Make sure every shard of `requests` is written: reuse finished ones, build the rest.
+
+    `prior_shards` (earlier balancing rounds) take part in build-wide checks; `quota` caps
+    accepted samples per class id (the rest are rejected as `surplus`).
+    """
     recipe = resolved.recipe
-
-    state = prepare_output(out, recipe, resume)
-    remove_stale_tmp(out)
-    ctx = make_context(resolved, state["created_at"])
     shard_ids = sorted({r.shard for r in requests})
-
-    if (out / MANIFEST_NAME).is_file():
-        manifest = json.loads((out / MANIFEST_NAME).read_text())
-        if manifest.get("status") != "complete":
-            raise BuildError(f"{out}: the build there ended as {manifest.get('status')!r}")
-        logger.info("%s: build already complete; nothing to do", out)
-        return BuildResult(out, manifest, time.monotonic() - start, 0, reused_shards=shard_ids)
-
     done: dict[int, dict[str, Any]] = {}
     for shard in shard_ids:
         entry = finished_shard(out, shard, recipe.hash)
@@ -468,9 +485,9 @@ def _build_into(
     todo = [s for s in shard_ids if s not in done]
     if done:
         logger.info("resuming: reusing %d finished shard(s), building %d", len(done), len(todo))
-
     metrics: dict[str, int] = {}
-    generated_now = sum(1 for r in requests if r.shard in set(todo))
+    todo_set = set(todo)
+    generated_now = sum(1 for r in requests if r.shard in todo_set)
     if todo:
         progress_dir = out / STATE_DIR / "progress"
         shutil.rmtree(progress_dir, ignore_errors=True)
@@ -479,7 +496,7 @@ def _build_into(
             resolved,
             ctx,
             todo,
-            reused_features(out, sorted(done), resolved.score_columns),
+            reused_features(out, sorted({*done, *(prior_shards or [])}), resolved.score_columns),
             options,
             out,
             progress_dir,
@@ -490,8 +507,9 @@ def _build_into(
                 sum(e["rejected"] for e in done.values()),
             ),
             show_progress=show_progress,
+            plan_kwargs=plan_kwargs,
+            quota=quota,
         )
-
     entries: list[dict[str, Any]] = []
     missing: list[int] = []
     for shard in shard_ids:
@@ -502,14 +520,33 @@ def _build_into(
             entries.append(entry)
     if missing:
         raise BuildError(f"{out}: build incomplete: shard(s) {missing} were not written")
-    manifest = build_manifest(resolved, state, requests, entries, ctx)
+    return ShardsOutcome(entries, sorted(done), generated_now, metrics)
+
+
+def finalize(
+    out: Path,
+    resolved: ResolvedRecipe,
+    state: dict[str, Any],
+    ctx: BuildContext,
+    requests: list[GenerationRequest],
+    outcome: ShardsOutcome,
+    start: float,
+    targets: dict[str, int] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> BuildResult:
+    """Gate the written corpus with its expectations, then write the manifest and report."""
+    manifest = build_manifest(resolved, state, requests, outcome.entries, ctx)
+    if targets is not None:
+        manifest["counts"]["target_accepted_per_class"] = targets
+    manifest.update(extra or {})
     # The gate: corpus expectations over what was written, before the manifest exists.
     validation = validate_corpus(
         out,
-        entries,
-        recipe,
+        outcome.entries,
+        resolved.recipe,
         manifest["counts"]["planned_per_class"],
         list(resolved.score_columns),
+        targets=targets,
         tars=False,
     )
     manifest["validation"] = validation.as_dict()
@@ -518,7 +555,9 @@ def _build_into(
     write_bytes_atomic(out / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
     write_report(out)
     seconds = time.monotonic() - start
-    result = BuildResult(out, manifest, seconds, generated_now, sorted(done), metrics)
+    result = BuildResult(
+        out, manifest, seconds, outcome.generated_now, outcome.reused, outcome.metrics
+    )
     if not validation.ok:
         failed = [
             f"{e.dataset}: {e.expectation} {e.kwargs} {e.detail}"
@@ -529,6 +568,40 @@ def _build_into(
             result,
         )
     return result
+
+
+def _already_complete(out: Path, start: float, shard_ids: list[int]) -> BuildResult | None:
+    if not (out / MANIFEST_NAME).is_file():
+        return None
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    if manifest.get("status") != "complete":
+        raise BuildError(f"{out}: the build there ended as {manifest.get('status')!r}")
+    logger.info("%s: build already complete; nothing to do", out)
+    return BuildResult(out, manifest, time.monotonic() - start, 0, reused_shards=shard_ids)
+
+
+def _build_into(
+    out: Path,
+    resolved: ResolvedRecipe,
+    requests: list[GenerationRequest],
+    options: PipelineOptions,
+    resume: bool,
+    start: float,
+    show_progress: bool,
+    test_pipeline: beam.Pipeline | None,
+) -> BuildResult:
+    if resolved.recipe.balance is not None:
+        from pipelines.balance import run_balance  # noqa: PLC0415
+
+        return run_balance(out, resolved, options, resume, start, show_progress)
+    state = prepare_output(out, resolved.recipe, resume)
+    remove_stale_tmp(out)
+    ctx = make_context(resolved, state["created_at"])
+    complete = _already_complete(out, start, sorted({r.shard for r in requests}))
+    if complete is not None:
+        return complete
+    outcome = build_shards(out, resolved, ctx, requests, options, show_progress, test_pipeline)
+    return finalize(out, resolved, state, ctx, requests, outcome, start)
 
 
 def _run_pipeline(
@@ -543,6 +616,8 @@ def _run_pipeline(
     total: int,
     done_counts: tuple[int, int],
     show_progress: bool,
+    plan_kwargs: dict[str, Any] | None = None,
+    quota: dict[int, int] | None = None,
 ) -> dict[str, int]:
     r = resolved.recipe
     generate = DiffusersHandler(generation_settings(resolved), batch_size=r.batch_size)
@@ -560,8 +635,8 @@ def _run_pipeline(
     _ = (
         pipeline
         | "ShardIds" >> beam.Create(shard_ids)
-        | "Generate" >> GenerateSamples(r, generate, score, progress_dir=str(progress_dir))
-        | "Check" >> DecideSamples(checks, global_checks, reused, str(progress_dir))
+        | "Generate" >> GenerateSamples(r, generate, score, plan_kwargs, str(progress_dir))
+        | "Check" >> DecideSamples(checks, global_checks, reused, str(progress_dir), quota)
         | "Write" >> WriteShards(str(out), ctx, resolved.score_columns)
     )
     progress = Progress(progress_dir, total, *done_counts) if show_progress else None

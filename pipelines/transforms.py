@@ -39,15 +39,15 @@ METRICS_NAMESPACE = "synthgen"
 class ExpandShard(beam.DoFn):
     """Shard id -> its GenerationRequests. Planning is pure, so workers re-derive it."""
 
-    def __init__(self, recipe: Recipe, counts: dict[int, int] | None = None):
+    def __init__(self, recipe: Recipe, plan_kwargs: dict[str, Any] | None = None):
         self._recipe = recipe
-        self._counts = counts
+        self._plan_kwargs = plan_kwargs or {}
         self._by_shard: dict[int, list[GenerationRequest]] | None = None
 
     def process(self, shard: int) -> Iterator[GenerationRequest]:
         if self._by_shard is None:
             self._by_shard = {}
-            for r in plan(self._recipe, self._counts):
+            for r in plan(self._recipe, **self._plan_kwargs):
                 self._by_shard.setdefault(r.shard, []).append(r)
         yield from self._by_shard.get(shard, [])
 
@@ -77,20 +77,20 @@ class GenerateSamples(beam.PTransform):
         recipe: Recipe,
         generate: ModelHandler,
         score: ModelHandler,
-        counts: dict[int, int] | None = None,
+        plan_kwargs: dict[str, Any] | None = None,
         progress_dir: str | None = None,
     ):
         super().__init__()
         self._recipe = recipe
         self._generate = generate
         self._score = score
-        self._counts = counts
+        self._plan_kwargs = plan_kwargs
         self._progress_dir = progress_dir
 
     def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
         return (
             shard_ids
-            | "PlanRequests" >> beam.ParDo(ExpandShard(self._recipe, self._counts))
+            | "PlanRequests" >> beam.ParDo(ExpandShard(self._recipe, self._plan_kwargs))
             | "Spread" >> beam.Reshuffle()
             | "GenerateImages" >> RunInference(self._generate)
             | "TakeImages" >> beam.Map(lambda result: result.inference)
@@ -240,12 +240,14 @@ class DecideSamples(beam.PTransform):
         global_checks: GlobalChecks,
         reused: list[SampleFeatures],
         progress_dir: str | None,
+        quota: dict[int, int] | None = None,
     ):
         super().__init__()
         self._checks = checks
         self._global = global_checks
         self._reused = reused
         self._progress_dir = progress_dir
+        self._quota = quota
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         p = samples.pipeline
@@ -268,10 +270,55 @@ class DecideSamples(beam.PTransform):
             | "FirstReason" >> beam.CombinePerKey(min)
         )
         cuts = feats | "QuantileCuts" >> QuantileCuts(self._global.quantiles)
-        return samples | "Decide" >> beam.ParDo(
+        decided = samples | "Decide" >> beam.ParDo(
             DecideFn(self._checks, self._progress_dir),
             duplicates=beam.pvalue.AsDict(duplicates),
             cuts=beam.pvalue.AsDict(cuts),
+        )
+        if self._quota is None:
+            return decided
+        return decided | "ApplyQuota" >> ApplyQuota(self._quota)
+
+
+def surplus_keys(
+    quota: dict[int, int], element: tuple[int, Iterable[tuple[int, str]]]
+) -> list[str]:
+    """Accepted keys of one class beyond its quota, lowest indices kept."""
+    class_label, accepted = element
+    ordered = sorted(accepted)
+    return [key for _, key in ordered[quota.get(class_label, 0) :]]
+
+
+def mark_surplus(sample: Sample, surplus: dict[str, bool]) -> Sample:
+    if sample.status == ACCEPTED and surplus.get(sample.request.key):
+        sample.status = "rejected"
+        sample.reject_reason = "surplus"
+        sample.checks["quota"] = "surplus"
+        Metrics.counter(METRICS_NAMESPACE, "rejected_surplus").inc()
+    return sample
+
+
+class ApplyQuota(beam.PTransform):
+    """Keep at most `quota[class]` accepted samples per class (balancing needs exact counts);
+    the accepted samples with the lowest indices are kept, the rest rejected as `surplus`."""
+
+    def __init__(self, quota: dict[int, int]):
+        super().__init__()
+        self._quota = quota
+
+    def expand(self, decided: beam.PCollection) -> beam.PCollection:
+        quota = self._quota
+        surplus = (
+            decided
+            | "Accepted" >> beam.Filter(lambda s: s.status == ACCEPTED)
+            | "ByClass"
+            >> beam.Map(lambda s: (s.request.class_label, (s.request.index, s.request.key)))
+            | "GroupClass" >> beam.GroupByKey()
+            | "Surplus" >> beam.FlatMap(lambda kv: surplus_keys(quota, kv))
+            | "AsFlag" >> beam.Map(lambda key: (key, True))
+        )
+        return decided | "MarkSurplus" >> beam.Map(
+            mark_surplus, surplus=beam.pvalue.AsDict(surplus)
         )
 
 

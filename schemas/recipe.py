@@ -152,6 +152,32 @@ class OutputSpec(_Frozen):
     quality: int = Field(default=95, ge=1, le=100, description="webp/jpeg quality")
 
 
+class BalanceSpec(_Frozen):
+    """Top up the classes of an existing labelled dataset to a target count after filtering."""
+
+    source: str = Field(min_length=1, description="Parquet, WebDataset shards, or image folder")
+    format: Literal["auto", "parquet", "webdataset", "folder"] = "auto"
+    label_column: str = "label"
+    image_column: str = "image"
+    target: Literal["max"] | int | dict[str, int] = "max"
+    max_rounds: int = Field(default=4, ge=1, le=20)
+    overgenerate: float = Field(
+        default=1.1, ge=1.0, le=10.0, description="margin on top of the measured accept rate"
+    )
+    min_accept_rate: float = Field(
+        default=0.02, gt=0.0, le=1.0, description="a class accepting less cannot be filled"
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _positive_target(cls, v: object) -> object:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("target must be at least 1")
+        if isinstance(v, dict) and any(n < 0 for n in v.values()):
+            raise ValueError("per-class targets must not be negative")
+        return v
+
+
 class Recipe(_Frozen):
     """A build recipe. Relative paths resolve against the recipe file's folder."""
 
@@ -160,12 +186,19 @@ class Recipe(_Frozen):
     model: ModelSpec
     sampling: SamplingSpec = SamplingSpec()
     classes: list[ClassSpec] = Field(min_length=1)
-    count_per_class: int = Field(ge=1)
+    count_per_class: int | None = Field(default=None, ge=1)
     scoring: ScoringSpec
     checks: ChecksSpec = ChecksSpec()
     validation: ValidationSpec = ValidationSpec()
+    balance: BalanceSpec | None = None
     output: OutputSpec = OutputSpec()
     batch_size: int = Field(default=8, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _count_or_balance(self) -> Recipe:
+        if self.count_per_class is None and self.balance is None:
+            raise ValueError("count_per_class: required unless the recipe has a balance block")
+        return self
 
     @model_validator(mode="after")
     def _unique_classes(self) -> Recipe:
@@ -234,7 +267,7 @@ def safe_load(text: str) -> Any:
         loader.dispose()  # type: ignore[no-untyped-call]
 
 
-PATH_FIELDS = (("model", "path"), ("scoring", "clip_model"))
+PATH_FIELDS = (("model", "path"), ("scoring", "clip_model"), ("balance", "source"))
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

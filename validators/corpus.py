@@ -199,6 +199,27 @@ def validate_corpus(
     return report
 
 
+def check_balanced_index(out: Path, balance: dict[str, Any]) -> list[str]:
+    """balanced.parquet reads with pyarrow and pandas and holds exactly the target per class."""
+    name = balance.get("balanced_index", "balanced.parquet")
+    try:
+        table = pq.read_table(out / name)
+        df = pd.read_parquet(out / name)
+    except Exception as exc:
+        return [f"{name}: unreadable: {exc}"]
+    failures = []
+    if table.num_rows != len(df):
+        failures.append(f"{name}: pyarrow and pandas disagree on the row count")
+    counts = df.groupby("class_name").size().to_dict()
+    for cls, target in balance["after"].items():
+        if counts.get(cls, 0) != target:
+            failures.append(f"{name}: class {cls} has {counts.get(cls, 0)} rows, expected {target}")
+    synthetic = set(df.loc[df["source"] == "synthetic", "key"])
+    if len(synthetic) != int((df["source"] == "synthetic").sum()):
+        failures.append(f"{name}: a synthetic key repeats")
+    return failures
+
+
 def validate_dir(out: Path) -> CorpusReport:
     """`synthgen validate DIR`: every check, trusting nothing but the manifest's recipe."""
     manifest_path = out / MANIFEST_NAME
@@ -214,7 +235,16 @@ def validate_dir(out: Path) -> CorpusReport:
     except (ValueError, KeyError, TypeError, RecipeError) as exc:
         return CorpusReport(failures=[f"{manifest_path}: malformed manifest: {exc}"])
     report = validate_corpus(out, entries, recipe, planned, score_columns, targets)
-    listed = {name for e in entries for name in e["files"]}
+    extra_files = dict(manifest.get("files", {}))
+    for name, info in extra_files.items():
+        path = out / name
+        if not path.is_file():
+            report.failures.append(f"{name}: missing")
+        elif sha256_file(path) != info["sha256"] or path.stat().st_size != info["bytes"]:
+            report.failures.append(f"{name}: sha256 or size differs from the manifest")
+    if "balance" in manifest:
+        report.failures += check_balanced_index(out, manifest["balance"])
+    listed = {name for e in entries for name in e["files"]} | set(extra_files)
     for p in sorted(out.glob("*.tar")) + sorted(out.glob("*.parquet")):
         if p.name not in listed:
             report.failures.append(f"{p.name}: shard file not listed in the manifest")

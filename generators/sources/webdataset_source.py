@@ -1,0 +1,55 @@
+"""WebDataset shards (a glob or brace pattern); labels from each sample's `.cls`."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator
+
+from generators.sources.base import Source, SourceError, SourceRecord, check_image
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    import braceexpand  # noqa: PLC0415  (a webdataset dependency)
+
+    urls: list[str] = []
+    for part in braceexpand.braceexpand(pattern):
+        urls += sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+    return urls
+
+
+class WebDatasetSource(Source):
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self.description = f"WebDataset {pattern}"
+        self.urls = expand_pattern(pattern)
+        if not self.urls:
+            raise SourceError(f"{pattern}: no shards match")
+        missing = [u for u in self.urls if not os.path.isfile(u)]
+        if missing:
+            raise SourceError(f"{pattern}: shard {missing[0]} not found")
+
+    def records(self) -> Iterator[SourceRecord]:
+        import webdataset as wds  # noqa: PLC0415
+
+        ds = wds.WebDataset(
+            self.urls, shardshuffle=False, handler=wds.reraise_exception, empty_check=False
+        )
+        try:
+            for sample in ds:
+                key = sample["__key__"]
+                url = str(sample.get("__url__", ""))
+                where = f"{url}#{key}"
+                if "cls" not in sample:
+                    raise SourceError(f"{where}: sample has no .cls label")
+                image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                if image_ext is None:
+                    raise SourceError(f"{where}: sample has no image member")
+                check_image(sample[image_ext], where)
+                yield SourceRecord(where, sample["cls"].decode("utf-8").strip())
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"{self.pattern}: unreadable shard: {exc}") from None
