@@ -92,7 +92,10 @@ def generate_batch(
 class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
     """Loads any diffusers text-to-image pipeline folder once per worker and generates.
 
-    Beam batches are exactly `batch_size` requests (min = max), except a bundle's tail.
+    Each element is already a batch: a list of up to `batch_size` requests of one shard, made
+    by the planning step. Batches are formed by position, not by BatchElements' buffering, so
+    no output waits for a bundle to finish (some runners, Dask among them, drop outputs
+    emitted at bundle end) and the batch size is exactly the recipe's.
     """
 
     def __init__(self, settings: GenerationSettings, batch_size: int):
@@ -112,11 +115,13 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
         model: Any,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        for sample in generate_batch(model, self._settings, batch):
-            yield PredictionResult(example=sample.request, inference=sample)
+        """`batch` is one planned batch; one result holds all of its samples."""
+        yield PredictionResult(
+            example=list(batch), inference=generate_batch(model, self._settings, batch)
+        )
 
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+    def should_skip_batching(self) -> bool:
+        return True  # elements arrive as batches (see the class docstring)
 
     def get_metrics_namespace(self) -> str:
         return "synthgen_generate"

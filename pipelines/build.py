@@ -119,6 +119,14 @@ def beam_options(beam_args: list[str]) -> PipelineOptions:
     std = options.view_as(StandardOptions)
     if not std.runner:
         std.runner = "DirectRunner"
+    if std.runner == "DaskRunner":  # Beam only knows it by its full name
+        std.runner = "apache_beam.runners.dask.dask_runner.DaskRunner"
+    from apache_beam.runners.runner import create_runner  # noqa: PLC0415
+
+    try:
+        create_runner(std.runner)  # an unknown runner fails before any output exists
+    except (ValueError, ImportError) as exc:
+        raise BuildError(f"Beam runner {std.runner!r}: {exc}") from None
     return options
 
 
@@ -642,12 +650,16 @@ def _run_pipeline(
     progress = Progress(progress_dir, total, *done_counts) if show_progress else None
     if progress:
         progress.__enter__()
+    result = None
     try:
         result = pipeline.run()
         state = result.wait_until_finish()
     finally:
         if progress:
             progress.__exit__(None, None, None)
+        client = getattr(result, "client", None)  # DaskRunner's connection to the cluster
+        if client is not None:
+            client.close()
     if state is not None and str(state) not in ("DONE", "PipelineState.DONE"):
         raise BuildError(f"pipeline finished in state {state}")
     return _counters(result)

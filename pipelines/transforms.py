@@ -37,19 +37,25 @@ METRICS_NAMESPACE = "synthgen"
 
 
 class ExpandShard(beam.DoFn):
-    """Shard id -> its GenerationRequests. Planning is pure, so workers re-derive it."""
+    """Shard id -> its GenerationRequests in batches of the recipe's `batch_size`.
+
+    Planning is pure, so workers re-derive it; batches are consecutive slices of a shard.
+    """
 
     def __init__(self, recipe: Recipe, plan_kwargs: dict[str, Any] | None = None):
         self._recipe = recipe
         self._plan_kwargs = plan_kwargs or {}
         self._by_shard: dict[int, list[GenerationRequest]] | None = None
 
-    def process(self, shard: int) -> Iterator[GenerationRequest]:
+    def process(self, shard: int) -> Iterator[list[GenerationRequest]]:
         if self._by_shard is None:
             self._by_shard = {}
             for r in plan(self._recipe, **self._plan_kwargs):
                 self._by_shard.setdefault(r.shard, []).append(r)
-        yield from self._by_shard.get(shard, [])
+        requests = self._by_shard.get(shard, [])
+        n = self._recipe.batch_size
+        for start in range(0, len(requests), n):
+            yield requests[start : start + n]
 
 
 def measure(sample: Sample) -> Sample:
@@ -95,7 +101,7 @@ class GenerateSamples(beam.PTransform):
             | "GenerateImages" >> RunInference(self._generate)
             | "TakeImages" >> beam.Map(lambda result: result.inference)
             | "ScoreWithClip" >> RunInference(self._score)
-            | "TakeScored" >> beam.Map(lambda result: result.example)
+            | "TakeScored" >> beam.FlatMap(lambda result: result.inference)
             | "MeasureImages" >> beam.Map(measure)
             | "CountGenerated" >> beam.ParDo(CountGenerated(self._progress_dir))
         )
@@ -174,6 +180,12 @@ class _ProgressWriter(beam.DoFn):
         if self._progress_dir and os.path.isdir(self._progress_dir):
             path = Path(self._progress_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.log"
             self._progress = path.open("a", buffering=1, encoding="ascii")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Some runners (Dask) pickle DoFns after setup: an open file must not travel.
+        state = dict(self.__dict__)
+        state["_progress"] = None
+        return state
 
     def note(self, letter: str) -> None:
         if self._progress is not None:
@@ -285,7 +297,7 @@ def surplus_keys(
 ) -> list[str]:
     """Accepted keys of one class beyond its quota, lowest indices kept."""
     class_label, accepted = element
-    ordered = sorted(accepted)
+    ordered = sorted(set(accepted))  # a sample delivered twice counts once
     return [key for _, key in ordered[quota.get(class_label, 0) :]]
 
 

@@ -103,8 +103,15 @@ class ClipScoreHandler(ModelHandler[Sample, PredictionResult, Any]):
         return bundle
 
     def run_inference(
-        self, batch: Sequence[Sample], model: Any, inference_args: dict[str, Any] | None = None
+        self,
+        batch: Sequence[Sample],
+        model: Any,
+        inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
+        """`batch` is one generation batch of samples, scored in place as one result."""
+        yield PredictionResult(example=list(batch), inference=self.score(batch, model))
+
+    def score(self, batch: Sequence[Sample], model: Any) -> list[Sample]:
         import torch  # noqa: PLC0415
 
         images = [decode_image(s.image) for s in batch]
@@ -121,10 +128,10 @@ class ClipScoreHandler(ModelHandler[Sample, PredictionResult, Any]):
                 others = torch.cat([class_sims[i, :own], class_sims[i, own + 1 :]])
                 margin = float(class_sims[i, own] - others.max())
             sample.scores[self.margin_column] = margin
-            yield PredictionResult(example=sample, inference=scores[i])
+        return list(batch)
 
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+    def should_skip_batching(self) -> bool:
+        return True  # elements arrive as the generation step's batches
 
     def get_metrics_namespace(self) -> str:
         return "synthgen_score"
