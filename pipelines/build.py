@@ -241,6 +241,9 @@ def generation_settings(resolved: ResolvedRecipe) -> GenerationSettings:
         device=r.model.device,
         compute_batch=r.model.compute_batch,
         cpu_threads=r.model.cpu_threads,
+        channels_last=r.model.channels_last,
+        compile=r.model.compile,
+        copies=r.model.copies,
         image_format=r.output.image_format,
         png_compress_level=r.output.png_compress_level,
         quality=r.output.quality,
@@ -643,7 +646,8 @@ def _run_pipeline(
     _ = (
         pipeline
         | "ShardIds" >> beam.Create(shard_ids)
-        | "Generate" >> GenerateSamples(r, generate, score, plan_kwargs, str(progress_dir))
+        | "Generate"
+        >> GenerateSamples(r, generate, score, plan_kwargs, str(progress_dir), r.model.accelerator)
         | "Check" >> DecideSamples(checks, global_checks, reused, str(progress_dir), quota)
         | "Write" >> WriteShards(str(out), ctx, resolved.score_columns)
     )

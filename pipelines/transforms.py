@@ -85,22 +85,30 @@ class GenerateSamples(beam.PTransform):
         score: ModelHandler,
         plan_kwargs: dict[str, Any] | None = None,
         progress_dir: str | None = None,
+        accelerator: str | None = None,
     ):
         super().__init__()
         self._recipe = recipe
         self._generate = generate
         self._score = score
         self._plan_kwargs = plan_kwargs
+        self._accelerator = accelerator
         self._progress_dir = progress_dir
 
     def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
+        generate: beam.PTransform = RunInference(self._generate)
+        score: beam.PTransform = RunInference(self._score)
+        if self._accelerator:
+            # Model steps run on accelerator workers; planning, checks and writing do not ask.
+            generate = generate.with_resource_hints(accelerator=self._accelerator)
+            score = score.with_resource_hints(accelerator=self._accelerator)
         return (
             shard_ids
             | "PlanRequests" >> beam.ParDo(ExpandShard(self._recipe, self._plan_kwargs))
             | "Spread" >> beam.Reshuffle()
-            | "GenerateImages" >> RunInference(self._generate)
+            | "GenerateImages" >> generate
             | "TakeImages" >> beam.Map(lambda result: result.inference)
-            | "ScoreWithClip" >> RunInference(self._score)
+            | "ScoreWithClip" >> score
             | "TakeScored" >> beam.FlatMap(lambda result: result.inference)
             | "MeasureImages" >> beam.Map(measure)
             | "CountGenerated" >> beam.ParDo(CountGenerated(self._progress_dir))

@@ -39,6 +39,16 @@ class ModelSpec(_Frozen):
         le=1024,
         description="images per pipeline call; fixed-shape, so part of what the bytes depend on",
     )
+    accelerator: str | None = Field(
+        default=None,
+        description="Beam resource hint for the model steps, e.g. "
+        "'type:nvidia-l4;count:1;install-nvidia-driver' (Dataflow GPU workers)",
+    )
+    channels_last: bool = Field(default=False, description="UNet/VAE in channels_last (GPU)")
+    compile: bool = Field(default=False, description="torch.compile the UNet (GPU)")
+    copies: int = Field(
+        default=1, ge=1, le=64, description="model copies per worker (several GPUs or streams)"
+    )
     cpu_threads: int = Field(
         default=1,
         ge=1,

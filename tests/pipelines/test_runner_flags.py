@@ -1,0 +1,113 @@
+"""Production runner flag sets from docs/runners.md: options build, nothing is submitted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    FlinkRunnerOptions,
+    GoogleCloudOptions,
+    PortableOptions,
+    SparkRunnerOptions,
+    StandardOptions,
+    WorkerOptions,
+)
+
+from generators.handler import DiffusersHandler
+from pipelines.build import beam_options, generation_settings, resolve
+from pipelines.transforms import GenerateSamples
+from schemas.recipe import load_recipe
+from tests.conftest import tiny_recipe_dict, write_recipe
+
+DATAFLOW = [
+    "--runner=DataflowRunner",
+    "--project=my-project",
+    "--region=us-central1",
+    "--temp_location=gs://my-bucket/tmp",
+    "--sdk_container_image=us-docker.pkg.dev/my-project/synthgen/worker:0.1.0",
+    "--machine_type=g2-standard-8",
+    "--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
+    "--experiments=no_use_multiple_sdk_containers",
+    "--number_of_worker_harness_threads=1",
+]
+FLINK = [
+    "--runner=FlinkRunner",
+    "--flink_master=flink-jobmanager:8081",
+    "--environment_type=DOCKER",
+    "--environment_config=my-registry/synthgen-worker:0.1.0",
+    "--parallelism=8",
+]
+SPARK = [
+    "--runner=SparkRunner",
+    "--spark_master_url=spark://spark-master:7077",
+    "--environment_type=DOCKER",
+    "--environment_config=my-registry/synthgen-worker:0.1.0",
+]
+PORTABLE = [
+    "--runner=PortableRunner",
+    "--job_endpoint=job-server:8099",
+    "--environment_type=EXTERNAL",
+    "--environment_config=worker-pool:50000",
+]
+
+
+def test_documented_flag_sets_are_in_the_docs() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "runners.md").read_text()
+    for flags in (DATAFLOW, FLINK, SPARK, PORTABLE):
+        for flag in flags:
+            assert flag in doc, flag
+
+
+def test_dataflow_gpu_options() -> None:
+    o = beam_options(DATAFLOW)
+    assert o.view_as(StandardOptions).runner == "DataflowRunner"
+    gcp = o.view_as(GoogleCloudOptions)
+    assert gcp.project == "my-project" and gcp.region == "us-central1"
+    assert gcp.dataflow_service_options == [
+        "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+    ]
+    assert "no_use_multiple_sdk_containers" in o.view_as(DebugOptions).experiments
+    assert o.view_as(WorkerOptions).machine_type == "g2-standard-8"
+    assert o.view_as(WorkerOptions).sdk_container_image.endswith("worker:0.1.0")
+
+
+def test_portable_runner_options() -> None:
+    flink = beam_options(FLINK)
+    assert flink.view_as(FlinkRunnerOptions).flink_master == "flink-jobmanager:8081"
+    assert flink.view_as(PortableOptions).environment_type == "DOCKER"
+    spark = beam_options(SPARK)
+    assert spark.view_as(SparkRunnerOptions).spark_master_url == "spark://spark-master:7077"
+    portable = beam_options(PORTABLE)
+    assert portable.view_as(PortableOptions).job_endpoint == "job-server:8099"
+
+
+def test_accelerator_hint_only_on_model_steps(tmp_path: Path, model_dir: Path) -> None:
+    data = tiny_recipe_dict(model_dir)
+    data["model"]["accelerator"] = "type:nvidia-l4;count:1;install-nvidia-driver"
+    recipe, base = load_recipe(write_recipe(tmp_path / "r.yaml", data))
+    resolved = resolve(recipe, base)
+    handler = DiffusersHandler(generation_settings(resolved), batch_size=recipe.batch_size)
+    p = beam.Pipeline(options=beam_options([]))
+    _ = (
+        p
+        | beam.Create([0])
+        | "Generate"
+        >> GenerateSamples(recipe, handler, handler, accelerator=recipe.model.accelerator)
+    )
+    proto = p.to_runner_api()
+
+    def hints(t) -> dict:
+        if not t.environment_id:
+            return {}
+        return dict(proto.components.environments[t.environment_id].resource_hints)
+
+    hinted = {
+        t.unique_name
+        for t in proto.components.transforms.values()
+        if any("accelerator" in key for key in hints(t))
+    }
+    assert any("GenerateImages" in name for name in hinted)
+    assert any("ScoreWithClip" in name for name in hinted)
+    assert not any("PlanRequests" in name or "MeasureImages" in name for name in hinted)
