@@ -1,6 +1,6 @@
 """Pipeline overhead: steady-state images/s of the full build / a bare diffusers loop.
 
-    .venv/bin/python benchmarks/overhead.py [--recipe recipes/digits.yaml] [--small 20] [--large 80] [--repeats 2]
+    .venv/bin/python benchmarks/overhead.py [--small 20] [--large 80] [--repeats 2]
 
 Both sides use the same model, scheduler, steps, guidance, resolution, batch size and threads.
 The bare loop calls the pipeline on batches of prompts with per-image generators and stops at
