@@ -198,3 +198,14 @@ def test_fault_injection_marker_fires_once(tmp_path: Path, monkeypatch: pytest.M
         maybe_fault("write", "00003")
     maybe_fault("write", "00003")
     assert marker.exists()
+
+
+def test_shared_model_copies_give_the_same_images(
+    built: Path, tmp_path: Path, model_dir: Path
+) -> None:
+    data = tiny_recipe_dict(model_dir)
+    data["checks"]["clip_score"] = {"absolute": SPLIT_THRESHOLD}
+    data["model"]["copies"] = 2  # Beam's multi-process shared model, two copies
+    recipe = write_recipe(tmp_path / "recipe.yaml", data)
+    run_build(recipe, tmp_path / "copies", show_progress=False)
+    assert _images_by_key(tmp_path / "copies") == _images_by_key(built)
