@@ -184,8 +184,9 @@ def recipe(tmp: Path, folder: Path, clip: Path, cfg: dict) -> Path:
 
 
 def build_rate(recipe_path: Path, out: Path, small: int, large: int) -> tuple[float, str]:
-    run_build(recipe_path, out / "warm-up", overrides=[f"count_per_class={small}"],
-              show_progress=False)  # first-use costs (kernel selection, caches) stay out
+    run_build(
+        recipe_path, out / "warm-up", overrides=[f"count_per_class={small}"], show_progress=False
+    )  # first-use costs (kernel selection, caches) stay out
     runs = []
     for n in (small, large):
         r = run_build(
