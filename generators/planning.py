@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from schemas.recipe import ClassSpec, Recipe
 from schemas.records import KEY_PATTERN, GenerationRequest
@@ -84,13 +84,6 @@ def plan(
             )
         )
     return requests
-
-
-def shards_of(requests: Iterable[GenerationRequest]) -> dict[int, list[GenerationRequest]]:
-    out: dict[int, list[GenerationRequest]] = {}
-    for r in requests:
-        out.setdefault(r.shard, []).append(r)
-    return out
 
 
 def check_unique_keys(requests: Sequence[GenerationRequest]) -> None:

@@ -40,14 +40,6 @@ def write_bytes_atomic(final: Path, data: bytes) -> None:
         f.write(data)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_stale_tmp(folder: Path) -> int:
     """Remove temporary files a crashed writer left behind; returns how many."""
     n = 0

@@ -17,7 +17,6 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from generators.handler import DiffusersHandler, GenerationSettings
 from generators.model_folder import (
-    ModelFolderError,
     check_diffusers_folder,
     folder_sha256,
     scheduler_config,
@@ -680,9 +679,3 @@ def _counters(result: Any) -> dict[str, int]:
     for c in query.get("counters", []):
         out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed or 0)
     return out
-
-
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, ModelFolderError):
-        return f"bad model folder: {exc}"
-    return str(exc)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -12,7 +11,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-_SLUG = re.compile(SLUG_PATTERN)
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
 
@@ -220,9 +218,6 @@ class Recipe(_Frozen):
                 raise ValueError(f"classes: duplicate class {what}: {', '.join(dupes)}")
         return self
 
-    def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-
     @property
     def hash(self) -> str:
         """sha256 of the canonical JSON of every field that affects the corpus.
@@ -385,7 +380,3 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
 def resolve_path(base_dir: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base_dir / p).resolve()
-
-
-def is_slug(value: str) -> bool:
-    return bool(_SLUG.match(value))
