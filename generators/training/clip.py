@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from generators.training.data import caption, random_shift
+from generators.training.diffusion import cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +53,13 @@ def train_clip(
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: PLC0415
 
-    from generators.training.diffusion import _cosine_lr  # noqa: PLC0415
-
     g = torch.Generator().manual_seed(cfg.seed + 2)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
     model.train()
     running = 0.0
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = _cosine_lr(step, cfg.steps, cfg.lr)
+            group["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
         idx = torch.randint(0, len(images), (cfg.batch,), generator=g)
         x = normalize(random_shift(images[idx], g))
         y = torch.as_tensor(labels[idx.numpy()])

@@ -33,7 +33,8 @@ class DiffusionTrainConfig:
     seed: int = 0
 
 
-def _cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    """Linear warm-up, then cosine decay to zero: the schedule every default model trains with."""
     if step < warmup:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -50,7 +51,7 @@ def train_vae(vae: Any, images: Any, cfg: DiffusionTrainConfig, report: Report) 
     recon = 0.0
     for step in range(cfg.vae_steps):
         for group in opt.param_groups:
-            group["lr"] = _cosine_lr(step, cfg.vae_steps, cfg.vae_lr)
+            group["lr"] = cosine_lr(step, cfg.vae_steps, cfg.vae_lr)
         idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=g)
         x = random_shift(images[idx], g) * 2 - 1
         posterior = vae.encode(x).latent_dist
@@ -123,7 +124,7 @@ def train_unet_and_text(
     running = 0.0
     for step in range(cfg.unet_steps):
         for group in opt.param_groups:
-            group["lr"] = _cosine_lr(step, cfg.unet_steps, cfg.unet_lr)
+            group["lr"] = cosine_lr(step, cfg.unet_steps, cfg.unet_lr)
         idx = torch.randint(0, len(images), (cfg.unet_batch,), generator=g)
         shift = torch.randint(0, len(means), (cfg.unet_batch,), generator=g)
         mean, std = means[shift, idx], stds[shift, idx]
