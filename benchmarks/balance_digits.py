@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from generators.training.data import WORDS, load_split, to_features, to_images
-from pipelines.build import run_build
+from synthgen.generators.training.data import WORDS, load_split, to_features, to_images
+from synthgen.pipelines.build import run_build
 
 
 def main() -> int:

@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from generators.encoding import decode_image
-from generators.handler import generate_batch
-from generators.model_folder import load_pipeline
-from generators.planning import plan
-from generators.training.clip import zero_shot
-from generators.training.data import EVAL_TEMPLATE, load_split, to_features, to_images
-from pipelines.build import generation_settings, resolve, run_build
-from schemas.recipe import load_recipe
+from synthgen.generators.handler import generate_batch
+from synthgen.generators.model_folder import load_pipeline
+from synthgen.generators.planning import plan
+from synthgen.generators.training.clip import zero_shot
+from synthgen.generators.training.data import EVAL_TEMPLATE, load_split, to_features, to_images
+from synthgen.pipelines.build import generation_settings, resolve, run_build
+from synthgen.schemas.recipe import load_recipe
+from synthgen.storage.images import decode_image
 
 TARGETS = {
     "label_fidelity_min_class": 0.95,
@@ -122,7 +122,7 @@ def main() -> int:
     import open_clip
     import torch
 
-    from validators.clip_folder import load_clip
+    from synthgen.validators.clip_folder import load_clip
 
     split = load_split()
     real_tr = to_features(to_images(split.x_train, 16))

@@ -32,9 +32,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import yaml
 
-from generators.clip_layout import make_random_clip
-from generators.sd_layout import SDLayoutConfig, make_random_pipeline, write_clip_tokenizer
-from pipelines.build import run_build
+from synthgen.generators.clip_layout import make_random_clip
+from synthgen.generators.sd_layout import SDLayoutConfig, make_random_pipeline, write_clip_tokenizer
+from synthgen.pipelines.build import run_build
 
 UNET_TFLOP_PER_EVAL_512 = 0.80
 PEAK_FP16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}

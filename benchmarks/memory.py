@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import resource, sys, time
 from pathlib import Path
-from pipelines.build import run_build
+from synthgen.pipelines.build import run_build
 r = run_build(sys.argv[1], Path(sys.argv[2]), overrides=[f"count_per_class={sys.argv[3]}"],
               show_progress=False)
 print(r.manifest["counts"]["planned"], round(r.seconds, 1),

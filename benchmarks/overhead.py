@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from generators.model_folder import load_pipeline
-from generators.planning import plan
-from pipelines.build import generation_settings, resolve, run_build
-from schemas.recipe import load_recipe
+from synthgen.generators.model_folder import load_pipeline
+from synthgen.generators.planning import plan
+from synthgen.pipelines.build import generation_settings, resolve, run_build
+from synthgen.schemas.recipe import load_recipe
 
 
 def bare_loop(recipe_path: Path, per_class: int) -> float:

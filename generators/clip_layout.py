@@ -15,7 +15,7 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
 
 def build_clip(name: str, config: dict[str, Any], config_dir: Path) -> Any:
     """Write `<name>.json` to config_dir, register it, and build a randomly initialised model."""
-    import open_clip  # noqa: PLC0415
+    import open_clip
 
     config_dir.mkdir(parents=True, exist_ok=True)
     path = config_dir / f"{name}.json"
@@ -27,7 +27,7 @@ def build_clip(name: str, config: dict[str, Any], config_dir: Path) -> Any:
 
 def save_clip(model: Any, name: str, folder: Path) -> Path:
     """Save weights as `<name>.safetensors` beside `<name>.json`."""
-    from safetensors.torch import save_file  # noqa: PLC0415
+    from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -39,7 +39,7 @@ def save_clip(model: Any, name: str, folder: Path) -> Path:
 def make_random_clip(
     folder: Path, name: str = "tiny-clip", config: dict[str, Any] | None = None, seed: int = 0
 ) -> Path:
-    import torch  # noqa: PLC0415
+    import torch
 
     torch.manual_seed(seed)
     model = build_clip(name, config or TINY_CLIP_CONFIG, folder)

@@ -12,8 +12,8 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from generators.encoding import encode_image, to_uint8
-from schemas.records import GenerationRequest, Sample
+from synthgen.schemas.records import GenerationRequest, Sample
+from synthgen.storage.images import encode_image, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ def generate_batch(
     (an image does not depend on its neighbours, only on the batch shape). One CPU
     `torch.Generator` per image makes its noise independent of batch and worker.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
-    from pipelines.faults import maybe_fault  # noqa: PLC0415
+    from synthgen.storage.faults import maybe_fault
 
     for r in requests:
         maybe_fault("generate", r.key)
@@ -108,9 +108,9 @@ def _encode(request: GenerationRequest, pixels: Any, settings: GenerationSetting
 
 def pick_gpu() -> str:
     """Spread model copies over the visible GPUs (each copy is loaded by its own process)."""
-    import os  # noqa: PLC0415
+    import os
 
-    import torch  # noqa: PLC0415
+    import torch
 
     count = torch.cuda.device_count()
     return f"cuda:{os.getpid() % count}" if count > 1 else "cuda"
@@ -118,7 +118,7 @@ def pick_gpu() -> str:
 
 def optimize_for_device(pipe: Any, s: GenerationSettings) -> Any:
     """GPU speed options. None changes what is computed, only how (layout, kernels)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     if s.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
@@ -143,7 +143,7 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
         self._batch_size = batch_size
 
     def load_model(self) -> Any:
-        from generators.model_folder import load_pipeline  # noqa: PLC0415
+        from synthgen.generators.model_folder import load_pipeline
 
         s = self._settings
         device = s.device

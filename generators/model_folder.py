@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from synthgen.schemas.errors import ModelFolderError
+from synthgen.storage.model_files import refuse_code_and_pickles
+
+__all__ = ["ModelFolderError", "check_diffusers_folder", "load_pipeline"]
+
 logger = logging.getLogger(__name__)
 
-UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy")
 ALLOWED_LIBRARIES = ("diffusers", "transformers")
 
 SCHEDULER_CLASSES = {
@@ -20,10 +23,6 @@ SCHEDULER_CLASSES = {
     "euler": ("EulerDiscreteScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
 }
-
-
-class ModelFolderError(ValueError):
-    """A model folder is missing, malformed or holds something we refuse to load."""
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -38,22 +37,6 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _refuse_code_and_pickles(folder: Path) -> None:
-    for p in sorted(folder.rglob("*")):
-        if p.is_symlink():
-            raise ModelFolderError(f"{p}: symbolic links are refused in model folders")
-        if not p.is_file():
-            continue
-        if p.suffix == ".py":
-            raise ModelFolderError(
-                f"{p}: model folder contains Python code; custom pipeline code is never run"
-            )
-        if p.suffix in UNSAFE_WEIGHT_SUFFIXES:
-            raise ModelFolderError(
-                f"{p}: pickle-based weights are refused; convert the model to safetensors"
-            )
-
-
 def check_diffusers_folder(path: Path) -> dict[str, Any]:
     """Validate a diffusers pipeline folder before loading it; returns its model_index.json.
 
@@ -64,8 +47,8 @@ def check_diffusers_folder(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         raise ModelFolderError(f"{path}: model folder not found")
     index = _read_json(path / "model_index.json", "diffusers pipeline folder")
-    _refuse_code_and_pickles(path)
-    import diffusers  # noqa: PLC0415  (heavy; only when a folder is checked)
+    refuse_code_and_pickles(path)
+    import diffusers
 
     class_name = index.get("_class_name")
     pipeline_cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
@@ -102,29 +85,9 @@ def check_diffusers_folder(path: Path) -> dict[str, Any]:
     return index
 
 
-def folder_sha256(
-    path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.json", "*.txt")
-) -> str:
-    """A content fingerprint of a model folder: sha256 over (relative path, file sha256) pairs."""
-    h = hashlib.sha256()
-    files = sorted({p for pat in patterns for p in path.rglob(pat) if p.is_file()})
-    for p in files:
-        h.update(str(p.relative_to(path)).encode())
-        h.update(file_sha256(p).encode())
-    return h.hexdigest()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def make_scheduler(name: str, base_config: Any) -> Any:
     """A diffusers scheduler chosen by recipe name, from the pipeline's own scheduler config."""
-    import diffusers  # noqa: PLC0415
+    import diffusers
 
     if name not in SCHEDULER_CLASSES:
         raise ValueError(
@@ -143,12 +106,12 @@ def scheduler_config(model_path: Path, name: str) -> dict[str, Any]:
 
 def quiet_hf() -> None:
     """No hub access and no progress bars in worker processes."""
-    import os  # noqa: PLC0415
+    import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import diffusers  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    import diffusers
+    import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
@@ -160,8 +123,8 @@ def load_pipeline(
     model_path: Path, scheduler: str, dtype: str, device: str, cpu_threads: int | None = None
 ) -> Any:
     """Load a checked pipeline folder: safetensors only, local files only, no remote code."""
-    import torch  # noqa: PLC0415
-    from diffusers import DiffusionPipeline  # noqa: PLC0415
+    import torch
+    from diffusers import DiffusionPipeline
 
     quiet_hf()
     if cpu_threads:

@@ -6,8 +6,8 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from schemas.recipe import ClassSpec, Recipe
-from schemas.records import KEY_PATTERN, GenerationRequest
+from synthgen.schemas.recipe import ClassSpec, Recipe
+from synthgen.schemas.records import KEY_PATTERN, GenerationRequest
 
 
 def sample_key(recipe_name: str, class_name: str, index: int) -> str:

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from generators.handler import GenerationSettings, generate_batch
-from generators.model_folder import ModelFolderError, folder_sha256, load_pipeline
-from schemas.records import GenerationRequest
+from synthgen.generators.handler import GenerationSettings, generate_batch
+from synthgen.generators.model_folder import ModelFolderError, load_pipeline
+from synthgen.schemas.records import GenerationRequest
+from synthgen.storage.hashing import folder_sha256
 
 
 def _loads(value: Any) -> Any:
@@ -37,7 +38,7 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
 
 def regenerate(prov: dict[str, Any]) -> bytes:
     """The encoded image the provenance describes. The model folder must be the same content."""
-    import diffusers  # noqa: PLC0415
+    import diffusers
 
     settings = settings_from_provenance(prov)
     model_path = Path(settings.model_path)

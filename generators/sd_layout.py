@@ -48,7 +48,7 @@ def write_clip_tokenizer(folder: Path, max_length: int) -> None:
 
     open_clip ships CLIP's byte-level BPE vocabulary, so the tokenizer needs no download.
     """
-    from open_clip.tokenizer import SimpleTokenizer  # noqa: PLC0415
+    from open_clip.tokenizer import SimpleTokenizer
 
     tok = SimpleTokenizer()
     rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
@@ -72,9 +72,9 @@ def write_clip_tokenizer(folder: Path, max_length: int) -> None:
 
 def build_components(cfg: SDLayoutConfig, seed: int = 0) -> dict[str, Any]:
     """Randomly initialised components (seeded), ready for `StableDiffusionPipeline(**...)`."""
-    import torch  # noqa: PLC0415
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: PLC0415
-    from transformers import CLIPTextConfig, CLIPTextModel  # noqa: PLC0415
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     n_vae = len(cfg.vae_channels)
@@ -130,8 +130,8 @@ def build_components(cfg: SDLayoutConfig, seed: int = 0) -> dict[str, Any]:
 
 
 def assemble_pipeline(components: dict[str, Any], tokenizer_dir: Path) -> Any:
-    from diffusers import StableDiffusionPipeline  # noqa: PLC0415
-    from transformers import CLIPTokenizer  # noqa: PLC0415
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     return StableDiffusionPipeline(
@@ -154,7 +154,7 @@ def save_pipeline(pipe: Any, folder: Path, cfg: SDLayoutConfig) -> None:
 
 def make_random_pipeline(folder: Path, cfg: SDLayoutConfig | None = None, seed: int = 0) -> Path:
     """Build, seed and save a random SD-layout pipeline at `folder`; returns the folder."""
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
     cfg = cfg or SDLayoutConfig()
     with tempfile.TemporaryDirectory() as tmp:

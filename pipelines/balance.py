@@ -19,12 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from generators.model_folder import file_sha256
-from generators.planning import check_unique_keys, plan
-from generators.sources.base import SourceRecord
-from generators.sources.open import open_source, read_histogram
-from pipelines.atomic import atomic_write, remove_stale_tmp
-from pipelines.build import (
+from synthgen.generators.planning import check_unique_keys, plan
+from synthgen.generators.sources.base import SourceRecord
+from synthgen.generators.sources.open import open_source, read_histogram
+from synthgen.pipelines.build import (
     BuildError,
     BuildResult,
     ResolvedRecipe,
@@ -35,9 +33,11 @@ from pipelines.build import (
     make_context,
     prepare_output,
 )
-from schemas.manifest import shard_files
-from schemas.recipe import BalanceSpec, Recipe
-from schemas.records import GenerationRequest
+from synthgen.schemas.manifest import shard_files
+from synthgen.schemas.recipe import BalanceSpec, Recipe
+from synthgen.schemas.records import GenerationRequest
+from synthgen.storage.atomic import atomic_write, remove_stale_tmp
+from synthgen.storage.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -15,35 +15,38 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from generators.handler import DiffusersHandler, GenerationSettings
-from generators.model_folder import (
-    check_diffusers_folder,
-    folder_sha256,
-    scheduler_config,
-)
-from generators.planning import check_unique_keys, plan
-from pipelines.atomic import remove_stale_tmp, write_bytes_atomic
-from pipelines.context import BuildContext, canonical_json, library_versions
-from pipelines.faults import maybe_fault
-from pipelines.progress import Progress
-from pipelines.transforms import (
+from synthgen.generators.handler import DiffusersHandler, GenerationSettings
+from synthgen.generators.model_folder import check_diffusers_folder, scheduler_config
+from synthgen.generators.planning import check_unique_keys, plan
+from synthgen.pipelines.context import BuildContext, canonical_json, library_versions
+from synthgen.pipelines.progress import Progress
+from synthgen.pipelines.transforms import (
     METRICS_NAMESPACE,
     DecideSamples,
     GenerateSamples,
     GlobalChecks,
     WriteShards,
 )
-from schemas.manifest import MANIFEST_NAME, MANIFEST_VERSION, STATE_DIR, shard_files, stats_name
-from schemas.recipe import Recipe, load_recipe, resolve_path
-from schemas.records import GenerationRequest, SampleFeatures, score_column
-from validators.base import Check
-from validators.checks.odd_size import OddSize
-from validators.checks.threshold import ScoreThreshold
-from validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
-from validators.clip_scorer import ClipScoreHandler, margin_column
-from validators.corpus import validate_corpus
-from validators.measure import MEASURE_COLUMNS
-from validators.report import write_report
+from synthgen.schemas.manifest import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    STATE_DIR,
+    shard_files,
+    stats_name,
+)
+from synthgen.schemas.recipe import Recipe, load_recipe, resolve_path
+from synthgen.schemas.records import GenerationRequest, SampleFeatures, score_column
+from synthgen.storage.atomic import remove_stale_tmp, write_bytes_atomic
+from synthgen.storage.faults import maybe_fault
+from synthgen.storage.hashing import file_sha256, folder_sha256
+from synthgen.validators.base import Check
+from synthgen.validators.checks.odd_size import OddSize
+from synthgen.validators.checks.threshold import ScoreThreshold
+from synthgen.validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
+from synthgen.validators.clip_scorer import ClipScoreHandler, margin_column
+from synthgen.validators.corpus import validate_corpus
+from synthgen.validators.measure import MEASURE_COLUMNS
+from synthgen.validators.report import write_report
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     clip = check_clip_folder(resolve_path(base_dir, recipe.scoring.clip_model))
     source = None
     if recipe.balance is not None:
-        from generators.sources.open import open_source  # noqa: PLC0415
+        from synthgen.generators.sources.open import open_source
 
         raw = recipe.balance.source
         if any(c in raw for c in "{*?["):  # a shard pattern, not a single path
@@ -120,7 +123,7 @@ def beam_options(beam_args: list[str]) -> PipelineOptions:
         std.runner = "DirectRunner"
     if std.runner == "DaskRunner":  # Beam only knows it by its full name
         std.runner = "apache_beam.runners.dask.dask_runner.DaskRunner"
-    from apache_beam.runners.runner import create_runner  # noqa: PLC0415
+    from apache_beam.runners.runner import create_runner
 
     try:
         create_runner(std.runner)  # an unknown runner fails before any output exists
@@ -165,7 +168,7 @@ def reused_features(
     out: Path, shards: list[int], score_columns: tuple[str, ...]
 ) -> list[SampleFeatures]:
     """What build-wide checks need of the samples in reused shards, read from their Parquet."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     feats: list[SampleFeatures] = []
     columns = ["key", "class_label", "image_sha256", "phash", *score_columns]
@@ -294,8 +297,6 @@ def prepare_output(out: Path, recipe: Recipe, resume: bool) -> dict[str, Any]:
 
 def finished_shard(out: Path, shard: int, recipe_hash: str) -> dict[str, Any] | None:
     """A shard's stats entry if the shard is complete and its files match; else None."""
-    from generators.model_folder import file_sha256  # noqa: PLC0415
-
     path = out / stats_name(shard)
     if not path.is_file():
         return None
@@ -406,7 +407,7 @@ def versioned_output(root: Path, recipe: Recipe, resume: bool) -> Path:
 
 def publish(root: Path, build_dir: Path) -> Path:
     """Swap ROOT/latest to this complete build in one atomic step."""
-    from pipelines.atomic import swap_symlink  # noqa: PLC0415
+    from synthgen.storage.atomic import swap_symlink
 
     swap_symlink(root / LATEST, f"builds/{build_dir.name}")
     return root / LATEST
@@ -601,7 +602,7 @@ def _build_into(
     test_pipeline: beam.Pipeline | None,
 ) -> BuildResult:
     if resolved.recipe.balance is not None:
-        from pipelines.balance import run_balance  # noqa: PLC0415
+        from synthgen.pipelines.balance import run_balance
 
         return run_balance(out, resolved, options, resume, start, show_progress)
     state = prepare_output(out, resolved.recipe, resume)
@@ -669,7 +670,7 @@ def _run_pipeline(
 
 
 def _counters(result: Any) -> dict[str, int]:
-    from apache_beam.metrics.metric import MetricsFilter  # noqa: PLC0415
+    from apache_beam.metrics.metric import MetricsFilter
 
     try:
         query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))

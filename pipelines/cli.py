@@ -109,13 +109,13 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings  # noqa: PLC0415
+    import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        import diffusers  # noqa: PLC0415
-        import transformers  # noqa: PLC0415
+        import diffusers
+        import transformers
 
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
@@ -124,7 +124,7 @@ def _quiet_libraries() -> None:
 
 
 def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from pipelines.build import run_build  # noqa: PLC0415
+    from synthgen.pipelines.build import run_build
 
     result = run_build(
         args.recipe,
@@ -149,9 +149,9 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    from validators.corpus import validate_dir  # noqa: PLC0415
+    from synthgen.validators.corpus import validate_dir
 
     report = validate_dir(Path(args.dir))
     for failure in report.failures:
@@ -168,10 +168,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    from schemas.manifest import MANIFEST_NAME  # noqa: PLC0415
-    from validators.report import write_report  # noqa: PLC0415
+    from synthgen.schemas.manifest import MANIFEST_NAME
+    from synthgen.validators.report import write_report
 
     out = Path(args.dir)
     if not (out / MANIFEST_NAME).is_file():
@@ -183,13 +183,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
-    import glob  # noqa: PLC0415
-    import hashlib  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
+    import glob
+    import hashlib
+    from pathlib import Path
 
-    import pyarrow.dataset as ds  # noqa: PLC0415
+    import pyarrow.dataset as ds
 
-    from generators.regenerate import regenerate  # noqa: PLC0415
+    from synthgen.generators.regenerate import regenerate
 
     files = sorted(glob.glob(str(Path(args.dir) / "*.parquet")))
     if not files:
@@ -216,9 +216,9 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
 
 
 def cmd_train_default(args: argparse.Namespace) -> int:
-    from pathlib import Path  # noqa: PLC0415
+    from pathlib import Path
 
-    from generators.training.default_models import train_default  # noqa: PLC0415
+    from synthgen.generators.training.default_models import train_default
 
     summary = train_default(Path(args.output))
     clip = summary["clip"]["test_split"]
@@ -245,7 +245,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _signal_exit() -> int | None:
     """The exit status for a signal received during the run, even if a runner wrapped it."""
-    import signal  # noqa: PLC0415
+    import signal
 
     if not _RECEIVED:
         return None
@@ -263,7 +263,7 @@ class Terminated(BaseException):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import signal  # noqa: PLC0415
+    import signal
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _interrupt)
@@ -271,9 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(own)
     _setup_logging(args.verbose)
     _quiet_libraries()
-    from generators.model_folder import ModelFolderError  # noqa: PLC0415
-    from pipelines.build import BuildError  # noqa: PLC0415
-    from schemas.recipe import RecipeError  # noqa: PLC0415
+    from synthgen.generators.model_folder import ModelFolderError
+    from synthgen.pipelines.build import BuildError
+    from synthgen.schemas.recipe import RecipeError
 
     try:
         if args.command == "build":

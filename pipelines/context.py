@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from schemas.records import Sample
+from synthgen.schemas.records import Sample
 
 TRACKED_LIBRARIES = (
     "synthgen",

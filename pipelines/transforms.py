@@ -14,22 +14,22 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from generators.planning import plan
-from pipelines.context import BuildContext
-from pipelines.faults import maybe_fault
-from pipelines.writer import write_shard
-from schemas.recipe import Recipe
-from schemas.records import ACCEPTED, GenerationRequest, Sample, SampleFeatures
-from validators.apply import apply_checks
-from validators.base import Check
-from validators.checks.threshold import ScoreThreshold
-from validators.dedup import (
+from synthgen.generators.planning import plan
+from synthgen.pipelines.context import BuildContext
+from synthgen.pipelines.writer import write_shard
+from synthgen.schemas.recipe import Recipe
+from synthgen.schemas.records import ACCEPTED, GenerationRequest, Sample, SampleFeatures
+from synthgen.storage.faults import maybe_fault
+from synthgen.validators.apply import apply_checks
+from synthgen.validators.base import Check
+from synthgen.validators.checks.threshold import ScoreThreshold
+from synthgen.validators.dedup import (
     exact_duplicate_losers,
     hash_bands,
     near_duplicate_losers,
     quantile_threshold,
 )
-from validators.measure import measure_image
+from synthgen.validators.measure import measure_image
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from generators.encoding import EXTENSIONS
-from generators.model_folder import file_sha256
-from pipelines.atomic import atomic_write, write_bytes_atomic
-from pipelines.context import BuildContext
-from schemas.manifest import shard_entry, shard_files, stats_name
-from schemas.records import ACCEPTED, Sample, provenance_from_row, sample_schema
+from synthgen.pipelines.context import BuildContext
+from synthgen.schemas.manifest import shard_entry, shard_files, stats_name
+from synthgen.schemas.records import ACCEPTED, Sample, provenance_from_row, sample_schema
+from synthgen.storage.atomic import atomic_write, write_bytes_atomic
+from synthgen.storage.hashing import file_sha256
+from synthgen.storage.images import EXTENSIONS
 
 logger = logging.getLogger(__name__)
 

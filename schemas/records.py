@@ -145,7 +145,7 @@ def provenance_from_row(
     row: dict[str, object], score_columns: tuple[str, ...]
 ) -> dict[str, object]:
     """The `.json` sidecar of a sample: allow-listed fields, nested JSON decoded, plus scores."""
-    import json  # noqa: PLC0415
+    import json
 
     out: dict[str, object] = {}
     for name in PROVENANCE_FIELDS:

@@ -28,6 +28,11 @@ fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing synthgen and its dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
+  # Earlier versions installed as distribution `synthgen` with four generic top-level
+  # packages; remove it so only the `synthgen` namespace remains.
+  if .venv/bin/python -m pip show synthgen >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall --quiet -y synthgen
+  fi
   # torch and torchvision in the same call as everything else, so pip cannot swap torch.
   .venv/bin/python -m pip install --quiet -c constraints.txt \
     torch==2.14.1 torchvision==0.29.1 -e '.[dev]'

@@ -14,8 +14,8 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from generators.clip_layout import make_random_clip
-from generators.sd_layout import SDLayoutConfig, make_random_pipeline
+from synthgen.generators.clip_layout import make_random_clip
+from synthgen.generators.sd_layout import SDLayoutConfig, make_random_pipeline
 
 TINY_SD = SDLayoutConfig(
     image_size=32,

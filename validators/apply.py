@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.records import ACCEPTED, REJECTED, Sample
-from validators.base import Check
+from synthgen.schemas.records import ACCEPTED, REJECTED, Sample
+from synthgen.validators.base import Check
 
 
 def apply_checks(sample: Sample, checks: Sequence[Check], duplicate: str | None = None) -> Sample:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from schemas.records import Sample
+from synthgen.schemas.records import Sample
 
 
 class Check(ABC):

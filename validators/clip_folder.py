@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from generators.model_folder import UNSAFE_WEIGHT_SUFFIXES, ModelFolderError, file_sha256
+from synthgen.schemas.errors import ModelFolderError
+from synthgen.storage.hashing import file_sha256
+from synthgen.storage.model_files import UNSAFE_WEIGHT_SUFFIXES
 
 # JSON files a CLIP folder may hold besides the open_clip config.
 NON_CONFIG_JSON = ("training.json", "model_card.json")
@@ -64,9 +66,9 @@ class ClipBundle:
 
 def load_clip(path: Path, device: str = "cpu") -> ClipBundle:
     """Model, transform and tokenizer from a checked folder, with no network access."""
-    import logging  # noqa: PLC0415
+    import logging
 
-    import open_clip  # noqa: PLC0415
+    import open_clip
 
     folder = check_clip_folder(path)
     root = logging.getLogger()

@@ -11,9 +11,9 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from generators.encoding import decode_image
-from schemas.records import Sample, score_column
-from validators.clip_folder import ClipBundle
+from synthgen.schemas.records import Sample, score_column
+from synthgen.storage.images import decode_image
+from synthgen.validators.clip_folder import ClipBundle
 
 
 def margin_column(model_name: str) -> str:
@@ -28,7 +28,7 @@ def _padded_chunks(items: list[Any], n: int) -> Iterable[tuple[list[Any], int]]:
 
 def encode_images(bundle: ClipBundle, images: list[Any], compute_batch: int) -> Any:
     """Normalised image embeddings, computed in fixed-shape batches (tail padded)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     device = next(bundle.model.parameters()).device
     parts = []
@@ -40,7 +40,7 @@ def encode_images(bundle: ClipBundle, images: list[Any], compute_batch: int) -> 
 
 
 def encode_texts(bundle: ClipBundle, texts: list[str], compute_batch: int) -> Any:
-    import torch  # noqa: PLC0415
+    import torch
 
     device = next(bundle.model.parameters()).device
     parts = []
@@ -90,9 +90,9 @@ class ClipScoreHandler(ModelHandler[Sample, PredictionResult, Any]):
         self.margin_column = margin_column(model_name)
 
     def load_model(self) -> Any:
-        import torch  # noqa: PLC0415
+        import torch
 
-        from validators.clip_folder import load_clip  # noqa: PLC0415
+        from synthgen.validators.clip_folder import load_clip
 
         if self._device == "cpu":
             torch.set_num_threads(self._cpu_threads)
@@ -112,7 +112,7 @@ class ClipScoreHandler(ModelHandler[Sample, PredictionResult, Any]):
         yield PredictionResult(example=list(batch), inference=self.score(batch, model))
 
     def score(self, batch: Sequence[Sample], model: Any) -> list[Sample]:
-        import torch  # noqa: PLC0415
+        import torch
 
         images = [decode_image(s.image) for s in batch]
         img = encode_images(model, images, self._batch_size)

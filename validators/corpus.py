@@ -15,9 +15,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.manifest import MANIFEST_NAME, shard_files
-from schemas.recipe import Recipe, RecipeError, recipe_from_dict
-from validators.expectations import ExpectationResult, corpus_expectations
+from synthgen.schemas.manifest import MANIFEST_NAME, shard_files
+from synthgen.schemas.recipe import Recipe, RecipeError, recipe_from_dict
+from synthgen.storage.hashing import file_sha256
+from synthgen.validators.expectations import ExpectationResult, corpus_expectations
 
 IMAGE_EXTS = ("png", "webp", "jpg")
 
@@ -40,14 +41,6 @@ class CorpusReport:
             "failures": self.failures,
             "expectations": [e.as_dict() for e in self.expectations],
         }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_rows(out: Path, shards: Iterable[int], with_images: bool = False) -> pd.DataFrame:
@@ -74,7 +67,7 @@ def file_table(out: Path, entries: list[dict[str, Any]]) -> pd.DataFrame:
                     "file": name,
                     "manifest_sha256": info["sha256"],
                     "manifest_bytes": int(info["bytes"]),
-                    "actual_sha256": sha256_file(path) if exists else None,
+                    "actual_sha256": file_sha256(path) if exists else None,
                     "actual_bytes": path.stat().st_size if exists else -1,
                 }
             )
@@ -105,7 +98,7 @@ def class_table(
 
 def check_tar(out: Path, shard: int, rows: pd.DataFrame) -> list[str]:
     """Readable, contiguous samples with every member; agrees with the shard's Parquet rows."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     tar_name = shard_files(shard)[0]
     failures: list[str] = []
@@ -240,7 +233,7 @@ def validate_dir(out: Path) -> CorpusReport:
         path = out / name
         if not path.is_file():
             report.failures.append(f"{name}: missing")
-        elif sha256_file(path) != info["sha256"] or path.stat().st_size != info["bytes"]:
+        elif file_sha256(path) != info["sha256"] or path.stat().st_size != info["bytes"]:
             report.failures.append(f"{name}: sha256 or size differs from the manifest")
     if "balance" in manifest:
         report.failures += check_balanced_index(out, manifest["balance"])

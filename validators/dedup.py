@@ -48,7 +48,7 @@ def near_duplicate_losers(members: Iterable[tuple[str, str]], max_distance: int)
 
 def quantile_threshold(values: Iterable[float], q: float) -> float:
     """The per-class cut: with n values, the floor(q * n) lowest fall strictly below it."""
-    import math  # noqa: PLC0415
+    import math
 
     arr = sorted(v for v in values if not math.isnan(v))
     k = math.floor(q * len(arr) + 1e-9)

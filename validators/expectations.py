@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from schemas.records import KEY_PATTERN, PROVENANCE_FIELDS
+from synthgen.schemas.records import KEY_PATTERN, PROVENANCE_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _detail(result: Any) -> str:
 def _validate(
     context: Any, name: str, df: pd.DataFrame, expectations: list[Any]
 ) -> list[ExpectationResult]:
-    import great_expectations as gx  # noqa: PLC0415
+    import great_expectations as gx
 
     source = context.data_sources.add_pandas(f"synthgen_{name}")
     asset = source.add_dataframe_asset(name)
@@ -81,13 +81,13 @@ def corpus_expectations(
     manifest and actual sha256/bytes. classes: per class `planned`, `attempted`, `accepted`,
     `target_accepted` (the accepted count the plan requires; -1 where the plan sets none).
     """
-    import os  # noqa: PLC0415
+    import os
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    import great_expectations as gx  # noqa: PLC0415
-    import great_expectations.expectations as gxe  # noqa: PLC0415
-    from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: PLC0415
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("great_expectations"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from generators.encoding import decode_image
+from synthgen.storage.images import decode_image
 
 MEASURE_COLUMNS = ("brightness", "sharpness", "entropy")
 
@@ -15,7 +15,7 @@ def measure_image(data: bytes) -> tuple[dict[str, float], str]:
     brightness: mean grey level in [0, 1]; sharpness: variance of the 4-neighbour Laplacian
     (grey in [0, 1]); entropy: Shannon entropy of the 256-level grey histogram, in bits.
     """
-    import imagehash  # noqa: PLC0415
+    import imagehash
 
     img = decode_image(data)
     grey = np.asarray(img.convert("L"), dtype=np.float64) / 255.0

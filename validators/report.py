@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from schemas.manifest import MANIFEST_NAME, shard_files
-from validators.corpus import read_rows
+from synthgen.schemas.manifest import MANIFEST_NAME, shard_files
+from synthgen.validators.corpus import read_rows
 
 GRID_PER_CLASS = 10
 SECTIONS = ("summary", "counts", "scores", "rejects", "samples", "expectations", "provenance")
 
 
 def _svg(fig: Any) -> str:
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
@@ -32,7 +32,7 @@ def _svg(fig: Any) -> str:
 
 def _png_data_uri(images: list[bytes], scale: int = 4) -> str | None:
     """A horizontal strip of images as a PNG data URI (nearest-neighbour upscaled)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
     if not decoded:
@@ -146,10 +146,10 @@ def build_report(out: Path) -> dict[str, Any]:
 
 
 def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     charts = {}
     per_class = report["counts"]["per_class"]
@@ -345,7 +345,7 @@ def render_html(report: dict[str, Any], rows: pd.DataFrame, out: Path) -> str:
 
 def write_report(out: Path) -> tuple[Path, Path]:
     """Write report.json and report.html beside the manifest."""
-    from pipelines.atomic import write_bytes_atomic  # noqa: PLC0415
+    from synthgen.storage.atomic import write_bytes_atomic
 
     report = build_report(out)
     shards = [e["shard"] for e in json.loads((out / MANIFEST_NAME).read_text())["shards"]]

@@ -20,7 +20,7 @@ class SourceRecord:
 
 def check_image(data: bytes, where: str) -> None:
     """Decode an image fully, or raise SourceError naming it."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from generators.sources.base import Source, SourceError, SourceRecord, check_image
+from synthgen.generators.sources.base import Source, SourceError, SourceRecord, check_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 

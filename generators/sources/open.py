@@ -6,11 +6,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from generators.sources.base import Source, SourceError, SourceRecord
-from generators.sources.folder_source import FolderSource
-from generators.sources.parquet_source import ParquetSource
-from generators.sources.webdataset_source import WebDatasetSource
-from schemas.recipe import BalanceSpec, Recipe
+from synthgen.generators.sources.base import Source, SourceError, SourceRecord
+from synthgen.generators.sources.folder_source import FolderSource
+from synthgen.generators.sources.parquet_source import ParquetSource
+from synthgen.generators.sources.webdataset_source import WebDatasetSource
+from synthgen.schemas.recipe import BalanceSpec, Recipe
 
 
 def open_source(spec: BalanceSpec, source: str) -> Source:

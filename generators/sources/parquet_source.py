@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from generators.sources.base import Source, SourceError, SourceRecord, check_image
+from synthgen.generators.sources.base import Source, SourceError, SourceRecord, check_image
 
 
 class ParquetSource(Source):
@@ -19,7 +19,7 @@ class ParquetSource(Source):
             raise SourceError(f"{path}: no .parquet files")
 
     def records(self) -> Iterator[SourceRecord]:
-        import pyarrow.parquet as pq  # noqa: PLC0415
+        import pyarrow.parquet as pq
 
         for f in self.files:
             try:

@@ -6,13 +6,13 @@ import glob
 import os
 from collections.abc import Iterator
 
-from generators.sources.base import Source, SourceError, SourceRecord, check_image
+from synthgen.generators.sources.base import Source, SourceError, SourceRecord, check_image
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
 
 def expand_pattern(pattern: str) -> list[str]:
-    import braceexpand  # noqa: PLC0415  (a webdataset dependency)
+    import braceexpand
 
     urls: list[str] = []
     for part in braceexpand.braceexpand(pattern):
@@ -32,7 +32,7 @@ class WebDatasetSource(Source):
             raise SourceError(f"{pattern}: shard {missing[0]} not found")
 
     def records(self) -> Iterator[SourceRecord]:
-        import webdataset as wds  # noqa: PLC0415
+        import webdataset as wds
 
         ds = wds.WebDataset(
             self.urls, shardshuffle=False, handler=wds.reraise_exception, empty_check=False

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from generators.training.data import caption, random_shift
-from generators.training.diffusion import cosine_lr
+from synthgen.generators.training.data import caption, random_shift
+from synthgen.generators.training.diffusion import cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ClipTrainConfig:
 
 def normalize(images: Any) -> Any:
     """[0, 1] images -> open_clip's normalisation (the transform the scorer applies)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
@@ -50,8 +50,8 @@ def train_clip(
     Captions of the same digit are all positives for an image (supervised-contrastive targets),
     so same-class pairs inside a batch are not pushed apart as if they were negatives.
     """
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(cfg.seed + 2)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
@@ -89,9 +89,9 @@ def zero_shot(
     bundle_model: Any, tokenizer: Any, images: Any, labels: np.ndarray
 ) -> dict[str, float]:
     """Zero-shot accuracy and right-prompt-wins rate with EVAL_TEMPLATE prompts."""
-    import torch  # noqa: PLC0415
+    import torch
 
-    from generators.training.data import EVAL_TEMPLATE  # noqa: PLC0415
+    from synthgen.generators.training.data import EVAL_TEMPLATE
 
     prompts = [EVAL_TEMPLATE.format(d=d) for d in range(10)]
     with torch.inference_mode():

@@ -36,8 +36,8 @@ def load_split() -> DigitsSplit:
 
     The test part is never used for training or model selection.
     """
-    from sklearn.datasets import load_digits  # noqa: PLC0415
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
@@ -51,8 +51,8 @@ def caption(label: int, template: int) -> str:
 
 def to_images(x: np.ndarray, size: int) -> Any:
     """(N, 64) digits in 0..16 -> float tensor (N, 3, size, size) in [0, 1], white ink on black."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
 
     t = torch.tensor(np.asarray(x, dtype=np.float32) / 16.0).view(-1, 1, 8, 8)
     if size != 8:
@@ -62,7 +62,7 @@ def to_images(x: np.ndarray, size: int) -> Any:
 
 def to_features(images: Any) -> np.ndarray:
     """Images (N, 3, H, W) in [0, 1] -> (N, 64) grey 8x8 features in 0..16 (classifier input)."""
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch.nn.functional as F
 
     grey = images.float().mean(dim=1, keepdim=True)
     small = F.adaptive_avg_pool2d(grey, (8, 8))
@@ -71,8 +71,8 @@ def to_features(images: Any) -> np.ndarray:
 
 def random_shift(images: Any, generator: Any, max_shift: int = 1) -> Any:
     """Translate each image by up to `max_shift` pixels (zero fill): cheap augmentation."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
 
     n, _, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from generators.sd_layout import SDLayoutConfig, assemble_pipeline, save_pipeline
-from generators.training.clip import ClipTrainConfig, train_clip, zero_shot
-from generators.training.data import load_split, to_images
-from generators.training.diffusion import DiffusionTrainConfig, train_diffusion
+from synthgen.generators.sd_layout import SDLayoutConfig, assemble_pipeline, save_pipeline
+from synthgen.generators.training.clip import ClipTrainConfig, train_clip, zero_shot
+from synthgen.generators.training.data import load_split, to_images
+from synthgen.generators.training.diffusion import DiffusionTrainConfig, train_diffusion
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +120,12 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def train_default(output: Path, cfg: DefaultModelsConfig | None = None) -> dict[str, Any]:
     """Train both models on the digits train split and save them under `output`."""
-    import open_clip  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    from transformers import CLIPTokenizer  # noqa: PLC0415
+    import open_clip
+    import torch
+    from transformers import CLIPTokenizer
 
-    from generators.clip_layout import build_clip, save_clip  # noqa: PLC0415
-    from generators.sd_layout import write_clip_tokenizer  # noqa: PLC0415
+    from synthgen.generators.clip_layout import build_clip, save_clip
+    from synthgen.generators.sd_layout import write_clip_tokenizer
 
     cfg = cfg or DefaultModelsConfig()
     torch.set_num_threads(cfg.threads)

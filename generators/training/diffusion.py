@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from generators.sd_layout import SDLayoutConfig, build_components
-from generators.training.data import caption, random_shift
+from synthgen.generators.sd_layout import SDLayoutConfig, build_components
+from synthgen.generators.training.data import caption, random_shift
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
 
 def train_vae(vae: Any, images: Any, cfg: DiffusionTrainConfig, report: Report) -> float:
     """Reconstruction + small KL on [-1, 1] images; returns the final reconstruction MSE."""
-    import torch  # noqa: PLC0415
+    import torch
 
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -70,7 +70,7 @@ def train_vae(vae: Any, images: Any, cfg: DiffusionTrainConfig, report: Report) 
 
 def latent_scale(vae: Any, images: Any) -> float:
     """1 / std of the latents, as Stable Diffusion's `scaling_factor`."""
-    import torch  # noqa: PLC0415
+    import torch
 
     with torch.no_grad():
         z = vae.encode(images * 2 - 1).latent_dist.mean
@@ -79,8 +79,8 @@ def latent_scale(vae: Any, images: Any) -> float:
 
 def _shifted_latent_stats(vae: Any, images: Any, max_shift: int = 1) -> tuple[Any, Any]:
     """Latent mean/std of each image under each shift: (S, N, C, h, w) tensors."""
-    import torch  # noqa: PLC0415
-    import torch.nn.functional as F  # noqa: PLC0415
+    import torch
+    import torch.nn.functional as F
 
     _, _, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)
@@ -104,8 +104,8 @@ def train_unet_and_text(
     report: Report,
 ) -> float:
     """ε-prediction on VAE latents with caption dropout (for classifier-free guidance)."""
-    import torch  # noqa: PLC0415
-    from diffusers.training_utils import EMAModel  # noqa: PLC0415
+    import torch
+    from diffusers.training_utils import EMAModel
 
     vae, unet, text_encoder = components["vae"], components["unet"], components["text_encoder"]
     scheduler = components["scheduler"]
@@ -169,7 +169,7 @@ def train_diffusion(
     cfg: DiffusionTrainConfig, images: Any, labels: np.ndarray, tokenizer: Any, report: Report
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Train all components; returns them and training figures for the model card."""
-    import torch  # noqa: PLC0415
+    import torch
 
     torch.manual_seed(cfg.seed)
     components = build_components(cfg.layout, seed=cfg.seed)

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from generators.planning import plan, sample_key, sample_seed
-from schemas.recipe import load_recipe
+from synthgen.generators.planning import plan, sample_key, sample_seed
+from synthgen.schemas.recipe import load_recipe
 
 
 def test_keys_seeds_and_shards(recipe_file: Path) -> None:

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from generators.model_folder import check_diffusers_folder, load_pipeline
-from generators.training.data import caption, load_split, to_features, to_images
-from generators.training.default_models import CLIP_DIR, LDM_DIR, quick_config, train_default
-from validators.clip_folder import load_clip
-from validators.clip_scorer import clip_similarity
+from synthgen.generators.model_folder import check_diffusers_folder, load_pipeline
+from synthgen.generators.training.data import caption, load_split, to_features, to_images
+from synthgen.generators.training.default_models import (
+    CLIP_DIR,
+    LDM_DIR,
+    quick_config,
+    train_default,
+)
+from synthgen.validators.clip_folder import load_clip
+from synthgen.validators.clip_scorer import clip_similarity
 
 
 def test_split_is_fixed_and_stratified() -> None:

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from generators.sources.base import SourceError
-from pipelines.build import BuildError, run_build
+from synthgen.generators.sources.base import SourceError
+from synthgen.pipelines.build import BuildError, run_build
 from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
 
 COUNTS = {"zero": 6, "one": 2, "two": 4}
@@ -75,8 +75,8 @@ def _balance_recipe(tmp: Path, model_dir: Path, source: str, **balance: object) 
 
 @pytest.mark.parametrize("kind", ["folder", "parquet", "parquet-struct", "webdataset"])
 def test_readers_agree_on_the_histogram(tmp_path: Path, model_dir: Path, kind: str) -> None:
-    from generators.sources.open import open_source, read_histogram
-    from schemas.recipe import load_recipe
+    from synthgen.generators.sources.open import open_source, read_histogram
+    from synthgen.schemas.recipe import load_recipe
 
     source = {
         "folder": lambda: str(make_folder(tmp_path / "f")),
@@ -169,7 +169,7 @@ def test_balanced_report_shows_before_and_after(balanced: Path) -> None:
 def test_balanced_build_is_deterministic_and_validates(
     balanced: Path, tmp_path: Path, model_dir: Path
 ) -> None:
-    from validators.corpus import validate_dir
+    from synthgen.validators.corpus import validate_dir
 
     assert validate_dir(balanced).ok
     source = make_folder(tmp_path / "source")

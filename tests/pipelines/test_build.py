@@ -11,9 +11,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipelines.build import BuildError, run_build
-from pipelines.faults import InjectedFault, maybe_fault
-from schemas.recipe import RecipeError
+from synthgen.pipelines.build import BuildError, run_build
+from synthgen.schemas.recipe import RecipeError
+from synthgen.storage.faults import InjectedFault, maybe_fault
 from tests.conftest import SPLIT_THRESHOLD, read_rows, tiny_recipe_dict, write_recipe
 
 

@@ -13,7 +13,10 @@ from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "synthgen.pipelines.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.build import run_build
+from synthgen.pipelines.build import run_build
 from tests.conftest import SPLIT_THRESHOLD, read_rows, tiny_recipe_dict, write_recipe
 
 
@@ -55,7 +55,7 @@ def test_dask_build_equals_direct_runner_build(cluster, tmp_path: Path, model_di
 
 
 def test_unknown_runner_fails_before_output(tmp_path: Path, model_dir: Path) -> None:
-    from pipelines.build import BuildError
+    from synthgen.pipelines.build import BuildError
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(model_dir))
     with pytest.raises(BuildError, match="Beam runner 'NoSuchRunner'"):

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generators.handler import generate_batch
-from generators.model_folder import ModelFolderError, load_pipeline
-from generators.planning import plan
-from pipelines.atomic import TMP_MARK
-from pipelines.build import generation_settings, resolve, run_build
-from schemas.recipe import load_recipe
+from synthgen.generators.handler import generate_batch
+from synthgen.generators.model_folder import ModelFolderError, load_pipeline
+from synthgen.generators.planning import plan
+from synthgen.pipelines.build import generation_settings, resolve, run_build
+from synthgen.schemas.recipe import load_recipe
+from synthgen.storage.atomic import TMP_MARK
 from tests.conftest import SPLIT_THRESHOLD, read_rows, tiny_recipe_dict, write_recipe
 
 
@@ -56,7 +56,7 @@ def clean(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
 
 def _cli(args: list[str], env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "synthgen.pipelines.cli", *args],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -322,7 +322,7 @@ def test_tokens_never_reach_outputs_or_logs(tmp_path: Path, model_dir: Path) -> 
             if p.is_file():
                 assert secret.encode() not in p.read_bytes(), p
     prov = json.loads(next(iter(_tar_json(out / "00000.tar"))))
-    from schemas.records import PROVENANCE_FIELDS
+    from synthgen.schemas.records import PROVENANCE_FIELDS
 
     assert set(prov) == {*PROVENANCE_FIELDS, "scores"}
 

@@ -15,10 +15,10 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from generators.handler import DiffusersHandler
-from pipelines.build import beam_options, generation_settings, resolve
-from pipelines.transforms import GenerateSamples
-from schemas.recipe import load_recipe
+from synthgen.generators.handler import DiffusersHandler
+from synthgen.pipelines.build import beam_options, generation_settings, resolve
+from synthgen.pipelines.transforms import GenerateSamples
+from synthgen.schemas.recipe import load_recipe
 from tests.conftest import tiny_recipe_dict, write_recipe
 
 DATAFLOW = [

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.recipe import RecipeError, load_recipe, recipe_from_dict
+from synthgen.schemas.recipe import RecipeError, load_recipe, recipe_from_dict
 from tests.conftest import tiny_recipe_dict, write_recipe
 
 

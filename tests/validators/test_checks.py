@@ -11,19 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipelines.transforms import DecideSamples, GlobalChecks
-from schemas.records import GenerationRequest, Sample, SampleFeatures
-from validators.apply import apply_checks
-from validators.checks.odd_size import OddSize
-from validators.checks.threshold import ScoreThreshold
-from validators.dedup import (
+from synthgen.pipelines.transforms import DecideSamples, GlobalChecks
+from synthgen.schemas.records import GenerationRequest, Sample, SampleFeatures
+from synthgen.validators.apply import apply_checks
+from synthgen.validators.checks.odd_size import OddSize
+from synthgen.validators.checks.threshold import ScoreThreshold
+from synthgen.validators.dedup import (
     exact_duplicate_losers,
     hamming,
     hash_bands,
     near_duplicate_losers,
     quantile_threshold,
 )
-from validators.measure import measure_image
+from synthgen.validators.measure import measure_image
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.build import ValidationFailed, run_build
+from synthgen.pipelines.build import ValidationFailed, run_build
+from synthgen.validators.corpus import validate_dir
 from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
-from validators.corpus import validate_dir
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_validate_cli_fails_a_truncated_tar(corpus: Path, tmp_path: Path) -> Non
     tar = bad / "00001.tar"
     tar.write_bytes(tar.read_bytes()[:700])
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "validate", str(bad)],
+        [sys.executable, "-m", "synthgen.pipelines.cli", "validate", str(bad)],
         capture_output=True,
         text=True,
     )
@@ -116,7 +116,7 @@ def test_failed_expectation_fails_the_build(model_dir: Path, tmp_path: Path) -> 
     assert manifest["status"] == "failed_validation"
     assert not manifest["validation"]["success"]
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "validate", str(tmp_path / "out")],
+        [sys.executable, "-m", "synthgen.pipelines.cli", "validate", str(tmp_path / "out")],
         capture_output=True,
         text=True,
     )

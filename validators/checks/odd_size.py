@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from schemas.records import Sample
-from validators.base import Check
+from synthgen.schemas.records import Sample
+from synthgen.validators.base import Check
 
 
 class OddSize(Check):

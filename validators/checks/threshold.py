@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from schemas.records import Sample
-from validators.base import Check
+from synthgen.schemas.records import Sample
+from synthgen.validators.base import Check
 
 
 class ScoreThreshold(Check):

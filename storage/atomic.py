@@ -19,7 +19,7 @@ def tmp_name(final: Path) -> Path:
 @contextlib.contextmanager
 def atomic_write(final: Path) -> Iterator[IO[bytes]]:
     """Yield a binary file; on success it is fsynced and renamed to `final`, else removed."""
-    from pipelines.faults import maybe_fault  # noqa: PLC0415
+    from synthgen.storage.faults import maybe_fault
 
     tmp = tmp_name(final)
     try:
