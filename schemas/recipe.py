@@ -14,7 +14,21 @@ SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
 
-SCHEDULERS = ("ddpm", "ddim", "dpm-solver++", "euler", "unipc")
+# Sampler names a recipe may give, each with the kind of model it is for: `diffusion`
+# (epsilon / v-prediction: SD 1.x/2.x, SDXL) or `flow` (flow matching: SD3, Flux, Sana).
+# `native` keeps the model folder's own scheduler. The diffusers classes behind the names
+# live in synthgen.generators; this table is the one list of names.
+SCHEDULERS: dict[str, str] = {
+    "native": "any",
+    "ddpm": "diffusion",
+    "ddim": "diffusion",
+    "dpm-solver++": "diffusion",
+    "euler": "diffusion",
+    "euler-ancestral": "diffusion",
+    "unipc": "diffusion",
+    "flow-match-euler": "flow",
+    "flow-match-heun": "flow",
+}
 
 
 class RecipeError(ValueError):
@@ -53,15 +67,40 @@ class ModelSpec(_Frozen):
         le=256,
         description="torch threads per worker on CPU; float rounding depends on it",
     )
+    variant: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]+$",
+        description="weight variant files to load, e.g. 'fp16' for *.fp16.safetensors",
+    )
+    offload: Literal["none", "model", "sequential"] = Field(
+        default="none", description="diffusers CPU offload (GPU memory saver)"
+    )
+    vae_slicing: bool = Field(default=False, description="decode the batch one image at a time")
+    vae_tiling: bool = Field(default=False, description="decode large images in tiles")
+    safety_checker: bool = Field(
+        default=True,
+        description="run the folder's own safety checker (when it has one) as a scorer",
+    )
 
 
 class SamplingSpec(_Frozen):
-    scheduler: Literal["ddpm", "ddim", "dpm-solver++", "euler", "unipc"] = "dpm-solver++"
+    scheduler: str = Field(
+        default="native",
+        description="`native` (the model folder's own) or a sampler of the model's family: "
+        + ", ".join(n for n in SCHEDULERS if n != "native"),
+    )
     steps: int = Field(default=20, ge=1, le=1000)
     guidance_scale: float = Field(default=1.0, ge=0.0, le=50.0)
     height: int = Field(default=512, ge=8, le=4096)
     width: int = Field(default=512, ge=8, le=4096)
     negative_prompt: str = ""
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        if v not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; choose one of {', '.join(SCHEDULERS)}")
+        return v
 
     @field_validator("height", "width")
     @classmethod
@@ -85,13 +124,34 @@ class ClassSpec(_Frozen):
         return v
 
 
+class ScorerSpec(_Frozen):
+    """One scorer plug-in by name; `options` are checked by the scorer itself."""
+
+    name: Slug
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class ScoringSpec(_Frozen):
-    """CLIP image-prompt scoring: a local open_clip config JSON + safetensors checkpoint."""
+    """Scorers that add columns to every sample. CLIP-based ones share `clip_model`."""
 
     clip_model: str = Field(
         min_length=1, description="folder holding <name>.json + <name>.safetensors"
     )
     batch_size: int = Field(default=64, ge=1, description="fixed CLIP compute batch (hashed)")
+    scorers: list[ScorerSpec] = Field(
+        default_factory=lambda: [ScorerSpec(name="clip"), ScorerSpec(name="image_stats")],
+        min_length=1,
+        description="scorer plug-ins in order; each writes the columns it declares",
+    )
+
+    @field_validator("scorers")
+    @classmethod
+    def _unique_scorers(cls, v: list[ScorerSpec]) -> list[ScorerSpec]:
+        names = [s.name for s in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"scorer listed twice: {', '.join(dupes)}")
+        return v
 
 
 class Threshold(_Frozen):
@@ -121,6 +181,12 @@ class Threshold(_Frozen):
         return None
 
 
+class ColumnThreshold(Threshold):
+    """A threshold on any score column a scorer declares; `keep` says which side passes."""
+
+    keep: Literal["above", "below"] = "above"
+
+
 class NearDuplicateSpec(_Frozen):
     max_distance: int = Field(
         default=2, ge=0, le=15, description="perceptual-hash Hamming distance"
@@ -139,6 +205,10 @@ class ChecksSpec(_Frozen):
     odd_size: bool = True
     exact_duplicate: bool = True
     near_duplicate: NearDuplicateSpec | None = None
+    scores: dict[str, ColumnThreshold] = Field(
+        default_factory=dict,
+        description="thresholds on score columns by column name (any scorer's column)",
+    )
 
     @model_validator(mode="after")
     def _light_is_absolute(self) -> ChecksSpec:
