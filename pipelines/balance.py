@@ -25,14 +25,13 @@ from synthgen.generators.sources.open import open_source, read_histogram
 from synthgen.pipelines.build import (
     BuildError,
     BuildResult,
-    ResolvedRecipe,
     ShardsOutcome,
     _already_complete,
     build_shards,
     finalize,
-    make_context,
     prepare_output,
 )
+from synthgen.pipelines.resolve import ResolvedRecipe, make_context
 from synthgen.schemas.manifest import shard_files
 from synthgen.schemas.recipe import BalanceSpec, Recipe
 from synthgen.schemas.records import GenerationRequest

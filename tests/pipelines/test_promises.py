@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from synthgen.generators.handler import generate_batch
 from synthgen.generators.model_folder import ModelFolderError, load_pipeline
 from synthgen.generators.planning import plan
-from synthgen.pipelines.build import generation_settings, resolve, run_build
+from synthgen.pipelines.build import run_build
+from synthgen.pipelines.resolve import generation_settings, resolve
 from synthgen.schemas.recipe import load_recipe
 from synthgen.storage.atomic import TMP_MARK
 from tests.conftest import SPLIT_THRESHOLD, read_rows, tiny_recipe_dict, write_recipe
