@@ -103,8 +103,8 @@ def main() -> int:
     print(f"before: {np.bincount(y_imb, minlength=10).tolist()}")
     print(
         f"after:  {np.bincount(y_bal, minlength=10).tolist()}  "
-        f"({len(y_syn)} synthetic, {len(manifest['balance']['rounds'])} round(s), "
-        f"{manifest['counts']['rejected']} rejected, build {seconds:.1f}s)"
+        f"({len(y_syn)} synthetic, {len(manifest.balance.rounds)} round(s), "
+        f"{manifest.counts.rejected} rejected, build {seconds:.1f}s)"
     )
     print("class  recall(imbalanced)  recall(balanced)")
     for c in range(10):

@@ -28,7 +28,8 @@ from synthgen.generators.model_folder import load_pipeline
 from synthgen.generators.planning import plan
 from synthgen.generators.training.clip import zero_shot
 from synthgen.generators.training.data import EVAL_TEMPLATE, load_split, to_features, to_images
-from synthgen.pipelines.build import generation_settings, resolve, run_build
+from synthgen.pipelines.build import run_build
+from synthgen.pipelines.resolve import generation_settings, resolve
 from synthgen.schemas.recipe import load_recipe
 from synthgen.storage.images import decode_image
 
@@ -107,7 +108,7 @@ def write_grid(images: list[np.ndarray], labels: np.ndarray, path: Path, per_row
 def build_speed(recipe_path: Path) -> tuple[float, int, float]:
     with tempfile.TemporaryDirectory() as tmp:
         result = run_build(recipe_path, Path(tmp) / "out", show_progress=False)
-    n = result.manifest["counts"]["planned"]
+    n = result.manifest.counts.planned
     return n / result.seconds, n, result.seconds
 
 

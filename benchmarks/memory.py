@@ -23,7 +23,7 @@ from pathlib import Path
 from synthgen.pipelines.build import run_build
 r = run_build(sys.argv[1], Path(sys.argv[2]), overrides=[f"count_per_class={sys.argv[3]}"],
               show_progress=False)
-print(r.manifest["counts"]["planned"], round(r.seconds, 1),
+print(r.manifest.counts.planned, round(r.seconds, 1),
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

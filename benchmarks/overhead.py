@@ -27,7 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from synthgen.generators.model_folder import load_pipeline
 from synthgen.generators.planning import plan
-from synthgen.pipelines.build import generation_settings, resolve, run_build
+from synthgen.pipelines.build import run_build
+from synthgen.pipelines.resolve import generation_settings, resolve
 from synthgen.schemas.recipe import load_recipe
 
 
@@ -63,7 +64,7 @@ def build_seconds(recipe_path: Path, per_class: int) -> tuple[int, float]:
             overrides=[f"count_per_class={per_class}"],
             show_progress=False,
         )
-    return r.manifest["counts"]["planned"], r.seconds
+    return r.manifest.counts.planned, r.seconds
 
 
 def main() -> int:

@@ -135,11 +135,11 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
         beam_args=beam_args,
         show_progress=not args.no_progress,
     )
-    counts = result.manifest["counts"]
+    counts = result.manifest.counts
     rate = result.generated_now / result.seconds if result.seconds > 0 else 0.0
     print(
-        f"synthgen: built {result.output}: {counts['accepted']} accepted, "
-        f"{counts['rejected']} rejected in {len(result.manifest['shards'])} shard(s); "
+        f"synthgen: built {result.output}: {counts.accepted} accepted, "
+        f"{counts.rejected} rejected in {len(result.manifest.shards)} shard(s); "
         f"{result.generated_now} generated in {result.seconds:.1f}s ({rate:.2f} images/s)"
         + (f"; reused {len(result.reused_shards)} shard(s)" if result.reused_shards else "")
     )

@@ -6,14 +6,13 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
 from synthgen.pipelines.context import BuildContext
-from synthgen.schemas.manifest import shard_entry, shard_files, stats_name
+from synthgen.schemas.manifest import FileInfo, ShardStats, shard_files, stats_name
 from synthgen.schemas.records import ACCEPTED, Sample, provenance_from_row, sample_schema
 from synthgen.storage.atomic import atomic_write, write_bytes_atomic
 from synthgen.storage.hashing import file_sha256
@@ -45,7 +44,7 @@ def write_shard(
     samples: Iterable[Sample],
     ctx: BuildContext,
     score_columns: tuple[str, ...],
-) -> dict[str, Any]:
+) -> ShardStats:
     """Write a shard's files under temporary names, rename each after close, stats last."""
     ordered = unique_by_key(samples)
     rows = [ctx.row(s, score_columns) for s in ordered]
@@ -77,12 +76,17 @@ def write_shard(
 
     accepted = sum(1 for s in ordered if s.status == ACCEPTED)
     files = {
-        name: {"sha256": file_sha256(out_dir / name), "bytes": (out_dir / name).stat().st_size}
+        name: FileInfo(sha256=file_sha256(out_dir / name), bytes=(out_dir / name).stat().st_size)
         for name in (tar_name, parquet_name)
     }
-    entry = shard_entry(shard, files, accepted=accepted, rejected=len(ordered) - accepted)
-    entry["recipe_hash"] = ctx.recipe_hash
-    entry["keys"] = len(ordered)
-    write_bytes_atomic(out_dir / stats_name(shard), json.dumps(entry, indent=2).encode())
-    logger.info("shard %05d written: %d accepted, %d rejected", shard, accepted, entry["rejected"])
-    return entry
+    stats = ShardStats(
+        shard=shard,
+        files=files,
+        accepted=accepted,
+        rejected=len(ordered) - accepted,
+        recipe_hash=ctx.recipe_hash,
+        keys=len(ordered),
+    )
+    write_bytes_atomic(out_dir / stats_name(shard), stats.to_json())
+    logger.info("shard %05d written: %d accepted, %d rejected", shard, accepted, stats.rejected)
+    return stats

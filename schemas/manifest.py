@@ -1,12 +1,26 @@
-"""manifest.json and per-shard stats: the shapes a consumer and resume rely on."""
+"""The on-disk contracts of a build directory, as typed models.
+
+`manifest.json` (written last: a consumer trusts a build only through it), one
+`{shard:05d}_stats.json` per finished shard, and `.synthgen/state.json` (what resume checks).
+`docs/manifest.schema.json` is generated from `Manifest` so other tools can read a build
+without our code; a test keeps it current.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthgen.schemas.scores import ScoreColumn
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 STATE_DIR = ".synthgen"
+STATE_NAME = "state.json"
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
 
 
 def shard_stem(shard: int) -> str:
@@ -23,8 +37,159 @@ def stats_name(shard: int) -> str:
     return f"{shard_stem(shard)}_stats.json"
 
 
-def shard_entry(
-    shard: int, files: dict[str, dict[str, Any]], accepted: int, rejected: int
-) -> dict[str, Any]:
-    """One `shards[]` entry, also the content of `{shard:05d}_stats.json`."""
-    return {"shard": shard, "files": files, "accepted": accepted, "rejected": rejected}
+class _Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> bytes:
+        """Strict JSON (no NaN/Infinity), indented, keys in declaration order."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return json.dumps(data, indent=2, allow_nan=False).encode()
+
+
+class FileInfo(_Contract):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class ShardEntry(_Contract):
+    """One `shards[]` entry of the manifest."""
+
+    shard: int = Field(ge=0)
+    files: dict[str, FileInfo]
+    accepted: int = Field(ge=0)
+    rejected: int = Field(ge=0)
+
+
+class ShardStats(ShardEntry):
+    """`{shard:05d}_stats.json`: written after the shard's tar and Parquet; marks it done."""
+
+    recipe_hash: str
+    keys: int = Field(ge=0)
+
+    def entry(self) -> ShardEntry:
+        return ShardEntry(
+            shard=self.shard, files=self.files, accepted=self.accepted, rejected=self.rejected
+        )
+
+
+class BuildState(_Contract):
+    """`.synthgen/state.json`: the identity of the build an output directory holds."""
+
+    recipe_hash: str
+    recipe: dict[str, Any]
+    created_at: str = Field(description="ISO-8601 UTC start of the build; kept on resume")
+    identity: dict[str, str] = Field(
+        default_factory=dict,
+        description="content hashes behind the recipe's paths (model, scorers); resume "
+        "refuses a directory whose identity differs",
+    )
+
+
+class PlanRound(_Contract):
+    """What one round of a build plans: a pure description, shipped to every worker.
+
+    `counts` (class id -> end index, exclusive) is None for a fixed-count build, which plans
+    `count_per_class` for every class; `start` (class id -> first index) and `shard_offset`
+    let a later round plan new keys into new shards; `quota` caps accepted samples per class.
+    """
+
+    round: int = Field(default=0, ge=0)
+    counts: dict[int, int] | None = None
+    start: dict[int, int] = Field(default_factory=dict)
+    shard_offset: int = Field(default=0, ge=0)
+    quota: dict[int, int] | None = None
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        return {"counts": self.counts, "start": self.start, "shard_offset": self.shard_offset}
+
+
+class ModelInfo(_Contract):
+    path: str
+    sha256: str
+    class_: str = Field(alias="class")
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def to_dict(self) -> dict[str, str]:
+        return self.model_dump(by_alias=True)
+
+
+class Counts(_Contract):
+    planned: int = Field(ge=0)
+    attempted: int = Field(ge=0)
+    accepted: int = Field(ge=0)
+    rejected: int = Field(ge=0)
+    planned_per_class: dict[str, int]
+    target_accepted_per_class: dict[str, int] | None = None
+
+
+class BalanceRound(_Contract):
+    round: int
+    planned: dict[str, int]
+    accepted: dict[str, int]
+
+
+class BalanceInfo(_Contract):
+    source: str
+    target: dict[str, int]
+    before: dict[str, int]
+    after: dict[str, int]
+    rounds: list[BalanceRound]
+    balanced_index: str
+
+
+class ExpectationInfo(_Contract):
+    dataset: str
+    expectation: str
+    kwargs: dict[str, Any]
+    success: bool
+    detail: str
+
+
+class ValidationInfo(_Contract):
+    success: bool
+    failures: list[str]
+    expectations: list[ExpectationInfo]
+
+
+class Manifest(_Contract):
+    """`manifest.json`: every shard with its hashes and counts, the recipe, the versions."""
+
+    manifest_version: Literal[2] = MANIFEST_VERSION
+    status: Literal["complete", "failed_validation"]
+    recipe_name: str
+    recipe_hash: str
+    recipe: dict[str, Any]
+    created_at: str
+    finished_at: str
+    versions: dict[str, str]
+    model: ModelInfo
+    scorers: list[dict[str, Any]]
+    score_columns: list[ScoreColumn]
+    counts: Counts
+    shards: list[ShardEntry]
+    validation: ValidationInfo | None = None
+    files: dict[str, FileInfo] = Field(
+        default_factory=dict, description="files beside the shards (e.g. balanced.parquet)"
+    )
+    balance: BalanceInfo | None = None
+
+    def to_json(self) -> bytes:
+        data = self.model_dump(mode="json", exclude_none=True, by_alias=True)
+        return json.dumps(data, indent=2, allow_nan=False).encode()
+
+    @property
+    def shard_ids(self) -> list[int]:
+        return [s.shard for s in self.shards]
+
+    @property
+    def score_column_names(self) -> list[str]:
+        return [c.name for c in self.score_columns]
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """The JSON Schema of manifest.json, as published in docs/manifest.schema.json."""
+    schema = Manifest.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "synthgen manifest.json"
+    return schema

@@ -38,7 +38,7 @@ def test_dask_build_equals_direct_runner_build(cluster, tmp_path: Path, model_di
         beam_args=["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"],
         show_progress=False,
     )
-    assert dask.manifest["counts"] == direct.manifest["counts"]
+    assert dask.manifest.counts == direct.manifest.counts
     fields = ("key", "shard", "seed", "image_sha256", "status", "reject_reason", "prompt")
     a = [tuple(r[f] for f in fields) for r in read_rows(tmp_path / "direct").to_pylist()]
     b = [tuple(r[f] for f in fields) for r in read_rows(tmp_path / "dask").to_pylist()]

@@ -16,7 +16,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from synthgen.generators.handler import DiffusersHandler
-from synthgen.pipelines.build import beam_options, generation_settings, resolve
+from synthgen.pipelines.resolve import generation_settings, resolve
+from synthgen.pipelines.runner import beam_options
 from synthgen.pipelines.transforms import GenerateSamples
 from synthgen.schemas.recipe import load_recipe
 from tests.conftest import tiny_recipe_dict, write_recipe

@@ -1,0 +1,342 @@
+"""The build session: one object owns an output directory for the life of a build.
+
+    session = BuildSession(out, resolved, options, resume=..., show_progress=..., start=...)
+    with session:                        # lock the directory
+        done = session.open()            # create or reopen; a verified complete build?
+        while (r := strategy.next_round()) is not None:
+            strategy.observe(session.run_round(r))
+        session.finalize(strategy.finish(session))   # stats -> manifest -> gate -> report
+
+What differs between a fixed-count build and a balancing build is the strategy
+(synthgen.pipelines.strategies); everything about files, shards, resume and the manifest is here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from synthgen.generators.planning import check_unique_keys, plan
+from synthgen.pipelines.context import BuildContext
+from synthgen.pipelines.output import (
+    BuildError,
+    check_output_dir,
+    discard_shard,
+    exclusive_lock,
+    finished_shard,
+    prepare_output,
+    utc_now,
+    verified_manifest,
+)
+from synthgen.pipelines.resolve import ResolvedRecipe, make_context
+from synthgen.pipelines.runner import run_shards
+from synthgen.schemas.manifest import (
+    MANIFEST_NAME,
+    REPORT_HTML,
+    REPORT_JSON,
+    STATE_DIR,
+    BuildState,
+    Counts,
+    Manifest,
+    ModelInfo,
+    PlanRound,
+    ShardStats,
+    ValidationInfo,
+)
+from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.atomic import remove_stale_tmp, write_bytes_atomic
+from synthgen.storage.faults import maybe_fault
+from synthgen.storage.hashing import folder_sha256
+from synthgen.validators.corpus import validate_corpus
+from synthgen.validators.report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    manifest: Manifest
+    seconds: float
+    generated_now: int
+    reused_shards: list[int] = field(default_factory=list)
+    metrics: dict[str, int] = field(default_factory=dict)
+
+
+class ValidationFailed(BuildError):
+    """The corpus was written but failed its expectations; the manifest says so."""
+
+    def __init__(self, message: str, result: BuildResult):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one round left on disk: every shard's stats, and what this run did."""
+
+    out: Path
+    plan_round: PlanRound
+    stats: list[ShardStats]
+    reused: list[int]
+    generated_now: int
+    metrics: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """What a strategy adds to the manifest when its rounds are done."""
+
+    targets: dict[str, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # Manifest fields: files, balance
+
+
+def content_identity(resolved: ResolvedRecipe) -> dict[str, str]:
+    """What the recipe's paths pointed at: resume refuses a directory built from other content."""
+    from synthgen.validators.clip_folder import clip_sha256
+
+    return {
+        "model_sha256": folder_sha256(resolved.model_path),
+        "clip_sha256": clip_sha256(resolved.clip),
+    }
+
+
+def declared_columns(resolved: ResolvedRecipe) -> list[ScoreColumn]:
+    ranges = {"brightness": (0.0, 1.0)}
+    out = []
+    for name in resolved.score_columns:
+        lo, hi = ranges.get(name, (0.0, None))
+        if name.startswith("clip_") and name.endswith("_score"):
+            lo, hi = -1.0, 1.0
+        elif name.endswith("_label_margin"):
+            lo, hi = -2.0, 2.0
+        out.append(ScoreColumn(name=name, scorer="clip", minimum=lo, maximum=hi))
+    return out
+
+
+class BuildSession:
+    """Owns `out` for one build: state, lock, rounds of shards, and the steps after them."""
+
+    def __init__(
+        self,
+        out: Path,
+        resolved: ResolvedRecipe,
+        options: PipelineOptions,
+        *,
+        resume: bool,
+        show_progress: bool,
+        start: float,
+    ):
+        self.out = out
+        self.resolved = resolved
+        self.options = options
+        self.resume = resume
+        self.show_progress = show_progress
+        self.start = start
+        self.rounds: list[RoundOutcome] = []
+        self._planned_per_class: dict[str, int] = {}
+        self._stack = ExitStack()
+        self.state: BuildState | None = None
+        self.ctx: BuildContext | None = None
+
+    def __enter__(self) -> BuildSession:
+        check_output_dir(self.out, self.resume)  # before the lock file exists
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._stack.enter_context(exclusive_lock(self.out, "output directory"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    @property
+    def recipe(self) -> Any:
+        return self.resolved.recipe
+
+    def open(self) -> Manifest | None:
+        """Create or reopen the output directory; a verified complete manifest if there is one.
+
+        1. state: a new build, or the same recipe and content identity as the one there
+        2. leftovers of a crashed writer removed
+        3. the build-wide provenance every sample carries
+        4. a manifest is trusted only if every file it lists still matches it
+        """
+        # The lock file exists from __enter__; an otherwise empty folder is a new build.
+        fresh = (
+            not any(p for p in self.out.iterdir() if p.name != STATE_DIR)
+            and not (self.out / STATE_DIR / "state.json").exists()
+        )
+        self.state = prepare_output(
+            self.out, self.recipe, content_identity(self.resolved), self.resume or fresh
+        )
+        remove_stale_tmp(self.out)
+        self.ctx = make_context(self.resolved, self.state.created_at)
+        return verified_manifest(self.out, self.state)
+
+    def run_round(self, plan_round: PlanRound) -> RoundOutcome:
+        """Make sure every shard of one round is written: reuse finished ones, build the rest.
+
+        1. plan the round (pure: keys, seeds, shards)
+        2. keep shards whose files match their stats; discard partial ones
+        3. run the Beam pipeline over the rest; build-wide checks see every earlier shard
+        4. every shard must now be finished, or the build is incomplete
+        """
+        assert self.ctx is not None, "open() first"
+        requests = plan(self.recipe, **plan_round.plan_kwargs())
+        check_unique_keys(requests)
+        for r in requests:
+            self._planned_per_class[r.class_name] = self._planned_per_class.get(r.class_name, 0) + 1
+        shard_ids = sorted({r.shard for r in requests})
+        done = self._finished(shard_ids)
+        todo = [s for s in shard_ids if s not in done]
+        if done:
+            logger.info("resuming: reusing %d finished shard(s), building %d", len(done), len(todo))
+        metrics: dict[str, int] = {}
+        if todo:
+            metrics = self._run_pipeline(plan_round, todo, sorted(done), len(requests))
+        stats = [done.get(s) or finished_shard(self.out, s, self.recipe.hash) for s in shard_ids]
+        missing = [s for s, st in zip(shard_ids, stats, strict=True) if st is None]
+        if missing:
+            raise BuildError(f"{self.out}: build incomplete: shard(s) {missing} were not written")
+        todo_set = set(todo)
+        outcome = RoundOutcome(
+            out=self.out,
+            plan_round=plan_round,
+            stats=[s for s in stats if s is not None],
+            reused=sorted(done),
+            generated_now=sum(1 for r in requests if r.shard in todo_set),
+            metrics=metrics,
+        )
+        self.rounds.append(outcome)
+        return outcome
+
+    def _finished(self, shard_ids: list[int]) -> dict[int, ShardStats]:
+        done: dict[int, ShardStats] = {}
+        for shard in shard_ids:
+            stats = finished_shard(self.out, shard, self.recipe.hash)
+            if stats is None:
+                discard_shard(self.out, shard)
+            else:
+                done[shard] = stats
+        return done
+
+    def _run_pipeline(
+        self, plan_round: PlanRound, todo: list[int], reused: list[int], total: int
+    ) -> dict[str, int]:
+        assert self.ctx is not None
+        earlier = sorted({s.shard for o in self.rounds for s in o.stats} | set(reused))
+        progress_dir = self.out / STATE_DIR / "progress"
+        shutil.rmtree(progress_dir, ignore_errors=True)
+        progress_dir.mkdir(parents=True)
+        done_stats = [finished_shard(self.out, s, self.recipe.hash) for s in reused]
+        return run_shards(
+            self.resolved,
+            self.ctx,
+            plan_round,
+            todo,
+            earlier_shards=earlier,
+            out=self.out,
+            progress_dir=progress_dir,
+            show_progress=self.show_progress,
+            options=self.options,
+            total=total,
+            done_counts=(
+                sum(s.accepted for s in done_stats if s),
+                sum(s.rejected for s in done_stats if s),
+            ),
+        )
+
+    def finalize(self, finish: Finish) -> BuildResult:
+        """Gate the written corpus, then write the manifest (last), then the report.
+
+        1. the manifest's content from every round's shard stats
+        2. the gate: corpus expectations over what was written, before the manifest exists
+        3. manifest.json, atomically: from now on the build is complete (or failed)
+        4. report.json + report.html
+        """
+        manifest = self._manifest(finish)
+        validation = validate_corpus(
+            self.out,
+            [s.model_dump() for s in manifest.shards],
+            self.recipe,
+            manifest.counts.planned_per_class,
+            manifest.score_column_names,
+            targets=finish.targets,
+            tars=False,
+        )
+        manifest = manifest.model_copy(
+            update={
+                "validation": ValidationInfo.model_validate(validation.as_dict()),
+                "status": "complete" if validation.ok else "failed_validation",
+            }
+        )
+        maybe_fault("manifest", "*")
+        write_bytes_atomic(self.out / MANIFEST_NAME, manifest.to_json())
+        result = self.after_manifest(manifest)
+        if not validation.ok:
+            failed = [
+                f"{e.dataset}: {e.expectation} {e.kwargs} {e.detail}"
+                for e in validation.failed_expectations()
+            ]
+            raise ValidationFailed(
+                f"{self.out}: build failed validation:\n  "
+                + "\n  ".join(validation.failures + failed),
+                result,
+            )
+        return result
+
+    def after_manifest(self, manifest: Manifest) -> BuildResult:
+        """The steps after the manifest: idempotent, so a resumed build redoes what is missing."""
+        if not ((self.out / REPORT_JSON).is_file() and (self.out / REPORT_HTML).is_file()):
+            write_report(self.out)
+        metrics: dict[str, int] = {}
+        for o in self.rounds:
+            for k, v in o.metrics.items():
+                metrics[k] = metrics.get(k, 0) + v
+        reused = sorted(s for o in self.rounds for s in o.reused)
+        return BuildResult(
+            output=self.out,
+            manifest=manifest,
+            seconds=time.monotonic() - self.start,
+            generated_now=sum(o.generated_now for o in self.rounds),
+            reused_shards=reused if self.rounds else manifest.shard_ids,
+            metrics=metrics,
+        )
+
+    def _manifest(self, finish: Finish) -> Manifest:
+        assert self.state is not None and self.ctx is not None
+        stats = sorted((s for o in self.rounds for s in o.stats), key=lambda s: s.shard)
+        accepted = sum(s.accepted for s in stats)
+        rejected = sum(s.rejected for s in stats)
+        ctx = self.ctx
+        return Manifest(
+            status="complete",
+            recipe_name=self.recipe.name,
+            recipe_hash=self.recipe.hash,
+            recipe=self.state.recipe,
+            created_at=self.state.created_at,
+            finished_at=utc_now(),
+            versions=json.loads(ctx.library_versions),
+            model=ModelInfo(
+                path=ctx.model_path, sha256=ctx.model_sha256, class_=ctx.pipeline_class
+            ),
+            scorers=json.loads(ctx.scorers),
+            score_columns=declared_columns(self.resolved),
+            counts=Counts(
+                planned=sum(self._planned_per_class.values()),
+                attempted=accepted + rejected,
+                accepted=accepted,
+                rejected=rejected,
+                planned_per_class=dict(self._planned_per_class),
+                target_accepted_per_class=finish.targets,
+            ),
+            shards=[s.entry() for s in stats],
+            **finish.extra,
+        )

@@ -1,0 +1,259 @@
+"""Label-conditioned class balancing: top up a labelled dataset to target counts after filtering.
+
+Rounds: each round plans, for every class still short, `need / accept rate * overgenerate`
+new samples (new indices, so new keys and seeds, into new shards), builds them, and counts
+what was accepted; an accepted surplus is rejected as `surplus`, so every class ends exactly at
+its target. Every round is a pure function of the recipe, the source's label histogram and the
+earlier rounds' (deterministic) results, so `--resume` replays it and reuses finished shards.
+A class already at or above its target gets no synthetic samples; a source where every class
+is there already makes a build with no shards, only the balanced index.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthgen.generators.sources.base import SourceRecord
+from synthgen.generators.sources.open import open_source, read_histogram
+from synthgen.pipelines.output import BuildError
+from synthgen.pipelines.session import BuildSession, Finish, RoundOutcome
+from synthgen.pipelines.strategies.base import Strategy
+from synthgen.schemas.manifest import BalanceInfo, BalanceRound, FileInfo, PlanRound, shard_files
+from synthgen.schemas.recipe import BalanceSpec, Recipe
+from synthgen.storage.atomic import atomic_write
+from synthgen.storage.hashing import file_sha256
+
+logger = logging.getLogger(__name__)
+
+BALANCED_NAME = "balanced.parquet"
+BALANCED_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),  # "real" | "synthetic"
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("reference", pa.string()),  # real: a stable reference into the source
+        pa.field("key", pa.string()),  # synthetic: the sample key
+        pa.field("shard", pa.int32()),  # synthetic: its shard
+    ]
+)
+
+
+def targets_for(spec: BalanceSpec, recipe: Recipe, before: dict[int, int]) -> dict[int, int]:
+    """Total (real + synthetic) count wanted per class id."""
+    if spec.target == "max":
+        top = max(before.values())
+        return {c: top for c in before}
+    if isinstance(spec.target, int):
+        return {c: spec.target for c in before}
+    by_name = {c.name: c.id for c in recipe.classes}
+    out = dict(before)  # classes the mapping leaves out are not topped up
+    for name, count in spec.target.items():
+        class_id = by_name.get(name)
+        if class_id is None:
+            raise BuildError(f"balance.target: {name!r} is not one of the recipe's classes")
+        out[class_id] = count
+    return out
+
+
+class _RealRows:
+    """Streams the source's rows into a temporary Parquet file (never all in memory)."""
+
+    def __init__(self, path: Path, recipe: Recipe):
+        self._names = {c.id: c.name for c in recipe.classes}
+        self._writer = pq.ParquetWriter(str(path), BALANCED_SCHEMA)
+        self._buffer: list[dict[str, Any]] = []
+
+    def __call__(self, record: SourceRecord, class_id: int) -> None:
+        self._buffer.append(
+            {
+                "source": "real",
+                "label": class_id,
+                "class_name": self._names[class_id],
+                "reference": record.reference,
+                "key": None,
+                "shard": None,
+            }
+        )
+        if len(self._buffer) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=BALANCED_SCHEMA))
+            self._buffer = []
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+def _accepted_by_class(out: Path, shards: list[int]) -> tuple[dict[int, int], dict[int, int]]:
+    accepted: dict[int, int] = {}
+    attempted: dict[int, int] = {}
+    for shard in shards:
+        table = pq.read_table(out / shard_files(shard)[1], columns=["class_label", "status"])
+        for label, status in zip(
+            table.column("class_label").to_pylist(), table.column("status").to_pylist(), strict=True
+        ):
+            attempted[label] = attempted.get(label, 0) + 1
+            if status == "accepted":
+                accepted[label] = accepted.get(label, 0) + 1
+    return accepted, attempted
+
+
+class Balance(Strategy):
+    """Rounds of top-up generation until every class reaches its target (or cannot)."""
+
+    def prepare(self) -> None:
+        """Read the source once: its label histogram, and its rows for the balanced index."""
+        spec = self._spec
+        assert self.resolved.balance_source is not None
+        self.source = open_source(spec, self.resolved.balance_source)
+        self.names = {c.id: c.name for c in self.recipe.classes}
+        self._tmp = tempfile.TemporaryDirectory(prefix="synthgen-balance-")
+        self._real_path = Path(self._tmp.name) / "real.parquet"
+        sink = _RealRows(self._real_path, self.recipe)
+        try:
+            self.before = read_histogram(self.source, self.recipe, sink)
+        finally:
+            sink.close()
+        self.targets = targets_for(spec, self.recipe, self.before)
+        self.deficit = {c: max(0, self.targets[c] - self.before[c]) for c in self.before}
+        logger.info(
+            "balance: source %s has %s; deficit %s",
+            self.source.description,
+            self.before,
+            self.deficit,
+        )
+        self.accepted = {c: 0 for c in self.before}
+        self.attempted = {c: 0 for c in self.before}
+        self.shard_offset = 0
+        self.history: list[BalanceRound] = []
+        self._last: PlanRound | None = None
+
+    @property
+    def _spec(self) -> BalanceSpec:
+        assert self.recipe.balance is not None
+        return self.recipe.balance
+
+    def _need(self) -> dict[int, int]:
+        return {c: d - self.accepted[c] for c, d in self.deficit.items() if d > self.accepted[c]}
+
+    def next_round(self) -> PlanRound | None:
+        """1. what each short class still needs 2. its measured accept rate 3. the plan."""
+        need = self._need()
+        if not need or len(self.history) >= self._spec.max_rounds:
+            return None
+        counts = dict(self.attempted)
+        for c, n in need.items():
+            rate = 1.0 if self.attempted[c] == 0 else self.accepted[c] / self.attempted[c]
+            if self.attempted[c] and rate < self._spec.min_accept_rate:
+                raise BuildError(self._unfillable(need))
+            counts[c] = self.attempted[c] + math.ceil(n / rate * self._spec.overgenerate)
+        self._last = PlanRound(
+            round=len(self.history),
+            counts=counts,
+            start=dict(self.attempted),
+            shard_offset=self.shard_offset,
+            quota=need,
+        )
+        return self._last
+
+    def observe(self, outcome: RoundOutcome) -> None:
+        plan_round = outcome.plan_round
+        assert plan_round.quota is not None and plan_round.counts is not None
+        shards = [s.shard for s in outcome.stats]
+        got, tried = _accepted_by_class(outcome.out, shards)
+        for c in self.before:
+            self.accepted[c] += got.get(c, 0)
+            self.attempted[c] += tried.get(c, 0)
+        self.history.append(
+            BalanceRound(
+                round=plan_round.round,
+                planned={
+                    self.names[c]: plan_round.counts[c] - plan_round.start.get(c, 0)
+                    for c in plan_round.quota
+                },
+                accepted={self.names[c]: got.get(c, 0) for c in plan_round.quota},
+            )
+        )
+        self.shard_offset = max(shards) + 1
+
+    def finish(self, session: BuildSession) -> Finish:
+        """The balanced index (real rows, then accepted synthetic rows) and the manifest's
+        balance block; a class still short after the last round fails the build by name."""
+        if self._need():
+            raise BuildError(self._unfillable(self._need()))
+        path = session.out / BALANCED_NAME
+        rows = self._synthetic_rows(session)
+        with atomic_write(path) as f:
+            writer = pq.ParquetWriter(f, BALANCED_SCHEMA)
+            for batch in pq.ParquetFile(self._real_path).iter_batches(batch_size=65536):
+                writer.write_batch(batch)
+            writer.write_table(pa.Table.from_pylist(rows, schema=BALANCED_SCHEMA))
+            writer.close()
+        names = self.names
+        balance = BalanceInfo(
+            source=self.source.description,
+            target={names[c]: self.targets[c] for c in self.before},
+            before={names[c]: self.before[c] for c in self.before},
+            after={names[c]: self.before[c] + self.accepted[c] for c in self.before},
+            rounds=self.history,
+            balanced_index=BALANCED_NAME,
+        )
+        return Finish(
+            targets={names[c]: self.deficit[c] for c in self.before},
+            extra={
+                "files": {
+                    BALANCED_NAME: FileInfo(sha256=file_sha256(path), bytes=path.stat().st_size)
+                },
+                "balance": balance,
+            },
+        )
+
+    def _synthetic_rows(self, session: BuildSession) -> list[dict[str, Any]]:
+        rows = []
+        shards = sorted(s.shard for o in session.rounds for s in o.stats)
+        for shard in shards:
+            table = pq.read_table(
+                session.out / shard_files(shard)[1],
+                columns=["key", "shard", "class_label", "status"],
+            )
+            for r in table.to_pylist():
+                if r["status"] == "accepted":
+                    rows.append(
+                        {
+                            "source": "synthetic",
+                            "label": r["class_label"],
+                            "class_name": self.names[r["class_label"]],
+                            "reference": None,
+                            "key": r["key"],
+                            "shard": r["shard"],
+                        }
+                    )
+        return rows
+
+    def _unfillable(self, short: dict[int, int]) -> str:
+        spec = self._spec
+        parts = [
+            f"{self.names[c]} (short by {n}: {self.accepted[c]} of {self.attempted[c]} "
+            "generated were accepted)"
+            for c, n in sorted(short.items())
+        ]
+        return (
+            f"balancing could not fill: {'; '.join(parts)} within {spec.max_rounds} round(s) "
+            f"(a class accepting under {spec.min_accept_rate:.0%} is given up on); "
+            "loosen its checks, improve its prompts, or lower its target"
+        )
+
+    def close(self) -> None:
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            tmp.cleanup()
