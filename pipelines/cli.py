@@ -250,8 +250,27 @@ def _signal_exit() -> int | None:
     if not _RECEIVED:
         return None
     what = "terminated" if _RECEIVED[0] == signal.SIGTERM else "interrupted"
-    print(f"synthgen: {what}; the build is incomplete (no manifest)", file=sys.stderr)
+    print(f"synthgen: {what}; {_output_state()}", file=sys.stderr)
     return EXIT_TERMINATED if _RECEIVED[0] == signal.SIGTERM else EXIT_INTERRUPTED
+
+
+def _output_state() -> str:
+    """What the interrupted build left: complete (manifest written) or not, and what to run."""
+    from synthgen.pipelines.session import OPENED
+    from synthgen.schemas.manifest import MANIFEST_NAME
+
+    if not OPENED:
+        return "nothing was written"
+    out = OPENED[-1]
+    if (out / MANIFEST_NAME).is_file():
+        return (
+            f"the build in {out} is complete (manifest written); rerun the same command with "
+            "--resume to finish its report and publishing"
+        )
+    return (
+        f"the build in {out} is incomplete (no manifest); rerun the same command with "
+        "--resume to continue it"
+    )
 
 
 class Terminated(BaseException):

@@ -107,6 +107,10 @@ def check_output_dir(out: Path, resume: bool) -> None:
             f"{out}: output directory is not empty; pass --resume to finish an interrupted "
             "build there, or choose a new directory"
         )
+    if holds_anything(out) and not state_path(out).is_file():
+        raise BuildError(
+            f"{out}: cannot resume: not a synthgen build (no {STATE_DIR}/{STATE_NAME})"
+        )
 
 
 def prepare_output(out: Path, recipe: Recipe, identity: dict[str, str], resume: bool) -> BuildState:

@@ -122,6 +122,11 @@ def declared_columns(resolved: ResolvedRecipe) -> list[ScoreColumn]:
     return out
 
 
+# Output directories opened by this process, newest last: the CLI reports their state
+# when a signal ends the build.
+OPENED: list[Path] = []
+
+
 class BuildSession:
     """Owns `out` for one build: state, lock, rounds of shards, and the steps after them."""
 
@@ -150,6 +155,7 @@ class BuildSession:
     def __enter__(self) -> BuildSession:
         check_output_dir(self.out, self.resume)  # before the lock file exists
         self.out.mkdir(parents=True, exist_ok=True)
+        OPENED.append(self.out)
         self._stack.enter_context(exclusive_lock(self.out, "output directory"))
         return self
 
