@@ -26,14 +26,37 @@ def _split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from synthgen import __version__
+
+    # -v/-q are accepted before or after the subcommand (`synthgen -v build ...` or
+    # `synthgen build ... -v`); SUPPRESS keeps a subcommand's default from overwriting.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only"
+    )
     parser = argparse.ArgumentParser(
         prog="synthgen",
         description="Build synthetic image corpora: recipe -> diffusion -> CLIP -> shards.",
+        parents=[common],
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"synthgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser(
+    def add(name: str, **kw: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    p = add(
+        "plan",
+        help="show what a recipe would build (classes, counts, shards, prompts); writes nothing",
+    )
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--examples", type=int, default=3, help="sample prompts shown per class")
+
+    b = add(
         "build",
         help="build a corpus from a recipe",
         description="Build a corpus. Arguments after `--` go to Beam's PipelineOptions.",
@@ -57,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", action="store_true", help="finish an interrupted build")
     b.add_argument("--no-progress", action="store_true", help="no progress display")
 
-    v = sub.add_parser(
+    v = add(
         "validate",
         help="re-run every corpus check on a build directory",
         description="Hashes against the manifest, tar readability, tar/Parquet agreement and "
@@ -65,10 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("dir", help="build output directory")
 
-    r = sub.add_parser("report", help="(re)write report.html and report.json for a build")
+    r = add("report", help="(re)write report.html and report.json for a build")
     r.add_argument("dir", help="build output directory")
 
-    g = sub.add_parser(
+    g = add(
         "regenerate",
         help="rebuild one sample from its provenance alone and compare its bytes",
     )
@@ -76,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("key", help="sample key")
     g.add_argument("--image-out", default=None, help="also write the regenerated image here")
 
-    t = sub.add_parser(
+    t = add(
         "train-default",
         help="train the bundled digits models (diffusion + CLIP) on scikit-learn's digits",
     )
@@ -84,9 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -105,7 +128,8 @@ def _setup_logging(verbose: bool) -> None:
         handler.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
 
 
-def _quiet_libraries() -> None:
+def _quiet_environment() -> None:
+    """No hub access, no telemetry, no library deprecation chatter (set before any import)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -113,17 +137,42 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        import diffusers
-        import transformers
 
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """The plan of a recipe from the recipe alone: no model is loaded, nothing is written."""
+    from synthgen.generators.planning import plan
+    from synthgen.schemas.recipe import load_recipe
+
+    recipe, _ = load_recipe(args.recipe, args.overrides)
+    print(f"recipe {recipe.name} (hash {recipe.hash[:12]}), seed {recipe.seed}")
+    if recipe.balance is not None:
+        print(
+            f"balancing build: the source {recipe.balance.source} decides the counts "
+            f"(target {recipe.balance.target}, up to {recipe.balance.max_rounds} round(s))"
+        )
+        return EXIT_OK
+    requests = plan(recipe)
+    shards = sorted({r.shard for r in requests})
+    print(
+        f"{len(requests)} samples in {len(shards)} shard(s) of up to "
+        f"{recipe.output.shard_size}; {recipe.sampling.width}x{recipe.sampling.height}, "
+        f"{recipe.sampling.steps} steps, scheduler {recipe.sampling.scheduler}"
+    )
+    shown: dict[int, int] = {}
+    for r in requests:
+        if shown.get(r.class_label, 0) < args.examples:
+            if not shown.get(r.class_label):
+                print(f"class {r.class_label} {r.class_name}: {recipe.count_per_class} samples")
+            print(f"  {r.key}  seed {r.seed}  {r.prompt!r}")
+            shown[r.class_label] = shown.get(r.class_label, 0) + 1
+    return EXIT_OK
 
 
 def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from synthgen.schemas.recipe import load_recipe
+
+    load_recipe(args.recipe, args.overrides)  # a bad recipe is reported before heavy imports
     from synthgen.pipelines.build import run_build
 
     result = run_build(
@@ -288,13 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(own)
-    _setup_logging(args.verbose)
-    _quiet_libraries()
-    from synthgen.generators.model_folder import ModelFolderError
-    from synthgen.pipelines.build import BuildError
+    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    _quiet_environment()
+    from synthgen.pipelines.output import BuildError
+    from synthgen.schemas.errors import ModelFolderError
     from synthgen.schemas.recipe import RecipeError
 
     try:
+        if args.command == "plan":
+            return cmd_plan(args)
         if args.command == "build":
             return cmd_build(args, beam_args)
         if args.command == "train-default":

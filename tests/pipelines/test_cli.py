@@ -100,3 +100,24 @@ def test_bad_override_exits_1_naming_the_field(recipe_file: Path, tmp_path: Path
 def test_unknown_key_in_a_regenerate_request(cli_build: Path) -> None:
     proc = _run("regenerate", str(cli_build), "no-such-key")
     assert proc.returncode == 1 and "found 0 times" in proc.stderr
+
+
+def test_version_plan_and_flags_after_the_subcommand(recipe_file: Path, tmp_path: Path) -> None:
+    from synthgen import __version__
+
+    version = _run("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"synthgen {__version__}"
+    planned = _run("plan", str(recipe_file), "-q", "--examples", "1", "--set", "seed=3")
+    assert planned.returncode == 0, planned.stderr
+    assert "12 samples in 3 shard(s) of up to 5" in planned.stdout
+    assert planned.stdout.count("  tiny-") == 3  # one example per class
+    assert not list(tmp_path.iterdir()) or all(p.suffix == ".yaml" for p in tmp_path.iterdir())
+
+
+def test_unknown_recipe_key_is_reported_before_any_output(
+    recipe_file: Path, tmp_path: Path
+) -> None:
+    done = _run("build", str(recipe_file), "-o", str(tmp_path / "out"), "--set", "colour=red", "-v")
+    assert done.returncode == 1
+    assert "colour: unknown field" in done.stderr
+    assert not (tmp_path / "out").exists()
