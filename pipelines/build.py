@@ -6,6 +6,7 @@ import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -19,7 +20,7 @@ from synthgen.pipelines.resolve import ResolvedRecipe, resolve
 from synthgen.pipelines.runner import beam_options
 from synthgen.pipelines.session import BuildResult, BuildSession, ValidationFailed
 from synthgen.pipelines.strategies import Strategy, strategy_for
-from synthgen.schemas.recipe import load_recipe
+from synthgen.schemas.recipe import Recipe, apply_overrides, load_recipe, recipe_from_dict
 
 __all__ = ["BuildError", "BuildResult", "ValidationFailed", "run_build"]
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 def run_build(
-    recipe_path: str | Path,
+    recipe_path: str | Path | dict[str, Any],
     output: str | Path | None = None,
     overrides: list[str] | None = None,
     resume: bool = False,
@@ -47,7 +48,7 @@ def run_build(
     start = time.monotonic()
     if (output is None) == (publish_root is None):
         raise BuildError("give exactly one of an output directory or a publish root")
-    recipe, base_dir = load_recipe(recipe_path, overrides)
+    recipe, base_dir = _load(recipe_path, overrides)
     resolved = resolve(recipe, base_dir)
     options = beam_options(beam_args or [])
     strategy = strategy_for(resolved)
@@ -65,6 +66,14 @@ def run_build(
         publish(root, out)
         return result
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load(source: str | Path | dict[str, Any], overrides: list[str] | None) -> tuple[Recipe, Path]:
+    """A recipe from a file (paths relative to it) or a dict (paths relative to the cwd)."""
+    if isinstance(source, dict):
+        data = apply_overrides(source, overrides or [], Path.cwd())
+        return recipe_from_dict(data, "<recipe dict>"), Path.cwd()
+    return load_recipe(source, overrides)
 
 
 def _build(

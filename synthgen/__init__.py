@@ -3,12 +3,14 @@
 The installed namespace: `synthgen.schemas` (data contracts), `synthgen.storage` (files),
 `synthgen.generators` (planning, models, conditioning), `synthgen.validators` (scorers,
 checks, corpus validation, report) and `synthgen.pipelines` (Beam composition, the build
-session, the CLI). Importing `synthgen` itself is cheap: nothing heavy is loaded.
+session, the CLI). `synthgen.build` and `synthgen.load` are the Python API (synthgen.api).
+Importing `synthgen` itself is cheap: nothing heavy is loaded until it is used.
 """
 
 from __future__ import annotations
 
 from importlib import metadata
+from typing import Any
 
 DISTRIBUTION = "synthgen-corpus"
 
@@ -16,3 +18,13 @@ try:
     __version__ = metadata.version(DISTRIBUTION)
 except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__", "build", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("build", "load", "Corpus"):
+        from synthgen import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'synthgen' has no attribute {name!r}")
