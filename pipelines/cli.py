@@ -99,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("key", help="sample key")
     g.add_argument("--image-out", default=None, help="also write the regenerated image here")
 
+    pr = add(
+        "prune",
+        help="remove all but the N newest builds under a publish root (never `latest`)",
+    )
+    pr.add_argument("root", help="publish root (holds builds/ and latest)")
+    pr.add_argument("--keep", type=int, required=True, metavar="N", help="builds to keep")
+    pr.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
     t = add(
         "train-default",
         help="train the bundled digits models (diffusion + CLIP) on scikit-learn's digits",
@@ -264,6 +272,19 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     return EXIT_OK if same else EXIT_FAILED
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from synthgen.pipelines.output import prune
+
+    removed = prune(Path(args.root), args.keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for folder in removed:
+        print(f"synthgen: {verb} {folder}")
+    print(f"synthgen: {verb} {len(removed)} build(s) under {args.root}")
+    return EXIT_OK
+
+
 def cmd_train_default(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -348,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plan(args)
         if args.command == "build":
             return cmd_build(args, beam_args)
+        if args.command == "prune":
+            return cmd_prune(args)
         if args.command == "train-default":
             return cmd_train_default(args)
         if args.command == "regenerate":

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -260,3 +261,33 @@ def publish(root: Path, build_dir: Path) -> Path:
     """Swap ROOT/latest to this complete build in one atomic step."""
     swap_symlink(root / LATEST, f"builds/{build_dir.name}")
     return root / LATEST
+
+
+def prune(root: Path, keep: int, dry_run: bool = False) -> list[Path]:
+    """Remove all but the `keep` newest builds under ROOT/builds; returns what was removed.
+
+    Never removes the build `latest` points to, nor a build another process holds the lock
+    of (one being written). Builds are ordered by their folder name, which starts with the
+    UTC time the build started.
+    """
+    if keep < 1:
+        raise BuildError("prune: --keep must be at least 1")
+    builds = root / "builds"
+    if not builds.is_dir():
+        raise BuildError(f"{root}: not a publish root (no builds/ folder)")
+    latest = root / LATEST
+    current = latest.resolve() if latest.is_symlink() else None
+    folders = sorted(d for d in builds.iterdir() if d.is_dir() and not d.is_symlink())
+    removed = []
+    for folder in folders[: max(0, len(folders) - keep)]:
+        if folder == current:
+            continue
+        try:
+            with exclusive_lock(folder, "build"):
+                if not dry_run:
+                    shutil.rmtree(folder)
+        except BuildError:
+            logger.info("prune: %s is in use; kept", folder.name)
+            continue
+        removed.append(folder)
+    return removed
