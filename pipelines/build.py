@@ -11,6 +11,7 @@ from typing import Any
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from synthgen.pipelines.output import (
+    LATEST,
     BuildError,
     exclusive_lock,
     publish,
@@ -35,6 +36,7 @@ def run_build(
     beam_args: list[str] | None = None,
     show_progress: bool = True,
     publish_root: str | Path | None = None,
+    extend: str | Path | None = None,
 ) -> BuildResult:
     """Build a corpus into `output`, or as a new version under `publish_root`.
 
@@ -44,6 +46,9 @@ def run_build(
     3. the strategy reads its inputs (a balance source), still writing nothing
     4. the session builds round after round, then finalizes (manifest, gate, report)
     5. with a publish root, `latest` is swapped to the complete build
+
+    `extend` names a complete build to grow (with a publish root, "latest" is its latest):
+    its shards are taken as they are and only new keys are generated, into a new build.
     """
     start = time.monotonic()
     if (output is None) == (publish_root is None):
@@ -51,7 +56,8 @@ def run_build(
     recipe, base_dir = _load(recipe_path, overrides)
     resolved = resolve(recipe, base_dir)
     options = beam_options(beam_args or [])
-    strategy = strategy_for(resolved)
+    parent = _parent(extend, publish_root)
+    strategy = strategy_for(resolved, parent)
     with ExitStack() as stack:
         stack.callback(strategy.close)
         strategy.prepare()
@@ -66,6 +72,16 @@ def run_build(
         publish(root, out)
         return result
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _parent(extend: str | Path | None, publish_root: str | Path | None) -> Path | None:
+    if extend is None:
+        return None
+    if str(extend) == LATEST:
+        if publish_root is None:
+            raise BuildError("--extend without a build needs --publish ROOT (extends its latest)")
+        extend = Path(publish_root) / LATEST
+    return Path(extend).resolve()
 
 
 def _load(source: str | Path | dict[str, Any], overrides: list[str] | None) -> tuple[Recipe, Path]:
@@ -101,6 +117,7 @@ def _build(
                 raise BuildError(f"{out}: the build there ended as {manifest.status!r}")
             logger.info("%s: build already complete; nothing to do", out)
             return session.after_manifest(manifest)
+        strategy.begin(session)
         while (plan_round := strategy.next_round()) is not None:
             strategy.observe(session.run_round(plan_round))
         return session.finalize(strategy.finish(session))

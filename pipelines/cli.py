@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
         help="override a recipe field, e.g. --set count_per_class=100 (repeatable)",
     )
     b.add_argument("--resume", action="store_true", help="finish an interrupted build")
+    b.add_argument(
+        "--extend",
+        nargs="?",
+        const="latest",
+        metavar="BUILD",
+        help="grow a complete build (with --publish and no BUILD: its latest): its shards are "
+        "kept byte for byte, only new samples are generated",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress display")
 
     v = add(
@@ -189,6 +197,7 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
         publish_root=args.publish,
         overrides=args.overrides,
         resume=args.resume,
+        extend=args.extend,
         beam_args=beam_args,
         show_progress=not args.no_progress,
     )

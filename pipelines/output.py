@@ -12,7 +12,7 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from synthgen.schemas.manifest import (
     stats_name,
 )
 from synthgen.schemas.recipe import Recipe
-from synthgen.storage.atomic import swap_symlink, write_bytes_atomic
+from synthgen.storage.atomic import atomic_write, swap_symlink, write_bytes_atomic
 from synthgen.storage.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -160,8 +160,12 @@ def _file_matches(path: Path, info: FileInfo) -> bool:
     return file_sha256(path) == info.sha256
 
 
-def finished_shard(out: Path, shard: int, recipe_hash: str) -> ShardStats | None:
-    """A shard's stats if the shard is complete and its files match them; else None."""
+def finished_shard(out: Path, shard: int, recipe_hash: str | Collection[str]) -> ShardStats | None:
+    """A shard's stats if the shard is complete and its files match them; else None.
+
+    `recipe_hash`: the build's recipe hash, or every hash of an extended build's lineage.
+    """
+    hashes = {recipe_hash} if isinstance(recipe_hash, str) else set(recipe_hash)
     path = out / stats_name(shard)
     if path.is_symlink() or not path.is_file():
         return None
@@ -169,13 +173,32 @@ def finished_shard(out: Path, shard: int, recipe_hash: str) -> ShardStats | None
         stats = ShardStats.model_validate_json(path.read_bytes())
     except (ValidationError, ValueError, OSError):
         return None
-    if stats.shard != shard or stats.recipe_hash != recipe_hash:
+    if stats.shard != shard or stats.recipe_hash not in hashes:
         return None
     if set(stats.files) != set(shard_files(shard)):
         return None
     if not all(_file_matches(out / name, info) for name, info in stats.files.items()):
         return None
     return stats
+
+
+def take_file(src: Path, dest: Path, info: FileInfo | None = None) -> None:
+    """Put `src` at `dest` as a hard link (same filesystem) or an atomic copy; check its hash.
+
+    Build files are never changed in place (always replaced by rename), so a hard link
+    shares bytes without sharing later changes.
+    """
+    if dest.exists() and (info is None or _file_matches(dest, info)):
+        return
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        with src.open("rb") as f, atomic_write(dest) as g:
+            shutil.copyfileobj(f, g)
+    if info is not None and not _file_matches(dest, info):
+        dest.unlink(missing_ok=True)
+        raise BuildError(f"{src}: differs from its build's manifest (sha256 or size)")
 
 
 def discard_shard(out: Path, shard: int) -> None:

@@ -6,18 +6,23 @@ Nothing here loads a model; every check that can fail does so before any output 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from synthgen.generators.families import check_recipe_options
 from synthgen.generators.handler import GenerationSettings
-from synthgen.generators.model_folder import check_diffusers_folder, scheduler_config
+from synthgen.generators.model_folder import ModelFolder, check_sampling, inspect_folder
 from synthgen.pipelines.context import BuildContext, canonical_json, library_versions
-from synthgen.schemas.recipe import Recipe, resolve_path
-from synthgen.schemas.records import score_column
+from synthgen.schemas.errors import ModelFolderError
+from synthgen.schemas.recipe import Recipe, RecipeError, resolve_path
 from synthgen.storage.hashing import folder_sha256
 from synthgen.validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
-from synthgen.validators.clip_scorer import margin_column
-from synthgen.validators.measure import MEASURE_COLUMNS
+
+
+def _clip_prefix(model_name: str) -> str:
+    return "clip_" + re.sub(r"[^a-z0-9]+", "_", model_name.lower()).strip("_")
 
 
 @dataclass(frozen=True)
@@ -28,24 +33,70 @@ class ResolvedRecipe:
     model_path: Path
     clip: ClipFolder
     balance_source: str | None = None  # resolved path or shard pattern of a balance source
+    model: ModelFolder | None = None  # the checked diffusers folder (family, components)
+    scheduler_config: dict[str, Any] | None = None  # the effective one, dry-run checked
 
     @property
     def clip_column(self) -> str:
-        return score_column(self.clip.name)
+        return _clip_prefix(self.clip.name) + "_score"
 
     @property
     def margin_column(self) -> str:
-        return margin_column(self.clip.name)
+        return _clip_prefix(self.clip.name) + "_label_margin"
 
     @property
     def score_columns(self) -> tuple[str, ...]:
-        return (self.clip_column, self.margin_column, *MEASURE_COLUMNS)
+        return (self.clip_column, self.margin_column)
+
+
+def check_model(recipe: Recipe, model_path: Path) -> tuple[ModelFolder, dict[str, Any]]:
+    """The model folder checked against the recipe, before anything loads.
+
+    Raises ModelFolderError (the folder: files, headers, shapes, task, scheduler config) or
+    RecipeError (an option the model's family does not support, naming family and option).
+    Returns the folder and the effective scheduler config.
+    """
+    m = recipe.model
+    folder = inspect_folder(model_path, m.variant, safety_checker=m.safety_checker)
+    family = folder.family
+    check_recipe_options(recipe, folder.class_name, family)
+    s = recipe.sampling
+    multiple = _size_multiple(folder)
+    if s.height % multiple or s.width % multiple:
+        raise RecipeError(
+            f"sampling.height/width: {folder.class_name} ({family.name}) makes images whose "
+            f"sides are multiples of {multiple}; got {s.height}x{s.width}"
+        )
+    if m.offload != "none" and not m.device.startswith("cuda"):
+        raise RecipeError(f"model.offload: {m.offload!r} offloads to a GPU; device is {m.device}")
+    return folder, check_sampling(folder, s.scheduler, s.steps)
+
+
+def _size_multiple(folder: ModelFolder) -> int:
+    """The VAE's downsampling times the denoiser's patch (and Flux's 2x2 latent packing)."""
+
+    def config(name: str) -> dict[str, Any]:
+        path = folder.path / name / "config.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelFolderError(f"{path}: unreadable config: {exc}") from None
+        return data if isinstance(data, dict) else {}
+
+    names = {c.name for c in folder.components}
+    vae = config("vae") if "vae" in names else {}
+    blocks = vae.get("block_out_channels") or [0] * 4  # no VAE config: assume SD's 8
+    factor = 2 ** (len(blocks) - 1)
+    patch = 1
+    if folder.family.denoiser == "transformer" and "transformer" in names:
+        patch = int(config("transformer").get("patch_size") or 1)
+    return factor * patch * folder.family.latent_pack
 
 
 def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     """Check the recipe's model folders; raises ModelFolderError naming the problem."""
     model_path = resolve_path(base_dir, recipe.model.path)
-    check_diffusers_folder(model_path)
+    model, sched = check_model(recipe, model_path)
     clip = check_clip_folder(resolve_path(base_dir, recipe.scoring.clip_model))
     source = None
     if recipe.balance is not None:
@@ -57,7 +108,14 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
         else:
             source = str(resolve_path(base_dir, raw))
         open_source(recipe.balance, source)  # a missing or malformed source fails here
-    return ResolvedRecipe(recipe=recipe, model_path=model_path, clip=clip, balance_source=source)
+    return ResolvedRecipe(
+        recipe=recipe,
+        model_path=model_path,
+        clip=clip,
+        balance_source=source,
+        model=model,
+        scheduler_config=sched,
+    )
 
 
 def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
@@ -82,7 +140,7 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
         pipeline_class=str(index["_class_name"]),
         scheduler=r.sampling.scheduler,
         scheduler_config=canonical_json(
-            scheduler_config(resolved.model_path, r.sampling.scheduler)
+            resolved.scheduler_config or check_model(r, resolved.model_path)[1]
         ),
         steps=r.sampling.steps,
         guidance_scale=r.sampling.guidance_scale,
@@ -119,6 +177,11 @@ def generation_settings(resolved: ResolvedRecipe) -> GenerationSettings:
         channels_last=r.model.channels_last,
         compile=r.model.compile,
         copies=r.model.copies,
+        variant=r.model.variant,
+        offload=r.model.offload,
+        vae_slicing=r.model.vae_slicing,
+        vae_tiling=r.model.vae_tiling,
+        max_sequence_length=r.sampling.max_sequence_length,
         image_format=r.output.image_format,
         png_compress_level=r.output.png_compress_level,
         quality=r.output.quality,

@@ -33,6 +33,7 @@ from synthgen.pipelines.output import (
     exclusive_lock,
     finished_shard,
     prepare_output,
+    take_file,
     utc_now,
     verified_manifest,
 )
@@ -45,16 +46,18 @@ from synthgen.schemas.manifest import (
     STATE_DIR,
     BuildState,
     Counts,
+    Lineage,
     Manifest,
     ModelInfo,
     PlanRound,
     ShardStats,
     ValidationInfo,
+    stats_name,
 )
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.atomic import remove_stale_tmp, write_bytes_atomic
 from synthgen.storage.faults import maybe_fault
-from synthgen.storage.hashing import folder_sha256
+from synthgen.storage.hashing import file_sha256, folder_sha256
 from synthgen.validators.corpus import validate_corpus
 from synthgen.validators.report import write_report
 
@@ -151,6 +154,8 @@ class BuildSession:
         self._stack = ExitStack()
         self.state: BuildState | None = None
         self.ctx: BuildContext | None = None
+        self.lineage: Lineage | None = None
+        self.recipe_hashes = [resolved.recipe.hash]  # an extended build's lineage: more
 
     def __enter__(self) -> BuildSession:
         check_output_dir(self.out, self.resume)  # before the lock file exists
@@ -186,6 +191,45 @@ class BuildSession:
         self.ctx = make_context(self.resolved, self.state.created_at)
         return verified_manifest(self.out, self.state)
 
+    def inherit(self, parent: Path, manifest: Manifest) -> RoundOutcome:
+        """Take a parent build's shards into this one, byte for byte (extend builds).
+
+        1. every shard file and stats file linked or copied in, each checked against the
+           parent's manifest
+        2. the parent's recipe hashes join this build's lineage
+        3. the shards count as a round this build did not have to generate
+        """
+        hashes = [*manifest.recipe_hashes]
+        stats: list[ShardStats] = []
+        for entry in manifest.shards:
+            for name, info in entry.files.items():
+                take_file(parent / name, self.out / name, info)
+            take_file(parent / stats_name(entry.shard), self.out / stats_name(entry.shard))
+            done = finished_shard(self.out, entry.shard, hashes)
+            if done is None:
+                raise BuildError(f"{parent}: shard {entry.shard} does not match its stats")
+            stats.append(done)
+        self.recipe_hashes = [*hashes, self.recipe.hash]
+        self.lineage = Lineage(
+            parent=str(parent),
+            parent_recipe_hash=manifest.recipe_hash,
+            parent_manifest_sha256=file_sha256(parent / MANIFEST_NAME),
+            recipe_hashes=self.recipe_hashes,
+            inherited_shards=[s.shard for s in stats],
+        )
+        for name, n in manifest.counts.planned_per_class.items():
+            self._planned_per_class[name] = self._planned_per_class.get(name, 0) + n
+        outcome = RoundOutcome(
+            out=self.out,
+            plan_round=PlanRound(round=0),
+            stats=stats,
+            reused=[s.shard for s in stats],
+            generated_now=0,
+            metrics={},
+        )
+        self.rounds.append(outcome)
+        return outcome
+
     def run_round(self, plan_round: PlanRound) -> RoundOutcome:
         """Make sure every shard of one round is written: reuse finished ones, build the rest.
 
@@ -207,7 +251,7 @@ class BuildSession:
         metrics: dict[str, int] = {}
         if todo:
             metrics = self._run_pipeline(plan_round, todo, sorted(done), len(requests))
-        stats = [done.get(s) or finished_shard(self.out, s, self.recipe.hash) for s in shard_ids]
+        stats = [done.get(s) or finished_shard(self.out, s, self.recipe_hashes) for s in shard_ids]
         missing = [s for s, st in zip(shard_ids, stats, strict=True) if st is None]
         if missing:
             raise BuildError(f"{self.out}: build incomplete: shard(s) {missing} were not written")
@@ -226,7 +270,7 @@ class BuildSession:
     def _finished(self, shard_ids: list[int]) -> dict[int, ShardStats]:
         done: dict[int, ShardStats] = {}
         for shard in shard_ids:
-            stats = finished_shard(self.out, shard, self.recipe.hash)
+            stats = finished_shard(self.out, shard, self.recipe_hashes)
             if stats is None:
                 discard_shard(self.out, shard)
             else:
@@ -241,7 +285,7 @@ class BuildSession:
         progress_dir = self.out / STATE_DIR / "progress"
         shutil.rmtree(progress_dir, ignore_errors=True)
         progress_dir.mkdir(parents=True)
-        done_stats = [finished_shard(self.out, s, self.recipe.hash) for s in reused]
+        done_stats = [finished_shard(self.out, s, self.recipe_hashes) for s in reused]
         return run_shards(
             self.resolved,
             self.ctx,
@@ -344,5 +388,6 @@ class BuildSession:
                 target_accepted_per_class=finish.targets,
             ),
             shards=[s.entry() for s in stats],
+            lineage=self.lineage,
             **finish.extra,
         )

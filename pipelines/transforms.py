@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from synthgen.generators.planning import plan
-from synthgen.pipelines.context import BuildContext
 from synthgen.pipelines.writer import write_shard
+from synthgen.schemas.manifest import PlanRound, ShardStats
 from synthgen.schemas.recipe import Recipe
-from synthgen.schemas.records import ACCEPTED, GenerationRequest, Sample, SampleFeatures
+from synthgen.schemas.records import (
+    ACCEPTED,
+    REJECTED,
+    BuildContext,
+    GenerationRequest,
+    Sample,
+    SampleFeatures,
+    sample_features,
+)
+from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.faults import maybe_fault
 from synthgen.validators.apply import apply_checks
 from synthgen.validators.base import Check
+from synthgen.validators.build_checks import GlobalChecks
 from synthgen.validators.checks.threshold import ScoreThreshold
 from synthgen.validators.dedup import (
     exact_duplicate_losers,
@@ -29,7 +39,6 @@ from synthgen.validators.dedup import (
     near_duplicate_losers,
     quantile_threshold,
 )
-from synthgen.validators.measure import measure_image
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +51,15 @@ class ExpandShard(beam.DoFn):
     Planning is pure, so workers re-derive it; batches are consecutive slices of a shard.
     """
 
-    def __init__(self, recipe: Recipe, plan_kwargs: dict[str, Any] | None = None):
+    def __init__(self, recipe: Recipe, plan_round: PlanRound):
         self._recipe = recipe
-        self._plan_kwargs = plan_kwargs or {}
+        self._round = plan_round
         self._by_shard: dict[int, list[GenerationRequest]] | None = None
 
     def process(self, shard: int) -> Iterator[list[GenerationRequest]]:
         if self._by_shard is None:
             self._by_shard = {}
-            for r in plan(self._recipe, **self._plan_kwargs):
+            for r in plan(self._recipe, **self._round.plan_kwargs()):
                 self._by_shard.setdefault(r.shard, []).append(r)
         requests = self._by_shard.get(shard, [])
         n = self._recipe.batch_size
@@ -58,71 +67,51 @@ class ExpandShard(beam.DoFn):
             yield requests[start : start + n]
 
 
-def measure(sample: Sample) -> Sample:
-    values, phash = measure_image(sample.image)
-    sample.scores.update(values)
-    sample.phash = phash
-    return sample
-
-
-def features(sample: Sample) -> SampleFeatures:
-    return SampleFeatures(
-        key=sample.request.key,
-        class_label=sample.request.class_label,
-        image_sha256=sample.image_sha256,
-        phash=sample.phash,
-        scores=dict(sample.scores),
-    )
+def take_inference(result: PredictionResult) -> Any:
+    return result.inference
 
 
 class GenerateSamples(beam.PTransform):
-    """Shard ids -> generated, CLIP-scored and measured Samples (nothing decided yet)."""
+    """Shard ids -> generated and scored Samples (nothing decided yet).
+
+    `generate_handler` turns a batch of requests into a list of Samples, `score_handler`
+    (validators.scoring.ScoreSamples) a list of Samples into new, scored ones; both run
+    once per batch, on accelerator workers when `accelerator` is set.
+    """
 
     def __init__(
         self,
         recipe: Recipe,
-        generate: ModelHandler,
-        score: ModelHandler,
-        plan_kwargs: dict[str, Any] | None = None,
+        plan_round: PlanRound,
+        generate_handler: ModelHandler,
+        score_handler: ModelHandler,
         progress_dir: str | None = None,
         accelerator: str | None = None,
     ):
         super().__init__()
         self._recipe = recipe
-        self._generate = generate
-        self._score = score
-        self._plan_kwargs = plan_kwargs
-        self._accelerator = accelerator
+        self._round = plan_round
+        self._generate = generate_handler
+        self._score = score_handler
         self._progress_dir = progress_dir
+        self._accelerator = accelerator
 
     def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
-        generate: beam.PTransform = RunInference(self._generate)
-        score: beam.PTransform = RunInference(self._score)
+        generate: beam.PTransform = RunInference(self._generate.with_postprocess_fn(take_inference))
+        score: beam.PTransform = RunInference(self._score.with_postprocess_fn(take_inference))
         if self._accelerator:
             # Model steps run on accelerator workers; planning, checks and writing do not ask.
             generate = generate.with_resource_hints(accelerator=self._accelerator)
             score = score.with_resource_hints(accelerator=self._accelerator)
         return (
             shard_ids
-            | "PlanRequests" >> beam.ParDo(ExpandShard(self._recipe, self._plan_kwargs))
+            | "PlanRequests" >> beam.ParDo(ExpandShard(self._recipe, self._round))
             | "Spread" >> beam.Reshuffle()
             | "GenerateImages" >> generate
-            | "TakeImages" >> beam.Map(lambda result: result.inference)
-            | "ScoreWithClip" >> score
-            | "TakeScored" >> beam.FlatMap(lambda result: result.inference)
-            | "MeasureImages" >> beam.Map(measure)
+            | "ScoreImages" >> score
+            | "OnePerSample" >> beam.FlatMap(iter)
             | "CountGenerated" >> beam.ParDo(CountGenerated(self._progress_dir))
         )
-
-
-@dataclass(frozen=True)
-class GlobalChecks:
-    """Build-wide checks: duplicates across the whole build and per-class quantile cuts."""
-
-    exact_duplicate: bool
-    near_duplicate_distance: int | None
-    # check name -> (score column, quantile); resolved into per-class thresholds.
-    quantiles: dict[str, tuple[str, float]]
 
 
 class ExactDuplicates(beam.PTransform):
@@ -232,14 +221,14 @@ class DecideFn(_ProgressWriter):
     ) -> Iterator[Sample]:
         maybe_fault("check", sample.request.key)
         checks = [_resolve(c, cuts) for c in self._checks]
-        apply_checks(sample, checks, duplicates.get(sample.request.key))
-        if sample.status == ACCEPTED:
+        decided = apply_checks(sample, checks, duplicates.get(sample.request.key))
+        if decided.status == ACCEPTED:
             self._accepted.inc()
         else:
             self._rejected.inc()
-            Metrics.counter(METRICS_NAMESPACE, f"rejected_{sample.reject_reason}").inc()
-        self.note("A" if sample.status == ACCEPTED else "R")
-        yield sample
+            Metrics.counter(METRICS_NAMESPACE, f"rejected_{decided.reject_reason}").inc()
+        self.note("A" if decided.status == ACCEPTED else "R")
+        yield decided
 
 
 def _resolve(check: Check, cuts: dict[tuple[str, int], float]) -> Check:
@@ -252,27 +241,28 @@ def _resolve(check: Check, cuts: dict[tuple[str, int], float]) -> Check:
 
 class DecideSamples(beam.PTransform):
     """Samples -> decided Samples. Build-wide checks see every sample of the build, including
-    those of shards reused on resume (`reused`: their SampleFeatures)."""
+    those of shards written earlier (`reused_features`, see pipelines.writer.reused_features).
+    With `quota`, at most `quota[class]` samples per class are accepted."""
 
     def __init__(
         self,
         checks: Sequence[Check],
         global_checks: GlobalChecks,
-        reused: list[SampleFeatures],
+        reused_features: list[SampleFeatures],
         progress_dir: str | None,
         quota: dict[int, int] | None = None,
     ):
         super().__init__()
         self._checks = checks
         self._global = global_checks
-        self._reused = reused
+        self._reused = reused_features
         self._progress_dir = progress_dir
         self._quota = quota
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         p = samples.pipeline
         feats = (
-            samples | "Features" >> beam.Map(features),
+            samples | "Features" >> beam.Map(sample_features),
             p | "ReusedFeatures" >> beam.Create(self._reused),
         ) | "AllFeatures" >> beam.Flatten()
         tagged = []
@@ -310,12 +300,16 @@ def surplus_keys(
 
 
 def mark_surplus(sample: Sample, surplus: dict[str, bool]) -> Sample:
-    if sample.status == ACCEPTED and surplus.get(sample.request.key):
-        sample.status = "rejected"
-        sample.reject_reason = "surplus"
-        sample.checks["quota"] = "surplus"
-        Metrics.counter(METRICS_NAMESPACE, "rejected_surplus").inc()
-    return sample
+    """The sample, or a rejected copy of it when its class is over quota."""
+    if sample.status != ACCEPTED or not surplus.get(sample.request.key):
+        return sample
+    Metrics.counter(METRICS_NAMESPACE, "rejected_surplus").inc()
+    return dataclasses.replace(
+        sample,
+        status=REJECTED,
+        reject_reason="surplus",
+        checks={**sample.checks, "quota": "surplus"},
+    )
 
 
 class ApplyQuota(beam.PTransform):
@@ -343,33 +337,32 @@ class ApplyQuota(beam.PTransform):
 
 
 class WriteShardFn(beam.DoFn):
-    def __init__(self, out_dir: str, ctx: BuildContext, score_columns: tuple[str, ...]):
+    def __init__(self, out_dir: str, ctx: BuildContext, columns: tuple[ScoreColumn, ...]):
         self._out_dir = out_dir
         self._ctx = ctx
-        self._score_columns = score_columns
+        self._columns = columns
         self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_written")
 
-    def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[dict[str, Any]]:
+    def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[ShardStats]:
         shard, samples = element
         maybe_fault("write", f"{shard:05d}")
-        yield write_shard(Path(self._out_dir), shard, samples, self._ctx, self._score_columns)
+        yield write_shard(Path(self._out_dir), shard, samples, self._ctx, self._columns)
         self._shards.inc()
 
 
 class WriteShards(beam.PTransform):
-    """Samples -> one set of shard files per shard id; emits each shard's stats entry."""
+    """Samples -> one set of shard files per shard id; emits each shard's ShardStats."""
 
-    def __init__(self, out_dir: str, ctx: BuildContext, score_columns: tuple[str, ...]):
+    def __init__(self, out_dir: str, ctx: BuildContext, columns: tuple[ScoreColumn, ...]):
         super().__init__()
         self._out_dir = out_dir
         self._ctx = ctx
-        self._score_columns = score_columns
+        self._columns = tuple(columns)
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         return (
             samples
             | "KeyByShard" >> beam.Map(lambda s: (s.request.shard, s))
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard"
-            >> beam.ParDo(WriteShardFn(self._out_dir, self._ctx, self._score_columns))
+            | "WriteShard" >> beam.ParDo(WriteShardFn(self._out_dir, self._ctx, self._columns))
         )

@@ -1,19 +1,28 @@
-"""Shard writing: one tar (accepted samples), one Parquet (every attempt), then stats."""
+"""Shard writing: one tar (accepted samples), one Parquet (every attempt), then stats; and
+reading back what build-wide checks need of shards written earlier."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from synthgen.pipelines.context import BuildContext
 from synthgen.schemas.manifest import FileInfo, ShardStats, shard_files, stats_name
-from synthgen.schemas.records import ACCEPTED, Sample, provenance_from_row, sample_schema
+from synthgen.schemas.records import (
+    ACCEPTED,
+    BuildContext,
+    Sample,
+    SampleFeatures,
+    provenance_from_row,
+    sample_row,
+    sample_schema,
+)
+from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.atomic import atomic_write, write_bytes_atomic
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.images import EXTENSIONS
@@ -43,11 +52,16 @@ def write_shard(
     shard: int,
     samples: Iterable[Sample],
     ctx: BuildContext,
-    score_columns: tuple[str, ...],
+    columns: Sequence[ScoreColumn],
 ) -> ShardStats:
-    """Write a shard's files under temporary names, rename each after close, stats last."""
+    """Write a shard's files under temporary names, rename each after close, stats last.
+
+    The tar holds accepted samples (`key.<image>`, `key.json` provenance with scalar scores,
+    `key.txt` prompt, `key.cls` class id); the Parquet holds every attempt with every score
+    column, vectors included, and the image of each rejected sample.
+    """
     ordered = unique_by_key(samples)
-    rows = [ctx.row(s, score_columns) for s in ordered]
+    rows = [sample_row(s, ctx, columns) for s in ordered]
     ext = EXTENSIONS[ctx.image_format]
     tar_name, parquet_name = shard_files(shard)
 
@@ -56,7 +70,7 @@ def write_shard(
         for s, row in zip(ordered, rows, strict=True):
             if s.status != ACCEPTED:
                 continue
-            prov = provenance_from_row(row, score_columns)
+            prov = provenance_from_row(row, columns)
             writer.write(
                 {
                     "__key__": s.request.key,
@@ -68,9 +82,7 @@ def write_shard(
             )
         writer.close()
 
-    for s, row in zip(ordered, rows, strict=True):
-        row["rejected_image"] = None if s.status == ACCEPTED else s.image
-    table = pa.Table.from_pylist(rows, schema=sample_schema(score_columns))
+    table = pa.Table.from_pylist(rows, schema=sample_schema(columns))
     with atomic_write(out_dir / parquet_name) as f:
         pq.write_table(table, f, compression="zstd")
 
@@ -90,3 +102,30 @@ def write_shard(
     write_bytes_atomic(out_dir / stats_name(shard), stats.to_json())
     logger.info("shard %05d written: %d accepted, %d rejected", shard, accepted, stats.rejected)
     return stats
+
+
+def reused_features(
+    out: Path, shards: Iterable[int], columns: Sequence[ScoreColumn]
+) -> list[SampleFeatures]:
+    """What build-wide checks need of the samples in finished shards, read from their Parquet.
+
+    Scalar score columns only; a null score reads as NaN (no threshold applies to it).
+    """
+    scalars = [c.name for c in columns if not c.is_vector]
+    feats: list[SampleFeatures] = []
+    for shard in shards:
+        table = pq.read_table(
+            out / shard_files(shard)[1],
+            columns=["key", "class_label", "image_sha256", "phash", *scalars],
+        )
+        for row in table.to_pylist():
+            feats.append(
+                SampleFeatures(
+                    key=row["key"],
+                    class_label=row["class_label"],
+                    image_sha256=row["image_sha256"],
+                    phash=row["phash"],
+                    scores={c: float("nan") if row[c] is None else row[c] for c in scalars},
+                )
+            )
+    return feats

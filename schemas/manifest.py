@@ -152,6 +152,16 @@ class ValidationInfo(_Contract):
     expectations: list[ExpectationInfo]
 
 
+class Lineage(_Contract):
+    """An extended build: the build it grew from, and every recipe hash its shards carry."""
+
+    parent: str = Field(description="path of the parent build")
+    parent_recipe_hash: str
+    parent_manifest_sha256: str
+    recipe_hashes: list[str] = Field(description="oldest first; this build's own last")
+    inherited_shards: list[int]
+
+
 class Manifest(_Contract):
     """`manifest.json`: every shard with its hashes and counts, the recipe, the versions."""
 
@@ -173,6 +183,7 @@ class Manifest(_Contract):
         default_factory=dict, description="files beside the shards (e.g. balanced.parquet)"
     )
     balance: BalanceInfo | None = None
+    lineage: Lineage | None = None
 
     def to_json(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=True, by_alias=True)
@@ -181,6 +192,11 @@ class Manifest(_Contract):
     @property
     def shard_ids(self) -> list[int]:
         return [s.shard for s in self.shards]
+
+    @property
+    def recipe_hashes(self) -> list[str]:
+        """Every recipe hash a row of this build may carry (more than one when extended)."""
+        return self.lineage.recipe_hashes if self.lineage else [self.recipe_hash]
 
     @property
     def score_column_names(self) -> list[str]:

@@ -5,16 +5,21 @@ One strategy per file; `strategy_for(resolved)` picks the one a recipe asks for.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from synthgen.pipelines.resolve import ResolvedRecipe
 from synthgen.pipelines.strategies.balance import Balance
 from synthgen.pipelines.strategies.base import Strategy
+from synthgen.pipelines.strategies.extend import Extend
 from synthgen.pipelines.strategies.fixed import FixedCount
 
-__all__ = ["Balance", "FixedCount", "Strategy", "strategy_for"]
+__all__ = ["Balance", "Extend", "FixedCount", "Strategy", "strategy_for"]
 
 
-def strategy_for(resolved: ResolvedRecipe) -> Strategy:
-    """A balancing build when the recipe has a `balance` block, else a fixed-count build."""
+def strategy_for(resolved: ResolvedRecipe, extend: Path | None = None) -> Strategy:
+    """Extending a parent build, balancing (a `balance` block), or a fixed-count build."""
+    if extend is not None:
+        return Extend(resolved, extend)
     if resolved.recipe.balance is not None:
         return Balance(resolved)
     return FixedCount(resolved)

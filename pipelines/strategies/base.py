@@ -26,6 +26,10 @@ class Strategy(ABC):
         """Read and check the strategy's inputs (nothing is written yet)."""
         return None
 
+    def begin(self, session: BuildSession) -> None:
+        """Called once the output directory is open, before the first round."""
+        return None
+
     @abstractmethod
     def next_round(self) -> PlanRound | None:
         """The next round to build, or None when the build has all it needs."""
