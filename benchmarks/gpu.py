@@ -1,17 +1,19 @@
-"""GPU throughput and model-FLOP utilisation with a Stable-Diffusion-1.5-architecture pipeline.
+"""GPU throughput and model-FLOP utilisation for SD1.5, SDXL and Flux-schnell architectures.
 
-    python benchmarks/gpu.py                # on an H100/H200 machine, about 5 minutes
-    python benchmarks/gpu.py --tiny         # the same code path on CPU with a tiny model
+    python benchmarks/gpu.py                      # all three on an H100/H200 machine
+    python benchmarks/gpu.py --arch sdxl          # one of sd15, sdxl, flux-schnell
+    python benchmarks/gpu.py --tiny               # every architecture's code path on CPU
 
-The SD1.5 architecture (UNet 320/640/1280/1280 with cross-attention to 768-d text, the SD VAE,
-a 12-layer CLIP text encoder) is built from its published configuration with random weights:
-the architecture, not the weights, sets the cost, and nothing is downloaded. It is saved as a
-normal diffusers folder (fp16 safetensors) and measured two ways, alternately:
+Each architecture is built from its published configuration with random weights (the
+architecture, not the weights, sets the cost; nothing is downloaded), saved as a normal
+diffusers folder (safetensors) and measured two ways, alternately:
 - bare loop: `pipe(prompt=[...] * batch, generator=[...], output_type="np")` on the GPU;
 - synthgen: full builds (generation, PNG encoding, CLIP scoring, checks, shards, validation)
   of two sizes; steady-state images/s = (N_large - N_small) / (t_large - t_small).
-MFU counts UNet FLOPs only: about 0.80 TFLOP per image per evaluation at 512x512, doubled by
-classifier-free guidance, times the steps, against the card's dense fp16 peak.
+SD1.5 at 512x512 (25 steps, fp16), SDXL at 1024x1024 (30 steps, fp16), Flux-schnell at
+1024x1024 (4 steps, bf16, no classifier-free guidance). MFU counts denoiser (UNet or
+transformer) FLOPs only, measured with torch's FlopCounterMode on one forward at the
+benchmark's size, times the evaluations per image, against the card's dense 16-bit peak.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,10 +38,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import yaml
 
 from synthgen.generators.clip_layout import make_random_clip
-from synthgen.generators.sd_layout import SDLayoutConfig, make_random_pipeline, write_clip_tokenizer
+from synthgen.generators.sd_layout import write_clip_tokenizer
 from synthgen.pipelines.build import run_build
 
-UNET_TFLOP_PER_EVAL_512 = 0.80
 PEAK_FP16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
@@ -110,29 +114,254 @@ def build_sd15(folder: Path, dtype: str) -> None:
     pipe.to(getattr(torch, dtype)).save_pretrained(str(folder), safe_serialization=True)
 
 
-def bare_loop(folder: Path, cfg: dict, batches: int) -> float:
+def build_sdxl(folder: Path, dtype: str) -> None:
+    """SDXL base's published architecture (UNet 320/640/1280, CLIP-L + OpenCLIP-bigG)."""
     import torch
-    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    with torch.device(_build_device()):
+        unet = UNet2DConditionModel(
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(5, 10, 20),
+            transformer_layers_per_block=(1, 2, 10),
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+        vae = _sd_vae(latent=4, scaling=0.13025)
+        text = CLIPTextModel(_clip_text_config(768, 12, 12, 3072, "quick_gelu"))
+        text_2 = CLIPTextModelWithProjection(
+            _clip_text_config(1280, 32, 20, 5120, "gelu", projection_dim=1280)
+        )
+    tok = _clip_tokenizer()
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text,
+        text_encoder_2=text_2,
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+    )
+    pipe.to(getattr(torch, dtype)).save_pretrained(str(folder), safe_serialization=True)
+
+
+def build_flux_schnell(folder: Path, dtype: str) -> None:
+    """Flux.1-schnell's published architecture (19 + 38 blocks, T5-XXL + CLIP-L), random."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    from synthgen.generators.random_pipelines import write_t5_tokenizer
+
+    torch.manual_seed(0)
+    with torch.device(_build_device()):
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=False,
+            axes_dims_rope=(16, 56, 56),
+        ).to(getattr(torch, dtype))
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=32128,
+                d_model=4096,
+                d_ff=10240,
+                d_kv=64,
+                num_layers=24,
+                num_heads=64,
+                feed_forward_proj="gated-gelu",
+                is_gated_act=True,
+            )
+        ).to(getattr(torch, dtype))
+        text = CLIPTextModel(_clip_text_config(768, 12, 12, 3072, "quick_gelu"))
+        vae = _sd_vae(latent=16, scaling=0.3611, shift=0.1159)
+    with tempfile.TemporaryDirectory() as tok:
+        write_t5_tokenizer(Path(tok))
+        from transformers import T5Tokenizer
+
+        t5_tok = T5Tokenizer.from_pretrained(tok, local_files_only=True)
+    pipe = FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+        vae=vae,
+        text_encoder=text,
+        tokenizer=_clip_tokenizer(),
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
+    )
+    pipe.to(getattr(torch, dtype)).save_pretrained(str(folder), safe_serialization=True)
+
+
+def _build_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sd_vae(latent: int, scaling: float, shift: float | None = None) -> Any:
+    from diffusers import AutoencoderKL
+
+    extra: dict[str, Any] = {}
+    if shift is not None:
+        extra = {"shift_factor": shift, "use_quant_conv": False, "use_post_quant_conv": False}
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent,
+        layers_per_block=2,
+        sample_size=1024,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=scaling,
+        **extra,
+    )
+
+
+def _clip_text_config(
+    hidden: int, layers: int, heads: int, inter: int, act: str, projection_dim: int = 768
+) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=projection_dim,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+
+
+def _clip_tokenizer() -> Any:
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tok:
+        write_clip_tokenizer(Path(tok), 77)
+        return CLIPTokenizer.from_pretrained(tok, local_files_only=True)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One benchmarked architecture: how to build it, and how it is sampled."""
+
+    name: str
+    build: Callable[[Path, str], None]
+    tiny_family: str  # the random_pipelines family with the same code path, for --tiny
+    dtype: str
+    size: int
+    steps: int
+    batch: int
+    scheduler: str  # recipe sampler name
+    guidance: float  # > 1: classifier-free guidance (two denoiser evaluations per step)
+    negative: bool
+
+
+ARCHS = {
+    a.name: a
+    for a in (
+        Arch("sd15", build_sd15, "sd", "float16", 512, 25, 8, "dpm-solver++", 7.5, True),
+        Arch("sdxl", build_sdxl, "sdxl", "float16", 1024, 30, 4, "native", 5.0, True),
+        Arch(
+            "flux-schnell", build_flux_schnell, "flux", "bfloat16", 1024, 4, 2, "native", 0.0, False
+        ),
+    )
+}
+
+
+def denoiser_tflop_per_image(folder: Path, arch: Arch, device: str, size: int, steps: int) -> float:
+    """Denoiser TFLOP per image, counted with FlopCounterMode on one single-image call's
+    denoiser forwards (all steps, CFG included) at the benchmark's size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from synthgen.generators.families import FAMILIES
+    from synthgen.generators.model_folder import load_pipeline
+
+    pipe = load_pipeline(folder, "native", arch_dtype(arch, device), device, 1)
+    denoiser = getattr(pipe, FAMILIES[type(pipe).__name__].denoiser)
+    counter = FlopCounterMode(display=False)
+    original = denoiser.forward
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with counter:
+            return original(*args, **kwargs)
+
+    denoiser.forward = counted
+    pipe(**_call(arch, 1, size, steps, 0))
+    del pipe
+    return counter.get_total_flops() / 1e12
+
+
+def arch_dtype(arch: Arch, device: str) -> str:
+    return arch.dtype if device.startswith("cuda") else "float32"
+
+
+def _call(arch: Arch, b: int, size: int, steps: int, i: int) -> dict[str, Any]:
+    import torch
+
+    kwargs: dict[str, Any] = {
+        "prompt": ["a photo of a cat"] * b,
+        "num_inference_steps": steps,
+        "guidance_scale": arch.guidance,
+        "height": size,
+        "width": size,
+        "output_type": "np",
+        "generator": [torch.Generator("cpu").manual_seed(i * b + j) for j in range(b)],
+    }
+    if arch.negative:
+        kwargs["negative_prompt"] = ["blurry"] * b
+    return kwargs
+
+
+def bare_loop(folder: Path, arch: Arch, cfg: dict, batches: int) -> float:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from synthgen.generators.model_folder import make_scheduler
 
     pipe = DiffusionPipeline.from_pretrained(
         str(folder), dtype=getattr(torch, cfg["dtype"]), use_safetensors=True, local_files_only=True
     )
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    if arch.scheduler != "native":
+        pipe.scheduler = make_scheduler(arch.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(cfg["device"])
     b = cfg["batch"]
 
     def once(i: int) -> None:
-        pipe(
-            prompt=["a photo of a cat"] * b,
-            negative_prompt=["blurry"] * b,
-            num_inference_steps=cfg["steps"],
-            guidance_scale=7.5,
-            height=cfg["size"],
-            width=cfg["size"],
-            output_type="np",
-            generator=[torch.Generator("cpu").manual_seed(i * b + j) for j in range(b)],
-        )
+        pipe(**_call(arch, b, cfg["size"], cfg["steps"], i))
 
     once(-1)  # warm-up
     _sync(cfg["device"])
@@ -150,7 +379,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def recipe(tmp: Path, folder: Path, clip: Path, cfg: dict) -> Path:
+def recipe(tmp: Path, folder: Path, clip: Path, arch: Arch, cfg: dict) -> Path:
     data = {
         "name": "gpu-bench",
         "model": {
@@ -161,12 +390,12 @@ def recipe(tmp: Path, folder: Path, clip: Path, cfg: dict) -> Path:
             "channels_last": cfg["device"] != "cpu",
         },
         "sampling": {
-            "scheduler": "dpm-solver++",
+            "scheduler": arch.scheduler,
             "steps": cfg["steps"],
-            "guidance_scale": 7.5,
+            "guidance_scale": arch.guidance,
             "height": cfg["size"],
             "width": cfg["size"],
-            "negative_prompt": "blurry",
+            "negative_prompt": "blurry" if arch.negative else "",
         },
         "classes": [
             {"id": i, "name": n, "prompts": [f"a photo of a {n}"]}
@@ -178,7 +407,7 @@ def recipe(tmp: Path, folder: Path, clip: Path, cfg: dict) -> Path:
         "output": {"shard_size": 64, "png_compress_level": 1},
         "batch_size": cfg["batch"],
     }
-    path = tmp / "gpu.yaml"
+    path = tmp / f"gpu-{arch.name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -192,52 +421,49 @@ def build_rate(recipe_path: Path, out: Path, small: int, large: int) -> tuple[fl
         r = run_build(
             recipe_path, out / f"n{n}", overrides=[f"count_per_class={n}"], show_progress=False
         )
-        runs.append((r.manifest["counts"]["planned"], r.seconds))
+        runs.append((r.manifest.counts.planned, r.seconds))
     (n1, t1), (n2, t2) = runs
     return (n2 - n1) / (t2 - t1), f"{n1} in {t1:.1f}s, {n2} in {t2:.1f}s"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (a dry run)")
+    parser.add_argument("--tiny", action="store_true", help="tiny models on CPU (a dry run)")
+    parser.add_argument("--arch", choices=[*ARCHS, "all"], default="all")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    if args.tiny:
-        cfg = {
-            "device": "cpu",
-            "dtype": "float32",
-            "batch": 4,
-            "steps": 2,
-            "size": 32,
-            "bare_batches": 2,
-            "small": 1,
-            "large": 3,
-        }
+    if not args.tiny and not torch.cuda.is_available():
+        print("no CUDA device: run with --tiny for a CPU dry run")
+        return 2
+    results = []
+    for arch in ARCHS.values() if args.arch == "all" else [ARCHS[args.arch]]:
+        results.append(measure(arch, args.tiny, args.repeats))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def measure(arch: Arch, tiny: bool, repeats: int) -> dict[str, Any]:
+    import torch
+
+    from synthgen.generators.random_pipelines import save_snapshot
+
+    if tiny:
+        cfg = {"device": "cpu", "dtype": "float32", "batch": 2, "steps": 2, "size": 32}
+        cfg |= {"bare_batches": 1, "small": 1, "large": 2}
     else:
-        if not torch.cuda.is_available():
-            print("no CUDA device: run with --tiny for a CPU dry run")
-            return 2
-        cfg = {
-            "device": "cuda",
-            "dtype": "float16",
-            "batch": 8,
-            "steps": 25,
-            "size": 512,
-            "bare_batches": 6,
-            "small": 4,
-            "large": 16,
-        }
+        cfg = {"device": "cuda", "dtype": arch.dtype, "batch": arch.batch, "steps": arch.steps}
+        cfg |= {"size": arch.size, "bare_batches": 4, "small": 2, "large": 6}
     device_name = torch.cuda.get_device_name() if cfg["device"] == "cuda" else "CPU"
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         t0 = time.perf_counter()
-        if args.tiny:
-            make_random_pipeline(tmp / "sd", SDLayoutConfig(image_size=32))
+        if tiny:
+            save_snapshot(arch.tiny_family, tmp / "model")
         else:
-            build_sd15(tmp / "sd", cfg["dtype"])
+            arch.build(tmp / "model", cfg["dtype"])
         clip_cfg = {
             "embed_dim": 256,
             "vision_cfg": {"image_size": 224, "layers": 4, "width": 256, "patch_size": 32},
@@ -250,37 +476,39 @@ def main() -> int:
             },
         }
         make_random_clip(tmp / "clip", "bench-clip", clip_cfg)
-        print(f"built models in {time.perf_counter() - t0:.0f}s")
-        r = recipe(tmp, tmp / "sd", tmp / "clip", cfg)
+        print(f"{arch.name}: built models in {time.perf_counter() - t0:.0f}s")
+        tflop = denoiser_tflop_per_image(
+            tmp / "model", arch, cfg["device"], cfg["size"], cfg["steps"]
+        )
+        r = recipe(tmp, tmp / "model", tmp / "clip", arch, cfg)
         bare, pipe = [], []
-        for i in range(args.repeats):
-            bare.append(bare_loop(tmp / "sd", cfg, cfg["bare_batches"]))
+        for i in range(repeats):
+            bare.append(bare_loop(tmp / "model", arch, cfg, cfg["bare_batches"]))
             rate, detail = build_rate(r, tmp / f"out{i}", cfg["small"], cfg["large"])
             pipe.append(rate)
-            print(f"bare {bare[-1]:.2f} img/s | synthgen steady state {rate:.2f} img/s ({detail})")
+            print(
+                f"{arch.name}: bare {bare[-1]:.2f} img/s | synthgen steady state "
+                f"{rate:.2f} img/s ({detail})"
+            )
     b, p = statistics.median(bare), statistics.median(pipe)
-    flop = UNET_TFLOP_PER_EVAL_512 * (cfg["size"] / 512) ** 2 * 2 * cfg["steps"]
     peak = next((v for k, v in PEAK_FP16_TFLOPS.items() if k in device_name), None)
-    figures = {
+    figures: dict[str, Any] = {
+        "arch": arch.name,
         "device": device_name,
+        "dtype": cfg["dtype"],
         "batch": cfg["batch"],
         "steps": cfg["steps"],
         "resolution": cfg["size"],
+        "denoiser_tflop_per_image": tflop,
         "bare_images_per_s": b,
         "pipeline_images_per_s": p,
         "ratio": p / b,
     }
     if peak:
-        figures["mfu_bare"] = b * flop / peak
-        figures["mfu_pipeline"] = p * flop / peak
-    print(json.dumps(figures, indent=2))
-    print(f"pipeline / bare = {p / b:.3f} (target >= 0.90)")
-    if peak:
-        print(
-            f"MFU (UNet only, fp16 dense peak {peak:.0f} TFLOP/s): bare "
-            f"{figures['mfu_bare']:.1%}, pipeline {figures['mfu_pipeline']:.1%} (target >= 35%)"
-        )
-    return 0
+        figures["mfu_bare"] = b * tflop / peak
+        figures["mfu_pipeline"] = p * tflop / peak
+    print(f"{arch.name}: pipeline / bare = {p / b:.3f} (target >= 0.90)")
+    return figures
 
 
 if __name__ == "__main__":

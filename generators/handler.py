@@ -38,6 +38,20 @@ class GenerationSettings:
     channels_last: bool = False
     compile: bool = False
     copies: int = 1
+    variant: str | None = None
+    offload: str = "none"
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    max_sequence_length: int | None = None
+
+    def generation_options(self) -> dict[str, Any]:
+        """The settings beyond the classic ones that change what is computed (provenance)."""
+        return {
+            "variant": self.variant,
+            "vae_slicing": self.vae_slicing,
+            "vae_tiling": self.vae_tiling,
+            "max_sequence_length": self.max_sequence_length,
+        }
 
 
 def generate_batch(
@@ -52,8 +66,10 @@ def generate_batch(
     """
     import torch
 
+    from synthgen.generators.families import FAMILIES, call_kwargs
     from synthgen.storage.faults import maybe_fault
 
+    family = FAMILIES[type(pipe).__name__]
     for r in requests:
         maybe_fault("generate", r.key)
     pending: list[Any] = []
@@ -63,8 +79,11 @@ def generate_batch(
         chunk = list(requests[start : start + n])
         padded = chunk + [chunk[-1]] * (n - len(chunk))
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in padded]
-        # 1. classifier-free guidance only when the scale asks for it; negatives pass through.
-        use_cfg = settings.guidance_scale > 1.0
+        # 1. classifier-free guidance only when the scale asks for it and the family has it
+        #    (Flux is guidance-distilled: its guidance_scale is an embedding, no negatives).
+        use_cfg = settings.guidance_scale > 1.0 and family.negative_prompt
+        # 2. family options: T5 sequence length, PixArt's exact-size switches.
+        extra = call_kwargs(family, settings.max_sequence_length)
         with torch.inference_mode():
             out = pipe(
                 prompt=[r.prompt for r in padded],
@@ -75,8 +94,9 @@ def generate_batch(
                 width=settings.width,
                 generator=generators,
                 output_type="np",
+                **extra,
             )
-        # 2. quantise and encode on the worker (only bytes cross the Beam boundary), in threads
+        # 3. quantise and encode on the worker (only bytes cross the Beam boundary), in threads
         #    while the next chunk is generated: PIL's encoders release the GIL.
         for request, image in zip(chunk, out.images, strict=False):
             pending.append(encoder.submit(_encode, request, to_uint8(image), settings))
@@ -117,14 +137,23 @@ def pick_gpu() -> str:
 
 
 def optimize_for_device(pipe: Any, s: GenerationSettings) -> Any:
-    """GPU speed options. None changes what is computed, only how (layout, kernels)."""
+    """GPU speed options. None changes what is computed, only how (layout, kernels).
+
+    They apply to the family's denoiser, `pipe.unet` or `pipe.transformer`.
+    """
     import torch
 
+    from synthgen.generators.families import FAMILIES
+
+    denoiser = FAMILIES[type(pipe).__name__].denoiser
     if s.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
+        getattr(pipe, denoiser).to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if s.compile:
-        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
+        compiled = torch.compile(
+            getattr(pipe, denoiser), mode="max-autotune-no-cudagraphs", fullgraph=False
+        )
+        setattr(pipe, denoiser, compiled)
     return pipe
 
 
@@ -149,7 +178,17 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
         device = s.device
         if s.copies > 1 and device == "cuda":
             device = pick_gpu()
-        pipe = load_pipeline(Path(s.model_path), s.scheduler, s.dtype, device, s.cpu_threads)
+        pipe = load_pipeline(
+            Path(s.model_path),
+            s.scheduler,
+            s.dtype,
+            device,
+            s.cpu_threads,
+            variant=s.variant,
+            offload=s.offload,
+            vae_slicing=s.vae_slicing,
+            vae_tiling=s.vae_tiling,
+        )
         return optimize_for_device(pipe, s)
 
     def run_inference(

@@ -1,28 +1,102 @@
-"""Checking and loading a local diffusers pipeline folder without executing anything from it."""
+"""Checking and loading a local diffusers pipeline folder without executing anything from it.
+
+A folder as `huggingface-cli download` leaves it loads: `safety_checker` / `feature_extractor`
+components, `.bin` / `.ckpt` pickles or ONNX / OpenVINO / Flax files beside the safetensors, a
+root-level single-file checkpoint, `.gitattributes`, README. Only JSON, text, tokenizer models
+and safetensors are ever read, and the loaders only ever see those: `load_pipeline` loads from
+a temporary view of symlinks to the allowed files, so no pickle is visible to any loader.
+
+Everything that can be checked without loading a model is checked in `inspect_folder`, before
+any output exists: the pipeline task, the component libraries and classes, safetensors headers
+(sizes and offsets), config-implied tensor shapes against the header shapes (on the meta
+device: nothing is allocated), and the scheduler's config against the recipe's steps.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
+import math
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from synthgen.generators.families import FAMILIES, SCHEDULER_CLASSES, Family
 from synthgen.schemas.errors import ModelFolderError
-from synthgen.storage.model_files import refuse_code_and_pickles
+from synthgen.schemas.recipe import SCHEDULERS
+from synthgen.storage.model_files import UNSAFE_WEIGHT_SUFFIXES, safetensors_header
 
-__all__ = ["ModelFolderError", "check_diffusers_folder", "load_pipeline"]
+__all__ = [
+    "ModelFolder",
+    "ModelFolderError",
+    "check_diffusers_folder",
+    "check_sampling",
+    "inspect_folder",
+    "load_pipeline",
+    "load_safety_checker",
+    "make_scheduler",
+    "safetensors_header",
+    "scheduler_config",
+]
 
 logger = logging.getLogger(__name__)
 
 ALLOWED_LIBRARIES = ("diffusers", "transformers")
+# What loaders may read. `.model` is a sentencepiece protobuf (a T5 tokenizer), not a pickle.
+READABLE_SUFFIXES = (".json", ".txt", ".safetensors", ".model")
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".dylib", ".dll", ".sh", ".ipynb")
+# Weight formats never read here (listed so the log line can say what was skipped).
+OTHER_WEIGHT_SUFFIXES = (*UNSAFE_WEIGHT_SUFFIXES, ".onnx", ".onnx_data", ".msgpack", ".xml", ".h5")
+# Components the pipeline itself does not load (the checker is loaded on its own, see
+# `load_safety_checker`: diffusers' built-in call blacks out images instead of reporting).
+CHECKER_COMPONENTS = ("safety_checker", "feature_extractor")
 
-SCHEDULER_CLASSES = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    library: str
+    class_name: str
+    weights: tuple[Path, ...] = ()  # the safetensors files that will be loaded
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A checked diffusers folder: nothing loaded, everything loadable named."""
+
+    path: Path
+    index: dict[str, Any]
+    class_name: str
+    family: Family
+    variant: str | None
+    components: tuple[Component, ...]
+    scheduler: dict[str, Any] = field(default_factory=dict)  # the folder's scheduler config
+
+    @property
+    def has_safety_checker(self) -> bool:
+        return any(c.name == "safety_checker" for c in self.components)
+
+    def readable_files(self) -> list[Path]:
+        """Files a loader may see: configs, tokenizers, and the weights chosen for loading."""
+        weights = {p for c in self.components for p in c.weights}
+        out = [self.path / "model_index.json"]
+        for c in self.components:
+            sub = self.path / c.name
+            for p in sorted(sub.rglob("*")):
+                if not p.is_file() or p.suffix not in READABLE_SUFFIXES:
+                    continue
+                if p.suffix == ".safetensors" and p not in weights:
+                    continue
+                is_index = "safetensors.index." in p.name
+                if is_index and not _index_matches(p, self.variant):
+                    continue
+                out.append(p)
+        return out
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -37,71 +111,332 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def check_diffusers_folder(path: Path) -> dict[str, Any]:
-    """Validate a diffusers pipeline folder before loading it; returns its model_index.json.
+# -- files ---------------------------------------------------------------------------------
 
-    Refuses: a missing folder, a missing or malformed model_index.json, a pipeline class that
-    diffusers does not ship, components from other libraries (custom code), Python files,
-    pickle weights, and components without safetensors weights.
+
+def _hf_cache_blobs(folder: Path) -> Path | None:
+    """`<repo>/blobs` when `folder` is a Hugging Face cache snapshot (`<repo>/snapshots/<rev>`)."""
+    if folder.parent.name == "snapshots":
+        return folder.parent.parent / "blobs"
+    return None
+
+
+def scan_files(folder: Path) -> None:
+    """Refuse code and foreign symlinks; log (once) the weight files that will never be read."""
+    blobs = _hf_cache_blobs(folder.resolve())
+    skipped: list[str] = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink():
+            target = p.resolve()
+            if blobs is None or not target.is_relative_to(blobs):
+                raise ModelFolderError(
+                    f"{p}: symbolic links are refused in model folders (except a Hugging Face "
+                    "cache snapshot's links to its own blobs)"
+                )
+        if not p.is_file():
+            continue
+        if p.suffix in CODE_SUFFIXES:
+            raise ModelFolderError(
+                f"{p}: model folder contains code ({p.suffix}); custom pipeline code is never run"
+            )
+        if p.suffix in OTHER_WEIGHT_SUFFIXES:
+            skipped.append(str(p.relative_to(folder)))
+    if skipped:
+        shown = ", ".join(skipped[:6]) + (
+            f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
+        )
+        logger.info(
+            "%s: ignoring %d non-safetensors file(s), never read: %s", folder, len(skipped), shown
+        )
+
+
+_SHARD = r"(-\d{5}-of-\d{5})?"
+
+
+def _weight_files(sub: Path, variant: str | None) -> tuple[list[Path], list[Path]]:
+    """(files for `variant`, files of other variants) among sub's safetensors."""
+    mine: list[Path] = []
+    other: list[Path] = []
+    for p in sorted(sub.glob("*.safetensors")):
+        m = re.fullmatch(
+            rf"(?P<stem>[^.]+?)(\.(?P<variant>[a-z0-9_]+))?{_SHARD}\.safetensors", p.name
+        )
+        v = m.group("variant") if m else None
+        (mine if v == variant else other).append(p)
+    return mine, other
+
+
+def _index_matches(path: Path, variant: str | None) -> bool:
+    suffix = f".safetensors.index.{variant}.json" if variant else ".safetensors.index.json"
+    return path.name.endswith(suffix)
+
+
+# -- components ----------------------------------------------------------------------------
+
+
+def _component_class(path: Path, name: str, library: Any, class_name: Any) -> type:
+    """The class a component names, from diffusers (or one of its pipeline sub-modules) or
+    transformers only."""
+    where = f"{path}/model_index.json: component {name!r}"
+    if not isinstance(library, str) or not isinstance(class_name, str):
+        raise ModelFolderError(f"{where} is malformed")
+    if library in ALLOWED_LIBRARIES:
+        module = importlib.import_module(library)
+    elif re.fullmatch(r"[a-z][a-z0-9_]*", library):
+        # diffusers' own sub-modules, e.g. ["stable_diffusion", "StableDiffusionSafetyChecker"]
+        try:
+            module = importlib.import_module(f"diffusers.pipelines.{library}")
+        except ImportError:
+            module = None
+    else:
+        module = None
+    if module is None:
+        raise ModelFolderError(
+            f"{where} comes from {library!r}; only {', '.join(ALLOWED_LIBRARIES)} components "
+            "are loaded (and diffusers' own pipeline modules, e.g. stable_diffusion)"
+        )
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise ModelFolderError(f"{where}: {library} has no class {class_name!r}")
+    return cls
+
+
+def _needs_weights(cls: type) -> bool:
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    return issubclass(cls, ModelMixin | PreTrainedModel)
+
+
+def _check_component(path: Path, name: str, spec: Any, variant: str | None) -> Component | None:
+    if not (isinstance(spec, list) and len(spec) == 2):
+        raise ModelFolderError(f"{path}/model_index.json: component {name!r} is malformed")
+    if spec[0] is None:
+        return None
+    library, class_name = spec
+    cls = _component_class(path, name, library, class_name)
+    sub = path / name
+    if not sub.is_dir():
+        raise ModelFolderError(f"{path}: component folder {name}/ is missing")
+    if not _needs_weights(cls):
+        if not any(p.suffix in READABLE_SUFFIXES for p in sub.iterdir()):
+            raise ModelFolderError(f"{sub}: component has no config")
+        return Component(name, library, class_name)
+    mine, other = _weight_files(sub, variant)
+    if not mine:
+        pickles = [p.name for p in sub.iterdir() if p.suffix in OTHER_WEIGHT_SUFFIXES]
+        if other:
+            names = sorted(
+                {re.sub(r"^[^.]+\.?|-\d{5}-of-\d{5}|\.safetensors$", "", p.name) for p in other}
+            )
+            want = f"variant {variant!r}" if variant else "the default (no variant)"
+            raise ModelFolderError(
+                f"{sub}: no safetensors weights for {want}; found variant(s) "
+                f"{', '.join(repr(n or 'default') for n in names)} (set model.variant)"
+            )
+        if pickles:
+            raise ModelFolderError(
+                f"{sub}: only pickle-based weights ({', '.join(sorted(pickles))}); they are "
+                "never loaded. Convert them to safetensors, e.g. load the component once in a "
+                "trusted environment and `save_pretrained(..., safe_serialization=True)`"
+            )
+        raise ModelFolderError(f"{sub}: no .safetensors weights (only safetensors are loaded)")
+    _check_shapes(sub, cls, mine)
+    return Component(name, library, class_name, tuple(mine))
+
+
+def _check_shapes(sub: Path, cls: type, weights: list[Path]) -> None:
+    """Compare each tensor's shape in the safetensors headers with the shape the component's
+    config implies, building the model on the meta device (no memory is allocated)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for w in weights:
+        shapes.update({k: s for k, (_, s) in safetensors_header(w).items()})
+    expected = _meta_shapes(sub, cls)
+    if expected is None:
+        return
+    for key, shape in expected.items():
+        got = shapes.get(key)
+        if got is not None and got != shape:
+            raise ModelFolderError(
+                f"{sub}: config.json does not match the weights: tensor {key!r} has shape "
+                f"{list(got)} in the safetensors file, the config implies {list(shape)}"
+            )
+
+
+def _meta_shapes(sub: Path, cls: Any) -> dict[str, tuple[int, ...]] | None:
+    import torch
+    from diffusers import ModelMixin
+
+    try:
+        with torch.device("meta"):
+            if issubclass(cls, ModelMixin):
+                config = cls.load_config(str(sub), local_files_only=True)
+                model = cls.from_config(config)
+            else:
+                config = cls.config_class.from_pretrained(str(sub), local_files_only=True)
+                model = cls._from_config(config)
+    except Exception as exc:  # a class that cannot be built on meta: the loader still checks
+        logger.debug("%s: no meta-device shape check (%s)", sub, exc)
+        return None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+# -- the folder ----------------------------------------------------------------------------
+
+
+def _pipeline_class(path: Path, class_name: Any) -> str:
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ModelFolderError(
+            f"{path}/model_index.json: _class_name {class_name!r} is not a diffusers pipeline class"
+        )
+    assert isinstance(class_name, str)
+    if class_name not in FAMILIES:
+        raise ModelFolderError(
+            f"{path}/model_index.json: {class_name} is not a text-to-image pipeline synthgen "
+            f"builds with; supported: {', '.join(FAMILIES)}"
+        )
+    return class_name
+
+
+def inspect_folder(
+    path: Path, variant: str | None = None, safety_checker: bool = True
+) -> ModelFolder:
+    """Check a diffusers folder down to safetensors headers and shapes; load nothing.
+
+    `safety_checker=False` leaves the folder's checker components unchecked (never loaded).
     """
     if not path.is_dir():
         raise ModelFolderError(f"{path}: model folder not found")
     index = _read_json(path / "model_index.json", "diffusers pipeline folder")
-    refuse_code_and_pickles(path)
-    import diffusers
-
-    class_name = index.get("_class_name")
-    pipeline_cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None
-    if pipeline_cls is None or not (
-        isinstance(pipeline_cls, type) and issubclass(pipeline_cls, diffusers.DiffusionPipeline)
-    ):
-        raise ModelFolderError(
-            f"{path}/model_index.json: _class_name {class_name!r} is not a diffusers pipeline class"
-        )
+    scan_files(path)
+    if "_custom_pipeline" in index or "custom_pipeline" in index:
+        raise ModelFolderError(f"{path}/model_index.json: custom pipeline code is never run")
+    class_name = _pipeline_class(path, index.get("_class_name"))
+    components = []
     for name, spec in index.items():
         if name.startswith("_"):
             continue
         if spec is None or isinstance(spec, bool | int | float | str):
             continue  # pipeline config values such as requires_safety_checker
-        if isinstance(spec, list) and spec and spec[0] is None:
+        if not safety_checker and name in CHECKER_COMPONENTS:
             continue
-        if not (isinstance(spec, list) and len(spec) == 2):
-            raise ModelFolderError(f"{path}/model_index.json: component {name!r} is malformed")
-        library, _ = spec
-        if library not in ALLOWED_LIBRARIES:
-            raise ModelFolderError(
-                f"{path}/model_index.json: component {name!r} comes from {library!r}; "
-                f"only {', '.join(ALLOWED_LIBRARIES)} components are loaded"
-            )
-        sub = path / name
-        if not sub.is_dir():
-            raise ModelFolderError(f"{path}: component folder {name}/ is missing")
-        has_config = any(sub.glob("*.json")) or any(sub.glob("*.txt"))
-        weights = list(sub.glob("*.safetensors"))
-        if not weights and not has_config:
-            raise ModelFolderError(f"{sub}: component has neither config nor weights")
-        if name in ("unet", "vae", "text_encoder", "transformer") and not weights:
-            raise ModelFolderError(f"{sub}: no .safetensors weights (only safetensors are loaded)")
-    return index
+        c = _check_component(path, name, spec, variant)
+        if c is not None:
+            components.append(c)
+    scheduler: dict[str, Any] = {}
+    if any(c.name == "scheduler" for c in components):
+        scheduler = _read_json(path / "scheduler" / "scheduler_config.json", "scheduler folder")
+        _check_scheduler_config(path / "scheduler" / "scheduler_config.json", scheduler)
+    return ModelFolder(
+        path, index, class_name, FAMILIES[class_name], variant, tuple(components), scheduler
+    )
+
+
+def check_diffusers_folder(path: Path, variant: str | None = None) -> dict[str, Any]:
+    """Validate a diffusers pipeline folder before loading it; returns its model_index.json."""
+    return inspect_folder(path, variant).index
+
+
+# -- schedulers ----------------------------------------------------------------------------
+
+
+def _check_scheduler_config(path: Path, config: dict[str, Any]) -> None:
+    n = config.get("num_train_timesteps", 1000)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ModelFolderError(f"{path}: num_train_timesteps must be a positive integer, got {n!r}")
+    for key in ("beta_start", "beta_end", "shift"):
+        v = config.get(key)
+        if v is not None and (not isinstance(v, int | float) or not math.isfinite(v) or v < 0):
+            raise ModelFolderError(f"{path}: {key} must be a finite non-negative number, got {v!r}")
 
 
 def make_scheduler(name: str, base_config: Any) -> Any:
-    """A diffusers scheduler chosen by recipe name, from the pipeline's own scheduler config."""
+    """A diffusers scheduler chosen by recipe name from a scheduler config; `native` keeps
+    the config's own class."""
     import diffusers
 
+    if name == "native":
+        config = dict(base_config)
+        cls = getattr(diffusers, str(config.get("_class_name")), None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise ModelFolderError(
+                f"scheduler class {config.get('_class_name')!r} is not a diffusers scheduler"
+            )
+        return cls.from_config(config)
     if name not in SCHEDULER_CLASSES:
-        raise ValueError(
-            f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_CLASSES)}"
-        )
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
     class_name, extra = SCHEDULER_CLASSES[name]
     return getattr(diffusers, class_name).from_config(base_config, **extra)
+
+
+def _config_dict(sched: Any) -> dict[str, Any]:
+    return {"class": type(sched).__name__, **dict(sched.config)}
 
 
 def scheduler_config(model_path: Path, name: str) -> dict[str, Any]:
     """The effective scheduler config for `name`, read from the folder's scheduler config."""
     base = _read_json(model_path / "scheduler" / "scheduler_config.json", "scheduler folder")
-    sched = make_scheduler(name, base)
-    return {"class": type(sched).__name__, **dict(sched.config)}
+    return _config_dict(make_scheduler(name, base))
+
+
+def check_sampling(folder: ModelFolder, scheduler: str, steps: int) -> dict[str, Any]:
+    """Build the effective scheduler (no model) and dry-run its timesteps for `steps`.
+
+    Refuses a scheduler whose `set_timesteps` cannot take what the family's pipeline passes
+    (Flux passes flow sigmas and `mu`) and a step count the scheduler cannot sample (more
+    steps than training timesteps, or timesteps outside the trained range). Returns the
+    effective config (recorded in provenance).
+    """
+    import inspect
+
+    import numpy as np
+
+    where = f"{folder.path}/scheduler/scheduler_config.json"
+    try:
+        sched = make_scheduler(scheduler, folder.scheduler)
+    except (ValueError, TypeError) as exc:
+        raise ModelFolderError(f"{where}: cannot make scheduler {scheduler!r}: {exc}") from None
+    family = folder.family
+    params = set(inspect.signature(sched.set_timesteps).parameters)
+    needed = [
+        a for a in family.timestep_args if a != "mu" or sched.config.get("use_dynamic_shifting")
+    ]
+    missing = [a for a in needed if a not in params]
+    if missing:
+        from synthgen.schemas.recipe import RecipeError
+
+        raise RecipeError(
+            f"sampling.scheduler: {scheduler!r} ({type(sched).__name__}) cannot be used with "
+            f"{folder.class_name} ({family.name}): its set_timesteps takes no "
+            f"{', '.join(missing)}, which the pipeline passes; use `native` or flow-match-euler"
+        )
+    kwargs: dict[str, Any] = {}
+    if "sigmas" in needed:
+        kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+    if "mu" in needed:
+        kwargs["mu"] = 1.0
+    n_train = int(sched.config.get("num_train_timesteps", 1000))
+    try:
+        sched.set_timesteps(num_inference_steps=None if "sigmas" in kwargs else steps, **kwargs)
+    except Exception as exc:
+        raise ModelFolderError(
+            f"{where}: {type(sched).__name__} cannot sample {steps} steps: {exc}"
+        ) from None
+    if family.kind == "diffusion":
+        ts = sched.timesteps
+        if len(ts) and (float(ts.max()) >= n_train or float(ts.min()) < 0):
+            raise ModelFolderError(
+                f"{where}: sampling.steps {steps} gives timesteps outside the trained range "
+                f"[0, {n_train}) with {type(sched).__name__} "
+                f"(num_train_timesteps {n_train}); use fewer steps"
+            )
+    return _config_dict(sched)
+
+
+# -- loading -------------------------------------------------------------------------------
 
 
 def quiet_hf() -> None:
@@ -119,25 +454,114 @@ def quiet_hf() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+@contextlib.contextmanager
+def readable_view(folder: ModelFolder) -> Iterator[Path]:
+    """A temporary folder of symlinks to only the files loaders may read.
+
+    Pickles, ONNX and the like are simply absent, so no loader can fall back to them.
+    """
+    with tempfile.TemporaryDirectory(prefix="synthgen-model-") as tmp:
+        root = Path(tmp)
+        for p in folder.readable_files():
+            link = root / p.relative_to(folder.path)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(p.resolve())
+        yield root
+
+
 def load_pipeline(
-    model_path: Path, scheduler: str, dtype: str, device: str, cpu_threads: int | None = None
+    model_path: Path,
+    scheduler: str,
+    dtype: str,
+    device: str,
+    cpu_threads: int | None = None,
+    *,
+    variant: str | None = None,
+    offload: str = "none",
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
 ) -> Any:
-    """Load a checked pipeline folder: safetensors only, local files only, no remote code."""
+    """Load a checked pipeline folder: safetensors only, local files only, no remote code.
+
+    The folder's safety checker is not part of the pipeline (diffusers would black out
+    flagged images); `load_safety_checker` loads it separately. `offload` is diffusers'
+    CPU offload (`model`: whole components, `sequential`: layer by layer), for GPUs.
+    """
     import torch
     from diffusers import DiffusionPipeline
 
     quiet_hf()
     if cpu_threads:
         torch.set_num_threads(cpu_threads)
-    check_diffusers_folder(model_path)
-    pipe = DiffusionPipeline.from_pretrained(
-        str(model_path),
-        dtype=getattr(torch, dtype),
-        use_safetensors=True,
-        local_files_only=True,
-    )
-    pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    folder = inspect_folder(model_path, variant, safety_checker=False)
+    extra: dict[str, Any] = {}
+    for name in CHECKER_COMPONENTS:
+        if isinstance(folder.index.get(name), list) and folder.index[name][0] is not None:
+            extra[name] = None
+    if "requires_safety_checker" in folder.index:
+        extra["requires_safety_checker"] = False
+    with readable_view(folder) as view:
+        pipe = DiffusionPipeline.from_pretrained(
+            str(view),
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            local_files_only=True,
+            variant=variant,
+            **extra,
+        )
+    if scheduler != "native":
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device)
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe = pipe.to(device)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and vae_slicing:
+        vae.enable_slicing()
+    if vae is not None and vae_tiling:
+        vae.enable_tiling()
     logger.info("loaded %s from %s on %s (%s)", type(pipe).__name__, model_path, device, dtype)
     return pipe
+
+
+def load_safety_checker(model_path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
+    """The folder's own safety checker and feature extractor, from safetensors, or None.
+
+    Returns `(checker, feature_extractor)`: a `StableDiffusionSafetyChecker` (call it as
+    diffusers does: `checker(images=np_images, clip_input=extractor(pil_images,
+    return_tensors="pt").pixel_values)` returns `(images, has_nsfw_concept)`; its
+    `concept_embeds_weights` / `special_care_embeds_weights` are the thresholds) and a
+    `CLIPImageProcessor`. None when the folder has no checker.
+    """
+    import torch
+
+    quiet_hf()
+    folder = inspect_folder(model_path, None, safety_checker=True)
+    if not folder.has_safety_checker:
+        return None
+    by_name = {c.name: c for c in folder.components}
+    checker_cls = _component_class(
+        model_path,
+        "safety_checker",
+        by_name["safety_checker"].library,
+        by_name["safety_checker"].class_name,
+    )
+    with readable_view(folder) as view:
+        checker = cast(Any, checker_cls).from_pretrained(
+            str(view / "safety_checker"),
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            local_files_only=True,
+        )
+        extractor = None
+        if "feature_extractor" in by_name:
+            fe = by_name["feature_extractor"]
+            fe_cls = _component_class(model_path, "feature_extractor", fe.library, fe.class_name)
+            loader: Any = fe_cls
+            extractor = loader.from_pretrained(
+                str(view / "feature_extractor"), local_files_only=True
+            )
+    return checker.to(device).eval(), extractor

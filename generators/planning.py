@@ -1,12 +1,20 @@
-"""Planning: recipe -> GenerationRequests. Keys, seeds and shards are pure functions."""
+"""Planning: recipe -> GenerationRequests. Keys, seeds and shards are pure functions.
+
+Nothing here needs the whole plan in memory: `plan_shard` computes one shard's requests
+straight from the shard id, `iter_plan` streams them all in order, and `shard_ids` /
+`count_planned` size a plan without making a request — O(classes + shard size) memory,
+whatever the counts. `plan` (the list) remains for callers that want it.
+"""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from synthgen.schemas.recipe import ClassSpec, Recipe
+from synthgen.schemas.recipe import MAX_PLANNED_SAMPLES, ClassSpec, Recipe
 from synthgen.schemas.records import KEY_PATTERN, GenerationRequest
 
 
@@ -29,25 +37,185 @@ def pick_prompt(cls: ClassSpec, seed: int) -> str:
     return cls.prompts[seed % len(cls.prompts)]
 
 
-def interleaved_order(
-    counts: dict[int, int], start: dict[int, int] | None = None
-) -> list[tuple[int, int]]:
-    """(class_id, index) pairs, index in [start, count), ordered index-major, class-minor.
-
-    Shards are consecutive slices of this order, so each shard mixes classes evenly.
-    """
-    start = start or {}
-    order: list[tuple[int, int]] = []
-    width = max(counts.values(), default=0)
-    for index in range(min(start.values(), default=0), width):
-        for class_id in sorted(counts):
-            if start.get(class_id, 0) <= index < counts[class_id]:
-                order.append((class_id, index))
-    return order
-
-
 def num_shards(total: int, shard_size: int) -> int:
     return max(1, math.ceil(total / shard_size))
+
+
+class _Layout:
+    """Where each (class, index) falls in the interleaved order, without listing the order.
+
+    The order is index-major, class-minor: level `i` holds, by class id, every class `c`
+    with `lo[c] <= i < hi[c]`. Membership changes only at the `lo`/`hi` values, so the
+    order is a few segments, each a run of levels sharing one list of classes. Memory and
+    set-up are O(classes); finding a position is O(log(levels) * log(classes)).
+    """
+
+    def __init__(self, lo: dict[int, int], hi: dict[int, int]):
+        self.lo, self.hi = lo, hi
+        self.total = sum(hi[c] - lo[c] for c in hi)
+        self.breaks = sorted({*lo.values(), *hi.values()})  # segment borders
+        self._lo_sorted = sorted(lo.values())
+        self._lo_prefix = [0, *itertools.accumulate(self._lo_sorted)]
+        self._hi_sorted = sorted(hi.values())
+        self._hi_prefix = [0, *itertools.accumulate(self._hi_sorted)]
+        self._starts: dict[int, list[int]] = {}
+        self._ends: dict[int, list[int]] = {}
+        for c in hi:
+            self._starts.setdefault(lo[c], []).append(c)
+            self._ends.setdefault(hi[c], []).append(c)
+
+    @staticmethod
+    def of(counts: dict[int, int], start: dict[int, int] | None) -> _Layout:
+        start = start or {}
+        # As the old list-building planner did: levels begin at the smallest given start,
+        # so a class absent from `start` begins there too (0 when `start` is empty).
+        floor = min(start.values(), default=0)
+        lo: dict[int, int] = {}
+        hi: dict[int, int] = {}
+        for c, n in counts.items():
+            first = max(start.get(c, 0), floor)
+            if n > first:
+                lo[c], hi[c] = first, n
+        return _Layout(lo, hi)
+
+    def _sum_min(self, level: int, ordered: list[int], prefix: list[int]) -> int:
+        """sum over classes of min(level, value)."""
+        k = bisect.bisect_right(ordered, level)
+        return prefix[k] + level * (len(ordered) - k)
+
+    def before(self, level: int) -> int:
+        """How many positions come before level `level`."""
+        return self._sum_min(level, self._hi_sorted, self._hi_prefix) - self._sum_min(
+            level, self._lo_sorted, self._lo_prefix
+        )
+
+    def level_of(self, position: int) -> int:
+        """The level holding `position` (0 <= position < total)."""
+        low, high = self.breaks[0], self.breaks[-1]  # before(low) == 0 <= position
+        while high - low > 1:  # invariant: before(low) <= position < before(high)
+            mid = (low + high) // 2
+            if self.before(mid) <= position:
+                low = mid
+            else:
+                high = mid
+        return low
+
+    def walk(self, position: int) -> Iterator[tuple[int, int]]:
+        """(class id, index) pairs in order, from `position` on.
+
+        One scan of the classes finds those present at the first level; after that the
+        list of present classes is updated only where a class starts or ends.
+        """
+        if position >= self.total:
+            return
+        level = self.level_of(position)
+        skip = position - self.before(level)
+        present = sorted(c for c in self.hi if self.lo[c] <= level < self.hi[c])
+        end = self.breaks[-1]
+        while level < end:
+            border = self.breaks[bisect.bisect_right(self.breaks, level)]
+            for lvl in range(level, border):
+                for class_id in present[skip:] if skip else present:
+                    yield class_id, lvl
+                skip = 0
+            level = border
+            for c in self._ends.get(level, ()):
+                del present[bisect.bisect_left(present, c)]
+            for c in self._starts.get(level, ()):
+                bisect.insort(present, c)
+
+
+def _counts_for(recipe: Recipe, counts: dict[int, int] | None) -> dict[int, int]:
+    if counts is None:
+        if recipe.count_per_class is None:
+            raise ValueError("a balance recipe is planned per round, with explicit counts")
+        counts = {c.id: recipe.count_per_class for c in recipe.classes}
+    unknown = sorted(set(counts) - set(recipe.classes_by_id))
+    if unknown:
+        raise ValueError(f"counts: class ids {unknown[:10]} are not among the recipe's classes")
+    return counts
+
+
+def _layout(recipe: Recipe, counts: dict[int, int] | None, start: dict[int, int] | None) -> _Layout:
+    layout = _Layout.of(_counts_for(recipe, counts), start)
+    if layout.total > MAX_PLANNED_SAMPLES:
+        raise ValueError(
+            f"counts: {layout.total} planned samples, over the maximum of {MAX_PLANNED_SAMPLES}"
+        )
+    return layout
+
+
+def count_planned(
+    recipe: Recipe, counts: dict[int, int] | None = None, start: dict[int, int] | None = None
+) -> int:
+    """How many requests `plan` would make, without making them."""
+    return _layout(recipe, counts, start).total
+
+
+def shard_ids(
+    recipe: Recipe,
+    counts: dict[int, int] | None = None,
+    start: dict[int, int] | None = None,
+    shard_offset: int = 0,
+) -> range:
+    """The shard ids the plan fills, in order (empty when nothing is planned)."""
+    total = count_planned(recipe, counts, start)
+    return range(shard_offset, shard_offset + math.ceil(total / recipe.output.shard_size))
+
+
+def _request(recipe: Recipe, class_id: int, index: int, shard: int) -> GenerationRequest:
+    cls = recipe.class_by_id(class_id)
+    key = sample_key(recipe.name, cls.name, index)
+    seed = sample_seed(recipe.seed, key)
+    return GenerationRequest(
+        key=key,
+        shard=shard,
+        index=index,
+        class_label=cls.id,
+        class_name=cls.name,
+        prompt=pick_prompt(cls, seed),
+        negative_prompt=recipe.sampling.negative_prompt,
+        seed=seed,
+    )
+
+
+def plan_shard(
+    recipe: Recipe,
+    shard: int,
+    counts: dict[int, int] | None = None,
+    start: dict[int, int] | None = None,
+    shard_offset: int = 0,
+) -> list[GenerationRequest]:
+    """The requests of one shard, computed from its id alone (an empty list past the end).
+
+    Equal to `[r for r in plan(...) if r.shard == shard]`, in O(classes + shard size).
+    """
+    layout = _layout(recipe, counts, start)
+    size = recipe.output.shard_size
+    first = (shard - shard_offset) * size
+    if first < 0:
+        return []
+    pairs = itertools.islice(layout.walk(first), size)
+    return [_request(recipe, c, i, shard) for c, i in pairs]
+
+
+def iter_plan(
+    recipe: Recipe,
+    counts: dict[int, int] | None = None,
+    start: dict[int, int] | None = None,
+    shard_offset: int = 0,
+) -> Iterator[GenerationRequest]:
+    """Every sample of the build (or of one balancing round), in shard order, streamed.
+
+    `counts` overrides `count_per_class` per class id; a balancing round plans indices from
+    `start` up to `counts` into new shards numbered from `shard_offset`, so earlier rounds'
+    keys, seeds and shards never change. Order: index-major, class-minor (by id), so each
+    shard, a consecutive slice of `output.shard_size` requests, mixes classes evenly.
+    """
+    layout = _layout(recipe, counts, start)
+    size = recipe.output.shard_size
+    for position, (class_id, index) in enumerate(layout.walk(0)):
+        yield _request(recipe, class_id, index, shard_offset + position // size)
 
 
 def plan(
@@ -56,34 +224,8 @@ def plan(
     start: dict[int, int] | None = None,
     shard_offset: int = 0,
 ) -> list[GenerationRequest]:
-    """Every sample of the build (or of one balancing round), in shard order.
-
-    `counts` overrides `count_per_class` per class id; a balancing round plans indices from
-    `start` up to `counts` into new shards numbered from `shard_offset`, so earlier rounds'
-    keys, seeds and shards never change.
-    """
-    if counts is None:
-        if recipe.count_per_class is None:
-            raise ValueError("a balance recipe is planned per round, with explicit counts")
-        counts = {c.id: recipe.count_per_class for c in recipe.classes}
-    requests: list[GenerationRequest] = []
-    for position, (class_id, index) in enumerate(interleaved_order(counts, start)):
-        cls = recipe.class_by_id(class_id)
-        key = sample_key(recipe.name, cls.name, index)
-        seed = sample_seed(recipe.seed, key)
-        requests.append(
-            GenerationRequest(
-                key=key,
-                shard=shard_offset + position // recipe.output.shard_size,
-                index=index,
-                class_label=cls.id,
-                class_name=cls.name,
-                prompt=pick_prompt(cls, seed),
-                negative_prompt=recipe.sampling.negative_prompt,
-                seed=seed,
-            )
-        )
-    return requests
+    """`list(iter_plan(...))`, for callers that want the whole (bounded) list."""
+    return list(iter_plan(recipe, counts, start, shard_offset))
 
 
 def check_unique_keys(requests: Sequence[GenerationRequest]) -> None:

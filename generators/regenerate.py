@@ -11,6 +11,10 @@ from synthgen.generators.model_folder import ModelFolderError, load_pipeline
 from synthgen.schemas.records import GenerationRequest
 from synthgen.storage.hashing import folder_sha256
 
+# Bounds on provenance numbers, so a tampered record cannot ask for unbounded work.
+MAX_COMPUTE_BATCH = 1024
+MAX_STEPS = 1000
+
 
 def _loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
@@ -19,26 +23,39 @@ def _loads(value: Any) -> Any:
 def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
     device, _, threads = str(prov["device"]).partition(":threads=")
     encoding = _loads(prov["image_encoding"])
+    # Options beyond the classic ones; absent from older records (then: the defaults).
+    options = _loads(prov.get("generation_options") or {}) or {}
+    compute_batch, steps = int(prov["compute_batch"]), int(prov["steps"])
+    if not (1 <= compute_batch <= MAX_COMPUTE_BATCH and 1 <= steps <= MAX_STEPS):
+        raise ValueError(f"provenance asks for compute_batch {compute_batch}, steps {steps}")
     return GenerationSettings(
         model_path=str(prov["model_path"]),
         scheduler=str(prov["scheduler"]),
-        steps=int(prov["steps"]),
+        steps=steps,
         guidance_scale=float(prov["guidance_scale"]),
         height=int(prov["height"]),
         width=int(prov["width"]),
         dtype=str(prov["dtype"]),
         device=device,
-        compute_batch=int(prov["compute_batch"]),
+        compute_batch=compute_batch,
         cpu_threads=int(threads) if threads else 1,
         image_format=str(encoding["format"]),
         png_compress_level=int(encoding["png_compress_level"]),
         quality=int(encoding["quality"]),
+        variant=options.get("variant"),
+        vae_slicing=bool(options.get("vae_slicing", False)),
+        vae_tiling=bool(options.get("vae_tiling", False)),
+        max_sequence_length=options.get("max_sequence_length"),
     )
 
 
 def regenerate(prov: dict[str, Any]) -> bytes:
-    """The encoded image the provenance describes. The model folder must be the same content."""
-    import diffusers
+    """The encoded image the provenance describes. The model folder must be the same content.
+
+    The sampler is rebuilt from the recorded effective scheduler config (class included),
+    so `native` and named schedulers regenerate alike.
+    """
+    from synthgen.generators.model_folder import make_scheduler
 
     settings = settings_from_provenance(prov)
     model_path = Path(settings.model_path)
@@ -48,10 +65,18 @@ def regenerate(prov: dict[str, Any]) -> bytes:
             f"{prov['key']} (sha256 {str(prov['model_sha256'])[:12]})"
         )
     pipe = load_pipeline(
-        model_path, settings.scheduler, settings.dtype, settings.device, settings.cpu_threads
+        model_path,
+        "native",
+        settings.dtype,
+        settings.device,
+        settings.cpu_threads,
+        variant=settings.variant,
+        vae_slicing=settings.vae_slicing,
+        vae_tiling=settings.vae_tiling,
     )
     sched = dict(_loads(prov["scheduler_config"]))
-    pipe.scheduler = getattr(diffusers, sched.pop("class")).from_config(sched)
+    sched["_class_name"] = sched.pop("class")
+    pipe.scheduler = make_scheduler("native", sched)
     request = GenerationRequest(
         key=str(prov["key"]),
         shard=int(prov["shard"]),

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
+
+# Input bounds, checked before any work so a hostile or mistyped recipe fails with a message
+# instead of exhausting memory. A recipe file may be at most MAX_RECIPE_BYTES; its YAML may
+# use anchors and aliases, but the document they expand to may hold at most MAX_YAML_NODES
+# nodes (counted on the parsed graph, without expanding it) nested at most MAX_YAML_DEPTH deep;
+# a recursive alias is refused. Sample counts are bounded per class and in total: planning
+# streams shard by shard, so the bound guards runaway typos, not planner memory.
+MAX_RECIPE_BYTES = 1024 * 1024
+MAX_YAML_NODES = 1_000_000
+MAX_YAML_DEPTH = 64
+MAX_COUNT_PER_CLASS = 100_000_000
+MAX_PLANNED_SAMPLES = 1_000_000_000
 
 # Sampler names a recipe may give, each with the kind of model it is for: `diffusion`
 # (epsilon / v-prediction: SD 1.x/2.x, SDXL) or `flow` (flow matching: SD3, Flux, Sana).
@@ -29,6 +51,22 @@ SCHEDULERS: dict[str, str] = {
     "flow-match-euler": "flow",
     "flow-match-heun": "flow",
 }
+
+
+def utf8_problem(text: str) -> str | None:
+    """Why `text` cannot be written as UTF-8 (a lone surrogate, say), or None if it can.
+
+    Tokenizers, Parquet and the tar `.txt` member all need UTF-8; a string that cannot be
+    encoded would fail only after the model has loaded.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"not valid UTF-8 text: {text[exc.start : exc.end]!r} at position {exc.start} "
+            "(a lone surrogate?)"
+        )
+    return None
 
 
 class RecipeError(ValueError):
@@ -94,6 +132,12 @@ class SamplingSpec(_Frozen):
     height: int = Field(default=512, ge=8, le=4096)
     width: int = Field(default=512, ge=8, le=4096)
     negative_prompt: str = ""
+    max_sequence_length: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="T5 prompt length (SD3, Flux, PixArt); null keeps the pipeline's default",
+    )
 
     @field_validator("scheduler")
     @classmethod
@@ -117,10 +161,14 @@ class ClassSpec(_Frozen):
 
     @field_validator("prompts")
     @classmethod
-    def _non_empty_prompts(cls, v: list[str]) -> list[str]:
-        for p in v:
+    def _non_empty_prompts(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        for i, p in enumerate(v):
             if not p.strip():
                 raise ValueError("prompt templates must not be empty")
+            problem = utf8_problem(p)
+            if problem:
+                name = info.data.get("name", "?")
+                raise ValueError(f"class {name!r}, prompt {i} ({p!r}): {problem}")
         return v
 
 
@@ -237,6 +285,11 @@ class BalanceSpec(_Frozen):
     format: Literal["auto", "parquet", "webdataset", "folder"] = "auto"
     label_column: str = "label"
     image_column: str = "image"
+    label_type: Literal["auto", "name", "id"] = Field(
+        default="auto",
+        description="how source labels are read: as class names, as class ids, or `auto` "
+        "(either; a label that names one class and is the id of another is refused)",
+    )
     target: Literal["max"] | int | dict[str, int] = "max"
     max_rounds: int = Field(default=4, ge=1, le=20)
     overgenerate: float = Field(
@@ -253,6 +306,9 @@ class BalanceSpec(_Frozen):
             raise ValueError("target must be at least 1")
         if isinstance(v, dict) and any(n < 0 for n in v.values()):
             raise ValueError("per-class targets must not be negative")
+        values = [v] if isinstance(v, int) else list(v.values()) if isinstance(v, dict) else []
+        if any(n > MAX_COUNT_PER_CLASS for n in values):
+            raise ValueError(f"target: at most {MAX_COUNT_PER_CLASS} per class")
         return v
 
 
@@ -264,7 +320,7 @@ class Recipe(_Frozen):
     model: ModelSpec
     sampling: SamplingSpec = SamplingSpec()
     classes: list[ClassSpec] = Field(min_length=1)
-    count_per_class: int | None = Field(default=None, ge=1)
+    count_per_class: int | None = Field(default=None, ge=1, le=MAX_COUNT_PER_CLASS)
     scoring: ScoringSpec
     checks: ChecksSpec = ChecksSpec()
     validation: ValidationSpec = ValidationSpec()
@@ -280,12 +336,41 @@ class Recipe(_Frozen):
 
     @model_validator(mode="after")
     def _unique_classes(self) -> Recipe:
-        ids = [str(c.id) for c in self.classes]
-        names = [c.name for c in self.classes]
-        for what, values in (("id", ids), ("name", names)):
-            dupes = sorted({str(v) for v in values if values.count(v) > 1})
+        ids = Counter(str(c.id) for c in self.classes)
+        names = Counter(c.name for c in self.classes)
+        for what, seen in (("id", ids), ("name", names)):
+            dupes = sorted(v for v, n in seen.items() if n > 1)
             if dupes:
                 raise ValueError(f"classes: duplicate class {what}: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _bounded_total(self) -> Recipe:
+        if self.count_per_class is not None:
+            total = self.count_per_class * len(self.classes)
+            if total > MAX_PLANNED_SAMPLES:
+                raise ValueError(
+                    f"count_per_class: {self.count_per_class} x {len(self.classes)} classes = "
+                    f"{total} planned samples, over the maximum of {MAX_PLANNED_SAMPLES}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _utf8_everywhere(self) -> Recipe:
+        # Prompts are checked per class (naming it); this catches every other string,
+        # the negative prompt included, before a tokenizer or writer meets it.
+        stack: list[tuple[str, Any]] = [("", self.model_dump())]
+        while stack:
+            where, value = stack.pop()
+            if isinstance(value, str):
+                problem = utf8_problem(value)
+                if problem:
+                    raise ValueError(f"{where}: {problem}")
+            elif isinstance(value, dict):
+                stack += [(f"{where}.{k}".lstrip("."), v) for k, v in value.items()]
+                stack += [(f"{where} key", k) for k in value if isinstance(k, str)]
+            elif isinstance(value, list | tuple):
+                stack += [(f"{where}.{i}", v) for i, v in enumerate(value)]
         return self
 
     @property
@@ -301,11 +386,13 @@ class Recipe(_Frozen):
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    @cached_property
+    def classes_by_id(self) -> dict[int, ClassSpec]:
+        """Class id -> class, built once per recipe (lookups stay O(1) with many classes)."""
+        return {c.id: c for c in self.classes}
+
     def class_by_id(self, class_id: int) -> ClassSpec:
-        for c in self.classes:
-            if c.id == class_id:
-                return c
-        raise KeyError(class_id)
+        return self.classes_by_id[class_id]
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -333,11 +420,65 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def check_yaml_budget(
+    root: yaml.Node, max_nodes: int = MAX_YAML_NODES, max_depth: int = MAX_YAML_DEPTH
+) -> int:
+    """The number of nodes `root` expands to, counting each alias use in full; refuse more
+    than `max_nodes`, nesting deeper than `max_depth`, and recursive aliases.
+
+    Aliases share one parsed node, so the count is memoised per node: an alias bomb costs
+    its parsed size here, not its expanded size.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path: meeting one again is a cycle
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 0, False)]
+    while stack:
+        node, depth, finished = stack.pop()
+        nid = id(node)
+        if finished:
+            open_nodes.discard(nid)
+            size = 1 + sum(sizes[id(c)] for c in _children(node))
+            if size > max_nodes:
+                raise yaml.YAMLError(
+                    f"the document expands to more than {max_nodes} YAML nodes "
+                    f"(anchors and aliases counted in full), near {node.start_mark}"
+                )
+            sizes[nid] = size
+            continue
+        if nid in sizes:
+            continue
+        if nid in open_nodes:
+            raise yaml.YAMLError(f"recursive alias, near {node.start_mark}")
+        if depth > max_depth:
+            raise yaml.YAMLError(f"nested deeper than {max_depth} levels, near {node.start_mark}")
+        open_nodes.add(nid)
+        stack.append((node, depth, True))
+        stack += [(c, depth + 1, False) for c in _children(node) if id(c) not in sizes]
+    return sizes[id(root)]
+
+
 def safe_load(text: str) -> Any:
-    """`yaml.safe_load` that also refuses duplicate keys (any `!!python/...` tag is an error)."""
+    """`yaml.safe_load` that also refuses duplicate keys (any `!!python/...` tag is an error)
+    and documents that expand beyond MAX_YAML_NODES nodes or MAX_YAML_DEPTH levels.
+    """
     loader = _UniqueKeyLoader(text)
     try:
-        return loader.get_single_data()
+        try:
+            node = loader.get_single_node()  # type: ignore[no-untyped-call]
+        except RecursionError:
+            raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+        if node is None:
+            return None
+        check_yaml_budget(node)
+        return loader.construct_document(node)  # type: ignore[no-untyped-call]
     finally:
         loader.dispose()  # type: ignore[no-untyped-call]
 
@@ -366,7 +507,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cwd: Path) -> di
     Lists are addressed by index (`classes.0.prompts`). Path fields given on the command
     line are relative to the current directory, so they are made absolute here.
     """
-    out = json.loads(json.dumps(data))
+    out = _plain_copy(data)
     for item in overrides:
         parts, value = parse_override(item)
         node: Any = out
@@ -382,6 +523,42 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cwd: Path) -> di
         else:
             raise RecipeError(f"--set {'.'.join(parts)}: {'.'.join(parts[:-1])} is not a mapping")
     return out
+
+
+def _plain_copy(data: Any) -> Any:
+    """A deep copy of parsed YAML as plain dicts and lists, mapping keys made strings as JSON
+    would make them. Iterative and bounded: a dict handed in by code (not read by safe_load)
+    that expands beyond MAX_YAML_NODES, or refers to itself, is refused.
+    """
+    if not isinstance(data, dict | list | tuple):
+        return data
+    root: Any = {} if isinstance(data, dict) else []
+    stack: list[tuple[Any, Any]] = [(data, root)]
+    copied = 0
+    while stack:
+        src, dst = stack.pop()
+        copied += len(src)
+        if copied > MAX_YAML_NODES:
+            raise RecipeError(
+                f"the recipe expands to more than {MAX_YAML_NODES} values (or refers to itself)"
+            )
+        items = src.items() if isinstance(src, dict) else enumerate(src)
+        for k, v in items:
+            if isinstance(v, dict | list | tuple):
+                child: Any = {} if isinstance(v, dict) else []
+                stack.append((v, child))
+                v = child
+            if isinstance(dst, dict):
+                dst[_json_key(k)] = v
+            else:
+                dst.append(v)
+    return root
+
+
+def _json_key(key: Any) -> str:
+    if key is True or key is False or key is None:
+        return json.dumps(key)
+    return key if isinstance(key, str) else str(key)
 
 
 def _index(node: list[Any], part: str, parts: list[str]) -> int:
@@ -425,7 +602,11 @@ def recipe_from_dict(data: Any, source: str = "<recipe>") -> Recipe:
 def read_recipe_dict(path: Path) -> dict[str, Any]:
     """Read a recipe file with a safe loader that also refuses duplicate keys and tags."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: recipe file is larger than {MAX_RECIPE_BYTES} bytes")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

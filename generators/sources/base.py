@@ -6,6 +6,7 @@ import io
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class SourceError(ValueError):
@@ -27,6 +28,11 @@ def check_image(data: bytes, where: str) -> None:
             img.load()
     except Exception as exc:
         raise SourceError(f"{where}: unreadable image: {exc}") from None
+
+
+def inside_root(path: Path, root: Path) -> bool:
+    """Whether the resolved `path` is `root` or lies under it (both already resolved)."""
+    return path == root or path.is_relative_to(root)
 
 
 class Source(ABC):

@@ -2,25 +2,68 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from synthgen.generators.sources.base import Source, SourceError, SourceRecord, check_image
+from synthgen.generators.sources.base import (
+    Source,
+    SourceError,
+    SourceRecord,
+    check_image,
+    inside_root,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 class FolderSource(Source):
+    """Class folders under `root`, walked in name order.
+
+    A symbolic link (class folder, sub-folder or file) is followed only when it resolves
+    inside `root`; one that leads out of it is refused by name. Within a class, a folder
+    reached twice through links is walked once, so a link loop ends.
+    """
+
     def __init__(self, root: Path):
         self.root = root
         self.description = f"image folder {root}"
         if not root.is_dir():
             raise SourceError(f"{root}: source folder not found")
+        self.real_root = root.resolve()
+
+    def _checked(self, path: Path) -> Path:
+        """`path` resolved, or SourceError if it is a link leading out of the source root."""
+        real = path.resolve()
+        if not inside_root(real, self.real_root):
+            raise SourceError(
+                f"{path}: symbolic link to {real} leads out of the source folder {self.root}"
+            )
+        return real
+
+    def _files(self, folder: Path, seen: set[Path]) -> Iterator[Path]:
+        real = self._checked(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            path = folder / entry.name
+            if entry.is_symlink():
+                self._checked(path)
+            if entry.is_dir():
+                yield from self._files(path, seen)
+            elif entry.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                yield path
 
     def records(self) -> Iterator[SourceRecord]:
-        for class_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for f in sorted(class_dir.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    rel = f.relative_to(self.root).as_posix()
-                    check_image(f.read_bytes(), str(f))
-                    yield SourceRecord(rel, class_dir.name)
+        for class_dir in sorted(self.root.iterdir()):
+            if class_dir.is_symlink():
+                self._checked(class_dir)
+            if not class_dir.is_dir():
+                continue
+            for f in self._files(class_dir, set()):
+                rel = f.relative_to(self.root).as_posix()
+                check_image(f.read_bytes(), str(f))
+                yield SourceRecord(rel, class_dir.name)

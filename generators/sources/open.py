@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from synthgen.generators.sources.base import Source, SourceError, SourceRecord
 from synthgen.generators.sources.folder_source import FolderSource
@@ -37,17 +39,35 @@ def open_source(spec: BalanceSpec, source: str) -> Source:
     return FolderSource(path)
 
 
-def label_resolver(recipe: Recipe) -> Callable[[str], int | None]:
-    """Source label -> class id: by class name first, then by class id written as a number."""
-    by_name = {c.name: c.id for c in recipe.classes}
-    ids = {c.id for c in recipe.classes}
+_ID = re.compile(r"[0-9]{1,18}")
+
+
+def label_resolver(
+    recipe: Recipe, label_type: Literal["auto", "name", "id"] | None = None
+) -> Callable[[str], int | None]:
+    """Source label -> class id, or None for a label that is no class.
+
+    `label_type` (default: the recipe's `balance.label_type`, else `auto`): `name` reads a
+    label as a class name only, `id` as a class id (a decimal number) only, `auto` as
+    either — and refuses, with SourceError, a label that is the name of one class and the
+    id of another, rather than pick one silently.
+    """
+    if label_type is None:
+        label_type = recipe.balance.label_type if recipe.balance is not None else "auto"
+    by_name = {c.name: c for c in recipe.classes}
+    by_id = recipe.classes_by_id
 
     def resolve(label: str) -> int | None:
-        if label in by_name:
-            return by_name[label]
-        if label.lstrip("-").isdigit() and int(label) in ids:
-            return int(label)
-        return None
+        named = by_name.get(label) if label_type != "id" else None
+        numbered = by_id.get(int(label)) if label_type != "name" and _ID.fullmatch(label) else None
+        if named is not None and numbered is not None and named.id != numbered.id:
+            raise SourceError(
+                f"label {label!r} is ambiguous: it is the name of class {named.id} "
+                f"({named.name!r}) and the id of class {numbered.id} ({numbered.name!r}); "
+                "set balance.label_type to `name` or `id`"
+            )
+        found = named if named is not None else numbered
+        return None if found is None else found.id
 
     return resolve
 
@@ -57,13 +77,17 @@ def read_histogram(
 ) -> dict[int, int]:
     """Stream the source once: per class id counts; `sink` sees every (record, class id).
 
-    Raises SourceError for an empty source or labels absent from the recipe's classes.
+    Raises SourceError for an empty source, labels absent from the recipe's classes, or a
+    label that `balance.label_type: auto` cannot read unambiguously (see `label_resolver`).
     """
     resolve = label_resolver(recipe)
     counts: Counter[int] = Counter()
     unknown: Counter[str] = Counter()
     for record in source.records():
-        class_id = resolve(record.label)
+        try:
+            class_id = resolve(record.label)
+        except SourceError as exc:
+            raise SourceError(f"{source.description}: {record.reference}: {exc}") from None
         if class_id is None:
             unknown[record.label] += 1
             continue

@@ -5,10 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from synthgen.generators.sources.base import Source, SourceError, SourceRecord, check_image
+from synthgen.generators.sources.base import (
+    Source,
+    SourceError,
+    SourceRecord,
+    check_image,
+    inside_root,
+)
 
 
 class ParquetSource(Source):
+    """One Parquet file, or every `*.parquet` in a folder (links must stay inside it).
+
+    Images are read from the bytes in the image column only: a `path` beside them (the
+    Hugging Face `Image` struct) is never opened, so rows cannot point at other files.
+    """
+
     def __init__(self, path: Path, label_column: str, image_column: str):
         self.path = path
         self.label_column = label_column
@@ -17,6 +29,17 @@ class ParquetSource(Source):
         self.files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
         if not self.files:
             raise SourceError(f"{path}: no .parquet files")
+        if path.is_dir():
+            # a folder's files must be its own: no link out of it, nothing but regular files
+            root = path.resolve()
+            for f in self.files:
+                if f.is_symlink() and not inside_root(f.resolve(), root):
+                    raise SourceError(
+                        f"{f}: symbolic link to {f.resolve()} leads out of the source folder"
+                    )
+        for f in self.files:
+            if not f.is_file():
+                raise SourceError(f"{f}: not a regular file")
 
     def records(self) -> Iterator[SourceRecord]:
         import pyarrow.parquet as pq

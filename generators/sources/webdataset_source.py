@@ -5,8 +5,15 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
-from synthgen.generators.sources.base import Source, SourceError, SourceRecord, check_image
+from synthgen.generators.sources.base import (
+    Source,
+    SourceError,
+    SourceRecord,
+    check_image,
+    inside_root,
+)
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 
@@ -21,15 +28,29 @@ def expand_pattern(pattern: str) -> list[str]:
 
 
 class WebDatasetSource(Source):
+    """Local shards only. Each is handed to webdataset as an absolute path, so no name is
+    ever read as a `pipe:` or other URL scheme; a shard that is a symbolic link must resolve
+    inside its own folder (the folder the pattern names), or it is refused by name.
+    """
+
     def __init__(self, pattern: str):
         self.pattern = pattern
         self.description = f"WebDataset {pattern}"
-        self.urls = expand_pattern(pattern)
-        if not self.urls:
+        urls = expand_pattern(pattern)
+        if not urls:
             raise SourceError(f"{pattern}: no shards match")
-        missing = [u for u in self.urls if not os.path.isfile(u)]
+        missing = [u for u in urls if not os.path.isfile(u)]
         if missing:
             raise SourceError(f"{pattern}: shard {missing[0]} not found")
+        for u in urls:
+            path = Path(os.path.abspath(u))
+            if path.is_symlink():
+                real = path.resolve()
+                if not inside_root(real, path.parent.resolve()):
+                    raise SourceError(
+                        f"{u}: symbolic link to {real} leads out of the shard folder {path.parent}"
+                    )
+        self.urls = [os.path.abspath(u) for u in urls]
 
     def records(self) -> Iterator[SourceRecord]:
         import webdataset as wds

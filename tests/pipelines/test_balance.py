@@ -194,3 +194,52 @@ def test_unfillable_class_fails_naming_it(tmp_path: Path, model_dir: Path) -> No
             show_progress=False,
         )
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+# -- labels that name one class and number another (issue 18, defect 1) ----------------------
+
+SWAPPED = [
+    {"id": 0, "name": "1", "prompts": ["a handwritten digit 1"]},
+    {"id": 1, "name": "0", "prompts": ["a handwritten digit 0"]},
+]
+
+
+def _swapped_recipe(tmp: Path, model_dir: Path, source: Path, **balance: object) -> Path:
+    data = tiny_recipe_dict(model_dir, classes=SWAPPED)
+    del data["count_per_class"]
+    data["output"] = {"shard_size": 4}
+    data["checks"] = {"clip_score": None}
+    data["balance"] = {"source": str(source), "target": "max", **balance}
+    return write_recipe(tmp / "swapped.yaml", data)
+
+
+def _int_labels(path: Path) -> Path:
+    rows = [{"label": lab, "image": _png(i)} for i, lab in enumerate([0, 0, 0, 0, 0, 1])]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_ambiguous_labels_refused_before_any_output(tmp_path: Path, model_dir: Path) -> None:
+    source = _int_labels(tmp_path / "d.parquet")
+    with pytest.raises(
+        SourceError,
+        match=r"label '0' is ambiguous: it is the name of class 1 \('0'\) "
+        r"and the id of class 0 \('1'\)",
+    ):
+        run_build(_swapped_recipe(tmp_path, model_dir, source), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_type_id_keeps_real_labels_and_tops_up_the_right_class(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    source = _int_labels(tmp_path / "d.parquet")
+    recipe = _swapped_recipe(tmp_path, model_dir, source, label_type="id")
+    run_build(recipe, tmp_path / "out", show_progress=False)
+    df = pd.read_parquet(tmp_path / "out" / "balanced.parquet")
+    real = df[df.source == "real"].sort_values("reference")
+    assert list(real.label) == [0, 0, 0, 0, 0, 1]
+    assert list(real.class_name) == ["1", "1", "1", "1", "1", "0"]
+    synthetic = df[df.source == "synthetic"]
+    assert synthetic.groupby("label").size().to_dict() == {1: 4}
+    assert set(synthetic.class_name) == {"0"}

@@ -1,0 +1,70 @@
+"""Bounds on the numbers in a provenance record, before anything is loaded or allocated.
+
+`regenerate` rebuilds a sample from provenance alone, so a tampered or corrupt record
+(`compute_batch: 200000`, `width: 10**6`) would otherwise reach the model as an allocation.
+The limits are the recipe schema's own (its pydantic field constraints), read from the
+fields rather than repeated here, so they cannot drift from what a build accepts.
+"""
+
+from __future__ import annotations
+
+import numbers
+from functools import cache
+from typing import Annotated, Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from synthgen.schemas.recipe import ModelSpec, Recipe, SamplingSpec, utf8_problem
+
+# provenance field -> (recipe model, field name) whose constraints bound it. The per-sample
+# seed is bounded like the recipe seed: both are 63-bit.
+BOUNDED_FIELDS: dict[str, tuple[type[BaseModel], str]] = {
+    "steps": (SamplingSpec, "steps"),
+    "guidance_scale": (SamplingSpec, "guidance_scale"),
+    "width": (SamplingSpec, "width"),
+    "height": (SamplingSpec, "height"),
+    "compute_batch": (ModelSpec, "compute_batch"),
+    "seed": (Recipe, "seed"),
+}
+TEXT_FIELDS = ("prompt", "negative_prompt")
+
+
+@cache
+def _adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    info = model.model_fields[name]
+    constrained: Any = Annotated[(info.annotation, *info.metadata)]  # type: ignore[valid-type]
+    return TypeAdapter(constrained)
+
+
+def check_provenance_bounds(prov: dict[str, Any]) -> None:
+    """Raise ValueError naming the first field that is missing, of the wrong type, or outside
+    the recipe schema's limits (steps, guidance_scale, width, height, compute_batch, seed),
+    or a prompt that is not valid UTF-8.
+    """
+    for field, (model, name) in BOUNDED_FIELDS.items():
+        if field not in prov:
+            raise ValueError(f"provenance {field}: missing")
+        value = prov[field]
+        # numbers.* so numpy scalars from a Parquet row count; bool is no number here
+        wants_int = model.model_fields[name].annotation is int
+        kind = numbers.Integral if wants_int else numbers.Real
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(
+                f"provenance {field}: expected {'an integer' if wants_int else 'a number'}, "
+                f"got {value!r}"
+            )
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
+        try:
+            _adapter(model, name).validate_python(value)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise ValueError(
+                f"provenance {field}: {value!r} is outside the recipe's limits: {msg}"
+            ) from None
+    for field in TEXT_FIELDS:
+        value = prov.get(field)
+        if not isinstance(value, str):
+            raise ValueError(f"provenance {field}: expected text, got {value!r}")
+        problem = utf8_problem(value)
+        if problem:
+            raise ValueError(f"provenance {field}: {problem}")

@@ -1,0 +1,374 @@
+"""Random-weight pipelines of every supported family, built offline (no hub, no downloads).
+
+Each builder makes the components the way diffusers' own fast tests do (`get_dummy_components`)
+and returns an assembled pipeline; `save_snapshot` writes it as a standard diffusers folder
+(safetensors only). Sizes are parameters: tests use tiny ones, benchmarks the published ones.
+The tokenizers are made here too: CLIP's from open_clip's bundled BPE vocabulary
+(`sd_layout.write_clip_tokenizer`), T5's trained on a few words with the `tokenizers` library.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthgen.generators.sd_layout import write_clip_tokenizer
+
+__all__ = [
+    "BUILDERS",
+    "TinySizes",
+    "build_flux",
+    "build_pixart_sigma",
+    "build_sd",
+    "build_sd3",
+    "build_sdxl",
+    "save_snapshot",
+    "write_t5_tokenizer",
+]
+
+_T5_WORDS = (
+    "a an the of photo picture handwritten digit number zero one two three four five six "
+    "seven eight nine cat dog car tree red green blue blurry sharp 0 1 2 3 4 5 6 7 8 9 "
+    "abcdefghijklmnopqrstuvwxyz"
+)
+
+
+@dataclass(frozen=True)
+class TinySizes:
+    """Widths shared by the tiny builders (diffusers' test sizes)."""
+
+    text_hidden: int = 32
+    text_layers: int = 2
+    text_heads: int = 4
+    max_text_tokens: int = 77
+    t5_vocab: int = 128
+
+
+def write_t5_tokenizer(folder: Path) -> None:
+    """A tiny T5 tokenizer (`tokenizer.json` only) trained offline on a fixed word list."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import T5Tokenizer
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = UnigramTrainer(
+        vocab_size=96, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
+    tok.train_from_iterator([_T5_WORDS] * 8, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    wrapped = T5Tokenizer(
+        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0
+    )
+    wrapped.save_pretrained(str(folder))
+
+
+def _clip_tokenizer(max_length: int) -> Any:
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(Path(tmp), max_length)
+        return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
+
+
+def _t5_tokenizer() -> Any:
+    from transformers import T5Tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_t5_tokenizer(Path(tmp))
+        return T5Tokenizer.from_pretrained(tmp, local_files_only=True)
+
+
+def _clip_text(s: TinySizes, projection: bool = False, projection_dim: int = 32) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=s.text_hidden,
+        intermediate_size=37,
+        num_hidden_layers=s.text_layers,
+        num_attention_heads=s.text_heads,
+        max_position_embeddings=s.max_text_tokens,
+        projection_dim=projection_dim,
+        hidden_act="gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _t5(s: TinySizes, d_model: int = 32) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=s.t5_vocab,
+            d_model=d_model,
+            d_ff=37,
+            d_kv=8,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+
+
+def _vae(blocks: tuple[int, ...], latent: int, flow: bool = False) -> Any:
+    from diffusers import AutoencoderKL
+
+    extra: dict[str, Any] = {}
+    if flow:  # SD3 / Flux VAEs: no quant convs, shifted latents
+        extra = dict(
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.0609,
+            scaling_factor=1.5035,
+        )
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        block_out_channels=blocks,
+        layers_per_block=1,
+        latent_channels=latent,
+        norm_num_groups=1 if flow else min(blocks[0], 4),
+        sample_size=32,
+        **extra,
+    )
+
+
+def _tiny_safety_checker() -> tuple[Any, Any]:
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    extractor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return checker, extractor
+
+
+def build_sd(
+    prediction_type: str = "epsilon", safety_checker: bool = True, s: TinySizes = TinySizes()
+) -> Any:
+    """Stable Diffusion 1.x/2.x (`StableDiffusionPipeline`), optionally with its safety checker."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=s.text_hidden,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    # A stock SD 1.5 snapshot ships PNDM; SD 2.x (v-prediction) DDIM-style configs.
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    checker, extractor = _tiny_safety_checker() if safety_checker else (None, None)
+    return StableDiffusionPipeline(
+        vae=_vae((8, 16), 4),
+        text_encoder=_clip_text(s),
+        tokenizer=_clip_tokenizer(s.max_text_tokens),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=checker,
+        feature_extractor=extractor,
+        requires_safety_checker=safety_checker,
+    )
+
+
+def build_sdxl(s: TinySizes = TinySizes()) -> Any:
+    """SDXL (`StableDiffusionXLPipeline`): two CLIP encoders, pooled embeds, size conditioning."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    proj = 32
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=8 * 6 + proj,
+        cross_attention_dim=2 * s.text_hidden,
+        norm_num_groups=1,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        steps_offset=1,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae((8, 16), 4),
+        text_encoder=_clip_text(s),
+        text_encoder_2=_clip_text(s, projection=True, projection_dim=proj),
+        tokenizer=_clip_tokenizer(s.max_text_tokens),
+        tokenizer_2=_clip_tokenizer(s.max_text_tokens),
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def build_sd3(with_t5: bool = True, s: TinySizes = TinySizes()) -> Any:
+    """SD3 (`StableDiffusion3Pipeline`, MMDiT, flow matching); the T5 encoder is optional."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    transformer = SD3Transformer2DModel(
+        sample_size=32,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae((4,), 4, flow=True),
+        text_encoder=_clip_text(s, projection=True),
+        tokenizer=_clip_tokenizer(s.max_text_tokens),
+        text_encoder_2=_clip_text(s, projection=True),
+        tokenizer_2=_clip_tokenizer(s.max_text_tokens),
+        text_encoder_3=_t5(s) if with_t5 else None,
+        tokenizer_3=_t5_tokenizer() if with_t5 else None,
+    )
+
+
+def build_flux(s: TinySizes = TinySizes()) -> Any:
+    """Flux (`FluxPipeline`): guidance-distilled, CLIP pooled + T5 sequence, packed latents."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=s.text_hidden,
+        axes_dims_rope=(4, 4, 8),
+        guidance_embeds=True,
+    )
+    return FluxPipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
+        vae=_vae((4,), 1, flow=True),
+        text_encoder=_clip_text(s),
+        tokenizer=_clip_tokenizer(s.max_text_tokens),
+        text_encoder_2=_t5(s),
+        tokenizer_2=_t5_tokenizer(),
+    )
+
+
+def build_pixart_sigma(s: TinySizes = TinySizes()) -> Any:
+    """PixArt-Σ (`PixArtSigmaPipeline`): a DiT with a T5 text encoder."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    transformer = PixArtTransformer2DModel(
+        sample_size=8,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    return PixArtSigmaPipeline(
+        tokenizer=_t5_tokenizer(),
+        text_encoder=_t5(s),
+        vae=_vae((8, 16), 4),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+
+
+BUILDERS: dict[str, Callable[[], Any]] = {
+    "sd": build_sd,
+    "sd-v": lambda: build_sd(prediction_type="v_prediction", safety_checker=False),
+    "sdxl": build_sdxl,
+    "sd3": build_sd3,
+    "flux": build_flux,
+    "pixart-sigma": build_pixart_sigma,
+}
+
+
+def save_snapshot(family: str, folder: Path, seed: int = 0, variant: str | None = None) -> Path:
+    """Build `family` with seeded random weights and save it as a diffusers folder."""
+    import torch
+
+    torch.manual_seed(seed)
+    pipe = BUILDERS[family]()
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(folder), safe_serialization=True, variant=variant)
+    return folder
