@@ -8,12 +8,9 @@ from typing import Any
 
 from synthgen.generators.handler import GenerationSettings, generate_batch
 from synthgen.generators.model_folder import ModelFolderError, load_pipeline
+from synthgen.generators.provenance_bounds import check_provenance_bounds
 from synthgen.schemas.records import GenerationRequest
 from synthgen.storage.hashing import folder_sha256
-
-# Bounds on provenance numbers, so a tampered record cannot ask for unbounded work.
-MAX_COMPUTE_BATCH = 1024
-MAX_STEPS = 1000
 
 
 def _loads(value: Any) -> Any:
@@ -25,9 +22,9 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
     encoding = _loads(prov["image_encoding"])
     # Options beyond the classic ones; absent from older records (then: the defaults).
     options = _loads(prov.get("generation_options") or {}) or {}
+    # A tampered record cannot ask for unbounded work: the recipe schema's own limits.
+    check_provenance_bounds(prov)
     compute_batch, steps = int(prov["compute_batch"]), int(prov["steps"])
-    if not (1 <= compute_batch <= MAX_COMPUTE_BATCH and 1 <= steps <= MAX_STEPS):
-        raise ValueError(f"provenance asks for compute_batch {compute_batch}, steps {steps}")
     return GenerationSettings(
         model_path=str(prov["model_path"]),
         scheduler=str(prov["scheduler"]),

@@ -157,7 +157,7 @@ def _quiet_environment() -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """The plan of a recipe from the recipe alone: no model is loaded, nothing is written."""
-    from synthgen.generators.planning import plan
+    from synthgen.generators.planning import count_planned, plan_shard, shard_ids
     from synthgen.schemas.recipe import load_recipe
 
     recipe, _ = load_recipe(args.recipe, args.overrides)
@@ -168,15 +168,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"(target {recipe.balance.target}, up to {recipe.balance.max_rounds} round(s))"
         )
         return EXIT_OK
-    requests = plan(recipe)
-    shards = sorted({r.shard for r in requests})
+    shards = shard_ids(recipe)
     print(
-        f"{len(requests)} samples in {len(shards)} shard(s) of up to "
+        f"{count_planned(recipe)} samples in {len(shards)} shard(s) of up to "
         f"{recipe.output.shard_size}; {recipe.sampling.width}x{recipe.sampling.height}, "
         f"{recipe.sampling.steps} steps, scheduler {recipe.sampling.scheduler}"
     )
     shown: dict[int, int] = {}
-    for r in requests:
+    for r in plan_shard(recipe, shards[0]) if shards else []:
         if shown.get(r.class_label, 0) < args.examples:
             if not shown.get(r.class_label):
                 print(f"class {r.class_label} {r.class_name}: {recipe.count_per_class} samples")

@@ -24,7 +24,8 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from synthgen.generators.planning import check_unique_keys, plan
+from synthgen.generators.planning import count_planned
+from synthgen.generators.planning import shard_ids as planned_shards
 from synthgen.pipelines.context import BuildContext
 from synthgen.pipelines.output import (
     BuildError,
@@ -239,33 +240,46 @@ class BuildSession:
         4. every shard must now be finished, or the build is incomplete
         """
         assert self.ctx is not None, "open() first"
-        requests = plan(self.recipe, **plan_round.plan_kwargs())
-        check_unique_keys(requests)
-        for r in requests:
-            self._planned_per_class[r.class_name] = self._planned_per_class.get(r.class_name, 0) + 1
-        shard_ids = sorted({r.shard for r in requests})
+        kw = plan_round.plan_kwargs()
+        total = count_planned(self.recipe, **kw)
+        shard_ids = list(planned_shards(self.recipe, **kw))
+        for name, n in self._per_class(plan_round).items():
+            self._planned_per_class[name] = self._planned_per_class.get(name, 0) + n
         done = self._finished(shard_ids)
         todo = [s for s in shard_ids if s not in done]
         if done:
             logger.info("resuming: reusing %d finished shard(s), building %d", len(done), len(todo))
         metrics: dict[str, int] = {}
         if todo:
-            metrics = self._run_pipeline(plan_round, todo, sorted(done), len(requests))
+            metrics = self._run_pipeline(plan_round, todo, sorted(done), total)
         stats = [done.get(s) or finished_shard(self.out, s, self.recipe_hashes) for s in shard_ids]
         missing = [s for s, st in zip(shard_ids, stats, strict=True) if st is None]
         if missing:
             raise BuildError(f"{self.out}: build incomplete: shard(s) {missing} were not written")
-        todo_set = set(todo)
+        size = self.recipe.output.shard_size
+        first = plan_round.shard_offset
         outcome = RoundOutcome(
             out=self.out,
             plan_round=plan_round,
             stats=[s for s in stats if s is not None],
             reused=sorted(done),
-            generated_now=sum(1 for r in requests if r.shard in todo_set),
+            generated_now=sum(min(size, total - (s - first) * size) for s in todo),
             metrics=metrics,
         )
         self.rounds.append(outcome)
         return outcome
+
+    def _per_class(self, plan_round: PlanRound) -> dict[str, int]:
+        """Samples planned per class name in one round, without planning them."""
+        names = {c.id: c.name for c in self.recipe.classes}
+        if plan_round.counts is None:
+            return {c.name: self.recipe.count_per_class or 0 for c in self.recipe.classes}
+        out = {}
+        for class_id, end in plan_round.counts.items():
+            n = end - plan_round.start.get(class_id, 0)
+            if n > 0:
+                out[names[class_id]] = n
+        return out
 
     def _finished(self, shard_ids: list[int]) -> dict[int, ShardStats]:
         done: dict[int, ShardStats] = {}
