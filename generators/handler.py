@@ -12,6 +12,7 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from synthgen.schemas.batches import padded_chunks
 from synthgen.schemas.records import GenerationRequest, Sample
 from synthgen.storage.images import encode_image, to_uint8
 
@@ -43,6 +44,9 @@ class GenerationSettings:
     vae_slicing: bool = False
     vae_tiling: bool = False
     max_sequence_length: int | None = None
+    # The pipeline class, known before loading; a shared model copy is a proxy whose own
+    # type says nothing about the pipeline behind it.
+    pipeline_class: str | None = None
 
     def generation_options(self) -> dict[str, Any]:
         """The settings beyond the classic ones that change what is computed (provenance)."""
@@ -69,15 +73,13 @@ def generate_batch(
     from synthgen.generators.families import FAMILIES, call_kwargs
     from synthgen.storage.faults import maybe_fault
 
-    family = FAMILIES[type(pipe).__name__]
+    family = FAMILIES[settings.pipeline_class or type(pipe).__name__]
     for r in requests:
         maybe_fault("generate", r.key)
     pending: list[Any] = []
     encoder = _encoder()
-    n = settings.compute_batch
-    for start in range(0, len(requests), n):
-        chunk = list(requests[start : start + n])
-        padded = chunk + [chunk[-1]] * (n - len(chunk))
+    for padded, real in padded_chunks(requests, settings.compute_batch):
+        chunk = padded[:real]
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in padded]
         # 1. classifier-free guidance only when the scale asks for it and the family has it
         #    (Flux is guidance-distilled: its guidance_scale is an embedding, no negatives).

@@ -27,6 +27,7 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
     compute_batch, steps = int(prov["compute_batch"]), int(prov["steps"])
     return GenerationSettings(
         model_path=str(prov["model_path"]),
+        pipeline_class=str(prov["pipeline_class"]),
         scheduler=str(prov["scheduler"]),
         steps=steps,
         guidance_scale=float(prov["guidance_scale"]),

@@ -6,7 +6,6 @@ Nothing here loads a model; every check that can fail does so before any output 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,10 @@ from synthgen.generators.model_folder import ModelFolder, check_sampling, inspec
 from synthgen.pipelines.context import BuildContext, canonical_json, library_versions
 from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import Recipe, RecipeError, resolve_path
+from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.hashing import folder_sha256
-from synthgen.validators.clip_folder import ClipFolder, check_clip_folder, clip_sha256
-
-
-def _clip_prefix(model_name: str) -> str:
-    return "clip_" + re.sub(r"[^a-z0-9]+", "_", model_name.lower()).strip("_")
+from synthgen.validators.scorers.base import Scorer
+from synthgen.validators.scoring import build_scorers, score_columns, scorer_provenance
 
 
 @dataclass(frozen=True)
@@ -31,22 +28,25 @@ class ResolvedRecipe:
 
     recipe: Recipe
     model_path: Path
-    clip: ClipFolder
+    scorers: tuple[Scorer, ...]
     balance_source: str | None = None  # resolved path or shard pattern of a balance source
     model: ModelFolder | None = None  # the checked diffusers folder (family, components)
     scheduler_config: dict[str, Any] | None = None  # the effective one, dry-run checked
 
     @property
-    def clip_column(self) -> str:
-        return _clip_prefix(self.clip.name) + "_score"
+    def score_columns(self) -> tuple[ScoreColumn, ...]:
+        """Every column the recipe's scorers write, as they declare them."""
+        return tuple(score_columns(self.scorers))
 
-    @property
-    def margin_column(self) -> str:
-        return _clip_prefix(self.clip.name) + "_label_margin"
+    def identity(self) -> dict[str, str]:
+        """What the recipe's paths point at: the model's content hash and each scorer's.
 
-    @property
-    def score_columns(self) -> tuple[str, ...]:
-        return (self.clip_column, self.margin_column)
+        A resumed build must find the same identity (the recipe hash covers paths only)."""
+        out = {"model_sha256": folder_sha256(self.model_path)}
+        for p in scorer_provenance(self.scorers):
+            if p.get("sha256"):
+                out[f"scorer_{p['name']}_sha256"] = str(p["sha256"])
+        return out
 
 
 def check_model(recipe: Recipe, model_path: Path) -> tuple[ModelFolder, dict[str, Any]]:
@@ -97,7 +97,7 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     """Check the recipe's model folders; raises ModelFolderError naming the problem."""
     model_path = resolve_path(base_dir, recipe.model.path)
     model, sched = check_model(recipe, model_path)
-    clip = check_clip_folder(resolve_path(base_dir, recipe.scoring.clip_model))
+    scorers = tuple(build_scorers(recipe, base_dir))
     source = None
     if recipe.balance is not None:
         from synthgen.generators.sources.open import open_source
@@ -111,7 +111,7 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     return ResolvedRecipe(
         recipe=recipe,
         model_path=model_path,
-        clip=clip,
+        scorers=scorers,
         balance_source=source,
         model=model,
         scheduler_config=sched,
@@ -124,14 +124,6 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
     device = r.model.device
     if device == "cpu":
         device = f"cpu:threads={r.model.cpu_threads}"
-    scorers = [
-        {
-            "name": resolved.clip.name,
-            "column": resolved.score_columns[0],
-            "sha256": clip_sha256(resolved.clip),
-            "library": "open_clip_torch",
-        }
-    ]
     return BuildContext(
         recipe_name=r.name,
         recipe_hash=r.hash,
@@ -155,8 +147,9 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
                 "quality": r.output.quality,
             }
         ),
-        scorers=canonical_json(scorers),
+        scorers=canonical_json(scorer_provenance(resolved.scorers)),
         library_versions=canonical_json(library_versions()),
+        generation_options=canonical_json(generation_settings(resolved).generation_options()),
         created_at=created_at,
     )
 
@@ -182,6 +175,7 @@ def generation_settings(resolved: ResolvedRecipe) -> GenerationSettings:
         vae_slicing=r.model.vae_slicing,
         vae_tiling=r.model.vae_tiling,
         max_sequence_length=r.sampling.max_sequence_length,
+        pipeline_class=resolved.model.class_name if resolved.model else None,
         image_format=r.output.image_format,
         png_compress_level=r.output.png_compress_level,
         quality=r.output.quality,

@@ -18,14 +18,12 @@ from synthgen.pipelines.transforms import (
     METRICS_NAMESPACE,
     DecideSamples,
     GenerateSamples,
-    GlobalChecks,
     WriteShards,
 )
-from synthgen.schemas.manifest import PlanRound, shard_files
-from synthgen.schemas.records import SampleFeatures
-from synthgen.validators.base import Check
-from synthgen.validators.checks.odd_size import OddSize
-from synthgen.validators.checks.threshold import ScoreThreshold
+from synthgen.pipelines.writer import reused_features
+from synthgen.schemas.manifest import PlanRound
+from synthgen.validators.build_checks import make_checks
+from synthgen.validators.scoring import ScoreSamples
 
 logger = logging.getLogger(__name__)
 
@@ -49,61 +47,6 @@ def beam_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
-def reused_features(
-    out: Path, shards: list[int], score_columns: tuple[str, ...]
-) -> list[SampleFeatures]:
-    """What build-wide checks need of the samples in earlier shards, read from their Parquet."""
-    import pyarrow.parquet as pq
-
-    feats: list[SampleFeatures] = []
-    columns = ["key", "class_label", "image_sha256", "phash", *score_columns]
-    for shard in shards:
-        table = pq.read_table(out / shard_files(shard)[1], columns=columns)
-        for row in table.to_pylist():
-            feats.append(
-                SampleFeatures(
-                    key=row["key"],
-                    class_label=row["class_label"],
-                    image_sha256=row["image_sha256"],
-                    phash=row["phash"],
-                    scores={c: (float("nan") if row[c] is None else row[c]) for c in score_columns},
-                )
-            )
-    return feats
-
-
-# check name -> (score column, keep samples above the threshold?)
-def _threshold_columns(resolved: ResolvedRecipe) -> dict[str, tuple[str, bool]]:
-    return {
-        "dark": ("brightness", True),
-        "light": ("brightness", False),
-        "blurry": ("sharpness", True),
-        "low_information": ("entropy", True),
-        "clip_score": (resolved.clip_column, True),
-        "label_margin": (resolved.margin_column, True),
-    }
-
-
-def make_checks(resolved: ResolvedRecipe) -> tuple[list[Check], GlobalChecks]:
-    """Per-sample checks in reporting order, and the build-wide ones."""
-    spec = resolved.recipe.checks
-    sampling = resolved.recipe.sampling
-    checks: list[Check] = []
-    if spec.odd_size:
-        checks.append(OddSize(sampling.width, sampling.height))
-    quantiles: dict[str, tuple[str, float]] = {}
-    for name, (column, keep_above) in _threshold_columns(resolved).items():
-        threshold = getattr(spec, name)
-        if threshold is None:
-            continue
-        q = threshold.per_class_quantile
-        checks.append(ScoreThreshold(name, column, threshold.absolute, keep_above, quantile=q))
-        if q is not None:
-            quantiles[name] = (column, q)
-    near = spec.near_duplicate.max_distance if spec.near_duplicate else None
-    return checks, GlobalChecks(spec.exact_duplicate, near, quantiles)
-
-
 def run_shards(
     resolved: ResolvedRecipe,
     ctx: BuildContext,
@@ -125,20 +68,12 @@ def run_shards(
     3. one pipeline: shard ids -> samples -> decided samples -> shard files
     4. run it with a progress display; a runner that does not finish DONE is a failure
     """
-    from synthgen.validators.clip_scorer import ClipScoreHandler
-
     r = resolved.recipe
+    columns = resolved.score_columns
     generate = generation_handler(resolved)
-    score = ClipScoreHandler(
-        str(resolved.clip.config.parent),
-        resolved.clip.name,
-        r.model.device,
-        r.scoring.batch_size,
-        r.model.cpu_threads,
-        class_prompts={c.id: c.prompts[0] for c in r.classes},
-    )
-    checks, global_checks = make_checks(resolved)
-    reused = reused_features(out, earlier_shards, resolved.score_columns)
+    score = ScoreSamples(list(resolved.scorers), r.model.device, r.model.cpu_threads)
+    checks, global_checks = make_checks(r, columns)
+    reused = reused_features(out, earlier_shards, columns)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     progress_path = str(progress_dir)
     pipeline = beam.Pipeline(options=options)
@@ -146,11 +81,9 @@ def run_shards(
         pipeline
         | "ShardIds" >> beam.Create(shard_ids)
         | "Generate"
-        >> GenerateSamples(
-            r, generate, score, plan_round.plan_kwargs(), progress_path, r.model.accelerator
-        )
+        >> GenerateSamples(r, plan_round, generate, score, progress_path, r.model.accelerator)
         | "Check" >> DecideSamples(checks, global_checks, reused, progress_path, plan_round.quota)
-        | "Write" >> WriteShards(str(out), ctx, resolved.score_columns)
+        | "Write" >> WriteShards(str(out), ctx, columns)
     )
     progress = Progress(progress_dir, total, *done_counts) if show_progress else None
     result = None

@@ -52,13 +52,11 @@ from synthgen.schemas.manifest import (
     ModelInfo,
     PlanRound,
     ShardStats,
-    ValidationInfo,
     stats_name,
 )
-from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.atomic import remove_stale_tmp, write_bytes_atomic
 from synthgen.storage.faults import maybe_fault
-from synthgen.storage.hashing import file_sha256, folder_sha256
+from synthgen.storage.hashing import file_sha256
 from synthgen.validators.corpus import validate_corpus
 from synthgen.validators.report import write_report
 
@@ -101,29 +99,6 @@ class Finish:
 
     targets: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # Manifest fields: files, balance
-
-
-def content_identity(resolved: ResolvedRecipe) -> dict[str, str]:
-    """What the recipe's paths pointed at: resume refuses a directory built from other content."""
-    from synthgen.validators.clip_folder import clip_sha256
-
-    return {
-        "model_sha256": folder_sha256(resolved.model_path),
-        "clip_sha256": clip_sha256(resolved.clip),
-    }
-
-
-def declared_columns(resolved: ResolvedRecipe) -> list[ScoreColumn]:
-    ranges = {"brightness": (0.0, 1.0)}
-    out = []
-    for name in resolved.score_columns:
-        lo, hi = ranges.get(name, (0.0, None))
-        if name.startswith("clip_") and name.endswith("_score"):
-            lo, hi = -1.0, 1.0
-        elif name.endswith("_label_margin"):
-            lo, hi = -2.0, 2.0
-        out.append(ScoreColumn(name=name, scorer="clip", minimum=lo, maximum=hi))
-    return out
 
 
 # Output directories opened by this process, newest last: the CLI reports their state
@@ -186,7 +161,7 @@ class BuildSession:
             and not (self.out / STATE_DIR / "state.json").exists()
         )
         self.state = prepare_output(
-            self.out, self.recipe, content_identity(self.resolved), self.resume or fresh
+            self.out, self.recipe, self.resolved.identity(), self.resume or fresh
         )
         remove_stale_tmp(self.out)
         self.ctx = make_context(self.resolved, self.state.created_at)
@@ -241,7 +216,7 @@ class BuildSession:
         """
         assert self.ctx is not None, "open() first"
         kw = plan_round.plan_kwargs()
-        total = count_planned(self.recipe, **kw)
+        total = count_planned(self.recipe, plan_round.counts, plan_round.start)
         shard_ids = list(planned_shards(self.recipe, **kw))
         for name, n in self._per_class(plan_round).items():
             self._planned_per_class[name] = self._planned_per_class.get(name, 0) + n
@@ -326,18 +301,10 @@ class BuildSession:
         4. report.json + report.html
         """
         manifest = self._manifest(finish)
-        validation = validate_corpus(
-            self.out,
-            [s.model_dump() for s in manifest.shards],
-            self.recipe,
-            manifest.counts.planned_per_class,
-            manifest.score_column_names,
-            targets=finish.targets,
-            tars=False,
-        )
+        validation = validate_corpus(self.out, manifest, self.recipe, tars=False)
         manifest = manifest.model_copy(
             update={
-                "validation": ValidationInfo.model_validate(validation.as_dict()),
+                "validation": validation.as_info(),
                 "status": "complete" if validation.ok else "failed_validation",
             }
         )
@@ -359,7 +326,7 @@ class BuildSession:
     def after_manifest(self, manifest: Manifest) -> BuildResult:
         """The steps after the manifest: idempotent, so a resumed build redoes what is missing."""
         if not ((self.out / REPORT_JSON).is_file() and (self.out / REPORT_HTML).is_file()):
-            write_report(self.out)
+            write_report(self.out, manifest)
         metrics: dict[str, int] = {}
         for o in self.rounds:
             for k, v in o.metrics.items():
@@ -392,7 +359,7 @@ class BuildSession:
                 path=ctx.model_path, sha256=ctx.model_sha256, class_=ctx.pipeline_class
             ),
             scorers=json.loads(ctx.scorers),
-            score_columns=declared_columns(self.resolved),
+            score_columns=list(self.resolved.score_columns),
             counts=Counts(
                 planned=sum(self._planned_per_class.values()),
                 attempted=accepted + rejected,

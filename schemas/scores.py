@@ -4,7 +4,6 @@ expectations, the Parquet schema and the manifest."""
 from __future__ import annotations
 
 import re
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field

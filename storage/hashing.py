@@ -21,13 +21,25 @@ def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_FOLDER_CACHE: dict[tuple[object, ...], str] = {}
+
+
 def folder_sha256(
     path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.json", "*.txt")
 ) -> str:
-    """A content fingerprint of a folder: sha256 over sorted (relative path, file sha256) pairs."""
-    h = hashlib.sha256()
+    """A content fingerprint of a folder: sha256 over sorted (relative path, file sha256) pairs.
+
+    Remembered per process while no file's size or modification time changes, so a
+    multi-gigabyte model folder is hashed once per build, not once per caller.
+    """
     files = sorted({p for pat in patterns for p in path.rglob(pat) if p.is_file()})
+    stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = (str(path.resolve()), patterns, tuple(stats))
+    if key in _FOLDER_CACHE:
+        return _FOLDER_CACHE[key]
+    h = hashlib.sha256()
     for p in files:
         h.update(str(p.relative_to(path)).encode())
         h.update(file_sha256(p).encode())
-    return h.hexdigest()
+    _FOLDER_CACHE[key] = h.hexdigest()
+    return _FOLDER_CACHE[key]

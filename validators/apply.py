@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from synthgen.schemas.records import ACCEPTED, REJECTED, Sample
@@ -9,16 +10,19 @@ from synthgen.validators.base import Check
 
 
 def apply_checks(sample: Sample, checks: Sequence[Check], duplicate: str | None = None) -> Sample:
-    """Record every check's outcome; a build-wide duplicate verdict ranks first."""
-    first: str | None = None
-    if duplicate is not None:
-        first = duplicate
-    sample.checks["duplicate"] = duplicate or "pass"
+    """A decided copy of `sample` (the input is not changed): every check's outcome recorded
+    in `checks`, a build-wide duplicate verdict ranking first."""
+    outcomes = dict(sample.checks)
+    outcomes["duplicate"] = duplicate or "pass"
+    first = duplicate
     for check in checks:
         reason = check.reason(sample)
-        sample.checks[check.name] = "pass" if reason is None else reason
+        outcomes[check.name] = "pass" if reason is None else reason
         if reason is not None and first is None:
             first = reason
-    sample.status = ACCEPTED if first is None else REJECTED
-    sample.reject_reason = first
-    return sample
+    return dataclasses.replace(
+        sample,
+        checks=outcomes,
+        status=ACCEPTED if first is None else REJECTED,
+        reject_reason=first,
+    )

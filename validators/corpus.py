@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,19 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
-from synthgen.schemas.manifest import MANIFEST_NAME, shard_files
+from synthgen.schemas.manifest import (
+    MANIFEST_NAME,
+    BalanceInfo,
+    Manifest,
+    ShardEntry,
+    ValidationInfo,
+    shard_files,
+)
 from synthgen.schemas.recipe import Recipe, RecipeError, recipe_from_dict
 from synthgen.storage.hashing import file_sha256
+from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators.expectations import ExpectationResult, corpus_expectations
 
 IMAGE_EXTS = ("png", "webp", "jpg")
@@ -42,6 +51,14 @@ class CorpusReport:
             "expectations": [e.as_dict() for e in self.expectations],
         }
 
+    def as_info(self) -> ValidationInfo:
+        """The manifest's `validation` block."""
+        return ValidationInfo(
+            success=self.ok,
+            failures=list(self.failures),
+            expectations=[e.as_info() for e in self.expectations],
+        )
+
 
 def read_rows(out: Path, shards: Iterable[int], with_images: bool = False) -> pd.DataFrame:
     tables = []
@@ -56,17 +73,17 @@ def read_rows(out: Path, shards: Iterable[int], with_images: bool = False) -> pd
     return pa.concat_tables(tables).to_pandas()
 
 
-def file_table(out: Path, entries: list[dict[str, Any]]) -> pd.DataFrame:
+def file_table(out: Path, entries: Sequence[ShardEntry]) -> pd.DataFrame:
     rows = []
     for entry in entries:
-        for name, info in entry["files"].items():
+        for name, info in entry.files.items():
             path = out / name
             exists = path.is_file()
             rows.append(
                 {
                     "file": name,
-                    "manifest_sha256": info["sha256"],
-                    "manifest_bytes": int(info["bytes"]),
+                    "manifest_sha256": info.sha256,
+                    "manifest_bytes": info.bytes,
                     "actual_sha256": file_sha256(path) if exists else None,
                     "actual_bytes": path.stat().st_size if exists else -1,
                 }
@@ -103,20 +120,12 @@ def check_tar(out: Path, shard: int, rows: pd.DataFrame) -> list[str]:
     tar_name = shard_files(shard)[0]
     failures: list[str] = []
     members: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
     try:
-        with tarfile.open(out / tar_name) as tf:
-            for m in tf:
-                key, _, ext = m.name.partition(".")
-                if order and order[-1] != key and key in members:
-                    failures.append(f"{tar_name}: key {key} is not contiguous or repeats")
-                if not order or order[-1] != key:
-                    order.append(key)
-                f = tf.extractfile(m)
-                data = f.read() if f else b""
-                if ext in members.setdefault(key, {}):
-                    failures.append(f"{tar_name}: duplicate member {m.name}")
-                members[key][ext] = data
+        for sample in iter_tar_samples(out / tar_name):
+            if sample.key in members:
+                failures.append(f"{tar_name}: key {sample.key} is not contiguous or repeats")
+            failures += [f"{tar_name}: duplicate member {sample.key}.{e}" for e in sample.repeated]
+            members.setdefault(sample.key, {}).update(sample.members)
     except (tarfile.TarError, OSError, EOFError) as exc:
         return [f"{tar_name}: unreadable tar: {exc}"]
     shard_rows = rows[rows["shard"] == shard] if len(rows) else rows
@@ -155,16 +164,16 @@ def check_tar(out: Path, shard: int, rows: pd.DataFrame) -> list[str]:
 
 
 def validate_corpus(
-    out: Path,
-    entries: list[dict[str, Any]],
-    recipe: Recipe,
-    planned_per_class: dict[str, int],
-    score_columns: list[str],
-    targets: dict[str, int] | None = None,
-    tars: bool = True,
+    out: Path, manifest: Manifest, recipe: Recipe | None = None, tars: bool = True
 ) -> CorpusReport:
+    """Check the shard files a manifest lists: presence, Parquet, tars, expectations.
+
+    Used as the build's gate (with the manifest about to be written; `tars=False` since the
+    writer just produced them) and by `validate_dir`. `recipe` defaults to the manifest's.
+    """
+    recipe = recipe or recipe_from_dict(manifest.recipe, MANIFEST_NAME)
     report = CorpusReport()
-    shards = [e["shard"] for e in entries]
+    shards = manifest.shard_ids
     for shard in shards:
         for name in shard_files(shard):
             if not (out / name).is_file():
@@ -179,22 +188,23 @@ def validate_corpus(
     if tars:
         for shard in shards:
             report.failures += check_tar(out, shard, rows)
+    counts = manifest.counts
     report.expectations = corpus_expectations(
         rows,
-        file_table(out, entries),
-        class_table(rows, planned_per_class, targets),
-        recipe_hash=recipe.hash,
+        file_table(out, manifest.shards),
+        class_table(rows, counts.planned_per_class, counts.target_accepted_per_class),
+        recipe_hash=manifest.recipe_hashes if manifest.lineage else recipe.hash,
         width=recipe.sampling.width,
         height=recipe.sampling.height,
-        score_columns=score_columns,
+        score_columns=manifest.score_columns,
         min_accepted_fraction=recipe.validation.min_accepted_fraction,
     )
     return report
 
 
-def check_balanced_index(out: Path, balance: dict[str, Any]) -> list[str]:
+def check_balanced_index(out: Path, balance: BalanceInfo) -> list[str]:
     """balanced.parquet reads with pyarrow and pandas and holds exactly the target per class."""
-    name = balance.get("balanced_index", "balanced.parquet")
+    name = balance.balanced_index
     try:
         table = pq.read_table(out / name)
         df = pd.read_parquet(out / name)
@@ -204,7 +214,7 @@ def check_balanced_index(out: Path, balance: dict[str, Any]) -> list[str]:
     if table.num_rows != len(df):
         failures.append(f"{name}: pyarrow and pandas disagree on the row count")
     counts = df.groupby("class_name").size().to_dict()
-    for cls, target in balance["after"].items():
+    for cls, target in balance.after.items():
         if counts.get(cls, 0) != target:
             failures.append(f"{name}: class {cls} has {counts.get(cls, 0)} rows, expected {target}")
     synthetic = set(df.loc[df["source"] == "synthetic", "key"])
@@ -213,34 +223,34 @@ def check_balanced_index(out: Path, balance: dict[str, Any]) -> list[str]:
     return failures
 
 
+def read_manifest(out: Path) -> Manifest:
+    """The typed manifest of a build directory (ValueError / OSError when unreadable)."""
+    return Manifest.model_validate_json((out / MANIFEST_NAME).read_bytes())
+
+
 def validate_dir(out: Path) -> CorpusReport:
     """`synthgen validate DIR`: every check, trusting nothing but the manifest's recipe."""
     manifest_path = out / MANIFEST_NAME
     if not manifest_path.is_file():
         return CorpusReport(failures=[f"{out}: no {MANIFEST_NAME}: not a complete build"])
     try:
-        manifest = json.loads(manifest_path.read_text())
-        recipe = recipe_from_dict(manifest["recipe"], str(manifest_path))
-        entries = list(manifest["shards"])
-        planned = dict(manifest["counts"]["planned_per_class"])
-        targets = manifest["counts"].get("target_accepted_per_class")
-        score_columns = list(manifest["score_columns"])
-    except (ValueError, KeyError, TypeError, RecipeError) as exc:
+        manifest = read_manifest(out)
+        recipe = recipe_from_dict(manifest.recipe, str(manifest_path))
+    except (ValueError, OSError, ValidationError, RecipeError) as exc:
         return CorpusReport(failures=[f"{manifest_path}: malformed manifest: {exc}"])
-    report = validate_corpus(out, entries, recipe, planned, score_columns, targets)
-    extra_files = dict(manifest.get("files", {}))
-    for name, info in extra_files.items():
+    report = validate_corpus(out, manifest, recipe)
+    for name, info in manifest.files.items():
         path = out / name
         if not path.is_file():
             report.failures.append(f"{name}: missing")
-        elif file_sha256(path) != info["sha256"] or path.stat().st_size != info["bytes"]:
+        elif file_sha256(path) != info.sha256 or path.stat().st_size != info.bytes:
             report.failures.append(f"{name}: sha256 or size differs from the manifest")
-    if "balance" in manifest:
-        report.failures += check_balanced_index(out, manifest["balance"])
-    listed = {name for e in entries for name in e["files"]} | set(extra_files)
+    if manifest.balance is not None:
+        report.failures += check_balanced_index(out, manifest.balance)
+    listed = {name for e in manifest.shards for name in e.files} | set(manifest.files)
     for p in sorted(out.glob("*.tar")) + sorted(out.glob("*.parquet")):
         if p.name not in listed:
             report.failures.append(f"{p.name}: shard file not listed in the manifest")
-    if manifest.get("status") != "complete":
-        report.failures.append(f"manifest status is {manifest.get('status')!r}")
+    if manifest.status != "complete":
+        report.failures.append(f"manifest status is {manifest.status!r}")
     return report

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from synthgen.schemas.manifest import ExpectationInfo
 from synthgen.schemas.records import KEY_PATTERN, PROVENANCE_FIELDS
+from synthgen.schemas.scores import ScoreColumn
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +33,9 @@ class ExpectationResult:
             "success": self.success,
             "detail": self.detail,
         }
+
+    def as_info(self) -> ExpectationInfo:
+        return ExpectationInfo.model_validate(self.as_dict())
 
 
 def _detail(result: Any) -> str:
@@ -64,15 +71,30 @@ def _validate(
     return out
 
 
+def _vector_summary(rows: pd.DataFrame, name: str) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Per row: length, smallest and largest element of a list column (NaN where null)."""
+    lengths, lows, highs = [], [], []
+    for value in rows[name] if name in rows else [None] * len(rows):
+        arr = None if value is None else np.asarray(value, dtype=np.float64)
+        lengths.append(np.nan if arr is None else float(arr.size))
+        lows.append(np.nan if arr is None or arr.size == 0 else float(arr.min()))
+        highs.append(np.nan if arr is None or arr.size == 0 else float(arr.max()))
+    return (
+        pd.Series(lengths, index=rows.index),
+        pd.Series(lows, index=rows.index),
+        pd.Series(highs, index=rows.index),
+    )
+
+
 def corpus_expectations(
     rows: pd.DataFrame,
     files: pd.DataFrame,
     classes: pd.DataFrame,
     *,
-    recipe_hash: str,
+    recipe_hash: str | list[str],
     width: int,
     height: int,
-    score_columns: list[str],
+    score_columns: Sequence[ScoreColumn],
     min_accepted_fraction: float,
 ) -> list[ExpectationResult]:
     """Run every corpus expectation.
@@ -80,6 +102,8 @@ def corpus_expectations(
     rows: the build's Parquet rows (image bytes dropped). files: one row per shard file with
     manifest and actual sha256/bytes. classes: per class `planned`, `attempted`, `accepted`,
     `target_accepted` (the accepted count the plan requires; -1 where the plan sets none).
+    Score columns are checked against their declared ranges; a vector column must be
+    present on every row with exactly `dim` elements, each within the declared range.
     """
     import os
 
@@ -98,24 +122,39 @@ def corpus_expectations(
         gxe.ExpectColumnValuesToBeUnique(column="key"),
         gxe.ExpectColumnValuesToMatchRegex(column="key", regex=KEY_PATTERN.pattern),
         gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["accepted", "rejected"]),
-        gxe.ExpectColumnValuesToBeInSet(column="recipe_hash", value_set=[recipe_hash]),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="recipe_hash",
+            value_set=[recipe_hash] if isinstance(recipe_hash, str) else list(recipe_hash),
+        ),
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=width, max_value=width),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=height, max_value=height),
     ]
     for name in PROVENANCE_FIELDS:
         sample_expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
+    rows = rows.copy()
     for column in score_columns:
-        if column.startswith("clip_") and column.endswith("_score"):
-            lo, hi = -1.0, 1.0
-        elif column.endswith("_label_margin"):
-            lo, hi = -2.0, 2.0
-        elif column == "brightness":
-            lo, hi = 0.0, 1.0
-        else:
-            lo, hi = 0.0, None
-        sample_expectations.append(
-            gxe.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi)
-        )
+        lo, hi = column.minimum, column.maximum
+        if column.dim is None:
+            if lo is not None or hi is not None:
+                sample_expectations.append(
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column=column.name, min_value=lo, max_value=hi
+                    )
+                )
+            continue
+        # gx has no list-valued expectations: check derived scalar columns instead.
+        length, low, high = (f"{column.name}__{part}" for part in ("length", "min", "max"))
+        rows[length], rows[low], rows[high] = _vector_summary(rows, column.name)
+        sample_expectations += [
+            gxe.ExpectColumnValuesToNotBeNull(column=column.name),
+            gxe.ExpectColumnValuesToBeBetween(
+                column=length, min_value=column.dim, max_value=column.dim
+            ),
+        ]
+        if lo is not None:
+            sample_expectations.append(gxe.ExpectColumnValuesToBeBetween(column=low, min_value=lo))
+        if hi is not None:
+            sample_expectations.append(gxe.ExpectColumnValuesToBeBetween(column=high, max_value=hi))
     if min_accepted_fraction > 0:
         sample_expectations.append(
             gxe.ExpectColumnValuesToBeInSet(

@@ -15,7 +15,7 @@ from synthgen.generators.training.default_models import (
     train_default,
 )
 from synthgen.validators.clip_folder import load_clip
-from synthgen.validators.clip_scorer import clip_similarity
+from synthgen.validators.clip_model import clip_similarity
 
 
 def test_split_is_fixed_and_stratified() -> None:

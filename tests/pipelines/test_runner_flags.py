@@ -19,6 +19,7 @@ from synthgen.generators.handler import DiffusersHandler
 from synthgen.pipelines.resolve import generation_settings, resolve
 from synthgen.pipelines.runner import beam_options
 from synthgen.pipelines.transforms import GenerateSamples
+from synthgen.schemas.manifest import PlanRound
 from synthgen.schemas.recipe import load_recipe
 from tests.conftest import tiny_recipe_dict, write_recipe
 
@@ -95,7 +96,9 @@ def test_accelerator_hint_only_on_model_steps(tmp_path: Path, model_dir: Path) -
         p
         | beam.Create([0])
         | "Generate"
-        >> GenerateSamples(recipe, handler, handler, accelerator=recipe.model.accelerator)
+        >> GenerateSamples(
+            recipe, PlanRound(), handler, handler, accelerator=recipe.model.accelerator
+        )
     )
     proto = p.to_runner_api()
 
@@ -110,5 +113,5 @@ def test_accelerator_hint_only_on_model_steps(tmp_path: Path, model_dir: Path) -
         if any("accelerator" in key for key in hints(t))
     }
     assert any("GenerateImages" in name for name in hinted)
-    assert any("ScoreWithClip" in name for name in hinted)
-    assert not any("PlanRequests" in name or "MeasureImages" in name for name in hinted)
+    assert any("ScoreImages" in name for name in hinted)
+    assert not any("PlanRequests" in name or "Decide" in name for name in hinted)

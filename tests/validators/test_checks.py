@@ -1,19 +1,21 @@
 from __future__ import annotations
 
-import io
 import random
+from pathlib import Path
 
 import apache_beam as beam
-import numpy as np
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
-from synthgen.pipelines.transforms import DecideSamples, GlobalChecks
+from synthgen.pipelines.transforms import DecideSamples
+from synthgen.schemas.recipe import Recipe, recipe_from_dict
 from synthgen.schemas.records import GenerationRequest, Sample, SampleFeatures
+from synthgen.schemas.scores import ScoreColumn
 from synthgen.validators.apply import apply_checks
+from synthgen.validators.build_checks import GlobalChecks, make_checks
 from synthgen.validators.checks.odd_size import OddSize
 from synthgen.validators.checks.threshold import ScoreThreshold
 from synthgen.validators.dedup import (
@@ -23,13 +25,7 @@ from synthgen.validators.dedup import (
     near_duplicate_losers,
     quantile_threshold,
 )
-from synthgen.validators.measure import measure_image
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+from tests.conftest import tiny_recipe_dict
 
 
 def _sample(
@@ -42,30 +38,6 @@ def _sample(
 ) -> Sample:
     req = GenerationRequest(key, 0, 0, cls, f"c{cls}", "p", "", 1)
     return Sample(req, b"", sha, size, size, phash=phash, scores=dict(scores or {}))
-
-
-def test_measurements_tell_dark_light_flat_and_sharp_apart() -> None:
-    rng = np.random.default_rng(0)
-    black = measure_image(_png(np.zeros((32, 32, 3))))[0]
-    white = measure_image(_png(np.full((32, 32, 3), 255)))[0]
-    noise = measure_image(_png(rng.integers(0, 256, (32, 32, 3))))[0]
-    smooth = np.tile(np.linspace(0, 255, 32), (32, 1))[..., None].repeat(3, axis=2)
-    gradient = measure_image(_png(smooth))[0]
-    assert black["brightness"] == 0 and white["brightness"] == 1
-    assert black["entropy"] == 0 and noise["entropy"] > 7
-    assert noise["sharpness"] > 100 * gradient["sharpness"]
-
-
-def test_phash_is_stable_and_close_for_near_copies() -> None:
-    rng = np.random.default_rng(1)
-    img = rng.integers(0, 256, (32, 32, 3))
-    a = measure_image(_png(img))[1]
-    tweaked = img.copy()
-    tweaked[0, 0] = 255 - tweaked[0, 0]
-    b = measure_image(_png(tweaked))[1]
-    c = measure_image(_png(rng.integers(0, 256, (32, 32, 3))))[1]
-    assert len(a) == 16
-    assert hamming(a, b) <= 4 < hamming(a, c)
 
 
 def test_threshold_checks_absolute_per_class_and_direction() -> None:
@@ -81,10 +53,11 @@ def test_threshold_checks_absolute_per_class_and_direction() -> None:
 
 
 def test_apply_checks_records_every_outcome_and_first_reason() -> None:
-    s = _sample("a", scores={"s": 0.1}, size=8)
-    apply_checks(s, [OddSize(16, 16), ScoreThreshold("clip_score", "s", 0.2)])
+    before = _sample("a", scores={"s": 0.1}, size=8)
+    s = apply_checks(before, [OddSize(16, 16), ScoreThreshold("clip_score", "s", 0.2)])
     assert s.status == "rejected" and s.reject_reason == "odd_size"
     assert s.checks == {"duplicate": "pass", "odd_size": "odd_size", "clip_score": "clip_score"}
+    assert before.status == "accepted" and before.checks == {}, "the input is not changed"
     ok = apply_checks(_sample("b", scores={"s": 0.5}), [OddSize(16, 16)])
     assert ok.status == "accepted" and ok.reject_reason is None
 
@@ -152,3 +125,67 @@ def test_build_wide_checks_see_every_bundle_and_reused_shards() -> None:
             )
         )
         assert_that(decided, check)
+
+
+def _columns() -> list[ScoreColumn]:
+    return [
+        ScoreColumn(name="clip_m_score", scorer="clip", checks={"clip_score": "above"}),
+        ScoreColumn(name="clip_m_label_margin", scorer="clip", checks={"label_margin": "above"}),
+        ScoreColumn(
+            name="brightness", scorer="image_stats", checks={"dark": "above", "light": "below"}
+        ),
+        ScoreColumn(name="sharpness", scorer="image_stats", checks={"blurry": "above"}),
+        ScoreColumn(name="entropy", scorer="image_stats", checks={"low_information": "above"}),
+        ScoreColumn(name="clip_m_embedding", scorer="clip_embedding", dim=4),
+    ]
+
+
+def _recipe(**checks: object) -> Recipe:
+    return recipe_from_dict(tiny_recipe_dict(Path("/models"), checks=checks))
+
+
+def test_make_checks_maps_named_checks_to_the_columns_backing_them() -> None:
+    recipe = _recipe(
+        clip_score={"absolute": 0.1},
+        label_margin={"kept_fraction": 0.75},
+        light={"absolute": 0.9},
+        low_information={"absolute": 0.5},
+        near_duplicate={"max_distance": 3},
+        scores={"sharpness": {"quantile": 0.1, "keep": "above"}},
+    )
+    checks, global_checks = make_checks(recipe, _columns())
+    got = [
+        (c.name, c.column, c.threshold, c.keep_above, c.quantile)
+        for c in checks
+        if isinstance(c, ScoreThreshold)
+    ]
+    assert isinstance(checks[0], OddSize)
+    assert got == [
+        ("clip_score", "clip_m_score", 0.1, True, None),
+        ("label_margin", "clip_m_label_margin", None, True, pytest.approx(0.25)),
+        ("light", "brightness", 0.9, False, None),
+        ("low_information", "entropy", 0.5, True, None),
+        ("sharpness", "sharpness", None, True, 0.1),
+    ]
+    assert global_checks == GlobalChecks(
+        True,
+        3,
+        {
+            "label_margin": ("clip_m_label_margin", pytest.approx(0.25)),
+            "sharpness": ("sharpness", 0.1),
+        },
+    )
+
+
+def test_make_checks_refuses_what_no_scorer_backs() -> None:
+    stats_only = [c for c in _columns() if c.scorer == "image_stats"]
+    # the default clip_score check is skipped without a clip scorer ...
+    checks, _ = make_checks(_recipe(dark={"absolute": 0.1}), stats_only)
+    assert [c.name for c in checks] == ["odd_size", "dark"]
+    # ... but one the recipe sets is an error, as is a threshold on an unknown or vector column
+    with pytest.raises(ValueError, match=r"checks.clip_score: no listed scorer"):
+        make_checks(_recipe(clip_score={"absolute": 0.1}), stats_only)
+    with pytest.raises(ValueError, match=r"checks.scores.nope: no listed scorer.*brightness"):
+        make_checks(_recipe(scores={"nope": {"absolute": 1.0}}), _columns())
+    with pytest.raises(ValueError, match="vector column"):
+        make_checks(_recipe(scores={"clip_m_embedding": {"absolute": 1.0}}), _columns())

@@ -27,6 +27,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
         "near_duplicate": {"max_distance": 2},
         "low_information": {"absolute": 0.5},
     }
+    # every bundled scorer, so validation and the report cover a vector column too
+    data["scoring"]["scorers"] = [
+        {"name": "clip"},
+        {"name": "clip_embedding"},
+        {"name": "image_stats"},
+    ]
     run_build(write_recipe(tmp / "recipe.yaml", data), tmp / "out", show_progress=False)
     return tmp / "out"
 

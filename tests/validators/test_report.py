@@ -37,6 +37,8 @@ def test_report_json_has_every_section(corpus: Path) -> None:  # noqa: F811
     assert set(report["counts"]["per_class"]) == {"zero", "one", "two"}
     assert sum(report["rejects_by_reason"].values()) == report["counts"]["rejected"] > 0
     assert "clip_tiny_clip_score" in report["scores"]
+    spread = report["embedding_spread"]["clip_tiny_clip_embedding"]
+    assert set(spread) == {"zero", "one", "two"}
     assert report["expectations"]["success"] is True
     assert report["provenance"]["scheduler"] == "dpm-solver++"
 
@@ -48,6 +50,7 @@ def test_report_html_is_self_contained(corpus: Path) -> None:  # noqa: F811
         "summary",
         "counts",
         "scores",
+        "embeddings",
         "rejects",
         "samples",
         "expectations",
@@ -76,6 +79,7 @@ def test_report_renders_in_headless_chromium(corpus: Path, tmp_path: Path) -> No
     for heading in (
         "Planned vs accepted per class",
         "Score distributions per class",
+        "Embedding spread per class",
         "Rejects by reason",
         "Samples per class",
         "Expectations",

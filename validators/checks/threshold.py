@@ -39,7 +39,7 @@ class ScoreThreshold(Check):
     def reason(self, sample: Sample) -> str | None:
         score = sample.scores.get(self.column)
         limit = self.limit(sample.request.class_label)
-        if score is None or limit is None or math.isnan(score):
+        if score is None or isinstance(score, tuple) or limit is None or math.isnan(score):
             return None
         failed = score < limit if self.keep_above else score > limit
         return self.name if failed else None

@@ -1,0 +1,52 @@
+"""Tiny real inputs for scorer, writer and report tests: random PNG samples and recipes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from synthgen.schemas.recipe import Recipe, recipe_from_dict
+from synthgen.schemas.records import GenerationRequest, Sample
+from tests.conftest import tiny_recipe_dict
+
+CLASSES = ("zero", "one", "two")
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_samples(n: int, seed: int = 0, size: int = 32) -> list[Sample]:
+    """`n` samples over three classes, each a random smooth-ish RGB image."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        cls = i % len(CLASSES)
+        base = rng.integers(0, 256, (size // 4, size // 4, 3))
+        pixels = np.kron(base, np.ones((4, 4, 1)))
+        data = png(pixels)
+        key = f"tiny-{CLASSES[cls]}-{i:06d}"
+        request = GenerationRequest(
+            key, i // 5, i, cls, CLASSES[cls], f"a handwritten digit {cls}", "", 1000 + i
+        )
+        out.append(Sample(request, data, hashlib.sha256(data).hexdigest(), size, size))
+    return out
+
+
+def recipe_with(model_dir: Path, **overrides: Any) -> Recipe:
+    return recipe_from_dict(tiny_recipe_dict(model_dir, **overrides))
+
+
+def scoring(model_dir: Path, *names: str, batch_size: int = 4) -> dict[str, Any]:
+    return {
+        "clip_model": str(model_dir / "clip"),
+        "batch_size": batch_size,
+        "scorers": [{"name": n} for n in names],
+    }

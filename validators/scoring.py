@@ -1,0 +1,145 @@
+"""Scorers on the driver (chosen and checked from the recipe) and on workers (one Beam
+ModelHandler that runs every scorer on each batch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from pydantic import ValidationError
+
+from synthgen.schemas.errors import ModelFolderError
+from synthgen.schemas.recipe import Recipe
+from synthgen.schemas.records import Sample, Score
+from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.images import decode_image
+from synthgen.validators.scorers.base import ScoreBatch, Scorer, WorkerModels, scorer_classes
+
+
+def build_scorers(recipe: Recipe, base_dir: Path) -> list[Scorer]:
+    """The recipe's `scoring.scorers`, in order, with folders and options checked.
+
+    Raises ModelFolderError (a bad model folder) or ValueError (an unknown scorer, a bad
+    option, two scorers writing one column), naming the scorer; no model is loaded.
+    """
+    classes = scorer_classes()
+    scorers: list[Scorer] = []
+    for spec in recipe.scoring.scorers:
+        cls = classes.get(spec.name)
+        where = f"scoring.scorers: scorer {spec.name!r}"
+        if cls is None:
+            raise ValueError(f"{where}: unknown scorer; known: {', '.join(classes)}")
+        try:
+            options = cls.options_model.model_validate(spec.options)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<options>'}: "
+                + ("unknown option" if e["type"] == "extra_forbidden" else e["msg"])
+                for e in exc.errors()
+            )
+            raise ValueError(f"{where}: invalid options: {problems}") from None
+        try:
+            scorers.append(cls.from_recipe(recipe, base_dir, options))
+        except ModelFolderError as exc:
+            raise ModelFolderError(f"{where}: {exc}") from None
+    score_columns(scorers)  # two scorers writing one column fail here
+    return scorers
+
+
+def score_columns(scorers: Sequence[Scorer]) -> list[ScoreColumn]:
+    """Every column the scorers write, in scorer order; a column written twice is an error."""
+    columns: list[ScoreColumn] = []
+    owner: dict[str, str] = {}
+    for scorer in scorers:
+        for column in scorer.columns():
+            if column.name in owner:
+                raise ValueError(
+                    f"scoring.scorers: column {column.name!r} is written by both "
+                    f"{owner[column.name]!r} and {scorer.name!r}"
+                )
+            owner[column.name] = scorer.name
+            columns.append(column)
+    return columns
+
+
+def scorer_provenance(scorers: Sequence[Scorer]) -> list[dict[str, Any]]:
+    """Per scorer: name, version, model, weights sha256, library and the columns it wrote.
+
+    This is the build-wide `scorers` provenance field and the manifest's `scorers` list.
+    """
+    return [{**s.identity().to_dict(), "columns": [c.name for c in s.columns()]} for s in scorers]
+
+
+def phash(image: Any) -> str:
+    """64-bit perceptual hash (hex) of a decoded image: what near-duplicate checks compare."""
+    import imagehash
+
+    return str(imagehash.phash(image))
+
+
+@dataclass
+class LoadedScorers:
+    scorers: tuple[Scorer, ...]
+    states: tuple[Any, ...]
+    models: WorkerModels
+
+
+def score_samples(loaded: LoadedScorers, samples: Sequence[Sample]) -> list[Sample]:
+    """New Samples with every scorer's columns merged into `scores` and `phash` set.
+
+    Each image is decoded once for all scorers; the input samples are left untouched.
+    """
+    images = [decode_image(s.image) for s in samples]
+    batch = ScoreBatch(samples, images)
+    merged: list[dict[str, Score]] = [dict(s.scores) for s in samples]
+    for scorer, state in zip(loaded.scorers, loaded.states, strict=True):
+        rows = scorer.score(batch, state)
+        declared = {c.name for c in scorer.columns()}
+        if len(rows) != len(samples) or any(set(r) != declared for r in rows):
+            raise RuntimeError(
+                f"scorer {scorer.name!r} returned {len(rows)} rows for {len(samples)} samples "
+                f"or columns other than {sorted(declared)}"
+            )
+        for scores, row in zip(merged, rows, strict=True):
+            scores.update(row)
+    return [
+        dataclasses.replace(s, scores=scores, phash=phash(image))
+        for s, scores, image in zip(samples, merged, images, strict=True)
+    ]
+
+
+class ScoreSamples(ModelHandler[Sample, PredictionResult, LoadedScorers]):
+    """Runs every scorer on each batch of samples; loads all of them once per worker.
+
+    Each element is one generation batch (a list of Samples), scored as one result whose
+    `inference` is the list of new, scored Samples. Scorers add columns; they never drop.
+    """
+
+    def __init__(self, scorers: Sequence[Scorer], device: str, cpu_threads: int = 1):
+        super().__init__()
+        self._scorers = tuple(scorers)
+        self._device = device
+        self._cpu_threads = cpu_threads
+
+    def load_model(self) -> LoadedScorers:
+        models = WorkerModels(self._device, self._cpu_threads)
+        states = tuple(s.load(models) for s in self._scorers)
+        return LoadedScorers(self._scorers, states, models)
+
+    def run_inference(
+        self,
+        batch: Sequence[Sample],
+        model: LoadedScorers,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        yield PredictionResult(example=list(batch), inference=score_samples(model, batch))
+
+    def should_skip_batching(self) -> bool:
+        return True  # elements arrive as the generation step's batches
+
+    def get_metrics_namespace(self) -> str:
+        return "synthgen_score"
