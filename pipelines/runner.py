@@ -14,15 +14,17 @@ from synthgen.pipelines.context import BuildContext
 from synthgen.pipelines.output import BuildError
 from synthgen.pipelines.progress import Progress
 from synthgen.pipelines.resolve import ResolvedRecipe, generation_settings
+from synthgen.pipelines.staging import ReadStaged, StageSamples, staged_shards
 from synthgen.pipelines.transforms import (
     METRICS_NAMESPACE,
     DecideSamples,
     GenerateSamples,
     WriteShards,
+    reused_embeddings,
 )
 from synthgen.pipelines.writer import reused_features
 from synthgen.schemas.manifest import PlanRound
-from synthgen.validators.build_checks import make_checks
+from synthgen.validators.build_checks import check_columns, embedding_column, make_checks
 from synthgen.validators.scoring import ScoreSamples
 
 logger = logging.getLogger(__name__)
@@ -60,42 +62,82 @@ def run_shards(
     options: PipelineOptions,
     total: int,
     done_counts: tuple[int, int],
+    references: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Generate, score, check and write `shard_ids` of one round; returns Beam's counters.
 
     1. the model steps (generation, scoring) as RunInference handlers, loaded once per worker
     2. the checks: per sample, and build-wide over this round plus `earlier_shards`
-    3. one pipeline: shard ids -> samples -> decided samples -> shard files
-    4. run it with a progress display; a runner that does not finish DONE is a failure
+    3. pipeline one: shard ids -> generated, scored samples -> staging files (one consumer
+       chain, so no runner repeats the model work); shards already staged are skipped
+    4. pipeline two: staging files -> decided samples -> shard files
+    Each runs with the progress display; a runner that does not finish DONE is a failure.
     """
     r = resolved.recipe
-    columns = resolved.score_columns
-    generate = generation_handler(resolved)
-    score = ScoreSamples(list(resolved.scorers), r.model.device, r.model.cpu_threads)
+    columns = (*resolved.score_columns, *check_columns(r))
     checks, global_checks = make_checks(r, columns)
     reused = reused_features(out, earlier_shards, columns)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     progress_path = str(progress_dir)
-    pipeline = beam.Pipeline(options=options)
-    _ = (
-        pipeline
-        | "ShardIds" >> beam.Create(shard_ids)
-        | "Generate"
-        >> GenerateSamples(r, plan_round, generate, score, progress_path, r.model.accelerator)
-        | "Check" >> DecideSamples(checks, global_checks, reused, progress_path, plan_round.quota)
-        | "Write" >> WriteShards(str(out), ctx, columns)
-    )
+    to_generate = [s for s in shard_ids if s not in staged_shards(out, shard_ids)]
+    if len(to_generate) < len(shard_ids):
+        logger.info("%d shard(s) already generated and staged", len(shard_ids) - len(to_generate))
+    metrics: dict[str, int] = {}
     progress = Progress(progress_dir, total, *done_counts) if show_progress else None
-    result = None
-    state = None
     if progress:
         progress.__enter__()
+    try:
+        if to_generate:
+            generate = generation_handler(resolved)
+            score = ScoreSamples(list(resolved.scorers), r.model.device, r.model.cpu_threads)
+            first = beam.Pipeline(options=options)
+            _ = (
+                first
+                | "ShardIds" >> beam.Create(to_generate)
+                | "Generate"
+                >> GenerateSamples(
+                    r, plan_round, generate, score, progress_path, r.model.accelerator
+                )
+                | "Stage" >> StageSamples(str(out))
+            )
+            _add(metrics, _run(first))
+        second = beam.Pipeline(options=options)
+        _ = (
+            second
+            | "ShardIds" >> beam.Create(shard_ids)
+            | "Read" >> ReadStaged(str(out))
+            | "Check"
+            >> DecideSamples(
+                checks,
+                global_checks,
+                reused,
+                progress_path,
+                plan_round.quota,
+                nearest=references,
+                embedding_column=embedding_column(columns),
+                reused_embeddings=reused_embeddings(out, earlier_shards, global_checks),
+            )
+            | "Write" >> WriteShards(str(out), ctx, columns)
+        )
+        _add(metrics, _run(second))
+    finally:
+        if progress:
+            progress.__exit__(None, None, None)
+    return metrics
+
+
+def _add(total: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        total[k] = total.get(k, 0) + v
+
+
+def _run(pipeline: beam.Pipeline) -> dict[str, int]:
+    result = None
+    state = None
     try:
         result = pipeline.run()
         state = result.wait_until_finish()
     finally:
-        if progress:
-            progress.__exit__(None, None, None)
         client = getattr(result, "client", None)  # DaskRunner's connection to the cluster
         if client is not None:
             client.close()

@@ -40,6 +40,13 @@ from synthgen.pipelines.output import (
 )
 from synthgen.pipelines.resolve import ResolvedRecipe, make_context
 from synthgen.pipelines.runner import run_shards
+from synthgen.pipelines.staging import clear_staged
+from synthgen.pipelines.transforms import (
+    metric_gate_results,
+    prepare_references,
+    reference_inputs,
+    with_metrics,
+)
 from synthgen.schemas.manifest import (
     MANIFEST_NAME,
     REPORT_HTML,
@@ -57,6 +64,7 @@ from synthgen.schemas.manifest import (
 from synthgen.storage.atomic import remove_stale_tmp, write_bytes_atomic
 from synthgen.storage.faults import maybe_fault
 from synthgen.storage.hashing import file_sha256
+from synthgen.validators.build_checks import check_columns
 from synthgen.validators.corpus import validate_corpus
 from synthgen.validators.report import write_report
 
@@ -132,6 +140,9 @@ class BuildSession:
         self.ctx: BuildContext | None = None
         self.lineage: Lineage | None = None
         self.recipe_hashes = [resolved.recipe.hash]  # an extended build's lineage: more
+        # reference / eval sets: opened (checked) now, before the directory is touched
+        self.references = reference_inputs(resolved.recipe, resolved.base_dir)
+        self.reference_paths: dict[str, str] = {}
 
     def __enter__(self) -> BuildSession:
         check_output_dir(self.out, self.resume)  # before the lock file exists
@@ -165,6 +176,7 @@ class BuildSession:
         )
         remove_stale_tmp(self.out)
         self.ctx = make_context(self.resolved, self.state.created_at)
+        self.reference_paths = prepare_references(self.resolved, self.references, self.out)
         return verified_manifest(self.out, self.state)
 
     def inherit(self, parent: Path, manifest: Manifest) -> RoundOutcome:
@@ -231,6 +243,7 @@ class BuildSession:
         missing = [s for s, st in zip(shard_ids, stats, strict=True) if st is None]
         if missing:
             raise BuildError(f"{self.out}: build incomplete: shard(s) {missing} were not written")
+        clear_staged(self.out, shard_ids)  # written for good: the staged copies can go
         size = self.recipe.output.shard_size
         first = plan_round.shard_offset
         outcome = RoundOutcome(
@@ -290,6 +303,7 @@ class BuildSession:
                 sum(s.accepted for s in done_stats if s),
                 sum(s.rejected for s in done_stats if s),
             ),
+            references=self.reference_paths,
         )
 
     def finalize(self, finish: Finish) -> BuildResult:
@@ -301,7 +315,10 @@ class BuildSession:
         4. report.json + report.html
         """
         manifest = self._manifest(finish)
+        refs = self.references, self.reference_paths
+        manifest = with_metrics(manifest, self.out, self.recipe, *refs)
         validation = validate_corpus(self.out, manifest, self.recipe, tars=False)
+        validation.expectations += metric_gate_results(manifest, self.recipe)
         manifest = manifest.model_copy(
             update={
                 "validation": validation.as_info(),
@@ -327,6 +344,10 @@ class BuildSession:
         """The steps after the manifest: idempotent, so a resumed build redoes what is missing."""
         if not ((self.out / REPORT_JSON).is_file() and (self.out / REPORT_HTML).is_file()):
             write_report(self.out, manifest)
+        from synthgen.pipelines.card import CARD_NAME, write_card
+
+        if not (self.out / CARD_NAME).is_file():
+            write_card(self.out, manifest)  # the dataset card (README.md with Hub metadata)
         metrics: dict[str, int] = {}
         for o in self.rounds:
             for k, v in o.metrics.items():
@@ -359,7 +380,7 @@ class BuildSession:
                 path=ctx.model_path, sha256=ctx.model_sha256, class_=ctx.pipeline_class
             ),
             scorers=json.loads(ctx.scorers),
-            score_columns=list(self.resolved.score_columns),
+            score_columns=[*self.resolved.score_columns, *check_columns(self.recipe)],
             counts=Counts(
                 planned=sum(self._planned_per_class.values()),
                 attempted=accepted + rejected,

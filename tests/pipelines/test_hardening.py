@@ -165,3 +165,20 @@ def test_a_source_already_at_target_gives_a_build_with_no_shards(
     # and resuming it is a no-op, not a refusal
     again = run_build(recipe, tmp_path / "out", resume=True, show_progress=False)
     assert again.generated_now == 0
+
+
+def test_a_crash_after_generation_resumes_without_model_work(
+    tmp_path: Path, model_dir: Path, complete: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = _recipe(tmp_path, model_dir)
+    out = tmp_path / "out"
+    monkeypatch.setenv("SYNTHGEN_FAULT", "write:00001:raise")
+    with pytest.raises(Exception, match="injected fault"):
+        run_build(recipe, out, show_progress=False)
+    monkeypatch.delenv("SYNTHGEN_FAULT")
+    staged = sorted(p.name for p in (out / ".synthgen" / "staging").iterdir())
+    assert staged == ["00000.arrow", "00001.arrow", "00002.arrow"]
+    result = run_build(recipe, out, resume=True, show_progress=False)
+    assert result.metrics.get("generated", 0) == 0, "staged samples were generated again"
+    assert _images(out) == _images(complete)
+    assert not list((out / ".synthgen" / "staging").iterdir()), "staging kept after the build"

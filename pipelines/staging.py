@@ -1,0 +1,154 @@
+"""Staged samples: generated and scored once, written per shard, read by the deciding step.
+
+A build runs two Beam pipelines per round. The first generates and scores each planned sample
+and writes one staging file per shard (`.synthgen/staging/{shard:05d}.arrow`, Arrow IPC: no
+pickles); it has a single consumer chain, so no runner recomputes the model steps for another
+consumer (Beam's DaskRunner recomputes a collection once per consumer: a branching graph
+generated every image many times over). The second reads the staging files and runs the
+per-sample and build-wide checks and the shard writers, whose several consumers now only
+re-read small files. A staging file is also a resume point: a crash after generation redoes
+no model work for the shards already staged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+from synthgen.schemas.manifest import STATE_DIR
+from synthgen.schemas.records import GenerationRequest, Sample
+from synthgen.storage.atomic import atomic_write
+from synthgen.storage.faults import maybe_fault
+
+STAGING_DIR = "staging"
+NAMESPACE = "synthgen"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("request", pa.string(), nullable=False),  # JSON of the GenerationRequest
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("phash", pa.string(), nullable=False),
+        pa.field("scalars", pa.map_(pa.string(), pa.float64()), nullable=False),
+        pa.field("vectors", pa.map_(pa.string(), pa.list_(pa.float64())), nullable=False),
+    ]
+)
+
+
+def staging_dir(out: Path) -> Path:
+    return out / STATE_DIR / STAGING_DIR
+
+
+def staging_path(out: Path, shard: int) -> Path:
+    return staging_dir(out) / f"{shard:05d}.arrow"
+
+
+def _row(s: Sample) -> dict[str, object]:
+    scalars = {k: float(v) for k, v in s.scores.items() if not isinstance(v, tuple)}
+    vectors = {k: [float(x) for x in v] for k, v in s.scores.items() if isinstance(v, tuple)}
+    return {
+        "request": json.dumps(dataclasses.asdict(s.request), sort_keys=True),
+        "image": s.image,
+        "image_sha256": s.image_sha256,
+        "width": s.width,
+        "height": s.height,
+        "phash": s.phash,
+        "scalars": list(scalars.items()),
+        "vectors": list(vectors.items()),
+    }
+
+
+def write_staged(out: Path, shard: int, samples: Iterable[Sample]) -> int:
+    """Write a shard's scored samples (sorted by key, one per key) atomically; returns count."""
+    by_key = {s.request.key: s for s in samples}  # a retried bundle repeats identical samples
+    rows = [_row(by_key[k]) for k in sorted(by_key)]
+    path = staging_path(out, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    with atomic_write(path) as f, pa.ipc.new_file(f, SCHEMA) as writer:
+        writer.write_table(table)
+    return len(rows)
+
+
+def read_staged(out: Path, shard: int) -> list[Sample]:
+    """The scored samples of a staged shard, exactly as they were written."""
+    with pa.memory_map(str(staging_path(out, shard))) as source:
+        table = pa.ipc.open_file(source).read_all()
+    samples = []
+    for row in table.to_pylist():
+        scores: dict[str, float | tuple[float, ...]] = dict(row["scalars"])
+        scores.update({k: tuple(v) for k, v in row["vectors"]})
+        samples.append(
+            Sample(
+                request=GenerationRequest(**json.loads(row["request"])),
+                image=row["image"],
+                image_sha256=row["image_sha256"],
+                width=row["width"],
+                height=row["height"],
+                phash=row["phash"],
+                scores=scores,
+            )
+        )
+    return samples
+
+
+def staged_shards(out: Path, shards: Iterable[int]) -> set[int]:
+    """The shards whose staging file is complete (atomic writes: present means complete)."""
+    return {s for s in shards if staging_path(out, s).is_file()}
+
+
+def clear_staged(out: Path, shards: Iterable[int]) -> None:
+    for s in shards:
+        staging_path(out, s).unlink(missing_ok=True)
+
+
+class WriteStagedFn(beam.DoFn):
+    def __init__(self, out: str):
+        self._out = out
+        self._staged = Metrics.counter(NAMESPACE, "staged")
+
+    def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[int]:
+        shard, samples = element
+        maybe_fault("stage", f"{shard:05d}")
+        self._staged.inc(write_staged(Path(self._out), shard, samples))
+        yield shard
+
+
+class StageSamples(beam.PTransform):
+    """Scored samples -> one staging file per shard; emits the shard ids written."""
+
+    def __init__(self, out: str):
+        super().__init__()
+        self._out = out
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        return (
+            samples
+            | "KeyByShard" >> beam.Map(lambda s: (s.request.shard, s))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteStaged" >> beam.ParDo(WriteStagedFn(self._out))
+        )
+
+
+class ReadStaged(beam.PTransform):
+    """Shard ids -> the staged samples of each shard."""
+
+    def __init__(self, out: str):
+        super().__init__()
+        self._out = out
+
+    def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
+        out = self._out
+        return (
+            shard_ids
+            | "Spread" >> beam.Reshuffle()
+            | "ReadStaged" >> beam.FlatMap(lambda shard: read_staged(Path(out), shard))
+        )
