@@ -6,6 +6,7 @@ Nothing here loads a model; every check that can fail does so before any output 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from synthgen.storage.hashing import folder_sha256
 from synthgen.validators.scorers.base import Scorer
 from synthgen.validators.scoring import build_scorers, score_columns, scorer_provenance
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ResolvedRecipe:
@@ -32,6 +35,7 @@ class ResolvedRecipe:
     balance_source: str | None = None  # resolved path or shard pattern of a balance source
     model: ModelFolder | None = None  # the checked diffusers folder (family, components)
     scheduler_config: dict[str, Any] | None = None  # the effective one, dry-run checked
+    base_dir: Path | None = None  # the folder the recipe's relative paths resolve against
 
     @property
     def score_columns(self) -> tuple[ScoreColumn, ...]:
@@ -98,6 +102,7 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     model_path = resolve_path(base_dir, recipe.model.path)
     model, sched = check_model(recipe, model_path)
     scorers = tuple(build_scorers(recipe, base_dir))
+    _warn_about_padding(recipe)
     source = None
     if recipe.balance is not None:
         from synthgen.generators.sources.open import open_source
@@ -115,7 +120,24 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
         balance_source=source,
         model=model,
         scheduler_config=sched,
+        base_dir=base_dir,
     )
+
+
+def _warn_about_padding(recipe: Recipe) -> None:
+    """Say so when most model work would go to padding (shards smaller than a model call)."""
+    batch, shard = recipe.model.compute_batch, recipe.output.shard_size
+    if shard < batch:
+        wasted = 1 - shard / batch
+        logger.warning(
+            "output.shard_size %d is smaller than model.compute_batch %d: every shard is "
+            "generated in fixed-shape calls of %d images, so about %.0f%% of the model work "
+            "goes to padding; raise output.shard_size or lower model.compute_batch",
+            shard,
+            batch,
+            batch,
+            100 * wasted,
+        )
 
 
 def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:

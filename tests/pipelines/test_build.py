@@ -209,3 +209,18 @@ def test_shared_model_copies_give_the_same_images(
     recipe = write_recipe(tmp_path / "recipe.yaml", data)
     run_build(recipe, tmp_path / "copies", show_progress=False)
     assert _images_by_key(tmp_path / "copies") == _images_by_key(built)
+
+
+def test_shards_smaller_than_a_model_call_are_explained(
+    tmp_path: Path, model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from synthgen.pipelines.resolve import resolve
+    from synthgen.schemas.recipe import load_recipe
+
+    data = tiny_recipe_dict(model_dir)
+    data["output"] = {"shard_size": 1}
+    recipe, base = load_recipe(write_recipe(tmp_path / "r.yaml", data))
+    with caplog.at_level("WARNING"):
+        resolve(recipe, base)
+    assert "shard_size 1 is smaller than model.compute_batch 4" in caplog.text
+    assert "75% of the model work goes to padding" in caplog.text
