@@ -15,6 +15,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from synthgen.schemas.batches import padded_chunks
 from synthgen.schemas.records import GenerationRequest, Sample
 from synthgen.storage.images import encode_image, to_uint8
+from synthgen.storage.watermark import can_carry, embed_watermark
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class GenerationSettings:
     # The pipeline class, known before loading; a shared model copy is a proxy whose own
     # type says nothing about the pipeline behind it.
     pipeline_class: str | None = None
+    # The invisible watermark's payload (hex, `storage.watermark.watermark_payload` of the
+    # recipe hash), embedded in every image large enough to carry it; None embeds nothing.
+    watermark: str | None = None
 
     def generation_options(self) -> dict[str, Any]:
         """The settings beyond the classic ones that change what is computed (provenance)."""
@@ -116,6 +120,10 @@ def _encoder() -> ThreadPoolExecutor:
 
 
 def _encode(request: GenerationRequest, pixels: Any, settings: GenerationSettings) -> Sample:
+    """Watermark (when the settings carry a payload and the image is large enough), encode
+    and hash one image; runs in the encoding threads, off the model's critical path."""
+    if settings.watermark is not None and can_carry(pixels.shape[1], pixels.shape[0]):
+        pixels = embed_watermark(pixels, bytes.fromhex(settings.watermark))
     data = encode_image(
         pixels, settings.image_format, settings.png_compress_level, settings.quality
     )

@@ -1,20 +1,75 @@
-"""Rebuild one sample from its provenance record alone (promise 5)."""
+"""Rebuild one sample from its provenance record alone (promise 5).
+
+The record is a tar `.json` sidecar (full provenance), or a Parquet row merged with the build
+constants its file carries (`find_provenance`): rows keep only what varies per sample.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from synthgen.generators.handler import GenerationSettings, generate_batch
 from synthgen.generators.model_folder import ModelFolderError, load_pipeline
 from synthgen.generators.provenance_bounds import check_provenance_bounds
-from synthgen.schemas.records import GenerationRequest
+from synthgen.schemas.records import (
+    REJECT_IMAGE_FIELD,
+    GenerationRequest,
+    provenance_from_row,
+    read_build_constants,
+)
 from synthgen.storage.hashing import folder_sha256
+from synthgen.storage.watermark import watermark_payload
 
 
 def _loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+class ProvenanceNotFound(ValueError):
+    """A build directory holds no single provenance record for a key."""
+
+
+def find_provenance(build_dir: Path, key: str) -> dict[str, Any]:
+    """The full provenance of `key` in a build directory: its Parquet row (rejected samples
+    included) merged with the build constants in that file's `synthgen` metadata."""
+    import pyarrow.parquet as pq
+
+    files = sorted(build_dir.glob("*.parquet"))
+    if not files:
+        raise ProvenanceNotFound(f"{build_dir}: no Parquet shards")
+    found: list[dict[str, Any]] = []
+    for path in files:
+        pf = pq.ParquetFile(path)
+        names = [n for n in pf.schema_arrow.names if n != REJECT_IMAGE_FIELD.name]
+        table = pq.read_table(path, columns=names, filters=[("key", "=", key)])
+        if table.num_rows:
+            constants = read_build_constants(pf.schema_arrow)
+            for row in table.to_pylist():
+                found.append(provenance_from_row(row, [], constants) | {"_file": path.name})
+    if len(found) != 1:
+        raise ProvenanceNotFound(f"{build_dir}: key {key!r} found {len(found)} times")
+    prov = found[0]
+    prov.pop("_file")
+    return prov
+
+
+def _restore_non_finite(cls: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Strict JSON records a non-finite float as null: where the scheduler's own default is
+    non-finite (e.g. `lambda_min_clipped = -inf`) and the record says null, use the default."""
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return config
+    out = dict(config)
+    for name, value in config.items():
+        default = params[name].default if name in params else None
+        if value is None and isinstance(default, float) and not math.isfinite(default):
+            out[name] = default
+    return out
 
 
 def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
@@ -28,6 +83,7 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
     return GenerationSettings(
         model_path=str(prov["model_path"]),
         pipeline_class=str(prov["pipeline_class"]),
+        watermark=watermark_payload(str(prov["recipe_hash"])).hex(),
         scheduler=str(prov["scheduler"]),
         steps=steps,
         guidance_scale=float(prov["guidance_scale"]),
@@ -72,8 +128,13 @@ def regenerate(prov: dict[str, Any]) -> bytes:
         vae_slicing=settings.vae_slicing,
         vae_tiling=settings.vae_tiling,
     )
+    import diffusers
+
     sched = dict(_loads(prov["scheduler_config"]))
     sched["_class_name"] = sched.pop("class")
+    cls = getattr(diffusers, str(sched["_class_name"]), None)
+    if cls is not None:
+        sched = _restore_non_finite(cls, sched)
     pipe.scheduler = make_scheduler("native", sched)
     request = GenerationRequest(
         key=str(prov["key"]),

@@ -95,9 +95,22 @@ def _parser() -> argparse.ArgumentParser:
         "the great_expectations suite. Exit 0 only when all pass.",
     )
     v.add_argument("dir", help="build output directory")
+    _reference_args(v)
+
+    vf = add(
+        "verify",
+        help="check images against their build: manifest sha256 and invisible watermark",
+        description="PATH is an image, a shard tar or a build directory. Exit 0 only when "
+        "every image is in its build's manifest and carries the build's watermark (or is too "
+        "small to carry one).",
+    )
+    vf.add_argument("path", help="image file, .tar shard, or build directory")
+    vf.add_argument("--build", help="the build (directory or manifest.json) outside PATH")
+    vf.add_argument("--json", action="store_true", help="machine-readable output")
 
     r = add("report", help="(re)write report.html and report.json for a build")
     r.add_argument("dir", help="build output directory")
+    _reference_args(r)
 
     g = add(
         "regenerate",
@@ -121,6 +134,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--output", "-o", default="models", help="folder for digits-ldm/, digits-clip/")
     return parser
+
+
+def _reference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reference",
+        metavar="SRC",
+        help="real images (Parquet, WebDataset shards, class folders) to measure the build "
+        "against: near copies and distribution metrics, from the stored embeddings",
+    )
+    p.add_argument(
+        "--clip-model",
+        metavar="DIR",
+        help="the build's CLIP folder (default: the recipe's path, from the current directory)",
+    )
 
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
@@ -185,7 +212,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from synthgen.pipelines.progress import RATE_DEFINITION, mark_build_start, rate
     from synthgen.schemas.recipe import load_recipe
+
+    mark_build_start()  # the clock of the live rate and of the summary's
 
     load_recipe(args.recipe, args.overrides)  # a bad recipe is reported before heavy imports
     from synthgen.pipelines.build import run_build
@@ -201,11 +231,12 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
         show_progress=not args.no_progress,
     )
     counts = result.manifest.counts
-    rate = result.generated_now / result.seconds if result.seconds > 0 else 0.0
+    per_second = rate(result.generated_now, result.seconds)
     print(
         f"synthgen: built {result.output}: {counts.accepted} accepted, "
         f"{counts.rejected} rejected in {len(result.manifest.shards)} shard(s); "
-        f"{result.generated_now} generated in {result.seconds:.1f}s ({rate:.2f} images/s)"
+        f"{result.generated_now} generated in {result.seconds:.1f}s ({per_second:.2f} images/s: "
+        f"{RATE_DEFINITION})"
         + (f"; reused {len(result.reused_shards)} shard(s)" if result.reused_shards else "")
     )
     if args.publish:
@@ -219,6 +250,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from synthgen.validators.corpus import validate_dir
 
     report = validate_dir(Path(args.dir))
+    if args.reference and report.ok:
+        from synthgen.pipelines.transforms import check_against_reference
+
+        failures, gates = check_against_reference(Path(args.dir), args.reference, args.clip_model)
+        report.failures += failures
+        report.expectations += gates
     for failure in report.failures:
         print(f"FAIL {failure}")
     for e in report.failed_expectations():
@@ -242,32 +279,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (out / MANIFEST_NAME).is_file():
         print(f"synthgen: error: {out}: no {MANIFEST_NAME}: not a finished build", file=sys.stderr)
         return EXIT_FAILED
-    json_path, html_path = write_report(out)
+    reference = None
+    if args.reference:
+        from synthgen.pipelines.transforms import reference_for_build
+        from synthgen.validators.corpus import read_manifest
+
+        path = reference_for_build(out, read_manifest(out), args.reference, args.clip_model)
+        reference = (path, str(Path(args.reference).resolve()))
+    json_path, html_path = write_report(out, reference=reference)
     print(f"synthgen: wrote {html_path} and {json_path}")
     return EXIT_OK
 
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
-    import glob
     import hashlib
     from pathlib import Path
 
-    import pyarrow.dataset as ds
+    from synthgen.generators.regenerate import ProvenanceNotFound, find_provenance, regenerate
 
-    from synthgen.generators.regenerate import regenerate
-
-    files = sorted(glob.glob(str(Path(args.dir) / "*.parquet")))
-    if not files:
-        print(f"synthgen: error: {args.dir}: no Parquet shards", file=sys.stderr)
+    try:
+        # The Parquet row (rejects included) merged with its file's build constants.
+        prov = find_provenance(Path(args.dir), args.key)
+    except ProvenanceNotFound as exc:
+        print(f"synthgen: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    table = ds.dataset(files).to_table(filter=ds.field("key") == args.key)
-    if table.num_rows != 1:
-        print(
-            f"synthgen: error: {args.dir}: key {args.key!r} found {table.num_rows} times",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    prov = table.drop_columns(["rejected_image"]).to_pylist()[0]
     data = regenerate(prov)
     digest = hashlib.sha256(data).hexdigest()
     if args.image_out:
@@ -359,6 +394,18 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from synthgen.pipelines.verify import VerifyError, format_text, verify
+
+    try:
+        result = verify(args.path, args.build)
+    except VerifyError as exc:
+        print(f"synthgen: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(result.to_json() if args.json else format_text(result))
+    return 0 if result.ok else EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
@@ -387,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_validate(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "verify":
+            return cmd_verify(args)
     except (KeyboardInterrupt, Terminated):
         code = _signal_exit()
         return code if code is not None else EXIT_INTERRUPTED

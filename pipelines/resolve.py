@@ -19,6 +19,8 @@ from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import Recipe, RecipeError, resolve_path
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.hashing import folder_sha256
+from synthgen.storage.model_card import license_info
+from synthgen.storage.watermark import watermark_payload
 from synthgen.validators.scorers.base import Scorer
 from synthgen.validators.scoring import build_scorers, score_columns, scorer_provenance
 
@@ -61,6 +63,7 @@ def check_model(recipe: Recipe, model_path: Path) -> tuple[ModelFolder, dict[str
     Returns the folder and the effective scheduler config.
     """
     m = recipe.model
+    license_info(model_path, m.license, m.license_ack, recipe.usage)  # unacknowledged: refuse
     folder = inspect_folder(model_path, m.variant, safety_checker=m.safety_checker)
     family = folder.family
     check_recipe_options(recipe, folder.class_name, family)
@@ -198,6 +201,7 @@ def generation_settings(resolved: ResolvedRecipe) -> GenerationSettings:
         vae_tiling=r.model.vae_tiling,
         max_sequence_length=r.sampling.max_sequence_length,
         pipeline_class=resolved.model.class_name if resolved.model else None,
+        watermark=watermark_payload(r.hash).hex(),
         image_format=r.output.image_format,
         png_compress_level=r.output.png_compress_level,
         quality=r.output.quality,

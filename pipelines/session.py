@@ -59,11 +59,15 @@ from synthgen.schemas.manifest import (
     ModelInfo,
     PlanRound,
     ShardStats,
+    UsageInfo,
+    WatermarkInfo,
     stats_name,
 )
 from synthgen.storage.atomic import remove_stale_tmp, write_bytes_atomic
 from synthgen.storage.faults import maybe_fault
 from synthgen.storage.hashing import file_sha256
+from synthgen.storage.model_card import license_info
+from synthgen.storage.watermark import watermark_info
 from synthgen.validators.build_checks import check_columns
 from synthgen.validators.corpus import validate_corpus
 from synthgen.validators.report import write_report
@@ -368,6 +372,7 @@ class BuildSession:
         accepted = sum(s.accepted for s in stats)
         rejected = sum(s.rejected for s in stats)
         ctx = self.ctx
+        r = self.recipe
         return Manifest(
             status="complete",
             recipe_name=self.recipe.name,
@@ -391,5 +396,13 @@ class BuildSession:
             ),
             shards=[s.entry() for s in stats],
             lineage=self.lineage,
+            watermark=WatermarkInfo.model_validate(
+                watermark_info(r.hash, r.sampling.width, r.sampling.height)
+            ),
+            usage=UsageInfo.model_validate(
+                license_info(
+                    self.resolved.model_path, r.model.license, r.model.license_ack, r.usage
+                )
+            ),
             **finish.extra,
         )

@@ -39,6 +39,13 @@ from synthgen.validators.dedup import (
     near_duplicate_losers,
     quantile_threshold,
 )
+from synthgen.validators.nearest import (
+    ReferenceSet,
+    nearest,
+    read_reference,
+    semantic_duplicate_losers,
+    with_nearest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +173,68 @@ class QuantileCuts(beam.PTransform):
         )
 
 
+class AttachNearest(beam.DoFn):
+    """Each sample -> a copy carrying its nearest reference / eval-set image (id, cosine
+    similarity, perceptual-hash distance). The embedded sets are read once per worker from
+    their cache files (kind -> path): only the paths travel with the DoFn."""
+
+    def __init__(self, paths: dict[str, str], embedding_column: str):
+        self._paths = dict(paths)
+        self._column = embedding_column
+        self._sets: dict[str, ReferenceSet] | None = None
+
+    def setup(self) -> None:
+        self._sets = {kind: read_reference(Path(p)) for kind, p in sorted(self._paths.items())}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_sets"] = None
+        return state
+
+    def process(self, sample: Sample) -> Iterator[Sample]:
+        if self._sets is None:
+            self.setup()
+        assert self._sets is not None
+        vector = sample.scores.get(self._column)
+        if not isinstance(vector, tuple):
+            yield sample
+            return
+        for kind, ref in self._sets.items():
+            (found,) = nearest([vector], [sample.phash], ref)
+            sample = with_nearest(sample, kind, found)
+        yield sample
+
+
+class SemanticDuplicates(beam.PTransform):
+    """Per class, samples whose embeddings are nearly the same: all but the smallest key.
+
+    `reused` holds (class, (key, embedding)) of shards written earlier in the build."""
+
+    def __init__(self, column: str, min_similarity: float, reused: list[Any]):
+        super().__init__()
+        self._column = column
+        self._sim = min_similarity
+        self._reused = reused
+
+    def expand(self, samples: beam.PCollection) -> beam.PCollection:
+        column, sim = self._column, self._sim
+        now = samples | "ByClass" >> beam.FlatMap(
+            lambda s: (
+                [(s.request.class_label, (s.request.key, s.scores[column]))]
+                if isinstance(s.scores.get(column), tuple)
+                else []
+            )
+        )
+        earlier = samples.pipeline | "Reused" >> beam.Create(self._reused)
+        return (
+            (now, earlier)
+            | "All" >> beam.Flatten()
+            | "GroupClass" >> beam.GroupByKey()
+            | "Losers" >> beam.FlatMap(lambda kv: semantic_duplicate_losers(kv[1], sim))
+            | "Tag" >> beam.Map(lambda key: (key, "semantic_duplicate"))
+        )
+
+
 class _ProgressWriter(beam.DoFn):
     """Appends one letter per sample to a per-worker file the driver's progress display reads."""
 
@@ -251,6 +320,9 @@ class DecideSamples(beam.PTransform):
         reused_features: list[SampleFeatures],
         progress_dir: str | None,
         quota: dict[int, int] | None = None,
+        nearest: dict[str, str] | None = None,
+        embedding_column: str | None = None,
+        reused_embeddings: list[Any] | None = None,
     ):
         super().__init__()
         self._checks = checks
@@ -258,9 +330,16 @@ class DecideSamples(beam.PTransform):
         self._reused = reused_features
         self._progress_dir = progress_dir
         self._quota = quota
+        self._nearest = nearest or {}
+        self._embedding = embedding_column
+        self._reused_embeddings = reused_embeddings or []
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         p = samples.pipeline
+        if self._nearest and self._embedding:
+            samples = samples | "NearestReference" >> beam.ParDo(
+                AttachNearest(self._nearest, self._embedding)
+            )
         feats = (
             samples | "Features" >> beam.Map(sample_features),
             p | "ReusedFeatures" >> beam.Create(self._reused),
@@ -271,6 +350,12 @@ class DecideSamples(beam.PTransform):
         if self._global.near_duplicate_distance is not None:
             tagged.append(
                 feats | "NearDuplicates" >> NearDuplicates(self._global.near_duplicate_distance)
+            )
+        if self._global.semantic_duplicate is not None:
+            column, sim = self._global.semantic_duplicate
+            tagged.append(
+                samples
+                | "SemanticDuplicates" >> SemanticDuplicates(column, sim, self._reused_embeddings)
             )
         if not tagged:
             tagged.append(p | "NoDuplicates" >> beam.Create([]))
@@ -366,3 +451,298 @@ class WriteShards(beam.PTransform):
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(WriteShardFn(self._out_dir, self._ctx, self._columns))
         )
+
+
+# -- reference sets (read on the driver, before the pipeline) ------------------------------
+
+
+def source_images(source: Any) -> Iterator[tuple[str, str, bytes]]:
+    """(reference, label, encoded image) of every record of a balance-style source.
+
+    Sources stream references and labels only; this reads the bytes behind them with the
+    same rules (Parquet image column bytes, WebDataset image member, class-folder files).
+    """
+    from synthgen.generators.sources.folder_source import FolderSource
+    from synthgen.generators.sources.parquet_source import ParquetSource
+    from synthgen.generators.sources.webdataset_source import IMAGE_EXTS, WebDatasetSource
+
+    if isinstance(source, ParquetSource):
+        import pyarrow.parquet as pq
+
+        records = source.records()  # checks columns and images, in the same order as below
+        for f in source.files:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(
+                columns=[source.label_column, source.image_column], batch_size=256
+            ):
+                for label, image in zip(
+                    batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
+                ):
+                    record = next(records)
+                    data = image.get("bytes") if isinstance(image, dict) else image
+                    yield record.reference, str(label), bytes(data or b"")
+    elif isinstance(source, FolderSource):
+        for record in source.records():
+            yield record.reference, record.label, (source.root / record.reference).read_bytes()
+    elif isinstance(source, WebDatasetSource):
+        import webdataset as wds
+
+        records = source.records()
+        ds = wds.WebDataset(
+            source.urls, shardshuffle=False, handler=wds.reraise_exception, empty_check=False
+        )
+        for sample in ds:
+            record = next(records)
+            ext = next(e for e in IMAGE_EXTS if e in sample)
+            yield record.reference, record.label, sample[ext]
+    else:
+        raise TypeError(f"no image reader for {type(source).__name__}")
+
+
+def _source_sha256(location: str) -> str:
+    import hashlib
+
+    from synthgen.generators.sources.webdataset_source import expand_pattern
+    from synthgen.storage.hashing import file_sha256, folder_sha256
+
+    path = Path(location)
+    if path.is_file():
+        return file_sha256(path)
+    if path.is_dir():
+        return folder_sha256(path)
+    h = hashlib.sha256()
+    for url in expand_pattern(location):
+        h.update(file_sha256(Path(url)).encode())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceInput:
+    """A reference or eval set as the driver opens it: checked, nothing read yet."""
+
+    kind: str  # reference | eval_set
+    location: str  # resolved path or shard pattern
+    spec: Any  # BalanceSpec-shaped: format, label_column, image_column, label_type
+    max_images: int
+
+
+def reference_inputs(recipe: Recipe, base_dir: Path | None) -> list[ReferenceInput]:
+    """The build's reference (its own, else its balance source) and eval set, each opened
+    once to check it exists and is readable (SourceError naming it); nothing is written."""
+    from synthgen.generators.sources.open import open_source
+    from synthgen.schemas.recipe import BalanceSpec, resolve_path
+
+    base = base_dir or Path.cwd()
+    out = []
+    for kind in ("reference", "eval_set"):
+        spec = getattr(recipe, kind)
+        max_images = 10_000_000
+        if spec is None and kind == "reference" and recipe.balance is not None:
+            spec = recipe.balance
+        elif spec is not None:
+            max_images = spec.max_images
+            spec = BalanceSpec(
+                source=spec.source,
+                format=spec.format,
+                label_column=spec.label_column,
+                image_column=spec.image_column,
+                label_type=spec.label_type,
+            )
+        if spec is None:
+            continue
+        raw = spec.source
+        if any(c in raw for c in "{*?["):
+            location = raw if Path(raw).is_absolute() else str(base / raw)
+        else:
+            location = str(resolve_path(base, raw))
+        open_source(spec, location)
+        out.append(ReferenceInput(kind, location, spec, max_images))
+    return out
+
+
+def prepare_reference(
+    recipe: Recipe, ref: ReferenceInput, clip: Any, cache_dir: Path, device: str = "cpu"
+) -> Path:
+    """The embedded set's cache file under `cache_dir` (made once per source content, CLIP
+    weights and class mapping; later builds and rounds read it)."""
+    import itertools
+
+    from synthgen.generators.sources.open import label_resolver, open_source
+    from synthgen.validators.nearest import (
+        cache_key,
+        cached_reference,
+        clip_encoder,
+        embed_reference,
+    )
+
+    resolve = label_resolver(recipe, ref.spec.label_type)
+    mapping = {c.name: c.id for c in recipe.classes}
+    key = cache_key(
+        _source_sha256(ref.location),
+        clip.sha256,
+        {"classes": mapping, "label_type": ref.spec.label_type, "max": ref.max_images},
+    )
+
+    def make() -> ReferenceSet:
+        source = open_source(ref.spec, ref.location)
+        items = (
+            (r, cid, data)
+            for r, label, data in source_images(source)
+            if (cid := resolve(label)) is not None
+        )
+        encode = clip_encoder(clip, device, recipe.model.cpu_threads)
+        return embed_reference(itertools.islice(items, ref.max_images), encode)
+
+    return cached_reference(cache_dir, ref.kind, key, make)
+
+
+def prepare_references(
+    resolved: Any, inputs: Sequence[ReferenceInput], out: Path
+) -> dict[str, str]:
+    """kind -> the embedded set's cache file, under the build's `.synthgen/` (made once)."""
+    from synthgen.schemas.manifest import STATE_DIR
+    from synthgen.validators.scorers.clip_embedding import ClipEmbeddingScorer
+
+    if not inputs:
+        return {}
+    clip = next((s.clip for s in resolved.scorers if isinstance(s, ClipEmbeddingScorer)), None)
+    if clip is None:
+        raise ValueError("reference / eval_set: add the `clip_embedding` scorer to scoring.scorers")
+    device = resolved.recipe.model.device
+    cache = out / STATE_DIR / "references"
+    return {
+        ref.kind: str(prepare_reference(resolved.recipe, ref, clip, cache, device))
+        for ref in inputs
+    }
+
+
+def reused_embeddings(out: Path, shards: Sequence[int], global_checks: GlobalChecks) -> list[Any]:
+    """(class, (key, embedding)) of shards written earlier, for semantic dedup."""
+    import pyarrow.parquet as pq
+
+    from synthgen.schemas.manifest import shard_files
+
+    if global_checks.semantic_duplicate is None:
+        return []
+    column = global_checks.semantic_duplicate[0]
+    found = []
+    for shard in shards:
+        table = pq.read_table(out / shard_files(shard)[1], columns=["key", "class_label", column])
+        for row in table.to_pylist():
+            if row[column] is not None:
+                found.append((row["class_label"], (row["key"], tuple(row[column]))))
+    return found
+
+
+def with_metrics(
+    manifest: Any,
+    out: Path,
+    recipe: Recipe,
+    inputs: Sequence[ReferenceInput],
+    paths: dict[str, str],
+) -> Any:
+    """The manifest with its metrics block (accepted samples against the reference)."""
+    from synthgen.validators.build_checks import embedding_column
+    from synthgen.validators.metrics import metrics_info
+
+    column = embedding_column(manifest.score_columns)
+    path = paths.get("reference")
+    if path is None or column is None:
+        return manifest
+    location = next(r.location for r in inputs if r.kind == "reference")
+    info = metrics_info(
+        out,
+        manifest.shard_ids,
+        column,
+        read_reference(Path(path)),
+        {c.id: c.name for c in recipe.classes},
+        location,
+        os.path.relpath(path, out),
+    )
+    return manifest.model_copy(update={"metrics": info})
+
+
+def metric_gate_results(manifest: Any, recipe: Recipe) -> list[Any]:
+    """The recipe's `validation.metrics` gates evaluated (great_expectations) on the
+    manifest's metrics block; a gate with no metrics to read fails as a failure row."""
+    from synthgen.validators.expectations import ExpectationResult, metric_expectations
+
+    gates = recipe.validation.metrics
+    if not gates:
+        return []
+    if manifest.metrics is None:
+        return [
+            ExpectationResult(
+                "metrics", "metrics_computed", {}, False, "no reference embeddings: no metrics"
+            )
+        ]
+    return metric_expectations(manifest.metrics.model_dump(mode="json"), dict(gates))
+
+
+def reference_for_build(out: Path, manifest: Any, source: str, clip_model: str | None) -> Path:
+    """`--reference SRC` on a finished build: SRC embedded with the build's own CLIP model
+    (its folder from `clip_model`, else the recipe's path from the current directory; its
+    weights must match the build's) and cached under the build's `.synthgen/references/`."""
+    from synthgen.schemas.manifest import STATE_DIR
+    from synthgen.schemas.recipe import recipe_from_dict
+    from synthgen.validators.clip_model import clip_ref
+
+    recipe = recipe_from_dict(manifest.recipe, "manifest.json")
+    if clip_model is not None:
+        scoring = recipe.scoring.model_copy(update={"clip_model": str(Path(clip_model).resolve())})
+        recipe = recipe.model_copy(update={"scoring": scoring})
+    clip = clip_ref(recipe, Path.cwd())
+    built = {s.get("sha256") for s in manifest.scorers if s.get("name") == "clip_embedding"}
+    if not built:
+        raise ValueError(f"{out}: the build stored no image embeddings (no clip_embedding scorer)")
+    if clip.sha256 not in built:
+        raise ValueError(
+            f"{clip.path}: CLIP weights differ from the build's (sha256 {clip.sha256[:12]}); "
+            "pass the build's model with --clip-model"
+        )
+    only = {
+        "reference": _reference_spec(source, recipe.reference),
+        "balance": None,
+        "eval_set": None,
+    }
+    inputs = reference_inputs(recipe.model_copy(update=only), None)
+    return Path(prepare_reference(recipe, inputs[0], clip, out / STATE_DIR / "references"))
+
+
+def _reference_spec(source: str, spec: Any) -> Any:
+    """A `reference:` block for `source`, keeping the recipe's label settings if it has some."""
+    from synthgen.schemas.recipe import ReferenceSpec
+
+    if spec is None:
+        return ReferenceSpec(source=str(Path(source).resolve()))
+    return spec.model_copy(update={"source": str(Path(source).resolve())})
+
+
+def check_against_reference(
+    out: Path, source: str, clip_model: str | None = None
+) -> tuple[list[str], list[Any]]:
+    """`synthgen validate DIR --reference SRC`: (failures, expectation results).
+
+    Every accepted sample whose nearest SRC image is a near copy by the recipe's
+    `checks.near_copy` rule (default: cosine similarity >= 0.95) is a failure naming both;
+    the recipe's metric gates are evaluated against SRC. Nothing in the build is rewritten."""
+    from synthgen.schemas.recipe import NearCopySpec, recipe_from_dict
+    from synthgen.validators.build_checks import embedding_column
+    from synthgen.validators.corpus import read_manifest
+    from synthgen.validators.nearest import build_nearest, near_copies
+
+    manifest = read_manifest(out)
+    recipe = recipe_from_dict(manifest.recipe, "manifest.json")
+    path = reference_for_build(out, manifest, source, clip_model)
+    column = embedding_column(manifest.score_columns)
+    assert column is not None  # reference_for_build checked the scorer
+    ref = read_reference(path)
+    spec = recipe.checks.near_copy or NearCopySpec()
+    failures = [
+        f"near_copy: {r['key']} ({r['class_name']}) is a near copy of {r['nearest_ref']} "
+        f"(similarity {r['similarity']:.4f}, phash distance {r['phash_distance']})"
+        for r in near_copies(build_nearest(out, manifest.shard_ids, column, ref), spec)
+    ]
+    inputs = [ReferenceInput("reference", str(Path(source).resolve()), None, 0)]
+    measured = with_metrics(manifest, out, recipe, inputs, {"reference": str(path)})
+    return failures, metric_gate_results(measured, recipe)

@@ -162,6 +162,40 @@ class Lineage(_Contract):
     inherited_shards: list[int]
 
 
+class MetricsInfo(_Contract):
+    """Distribution metrics of the accepted samples against the reference set (see
+    docs/metrics.md): overall and per class, by metric name (None where a set is too small)."""
+
+    metrics_version: Literal[1] = 1
+    reference: str = Field(description="the reference source (path or shard pattern)")
+    reference_images: int = Field(ge=0)
+    reference_cache: str | None = Field(
+        default=None, description="the embedded reference set, relative to the build"
+    )
+    embedding_column: str
+    k: int = Field(ge=1, description="nearest neighbours for precision/recall/density/coverage")
+    overall: dict[str, float | int | None]
+    per_class: dict[str, dict[str, float | int | None]]
+
+
+class WatermarkInfo(_Contract):
+    """The build's invisible watermark (see `storage/watermark.py` for the payload layout)."""
+
+    method: str
+    payload: str = Field(description="hex: magic `SG` + the first 4 bytes of the recipe hash")
+    skipped: str | None = Field(
+        default=None, description="why the build's images carry no watermark (too small)"
+    )
+
+
+class UsageInfo(_Contract):
+    """The model's licence and the recipe's usage statement."""
+
+    license: str | None = None
+    license_source: Literal["model_card", "recipe"] | None = None
+    usage: str | None = None
+
+
 class Manifest(_Contract):
     """`manifest.json`: every shard with its hashes and counts, the recipe, the versions."""
 
@@ -184,6 +218,9 @@ class Manifest(_Contract):
     )
     balance: BalanceInfo | None = None
     lineage: Lineage | None = None
+    metrics: MetricsInfo | None = None
+    watermark: WatermarkInfo | None = None
+    usage: UsageInfo | None = None
 
     def to_json(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=True, by_alias=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from functools import cached_property
 from pathlib import Path
@@ -118,6 +119,17 @@ class ModelSpec(_Frozen):
     safety_checker: bool = Field(
         default=True,
         description="run the folder's own safety checker (when it has one) as a scorer",
+    )
+    license: str | None = Field(
+        default=None,
+        max_length=200,
+        description="the model's licence when its folder has no model card (README.md) saying it",
+    )
+    license_ack: str | None = Field(
+        default=None,
+        max_length=200,
+        description="the licence of the model card you have read and accept; a card declaring "
+        "another licence fails the build before anything is generated",
     )
 
 
@@ -241,6 +253,22 @@ class NearDuplicateSpec(_Frozen):
     )
 
 
+class NearCopySpec(_Frozen):
+    """A sample this close to a reference (or eval-set) image is rejected: its embedding's
+    cosine similarity to the nearest image at least `min_similarity`, or that image's
+    perceptual hash within `max_phash_distance` bits (null: not compared)."""
+
+    min_similarity: float = Field(default=0.95, ge=-1.0, le=1.0)
+    max_phash_distance: int | None = Field(default=None, ge=0, le=64)
+
+
+class SemanticDuplicateSpec(_Frozen):
+    """Within the build: of samples of one class whose embeddings' cosine similarity is at
+    least `min_similarity`, the smallest key is kept (SemDeDup-style, per class)."""
+
+    min_similarity: float = Field(default=0.98, ge=-1.0, le=1.0)
+
+
 class ChecksSpec(_Frozen):
     """Per-image checks; `null` disables one. Names follow cleanvision's vocabulary."""
 
@@ -250,9 +278,26 @@ class ChecksSpec(_Frozen):
     dark: Threshold | None = None
     light: Threshold | None = None
     low_information: Threshold | None = None
+    unsafe: Threshold | None = Field(
+        default=Threshold(absolute=0.0),
+        description="`safety_concepts`: best concept similarity minus its threshold above "
+        "this -> rejected and withheld (never written)",
+    )
+    nsfw: Threshold | None = Field(
+        default=Threshold(absolute=0.0),
+        description="`safety_checker` (the model folder's own): its concept score above this "
+        "-> rejected and withheld",
+    )
     odd_size: bool = True
     exact_duplicate: bool = True
     near_duplicate: NearDuplicateSpec | None = None
+    near_copy: NearCopySpec | None = Field(
+        default=None, description="reject near-copies of a `reference` image (memorization)"
+    )
+    contaminated: NearCopySpec | None = Field(
+        default=None, description="reject near-copies of an `eval_set` image (contamination)"
+    )
+    semantic_duplicate: SemanticDuplicateSpec | None = None
     scores: dict[str, ColumnThreshold] = Field(
         default_factory=dict,
         description="thresholds on score columns by column name (any scorer's column)",
@@ -265,10 +310,131 @@ class ChecksSpec(_Frozen):
         return self
 
 
+class SafetyConcept(_Frozen):
+    """One concept prompt screened for; its family names the score column it feeds."""
+
+    family: Slug
+    prompt: str = Field(min_length=1, max_length=300)
+    threshold: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="cosine similarity above which an image shows the concept; null: the "
+        "family's entry in `thresholds`, else `threshold`",
+    )
+
+
+# A starting list in the spirit of Stable Diffusion's own checker (whose concepts are kept as
+# embeddings): calibrate the thresholds on the recipe's CLIP model before relying on them.
+DEFAULT_SAFETY_CONCEPTS: tuple[SafetyConcept, ...] = tuple(
+    SafetyConcept(family=family, prompt=prompt)
+    for family, prompts in (
+        ("sexual", ("sexual content", "nudity", "pornography", "a naked person")),
+        ("violence", ("graphic violence", "gore", "blood and injuries", "a dead body")),
+        ("hate", ("a hate symbol", "a swastika")),
+        ("self_harm", ("self-harm", "a person cutting themselves")),
+    )
+    for prompt in prompts
+)
+
+
+class SafetySpec(_Frozen):
+    """Content screening: concept prompts for the `safety_concepts` scorer, prompt blocklist.
+
+    A prompt (class prompt) containing a `blocklist` entry (case-insensitive, as whole words)
+    is refused when the recipe is read, before anything is generated.
+    """
+
+    concepts: list[SafetyConcept] = Field(
+        default_factory=lambda: list(DEFAULT_SAFETY_CONCEPTS), max_length=1000
+    )
+    threshold: float = Field(
+        default=0.3, ge=-1.0, le=1.0, description="default cosine similarity threshold"
+    )
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="threshold per concept family (overrides `threshold`)"
+    )
+    blocklist: list[str] = Field(default_factory=list, max_length=10_000)
+
+    @field_validator("blocklist")
+    @classmethod
+    def _non_empty_terms(cls, v: list[str]) -> list[str]:
+        if any(not t.strip() for t in v):
+            raise ValueError("blocklist entries must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _known_families(self) -> SafetySpec:
+        families = {c.family for c in self.concepts}
+        unknown = sorted(set(self.thresholds) - families)
+        if unknown:
+            raise ValueError(f"thresholds: no concept of family {', '.join(unknown)}")
+        if any(not -1.0 <= t <= 1.0 for t in self.thresholds.values()):
+            raise ValueError("thresholds: cosine similarities lie in [-1, 1]")
+        return self
+
+    def concept_threshold(self, concept: SafetyConcept) -> float:
+        if concept.threshold is not None:
+            return concept.threshold
+        return self.thresholds.get(concept.family, self.threshold)
+
+
+def blocklist_match(text: str, blocklist: list[str]) -> str | None:
+    """The first blocklist entry found in `text` (case-insensitive, whole words), or None."""
+    for term in blocklist:
+        if re.search(rf"(?<!\w){re.escape(term.strip())}(?!\w)", text, re.IGNORECASE):
+            return term
+    return None
+
+
+# Distribution metrics a recipe may gate (validators.metrics computes them).
+METRIC_NAMES = (
+    "frechet_distance",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "vendi",
+    "vendi_reference",
+    "mean_pairwise_distance",
+    "mean_pairwise_distance_reference",
+)
+
+
+class MetricGate(_Frozen):
+    """Bounds (inclusive) one corpus metric must meet, overall and in every class."""
+
+    min: float | None = None
+    max: float | None = None
+    per_class: bool = Field(default=True, description="also gate each class, not only overall")
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> MetricGate:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        return self
+
+
 class ValidationSpec(_Frozen):
     """Corpus expectations run after writing (great_expectations)."""
 
     min_accepted_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    metrics: dict[str, MetricGate] = Field(
+        default_factory=dict,
+        description="gates on distribution metrics against the reference set, by name: "
+        + ", ".join(METRIC_NAMES),
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: dict[str, MetricGate]) -> dict[str, MetricGate]:
+        unknown = sorted(set(v) - set(METRIC_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown metric {', '.join(unknown)}; known: {', '.join(METRIC_NAMES)}"
+            )
+        return v
 
 
 class OutputSpec(_Frozen):
@@ -312,6 +478,19 @@ class BalanceSpec(_Frozen):
         return v
 
 
+class ReferenceSpec(_Frozen):
+    """A labelled image set the corpus is measured against (read like a balance source)."""
+
+    source: str = Field(min_length=1, description="Parquet, WebDataset shards, or image folder")
+    format: Literal["auto", "parquet", "webdataset", "folder"] = "auto"
+    label_column: str = "label"
+    image_column: str = "image"
+    label_type: Literal["auto", "name", "id"] = "auto"
+    max_images: int = Field(
+        default=100_000, ge=1, le=10_000_000, description="read at most this many images"
+    )
+
+
 class Recipe(_Frozen):
     """A build recipe. Relative paths resolve against the recipe file's folder."""
 
@@ -325,13 +504,38 @@ class Recipe(_Frozen):
     checks: ChecksSpec = ChecksSpec()
     validation: ValidationSpec = ValidationSpec()
     balance: BalanceSpec | None = None
+    reference: ReferenceSpec | None = Field(
+        default=None,
+        description="real images to measure against (metrics, near copies); in a balancing "
+        "build the balance source is the default",
+    )
+    eval_set: ReferenceSpec | None = Field(
+        default=None, description="evaluation images no sample may copy (contamination)"
+    )
     output: OutputSpec = OutputSpec()
+    safety: SafetySpec = SafetySpec()
+    usage: str | None = Field(
+        default=None,
+        max_length=10_000,
+        description="what the corpus may be used for; recorded in the manifest and the report",
+    )
     batch_size: int = Field(default=8, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _count_or_balance(self) -> Recipe:
         if self.count_per_class is None and self.balance is None:
             raise ValueError("count_per_class: required unless the recipe has a balance block")
+        return self
+
+    @model_validator(mode="after")
+    def _reference_for_its_checks(self) -> Recipe:
+        has_reference = self.reference is not None or self.balance is not None
+        if self.checks.near_copy is not None and not has_reference:
+            raise ValueError("checks.near_copy: needs a `reference` (or `balance`) block")
+        if self.checks.contaminated is not None and self.eval_set is None:
+            raise ValueError("checks.contaminated: needs an `eval_set` block")
+        if self.validation.metrics and not has_reference:
+            raise ValueError("validation.metrics: needs a `reference` (or `balance`) block")
         return self
 
     @model_validator(mode="after")
@@ -353,6 +557,18 @@ class Recipe(_Frozen):
                     f"count_per_class: {self.count_per_class} x {len(self.classes)} classes = "
                     f"{total} planned samples, over the maximum of {MAX_PLANNED_SAMPLES}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _no_blocked_prompt(self) -> Recipe:
+        for c in self.classes:
+            for prompt in c.prompts:
+                term = blocklist_match(prompt, self.safety.blocklist)
+                if term is not None:
+                    raise ValueError(
+                        f"classes: class {c.name!r}, prompt {prompt!r} matches safety.blocklist "
+                        f"entry {term!r}; it is refused before generation"
+                    )
         return self
 
     @model_validator(mode="after")
@@ -383,6 +599,12 @@ class Recipe(_Frozen):
         """
         data = self.model_dump(mode="json")
         data.pop("batch_size")
+        # Optional blocks added later leave the hash of a recipe that does not use them as it
+        # was, so existing builds still resume and extend.
+        for block, name in _UNSET_IF_EMPTY:
+            parent = data if block is None else data.get(block, {})
+            if name in parent and not parent[name]:
+                parent.pop(name)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -483,7 +705,23 @@ def safe_load(text: str) -> Any:
         loader.dispose()  # type: ignore[no-untyped-call]
 
 
-PATH_FIELDS = (("model", "path"), ("scoring", "clip_model"), ("balance", "source"))
+PATH_FIELDS = (
+    ("model", "path"),
+    ("scoring", "clip_model"),
+    ("balance", "source"),
+    ("reference", "source"),
+    ("eval_set", "source"),
+)
+
+# (block, field) left out of the recipe hash while unset (None or empty).
+_UNSET_IF_EMPTY = (
+    (None, "reference"),
+    (None, "eval_set"),
+    ("checks", "near_copy"),
+    ("checks", "contaminated"),
+    ("checks", "semantic_duplicate"),
+    ("validation", "metrics"),
+)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -579,13 +817,42 @@ def _child(node: Any, part: str, parts: list[str], create: bool) -> Any:
     return node[part]
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation may hold (through Optional, list, dict, Annotated)."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _field_names_at(loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed where `loc` (an error location) points: its parent's fields."""
+    models: list[type[BaseModel]] = [Recipe]
+    for part in loc[:-1]:
+        if not isinstance(part, str):
+            continue  # a list index or dict key: same models
+        found = [m.model_fields[part].annotation for m in models if part in m.model_fields]
+        if found:
+            models = [m for a in found for m in _models_in(a)]
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices` (difflib), or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid recipe ({exc.error_count()} problem(s))"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field"
+            msg = "unknown field" + did_you_mean(str(err["loc"][-1]), _field_names_at(err["loc"]))
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 

@@ -1,19 +1,29 @@
 """The sample record: one pyarrow schema for Parquet rows, tar `.json` provenance and readers.
 
-Every column is declared exactly once, as a field of the record it comes from, with its
+Every field is declared exactly once, as a field of the record it comes from, with its
 Arrow type in the field's metadata: the planned request (`GenerationRequest`), the generated
 and checked sample (`Sample`), or the build-wide provenance every sample shares
 (`BuildContext`). The Parquet schema, the provenance allow-list and the row builder are all
 derived from those declarations; score columns come from the scorers' `ScoreColumn`s.
+
+Parquet rows keep what varies from sample to sample (`row=True`); build-wide constants
+(model, scheduler config, versions, ...) are written once, in the Parquet file's key-value
+metadata under `synthgen` (and in the manifest), never repeated per row. The tar `.json`
+sidecar keeps the full provenance of its sample, so a sample can be regenerated from it alone.
+The Parquet schema also carries Hugging Face `datasets` features (`huggingface` metadata):
+`class_label` is a `ClassLabel` with the build's class names.
+JSON written anywhere is strict: a non-finite float (NaN, +-Infinity) is written as null.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -27,18 +37,58 @@ REJECTED = "rejected"
 
 Score = float | tuple[float, ...]
 
+# The Parquet layout of a shard: its name and version sit in every file's `synthgen` metadata.
+# Version 3: build-wide constants moved from the rows into file metadata, `checks` a list of
+# {name, outcome} structs, `created_at` a UTC timestamp, Hugging Face feature metadata.
+SCHEMA_NAME = "synthgen.sample"
+SCHEMA_VERSION = 3
+SYNTHGEN_METADATA_KEY = b"synthgen"
+HF_METADATA_KEY = b"huggingface"
+
+CHECKS_TYPE = pa.list_(pa.struct([("name", pa.string()), ("outcome", pa.string())]))
+TIMESTAMP_TYPE = pa.timestamp("ms", tz="UTC")
+
 
 def _column(
-    arrow: pa.DataType, *, nullable: bool = False, provenance: bool = True, json_text: bool = False
+    arrow: pa.DataType,
+    *,
+    nullable: bool = False,
+    provenance: bool = True,
+    json_text: bool = False,
+    row: bool = True,
 ) -> dict[str, Any]:
-    """Field metadata making a dataclass field a Parquet column (with `provenance`, a `.json`
-    sidecar field too; with `json_text`, canonical JSON text)."""
-    return {"arrow": arrow, "nullable": nullable, "provenance": provenance, "json": json_text}
+    """Field metadata declaring a record field: with `row`, a Parquet column (else a build-wide
+    constant kept in file metadata); with `provenance`, a `.json` sidecar field; with
+    `json_text`, canonical JSON text."""
+    return {
+        "arrow": arrow,
+        "nullable": nullable,
+        "provenance": provenance,
+        "json": json_text,
+        "row": row,
+    }
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, +-Infinity) replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON any strict parser accepts: non-finite floats become null (`finite`)."""
+    return json.dumps(finite(value), allow_nan=False, default=str, **kwargs)
 
 
 def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces: equal values give equal text (and equal hashes)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    """Sorted keys, no spaces, strict (non-finite floats as null): equal values give equal
+    text (and equal hashes)."""
+    return strict_json(value, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +98,8 @@ class GenerationRequest:
     key: str = field(metadata=_column(pa.string()))
     shard: int = field(metadata=_column(pa.int32()))
     index: int = field(metadata=_column(pa.int32()))
-    class_label: int = field(metadata=_column(pa.int32()))
+    # int64, nullable: the storage of a `datasets` ClassLabel (its feature applies only then)
+    class_label: int = field(metadata=_column(pa.int64(), nullable=True))
     class_name: str = field(metadata=_column(pa.string()))
     prompt: str = field(metadata=_column(pa.string()))
     negative_prompt: str = field(metadata=_column(pa.string()))
@@ -71,11 +122,17 @@ class Sample:
     height: int = field(metadata=_column(pa.int32()))
     phash: str = field(default="", metadata=_column(pa.string()))
     scores: dict[str, Score] = field(default_factory=dict)
-    checks: dict[str, str] = field(
-        default_factory=dict, metadata=_column(pa.string(), json_text=True)
-    )
+    # A Parquet list of {name, outcome} structs; a {name: outcome} object in the sidecar.
+    checks: dict[str, str] = field(default_factory=dict, metadata=_column(CHECKS_TYPE))
     status: str = field(default=ACCEPTED, metadata=_column(pa.string(), provenance=False))
     reject_reason: str | None = field(
+        default=None, metadata=_column(pa.string(), nullable=True, provenance=False)
+    )
+    # the nearest reference / eval-set image (validators.nearest), when the recipe has one
+    nearest_ref: str | None = field(
+        default=None, metadata=_column(pa.string(), nullable=True, provenance=False)
+    )
+    nearest_eval: str | None = field(
         default=None, metadata=_column(pa.string(), nullable=True, provenance=False)
     )
 
@@ -85,30 +142,34 @@ class BuildContext:
     """Provenance shared by every sample of a build (allow-listed fields only).
 
     Computed once by the driver and shipped small to every writer; the JSON fields hold
-    canonical JSON text.
+    canonical JSON text. Only `recipe_hash` and `created_at` are Parquet columns (they vary
+    across an extended build's lineage); the rest are written once per file (`build_constants`).
+    `class_names` ({id: name} JSON) names the `ClassLabel` of the Parquet features.
     """
 
-    recipe_name: str = field(metadata=_column(pa.string()))
+    recipe_name: str = field(metadata=_column(pa.string(), row=False))
     recipe_hash: str = field(metadata=_column(pa.string()))
-    model_path: str = field(metadata=_column(pa.string()))
-    model_sha256: str = field(metadata=_column(pa.string()))
-    pipeline_class: str = field(metadata=_column(pa.string()))
-    scheduler: str = field(metadata=_column(pa.string()))
-    scheduler_config: str = field(metadata=_column(pa.string(), json_text=True))
-    steps: int = field(metadata=_column(pa.int32()))
-    guidance_scale: float = field(metadata=_column(pa.float64()))
-    compute_batch: int = field(metadata=_column(pa.int32()))
-    dtype: str = field(metadata=_column(pa.string()))
-    device: str = field(metadata=_column(pa.string()))
-    image_format: str = field(metadata=_column(pa.string()))
+    model_path: str = field(metadata=_column(pa.string(), row=False))
+    model_sha256: str = field(metadata=_column(pa.string(), row=False))
+    pipeline_class: str = field(metadata=_column(pa.string(), row=False))
+    scheduler: str = field(metadata=_column(pa.string(), row=False))
+    scheduler_config: str = field(metadata=_column(pa.string(), json_text=True, row=False))
+    steps: int = field(metadata=_column(pa.int32(), row=False))
+    guidance_scale: float = field(metadata=_column(pa.float64(), row=False))
+    compute_batch: int = field(metadata=_column(pa.int32(), row=False))
+    dtype: str = field(metadata=_column(pa.string(), row=False))
+    device: str = field(metadata=_column(pa.string(), row=False))
+    image_format: str = field(metadata=_column(pa.string(), row=False))
     # {"format", "png_compress_level", "quality"}
-    image_encoding: str = field(metadata=_column(pa.string(), json_text=True))
+    image_encoding: str = field(metadata=_column(pa.string(), json_text=True, row=False))
     # [{"name", "version", "model", "sha256", "library", "columns"}]: one per scorer
-    scorers: str = field(metadata=_column(pa.string(), json_text=True))
-    library_versions: str = field(metadata=_column(pa.string(), json_text=True))
+    scorers: str = field(metadata=_column(pa.string(), json_text=True, row=False))
+    library_versions: str = field(metadata=_column(pa.string(), json_text=True, row=False))
     # generation options beyond the classic ones (variant, VAE slicing/tiling, sequence length)
-    generation_options: str = field(metadata=_column(pa.string(), json_text=True))
-    created_at: str = field(metadata=_column(pa.string()))  # ISO-8601 UTC: the start of the build
+    generation_options: str = field(metadata=_column(pa.string(), json_text=True, row=False))
+    # ISO-8601 UTC text here and in the sidecar: the start of the build; a timestamp in Parquet
+    created_at: str = field(metadata=_column(TIMESTAMP_TYPE))
+    class_names: str = ""  # {"<id>": "<name>"} JSON; empty: read from the output's state
 
 
 Origin = Literal["request", "sample", "build"]
@@ -124,6 +185,7 @@ class RecordField:
     nullable: bool
     provenance: bool
     json_text: bool
+    row: bool
 
     def arrow_field(self) -> pa.Field:
         return pa.field(self.name, self.arrow, nullable=self.nullable)
@@ -142,7 +204,13 @@ def _record_fields() -> tuple[RecordField, ...]:
                 m = f.metadata
                 out.append(
                     RecordField(
-                        f.name, m["arrow"], origin, m["nullable"], m["provenance"], m["json"]
+                        f.name,
+                        m["arrow"],
+                        origin,
+                        m["nullable"],
+                        m["provenance"],
+                        m["json"],
+                        m["row"],
                     )
                 )
     return tuple(out)
@@ -154,9 +222,22 @@ RECORD_FIELDS: tuple[RecordField, ...] = _record_fields()
 PROVENANCE_FIELDS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if f.provenance)
 JSON_FIELDS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if f.json_text)
 BUILD_FIELDS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if f.origin == "build")
+# Parquet columns: what varies per sample. Build constants: once per file (and manifest).
+ROW_FIELDS: tuple[RecordField, ...] = tuple(f for f in RECORD_FIELDS if f.row)
+ROW_PROVENANCE_FIELDS: tuple[str, ...] = tuple(f.name for f in ROW_FIELDS if f.provenance)
+BUILD_CONSTANTS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if not f.row)
 
 # Encoded image of a rejected sample (accepted images live in the tar; this is null for them).
 REJECT_IMAGE_FIELD = pa.field("rejected_image", pa.binary())
+
+# Checks whose failure withholds an image everywhere: never in a tar, never as
+# `rejected_image` bytes (only its sha256 and the reason are kept).
+WITHHELD_CHECKS = frozenset({"unsafe", "nsfw"})
+
+
+def withheld(sample: Sample) -> bool:
+    """Whether a sample's image must not be written anywhere (a withholding check failed)."""
+    return any(sample.checks.get(name, "pass") != "pass" for name in WITHHELD_CHECKS)
 
 
 def score_field(column: ScoreColumn) -> pa.Field:
@@ -166,40 +247,152 @@ def score_field(column: ScoreColumn) -> pa.Field:
     return pa.field(column.name, pa.list_(pa.float32(), column.dim))
 
 
-def sample_schema(columns: Sequence[ScoreColumn]) -> pa.Schema:
-    """The Parquet schema of a build: base fields, score columns by name, rejected image last."""
+def sample_schema(
+    columns: Sequence[ScoreColumn],
+    ctx: BuildContext | None = None,
+    class_names: Mapping[int, str] | None = None,
+) -> pa.Schema:
+    """The Parquet schema of a build: row fields, score columns by name, rejected image last.
+
+    With `ctx`, the schema carries its file metadata: `synthgen` (schema name and version,
+    the build constants) and `huggingface` (`datasets` features, `class_names` as ClassLabel).
+    """
     scores = [score_field(c) for c in sorted(columns, key=lambda c: c.name)]
-    return pa.schema([*(f.arrow_field() for f in RECORD_FIELDS), *scores, REJECT_IMAGE_FIELD])
+    schema = pa.schema([*(f.arrow_field() for f in ROW_FIELDS), *scores, REJECT_IMAGE_FIELD])
+    if ctx is None:
+        return schema
+    names = dict(class_names) if class_names is not None else ctx_class_names(ctx)
+    meta = {
+        "schema": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "build": build_constants(ctx),
+    }
+    return schema.with_metadata(
+        {
+            SYNTHGEN_METADATA_KEY: strict_json(meta, sort_keys=True).encode(),
+            HF_METADATA_KEY: strict_json(
+                {"info": {"features": hf_features(schema, names)}}
+            ).encode(),
+        }
+    )
+
+
+def ctx_class_names(ctx: BuildContext) -> dict[int, str]:
+    """{class id: name} from `ctx.class_names` (empty when the context does not carry them)."""
+    if not ctx.class_names:
+        return {}
+    return {int(k): str(v) for k, v in json.loads(ctx.class_names).items()}
+
+
+def class_label_names(class_names: Mapping[int, str]) -> list[str]:
+    """`ClassLabel` names: index = class id; an id no class uses is named `unused_<id>`."""
+    if not class_names:
+        return []
+    return [class_names.get(i, f"unused_{i}") for i in range(max(class_names) + 1)]
+
+
+def _hf_type(t: pa.DataType) -> dict[str, Any]:
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
+        out: dict[str, Any] = {"feature": _hf_type(t.value_type), "_type": "List"}
+        if pa.types.is_fixed_size_list(t):
+            out = {"feature": out["feature"], "length": t.list_size, "_type": "List"}
+        return out
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _hf_type(t.field(i).type) for i in range(t.num_fields)}
+    dtype = {pa.float32(): "float32", pa.float64(): "float64", pa.binary(): "binary"}.get(t)
+    return {"dtype": dtype or str(t), "_type": "Value"}
+
+
+def hf_features(schema: pa.Schema, class_names: Mapping[int, str]) -> dict[str, Any]:
+    """Hugging Face `datasets` features (their `to_dict` form) for a shard's Parquet schema:
+    `class_label` a ClassLabel (when class names are known). `datasets` takes a feature from
+    this metadata only where the file's field equals the feature's own Arrow field."""
+    out: dict[str, Any] = {}
+    for f in schema:
+        if f.name == "class_label" and class_names:
+            out[f.name] = {"names": class_label_names(class_names), "_type": "ClassLabel"}
+        elif f.name == REJECT_IMAGE_FIELD.name and f.type == pa.struct(
+            [("bytes", pa.binary()), ("path", pa.string())]
+        ):
+            out[f.name] = {"_type": "Image"}  # `datasets` applies Image only to this storage
+        else:
+            out[f.name] = _hf_type(f.type)
+    return out
+
+
+def build_constants(ctx: BuildContext) -> dict[str, Any]:
+    """The provenance every sample of a build shares and rows leave out (JSON fields decoded)."""
+    out: dict[str, Any] = {}
+    for name in BUILD_CONSTANTS:
+        value = getattr(ctx, name)
+        out[name] = json.loads(value) if name in JSON_FIELDS and isinstance(value, str) else value
+    return out
+
+
+def read_build_constants(schema: pa.Schema) -> dict[str, Any]:
+    """The build constants a shard's Parquet file carries in its `synthgen` metadata."""
+    raw = (schema.metadata or {}).get(SYNTHGEN_METADATA_KEY)
+    if raw is None:
+        raise ValueError("Parquet file has no synthgen metadata (not a synthgen shard?)")
+    meta = json.loads(raw)
+    if meta.get("schema") != SCHEMA_NAME or meta.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"Parquet schema {meta.get('schema')} v{meta.get('schema_version')}: "
+            f"this synthgen reads {SCHEMA_NAME} v{SCHEMA_VERSION}"
+        )
+    return dict(meta["build"])
+
+
+def _timestamp(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
 
 
 def sample_row(sample: Sample, ctx: BuildContext, columns: Sequence[ScoreColumn]) -> dict[str, Any]:
     """The Parquet row of a sample (see `sample_schema`); a missing score is null."""
     sources: dict[Origin, Any] = {"request": sample.request, "sample": sample, "build": ctx}
     row: dict[str, Any] = {}
-    for f in RECORD_FIELDS:
+    for f in ROW_FIELDS:
         value = getattr(sources[f.origin], f.name)
-        row[f.name] = canonical_json(value) if f.json_text and not isinstance(value, str) else value
+        if f.arrow == CHECKS_TYPE:
+            value = [{"name": k, "outcome": v} for k, v in sorted(value.items())]
+        elif f.arrow == TIMESTAMP_TYPE:
+            value = _timestamp(value)
+        elif f.json_text and not isinstance(value, str):
+            value = canonical_json(value)
+        row[f.name] = value
     for c in columns:
         value = sample.scores.get(c.name)
         row[c.name] = list(value) if isinstance(value, tuple) else value
-    row[REJECT_IMAGE_FIELD.name] = None if sample.status == ACCEPTED else sample.image
+    keep = sample.status != ACCEPTED and not withheld(sample)
+    row[REJECT_IMAGE_FIELD.name] = sample.image if keep else None
     return row
 
 
 def provenance_from_row(
-    row: Mapping[str, object], columns: Sequence[ScoreColumn]
+    row: Mapping[str, object],
+    columns: Sequence[ScoreColumn],
+    constants: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """The `.json` sidecar of a sample: allow-listed fields (nested JSON decoded) and scores.
+    """The full provenance of a sample: allow-listed fields (nested JSON decoded) and scores.
 
-    Only scalar scores are included: vector columns (embeddings) stay in the Parquet, so a
-    sidecar stays small and readable.
+    `row` is a Parquet row (or a dict with every provenance field); `constants` the build
+    constants (`build_constants` / `read_build_constants`) that rows leave out. Only scalar
+    scores are included: vector columns (embeddings) stay in the Parquet, so a sidecar stays
+    small and readable. Values are JSON-ready: `checks` an object, `created_at` ISO-8601 text.
     """
+    merged: dict[str, object] = {**(constants or {}), **row}
     out: dict[str, object] = {}
     for name in PROVENANCE_FIELDS:
-        value = row[name]
-        out[name] = json.loads(value) if name in JSON_FIELDS and isinstance(value, str) else value
-    out["scores"] = {c.name: row.get(c.name) for c in columns if not c.is_vector}
-    return out
+        value = merged[name]
+        if name in JSON_FIELDS and isinstance(value, str):
+            value = json.loads(value)
+        elif isinstance(value, list) and name == "checks":
+            value = {c["name"]: c["outcome"] for c in value}  # type: ignore[index]
+        elif isinstance(value, datetime):
+            value = value.isoformat().replace("+00:00", "Z")
+        out[name] = value
+    out["scores"] = {c.name: merged.get(c.name) for c in columns if not c.is_vector}
+    return finite(out)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch and torchvision in the same call as everything else, so pip cannot swap torch.
   .venv/bin/python -m pip install --quiet -c constraints.txt \
     torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
+  # invisible-watermark declares the GUI `opencv-python`; synthgen's own dependencies bring
+  # opencv-python-headless (the same `cv2`) and PyWavelets, so it goes in without its deps.
+  .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt invisible-watermark
   echo "$want" > "$stamp"
 fi
 

@@ -7,9 +7,12 @@ from dataclasses import dataclass
 
 from synthgen.schemas.recipe import Recipe, Threshold
 from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.watermark import can_carry, watermark_payload
 from synthgen.validators.base import Check
 from synthgen.validators.checks.odd_size import OddSize
 from synthgen.validators.checks.threshold import ScoreThreshold
+from synthgen.validators.checks.watermark import WatermarkSurvives
+from synthgen.validators.nearest import NearCopy, nearest_columns
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,29 @@ class GlobalChecks:
     near_duplicate_distance: int | None
     # check name -> (score column, quantile); resolved into per-class thresholds.
     quantiles: dict[str, tuple[str, float]]
+    # semantic dedup within the build: (embedding column, min cosine similarity)
+    semantic_duplicate: tuple[str, float] | None = None
+
+
+def reference_kinds(recipe: Recipe) -> list[str]:
+    """Which nearest-image lookups a build does: `reference` (the recipe's, else its balance
+    source) and `eval_set`."""
+    kinds = []
+    if recipe.reference is not None or recipe.balance is not None:
+        kinds.append("reference")
+    if recipe.eval_set is not None:
+        kinds.append("eval_set")
+    return kinds
+
+
+def check_columns(recipe: Recipe) -> list[ScoreColumn]:
+    """Score columns written by build-wide steps (nearest reference / eval-set image)."""
+    return [c for kind in reference_kinds(recipe) for c in nearest_columns(kind)]
+
+
+def embedding_column(columns: Sequence[ScoreColumn]) -> str | None:
+    """The image-embedding vector column (the `clip_embedding` scorer's), if any."""
+    return next((c.name for c in columns if c.is_vector and c.scorer == "clip_embedding"), None)
 
 
 def named_checks(columns: Sequence[ScoreColumn]) -> dict[str, tuple[ScoreColumn, bool]]:
@@ -51,6 +77,8 @@ def make_checks(recipe: Recipe, columns: Sequence[ScoreColumn]) -> tuple[list[Ch
     checks: list[Check] = []
     if spec.odd_size:
         checks.append(OddSize(recipe.sampling.width, recipe.sampling.height))
+    if can_carry(recipe.sampling.width, recipe.sampling.height):
+        checks.append(WatermarkSurvives(watermark_payload(recipe.hash)))
     quantiles: dict[str, tuple[str, float]] = {}
 
     def add(name: str, column: ScoreColumn, threshold: Threshold, keep_above: bool) -> None:
@@ -82,5 +110,20 @@ def make_checks(recipe: Recipe, columns: Sequence[ScoreColumn]) -> tuple[list[Ch
                 f"(columns: {', '.join(by_name)})"
             )
         add(column_name, target, threshold, threshold.keep == "above")
+    kinds = reference_kinds(recipe)
+    needs_embedding = kinds or spec.semantic_duplicate is not None
+    embedding = embedding_column(columns)
+    if needs_embedding and embedding is None:
+        raise ValueError(
+            "reference / eval_set / checks.semantic_duplicate: need the image embeddings of "
+            "the `clip_embedding` scorer; add it to scoring.scorers"
+        )
+    if spec.near_copy is not None and "reference" in kinds:
+        checks.append(NearCopy("reference", spec.near_copy))
+    if spec.contaminated is not None and "eval_set" in kinds:
+        checks.append(NearCopy("eval_set", spec.contaminated))
     near = spec.near_duplicate.max_distance if spec.near_duplicate else None
-    return checks, GlobalChecks(spec.exact_duplicate, near, quantiles)
+    semantic = None
+    if spec.semantic_duplicate is not None and embedding is not None:
+        semantic = (embedding, spec.semantic_duplicate.min_similarity)
+    return checks, GlobalChecks(spec.exact_duplicate, near, quantiles, semantic)

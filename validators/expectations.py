@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from synthgen.schemas.manifest import ExpectationInfo
-from synthgen.schemas.records import KEY_PATTERN, PROVENANCE_FIELDS
+from synthgen.schemas.records import KEY_PATTERN, ROW_PROVENANCE_FIELDS
 from synthgen.schemas.scores import ScoreColumn
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def corpus_expectations(
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=width, max_value=width),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=height, max_value=height),
     ]
-    for name in PROVENANCE_FIELDS:
+    for name in ROW_PROVENANCE_FIELDS:  # build constants live in file metadata
         sample_expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
     rows = rows.copy()
     for column in score_columns:
@@ -186,3 +186,39 @@ def corpus_expectations(
         ],
     )
     return results
+
+
+def metric_expectations(metrics: dict[str, Any], gates: dict[str, Any]) -> list[ExpectationResult]:
+    """The recipe's `validation.metrics` gates as great_expectations results.
+
+    `metrics` is the manifest's metrics block ({"overall", "per_class"}); `gates` maps a
+    metric name to a `MetricGate` (min / max / per_class). One row per scope (overall and,
+    with per_class, each class with reference images); a metric that could not be computed
+    (None) fails its gate.
+    """
+    if not gates:
+        return []
+    import os
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    from synthgen.validators.metrics import gate_values
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    table: dict[str, dict[str, float]] = {}
+    expectations: list[Any] = []
+    for name, gate in sorted(gates.items()):
+        values = gate_values(metrics, name, gate.per_class)
+        for scope, value in values.items():
+            table.setdefault(scope, {})[name] = np.nan if value is None else float(value)
+        expectations += [
+            gxe.ExpectColumnValuesToNotBeNull(column=name),
+            gxe.ExpectColumnValuesToBeBetween(column=name, min_value=gate.min, max_value=gate.max),
+        ]
+    df = pd.DataFrame([{"scope": scope, **values} for scope, values in table.items()])
+    return _validate(context, "metrics", df, expectations)

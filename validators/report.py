@@ -20,12 +20,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen.schemas.manifest import REPORT_HTML, REPORT_JSON, Manifest, shard_files
-from synthgen.schemas.records import REJECT_IMAGE_FIELD
+from synthgen.schemas.records import REJECT_IMAGE_FIELD, read_build_constants
 from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators.corpus import IMAGE_EXTS, read_manifest
+from synthgen.validators.nearest import ReferenceSet, nearest, read_reference
 
 GRID_PER_CLASS = 10
+PAIRS_PER_CLASS = 5
+PER_REASON = 8
+MAP_POINTS = 2000  # reference points on the embedding map at most (a fixed subsample)
+REPORT_VERSION = 2  # report.json layout; see docs/metrics.md
 
 
 @dataclass(frozen=True)
@@ -37,36 +42,117 @@ class ReportData:
     rows: pd.DataFrame  # every attempted sample, image bytes dropped
     accepted_images: dict[str, list[bytes]]  # class name -> up to GRID_PER_CLASS images
     rejected_images: dict[str, list[tuple[bytes, str]]]  # class name -> (image, reason)
+    reference: ReferenceSet | None = None  # embedded real images (metrics, map, pairs)
+    reference_location: str | None = None
+    reason_images: dict[str, list[bytes]] | None = None  # reason -> up to PER_REASON images
+    sample_images: dict[str, bytes] | None = None  # key -> image, for the nearest pairs
+    constants: dict[str, Any] | None = None  # build-wide provenance (Parquet file metadata)
 
 
-def load_report_data(out: Path, manifest: Manifest | None = None) -> ReportData:
+def _reference(
+    out: Path, manifest: Manifest, given: tuple[Path, str] | None
+) -> tuple[ReferenceSet | None, str | None]:
+    """The reference set to show: the one given, else the build's own cached one."""
+    if given is not None:
+        return read_reference(given[0]), given[1]
+    info = manifest.metrics
+    if info is not None and info.reference_cache and (out / info.reference_cache).is_file():
+        return read_reference(out / info.reference_cache), info.reference
+    return None, None
+
+
+def load_report_data(
+    out: Path, manifest: Manifest | None = None, reference: tuple[Path, str] | None = None
+) -> ReportData:
     """Read the manifest (unless given), each shard's Parquet once and tars until the
-    sample grids are full."""
+    sample grids are full; the reference set (`reference`: its cache file and source, else
+    the build's own) when there is one."""
     manifest = manifest or read_manifest(out)
     shards = manifest.shard_ids
     tables = []
     rejected: dict[str, list[tuple[bytes, str]]] = {}
+    by_reason: dict[str, list[bytes]] = {}
     for shard in shards:
         table = pq.read_table(out / shard_files(shard)[1])
-        picked = table.select(["class_name", "status", "reject_reason", REJECT_IMAGE_FIELD.name])
+        picked = table.select(
+            ["key", "class_name", "status", "reject_reason", REJECT_IMAGE_FIELD.name]
+        )
         for row in picked.to_pylist():
             bucket = rejected.setdefault(row["class_name"], [])
             image = row[REJECT_IMAGE_FIELD.name]
-            if row["status"] == "rejected" and image and len(bucket) < GRID_PER_CLASS:
-                bucket.append((image, str(row["reject_reason"])))
+            if row["status"] == "rejected" and image:
+                if len(bucket) < GRID_PER_CLASS:
+                    bucket.append((image, str(row["reject_reason"])))
+                mine = by_reason.setdefault(str(row["reject_reason"]), [])
+                if len(mine) < PER_REASON:
+                    mine.append(image)
         tables.append(table.drop_columns([REJECT_IMAGE_FIELD.name]))
     rows = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
+    constants = read_build_constants(tables[0].schema) if tables else {}
     classes = list(manifest.counts.planned_per_class)
-    accepted = _accepted_images(out, shards, classes, GRID_PER_CLASS)
-    return ReportData(out, manifest, rows, accepted, rejected)
+    ref, location = _reference(out, manifest, reference)
+    column = _embedding_column(manifest)
+    wanted = {p["key"]: b"" for p in nearest_pairs(rows, ref, column)} if ref and column else {}
+    accepted = _accepted_images(out, shards, classes, GRID_PER_CLASS, wanted)
+    return ReportData(
+        out, manifest, rows, accepted, rejected, ref, location, by_reason, wanted, constants
+    )
+
+
+def _embedding_column(manifest: Manifest) -> str | None:
+    return next(
+        (c.name for c in manifest.score_columns if c.is_vector and c.scorer == "clip_embedding"),
+        None,
+    )
+
+
+def nearest_pairs(
+    rows: pd.DataFrame,
+    ref: ReferenceSet | None,
+    column: str | None,
+    per_class: int = PAIRS_PER_CLASS,
+) -> list[dict[str, Any]]:
+    """Per class, the accepted samples closest to a reference image (memorization review),
+    most similar first: key, class_name, nearest_ref, index, similarity, phash_distance."""
+    if ref is None or column is None or column not in rows or not len(rows):
+        return []
+    mine = rows[(rows["status"] == "accepted") & rows[column].map(lambda v: v is not None)]
+    if mine.empty:
+        return []
+    found = nearest(list(mine[column]), list(mine["phash"]), ref)
+    pairs = [
+        {
+            "key": key,
+            "class_name": cls,
+            "nearest_ref": f.ref,
+            "index": f.index,
+            "similarity": f.similarity,
+            "phash_distance": f.phash_distance,
+        }
+        for key, cls, f in zip(mine["key"], mine["class_name"], found, strict=True)
+    ]
+    out: list[dict[str, Any]] = []
+    for cls in sorted({p["class_name"] for p in pairs}):
+        ranked = sorted(
+            (p for p in pairs if p["class_name"] == cls), key=lambda p: (-p["similarity"], p["key"])
+        )
+        out += ranked[:per_class]
+    return out
 
 
 def _accepted_images(
-    out: Path, shards: list[int], classes: list[str], per_class: int
+    out: Path,
+    shards: list[int],
+    classes: list[str],
+    per_class: int,
+    keyed: dict[str, bytes] | None = None,
 ) -> dict[str, list[bytes]]:
+    """Up to `per_class` accepted images per class; the images of the keys in `keyed` are
+    filled in there too (the nearest-pair review needs those samples)."""
     found: dict[str, list[bytes]] = {}
     for shard in shards:
-        if classes and all(len(found.get(c, [])) >= per_class for c in classes):
+        full = classes and all(len(found.get(c, [])) >= per_class for c in classes)
+        if full and not (keyed and any(not v for v in keyed.values())):
             break
         tar = out / shard_files(shard)[0]
         for sample in iter_tar_samples(tar, extensions={*IMAGE_EXTS, "json"}):
@@ -74,6 +160,8 @@ def _accepted_images(
             image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
             if image is None or "json" not in parts:
                 continue
+            if keyed is not None and sample.key in keyed:
+                keyed[sample.key] = image
             bucket = found.setdefault(json.loads(parts["json"])["class_name"], [])
             if len(bucket) < per_class:
                 bucket.append(image)
@@ -136,16 +224,115 @@ def embedding_spread(rows: pd.DataFrame, column: str) -> dict[str, dict[str, Any
     return out
 
 
+def _metrics(data: ReportData) -> dict[str, Any] | None:
+    """The metrics block: the manifest's, unless another reference was given (then computed
+    from the stored embeddings, exactly as the build does)."""
+    info = data.manifest.metrics
+    given = data.reference_location
+    if info is not None and (given is None or given == info.reference):
+        return info.model_dump(mode="json")
+    column = _embedding_column(data.manifest)
+    if data.reference is None or column is None or column not in data.rows:
+        return None
+    from synthgen.validators.metrics import DEFAULT_K, corpus_metrics
+
+    accepted = data.rows[
+        (data.rows["status"] == "accepted") & data.rows[column].map(lambda v: v is not None)
+    ]
+    synthetic = {
+        str(cls): np.stack([np.asarray(v, dtype=np.float32) for v in group[column]])
+        for cls, group in accepted.groupby("class_name")
+    }
+    names = _class_names(data)
+    real = {names[c]: v for c, v in data.reference.by_class().items() if c in names}
+    computed = corpus_metrics(synthetic, real, DEFAULT_K)
+    return {
+        "metrics_version": 1,
+        "reference": given,
+        "reference_images": len(data.reference),
+        "embedding_column": column,
+        **computed,
+    }
+
+
+def _class_names(data: ReportData) -> dict[int, str]:
+    rows = data.rows
+    if not len(rows):
+        return {}
+    pairs = rows[["class_label", "class_name"]].drop_duplicates()
+    return {int(i): str(n) for i, n in zip(pairs["class_label"], pairs["class_name"], strict=True)}
+
+
+def embedding_map(data: ReportData) -> dict[str, Any] | None:
+    """A 2-D PCA projection of the synthetic samples' embeddings and the reference's
+    (fitted on both): points as [x, y, class, status] with status accepted / rejected /
+    reference; at most MAP_POINTS reference points (a fixed subsample)."""
+    column = _embedding_column(data.manifest)
+    rows = data.rows
+    if column is None or column not in rows or not len(rows):
+        return None
+    mine = rows[rows[column].map(lambda v: v is not None)]
+    if mine.empty:
+        return None
+    synth = np.stack([np.asarray(v, dtype=np.float64) for v in mine[column]])
+    labels = [str(c) for c in mine["class_name"]]
+    status = [str(s) for s in mine["status"]]
+    if data.reference is not None:
+        names = _class_names(data)
+        idx = np.arange(len(data.reference))
+        if len(idx) > MAP_POINTS:
+            idx = np.sort(np.random.default_rng(0).choice(len(idx), MAP_POINTS, replace=False))
+        keep = [i for i in idx.tolist() if data.reference.labels[i] in names]
+        ref = data.reference.embeddings[keep].astype(np.float64)
+        labels += [names[data.reference.labels[i]] for i in keep]
+        status += ["reference"] * len(keep)
+        synth = np.concatenate([synth, ref])
+    centred = synth - synth.mean(0)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T if len(vt) >= 2 else np.zeros((len(centred), 2))
+    explained = (sv**2 / max(float((sv**2).sum()), 1e-12))[:2].tolist()
+    return {
+        "method": "pca",
+        "explained_variance": [float(v) for v in explained],
+        "points": [
+            [round(float(x), 5), round(float(y), 5), c, s]
+            for (x, y), c, s in zip(xy, labels, status, strict=True)
+        ],
+    }
+
+
+def _timing(manifest: Manifest) -> dict[str, Any]:
+    from datetime import datetime
+
+    def parse(value: str) -> datetime | None:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+
+    start, end = parse(manifest.created_at), parse(manifest.finished_at)
+    seconds = (end - start).total_seconds() if start and end else None
+    attempted = manifest.counts.attempted
+    return {
+        "created_at": manifest.created_at,
+        "finished_at": manifest.finished_at,
+        "wall_seconds": seconds,
+        "samples_per_second": attempted / seconds if seconds else None,
+        "accepted_per_second": manifest.counts.accepted / seconds if seconds else None,
+    }
+
+
 def report_json(data: ReportData) -> dict[str, Any]:
     """Everything the report shows, as JSON-ready data (the content of report.json)."""
     manifest, rows = data.manifest, data.rows
     counts = manifest.counts
     accepted = rows[rows["status"] == "accepted"].groupby("class_name").size().to_dict()
     rejected = rows[rows["status"] == "rejected"]
-    first = rows.iloc[0].to_dict() if len(rows) else {}
+    first = {**(data.constants or {}), **(rows.iloc[0].to_dict() if len(rows) else {})}
     scalars = [c.name for c in manifest.score_columns if not c.is_vector]
     vectors = [c.name for c in manifest.score_columns if c.is_vector]
     report: dict[str, Any] = {
+        "report_version": REPORT_VERSION,
         "output": str(data.out),
         "status": manifest.status,
         "recipe_name": manifest.recipe_name,
@@ -187,6 +374,11 @@ def report_json(data: ReportData) -> dict[str, Any]:
     }
     if manifest.balance is not None:
         report["balance"] = manifest.balance.model_dump(mode="json")
+    column = _embedding_column(manifest)
+    report["metrics"] = _metrics(data)
+    report["nearest_pairs"] = nearest_pairs(rows, data.reference, column)
+    report["embedding_map"] = embedding_map(data)
+    report["timing"] = _timing(manifest)
     return report
 
 
@@ -237,7 +429,7 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
     ax.bar(x + 0.2, [per_class[n]["accepted"] for n in names], 0.4, label="accepted")
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set_ylabel("samples")
-    ax.legend()
+    ax.legend(**LEGEND_OUTSIDE)
     charts["counts"] = _svg(fig)
 
     reasons = report["rejects_by_reason"]
@@ -254,7 +446,13 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
             continue
         cols = min(5, len(names))
         nrows = int(np.ceil(len(names) / cols))
-        fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 1.7 * nrows), squeeze=False)
+        fig, axes = plt.subplots(
+            nrows,
+            cols,
+            figsize=(2.4 * cols, 1.9 * nrows + 0.4),
+            squeeze=False,
+            layout="constrained",
+        )
         values = rows[column].dropna()
         bins = np.linspace(values.min(), values.max() + 1e-9, 20)
         for i, name in enumerate(names):
@@ -268,7 +466,7 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
             ax.tick_params(labelsize=6)
         for j in range(len(names), nrows * cols):
             axes[j // cols][j % cols].axis("off")
-        axes[0][0].legend(fontsize=6)
+        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside upper right", fontsize=7)
         fig.suptitle(column, fontsize=9)
         charts[f"scores:{column}"] = _svg(fig)
 
@@ -289,7 +487,7 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         ax.set_xticks(x, classes, rotation=45, ha="right")
         ax.set_ylabel("mean cosine distance\nto class centroid")
         ax.set_title(column, fontsize=9)
-        ax.legend()
+        ax.legend(**LEGEND_OUTSIDE)
         charts[f"embeddings:{column}"] = _svg(fig)
 
     if "balance" in report:
@@ -300,9 +498,51 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         ax.bar(x - 0.2, [bal["before"][c] for c in classes], 0.4, label="before (real)")
         ax.bar(x + 0.2, [bal["after"][c] for c in classes], 0.4, label="after (real + synthetic)")
         ax.set_xticks(x, classes, rotation=45, ha="right")
-        ax.legend()
+        ax.legend(**LEGEND_OUTSIDE)
         charts["balance"] = _svg(fig)
+    emap = report.get("embedding_map")
+    if emap and emap["points"]:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        pts = emap["points"]
+        classes = sorted({p[2] for p in pts})
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        colour = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
+        for status, marker, size, alpha in (
+            ("reference", ".", 6, 0.25),
+            ("accepted", "o", 14, 0.9),
+            ("rejected", "x", 14, 0.9),
+        ):
+            mine = [p for p in pts if p[3] == status]
+            if mine:
+                ax.scatter(
+                    [p[0] for p in mine],
+                    [p[1] for p in mine],
+                    c=[colour[p[2]] for p in mine],
+                    marker=marker,
+                    s=size,
+                    alpha=alpha,
+                    linewidths=0.8,
+                )
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], ls="", marker="s", color=colour[c], label=c) for c in classes]
+        handles += [
+            Line2D([], [], ls="", marker=m, color="#555", label=lbl)
+            for m, lbl in ((".", "reference (real)"), ("o", "accepted"), ("x", "rejected"))
+        ]
+        ax.legend(handles=handles, fontsize=7, **LEGEND_OUTSIDE)
+        ev = emap["explained_variance"]
+        ax.set_xlabel(f"PC1 ({ev[0]:.0%})" if ev else "PC1")
+        ax.set_ylabel(f"PC2 ({ev[1]:.0%})" if len(ev) > 1 else "PC2")
+        charts["embedding_map"] = _svg(fig)
     return charts
+
+
+LEGEND_OUTSIDE: dict[str, Any] = {
+    "loc": "upper left",
+    "bbox_to_anchor": (1.01, 1.0),
+    "frameon": False,
+}
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -345,6 +585,96 @@ def _strip(label: str, cls: str, images: list[bytes], note: str = "") -> str:
         f"<div class='strip'><span class='label'>{label}</span>"
         f"<img alt='{label} {html.escape(cls)}' src='{uri}'>{small}</div>"
     )
+
+
+METRIC_COLUMNS = (
+    "n_synthetic",
+    "n_reference",
+    "frechet_distance",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "vendi",
+    "vendi_reference",
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _reference_sections(
+    data: ReportData, report: dict[str, Any], charts: dict[str, str]
+) -> list[str]:
+    """Metrics per class, the embedding map, nearest synthetic<->real pairs, timing."""
+    parts: list[str] = []
+    metrics = report.get("metrics")
+    parts.append("<section id='metrics'><h2>Distribution metrics against the reference</h2>")
+    if metrics:
+        parts.append(
+            f"<p>Accepted samples' embeddings (<code>{html.escape(metrics['embedding_column'])}"
+            f"</code>) against {metrics['reference_images']} reference images from "
+            f"<code>{html.escape(str(metrics['reference']))}</code>; k = {metrics['k']}. "
+            "Higher precision, recall, density and coverage are better; lower Fréchet distance "
+            "and KID are better; Vendi is the effective number of distinct samples.</p>"
+        )
+        body = [["overall", *(_cell(metrics["overall"].get(c)) for c in METRIC_COLUMNS)]]
+        body += [
+            [cls, *(_cell(values.get(c)) for c in METRIC_COLUMNS)]
+            for cls, values in metrics["per_class"].items()
+        ]
+        parts.append(_table(["class", *METRIC_COLUMNS], body))
+    else:
+        parts.append(
+            "<p>No reference set: add a <code>reference:</code> block to the recipe "
+            "or run <code>synthgen report DIR --reference SRC</code>.</p>"
+        )
+    parts.append("</section>")
+    parts.append("<section id='embedding-map'><h2>Embedding map</h2>")
+    if "embedding_map" in charts:
+        parts.append(
+            "<p>PCA of the image embeddings of every synthetic sample and the reference "
+            "images; colour is the class.</p>"
+        )
+        parts.append(f"<div class='chart'>{charts['embedding_map']}</div>")
+    else:
+        parts.append("<p>No stored embeddings (list the <code>clip_embedding</code> scorer).</p>")
+    parts.append("</section>")
+    parts.append("<section id='nearest'><h2>Nearest synthetic ↔ real pairs</h2>")
+    pairs = report.get("nearest_pairs") or []
+    if pairs and data.reference is not None:
+        parts.append(
+            "<p>Per class, the accepted samples most similar to a reference image "
+            "(memorization review): synthetic left, its nearest real image right.</p>"
+        )
+        for pair in pairs:
+            synthetic = (data.sample_images or {}).get(pair["key"], b"")
+            real = data.reference.thumbnails[pair["index"]]
+            images = [synthetic, real] if synthetic else [real]
+            note = (
+                f"{pair['key']} ↔ {pair['nearest_ref']}: similarity {pair['similarity']:.4f}, "
+                f"phash distance {pair['phash_distance']}"
+            )
+            parts.append(_strip(html.escape(pair["class_name"]), pair["class_name"], images, note))
+    else:
+        parts.append("<p>No reference set.</p>")
+    parts.append("</section>")
+    timing = report["timing"]
+    parts.append("<section id='timing'><h2>Build timing</h2>")
+    parts.append(
+        _table(
+            ["figure", "value"],
+            [[k, _cell(v) if not isinstance(v, str) else v] for k, v in timing.items()],
+        )
+    )
+    parts.append("</section>")
+    return parts
 
 
 def render_html(data: ReportData, report: dict[str, Any]) -> str:
@@ -410,9 +740,13 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
         "<section id='rejects'><h2>Rejects by reason</h2>",
         charts["rejects"],
         _table(["reason", "samples"], [[k, v] for k, v in report["rejects_by_reason"].items()]),
-        "</section>",
-        "<section id='samples'><h2>Samples per class</h2>",
     ]
+    for reason in report["rejects_by_reason"]:
+        images = (data.reason_images or {}).get(reason, [])
+        parts.append(_strip(html.escape(reason), reason, images))
+    parts += ["</section>"]
+    parts += _reference_sections(data, report, charts)
+    parts += ["<section id='samples'><h2>Samples per class</h2>"]
     for cls in counts["per_class"]:
         parts.append(f"<h3>{html.escape(cls)}</h3>")
         parts.append(_strip("accepted", cls, data.accepted_images.get(cls, [])))
@@ -456,9 +790,12 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_report(out: Path, manifest: Manifest | None = None) -> tuple[Path, Path]:
-    """Write report.json and report.html beside the manifest (read from `out` unless given)."""
-    data = load_report_data(out, manifest)
+def write_report(
+    out: Path, manifest: Manifest | None = None, reference: tuple[Path, str] | None = None
+) -> tuple[Path, Path]:
+    """Write report.json and report.html beside the manifest (read from `out` unless given);
+    `reference` (an embedded set's cache file and its source) adds or replaces the metrics."""
+    data = load_report_data(out, manifest, reference)
     report = report_json(data)
     page = render_html(data, report)
     json_path, html_path = out / REPORT_JSON, out / REPORT_HTML

@@ -13,11 +13,12 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pydantic import ValidationError
 
 from synthgen.schemas.errors import ModelFolderError
-from synthgen.schemas.recipe import Recipe
+from synthgen.schemas.recipe import Recipe, ScorerSpec, resolve_path
 from synthgen.schemas.records import Sample, Score
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.images import decode_image
 from synthgen.validators.scorers.base import ScoreBatch, Scorer, WorkerModels, scorer_classes
+from synthgen.validators.scorers.safety_checker import folder_checker
 
 
 def build_scorers(recipe: Recipe, base_dir: Path) -> list[Scorer]:
@@ -28,7 +29,16 @@ def build_scorers(recipe: Recipe, base_dir: Path) -> list[Scorer]:
     """
     classes = scorer_classes()
     scorers: list[Scorer] = []
-    for spec in recipe.scoring.scorers:
+    specs = list(recipe.scoring.scorers)
+    if (
+        recipe.model.safety_checker
+        and "safety_checker" not in {s.name for s in specs}
+        and folder_checker(resolve_path(base_dir, recipe.model.path)) is not None
+    ):
+        # A folder that ships a safety checker has it run on every image, unless the
+        # recipe switches it off (`model.safety_checker: false`).
+        specs.append(ScorerSpec(name="safety_checker"))
+    for spec in specs:
         cls = classes.get(spec.name)
         where = f"scoring.scorers: scorer {spec.name!r}"
         if cls is None:

@@ -39,7 +39,7 @@ def snapshots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _recipe(tmp: Path, model_dir: Path, model: Path, **sampling: Any) -> Path:
     data = tiny_recipe_dict(model_dir)
-    data["model"] = {"path": str(model), "compute_batch": 2}
+    data["model"] = {"path": str(model), "compute_batch": 2, "license_ack": "other"}
     data["sampling"] = {
         "scheduler": "native",
         "steps": 2,

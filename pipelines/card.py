@@ -1,0 +1,181 @@
+"""The dataset card: `README.md` with Hugging Face YAML front matter, written in every build.
+
+The card makes a build directory a Hub dataset as it is: its `default` config names the
+WebDataset tars the manifest lists (images with labels), so `datasets.load_dataset(DIR)` reads
+it; the Parquet rows (every attempt, rejects included, `ClassLabel` names in their schema)
+read with `load_dataset("parquet", data_files=...)`. (One Hub dataset cannot mix tar and
+Parquet configs: `datasets` picks one builder for all of them.) The body
+says how the corpus was made, from what, and what it cannot be trusted for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synthgen.schemas.manifest import REPORT_JSON, Manifest
+from synthgen.storage.atomic import write_bytes_atomic
+
+logger = logging.getLogger(__name__)
+
+CARD_NAME = "README.md"
+
+# The Hub's size buckets, by number of accepted samples.
+_SIZES = (
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+)
+
+
+def size_category(n: int) -> str:
+    for limit, name in _SIZES:
+        if n < limit:
+            return name
+    return "100M<n<1B"
+
+
+def _license(recipe: dict[str, Any]) -> str:
+    """The Hub licence id: the recipe's acknowledged or declared model licence, else unknown."""
+    model = recipe.get("model") or {}
+    value = model.get("license_ack") or model.get("license")
+    return str(value).strip().lower() if value else "unknown"
+
+
+def _class_names(manifest: Manifest) -> dict[int, str]:
+    return {int(c["id"]): str(c["name"]) for c in manifest.recipe.get("classes", [])}
+
+
+def card_metadata(manifest: Manifest) -> dict[str, Any]:
+    """The YAML front matter (Hub dataset card metadata) of a build."""
+    # A shard whose samples were all rejected has an empty tar, which `datasets` cannot read.
+    tars = [n for s in manifest.shards if s.accepted for n in s.files if n.endswith(".tar")]
+    return {
+        "license": _license(manifest.recipe),
+        "pretty_name": f"synthgen {manifest.recipe_name}",
+        "size_categories": [size_category(manifest.counts.accepted)],
+        "task_categories": ["image-classification"],
+        "tags": ["synthetic", "synthgen", "webdataset"],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": "train", "path": tars}],
+                "default": True,
+            },
+        ],
+    }
+
+
+def _headline(out: Path) -> list[str]:
+    """The report's headline figures, when report.json is there."""
+    path = out / REPORT_JSON
+    if not path.is_file():
+        return ["(no report.json: run `synthgen report DIR`)"]
+    report = json.loads(path.read_text(encoding="utf-8"))
+    counts = report.get("counts", {})
+    lines = [
+        f"- status: {report.get('status')}; planned {counts.get('planned')}, "
+        f"accepted {counts.get('accepted')}, rejected {counts.get('rejected')}"
+    ]
+    reasons = report.get("rejects_by_reason") or {}
+    if reasons:
+        lines.append(
+            "- rejects by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+        )
+    for name, stats in sorted((report.get("scores") or {}).items()):
+        if isinstance(stats, dict) and "mean" in stats:
+            lines.append(f"- {name}: mean {stats['mean']:.4g}")
+    expectations = report.get("expectations") or {}
+    if expectations:
+        passed = sum(1 for e in expectations.get("expectations", []) if e.get("success"))
+        total = len(expectations.get("expectations", []))
+        lines.append(f"- expectations: {passed}/{total} passed")
+    return lines
+
+
+def card_text(out: Path, manifest: Manifest) -> str:
+    """The whole card: front matter, then what the corpus is and how it was made."""
+    meta = {k: v for k, v in card_metadata(manifest).items() if v is not None}
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    names = _class_names(manifest)
+    per_class = manifest.counts.planned_per_class
+    classes = "\n".join(f"| {i} | {n} | {per_class.get(n, 0)} |" for i, n in sorted(names.items()))
+    sampling = manifest.recipe.get("sampling", {})
+    body = f"""
+# synthgen {manifest.recipe_name}
+
+A synthetic image corpus made by [synthgen](https://pypi.org/project/synthgen-corpus/) from a
+diffusion model: {manifest.counts.accepted} accepted images of {len(names)} classes
+({manifest.counts.rejected} generated images were rejected by its checks and are kept, with
+the reason, in the Parquet metadata only).
+
+## Source
+
+- model: `{manifest.model.path}` ({manifest.model.class_}, sha256 `{manifest.model.sha256}`)
+- recipe: `{manifest.recipe_name}`, hash `{manifest.recipe_hash}` (the full recipe is in
+  `manifest.json`)
+- sampling: {sampling.get("scheduler")} scheduler, {sampling.get("steps")} steps, guidance
+  {sampling.get("guidance_scale")}, {sampling.get("width")}x{sampling.get("height")}
+- built {manifest.created_at} to {manifest.finished_at} with synthgen
+  {manifest.versions.get("synthgen-corpus", "?")}
+
+## Classes
+
+| id | name | planned |
+|---|---|---|
+{classes}
+
+## Files and how to read them
+
+- `*.tar`: WebDataset shards of accepted samples: `KEY.png` (image), `KEY.cls` (class id),
+  `KEY.txt` (prompt), `KEY.json` (full provenance: enough to regenerate the image). Samples
+  inside a shard are in a seeded, class-mixed order.
+- `*.parquet`: one row per attempted sample (status, reject reason, scores, embeddings;
+  rejected images in `rejected_image`); build-wide provenance in each file's metadata.
+- `manifest.json`: every file with its sha256; trust the build only through it.
+- `report.html` / `report.json`: the data-quality report.
+
+```
+datasets.load_dataset(DIR)                 # accepted images, labels, prompts, provenance
+datasets.load_dataset("parquet", data_files=f"{{DIR}}/0*.parquet")   # every attempt's row
+```
+
+Parquet `class_label` is a `ClassLabel` with the class names above; `rejected_image` an
+`Image`; the layout is `synthgen.sample` v3 (docs/output.md of synthgen).
+
+## How it was made
+
+Each sample's key, prompt and seed are pure functions of the recipe; the image was generated
+with one seeded generator per image, scored with the recipe's scorers and checked
+(per-sample checks and build-wide duplicate checks); the corpus passed the recipe's
+great_expectations gate before `manifest.json` was written.
+
+## Headline figures (from report.json)
+
+{chr(10).join(_headline(out))}
+
+## Known limitations
+
+- Synthetic images: they carry the source model's biases and artefacts, and labels are the
+  prompts' classes, checked only by the recipe's scorers (an image can pass and still be wrong).
+- The scores come from the recipe's own scoring models; their thresholds are not a measure of
+  real-world accuracy.
+- Licence: the corpus inherits the source model's licence (`{_license(manifest.recipe)}` here);
+  check it before use.
+"""
+    return f"---\n{front}---\n{body}"
+
+
+def write_card(out: Path, manifest: Manifest) -> Path:
+    """Write `README.md` (the dataset card) into a build directory; returns its path."""
+    path = out / CARD_NAME
+    write_bytes_atomic(path, card_text(out, manifest).encode("utf-8"))
+    logger.info("wrote dataset card %s", path)
+    return path

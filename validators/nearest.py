@@ -1,0 +1,373 @@
+"""Reference sets and nearest-neighbour lookups: memorization and contamination checks.
+
+A reference set (the recipe's `reference:` or `eval_set:`, or a balance source) is embedded
+once per build with the recipe's CLIP model and cached as one Parquet file (no pickles),
+named by a hash of the source's content, the CLIP weights and the label mapping. Every
+sample's nearest reference image is found by cosine similarity of normalised embeddings
+(exact, chunked matrix products: deterministic, ties go to the earlier reference), and the
+perceptual-hash distance to that image is recorded beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthgen.schemas.recipe import NearCopySpec
+from synthgen.schemas.records import Sample
+from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.atomic import atomic_write
+from synthgen.validators.base import Check
+
+CACHE_VERSION = 2
+THUMB_SIZE = 64
+CHUNK = 1024
+# A reference image whose perceptual hash (at any 1-pixel shift) is within this many bits of
+# a sample's is a perceptual match: it is the sample's nearest image even when another one
+# is closer in embedding space (a shifted copy of a small image can embed far from it).
+PHASH_MATCH = 4
+SHIFTS = tuple((dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+# kind -> (score column prefix, check name). `nearest_ref` for the reference, `nearest_eval`
+# for the eval set.
+KINDS = {"reference": ("nearest_ref", "near_copy"), "eval_set": ("nearest_eval", "contaminated")}
+
+
+def nearest_columns(kind: str) -> list[ScoreColumn]:
+    """The score columns a nearest-reference lookup writes for `kind`."""
+    prefix, check = KINDS[kind]
+    return [
+        ScoreColumn(
+            name=f"{prefix}_sim",
+            scorer=check,
+            minimum=-1.0001,
+            maximum=1.0001,
+            description=f"cosine similarity of the image embedding to the nearest {kind} image",
+        ),
+        ScoreColumn(
+            name=f"{prefix}_phash_dist",
+            scorer=check,
+            minimum=0.0,
+            maximum=64.0,
+            description=f"perceptual-hash distance (bits) to that nearest {kind} image",
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """Embedded reference images: parallel lists, embeddings unit length (float32)."""
+
+    refs: list[str]
+    labels: list[int]
+    phashes: list[str]
+    embeddings: np.ndarray  # (n, dim) float32
+    thumbnails: list[bytes]  # small PNGs for the report's side-by-side pairs
+    shifted_phashes: list[list[str]] | None = None  # per image, its phash at each of SHIFTS
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def by_class(self) -> dict[int, np.ndarray]:
+        labels = np.asarray(self.labels)
+        return {int(c): self.embeddings[labels == c] for c in np.unique(labels)}
+
+
+def shifted_phashes(image: Any) -> list[str]:
+    """The perceptual hash of `image` moved by each of SHIFTS (pixels; edges filled black)."""
+    from PIL import ImageChops
+
+    from synthgen.validators.scoring import phash
+
+    rgb = image.convert("RGB")
+    out = []
+    for dx, dy in SHIFTS:
+        moved = ImageChops.offset(rgb, dx, dy)
+        if dx or dy:
+            w, h = rgb.size
+            black = (0, 0, 0)
+            if dx > 0:
+                moved.paste(black, (0, 0, dx, h))
+            elif dx < 0:
+                moved.paste(black, (w + dx, 0, w, h))
+            if dy > 0:
+                moved.paste(black, (0, 0, w, dy))
+            elif dy < 0:
+                moved.paste(black, (0, h + dy, w, h))
+        out.append(phash(moved))
+    return out
+
+
+def _thumbnail(image: Any) -> bytes:
+    im = image.convert("RGB")
+    im.thumbnail((THUMB_SIZE, THUMB_SIZE))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def embed_reference(
+    items: Iterable[tuple[str, int, bytes]],
+    encode: Callable[[list[Any]], np.ndarray],
+    batch: int = 256,
+) -> ReferenceSet:
+    """(reference, class id, encoded image) items -> a ReferenceSet; `encode` maps decoded
+    images to normalised embeddings (the recipe's CLIP, see `clip_encoder`)."""
+    from synthgen.storage.images import decode_image
+    from synthgen.validators.scoring import phash
+
+    refs: list[str] = []
+    labels: list[int] = []
+    hashes: list[str] = []
+    thumbs: list[bytes] = []
+    shifted: list[list[str]] = []
+    parts: list[np.ndarray] = []
+    pending: list[Any] = []
+
+    def flush() -> None:
+        if pending:
+            parts.append(np.asarray(encode(pending), dtype=np.float32))
+            pending.clear()
+
+    for ref, label, data in items:
+        image = decode_image(data)
+        refs.append(ref)
+        labels.append(int(label))
+        hashes.append(phash(image))
+        thumbs.append(_thumbnail(image))
+        shifted.append(shifted_phashes(image))
+        pending.append(image)
+        if len(pending) >= batch:
+            flush()
+    flush()
+    if not refs:
+        raise ValueError("the reference set is empty")
+    return ReferenceSet(refs, labels, hashes, np.concatenate(parts), thumbs, shifted)
+
+
+def clip_encoder(clip: Any, device: str = "cpu", cpu_threads: int = 1) -> Callable[..., Any]:
+    """Decoded images -> normalised embeddings with the scorers' own CLIP (a ClipRef), in the
+    same fixed-shape batches the `clip_embedding` scorer uses: equal images, equal vectors."""
+    from synthgen.validators.clip_model import encode_images
+    from synthgen.validators.scorers.base import WorkerModels
+
+    models = WorkerModels(device, cpu_threads)
+    bundle = clip.load(models)
+
+    def encode(images: list[Any]) -> np.ndarray:
+        return np.asarray(encode_images(bundle, images, clip.compute_batch).numpy())
+
+    return encode
+
+
+def cache_key(source_sha256: str, clip_sha256: str, labels: dict[str, Any]) -> str:
+    blob = json.dumps(
+        {"v": CACHE_VERSION, "source": source_sha256, "clip": clip_sha256, "labels": labels},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def write_reference(path: Path, ref: ReferenceSet) -> None:
+    """The cache file: one Parquet (Arrow) table, written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = ref.embeddings.shape[1]
+    flat = pa.array(ref.embeddings.astype(np.float32).reshape(-1), pa.float32())
+    table = pa.table(
+        {
+            "ref": pa.array(ref.refs, pa.string()),
+            "label": pa.array(ref.labels, pa.int32()),
+            "phash": pa.array(ref.phashes, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+            "thumbnail": pa.array(ref.thumbnails, pa.binary()),
+            "phash_shifted": pa.array(
+                ref.shifted_phashes or [[h] for h in ref.phashes], pa.list_(pa.string())
+            ),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        pq.write_table(table, f)
+
+
+def read_reference(path: Path) -> ReferenceSet:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    emb = table.column("embedding").combine_chunks()
+    dim = emb.type.list_size
+    values = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+    return ReferenceSet(
+        refs=table.column("ref").to_pylist(),
+        labels=table.column("label").to_pylist(),
+        phashes=table.column("phash").to_pylist(),
+        embeddings=values.reshape(-1, dim),
+        thumbnails=table.column("thumbnail").to_pylist(),
+        shifted_phashes=table.column("phash_shifted").to_pylist(),
+    )
+
+
+def cached_reference(
+    cache_dir: Path, kind: str, key: str, make: Callable[[], ReferenceSet]
+) -> Path:
+    """The cache file for `key` under `cache_dir`, made with `make()` when absent."""
+    path = cache_dir / f"{kind}-{key[:24]}.parquet"
+    if not path.is_file():
+        write_reference(path, make())
+    return path
+
+
+@dataclass(frozen=True)
+class Nearest:
+    index: int
+    ref: str
+    similarity: float
+    phash_distance: int
+
+
+def _hash_ints(hashes: Sequence[str]) -> np.ndarray:
+    return np.array([int(h, 16) if h else 0 for h in hashes], dtype=np.uint64)
+
+
+def _shifted_ints(ref: ReferenceSet) -> np.ndarray:
+    """(n, shifts) uint64 perceptual hashes of the reference images (unshifted only if the
+    set carries no shifted hashes)."""
+    rows = ref.shifted_phashes or [[h] for h in ref.phashes]
+    width = max(len(r) for r in rows)
+    return np.stack([_hash_ints(list(r) + [r[0]] * (width - len(r))) for r in rows])
+
+
+def nearest(embeddings: Any, phashes: Sequence[str], ref: ReferenceSet) -> list[Nearest]:
+    """Each row's nearest reference image (rows normalised here).
+
+    The nearest is the image with the smallest perceptual-hash distance when that distance
+    (over 1-pixel shifts of the reference image) is at most PHASH_MATCH, else the most
+    cosine-similar one; the similarity and the (shift-tolerant) hash distance of that image
+    are returned. Ties go to the earlier reference image."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        return []
+    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    ref_hashes = _shifted_ints(ref)
+    mine = _hash_ints(phashes)
+    out: list[Nearest] = []
+    for start in range(0, len(x), CHUNK):
+        sims = x[start : start + CHUNK] @ ref.embeddings.T
+        best = sims.argmax(axis=1)
+        for i, j in enumerate(best.tolist()):
+            dists = np.bitwise_count(ref_hashes ^ mine[start + i]).min(axis=1)
+            closest = int(dists.argmin())
+            if int(dists[closest]) <= PHASH_MATCH and int(dists[j]) > int(dists[closest]):
+                j = closest
+            out.append(Nearest(j, ref.refs[j], float(sims[i, j]), int(dists[j])))
+    return out
+
+
+def is_near_copy(spec: NearCopySpec, similarity: float, phash_distance: float) -> bool:
+    if similarity >= spec.min_similarity:
+        return True
+    return spec.max_phash_distance is not None and phash_distance <= spec.max_phash_distance
+
+
+def with_nearest(sample: Sample, kind: str, found: Nearest) -> Sample:
+    """A copy of `sample` carrying its nearest `kind` image (columns of `nearest_columns`)."""
+    import dataclasses
+
+    prefix, _ = KINDS[kind]
+    scores = {
+        **sample.scores,
+        f"{prefix}_sim": found.similarity,
+        f"{prefix}_phash_dist": float(found.phash_distance),
+    }
+    if kind == "reference":
+        return dataclasses.replace(sample, scores=scores, nearest_ref=found.ref)
+    return dataclasses.replace(sample, scores=scores, nearest_eval=found.ref)
+
+
+class NearCopy(Check):
+    """Rejects a sample too close to its nearest reference (`near_copy`) or eval-set
+    (`contaminated`) image, from the columns `with_nearest` filled in."""
+
+    def __init__(self, kind: str, spec: NearCopySpec):
+        self.kind = kind
+        self.prefix, self.name = KINDS[kind]
+        self.spec = spec
+
+    def reason(self, sample: Sample) -> str | None:
+        sim = sample.scores.get(f"{self.prefix}_sim")
+        dist = sample.scores.get(f"{self.prefix}_phash_dist")
+        if not isinstance(sim, float) or not isinstance(dist, float):
+            return None
+        return self.name if is_near_copy(self.spec, sim, dist) else None
+
+
+def semantic_duplicate_losers(
+    members: Iterable[tuple[str, Sequence[float]]], min_similarity: float
+) -> list[str]:
+    """Of one class's (key, embedding): keys with a smaller-keyed sample at least
+    `min_similarity` alike (order-free, like exact and near duplicates)."""
+    items = sorted({k: tuple(v) for k, v in members}.items())
+    if len(items) < 2:
+        return []
+    x = np.asarray([v for _, v in items], dtype=np.float32)
+    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    losers = []
+    for i in range(1, len(items)):
+        if float((x[:i] @ x[i]).max()) >= min_similarity:
+            losers.append(items[i][0])
+    return losers
+
+
+def build_nearest(
+    out: Path, shards: Sequence[int], column: str, ref: ReferenceSet
+) -> list[dict[str, Any]]:
+    """Every sample of a build with its nearest reference image, from the stored embeddings
+    and perceptual hashes (no model runs): key, class_name, status, nearest_ref, index,
+    similarity, phash_distance. Read shard by shard."""
+    import pyarrow.parquet as pq
+
+    from synthgen.schemas.manifest import shard_files
+
+    rows: list[dict[str, Any]] = []
+    for shard in shards:
+        table = pq.read_table(
+            out / shard_files(shard)[1],
+            columns=["key", "class_name", "status", "reject_reason", "phash", column],
+        )
+        data = [r for r in table.to_pylist() if r[column] is not None]
+        found = nearest([r[column] for r in data], [r["phash"] for r in data], ref)
+        for r, f in zip(data, found, strict=True):
+            rows.append(
+                {
+                    "key": r["key"],
+                    "class_name": r["class_name"],
+                    "status": r["status"],
+                    "reject_reason": r["reject_reason"],
+                    "nearest_ref": f.ref,
+                    "index": f.index,
+                    "similarity": f.similarity,
+                    "phash_distance": f.phash_distance,
+                }
+            )
+    return rows
+
+
+def near_copies(
+    rows: Iterable[dict[str, Any]], spec: NearCopySpec, status: str | None = "accepted"
+) -> list[dict[str, Any]]:
+    """The rows of `build_nearest` a near-copy rule flags (accepted samples by default)."""
+    return [
+        r
+        for r in rows
+        if (status is None or r["status"] == status)
+        and is_near_copy(spec, r["similarity"], r["phash_distance"])
+    ]

@@ -1,0 +1,180 @@
+"""The model folder's own safety checker (Stable Diffusion's `StableDiffusionSafetyChecker`).
+
+diffusers runs the checker inside the pipeline and blacks out what it flags; synthgen loads
+the pipeline without it and runs the checker here, on the decoded image, so the verdict (a
+score) is recorded and the image is withheld instead of replaced by a black square.
+Loading is local and safetensors-only: a temporary folder of links to the checker's
+`config.json` and `model.safetensors` (never a pickle beside them) and the feature
+extractor's `preprocessor_config.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthgen.schemas.batches import padded_chunks
+from synthgen.schemas.errors import ModelFolderError
+from synthgen.schemas.recipe import Recipe, resolve_path
+from synthgen.schemas.records import Score
+from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.hashing import file_sha256
+from synthgen.storage.model_files import safetensors_header
+from synthgen.validators.scorers.base import ScoreBatch, Scorer, ScorerIdentity, WorkerModels
+
+CHECKER_CLASS = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+CHECKER_FILES = ("config.json", "model.safetensors")
+EXTRACTOR_FILE = "preprocessor_config.json"
+
+
+def folder_checker(model_path: Path) -> Path | None:
+    """The folder's checker weights when its model_index.json lists a checker, else None.
+
+    Raises ModelFolderError for a checker of another class or with missing/corrupt files.
+    """
+    try:
+        index = json.loads((model_path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"{model_path}/model_index.json: unreadable: {exc}") from None
+    spec = index.get("safety_checker") if isinstance(index, dict) else None
+    if not isinstance(spec, list) or spec[:1] == [None]:
+        return None
+    if list(spec) != CHECKER_CLASS:
+        raise ModelFolderError(
+            f"{model_path}/model_index.json: safety_checker {spec!r} is not "
+            f"{CHECKER_CLASS[1]}; set model.safety_checker: false to build without it"
+        )
+    for name in CHECKER_FILES:
+        if not (model_path / "safety_checker" / name).is_file():
+            raise ModelFolderError(f"{model_path}/safety_checker/{name}: missing")
+    if not (model_path / "feature_extractor" / EXTRACTOR_FILE).is_file():
+        raise ModelFolderError(f"{model_path}/feature_extractor/{EXTRACTOR_FILE}: missing")
+    weights = model_path / "safety_checker" / "model.safetensors"
+    safetensors_header(weights)  # a corrupt file fails here, before anything loads
+    return weights
+
+
+@contextlib.contextmanager
+def _view(model_path: Path) -> Iterator[Path]:
+    """Links to only the files the loaders may read."""
+    with tempfile.TemporaryDirectory(prefix="synthgen-checker-") as tmp:
+        root = Path(tmp)
+        (root / "safety_checker").mkdir()
+        (root / "feature_extractor").mkdir()
+        for name in CHECKER_FILES:
+            (root / "safety_checker" / name).symlink_to(
+                (model_path / "safety_checker" / name).resolve()
+            )
+        (root / "feature_extractor" / EXTRACTOR_FILE).symlink_to(
+            (model_path / "feature_extractor" / EXTRACTOR_FILE).resolve()
+        )
+        yield root
+
+
+def load_checker(model_path: Path, device: str = "cpu") -> tuple[Any, Any]:
+    """(StableDiffusionSafetyChecker, CLIPImageProcessor): local safetensors only."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPImageProcessor
+
+    with _view(model_path) as view:
+        loader: Any = StableDiffusionSafetyChecker  # typed stubs expect a model, not a path
+        checker = loader.from_pretrained(
+            str(view / "safety_checker"),
+            dtype=torch.float32,
+            use_safetensors=True,
+            local_files_only=True,
+        )
+        extractor = CLIPImageProcessor.from_pretrained(
+            str(view / "feature_extractor"), local_files_only=True
+        )
+    return checker.to(device).eval(), extractor
+
+
+def concept_scores(checker: Any, pixel_values: Any) -> Any:
+    """Per image, the largest concept score of diffusers' checker (> 0: flagged).
+
+    The same arithmetic as `StableDiffusionSafetyChecker.forward`, kept as a number: cosine
+    distance to each concept embedding minus its threshold, raised by 0.01 when a
+    "special care" concept matched.
+    """
+    import torch
+    from torch.nn.functional import normalize
+
+    with torch.inference_mode():
+        pooled = checker.vision_model(pixel_values)[1]
+        embeds = normalize(checker.visual_projection(pooled), dim=-1)
+        special = embeds @ normalize(checker.special_care_embeds, dim=-1).T
+        concepts = embeds @ normalize(checker.concept_embeds, dim=-1).T
+        special_care = torch.any(special - checker.special_care_embeds_weights > 0, dim=1)
+        scores = concepts - checker.concept_embeds_weights + special_care[:, None] * 0.01
+        return scores.max(dim=1).values.float().cpu()
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    checker: Any
+    extractor: Any
+
+
+class SafetyChecker(Scorer):
+    """`nsfw`: the folder's own checker's largest concept score, in [-3, 3], backing the
+    `nsfw` check (rejects above 0, the checker's own verdict); a rejected image is withheld.
+
+    Listed in `scoring.scorers`; refused when the folder has no checker or the recipe turned
+    it off (`model.safety_checker: false`).
+    """
+
+    name = "safety_checker"
+
+    def __init__(self, model_path: str, sha256: str, compute_batch: int):
+        self.model_path = model_path
+        self.sha256 = sha256
+        self.compute_batch = compute_batch
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, base_dir: Path, options: Any) -> SafetyChecker:
+        if not recipe.model.safety_checker:
+            raise ValueError("model.safety_checker is false: remove safety_checker from scorers")
+        path = resolve_path(base_dir, recipe.model.path)
+        weights = folder_checker(path)
+        if weights is None:
+            raise ModelFolderError(f"{path}: the model folder has no safety_checker")
+        return cls(str(path), file_sha256(weights), recipe.scoring.batch_size)
+
+    def columns(self) -> list[ScoreColumn]:
+        return [
+            ScoreColumn(
+                name="nsfw",
+                scorer=self.name,
+                minimum=-3.0,
+                maximum=3.0,
+                checks={"nsfw": "below"},
+                description="the folder's safety checker: largest concept score (> 0: flagged)",
+            )
+        ]
+
+    def identity(self) -> ScorerIdentity:
+        return ScorerIdentity(self.name, self.version, CHECKER_CLASS[1], self.sha256, "diffusers")
+
+    def load(self, models: WorkerModels) -> _Loaded:
+        def load() -> _Loaded:
+            return _Loaded(*load_checker(Path(self.model_path), models.device))
+
+        return models.get(("sd_safety_checker", self.model_path), load)
+
+    def score(self, batch: ScoreBatch, state: _Loaded) -> list[dict[str, Score]]:
+        import torch
+
+        device = next(state.checker.parameters()).device
+        parts = []
+        for chunk, real in padded_chunks(batch.images, self.compute_batch):
+            pixels = state.extractor(list(chunk), return_tensors="pt").pixel_values.to(device)
+            parts.append(concept_scores(state.checker, pixels)[:real])
+        scores = torch.cat(parts).tolist()
+        return [{"nsfw": float(v)} for v in scores]
