@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 logger = logging.getLogger("synthgen")
 
@@ -45,8 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"synthgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, **kw: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], **kw)
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], **kw)
+        return parser
 
     p = add(
         "plan",

@@ -176,6 +176,7 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
         library_versions=canonical_json(library_versions()),
         generation_options=canonical_json(generation_settings(resolved).generation_options()),
         created_at=created_at,
+        class_names=canonical_json({str(c.id): c.name for c in r.classes}),
     )
 
 

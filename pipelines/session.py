@@ -381,8 +381,8 @@ class BuildSession:
             created_at=self.state.created_at,
             finished_at=utc_now(),
             versions=json.loads(ctx.library_versions),
-            model=ModelInfo(
-                path=ctx.model_path, sha256=ctx.model_sha256, class_=ctx.pipeline_class
+            model=ModelInfo.model_validate(
+                {"path": ctx.model_path, "sha256": ctx.model_sha256, "class": ctx.pipeline_class}
             ),
             scorers=json.loads(ctx.scorers),
             score_columns=[*self.resolved.score_columns, *check_columns(self.recipe)],

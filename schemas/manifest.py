@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from synthgen.schemas.scores import ScoreColumn
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION: Literal[2] = 2
 STATE_DIR = ".synthgen"
 STATE_NAME = "state.json"
 REPORT_JSON = "report.json"

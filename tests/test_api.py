@@ -9,17 +9,18 @@ import pytest
 import synthgen
 from synthgen.pipelines.output import BuildError
 from synthgen.schemas.recipe import recipe_from_dict
-from tests.conftest import tiny_recipe_dict
+from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict
 
 
 def test_build_from_a_dict_and_load_it(tmp_path: Path, model_dir: Path) -> None:
     data = tiny_recipe_dict(model_dir)
+    data["checks"] = {"clip_score": {"absolute": SPLIT_THRESHOLD}}
     result = synthgen.build(data, tmp_path / "out", overrides=["count_per_class=2"])
     assert result.manifest.counts.planned == 6
     corpus = synthgen.load(tmp_path / "out", verify=True)
     assert corpus.manifest == result.manifest
     samples = list(corpus.webdataset().decode("pil").to_tuple("png", "cls"))
-    assert len(samples) == result.manifest.counts.accepted
+    assert 0 < len(samples) == result.manifest.counts.accepted
     assert {img.size for img, _ in samples} == {(32, 32)}
     table = corpus.arrow().to_table(columns=["key", "status"])
     assert table.num_rows == 6

@@ -65,10 +65,13 @@ def test_regenerate_matches_recorded_bytes(cli_build: Path, tmp_path: Path) -> N
 def test_regenerate_refuses_a_changed_model(cli_build: Path, tmp_path: Path) -> None:
     import shutil
 
-    rows = pq.read_table(cli_build / "00000.parquet").to_pylist()
+    from synthgen.schemas.records import read_build_constants
+
+    constants = read_build_constants(pq.read_schema(cli_build / "00000.parquet"))
+    rows = pq.read_table(cli_build / "00000.parquet", columns=["key"]).to_pylist()
     moved = tmp_path / "copy"
     shutil.copytree(cli_build, moved)
-    model = Path(rows[0]["model_path"])
+    model = Path(constants["model_path"])
     backup = (model / "scheduler" / "scheduler_config.json").read_text()
     try:
         (model / "scheduler" / "scheduler_config.json").write_text(

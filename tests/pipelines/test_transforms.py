@@ -28,9 +28,11 @@ from synthgen.schemas.manifest import PlanRound, ShardStats, stats_name
 from synthgen.schemas.records import (
     BUILD_FIELDS,
     PROVENANCE_FIELDS,
+    ROW_PROVENANCE_FIELDS,
     BuildContext,
     Sample,
     canonical_json,
+    read_build_constants,
     sample_schema,
 )
 from synthgen.schemas.scores import ScoreColumn
@@ -48,6 +50,7 @@ COLUMNS = (ScoreColumn(name="s", scorer="t", minimum=0, maximum=1), EMBEDDING)
 def context(**changes: object) -> BuildContext:
     values: dict[str, object] = {name: "x" for name in BUILD_FIELDS}
     values.update(steps=2, guidance_scale=1.5, compute_batch=4, image_format="png")
+    values.update(created_at="2024-01-01T00:00:00Z", class_names="")
     for name in ("scheduler_config", "image_encoding", "library_versions"):
         values[name] = canonical_json({"k": name})
     values["scorers"] = canonical_json([{"name": "t"}])
@@ -68,12 +71,14 @@ def test_one_field_list_gives_the_schema_and_the_provenance() -> None:
     schema = sample_schema(COLUMNS)
     names = schema.names
     assert names[0] == "key" and names[-1] == "rejected_image"
-    assert set(PROVENANCE_FIELDS) == set(names) - {
+    assert set(ROW_PROVENANCE_FIELDS) == set(names) - {
         "status",
         "reject_reason",
         "s",
         "emb",
         "rejected_image",
+        "nearest_ref",
+        "nearest_eval",
     }
     assert set(BUILD_FIELDS) <= set(PROVENANCE_FIELDS)
     assert schema.field("emb").type == pa.list_(pa.float32(), 3)
@@ -90,14 +95,15 @@ def test_write_shard_round_trips_and_leaves_vectors_out_of_the_sidecar(tmp_path:
     assert (tmp_path / stats_name(0)).read_bytes() == stats.to_json()
 
     rows = pq.read_table(tmp_path / "00000.parquet").to_pylist()
-    assert [r["key"] for r in rows] == sorted(s.request.key for s in samples)
+    assert sorted(r["key"] for r in rows) == sorted(s.request.key for s in samples)
     by_key = {s.request.key: s for s in samples}
     for row in rows:
         sample = by_key[row["key"]]
         assert row["emb"] == list(sample.scores["emb"])
         assert row["s"] == pa.scalar(sample.scores["s"], pa.float32()).as_py()
         assert (row["rejected_image"] is None) == (sample.status == "accepted")
-        assert json.loads(row["scheduler_config"]) == {"k": "scheduler_config"}
+    constants = read_build_constants(pq.read_schema(tmp_path / "00000.parquet"))
+    assert constants["scheduler_config"] == {"k": "scheduler_config"}
 
     tar = list(iter_tar_samples(tmp_path / "00000.tar"))
     assert [t.key for t in tar] == [r["key"] for r in rows if r["status"] == "accepted"]

@@ -48,6 +48,8 @@ def written(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
     decided = [apply_checks(s, cut) for s in samples]
     values: dict[str, object] = {name: "x" for name in BUILD_FIELDS}
     values.update(
+        class_names="",
+        created_at="2024-01-01T00:00:00Z",
         steps=2,
         guidance_scale=1.0,
         compute_batch=4,
