@@ -37,10 +37,6 @@ def pick_prompt(cls: ClassSpec, seed: int) -> str:
     return cls.prompts[seed % len(cls.prompts)]
 
 
-def num_shards(total: int, shard_size: int) -> int:
-    return max(1, math.ceil(total / shard_size))
-
-
 class _Layout:
     """Where each (class, index) falls in the interleaved order, without listing the order.
 

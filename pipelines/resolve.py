@@ -20,7 +20,7 @@ from synthgen.schemas.recipe import Recipe, RecipeError, resolve_path
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.hashing import folder_sha256
 from synthgen.storage.model_card import license_info
-from synthgen.storage.watermark import watermark_payload
+from synthgen.storage.watermark import can_carry, watermark_payload
 from synthgen.validators.scorers.base import Scorer
 from synthgen.validators.scoring import build_scorers, score_columns, scorer_provenance
 
@@ -106,6 +106,7 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     model, sched = check_model(recipe, model_path)
     scorers = tuple(build_scorers(recipe, base_dir))
     _warn_about_padding(recipe)
+    _check_watermark_library(recipe)
     source = None
     if recipe.balance is not None:
         from synthgen.generators.sources.open import open_source
@@ -125,6 +126,21 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
         scheduler_config=sched,
         base_dir=base_dir,
     )
+
+
+def _check_watermark_library(recipe: Recipe) -> None:
+    """Images large enough carry the invisible watermark: its library must be importable."""
+    import importlib.util
+
+    if can_carry(recipe.sampling.width, recipe.sampling.height) and (
+        importlib.util.find_spec("imwatermark") is None
+    ):
+        raise RecipeError(
+            f"sampling: {recipe.sampling.width}x{recipe.sampling.height} images carry an "
+            "invisible watermark, but its library is not installed: run scripts/setup.sh, or "
+            "`pip install --no-deps invisible-watermark` (it declares the GUI opencv-python; "
+            "synthgen already depends on opencv-python-headless and PyWavelets)"
+        )
 
 
 def _warn_about_padding(recipe: Recipe) -> None:

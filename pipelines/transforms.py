@@ -530,14 +530,24 @@ def reference_inputs(recipe: Recipe, base_dir: Path | None) -> list[ReferenceInp
     """The build's reference (its own, else its balance source) and eval set, each opened
     once to check it exists and is readable (SourceError naming it); nothing is written."""
     from synthgen.generators.sources.open import open_source
-    from synthgen.schemas.recipe import BalanceSpec, resolve_path
+    from synthgen.schemas.recipe import BalanceSpec, RecipeError, resolve_path
+    from synthgen.validators.build_checks import uses_embeddings
 
     base = base_dir or Path.cwd()
     out = []
+    if (recipe.reference is not None or recipe.eval_set is not None) and not uses_embeddings(
+        recipe
+    ):
+        raise RecipeError(
+            "reference / eval_set: comparing with real images needs stored embeddings; add "
+            "`{name: clip_embedding}` to scoring.scorers"
+        )
     for kind in ("reference", "eval_set"):
         spec = getattr(recipe, kind)
         max_images = 10_000_000
         if spec is None and kind == "reference" and recipe.balance is not None:
+            if not uses_embeddings(recipe):
+                continue  # the balance source is the default reference only with embeddings
             spec = recipe.balance
         elif spec is not None:
             max_images = spec.max_images

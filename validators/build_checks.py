@@ -27,11 +27,17 @@ class GlobalChecks:
     semantic_duplicate: tuple[str, float] | None = None
 
 
+def uses_embeddings(recipe: Recipe) -> bool:
+    """Whether the recipe stores image embeddings (the `clip_embedding` scorer)."""
+    return any(s.name == "clip_embedding" for s in recipe.scoring.scorers)
+
+
 def reference_kinds(recipe: Recipe) -> list[str]:
     """Which nearest-image lookups a build does: `reference` (the recipe's, else its balance
-    source) and `eval_set`."""
+    source when the recipe stores embeddings) and `eval_set`."""
     kinds = []
-    if recipe.reference is not None or recipe.balance is not None:
+    balance_as_reference = recipe.balance is not None and uses_embeddings(recipe)
+    if recipe.reference is not None or balance_as_reference:
         kinds.append("reference")
     if recipe.eval_set is not None:
         kinds.append("eval_set")

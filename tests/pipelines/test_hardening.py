@@ -182,3 +182,20 @@ def test_a_crash_after_generation_resumes_without_model_work(
     assert result.metrics.get("generated", 0) == 0, "staged samples were generated again"
     assert _images(out) == _images(complete)
     assert not list((out / ".synthgen" / "staging").iterdir()), "staging kept after the build"
+
+
+def test_the_interrupt_message_says_whether_the_manifest_was_written(tmp_path: Path) -> None:
+    from synthgen.pipelines import cli, session
+
+    done, half = tmp_path / "done", tmp_path / "half"
+    for d in (done, half):
+        d.mkdir()
+    (done / "manifest.json").write_text("{}")
+    session.OPENED[:] = [half]
+    assert "incomplete (no manifest)" in cli._output_state()
+    assert "--resume to continue it" in cli._output_state()
+    session.OPENED[:] = [done]
+    assert "is complete (manifest written)" in cli._output_state()
+    assert "--resume to finish its report" in cli._output_state()
+    session.OPENED[:] = []
+    assert cli._output_state() == "nothing was written"
