@@ -74,7 +74,7 @@ def make_checks(recipe: Recipe, columns: Sequence[ScoreColumn]) -> tuple[list[Ch
     Order (the first failing check is a sample's reject reason): `odd_size`, then the named
     checks (`clip_score`, `dark`, ...) in the order of the columns backing them (scorer order),
     then `checks.scores` in recipe order, each named after its column. A named check the
-    recipe sets explicitly but no listed scorer backs is an error; one left at its default
+    recipe changes from its default but no listed scorer backs is an error; one at its default
     is skipped. Thresholds apply to scalar columns only.
     """
     spec = recipe.checks
@@ -99,7 +99,9 @@ def make_checks(recipe: Recipe, columns: Sequence[ScoreColumn]) -> tuple[list[Ch
         threshold = getattr(spec, name)
         if not isinstance(threshold, Threshold) or name in backed:
             continue
-        if name in spec.model_fields_set:
+        # Only a threshold the recipe changed from its default is an error: a recipe dumped
+        # and read back (extend, the Python API) sets every field, and must mean the same.
+        if threshold != type(spec).model_fields[name].default:
             listed = ", ".join(s.name for s in recipe.scoring.scorers)
             raise ValueError(
                 f"checks.{name}: no listed scorer writes the column it needs (scorers: {listed})"

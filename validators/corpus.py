@@ -25,6 +25,8 @@ from synthgen.schemas.manifest import (
     shard_files,
 )
 from synthgen.schemas.recipe import Recipe, RecipeError, recipe_from_dict
+from synthgen.schemas.records import sample_schema
+from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators.expectations import ExpectationResult, corpus_expectations
@@ -60,7 +62,12 @@ class CorpusReport:
         )
 
 
-def read_rows(out: Path, shards: Iterable[int], with_images: bool = False) -> pd.DataFrame:
+def read_rows(
+    out: Path,
+    shards: Iterable[int],
+    with_images: bool = False,
+    score_columns: Sequence[ScoreColumn] = (),
+) -> pd.DataFrame:
     tables = []
     for shard in shards:
         path = out / shard_files(shard)[1]
@@ -69,8 +76,14 @@ def read_rows(out: Path, shards: Iterable[int], with_images: bool = False) -> pd
             table = table.drop_columns(["rejected_image"])
         tables.append(table)
     if not tables:
-        return pd.DataFrame()
+        return empty_rows(score_columns)
     return pa.concat_tables(tables).to_pandas()
+
+
+def empty_rows(score_columns: Sequence[ScoreColumn] = ()) -> pd.DataFrame:
+    """The rows of a build with no shards (a balance source already at target): no rows, but
+    every column, so per-status and per-class views need no special case."""
+    return sample_schema(score_columns).empty_table().to_pandas()
 
 
 def file_table(out: Path, entries: Sequence[ShardEntry]) -> pd.DataFrame:
@@ -88,7 +101,8 @@ def file_table(out: Path, entries: Sequence[ShardEntry]) -> pd.DataFrame:
                     "actual_bytes": path.stat().st_size if exists else -1,
                 }
             )
-    return pd.DataFrame(rows)
+    columns = ["file", "manifest_sha256", "manifest_bytes", "actual_sha256", "actual_bytes"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def class_table(
@@ -110,7 +124,8 @@ def class_table(
                 "accepted_or_untargeted": accepted if target >= 0 else -1,
             }
         )
-    return pd.DataFrame(out)
+    columns = ["class_name", "planned", "attempted", "accepted", "target_accepted"]
+    return pd.DataFrame(out, columns=[*columns, "accepted_or_untargeted"])
 
 
 def check_tar(out: Path, shard: int, rows: pd.DataFrame) -> list[str]:
@@ -181,7 +196,7 @@ def validate_corpus(
     if report.failures:
         return report
     try:
-        rows = read_rows(out, shards)
+        rows = read_rows(out, shards, score_columns=manifest.score_columns)
     except (OSError, pa.ArrowException) as exc:
         report.failures.append(f"unreadable Parquet: {exc}")
         return report

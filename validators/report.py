@@ -23,7 +23,7 @@ from synthgen.schemas.manifest import REPORT_HTML, REPORT_JSON, Manifest, shard_
 from synthgen.schemas.records import REJECT_IMAGE_FIELD, read_build_constants
 from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.tars import iter_tar_samples
-from synthgen.validators.corpus import IMAGE_EXTS, read_manifest
+from synthgen.validators.corpus import IMAGE_EXTS, empty_rows, read_manifest
 from synthgen.validators.nearest import ReferenceSet, nearest, read_reference
 
 GRID_PER_CLASS = 10
@@ -87,7 +87,7 @@ def load_report_data(
                 if len(mine) < PER_REASON:
                     mine.append(image)
         tables.append(table.drop_columns([REJECT_IMAGE_FIELD.name]))
-    rows = pa.concat_tables(tables).to_pandas() if tables else pd.DataFrame()
+    rows = pa.concat_tables(tables).to_pandas() if tables else empty_rows(manifest.score_columns)
     constants = read_build_constants(tables[0].schema) if tables else {}
     classes = list(manifest.counts.planned_per_class)
     ref, location = _reference(out, manifest, reference)

@@ -51,7 +51,7 @@ def context(**changes: object) -> BuildContext:
     values: dict[str, object] = {name: "x" for name in BUILD_FIELDS}
     values.update(steps=2, guidance_scale=1.5, compute_batch=4, image_format="png")
     values.update(created_at="2024-01-01T00:00:00Z", class_names="")
-    for name in ("scheduler_config", "image_encoding", "library_versions"):
+    for name in ("scheduler_config", "image_encoding", "library_versions", "generation_options"):
         values[name] = canonical_json({"k": name})
     values["scorers"] = canonical_json([{"name": "t"}])
     values.update(changes)

@@ -58,6 +58,7 @@ def written(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
         scheduler_config="{}",
         image_encoding="{}",
         library_versions="{}",
+        generation_options="{}",
         scorers=canonical_json(scorer_provenance(scorers)),
         image_format="png",
     )
