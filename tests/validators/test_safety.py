@@ -196,3 +196,30 @@ def test_folder_checker_refused_when_absent_or_switched_off(
     )
     with pytest.raises(ValueError, match=r"model\.safety_checker is false"):
         build_scorers(recipe_from_dict(off), model_dir)
+
+
+def test_the_folders_own_checker_runs_by_default_and_withholds_what_it_flags(
+    tmp_path: Path, model_dir: Path, checker_folders: tuple[Path, Path]
+) -> None:
+    plain, forced = checker_folders
+
+    def recipe(folder: Path) -> dict[str, Any]:
+        # no scorer lists `safety_checker`: a folder that ships one has it run by default
+        model = {"path": str(folder), "compute_batch": 4, "license_ack": "other"}
+        return tiny_recipe_dict(model_dir, model=model, checks={"clip_score": None})
+
+    clean = run_build(recipe(plain), tmp_path / "plain", show_progress=False)
+    assert "nsfw" in clean.manifest.score_column_names
+    images = all_images(clean.output)
+    assert len(images) == clean.manifest.counts.planned  # the plain checker flags nothing
+
+    flagged = run_build(recipe(forced), tmp_path / "forced", show_progress=False)
+    rows = read_rows(flagged.output).to_pylist()
+    assert {r["key"] for r in rows} == set(images)  # same model, same samples
+    for r in rows:
+        assert r["status"] == "rejected" and r["reject_reason"] == "nsfw"
+        assert r["rejected_image"] is None and r["nsfw"] > 0
+    assert all_images(flagged.output) == {}
+    blobs = [p.read_bytes() for p in flagged.output.rglob("*") if p.is_file()]
+    for key, data in images.items():
+        assert not any(data in blob for blob in blobs), f"{key}: flagged bytes were written"
