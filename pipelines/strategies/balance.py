@@ -226,7 +226,8 @@ class Balance(Strategy):
                 session.out / shard_files(shard)[1],
                 columns=["key", "shard", "class_label", "status"],
             )
-            for r in table.to_pylist():
+            # by key: the index does not depend on the seeded order of samples in a shard
+            for r in sorted(table.to_pylist(), key=lambda r: r["key"]):
                 if r["status"] == "accepted":
                     rows.append(
                         {
