@@ -21,19 +21,10 @@ from typing import Any
 
 import numpy as np
 
-# The names a recipe's `validation.metrics` may gate (schemas.recipe.METRIC_NAMES mirrors it).
-METRIC_NAMES = (
-    "frechet_distance",
-    "kid",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "vendi",
-    "vendi_reference",
-    "mean_pairwise_distance",
-    "mean_pairwise_distance_reference",
-)
+from synthgen.schemas.recipe import METRIC_NAMES as RECIPE_METRIC_NAMES
+
+# The names a recipe's `validation.metrics` may gate: one list, in the recipe schema.
+METRIC_NAMES = RECIPE_METRIC_NAMES
 
 DEFAULT_K = 5
 MAX_PAIRWISE = 4096  # prdc and Vendi cost O(n^2): larger sets are subsampled, deterministically
