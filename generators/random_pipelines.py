@@ -148,11 +148,12 @@ def _vae(blocks: tuple[int, ...], latent: int, flow: bool = False) -> Any:
     )
 
 
-def _tiny_safety_checker() -> tuple[Any, Any]:
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPConfig, CLIPImageProcessor
+def tiny_clip_config(projection_dim: int = 16) -> Any:
+    """A tiny transformers `CLIPConfig` (32x32 images, width 16): the safety checker's
+    backbone and, in tests, a transformers `CLIPModel` folder."""
+    from transformers import CLIPConfig
 
-    config = CLIPConfig(
+    return CLIPConfig(
         text_config={
             "hidden_size": 16,
             "intermediate_size": 32,
@@ -168,13 +169,21 @@ def _tiny_safety_checker() -> tuple[Any, Any]:
             "image_size": 32,
             "patch_size": 8,
         },
-        projection_dim=16,
+        projection_dim=projection_dim,
     )
-    checker = StableDiffusionSafetyChecker(config).eval()
-    extractor = CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
-    return checker, extractor
+
+
+def tiny_image_processor() -> Any:
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+def _tiny_safety_checker() -> tuple[Any, Any]:
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    config = tiny_clip_config()
+    return StableDiffusionSafetyChecker(config).eval(), tiny_image_processor()
 
 
 def build_sd(

@@ -63,6 +63,7 @@ from synthgen.schemas.manifest import (
     WatermarkInfo,
     stats_name,
 )
+from synthgen.schemas.recipe import Recipe
 from synthgen.storage.atomic import remove_stale_tmp, write_bytes_atomic
 from synthgen.storage.faults import maybe_fault
 from synthgen.storage.hashing import file_sha256
@@ -159,7 +160,7 @@ class BuildSession:
         self._stack.close()
 
     @property
-    def recipe(self) -> Any:
+    def recipe(self) -> Recipe:
         return self.resolved.recipe
 
     def open(self) -> Manifest | None:
@@ -242,7 +243,7 @@ class BuildSession:
             logger.info("resuming: reusing %d finished shard(s), building %d", len(done), len(todo))
         metrics: dict[str, int] = {}
         if todo:
-            metrics = self._run_pipeline(plan_round, todo, sorted(done), total)
+            metrics = self._run_pipeline(plan_round, todo, done, total)
         stats = [done.get(s) or finished_shard(self.out, s, self.recipe_hashes) for s in shard_ids]
         missing = [s for s, st in zip(shard_ids, stats, strict=True) if st is None]
         if missing:
@@ -284,14 +285,14 @@ class BuildSession:
         return done
 
     def _run_pipeline(
-        self, plan_round: PlanRound, todo: list[int], reused: list[int], total: int
+        self, plan_round: PlanRound, todo: list[int], done: dict[int, ShardStats], total: int
     ) -> dict[str, int]:
+        """Run one round's unfinished shards; `done` are its finished ones (already checked)."""
         assert self.ctx is not None
-        earlier = sorted({s.shard for o in self.rounds for s in o.stats} | set(reused))
+        earlier = sorted({s.shard for o in self.rounds for s in o.stats} | set(done))
         progress_dir = self.out / STATE_DIR / "progress"
         shutil.rmtree(progress_dir, ignore_errors=True)
         progress_dir.mkdir(parents=True)
-        done_stats = [finished_shard(self.out, s, self.recipe_hashes) for s in reused]
         return run_shards(
             self.resolved,
             self.ctx,
@@ -304,8 +305,8 @@ class BuildSession:
             options=self.options,
             total=total,
             done_counts=(
-                sum(s.accepted for s in done_stats if s),
-                sum(s.rejected for s in done_stats if s),
+                sum(s.accepted for s in done.values()),
+                sum(s.rejected for s in done.values()),
             ),
             references=self.reference_paths,
         )

@@ -8,9 +8,7 @@ from synthgen.schemas.manifest import PlanRound
 
 
 class FixedCount(Strategy):
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._done = False
+    _done = False  # set on the instance once its one round is observed
 
     def next_round(self) -> PlanRound | None:
         return None if self._done else PlanRound(round=0)

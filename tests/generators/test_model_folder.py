@@ -158,33 +158,15 @@ def _hub_open_clip(folder: Path, model_dir: Path) -> Path:
 
 def _transformers_clip(folder: Path) -> Path:
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPModel
 
+    from synthgen.generators.random_pipelines import tiny_clip_config, tiny_image_processor
     from synthgen.generators.sd_layout import write_clip_tokenizer
 
     torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 16,
-        },
-        vision_config={
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=24,
-    )
+    config = tiny_clip_config(projection_dim=24)
     CLIPModel(config).save_pretrained(str(folder), safe_serialization=True)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(str(folder))
+    tiny_image_processor().save_pretrained(str(folder))
     write_clip_tokenizer(folder, 16)
     poison(folder / "pytorch_model.bin", folder.parent / "marker")
     return folder
