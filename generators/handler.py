@@ -8,11 +8,14 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from synthgen.schemas.batches import padded_chunks
+if TYPE_CHECKING:
+    from synthgen.generators.conditioning import ConditioningSettings
+
+from synthgen.schemas.failures import failed_sample
 from synthgen.schemas.records import GenerationRequest, Sample
 from synthgen.storage.images import encode_image, to_uint8
 from synthgen.storage.watermark import can_carry, embed_watermark
@@ -51,6 +54,11 @@ class GenerationSettings:
     # The invisible watermark's payload (hex, `storage.watermark.watermark_payload` of the
     # recipe hash), embedded in every image large enough to carry it; None embeds nothing.
     watermark: str | None = None
+    # LoRAs and embeddings to load (`generators.adapters` table JSON); "{}": none
+    adapters: str = "{}"
+    # Image conditioning (`generators.conditioning`): modes, settings and source images per
+    # class; None: text only.
+    conditioning: ConditioningSettings | None = None
 
     def generation_options(self) -> dict[str, Any]:
         """The settings beyond the classic ones that change what is computed (provenance)."""
@@ -74,39 +82,64 @@ def generate_batch(
     """
     import torch
 
+    from synthgen.generators.adapters import EMPTY_TABLE, activate, call_chunks
+    from synthgen.generators.conditioning import (
+        assign_sources,
+        conditioned_call,
+        group_by_conditioning,
+    )
     from synthgen.generators.families import FAMILIES, call_kwargs
     from synthgen.storage.faults import maybe_fault
 
-    family = FAMILIES[settings.pipeline_class or type(pipe).__name__]
+    family_name = settings.pipeline_class or type(pipe).__name__
+    family = FAMILIES[family_name]
     for r in requests:
         maybe_fault("generate", r.key)
+    maybe_fault("generate_batch", str(len(requests)))
     pending: list[Any] = []
     encoder = _encoder()
-    for padded, real in padded_chunks(requests, settings.compute_batch):
+    # Requests sharing steps, guidance and LoRAs share calls (per-class settings, jitter).
+    # Image-conditioned requests: their source image picked, grouped by conditioning.
+    groups = [list(requests)]
+    if settings.conditioning is not None:
+        requests = assign_sources(settings.conditioning, requests)
+        groups = group_by_conditioning(requests)
+    s = settings
+    chunks = [
+        chunk
+        for group in groups
+        for chunk in call_chunks(group, s.steps, s.guidance_scale, s.adapters, s.compute_batch)
+    ]
+    for padded, real, call in chunks:
         chunk = padded[:real]
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in padded]
+        if settings.adapters != EMPTY_TABLE:
+            activate(pipe, call.loras)
         # 1. classifier-free guidance only when the scale asks for it and the family has it
         #    (Flux is guidance-distilled: its guidance_scale is an embedding, no negatives).
-        use_cfg = settings.guidance_scale > 1.0 and family.negative_prompt
+        use_cfg = call.guidance_scale > 1.0 and family.negative_prompt
         # 2. family options: T5 sequence length, PixArt's exact-size switches.
         extra = call_kwargs(family, settings.max_sequence_length)
+        # 3. image conditioning: the mode's pipeline (derived from `pipe`) and its images.
+        run, images = conditioned_call(pipe, family_name, padded)
         with torch.inference_mode():
-            out = pipe(
+            out = run(
                 prompt=[r.prompt for r in padded],
                 negative_prompt=[r.negative_prompt for r in padded] if use_cfg else None,
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance_scale,
+                num_inference_steps=call.steps,
+                guidance_scale=call.guidance_scale,
                 height=settings.height,
                 width=settings.width,
                 generator=generators,
                 output_type="np",
                 **extra,
+                **images,
             )
-        # 3. quantise and encode on the worker (only bytes cross the Beam boundary), in threads
+        # 4. quantise and encode on the worker (only bytes cross the Beam boundary), in threads
         #    while the next chunk is generated: PIL's encoders release the GIL.
         for request, image in zip(chunk, out.images, strict=False):
-            pending.append(encoder.submit(_encode, request, to_uint8(image), settings))
-    return [f.result() for f in pending]
+            pending.append((request, encoder.submit(_finish, request, image, settings)))
+    return [_result(request, f) for request, f in pending]
 
 
 _ENCODERS: list[ThreadPoolExecutor] = []
@@ -117,6 +150,24 @@ def _encoder() -> ThreadPoolExecutor:
     if not _ENCODERS:
         _ENCODERS.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="synthgen-encode"))
     return _ENCODERS[0]
+
+
+def _finish(request: GenerationRequest, image: Any, settings: GenerationSettings) -> Sample:
+    """A decoded image -> its encoded Sample; non-finite pixels (NaN latents) raise."""
+    import numpy as np
+
+    if not np.isfinite(image).all():
+        raise FloatingPointError("non-finite pixel values in the decoded image")
+    return _encode(request, to_uint8(image), settings)
+
+
+def _result(request: GenerationRequest, future: Any) -> Sample:
+    """One image's Sample; an image that failed to finish is that sample's `failed` row."""
+    try:
+        return future.result()  # type: ignore[no-any-return]
+    except Exception as exc:
+        logger.warning("sample %s failed: %s", request.key, type(exc).__name__)
+        return failed_sample(request, exc)
 
 
 def _encode(request: GenerationRequest, pixels: Any, settings: GenerationSettings) -> Sample:
@@ -199,7 +250,9 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
             vae_slicing=s.vae_slicing,
             vae_tiling=s.vae_tiling,
         )
-        return optimize_for_device(pipe, s)
+        from synthgen.generators.adapters import apply_adapters
+
+        return optimize_for_device(apply_adapters(pipe, s.adapters), s)
 
     def run_inference(
         self,

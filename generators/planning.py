@@ -14,6 +14,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 
+from synthgen.generators.templates import resolve_sample
 from synthgen.schemas.recipe import MAX_PLANNED_SAMPLES, ClassSpec, Recipe
 from synthgen.schemas.records import KEY_PATTERN, GenerationRequest
 
@@ -163,15 +164,20 @@ def _request(recipe: Recipe, class_id: int, index: int, shard: int) -> Generatio
     cls = recipe.class_by_id(class_id)
     key = sample_key(recipe.name, cls.name, index)
     seed = sample_seed(recipe.seed, key)
+    resolved = resolve_sample(recipe, cls, key, seed)  # template, slots, per-class settings
     return GenerationRequest(
         key=key,
         shard=shard,
         index=index,
         class_label=cls.id,
         class_name=cls.name,
-        prompt=pick_prompt(cls, seed),
-        negative_prompt=recipe.sampling.negative_prompt,
+        prompt=resolved.prompt,
+        negative_prompt=resolved.negative_prompt,
         seed=seed,
+        prompt_template=resolved.template,
+        prompt_slots=resolved.slots_json,
+        sample_steps=resolved.steps,
+        sample_guidance_scale=resolved.guidance_scale,
     )
 
 

@@ -26,6 +26,11 @@ BOUNDED_FIELDS: dict[str, tuple[type[BaseModel], str]] = {
     "compute_batch": (ModelSpec, "compute_batch"),
     "seed": (Recipe, "seed"),
 }
+# Per-sample values that may be absent (older records) or null; bounded like the above.
+OPTIONAL_BOUNDED_FIELDS: dict[str, tuple[type[BaseModel], str]] = {
+    "sample_steps": (SamplingSpec, "steps"),
+    "sample_guidance_scale": (SamplingSpec, "guidance_scale"),
+}
 TEXT_FIELDS = ("prompt", "negative_prompt")
 
 
@@ -41,7 +46,8 @@ def check_provenance_bounds(prov: dict[str, Any]) -> None:
     the recipe schema's limits (steps, guidance_scale, width, height, compute_batch, seed),
     or a prompt that is not valid UTF-8.
     """
-    for field, (model, name) in BOUNDED_FIELDS.items():
+    optional = {f: b for f, b in OPTIONAL_BOUNDED_FIELDS.items() if prov.get(f) is not None}
+    for field, (model, name) in (BOUNDED_FIELDS | optional).items():
         if field not in prov:
             raise ValueError(f"provenance {field}: missing")
         value = prov[field]

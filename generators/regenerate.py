@@ -12,12 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from synthgen.generators.conditioning import conditioning_from_provenance
 from synthgen.generators.handler import GenerationSettings, generate_batch
 from synthgen.generators.model_folder import ModelFolderError, load_pipeline
 from synthgen.generators.provenance_bounds import check_provenance_bounds
 from synthgen.schemas.records import (
     REJECT_IMAGE_FIELD,
     GenerationRequest,
+    canonical_json,
     provenance_from_row,
     read_build_constants,
 )
@@ -29,6 +31,14 @@ def _loads(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _optional(kind: Any, value: Any) -> Any:
+    return None if value is None else kind(value)
+
+
+def _slots_json(value: Any) -> str | None:
+    return None if value is None else canonical_json(_loads(value))
+
+
 class ProvenanceNotFound(ValueError):
     """A build directory holds no single provenance record for a key."""
 
@@ -38,7 +48,8 @@ def find_provenance(build_dir: Path, key: str) -> dict[str, Any]:
     included) merged with the build constants in that file's `synthgen` metadata."""
     import pyarrow.parquet as pq
 
-    files = sorted(build_dir.glob("*.parquet"))
+    # shard files only (`{shard:05d}.parquet`): not balanced.parquet, which also has keys
+    files = sorted(p for p in build_dir.glob("*.parquet") if p.stem.isdigit())
     if not files:
         raise ProvenanceNotFound(f"{build_dir}: no Parquet shards")
     found: list[dict[str, Any]] = []
@@ -100,6 +111,8 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
         vae_slicing=bool(options.get("vae_slicing", False)),
         vae_tiling=bool(options.get("vae_tiling", False)),
         max_sequence_length=options.get("max_sequence_length"),
+        adapters=canonical_json(_loads(prov.get("adapters") or {}) or {}),
+        conditioning=conditioning_from_provenance(prov),
     )
 
 
@@ -128,6 +141,9 @@ def regenerate(prov: dict[str, Any]) -> bytes:
         vae_slicing=settings.vae_slicing,
         vae_tiling=settings.vae_tiling,
     )
+    from synthgen.generators.adapters import apply_adapters
+
+    pipe = apply_adapters(pipe, settings.adapters)  # each file's sha256 checked first
     import diffusers
 
     sched = dict(_loads(prov["scheduler_config"]))
@@ -145,5 +161,15 @@ def regenerate(prov: dict[str, Any]) -> bytes:
         prompt=str(prov["prompt"]),
         negative_prompt=str(prov["negative_prompt"]),
         seed=int(prov["seed"]),
+        # resolved per sample (templates, per-class settings); absent from older records
+        prompt_template=prov.get("prompt_template"),
+        prompt_slots=_slots_json(prov.get("prompt_slots")),
+        sample_steps=_optional(int, prov.get("sample_steps")),
+        sample_guidance_scale=_optional(float, prov.get("sample_guidance_scale")),
+        # image conditioning: mode, source image (reference + sha256) and settings
+        conditioning_mode=prov.get("conditioning_mode"),
+        conditioning_source=prov.get("conditioning_source"),
+        conditioning_source_sha256=prov.get("conditioning_source_sha256"),
+        conditioning=_slots_json(prov.get("conditioning")),
     )
     return generate_batch(pipe, settings, [request])[0].image

@@ -6,7 +6,7 @@ import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -22,6 +22,10 @@ from synthgen.pipelines.runner import beam_options
 from synthgen.pipelines.session import BuildResult, BuildSession, ValidationFailed
 from synthgen.pipelines.strategies import Strategy, strategy_for
 from synthgen.schemas.recipe import Recipe, apply_overrides, load_recipe, recipe_from_dict
+from synthgen.storage.store import Store, is_remote, open_store
+
+if TYPE_CHECKING:
+    from synthgen.pipelines.remote import Mirror
 
 __all__ = ["BuildError", "BuildResult", "ValidationFailed", "run_build"]
 
@@ -47,6 +51,9 @@ def run_build(
     4. the session builds round after round, then finalizes (manifest, gate, report)
     5. with a publish root, `latest` is swapped to the complete build
 
+    `output`, `publish_root` and `extend` may be object-store URLs (`s3://`, `gs://`): the
+    build then runs in a local working copy mirrored to the store (synthgen.pipelines.remote).
+
     `extend` names a complete build to grow (with a publish root, "latest" is its latest):
     its shards are taken as they are and only new keys are generated, into a new build.
     """
@@ -54,6 +61,7 @@ def run_build(
     if (output is None) == (publish_root is None):
         raise BuildError("give exactly one of an output directory or a publish root")
     recipe, base_dir = _load(recipe_path, overrides)
+    stores = [open_store(x) for x in (output, publish_root) if x is not None and is_remote(x)]
     resolved = resolve(recipe, base_dir)
     options = beam_options(beam_args or [])
     parent = _parent(extend, publish_root)
@@ -61,6 +69,10 @@ def run_build(
     with ExitStack() as stack:
         stack.callback(strategy.close)
         strategy.prepare()
+        if stores:
+            return _build_remote(
+                stores[0], output is None, resolved, strategy, options, resume, show_progress, start
+            )
         if publish_root is None:
             out = Path(output).resolve()  # type: ignore[arg-type]
             return _build(out, resolved, strategy, options, resume, show_progress, start)
@@ -74,13 +86,59 @@ def run_build(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _build_remote(
+    store: Store,
+    is_root: bool,
+    resolved: ResolvedRecipe,
+    strategy: Strategy,
+    options: PipelineOptions,
+    resume: bool,
+    show_progress: bool,
+    start: float,
+) -> BuildResult:
+    """A build at an object-store URL, or a new version under an object-store publish root.
+
+    1. the lock object of the location (the publish root's, for a published build)
+    2. the build's store pulled into its local working copy (refused as for a folder)
+    3. the build runs there; the session uploads as files are finished, the manifest last
+    4. with a publish root, the LATEST pointer object is swapped to it
+    """
+    from synthgen.pipelines.remote import (
+        Mirror,
+        RemoteLock,
+        publish_pointer,
+        versioned_build,
+        work_dir,
+    )
+
+    with RemoteLock(store, "publish root" if is_root else "output location"):
+        build = store
+        folder = ""
+        if is_root:
+            folder = versioned_build(store, resolved.recipe.hash, resume)
+            build = store.child(f"builds/{folder}")
+        mirror = Mirror(build, work_dir(build.url))
+        mirror.pull(resume or is_root)
+        result = _build(
+            mirror.local, resolved, strategy, options, True, show_progress, start, mirror
+        )
+        if is_root:
+            publish_pointer(store, folder, result.manifest)
+        return result
+
+
 def _parent(extend: str | Path | None, publish_root: str | Path | None) -> Path | None:
     if extend is None:
         return None
     if str(extend) == LATEST:
         if publish_root is None:
             raise BuildError("--extend without a build needs --publish ROOT (extends its latest)")
-        extend = Path(publish_root) / LATEST
+        # an object-store root's LATEST pointer is followed by pull_build
+        extend = str(publish_root) if is_remote(publish_root) else Path(publish_root) / LATEST
+    if is_remote(extend):
+        from synthgen.pipelines.remote import pull_build
+
+        return pull_build(str(extend))
     return Path(extend).resolve()
 
 
@@ -100,6 +158,7 @@ def _build(
     resume: bool,
     show_progress: bool,
     start: float,
+    mirror: Mirror | None = None,
 ) -> BuildResult:
     """One build directory: reuse a verified complete build, or run the strategy's rounds."""
     session = BuildSession(
@@ -109,6 +168,7 @@ def _build(
         resume=resume,
         show_progress=show_progress,
         start=start,
+        mirror=mirror,
     )
     with session:
         manifest = session.open()

@@ -7,7 +7,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 logger = logging.getLogger("synthgen")
 
@@ -109,6 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     vf.add_argument("path", help="image file, .tar shard, or build directory")
     vf.add_argument("--build", help="the build (directory or manifest.json) outside PATH")
     vf.add_argument("--json", action="store_true", help="machine-readable output")
+    vf.add_argument(
+        "--trust-list",
+        metavar="PEM",
+        help="trusted C2PA signers (PEM certificates): a signed image's chain must anchor here",
+    )
+    vf.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="also make each image again from its provenance and compare bytes and pixels",
+    )
 
     r = add("report", help="(re)write report.html and report.json for a build")
     r.add_argument("dir", help="build output directory")
@@ -208,7 +221,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if shown.get(r.class_label, 0) < args.examples:
             if not shown.get(r.class_label):
                 print(f"class {r.class_label} {r.class_name}: {recipe.count_per_class} samples")
-            print(f"  {r.key}  seed {r.seed}  {r.prompt!r}")
+            # the expanded prompt; steps / guidance where a class or jitter changes them
+            own = [
+                f"{what} {value}"
+                for what, value, default in (
+                    ("steps", r.sample_steps, recipe.sampling.steps),
+                    ("guidance", r.sample_guidance_scale, recipe.sampling.guidance_scale),
+                )
+                if value is not None and value != default
+            ]
+            print(f"  {r.key}  seed {r.seed}  {r.prompt!r}" + (f"  ({', '.join(own)})" * bool(own)))
             shown[r.class_label] = shown.get(r.class_label, 0) + 1
     return EXIT_OK
 
@@ -235,27 +257,30 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     counts = result.manifest.counts
     per_second = rate(result.generated_now, result.seconds)
     print(
-        f"synthgen: built {result.output}: {counts.accepted} accepted, "
-        f"{counts.rejected} rejected in {len(result.manifest.shards)} shard(s); "
+        f"synthgen: built {result.location}: {counts.accepted} accepted, "
+        f"{counts.rejected} rejected"
+        + (f", {counts.failed} failed" if counts.failed else "")
+        + f" in {len(result.manifest.shards)} shard(s); "
         f"{result.generated_now} generated in {result.seconds:.1f}s ({per_second:.2f} images/s: "
         f"{RATE_DEFINITION})"
         + (f"; reused {len(result.reused_shards)} shard(s)" if result.reused_shards else "")
     )
     if args.publish:
-        print(f"synthgen: published {args.publish}/latest -> {result.output.name}")
+        pointer = "LATEST" if result.location != str(result.output) else "latest"
+        print(f"synthgen: published {args.publish}/{pointer} -> {result.output.name}")
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from synthgen.validators.corpus import validate_dir
 
-    report = validate_dir(Path(args.dir))
+    out = _build_dir(args.dir)
+    report = validate_dir(out)
     if args.reference and report.ok:
         from synthgen.pipelines.transforms import check_against_reference
 
-        failures, gates = check_against_reference(Path(args.dir), args.reference, args.clip_model)
+        failures, gates = check_against_reference(out, args.reference, args.clip_model)
         report.failures += failures
         report.expectations += gates
     for failure in report.failures:
@@ -271,13 +296,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _build_dir(location: str) -> Path:
+    """A build directory; an object-store URL (or publish root) as a checked local copy."""
+    from pathlib import Path
+
+    from synthgen.storage.store import is_remote
+
+    if is_remote(location):
+        from synthgen.pipelines.remote import pull_build
+
+        return pull_build(location)
+    return Path(location)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from synthgen.schemas.manifest import MANIFEST_NAME
     from synthgen.validators.report import write_report
 
-    out = Path(args.dir)
+    out = _build_dir(args.dir)
     if not (out / MANIFEST_NAME).is_file():
         print(f"synthgen: error: {out}: no {MANIFEST_NAME}: not a finished build", file=sys.stderr)
         return EXIT_FAILED
@@ -309,10 +347,13 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(data).hexdigest()
     if args.image_out:
         Path(args.image_out).write_bytes(data)
-    same = digest == prov["image_sha256"]
+    from synthgen.pipelines.verify import recorded_encoding_sha256
+
+    recorded = recorded_encoding_sha256(Path(args.dir), prov)  # a signed image: before signing
+    same = digest == recorded
     print(
         f"synthgen: {args.key}: regenerated sha256 {digest} "
-        f"{'matches' if same else 'DIFFERS FROM'} the recorded {prov['image_sha256']}"
+        f"{'matches' if same else 'DIFFERS FROM'} the recorded {recorded}"
     )
     return EXIT_OK if same else EXIT_FAILED
 
@@ -321,8 +362,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from synthgen.pipelines.output import prune
+    from synthgen.storage.store import is_remote
 
-    removed = prune(Path(args.root), args.keep, dry_run=args.dry_run)
+    if is_remote(args.root):
+        from synthgen.pipelines.remote import prune_remote
+
+        removed: list[Any] = prune_remote(args.root, args.keep, dry_run=args.dry_run)
+    else:
+        removed = prune(Path(args.root), args.keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for folder in removed:
         print(f"synthgen: {verb} {folder}")
@@ -400,7 +447,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from synthgen.pipelines.verify import VerifyError, format_text, verify
 
     try:
-        result = verify(args.path, args.build)
+        result = verify(
+            args.path, args.build, trust_list=args.trust_list, regenerate=args.regenerate
+        )
     except VerifyError as exc:
         print(f"synthgen: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -420,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from synthgen.pipelines.output import BuildError
     from synthgen.schemas.errors import ModelFolderError
     from synthgen.schemas.recipe import RecipeError
+    from synthgen.storage.store import StoreError
 
     try:
         if args.command == "plan":
@@ -441,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, Terminated):
         code = _signal_exit()
         return code if code is not None else EXIT_INTERRUPTED
-    except (RecipeError, ModelFolderError, BuildError) as exc:
+    except (RecipeError, ModelFolderError, BuildError, StoreError) as exc:
         print(f"synthgen: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synthgen.generators.adapters import adapter_table, table_identity
+from synthgen.generators.conditioning import ConditioningSettings, resolve_conditioning
 from synthgen.generators.families import check_recipe_options
 from synthgen.generators.handler import GenerationSettings
 from synthgen.generators.model_folder import ModelFolder, check_sampling, inspect_folder
@@ -18,9 +20,10 @@ from synthgen.pipelines.context import BuildContext, canonical_json, library_ver
 from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import Recipe, RecipeError, resolve_path
 from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.c2pa_sign import signing_config
 from synthgen.storage.hashing import folder_sha256
 from synthgen.storage.model_card import license_info
-from synthgen.storage.watermark import can_carry, watermark_payload
+from synthgen.storage.watermark import can_carry, survives_encoding, watermark_payload
 from synthgen.validators.scorers.base import Scorer
 from synthgen.validators.scoring import build_scorers, score_columns, scorer_provenance
 
@@ -38,6 +41,8 @@ class ResolvedRecipe:
     model: ModelFolder | None = None  # the checked diffusers folder (family, components)
     scheduler_config: dict[str, Any] | None = None  # the effective one, dry-run checked
     base_dir: Path | None = None  # the folder the recipe's relative paths resolve against
+    adapters: str = "{}"  # LoRAs / embeddings, checked and hashed (generators.adapters table)
+    conditioning: ConditioningSettings | None = None  # image conditioning, checked and hashed
 
     @property
     def score_columns(self) -> tuple[ScoreColumn, ...]:
@@ -49,6 +54,9 @@ class ResolvedRecipe:
 
         A resumed build must find the same identity (the recipe hash covers paths only)."""
         out = {"model_sha256": folder_sha256(self.model_path)}
+        out |= table_identity(self.adapters)
+        if self.conditioning is not None:  # source images, mask, ControlNets: their content
+            out["conditioning_sha256"] = self.conditioning.content_sha256()
         for p in scorer_provenance(self.scorers):
             if p.get("sha256"):
                 out[f"scorer_{p['name']}_sha256"] = str(p["sha256"])
@@ -76,6 +84,8 @@ def check_model(recipe: Recipe, model_path: Path) -> tuple[ModelFolder, dict[str
         )
     if m.offload != "none" and not m.device.startswith("cuda"):
         raise RecipeError(f"model.offload: {m.offload!r} offloads to a GPU; device is {m.device}")
+    for steps in sorted({c.steps for c in recipe.classes if c.steps not in (None, s.steps)}):
+        check_sampling(folder, s.scheduler, steps)  # a class's own steps, dry-run too
     return folder, check_sampling(folder, s.scheduler, s.steps)
 
 
@@ -104,19 +114,20 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     """Check the recipe's model folders; raises ModelFolderError naming the problem."""
     model_path = resolve_path(base_dir, recipe.model.path)
     model, sched = check_model(recipe, model_path)
+    adapters = adapter_table(recipe, base_dir, model_path, model.class_name)
     scorers = tuple(build_scorers(recipe, base_dir))
     _warn_about_padding(recipe)
     _check_watermark_library(recipe)
+    signing_config(recipe.output.c2pa, base_dir)  # C2PA credentials readable and accepted
     source = None
     if recipe.balance is not None:
         from synthgen.generators.sources.open import open_source
+        from synthgen.pipelines.remote import source_location
 
-        raw = recipe.balance.source
-        if any(c in raw for c in "{*?["):  # a shard pattern, not a single path
-            source = raw if Path(raw).is_absolute() else str(base_dir / raw)
-        else:
-            source = str(resolve_path(base_dir, raw))
+        source = source_location(base_dir, recipe.balance.source)
         open_source(recipe.balance, source)  # a missing or malformed source fails here
+    # image conditioning: sources, masks, preprocessors, ControlNets checked before any output
+    conditioning = resolve_conditioning(recipe, base_dir, model_path, model.class_name)
     return ResolvedRecipe(
         recipe=recipe,
         model_path=model_path,
@@ -125,6 +136,8 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
         model=model,
         scheduler_config=sched,
         base_dir=base_dir,
+        adapters=adapters,
+        conditioning=conditioning,
     )
 
 
@@ -140,6 +153,13 @@ def _check_watermark_library(recipe: Recipe) -> None:
             "invisible watermark, but its library is not installed: run scripts/setup.sh, or "
             "`pip install --no-deps invisible-watermark` (it declares the GUI opencv-python; "
             "synthgen already depends on opencv-python-headless and PyWavelets)"
+        )
+    out, w, h = recipe.output, recipe.sampling.width, recipe.sampling.height
+    if can_carry(w, h) and not survives_encoding(out.image_format, out.quality, w, h):
+        raise RecipeError(
+            f"output.image_format {out.image_format} (quality {out.quality}): the invisible "
+            f"watermark of {w}x{h} images does not survive this encoding, so the `watermark` "
+            "check would reject every image; use `output.image_format: png`"
         )
 
 
@@ -193,6 +213,7 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
         generation_options=canonical_json(generation_settings(resolved).generation_options()),
         created_at=created_at,
         class_names=canonical_json({str(c.id): c.name for c in r.classes}),
+        adapters=resolved.adapters,
     )
 
 
@@ -219,6 +240,8 @@ def generation_settings(resolved: ResolvedRecipe) -> GenerationSettings:
         max_sequence_length=r.sampling.max_sequence_length,
         pipeline_class=resolved.model.class_name if resolved.model else None,
         watermark=watermark_payload(r.hash).hex(),
+        adapters=resolved.adapters,
+        conditioning=resolved.conditioning,
         image_format=r.output.image_format,
         png_compress_level=r.output.png_compress_level,
         quality=r.output.quality,

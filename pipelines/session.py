@@ -13,6 +13,7 @@ What differs between a fixed-count build and a balancing build is the strategy
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -20,7 +21,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -65,6 +66,7 @@ from synthgen.schemas.manifest import (
 )
 from synthgen.schemas.recipe import Recipe
 from synthgen.storage.atomic import remove_stale_tmp, write_bytes_atomic
+from synthgen.storage.c2pa_sign import signing_config, write_signing_config
 from synthgen.storage.faults import maybe_fault
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.model_card import license_info
@@ -72,18 +74,26 @@ from synthgen.storage.watermark import watermark_info
 from synthgen.validators.build_checks import check_columns
 from synthgen.validators.corpus import validate_corpus
 from synthgen.validators.report import write_report
+from synthgen.validators.trend import previous_build
+
+if TYPE_CHECKING:
+    from synthgen.pipelines.remote import Mirror
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class BuildResult:
-    output: Path
+    output: Path  # the build directory (for an object-store build: its local working copy)
     manifest: Manifest
     seconds: float
     generated_now: int
     reused_shards: list[int] = field(default_factory=list)
     metrics: dict[str, int] = field(default_factory=dict)
+    location: str = ""  # where the build is: the directory, or its s3:// / gs:// URL
+
+    def __post_init__(self) -> None:
+        self.location = self.location or str(self.output)
 
 
 class ValidationFailed(BuildError):
@@ -131,8 +141,10 @@ class BuildSession:
         resume: bool,
         show_progress: bool,
         start: float,
+        mirror: Mirror | None = None,
     ):
         self.out = out
+        self.mirror = mirror  # an object store kept in step with `out`, if any
         self.resolved = resolved
         self.options = options
         self.resume = resume
@@ -180,8 +192,12 @@ class BuildSession:
             self.out, self.recipe, self.resolved.identity(), self.resume or fresh
         )
         remove_stale_tmp(self.out)
+        if self.mirror is not None:
+            self.mirror.push()  # the state object first: the store is now a build
         self.ctx = make_context(self.resolved, self.state.created_at)
         self.reference_paths = prepare_references(self.resolved, self.references, self.out)
+        signing = signing_config(self.recipe.output.c2pa, self.resolved.base_dir)
+        write_signing_config(self.out, signing)  # what the writer signs with (no secrets)
         return verified_manifest(self.out, self.state)
 
     def inherit(self, parent: Path, manifest: Manifest) -> RoundOutcome:
@@ -223,6 +239,13 @@ class BuildSession:
         self.rounds.append(outcome)
         return outcome
 
+    def use_adapters(self, table: str) -> None:
+        """Generate with this adapter table (`generators.adapters`) from now on: a strategy's
+        trained LoRAs. Provenance (the build constant `adapters`) follows."""
+        assert self.ctx is not None, "open() first"
+        self.resolved = dataclasses.replace(self.resolved, adapters=table)
+        self.ctx = dataclasses.replace(self.ctx, adapters=table)
+
     def run_round(self, plan_round: PlanRound) -> RoundOutcome:
         """Make sure every shard of one round is written: reuse finished ones, build the rest.
 
@@ -249,6 +272,8 @@ class BuildSession:
         if missing:
             raise BuildError(f"{self.out}: build incomplete: shard(s) {missing} were not written")
         clear_staged(self.out, shard_ids)  # written for good: the staged copies can go
+        if self.mirror is not None:
+            self.mirror.push()
         size = self.recipe.output.shard_size
         first = plan_round.shard_offset
         outcome = RoundOutcome(
@@ -293,6 +318,21 @@ class BuildSession:
         progress_dir = self.out / STATE_DIR / "progress"
         shutil.rmtree(progress_dir, ignore_errors=True)
         progress_dir.mkdir(parents=True)
+        with ExitStack() as stack:
+            if self.mirror is not None:
+                stack.enter_context(self.mirror.watch())
+            return self._run_shards(plan_round, todo, done, total, earlier, progress_dir)
+
+    def _run_shards(
+        self,
+        plan_round: PlanRound,
+        todo: list[int],
+        done: dict[int, ShardStats],
+        total: int,
+        earlier: list[int],
+        progress_dir: Path,
+    ) -> dict[str, int]:
+        assert self.ctx is not None
         return run_shards(
             self.resolved,
             self.ctx,
@@ -348,7 +388,7 @@ class BuildSession:
     def after_manifest(self, manifest: Manifest) -> BuildResult:
         """The steps after the manifest: idempotent, so a resumed build redoes what is missing."""
         if not ((self.out / REPORT_JSON).is_file() and (self.out / REPORT_HTML).is_file()):
-            write_report(self.out, manifest)
+            write_report(self.out, manifest, previous=previous_build(self.out))  # trend
         from synthgen.pipelines.card import CARD_NAME, write_card
 
         if not (self.out / CARD_NAME).is_file():
@@ -358,6 +398,8 @@ class BuildSession:
             for k, v in o.metrics.items():
                 metrics[k] = metrics.get(k, 0) + v
         reused = sorted(s for o in self.rounds for s in o.reused)
+        if self.mirror is not None:
+            self.mirror.push(final=True)  # everything, the manifest last of all
         return BuildResult(
             output=self.out,
             manifest=manifest,
@@ -365,6 +407,7 @@ class BuildSession:
             generated_now=sum(o.generated_now for o in self.rounds),
             reused_shards=reused if self.rounds else manifest.shard_ids,
             metrics=metrics,
+            location=self.mirror.store.url if self.mirror is not None else "",
         )
 
     def _manifest(self, finish: Finish) -> Manifest:
@@ -372,6 +415,7 @@ class BuildSession:
         stats = sorted((s for o in self.rounds for s in o.stats), key=lambda s: s.shard)
         accepted = sum(s.accepted for s in stats)
         rejected = sum(s.rejected for s in stats)
+        failed = sum(s.failed for s in stats)
         ctx = self.ctx
         r = self.recipe
         return Manifest(
@@ -389,9 +433,10 @@ class BuildSession:
             score_columns=[*self.resolved.score_columns, *check_columns(self.recipe)],
             counts=Counts(
                 planned=sum(self._planned_per_class.values()),
-                attempted=accepted + rejected,
+                attempted=accepted + rejected + failed,
                 accepted=accepted,
                 rejected=rejected,
+                failed=failed,
                 planned_per_class=dict(self._planned_per_class),
                 target_accepted_per_class=finish.targets,
             ),

@@ -7,7 +7,9 @@ consumer (Beam's DaskRunner recomputes a collection once per consumer: a branchi
 generated every image many times over). The second reads the staging files and runs the
 per-sample and build-wide checks and the shard writers, whose several consumers now only
 re-read small files. A staging file is also a resume point: a crash after generation redoes
-no model work for the shards already staged.
+no model work for the shards already staged, unless a sample of the shard failed: a shard
+not finished yet gets its failed samples tried again (the whole shard is generated again; a
+finished shard's failed rows are final).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from synthgen.schemas.failures import is_failed
 from synthgen.schemas.manifest import STATE_DIR
-from synthgen.schemas.records import GenerationRequest, Sample
+from synthgen.schemas.records import ACCEPTED, FAILED, GenerationRequest, Sample
 from synthgen.storage.atomic import atomic_write
 from synthgen.storage.faults import maybe_fault
 
@@ -39,6 +42,9 @@ SCHEMA = pa.schema(
         pa.field("phash", pa.string(), nullable=False),
         pa.field("scalars", pa.map_(pa.string(), pa.float64()), nullable=False),
         pa.field("vectors", pa.map_(pa.string(), pa.list_(pa.float64())), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reject_reason", pa.string()),
+        pa.field("error_message", pa.string()),
     ]
 )
 
@@ -63,12 +69,19 @@ def _row(s: Sample) -> dict[str, object]:
         "phash": s.phash,
         "scalars": list(scalars.items()),
         "vectors": list(vectors.items()),
+        "status": s.status,
+        "reject_reason": s.reject_reason,
+        "error_message": s.error_message,
     }
 
 
 def write_staged(out: Path, shard: int, samples: Iterable[Sample]) -> int:
     """Write a shard's scored samples (sorted by key, one per key) atomically; returns count."""
-    by_key = {s.request.key: s for s in samples}  # a retried bundle repeats identical samples
+    by_key: dict[str, Sample] = {}
+    for s in samples:  # a retried bundle repeats identical samples
+        seen = by_key.get(s.request.key)
+        if seen is None or (is_failed(seen) and not is_failed(s)):
+            by_key[s.request.key] = s  # a failure that did not repeat loses to the success
     rows = [_row(by_key[k]) for k in sorted(by_key)]
     path = staging_path(out, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,14 +108,30 @@ def read_staged(out: Path, shard: int) -> list[Sample]:
                 height=row["height"],
                 phash=row["phash"],
                 scores=scores,
+                status=row.get("status") or ACCEPTED,
+                reject_reason=row.get("reject_reason"),
+                error_message=row.get("error_message"),
             )
         )
     return samples
 
 
 def staged_shards(out: Path, shards: Iterable[int]) -> set[int]:
-    """The shards whose staging file is complete (atomic writes: present means complete)."""
-    return {s for s in shards if staging_path(out, s).is_file()}
+    """The shards whose staging file is complete (atomic writes: present means complete) and
+    holds no failed sample: a shard with one is generated again, so its failed samples get
+    another try (their success does not depend on the rest of the shard)."""
+    return {s for s in shards if staging_path(out, s).is_file() and not _has_failed(out, s)}
+
+
+def _has_failed(out: Path, shard: int) -> bool:
+    try:
+        with pa.memory_map(str(staging_path(out, shard))) as source:
+            table = pa.ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowException):
+        return True  # unreadable: generate the shard again
+    if "status" not in table.column_names:
+        return False
+    return FAILED in table.column("status").to_pylist()
 
 
 def clear_staged(out: Path, shards: Iterable[int]) -> None:

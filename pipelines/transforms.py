@@ -16,6 +16,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 
 from synthgen.generators.planning import plan
 from synthgen.pipelines.writer import write_shard
+from synthgen.schemas.failures import failed_copy, failed_sample, is_failed
 from synthgen.schemas.manifest import PlanRound, ShardStats
 from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import (
@@ -78,6 +79,128 @@ def take_inference(result: PredictionResult) -> Any:
     return result.inference
 
 
+def _release_memory() -> None:
+    """After a failed model call: free what the failure left on the accelerator (an
+    out-of-memory error leaves cached blocks behind)."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class IsolateFailures(ModelHandler[Any, PredictionResult, Any]):
+    """A batched model step (generation or scoring) where a failing sample costs only itself.
+
+    The wrapped handler takes a list of elements (GenerationRequests, or Samples to score)
+    and returns their Samples. When a call raises, the batch is tried again split in half,
+    recursively; an element that fails on its own becomes its `failed` row
+    (`error:<ExceptionType>`, a short message, no image). Per-sample seeds and fixed-shape
+    model calls make a sample's bytes independent of the batch it ends up in, so the
+    survivors of a split batch are the samples a fault-free build makes.
+
+    Handled here, in the step's own DoFn, rather than with a dead-letter output: every
+    sample, failed or not, stays on the one consumer chain to the writer (no runner
+    recomputes the model step for a second consumer), and a split batch is retried on the
+    model already loaded. Samples that failed an earlier step pass through untouched.
+    """
+
+    def __init__(self, base: ModelHandler, step: str):
+        super().__init__()
+        if step not in ("generate", "score"):
+            raise ValueError(f"unknown model step {step!r}")
+        self._base = base
+        self._step = step
+        self._env_vars = getattr(base, "_env_vars", {})
+        self._calls = Metrics.counter(METRICS_NAMESPACE, f"{step}_calls")
+        self._splits = Metrics.counter(METRICS_NAMESPACE, f"{step}_splits")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, f"{step}_failed")
+
+    def load_model(self) -> Any:
+        return self._base.load_model()
+
+    def run_inference(
+        self, batch: Sequence[Any], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
+        items = list(batch)
+        todo = [x for x in items if not (isinstance(x, Sample) and is_failed(x))]
+        done = {
+            s.request.key: s for s in (self.attempt(todo, model, inference_args) if todo else [])
+        }
+        samples = [done.get(_key(x), x) for x in items]  # in batch order, failed ones kept
+        yield PredictionResult(example=items, inference=samples)
+
+    def attempt(
+        self, items: list[Any], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> list[Sample]:
+        """`items` as Samples: one model call, or halves of it after a failure."""
+        self._calls.inc()
+        try:
+            if self._step == "score":
+                for s in items:
+                    maybe_fault("score", s.request.key)
+            results = list(self._base.run_inference(items, model, inference_args))
+            samples = [s for r in results for s in r.inference]
+            if sorted(s.request.key for s in samples) != sorted(_key(x) for x in items):
+                raise RuntimeError(f"{len(samples)} samples back for {len(items)} sent")
+            return samples
+        except Exception as exc:
+            _release_memory()
+            if len(items) == 1:
+                self._failed.inc()
+                key = _key(items[0])
+                logger.warning("%s failed for sample %s: %s", self._step, key, type(exc).__name__)
+                if isinstance(items[0], Sample):
+                    return [failed_copy(items[0], exc)]
+                return [failed_sample(items[0], exc)]
+            self._splits.inc()
+            logger.warning(
+                "%s failed for a batch of %d (%s): trying it in halves",
+                self._step,
+                len(items),
+                type(exc).__name__,
+            )
+        half = (len(items) + 1) // 2
+        return [
+            *self.attempt(items[:half], model, inference_args),
+            *self.attempt(items[half:], model, inference_args),
+        ]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return self._base.get_num_bytes(batch)
+
+    def get_metrics_namespace(self) -> str:
+        return self._base.get_metrics_namespace()
+
+    def get_resource_hints(self) -> dict[str, Any]:
+        return self._base.get_resource_hints()
+
+    def batch_elements_kwargs(self) -> Any:
+        return self._base.batch_elements_kwargs()
+
+    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
+        self._base.validate_inference_args(inference_args)
+
+    def update_model_path(self, model_path: str | None = None) -> None:
+        self._base.update_model_path(model_path=model_path)
+
+    def should_skip_batching(self) -> bool:
+        return self._base.should_skip_batching()
+
+    def share_model_across_processes(self) -> bool:
+        return self._base.share_model_across_processes()
+
+    def model_copies(self) -> int:
+        return self._base.model_copies()
+
+
+def _key(item: Any) -> str:
+    request = item.request if isinstance(item, Sample) else item
+    return str(request.key)
+
+
 class GenerateSamples(beam.PTransform):
     """Shard ids -> generated and scored Samples (nothing decided yet).
 
@@ -104,8 +227,12 @@ class GenerateSamples(beam.PTransform):
         self._accelerator = accelerator
 
     def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
-        generate: beam.PTransform = RunInference(self._generate.with_postprocess_fn(take_inference))
-        score: beam.PTransform = RunInference(self._score.with_postprocess_fn(take_inference))
+        generate: beam.PTransform = RunInference(
+            IsolateFailures(self._generate, "generate").with_postprocess_fn(take_inference)
+        )
+        score: beam.PTransform = RunInference(
+            IsolateFailures(self._score, "score").with_postprocess_fn(take_inference)
+        )
         if self._accelerator:
             # Model steps run on accelerator workers; planning, checks and writing do not ask.
             generate = generate.with_resource_hints(accelerator=self._accelerator)
@@ -289,6 +416,10 @@ class DecideFn(_ProgressWriter):
         cuts: dict[tuple[str, int], float],
     ) -> Iterator[Sample]:
         maybe_fault("check", sample.request.key)
+        if is_failed(sample):  # a final decision: no check applies to a sample with no image
+            self.note("R")
+            yield sample
+            return
         checks = [_resolve(c, cuts) for c in self._checks]
         decided = apply_checks(sample, checks, duplicates.get(sample.request.key))
         if decided.status == ACCEPTED:
@@ -298,6 +429,11 @@ class DecideFn(_ProgressWriter):
             Metrics.counter(METRICS_NAMESPACE, f"rejected_{decided.reject_reason}").inc()
         self.note("A" if decided.status == ACCEPTED else "R")
         yield decided
+
+
+def _features(sample: Sample) -> list[SampleFeatures]:
+    """What build-wide checks compare; a failed sample has no image, so nothing."""
+    return [] if is_failed(sample) else [sample_features(sample)]
 
 
 def _resolve(check: Check, cuts: dict[tuple[str, int], float]) -> Check:
@@ -341,7 +477,7 @@ class DecideSamples(beam.PTransform):
                 AttachNearest(self._nearest, self._embedding)
             )
         feats = (
-            samples | "Features" >> beam.Map(sample_features),
+            samples | "Features" >> beam.FlatMap(_features),
             p | "ReusedFeatures" >> beam.Create(self._reused),
         ) | "AllFeatures" >> beam.Flatten()
         tagged = []
@@ -530,7 +666,7 @@ def reference_inputs(recipe: Recipe, base_dir: Path | None) -> list[ReferenceInp
     """The build's reference (its own, else its balance source) and eval set, each opened
     once to check it exists and is readable (SourceError naming it); nothing is written."""
     from synthgen.generators.sources.open import open_source
-    from synthgen.schemas.recipe import BalanceSpec, RecipeError, resolve_path
+    from synthgen.schemas.recipe import BalanceSpec, RecipeError
     from synthgen.validators.build_checks import uses_embeddings
 
     base = base_dir or Path.cwd()
@@ -560,11 +696,9 @@ def reference_inputs(recipe: Recipe, base_dir: Path | None) -> list[ReferenceInp
             )
         if spec is None:
             continue
-        raw = spec.source
-        if any(c in raw for c in "{*?["):
-            location = raw if Path(raw).is_absolute() else str(base / raw)
-        else:
-            location = str(resolve_path(base, raw))
+        from synthgen.pipelines.remote import source_location
+
+        location = source_location(base, spec.source)
         open_source(spec, location)
         out.append(ReferenceInput(kind, location, spec, max_images))
     return out
@@ -590,7 +724,13 @@ def prepare_reference(
     key = cache_key(
         _source_sha256(ref.location),
         clip.sha256,
-        {"classes": mapping, "label_type": ref.spec.label_type, "max": ref.max_images},
+        {
+            "classes": mapping,
+            "label_type": ref.spec.label_type,
+            "max": ref.max_images,
+            # the embedding's batch shape and device change its float rounding
+            "encoder": {"compute_batch": clip.compute_batch, "device": device},
+        },
     )
 
     def make() -> ReferenceSet:

@@ -5,6 +5,12 @@ the build's manifest vouches for (an accepted row of a shard whose files match t
 manifest), and its invisible watermark decodes to the build's payload (or the image is too
 small to carry one, which the manifest records). A build is found from PATH itself (a build
 directory, or the directory holding the tar / image) or given with `--build`.
+
+C2PA content credentials: an image that carries them must validate (signature, and the hash
+binding over its bytes) and name this build's recipe; a build whose recipe signs requires
+them. With a trust list (PEM certificates), the signing chain must anchor in it. With
+`regenerate`, every image is made again from its provenance and compared: the bytes (for a
+signed image, the encoding before signing, whose sha256 its credentials record) and pixels.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import json
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from synthgen.schemas.manifest import MANIFEST_NAME, Manifest
+from synthgen.storage.c2pa_sign import DIGITAL_SOURCE_TYPE, Credentials, read_credentials
 from synthgen.storage.hashing import bytes_sha256, file_sha256
 from synthgen.storage.watermark import judge_payload, read_watermark_image, skip_reason
 
@@ -33,6 +41,9 @@ class ImageResult:
     sha256: str
     in_manifest: bool
     watermark: str  # "ok", "skipped: <why>", or the reason it failed
+    c2pa: str = "absent"  # "valid", "valid, trusted", "absent", or the reason it failed
+    regenerated: str | None = None  # with --regenerate: "identical", or how it differs
+    key: str | None = None
     ok: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -43,6 +54,9 @@ class VerifyResult:
     recipe_hash: str
     images: list[ImageResult]
     problems: list[str] = field(default_factory=list)  # build-level (a file's hash, ...)
+    signed: bool = False  # the build's recipe signs its images (C2PA)
+    trust_list: str | None = None
+    regenerate: bool = False
 
     @property
     def ok(self) -> bool:
@@ -58,8 +72,13 @@ class VerifyResult:
 class _Build:
     root: Path
     manifest: Manifest
-    accepted: frozenset[str]  # sha256 of every accepted image
+    accepted: dict[str, str]  # sha256 of every accepted image -> its key
     problems: tuple[str, ...]
+
+    @property
+    def signed(self) -> bool:
+        """Whether the build's recipe signs every accepted image with C2PA credentials."""
+        return bool((self.manifest.recipe.get("output") or {}).get("c2pa"))
 
 
 def _find_build(path: Path, build: Path | None) -> Path:
@@ -79,25 +98,36 @@ def _load_build(root: Path) -> _Build:
     except (OSError, ValueError) as exc:
         raise VerifyError(f"{root / MANIFEST_NAME}: not a readable manifest: {exc}") from None
     problems = []
-    accepted: set[str] = set()
+    accepted: dict[str, str] = {}
     for shard in manifest.shards:
         for name, info in shard.files.items():
             p = root / name
             if not p.is_file() or file_sha256(p) != info.sha256:
                 problems.append(f"{name}: missing or its sha256 differs from the manifest")
             elif name.endswith(".parquet"):  # only a file the manifest vouches for is read
-                rows = pq.read_table(p, columns=["image_sha256", "status"]).to_pylist()
-                accepted |= {r["image_sha256"] for r in rows if r["status"] == "accepted"}
-    return _Build(root, manifest, frozenset(accepted), tuple(problems))
+                rows = pq.read_table(p, columns=["key", "image_sha256", "status"]).to_pylist()
+                accepted |= {r["image_sha256"]: r["key"] for r in rows if r["status"] == "accepted"}
+    return _Build(root, manifest, accepted, tuple(problems))
 
 
-def _check_image(name: str, data: bytes, build: _Build) -> ImageResult:
+def _check_image(
+    name: str,
+    data: bytes,
+    build: _Build,
+    trust_pem: bytes | None = None,
+    regenerate: bool = False,
+    key: str | None = None,
+) -> ImageResult:
     from synthgen.storage.images import decode_image
 
     digest = bytes_sha256(data)
     result = ImageResult(name, digest, digest in build.accepted, watermark="")
+    result.key = build.accepted.get(digest, key)
     if not result.in_manifest:
         result.problems.append("sha256 not in the build's manifest (changed, or not this build's)")
+    cred = _check_credentials(result, data, build, trust_pem)
+    if result.key is None and cred.provenance:
+        result.key = str(cred.provenance.get("key"))
     try:
         image = decode_image(data)
     except Exception as exc:
@@ -112,12 +142,74 @@ def _check_image(name: str, data: bytes, build: _Build) -> ImageResult:
         result.watermark = "ok" if verdict.ok else str(verdict.reason)
         if not verdict.ok:
             result.problems.append(f"watermark: {verdict.reason}")
+    if regenerate:
+        _check_regenerated(result, image, cred, build)
     result.ok = not result.problems
     return result
 
 
+def _check_credentials(
+    result: ImageResult, data: bytes, build: _Build, trust_pem: bytes | None
+) -> Credentials:
+    """The image's C2PA credentials: valid, hash binding intact, this build's, trusted."""
+    cred = read_credentials(data, trust_pem)
+    problems = []
+    if not cred.present:
+        result.c2pa = "absent"
+        if build.signed:
+            problems.append("no C2PA content credentials (this build signs its images)")
+        elif trust_pem is not None:
+            problems.append("no C2PA content credentials to check against the trust list")
+    else:
+        if not cred.hash_ok:
+            problems.append("hash binding broken (the bytes changed after signing)")
+        elif not cred.valid:
+            problems.append(f"invalid ({', '.join(cred.failures) or cred.state})")
+        if cred.digital_source_type != DIGITAL_SOURCE_TYPE:
+            problems.append(f"digital source type is {cred.digital_source_type!r}")
+        recipe_hash = (cred.provenance or {}).get("recipe_hash")
+        if recipe_hash not in build.manifest.recipe_hashes:
+            problems.append("credentials of another build (recipe hash differs)")
+        if trust_pem is not None and not cred.trusted:
+            problems.append(f"signer ({cred.signer}) does not anchor in the trust list")
+        result.c2pa = "valid, trusted" if cred.trusted else "valid"
+    if problems:
+        result.c2pa = "; ".join(problems)
+        result.problems += [f"c2pa: {p}" for p in problems]
+    return cred
+
+
+def _check_regenerated(result: ImageResult, image: Any, cred: Credentials, build: _Build) -> None:
+    """Make the sample again from its provenance; the same encoding and the same pixels?"""
+    import numpy as np
+
+    from synthgen.generators.regenerate import ProvenanceNotFound, find_provenance, regenerate
+    from synthgen.storage.images import decode_image
+
+    if result.key is None:
+        result.regenerated = "no sample key for this image"
+    else:
+        try:
+            prov = find_provenance(build.root, result.key)
+            again = regenerate(prov)
+        except (ProvenanceNotFound, ValueError, OSError) as exc:
+            result.regenerated = f"cannot regenerate {result.key}: {exc}"
+        else:
+            signed = cred.provenance.get("encoded_sha256") if cred.provenance else None
+            expected = signed or result.sha256
+            same_pixels = np.array_equal(np.asarray(decode_image(again)), np.asarray(image))
+            if bytes_sha256(again) != expected:
+                result.regenerated = f"regenerated sha256 {bytes_sha256(again)} != {expected}"
+            elif not same_pixels:
+                result.regenerated = "the regenerated pixels differ from the image's"
+            else:
+                result.regenerated = "identical"
+    if result.regenerated != "identical":
+        result.problems.append(f"regenerate: {result.regenerated}")
+
+
 def _tar_images(path: Path) -> list[tuple[str, bytes]]:
-    out = []
+    out: list[tuple[str, bytes]] = []
     try:
         with tarfile.open(path) as tar:
             for member in tar.getmembers():
@@ -130,9 +222,32 @@ def _tar_images(path: Path) -> list[tuple[str, bytes]]:
     return out
 
 
-def verify(path: str | Path, build: str | Path | None = None) -> VerifyResult:
-    """Check every image under PATH against its build; raises VerifyError when PATH or the
-    build cannot be read."""
+def _trust_anchors(trust_list: str | Path | None) -> bytes | None:
+    if trust_list is None:
+        return None
+    try:
+        pem = Path(trust_list).read_bytes()
+    except OSError as exc:
+        raise VerifyError(f"{trust_list}: cannot read the trust list: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise VerifyError(f"{trust_list}: not a PEM trust list (no certificate in it)")
+    return pem
+
+
+def verify(
+    path: str | Path,
+    build: str | Path | None = None,
+    *,
+    trust_list: str | Path | None = None,
+    regenerate: bool = False,
+) -> VerifyResult:
+    """Check every image under PATH against its build; raises VerifyError when PATH, the
+    build or the trust list cannot be read.
+
+    `trust_list`: PEM certificates; signed images must anchor in them (and unsigned ones
+    fail). `regenerate`: every image is made again from its provenance and compared.
+    """
+    trust_pem = _trust_anchors(trust_list)
     path = Path(path).resolve()
     if not path.exists():
         raise VerifyError(f"{path}: not found")
@@ -150,10 +265,28 @@ def verify(path: str | Path, build: str | Path | None = None) -> VerifyResult:
     else:
         kinds = ", ".join(IMAGE_SUFFIXES)
         raise VerifyError(f"{path}: expected an image ({kinds}), a .tar or a build directory")
-    results = [_check_image(name, data, b) for name, data in images]
+    results = [
+        _check_image(name, data, b, trust_pem, regenerate, _member_key(name))
+        for name, data in images
+    ]
     if not results:
         problems.append(f"{path}: no images to verify")
-    return VerifyResult(str(b.root), b.manifest.recipe_hash, results, problems)
+    return VerifyResult(
+        str(b.root),
+        b.manifest.recipe_hash,
+        results,
+        problems,
+        signed=b.signed,
+        trust_list=str(trust_list) if trust_list is not None else None,
+        regenerate=regenerate,
+    )
+
+
+def _member_key(name: str) -> str | None:
+    """The sample key of a tar member (`shard.tar:key.png`); None for a lone image file."""
+    if ":" not in name:
+        return None
+    return name.rsplit(":", 1)[1].split(".", 1)[0]
 
 
 def format_text(result: VerifyResult) -> str:
@@ -164,3 +297,28 @@ def format_text(result: VerifyResult) -> str:
     state = "OK" if result.ok else "FAILED"
     lines.append(f"{state}: {good}/{len(result.images)} images verified against {result.build}")
     return "\n".join(lines)
+
+
+def recorded_encoding_sha256(build_dir: Path, prov: dict[str, Any]) -> str:
+    """The sha256 a regenerated image must have: the recorded `image_sha256`, or, for an
+    image signed with C2PA credentials, the `encoded_sha256` its credentials record (the
+    encoding before signing)."""
+    from synthgen.schemas.manifest import shard_files
+
+    recorded = str(prov["image_sha256"])
+    if prov.get("status") not in (None, "accepted"):
+        return recorded
+    tar = build_dir / shard_files(int(prov["shard"]))[0]
+    try:
+        with tarfile.open(tar) as t:
+            for member in t.getmembers():
+                stem = member.name.partition(".")[0]
+                if stem == prov["key"] and member.name.lower().endswith(IMAGE_SUFFIXES):
+                    f = t.extractfile(member)
+                    data = f.read() if f is not None else b""
+                    cred = read_credentials(data)
+                    signed = (cred.provenance or {}).get("encoded_sha256") if cred.valid else None
+                    return str(signed) if signed and bytes_sha256(data) == recorded else recorded
+    except (OSError, tarfile.TarError):
+        pass
+    return recorded

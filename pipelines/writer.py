@@ -28,6 +28,8 @@ from synthgen.schemas.manifest import (
 )
 from synthgen.schemas.records import (
     ACCEPTED,
+    FAILED,
+    REJECTED,
     BuildContext,
     Sample,
     SampleFeatures,
@@ -41,6 +43,7 @@ from synthgen.schemas.records import (
 )
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.atomic import atomic_write, write_bytes_atomic
+from synthgen.storage.c2pa_sign import sign_accepted
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.images import EXTENSIONS
 
@@ -50,12 +53,17 @@ TAR_MTIME = 0  # fixed, so equal content gives equal tar bytes
 
 
 def unique_by_key(samples: Iterable[Sample]) -> list[Sample]:
-    """Sort by key; a key seen twice (a retried bundle) must carry identical image bytes."""
+    """Sort by key; a key seen twice (a retried bundle) must carry identical image bytes.
+
+    A failure that did not repeat (one attempt failed, the other made the image) loses to
+    the image: failures such as running out of memory are not a function of the sample."""
     by_key: dict[str, Sample] = {}
     for s in samples:
         seen = by_key.get(s.request.key)
-        if seen is None:
+        if seen is None or (seen.status == FAILED and s.status != FAILED):
             by_key[s.request.key] = s
+        elif s.status == FAILED:
+            continue
         elif seen.image_sha256 != s.image_sha256:
             raise RuntimeError(
                 f"sample {s.request.key} was produced twice with different images; "
@@ -108,6 +116,7 @@ def write_shard(
     live in its file metadata. Both list samples in `shard_order`.
     """
     ordered = shard_order(unique_by_key(samples), ctx.recipe_hash, shard)
+    ordered = sign_accepted(out_dir, ordered, ctx)  # C2PA credentials, when the recipe asks
     rows = [sample_row(s, ctx, columns) for s in ordered]
     constants = build_constants(ctx)
     ext = EXTENSIONS[ctx.image_format]
@@ -136,6 +145,7 @@ def write_shard(
         pq.write_table(table, f, compression="zstd")
 
     accepted = sum(1 for s in ordered if s.status == ACCEPTED)
+    failed = sum(1 for s in ordered if s.status == FAILED)
     files = {
         name: FileInfo(sha256=file_sha256(out_dir / name), bytes=(out_dir / name).stat().st_size)
         for name in (tar_name, parquet_name)
@@ -144,12 +154,19 @@ def write_shard(
         shard=shard,
         files=files,
         accepted=accepted,
-        rejected=len(ordered) - accepted,
+        rejected=sum(1 for s in ordered if s.status == REJECTED),
+        failed=failed,
         recipe_hash=ctx.recipe_hash,
         keys=len(ordered),
     )
     write_bytes_atomic(out_dir / stats_name(shard), stats.to_json())
-    logger.info("shard %05d written: %d accepted, %d rejected", shard, accepted, stats.rejected)
+    logger.info(
+        "shard %05d written: %d accepted, %d rejected, %d failed",
+        shard,
+        accepted,
+        stats.rejected,
+        failed,
+    )
     return stats
 
 
@@ -159,15 +176,18 @@ def reused_features(
     """What build-wide checks need of the samples in finished shards, read from their Parquet.
 
     Scalar score columns only; a null score reads as NaN (no threshold applies to it).
+    Failed samples have no image: nothing to compare.
     """
     scalars = [c.name for c in columns if not c.is_vector]
     feats: list[SampleFeatures] = []
     for shard in shards:
         table = pq.read_table(
             out / shard_files(shard)[1],
-            columns=["key", "class_label", "image_sha256", "phash", *scalars],
+            columns=["key", "class_label", "image_sha256", "phash", "status", *scalars],
         )
         for row in table.to_pylist():
+            if row["status"] == FAILED:
+                continue
             feats.append(
                 SampleFeatures(
                     key=row["key"],

@@ -58,6 +58,9 @@ class ShardEntry(_Contract):
     files: dict[str, FileInfo]
     accepted: int = Field(ge=0)
     rejected: int = Field(ge=0)
+    failed: int = Field(
+        default=0, ge=0, description="samples whose generation, scoring or encoding raised"
+    )
 
 
 class ShardStats(ShardEntry):
@@ -68,7 +71,11 @@ class ShardStats(ShardEntry):
 
     def entry(self) -> ShardEntry:
         return ShardEntry(
-            shard=self.shard, files=self.files, accepted=self.accepted, rejected=self.rejected
+            shard=self.shard,
+            files=self.files,
+            accepted=self.accepted,
+            rejected=self.rejected,
+            failed=self.failed,
         )
 
 
@@ -118,7 +125,10 @@ class Counts(_Contract):
     planned: int = Field(ge=0)
     attempted: int = Field(ge=0)
     accepted: int = Field(ge=0)
-    rejected: int = Field(ge=0)
+    rejected: int = Field(ge=0, description="samples a check rejected (failed ones aside)")
+    failed: int = Field(
+        default=0, ge=0, description="samples whose generation, scoring or encoding raised"
+    )
     planned_per_class: dict[str, int]
     target_accepted_per_class: dict[str, int] | None = None
 
@@ -127,6 +137,18 @@ class BalanceRound(_Contract):
     round: int
     planned: dict[str, int]
     accepted: dict[str, int]
+
+
+class AdapterInfo(_Contract):
+    """A LoRA trained for one class on its real images (`balance.adapt: lora`)."""
+
+    path: str = Field(description="relative to the build, under adapters/")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    images: int = Field(ge=1, description="real images it was trained on")
+    steps: int = Field(ge=1)
+    rank: int = Field(ge=1)
+    learning_rate: float
+    scale: float = Field(description="its weight when generating")
 
 
 class BalanceInfo(_Contract):
@@ -221,6 +243,9 @@ class Manifest(_Contract):
     metrics: MetricsInfo | None = None
     watermark: WatermarkInfo | None = None
     usage: UsageInfo | None = None
+    adapters: dict[str, AdapterInfo] | None = Field(
+        default=None, description="per-class LoRAs trained for this build, by class name"
+    )
 
     def to_json(self) -> bytes:
         data = self.model_dump(mode="json", exclude_none=True, by_alias=True)

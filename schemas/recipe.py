@@ -21,6 +21,13 @@ from pydantic import (
     model_validator,
 )
 
+from synthgen.schemas.templates import (
+    MAX_CHECKED_EXPANSIONS,
+    count_expansions,
+    iter_expansions,
+    slot_values,
+)
+
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
@@ -133,6 +140,68 @@ class ModelSpec(_Frozen):
     )
 
 
+class GuidanceJitter(_Frozen):
+    """Per-sample guidance scale: one of `levels` evenly spaced values from `low` to `high`.
+
+    Drawn per sample from (recipe seed, key). Images sharing a value share fixed-shape model
+    calls, so a few levels keep those calls full."""
+
+    low: float = Field(ge=0.0, le=50.0)
+    high: float = Field(ge=0.0, le=50.0)
+    levels: int = Field(default=5, ge=2, le=101)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pair(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            if len(v) != 2:
+                raise ValueError("give [low, high] or {low, high, levels}")
+            return {"low": v[0], "high": v[1]}
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GuidanceJitter:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+    def values(self) -> list[float]:
+        step = (self.high - self.low) / (self.levels - 1)
+        return [round(self.low + i * step, 6) for i in range(self.levels)]
+
+
+class AdapterSpec(_Frozen):
+    """A LoRA or a textual-inversion embedding (a `.safetensors` file) on top of the model."""
+
+    kind: Literal["lora", "textual_inversion"] = "lora"
+    path: str = Field(min_length=1, description="a .safetensors file")
+    scale: float = Field(default=1.0, ge=-10.0, le=10.0, description="LoRA weight")
+    token: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="textual inversion: the token prompts use; null: the file's one token",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _safetensors_only(cls, v: str) -> str:
+        if not v.endswith(".safetensors"):
+            raise ValueError(f"{v}: adapters are loaded from .safetensors files only")
+        return v
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> AdapterSpec:
+        if self.kind == "lora" and self.token is not None:
+            raise ValueError(f"{self.path}: `token` is for textual_inversion adapters")
+        if self.kind == "textual_inversion" and self.scale != 1.0:
+            raise ValueError(f"{self.path}: `scale` is for lora adapters")
+        return self
+
+
+SlotValues = Annotated[list[Annotated[str, Field(max_length=1000)]], Field(min_length=1)]
+
+
 class SamplingSpec(_Frozen):
     scheduler: str = Field(
         default="native",
@@ -149,6 +218,11 @@ class SamplingSpec(_Frozen):
         ge=1,
         le=4096,
         description="T5 prompt length (SD3, Flux, PixArt); null keeps the pipeline's default",
+    )
+    guidance_jitter: GuidanceJitter | None = Field(
+        default=None,
+        description="per-sample guidance drawn from `levels` evenly spaced values in "
+        "[low, high] (or `[low, high]`); a class's own guidance_scale is not jittered",
     )
 
     @field_validator("scheduler")
@@ -170,6 +244,22 @@ class ClassSpec(_Frozen):
     id: int = Field(ge=0)
     name: Slug
     prompts: list[str] = Field(min_length=1)
+    slots: dict[str, SlotValues] = Field(
+        default_factory=dict,
+        description="values of this class's prompt `{slot}`s (before the recipe's `slots`)",
+    )
+    negative_prompt: str | None = Field(
+        default=None, description="this class's negative prompt (null: sampling's)"
+    )
+    guidance_scale: float | None = Field(
+        default=None, ge=0.0, le=50.0, description="this class's guidance (null: sampling's)"
+    )
+    steps: int | None = Field(
+        default=None, ge=1, le=1000, description="this class's steps (null: sampling's)"
+    )
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list, max_length=16, description="LoRAs / embeddings for this class only"
+    )
 
     @field_validator("prompts")
     @classmethod
@@ -420,6 +510,14 @@ class ValidationSpec(_Frozen):
     """Corpus expectations run after writing (great_expectations)."""
 
     min_accepted_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_failed_fraction: float = Field(
+        default=0.001,
+        ge=0.0,
+        le=1.0,
+        description="budget for failed samples (an exception while generating, scoring or "
+        "encoding one sample: `status=failed`): past this fraction of attempted samples the "
+        "build fails validation",
+    )
     metrics: dict[str, MetricGate] = Field(
         default_factory=dict,
         description="gates on distribution metrics against the reference set, by name: "
@@ -437,11 +535,70 @@ class ValidationSpec(_Frozen):
         return v
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
+
+
+class C2paSpec(_Frozen):
+    """C2PA content credentials on every accepted image, signed with this certificate.
+
+    The chain (PEM: the signing certificate first, then its intermediates) and the private
+    key (PEM, unencrypted PKCS#8) are each named by a file path or by the *name* of an
+    environment variable holding the PEM text; the key never enters the recipe, the
+    manifest, provenance or logs.
+    """
+
+    cert_chain: str | None = Field(default=None, description="PEM certificate chain file")
+    cert_chain_env: EnvName | None = Field(
+        default=None, description="name of an environment variable holding the chain"
+    )
+    key: str | None = Field(default=None, description="PEM private key file")
+    key_env: EnvName | None = Field(
+        default=None, description="name of an environment variable holding the private key"
+    )
+    alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    timestamp_url: str | None = Field(
+        default=None, description="RFC 3161 time-stamp authority (none: no time stamp)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> C2paSpec:
+        for what, path, env in (
+            ("cert_chain", self.cert_chain, self.cert_chain_env),
+            ("key", self.key, self.key_env),
+        ):
+            if (path is None) == (env is None):
+                raise ValueError(f"c2pa: give exactly one of {what} or {what}_env")
+        return self
+
+
 class OutputSpec(_Frozen):
     shard_size: int = Field(default=1000, ge=1)
     image_format: Literal["png", "webp", "jpeg"] = "png"
     png_compress_level: int = Field(default=1, ge=0, le=9)
     quality: int = Field(default=95, ge=1, le=100, description="webp/jpeg quality")
+    c2pa: C2paSpec | None = Field(
+        default=None, description="sign accepted images with C2PA content credentials"
+    )
+
+
+class LoraTrainSpec(_Frozen):
+    """A small LoRA on the UNet's attention projections, fine-tuned on one class's real
+    images (seeded: the same images, recipe and model give the same adapter bytes)."""
+
+    steps: int = Field(default=200, ge=1, le=100_000)
+    rank: int = Field(default=4, ge=1, le=256)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    batch: int = Field(default=16, ge=1, le=1024)
+    scale: float = Field(default=1.0, ge=-10.0, le=10.0, description="weight when generating")
+    max_images: int = Field(
+        default=1000, ge=1, le=1_000_000, description="real images per class read at most"
+    )
+    threads: int = Field(default=1, ge=1, le=256, description="torch threads while training")
+
+
+# How balancing conditions its top-ups; one name per way (extend the Literal to add one).
+BalanceConditioning = Literal["text", "img2img", "lora"]
+BALANCE_IMG2IMG_STRENGTH = 0.6
 
 
 class BalanceSpec(_Frozen):
@@ -464,6 +621,35 @@ class BalanceSpec(_Frozen):
     min_accept_rate: float = Field(
         default=0.02, gt=0.0, le=1.0, description="a class accepting less cannot be filled"
     )
+    conditioning: BalanceConditioning = Field(
+        default="text",
+        description="how top-ups are conditioned: `text` (the class prompts), `img2img` (each "
+        "top-up starts from one of its class's real images, `strength`) or `lora` (the class "
+        "prompts through a LoRA trained per class on its real images: `adapt: lora`)",
+    )
+    strength: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="conditioning img2img: how far a top-up moves from its real image (null: 0.6)",
+    )
+    adapt: Literal["none", "lora"] = Field(
+        default="none",
+        description="`lora`: before a class's top-up, train a small LoRA on that class's real "
+        "images (settings in `lora`), save it under adapters/, generate with it",
+    )
+    lora: LoraTrainSpec | None = Field(
+        default=None, description="per-class LoRA training settings (null: the defaults)"
+    )
+
+    @property
+    def trains_lora(self) -> bool:
+        """Whether each topped-up class gets a LoRA trained on its real images."""
+        return self.adapt == "lora" or self.conditioning == "lora"
+
+    @property
+    def lora_settings(self) -> LoraTrainSpec:
+        return self.lora or LoraTrainSpec()
 
     @field_validator("target")
     @classmethod
@@ -491,6 +677,160 @@ class ReferenceSpec(_Frozen):
     )
 
 
+# Conditioning modes a recipe may use; `text` is plain text-to-image. The diffusers pipelines
+# behind the image modes are derived from the loaded model (synthgen.generators.conditioning).
+ConditioningMode = Literal["text", "img2img", "inpaint", "controlnet", "ip_adapter"]
+# Named conditioning-image preprocessors (synthgen.generators.preprocessors).
+PREPROCESSORS = ("identity", "canny")
+
+
+class ConditioningSourceSpec(_Frozen):
+    """Labelled images (read like a balance source) that condition the samples of their class.
+
+    Which image a sample uses is a pure function of (recipe seed, key)."""
+
+    path: str = Field(min_length=1, description="Parquet, WebDataset shards, or image folder")
+    format: Literal["auto", "parquet", "webdataset", "folder"] = "auto"
+    label_column: str = "label"
+    image_column: str = "image"
+    label_type: Literal["auto", "name", "id"] = "auto"
+
+
+class PreprocessorSpec(_Frozen):
+    """How a ControlNet's conditioning image is derived from the sample's source image."""
+
+    name: str = Field(default="identity", description="one of: " + ", ".join(PREPROCESSORS))
+    low_threshold: int = Field(default=100, ge=0, le=1000, description="canny: lower threshold")
+    high_threshold: int = Field(default=200, ge=0, le=1000, description="canny: upper threshold")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in PREPROCESSORS:
+            choices = ", ".join(PREPROCESSORS)
+            raise ValueError(f"unknown preprocessor {v!r}; choose one of {choices}")
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PreprocessorSpec:
+        if self.low_threshold > self.high_threshold:
+            raise ValueError("low_threshold must not exceed high_threshold")
+        return self
+
+
+class ControlNetSpec(_Frozen):
+    """One ControlNet folder (diffusers `ControlNetModel`, safetensors) and its image."""
+
+    path: str = Field(min_length=1, description="a diffusers ControlNetModel folder")
+    conditioning_scale: float = Field(
+        default=1.0, ge=0.0, le=10.0, description="weight of this ControlNet's residuals"
+    )
+    image: str | None = Field(
+        default=None,
+        description="one conditioning image for every sample; null: derived from the "
+        "sample's source image by `preprocessor`",
+    )
+    preprocessor: PreprocessorSpec = PreprocessorSpec()
+
+
+class IPAdapterSpec(_Frozen):
+    """An IP-Adapter folder: `ip_adapter.safetensors` (`image_proj.*` and `ip_adapter.*`
+    tensors) and `image_encoder/` (a CLIPVisionModelWithProjection, safetensors)."""
+
+    path: str = Field(min_length=1, description="the IP-Adapter folder")
+    scale: float = Field(default=1.0, ge=0.0, le=10.0, description="weight of the image prompt")
+
+
+class ConditioningSpec(_Frozen):
+    """How samples are conditioned beyond their prompt (see docs/conditioning.md)."""
+
+    mode: ConditioningMode = Field(
+        default="text",
+        description="`text` (prompt only), `img2img`, `inpaint`, `controlnet` or `ip_adapter`",
+    )
+    source: ConditioningSourceSpec | None = Field(
+        default=None,
+        description="the images img2img / inpaint start from, or ControlNet derives from",
+    )
+    strength: float = Field(
+        default=0.75, gt=0.0, le=1.0, description="img2img / inpaint: how far from the image"
+    )
+    mask: str | None = Field(
+        default=None,
+        description="inpaint: one mask image (white: repainted) of exactly the sampling size",
+    )
+    resize: Literal["center_crop", "stretch", "pad"] = Field(
+        default="center_crop",
+        description="how a source image is fitted to the sampling size: scale the short side "
+        "and crop the centre, stretch, or scale the long side and pad with black",
+    )
+    controlnets: list[ControlNetSpec] = Field(
+        default_factory=list, max_length=8, description="controlnet: one or more ControlNets"
+    )
+    ip_adapter: IPAdapterSpec | None = Field(
+        default=None, description="ip_adapter: the adapter; the source image is the image prompt"
+    )
+    per_class: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="fields overridden for one class, by class name (e.g. `{three: {mode: text}}`)",
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_mode(self) -> ConditioningSpec:
+        mode = self.mode
+        if mode in ("img2img", "inpaint") and self.source is None:
+            raise ValueError(f"mode {mode}: needs a `source` of images")
+        if mode == "inpaint" and self.mask is None:
+            raise ValueError("mode inpaint: needs a `mask` image")
+        if mode != "inpaint" and self.mask is not None:
+            raise ValueError(f"mask: only for mode inpaint (mode is {mode})")
+        if mode == "controlnet":
+            if not self.controlnets:
+                raise ValueError("mode controlnet: give at least one entry in `controlnets`")
+            if self.source is None and any(c.image is None for c in self.controlnets):
+                raise ValueError(
+                    "mode controlnet: a ControlNet without a fixed `image` derives its image "
+                    "from a `source`; give one"
+                )
+        elif self.controlnets:
+            raise ValueError(f"controlnets: only for mode controlnet (mode is {mode})")
+        if mode == "ip_adapter" and (self.ip_adapter is None or self.source is None):
+            raise ValueError("mode ip_adapter: needs an `ip_adapter` and a `source` of images")
+        if mode != "ip_adapter" and self.ip_adapter is not None:
+            raise ValueError(f"ip_adapter: only for mode ip_adapter (mode is {mode})")
+        for name, override in self.per_class.items():
+            # the adapter changes the model's attention: every class uses it, or none
+            if (mode == "ip_adapter") != (override.get("mode", mode) == "ip_adapter") or (
+                "ip_adapter" in override
+            ):
+                raise ValueError(
+                    f"per_class.{name}: mode ip_adapter and its adapter apply to every class "
+                    "or none"
+                )
+        for name, override in self.per_class.items():
+            if "per_class" in override:
+                raise ValueError(f"per_class.{name}: overrides cannot nest `per_class`")
+            try:
+                self.for_class(name)
+            except ValidationError as exc:
+                msgs = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise ValueError(f"per_class.{name}: {msgs}") from None
+        return self
+
+    def for_class(self, class_name: str) -> ConditioningSpec:
+        """The spec a class uses: this one with the class's `per_class` fields applied."""
+        override = self.per_class.get(class_name)
+        if not override:
+            return self
+        if override.get("mode") == "text":
+            return ConditioningSpec.model_validate(override)
+        base = self.model_dump(exclude={"per_class"})
+        return ConditioningSpec.model_validate({**base, **override})
+
+
 class Recipe(_Frozen):
     """A build recipe. Relative paths resolve against the recipe file's folder."""
 
@@ -512,6 +852,10 @@ class Recipe(_Frozen):
     eval_set: ReferenceSpec | None = Field(
         default=None, description="evaluation images no sample may copy (contamination)"
     )
+    conditioning: ConditioningSpec | None = Field(
+        default=None,
+        description="image conditioning (img2img, inpaint, ControlNet); null: text only",
+    )
     output: OutputSpec = OutputSpec()
     safety: SafetySpec = SafetySpec()
     usage: str | None = Field(
@@ -520,11 +864,52 @@ class Recipe(_Frozen):
         description="what the corpus may be used for; recorded in the manifest and the report",
     )
     batch_size: int = Field(default=8, ge=1, le=4096)
+    slots: dict[str, SlotValues] = Field(
+        default_factory=dict,
+        description="values of the prompt templates' `{slot}`s, by slot name (a class's own "
+        "`slots` come first); one value per sample, chosen from (seed, key)",
+    )
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description="LoRAs (weight `scale`) and textual-inversion embeddings, every class",
+    )
+
+    @field_validator("slots")
+    @classmethod
+    def _slot_names(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in v:
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name) or name == "class":
+                raise ValueError(
+                    f"slot {name!r}: a slot name is lower-case letters, digits and _ "
+                    "(`class` is the class name)"
+                )
+        return v
 
     @model_validator(mode="after")
     def _count_or_balance(self) -> Recipe:
         if self.count_per_class is None and self.balance is None:
             raise ValueError("count_per_class: required unless the recipe has a balance block")
+        return self
+
+    @model_validator(mode="after")
+    def _conditioning_classes(self) -> Recipe:
+        names = {c.name for c in self.classes}
+        if self.conditioning is not None:
+            unknown = sorted(set(self.conditioning.per_class) - names)
+            if unknown:
+                raise ValueError(
+                    f"conditioning.per_class: {', '.join(unknown)} is not one of the classes"
+                )
+        balance = self.balance
+        if balance is not None and balance.conditioning == "img2img":
+            if self.conditioning is not None:
+                raise ValueError(
+                    "balance.conditioning img2img conditions top-ups on the balance source; "
+                    "remove the `conditioning` block (or use balance.conditioning: text)"
+                )
+        elif balance is not None and balance.strength is not None:
+            raise ValueError("balance.strength: only for balance.conditioning img2img")
         return self
 
     @model_validator(mode="after")
@@ -561,14 +946,44 @@ class Recipe(_Frozen):
 
     @model_validator(mode="after")
     def _no_blocked_prompt(self) -> Recipe:
+        """Every prompt a template can expand to is checked (and every template resolves)."""
+        blocklist = self.safety.blocklist
+        budget = MAX_CHECKED_EXPANSIONS
         for c in self.classes:
             for prompt in c.prompts:
-                term = blocklist_match(prompt, self.safety.blocklist)
-                if term is not None:
+                try:
+                    choices = slot_values(prompt, c.name, c.slots, self.slots)
+                except KeyError as exc:
                     raise ValueError(
-                        f"classes: class {c.name!r}, prompt {prompt!r} matches safety.blocklist "
-                        f"entry {term!r}; it is refused before generation"
+                        f"classes: class {c.name!r}, prompt {prompt!r}: slot {{{exc.args[0]}}} "
+                        "has no values (give them in the class's or the recipe's `slots`)"
+                    ) from None
+                if not blocklist:
+                    continue
+                budget -= count_expansions(choices)
+                if budget < 0:
+                    raise ValueError(
+                        f"classes: class {c.name!r}, prompt {prompt!r}: the templates expand to "
+                        f"more than {MAX_CHECKED_EXPANSIONS} prompts, too many to check against "
+                        "safety.blocklist; use fewer slot values"
                     )
+                for expanded in iter_expansions(prompt, choices):
+                    term = blocklist_match(expanded, blocklist)
+                    if term is not None:
+                        shown = expanded if expanded == prompt else f"{expanded} (from {prompt})"
+                        raise ValueError(
+                            f"classes: class {c.name!r}, prompt {shown!r} matches "
+                            f"safety.blocklist entry {term!r}; it is refused before generation"
+                        )
+        return self
+
+    @model_validator(mode="after")
+    def _unique_adapters(self) -> Recipe:
+        for c in self.classes:
+            paths = [a.path for a in (*self.adapters, *c.adapters)]
+            dupes = sorted({p for p in paths if paths.count(p) > 1})
+            if dupes:
+                raise ValueError(f"classes: class {c.name!r}: adapter listed twice: {dupes[0]}")
         return self
 
     @model_validator(mode="after")
@@ -602,9 +1017,17 @@ class Recipe(_Frozen):
         # Optional blocks added later leave the hash of a recipe that does not use them as it
         # was, so existing builds still resume and extend.
         for block, name in _UNSET_IF_EMPTY:
-            parent = data if block is None else data.get(block, {})
+            parent = data if block is None else data.get(block) or {}
             if name in parent and not parent[name]:
                 parent.pop(name)
+        for block, name, default in _UNSET_IF_DEFAULT:
+            parent = data if block is None else data.get(block) or {}
+            if parent.get(name, default) == default:
+                parent.pop(name, None)
+        for c in data["classes"]:
+            for name in _CLASS_UNSET_IF_EMPTY:
+                if name in c and c[name] in (None, [], {}):
+                    c.pop(name)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -711,7 +1134,22 @@ PATH_FIELDS = (
     ("balance", "source"),
     ("reference", "source"),
     ("eval_set", "source"),
+    ("conditioning", "source", "path"),
+    ("conditioning", "mask"),
 )
+
+# (block, field, default) left out of the recipe hash while at their default.
+_UNSET_IF_DEFAULT: tuple[tuple[str | None, str, Any], ...] = (
+    ("balance", "conditioning", "text"),
+    ("balance", "adapt", "none"),
+    ("balance", "lora", None),
+    ("sampling", "guidance_jitter", None),
+    (None, "slots", {}),
+    (None, "adapters", []),
+    ("validation", "max_failed_fraction", 0.001),
+)
+# Per-class fields left out of the recipe hash while unset (None or empty).
+_CLASS_UNSET_IF_EMPTY = ("slots", "negative_prompt", "guidance_scale", "steps", "adapters")
 
 # (block, field) left out of the recipe hash while unset (None or empty).
 _UNSET_IF_EMPTY = (
@@ -721,6 +1159,9 @@ _UNSET_IF_EMPTY = (
     ("checks", "contaminated"),
     ("checks", "semantic_duplicate"),
     ("validation", "metrics"),
+    ("output", "c2pa"),
+    (None, "conditioning"),
+    ("balance", "strength"),
 )
 
 

@@ -34,14 +34,17 @@ KEY_PATTERN = re.compile(r"^[a-z0-9_-]+$")
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
+# An exception while generating, scoring or encoding the sample: no image, a final decision.
+FAILED = "failed"
 
 Score = float | tuple[float, ...]
 
 # The Parquet layout of a shard: its name and version sit in every file's `synthgen` metadata.
 # Version 3: build-wide constants moved from the rows into file metadata, `checks` a list of
 # {name, outcome} structs, `created_at` a UTC timestamp, Hugging Face feature metadata.
+# Version 4: `status` may be `failed` (reason `error:<ExceptionType>`), `error_message` column.
 SCHEMA_NAME = "synthgen.sample"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SYNTHGEN_METADATA_KEY = b"synthgen"
 HF_METADATA_KEY = b"huggingface"
 
@@ -104,6 +107,33 @@ class GenerationRequest:
     prompt: str = field(metadata=_column(pa.string()))
     negative_prompt: str = field(metadata=_column(pa.string()))
     seed: int = field(metadata=_column(pa.int64()))
+    # What the prompt template and per-class settings resolved to for this sample (planning:
+    # synthgen.generators.templates). `prompt_slots` is {slot: value} JSON; null steps or
+    # guidance mean the build's (`steps`, `guidance_scale`).
+    prompt_template: str | None = field(default=None, metadata=_column(pa.string(), nullable=True))
+    prompt_slots: str | None = field(
+        default=None, metadata=_column(pa.string(), nullable=True, json_text=True)
+    )
+    sample_steps: int | None = field(default=None, metadata=_column(pa.int32(), nullable=True))
+    sample_guidance_scale: float | None = field(
+        default=None, metadata=_column(pa.float64(), nullable=True)
+    )
+    # Image conditioning (synthgen.generators.conditioning): the mode, the source image the
+    # sample started from (`file.parquet#row=N`, `shard.tar#key` or a folder-relative path)
+    # and its sha256, and the mode's settings as JSON (strength, resize, source location,
+    # mask, ControlNets with their scales, preprocessor and its parameters). Null: text only.
+    conditioning_mode: str | None = field(
+        default=None, metadata=_column(pa.string(), nullable=True)
+    )
+    conditioning_source: str | None = field(
+        default=None, metadata=_column(pa.string(), nullable=True)
+    )
+    conditioning_source_sha256: str | None = field(
+        default=None, metadata=_column(pa.string(), nullable=True)
+    )
+    conditioning: str | None = field(
+        default=None, metadata=_column(pa.string(), nullable=True, json_text=True)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +163,10 @@ class Sample:
         default=None, metadata=_column(pa.string(), nullable=True, provenance=False)
     )
     nearest_eval: str | None = field(
+        default=None, metadata=_column(pa.string(), nullable=True, provenance=False)
+    )
+    # A failed sample's error, short, with no traceback and no paths (schemas.failures)
+    error_message: str | None = field(
         default=None, metadata=_column(pa.string(), nullable=True, provenance=False)
     )
 
@@ -169,6 +203,9 @@ class BuildContext:
     generation_options: str = field(metadata=_column(pa.string(), json_text=True, row=False))
     # ISO-8601 UTC text here and in the sidecar: the start of the build; a timestamp in Parquet
     created_at: str = field(metadata=_column(TIMESTAMP_TYPE))
+    # LoRAs and textual-inversion embeddings (synthgen.generators.adapters): {"all": [...],
+    # "classes": {name: [...]}}, each {kind, name, path, sha256, scale, token}; "{}": none
+    adapters: str = field(default="{}", metadata=_column(pa.string(), json_text=True, row=False))
     class_names: str = ""  # {"<id>": "<name>"} JSON; empty: read from the output's state
 
 
@@ -363,7 +400,7 @@ def sample_row(sample: Sample, ctx: BuildContext, columns: Sequence[ScoreColumn]
     for c in columns:
         value = sample.scores.get(c.name)
         row[c.name] = list(value) if isinstance(value, tuple) else value
-    keep = sample.status != ACCEPTED and not withheld(sample)
+    keep = sample.status == REJECTED and not withheld(sample)
     row[REJECT_IMAGE_FIELD.name] = sample.image if keep else None
     return row
 

@@ -1,7 +1,12 @@
 """Fault injection for crash and retry tests, driven by the SYNTHGEN_FAULT environment variable.
 
-`SYNTHGEN_FAULT=<point>:<match>:<action>[:<marker-file>]`
-- point: `generate` (per sample, before its batch runs, match = key),
+`SYNTHGEN_FAULT=<point>:<match>:<action>[:<marker-file>]`, or several such specs separated by
+commas (e.g. a sample that fails, then a crash before its shard is written).
+- point: `generate` (per sample, before its batch runs, match = key: with `raise`, the
+  batch is split in half until that sample alone fails and becomes a `failed` row),
+  `generate_batch` (per batched model call, match = the number of samples in the batch,
+  e.g. `4`, or `*` for every call: a whole-batch failure such as running out of memory),
+  `score` (per sample, before its batch is scored, match = key),
   `check` (per sample, match = key), `write` (per shard, match = 00000),
   `rename` (a finished temporary file about to get its final name, match = that name,
   e.g. `manifest.json` or `00001.tar`), `manifest` (before the manifest, match = `*`)
@@ -24,10 +29,15 @@ class InjectedFault(RuntimeError):
 
 
 def maybe_fault(point: str, name: str) -> None:
-    spec = os.environ.get(ENV)
-    if not spec:
+    specs = os.environ.get(ENV)
+    if not specs:
         return
-    parts = spec.split(":", 3)
+    for spec in specs.split(","):
+        _fire(spec, point, name)
+
+
+def _fire(spec: str, point: str, name: str) -> None:
+    parts = spec.strip().split(":", 3)
     if len(parts) < 3:
         return
     want_point, match, action = parts[:3]

@@ -111,3 +111,17 @@ def watermark_info(recipe_hash: str, width: int, height: int) -> dict[str, str |
         "payload": watermark_payload(recipe_hash).hex(),
         "skipped": skip_reason(width, height),
     }
+
+
+def survives_encoding(fmt: str, quality: int, width: int, height: int) -> bool:
+    """Whether the watermark of a `width`x`height` image survives encoding as `fmt` at
+    `quality` (probed on a smooth test image with mild noise, seeded)."""
+    from synthgen.storage.images import decode_image, encode_image
+
+    rng = np.random.default_rng(0)
+    ramp = np.add.outer(np.linspace(0, 127, height), np.linspace(0, 127, width))
+    pixels = np.stack([ramp] * 3, -1) + rng.normal(0, 12, (height, width, 3))
+    payload = watermark_payload("0" * 64)
+    marked = embed_watermark(pixels.clip(0, 255).astype(np.uint8), payload)
+    data = encode_image(marked, fmt, quality=quality)
+    return read_watermark_image(decode_image(data)) == payload

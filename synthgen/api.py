@@ -99,13 +99,20 @@ class Corpus:
 def load(path: str | Path, *, verify: bool = False) -> Corpus:
     """Open a complete build (a directory, or a publish root whose `latest` is followed).
 
+    `path` may be an object-store URL (`s3://…`, `gs://…`; a publish root's `LATEST` is
+    followed): the build is downloaded once into the cache, every listed file checked.
     Refuses a directory without a complete manifest. With `verify`, every file the manifest
     lists is checked against its sha256 first (`synthgen validate` does the full check).
     """
     from synthgen.pipelines.output import LATEST, BuildError
     from synthgen.schemas.manifest import MANIFEST_NAME, Manifest
     from synthgen.storage.hashing import file_sha256
+    from synthgen.storage.store import is_remote
 
+    if is_remote(path):
+        from synthgen.pipelines.remote import pull_build
+
+        path = pull_build(str(path))
     root = Path(path)
     if not (root / MANIFEST_NAME).exists() and (root / LATEST).exists():
         root = (root / LATEST).resolve()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ import pytest
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Working copies of object-store builds and shared caches: per test process, never ~/.cache.
+os.environ["SYNTHGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="synthgen-test-cache-")
 
 from synthgen.generators.clip_layout import make_random_clip
 from synthgen.generators.sd_layout import SDLayoutConfig, make_random_pipeline
@@ -89,3 +94,14 @@ def read_rows(out: Path) -> pa.Table:
 
 # About the median tiny-CLIP score of the tiny build: some samples pass, some are rejected.
 SPLIT_THRESHOLD = -0.085
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`synthgen ARGS` in a fresh process (this environment plus `env`), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "synthgen.pipelines.cli", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -213,6 +213,7 @@ def validate_corpus(
         height=recipe.sampling.height,
         score_columns=manifest.score_columns,
         min_accepted_fraction=recipe.validation.min_accepted_fraction,
+        max_failed_fraction=recipe.validation.max_failed_fraction,
     )
     return report
 

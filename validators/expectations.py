@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,10 +12,23 @@ import numpy as np
 import pandas as pd
 
 from synthgen.schemas.manifest import ExpectationInfo
-from synthgen.schemas.records import KEY_PATTERN, ROW_PROVENANCE_FIELDS
+from synthgen.schemas.records import (
+    ACCEPTED,
+    FAILED,
+    KEY_PATTERN,
+    REJECTED,
+    ROW_FIELDS,
+)
 from synthgen.schemas.scores import ScoreColumn
 
 logger = logging.getLogger(__name__)
+
+STATUSES = (ACCEPTED, REJECTED, FAILED)
+# Provenance columns every row must fill: those declared non-nullable, and `class_label`
+# (nullable only as the storage of a `datasets` ClassLabel).
+REQUIRED_FIELDS = tuple(
+    f.name for f in ROW_FIELDS if f.provenance and (not f.nullable or f.name == "class_label")
+)
 
 
 @dataclass(frozen=True)
@@ -50,16 +64,17 @@ def _detail(result: Any) -> str:
 
 
 def _validate(
-    context: Any, name: str, df: pd.DataFrame, expectations: list[Any]
+    context: Any, name: str, df: pd.DataFrame, expectations: list[Any], part: str = ""
 ) -> list[ExpectationResult]:
+    """Validate `df` as dataset `name`; `part` tells apart two suites over one dataset."""
     import great_expectations as gx
 
-    source = context.data_sources.add_pandas(f"synthgen_{name}")
+    source = context.data_sources.add_pandas(f"synthgen_{name}{part}")
     asset = source.add_dataframe_asset(name)
     batch = asset.add_batch_definition_whole_dataframe("all").get_batch(
         batch_parameters={"dataframe": df}
     )
-    suite = context.suites.add(gx.ExpectationSuite(name=f"synthgen_{name}"))
+    suite = context.suites.add(gx.ExpectationSuite(name=f"synthgen_{name}{part}"))
     for e in expectations:
         suite.add_expectation(e)
     outcome = batch.validate(suite)
@@ -96,6 +111,7 @@ def corpus_expectations(
     height: int,
     score_columns: Sequence[ScoreColumn],
     min_accepted_fraction: float,
+    max_failed_fraction: float = 1.0,
 ) -> list[ExpectationResult]:
     """Run every corpus expectation.
 
@@ -104,6 +120,8 @@ def corpus_expectations(
     `target_accepted` (the accepted count the plan requires; -1 where the plan sets none).
     Score columns are checked against their declared ranges; a vector column must be
     present on every row with exactly `dim` elements, each within the declared range.
+    Image expectations (size, scores) apply to samples with an image, failed ones aside;
+    the failed fraction of all rows must stay within `max_failed_fraction`.
     """
     import os
 
@@ -118,20 +136,31 @@ def corpus_expectations(
             logging.getLogger(name).setLevel(logging.ERROR)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    all_rows = rows
     sample_expectations: list[Any] = [
         gxe.ExpectColumnValuesToBeUnique(column="key"),
         gxe.ExpectColumnValuesToMatchRegex(column="key", regex=KEY_PATTERN.pattern),
-        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["accepted", "rejected"]),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(STATUSES)),
         gxe.ExpectColumnValuesToBeInSet(
             column="recipe_hash",
             value_set=[recipe_hash] if isinstance(recipe_hash, str) else list(recipe_hash),
         ),
+    ]
+    for name in REQUIRED_FIELDS:  # build constants live in file metadata
+        sample_expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
+    if min_accepted_fraction > 0:
+        sample_expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="status", value_set=["accepted"], mostly=min_accepted_fraction
+            )
+        )
+    results = _validate(context, "samples", rows, sample_expectations)
+    # A failed sample has no image: size and score expectations read the others.
+    rows = rows[rows["status"] != FAILED].copy() if len(rows) else rows.copy()
+    sample_expectations = [
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=width, max_value=width),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=height, max_value=height),
     ]
-    for name in ROW_PROVENANCE_FIELDS:  # build constants live in file metadata
-        sample_expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
-    rows = rows.copy()
     for column in score_columns:
         lo, hi = column.minimum, column.maximum
         if column.dim is None:
@@ -155,13 +184,7 @@ def corpus_expectations(
             sample_expectations.append(gxe.ExpectColumnValuesToBeBetween(column=low, min_value=lo))
         if hi is not None:
             sample_expectations.append(gxe.ExpectColumnValuesToBeBetween(column=high, max_value=hi))
-    if min_accepted_fraction > 0:
-        sample_expectations.append(
-            gxe.ExpectColumnValuesToBeInSet(
-                column="status", value_set=["accepted"], mostly=min_accepted_fraction
-            )
-        )
-    results = _validate(context, "samples", rows, sample_expectations)
+    results += _validate(context, "samples", rows, sample_expectations, part="_images")
     results += _validate(
         context,
         "classes",
@@ -185,7 +208,35 @@ def corpus_expectations(
             gxe.ExpectColumnPairValuesToBeEqual(column_A="manifest_bytes", column_B="actual_bytes"),
         ],
     )
+    results += failure_budget(context, all_rows, max_failed_fraction)
     return results
+
+
+def failure_budget(context: Any, rows: pd.DataFrame, budget: float) -> list[ExpectationResult]:
+    """The recipe's `validation.max_failed_fraction` as an expectation: the fraction of
+    attempted samples that failed (status `failed`) is at most `budget`. Its detail names the
+    budget and the observed fraction."""
+    import great_expectations.expectations as gxe
+
+    attempted = len(rows)
+    failed = int((rows["status"] == FAILED).sum()) if attempted else 0
+    fraction = failed / attempted if attempted else 0.0
+    table = pd.DataFrame([{"attempted": attempted, "failed": failed, "failed_fraction": fraction}])
+    (result,) = _validate(
+        context,
+        "failures",
+        table,
+        [
+            gxe.ExpectColumnValuesToBeBetween(
+                column="failed_fraction", min_value=0, max_value=budget
+            )
+        ],
+    )
+    detail = (
+        f"validation.max_failed_fraction {budget:g}: observed failed fraction {fraction:.4g} "
+        f"({failed} of {attempted} samples failed)"
+    )
+    return [dataclasses.replace(result, detail=detail)]
 
 
 def metric_expectations(metrics: dict[str, Any], gates: dict[str, Any]) -> list[ExpectationResult]:

@@ -1,8 +1,13 @@
 """Reference sets and nearest-neighbour lookups: memorization and contamination checks.
 
 A reference set (the recipe's `reference:` or `eval_set:`, or a balance source) is embedded
-once per build with the recipe's CLIP model and cached as one Parquet file (no pickles),
-named by a hash of the source's content, the CLIP weights and the label mapping. Every
+with the recipe's CLIP model and cached as one Parquet file (no pickles), named by a hash of
+the source's content, the CLIP weights, the label mapping and the preprocessing (thumbnail
+size, pHash shifts, cache layout). The file lives in the build (`.synthgen/references/`) and
+in a cache shared by every build on the machine (`$SYNTHGEN_CACHE_DIR/references/`, default
+`~/.cache/synthgen`), written atomically beside a record of its sha256: a later build with
+the same key copies it instead of running the model, and never uses a file whose sha256
+differs from its record. Every
 sample's nearest reference image is found by cosine similarity of normalised embeddings
 (exact, chunked matrix products: deterministic, ties go to the earlier reference), and the
 perceptual-hash distance to that image is recorded beside it.
@@ -15,6 +20,7 @@ import io
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,8 @@ import numpy as np
 from synthgen.schemas.recipe import NearCopySpec
 from synthgen.schemas.records import Sample
 from synthgen.schemas.scores import ScoreColumn
-from synthgen.storage.atomic import atomic_write
+from synthgen.storage.atomic import atomic_write, write_bytes_atomic
+from synthgen.storage.hashing import file_sha256
 from synthgen.validators.base import Check
 
 CACHE_VERSION = 2
@@ -74,6 +81,12 @@ class ReferenceSet:
 
     def __len__(self) -> int:
         return len(self.refs)
+
+    @cached_property
+    def shifted_hash_ints(self) -> np.ndarray:
+        """(n, shifts) uint64 perceptual hashes, converted once per set (every sample's
+        lookup reads them)."""
+        return _shifted_ints(self)
 
     def by_class(self) -> dict[int, np.ndarray]:
         labels = np.asarray(self.labels)
@@ -167,9 +180,22 @@ def clip_encoder(clip: Any, device: str = "cpu", cpu_threads: int = 1) -> Callab
     return encode
 
 
+# How reference images are turned into a cached set, beyond the CLIP model: part of the key.
+PREPROCESSING = {"thumbnail": THUMB_SIZE, "phash_shifts": SHIFTS, "phash": "imagehash.phash"}
+CACHE_ENV = "SYNTHGEN_CACHE_DIR"
+
+
 def cache_key(source_sha256: str, clip_sha256: str, labels: dict[str, Any]) -> str:
+    """The cache name of an embedded set: source content, CLIP weights, the label mapping
+    (and any encoder setting the caller adds to it), the preprocessing and the layout."""
     blob = json.dumps(
-        {"v": CACHE_VERSION, "source": source_sha256, "clip": clip_sha256, "labels": labels},
+        {
+            "v": CACHE_VERSION,
+            "source": source_sha256,
+            "clip": clip_sha256,
+            "labels": labels,
+            "preprocessing": PREPROCESSING,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -216,13 +242,76 @@ def read_reference(path: Path) -> ReferenceSet:
     )
 
 
+def shared_cache_dir() -> Path | None:
+    """The cache shared across builds: `$SYNTHGEN_CACHE_DIR/references` (default
+    `~/.cache/synthgen`); `SYNTHGEN_CACHE_DIR=off` turns it off."""
+    import os
+
+    root = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "synthgen")
+    if root.strip().lower() in ("off", "none", "0"):
+        return None
+    return Path(root).expanduser() / "references"
+
+
+def _from_shared(shared: Path, key: str, dest: Path) -> bool:
+    """Copy the shared cache entry of `key` to `dest` if its sha256 matches its record."""
+    import logging
+    import shutil
+
+    data, record = shared / f"{key}.parquet", shared / f"{key}.json"
+    try:
+        expected = json.loads(record.read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    try:
+        if file_sha256(data) != expected:
+            logging.getLogger(__name__).warning(
+                "%s: sha256 differs from its record; not used (the set is embedded again)", data
+            )
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with data.open("rb") as f, atomic_write(dest) as g:
+            shutil.copyfileobj(f, g)
+    except OSError:
+        return False
+    if file_sha256(dest) != expected:  # changed while copying
+        dest.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _to_shared(shared: Path, key: str, path: Path) -> None:
+    """Publish a build's cache file to the shared cache: data first, then its record."""
+    import logging
+    import shutil
+
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+        digest = file_sha256(path)
+        with path.open("rb") as f, atomic_write(shared / f"{key}.parquet") as g:
+            shutil.copyfileobj(f, g)
+        record = {"sha256": digest, "key": key, "cache_version": CACHE_VERSION}
+        write_bytes_atomic(shared / f"{key}.json", json.dumps(record, sort_keys=True).encode())
+    except OSError as exc:  # a read-only or full cache never fails a build
+        logging.getLogger(__name__).warning(
+            "shared reference cache %s not written: %s", shared, exc
+        )
+
+
 def cached_reference(
     cache_dir: Path, kind: str, key: str, make: Callable[[], ReferenceSet]
 ) -> Path:
-    """The cache file for `key` under `cache_dir`, made with `make()` when absent."""
+    """The cache file for `key` under `cache_dir` (the build's): kept when there, else
+    copied from the shared cache (sha256 checked), else made with `make()` and shared."""
     path = cache_dir / f"{kind}-{key[:24]}.parquet"
-    if not path.is_file():
-        write_reference(path, make())
+    if path.is_file():
+        return path
+    shared = shared_cache_dir()
+    if shared is not None and _from_shared(shared, key, path):
+        return path
+    write_reference(path, make())
+    if shared is not None:
+        _to_shared(shared, key, path)
     return path
 
 
@@ -257,7 +346,7 @@ def nearest(embeddings: Any, phashes: Sequence[str], ref: ReferenceSet) -> list[
     if x.ndim != 2 or len(x) == 0:
         return []
     x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
-    ref_hashes = _shifted_ints(ref)
+    ref_hashes = ref.shifted_hash_ints
     mine = _hash_ints(phashes)
     out: list[Nearest] = []
     for start in range(0, len(x), CHUNK):

@@ -26,12 +26,14 @@ from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators.corpus import IMAGE_EXTS, empty_rows, read_manifest
 from synthgen.validators.nearest import ReferenceSet, nearest, read_reference
+from synthgen.validators.trend import build_trend, read_previous_report
 
 GRID_PER_CLASS = 10
 PAIRS_PER_CLASS = 5
 PER_REASON = 8
+FIRST_FAILURES = 20  # failed samples listed with their messages
 MAP_POINTS = 2000  # reference points on the embedding map at most (a fixed subsample)
-REPORT_VERSION = 2  # report.json layout; see docs/metrics.md
+REPORT_VERSION = 3  # report.json layout; see docs/metrics.md
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,8 @@ def report_json(data: ReportData) -> dict[str, Any]:
     counts = manifest.counts
     accepted = rows[rows["status"] == "accepted"].groupby("class_name").size().to_dict()
     rejected = rows[rows["status"] == "rejected"]
-    first = {**(data.constants or {}), **(rows.iloc[0].to_dict() if len(rows) else {})}
+    imaged = rows[rows["status"] != "failed"] if len(rows) else rows  # failed: no image
+    first = {**(data.constants or {}), **(imaged.iloc[0].to_dict() if len(imaged) else {})}
     scalars = [c.name for c in manifest.score_columns if not c.is_vector]
     vectors = [c.name for c in manifest.score_columns if c.is_vector]
     report: dict[str, Any] = {
@@ -342,6 +345,7 @@ def report_json(data: ReportData) -> dict[str, Any]:
             "planned": counts.planned,
             "accepted": counts.accepted,
             "rejected": counts.rejected,
+            "failed": counts.failed,
             "per_class": {
                 c: {"planned": n, "accepted": int(accepted.get(c, 0))}
                 for c, n in counts.planned_per_class.items()
@@ -375,22 +379,132 @@ def report_json(data: ReportData) -> dict[str, Any]:
     }
     if manifest.balance is not None:
         report["balance"] = manifest.balance.model_dump(mode="json")
+    report["usage"] = _usage(manifest)
+    report["content_credentials"] = _content_credentials(manifest)
     column = _embedding_column(manifest)
     report["metrics"] = _metrics(data)
     report["nearest_pairs"] = nearest_pairs(rows, data.reference, column)
     report["embedding_map"] = embedding_map(data)
     report["timing"] = _timing(manifest)
+    report["failures"] = failures(rows)
     return report
+
+
+def _usage(manifest: Manifest) -> dict[str, Any]:
+    """The model's licence (and where it was read) and the recipe's usage statement."""
+    usage = manifest.usage
+    return {
+        "license": usage.license if usage else None,
+        "license_source": usage.license_source if usage else None,
+        "usage": usage.usage if usage else None,
+    }
+
+
+def _content_credentials(manifest: Manifest) -> dict[str, Any]:
+    """Whether accepted images carry C2PA content credentials, and the signing algorithm."""
+    spec = (manifest.recipe.get("output") or {}).get("c2pa")
+    if not spec:
+        return {"c2pa": False}
+    return {"c2pa": True, "alg": spec.get("alg"), "timestamp_url": spec.get("timestamp_url")}
+
+
+def with_trend(report: dict[str, Any], manifest: Manifest, previous: Path | None) -> None:
+    """Add `trend` to a report: the comparison with the previous build's report.json, or
+    None when there is no previous build (or it has no readable report)."""
+    before = read_previous_report(previous) if previous is not None else None
+    if before is None or previous is None:
+        report["trend"] = None
+        return
+    gates = ((manifest.recipe.get("validation") or {}).get("metrics")) or {}
+    report["trend"] = build_trend(report, before, previous, gates)
+
+
+def failures(rows: pd.DataFrame, first: int = FIRST_FAILURES) -> dict[str, Any]:
+    """Samples that failed (an exception while generating, scoring or encoding them): count,
+    count per reason (`error:<ExceptionType>`) and per class, and the first keys (in key
+    order) with their messages."""
+    failed = rows[rows["status"] == "failed"] if len(rows) else rows
+    if not len(failed):
+        return {"count": 0, "by_reason": {}, "by_class": {}, "first": []}
+    failed = failed.sort_values("key")
+    message = failed["error_message"] if "error_message" in failed else [None] * len(failed)
+    return {
+        "count": len(failed),
+        "by_reason": {
+            str(k): int(v) for k, v in failed["reject_reason"].value_counts().sort_index().items()
+        },
+        "by_class": {
+            str(k): int(v) for k, v in failed["class_name"].value_counts().sort_index().items()
+        },
+        "first": [
+            {"key": k, "class_name": c, "reason": r, "message": m}
+            for k, c, r, m in list(
+                zip(
+                    failed["key"],
+                    failed["class_name"],
+                    failed["reject_reason"],
+                    message,
+                    strict=True,
+                )
+            )[:first]
+        ],
+    }
 
 
 # -- how it looks (report.html) ------------------------------------------------------------
 
 
-def _svg(fig: Any) -> str:
+# Overlapping text found while rendering charts: (chart, first text, second text). Filled by
+# every `_svg` call of the current process; the report tests assert it stays empty.
+TEXT_OVERLAPS: list[tuple[str, str, str]] = []
+
+
+def text_overlaps(fig: Any, tolerance: float = 0.5, draw: bool = True) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty text artists of `fig` whose rendered extents intersect
+    (by more than `tolerance` pixels each way): tick labels, titles, legends, annotations.
+
+    `draw=False` reads the layout of the last draw (e.g. just after `savefig`)."""
+    from matplotlib.text import Text
+
+    if draw:
+        fig.draw_without_rendering()  # lays the figure out (constrained layout, tick labels)
+    renderer = fig.canvas.get_renderer()
+    # Tick labels exist for ticks outside the view too; only the drawn ones count.
+    hidden: set[int] = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            drawn = {id(t) for t in axis._update_ticks()}
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if id(tick) not in drawn:
+                    hidden |= {id(tick.label1), id(tick.label2)}
+    boxes = []
+    for t in fig.findobj(Text):
+        if id(t) in hidden or not t.get_visible() or not t.get_text().strip():
+            continue
+        if t.axes is not None and not t.axes.get_visible():
+            continue
+        bb = t.get_window_extent(renderer)
+        if bb.width > 0 and bb.height > 0:
+            boxes.append((t.get_text(), bb))
+    out = []
+    for i, (a, ba) in enumerate(boxes):
+        for b, bb in boxes[i + 1 :]:
+            w = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
+            h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
+            if w > tolerance and h > tolerance:
+                out.append((a, b))
+    return out
+
+
+def _svg(fig: Any, name: str = "") -> str:
     import matplotlib.pyplot as plt
 
+    fig.draw_without_rendering()  # the layout only: no pixels drawn twice
+    TEXT_OVERLAPS.extend((name, a, b) for a, b in text_overlaps(fig, draw=False))
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    # A constrained layout already fits every label: skip the second (tight-box) layout pass.
+    tight = None if fig.get_layout_engine() is not None else "tight"
+    fig.savefig(buf, format="svg", bbox_inches=tight)
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg") :]
@@ -420,6 +534,7 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     charts = {}
     per_class = report["counts"]["per_class"]
@@ -428,10 +543,10 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names)), 2.8))
     ax.bar(x - 0.2, [per_class[n]["planned"] for n in names], 0.4, label="planned")
     ax.bar(x + 0.2, [per_class[n]["accepted"] for n in names], 0.4, label="accepted")
-    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_xticks(x, names, rotation=90)
     ax.set_ylabel("samples")
     ax.legend(**LEGEND_OUTSIDE)
-    charts["counts"] = _svg(fig)
+    charts["counts"] = _svg(fig, "counts")
 
     reasons = report["rejects_by_reason"]
     fig, ax = plt.subplots(figsize=(5, 2.5))
@@ -440,7 +555,7 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
     else:
         ax.text(0.5, 0.5, "no rejects", ha="center", va="center")
     ax.set_xlabel("rejected samples")
-    charts["rejects"] = _svg(fig)
+    charts["rejects"] = _svg(fig, "rejects")
 
     for column in report["scores"]:
         if column not in rows or rows[column].dropna().empty:
@@ -465,11 +580,12 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
                     ax.hist(v, bins=bins, color=color, alpha=0.7, label=status)
             ax.set_title(name, fontsize=8)
             ax.tick_params(labelsize=6)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=3))  # narrow panels: few x labels
         for j in range(len(names), nrows * cols):
             axes[j // cols][j % cols].axis("off")
         fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside upper right", fontsize=7)
         fig.suptitle(column, fontsize=9)
-        charts[f"scores:{column}"] = _svg(fig)
+        charts[f"scores:{column}"] = _svg(fig, f"scores:{column}")
 
     for column, spread in report["embedding_spread"].items():
         classes = [n for n in names if n in spread]
@@ -485,11 +601,11 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
                 color=color,
                 label=status,
             )
-        ax.set_xticks(x, classes, rotation=45, ha="right")
+        ax.set_xticks(x, classes, rotation=90)
         ax.set_ylabel("mean cosine distance\nto class centroid")
         ax.set_title(column, fontsize=9)
         ax.legend(**LEGEND_OUTSIDE)
-        charts[f"embeddings:{column}"] = _svg(fig)
+        charts[f"embeddings:{column}"] = _svg(fig, f"embeddings:{column}")
 
     if "balance" in report:
         bal = report["balance"]
@@ -498,9 +614,9 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(classes)), 2.8))
         ax.bar(x - 0.2, [bal["before"][c] for c in classes], 0.4, label="before (real)")
         ax.bar(x + 0.2, [bal["after"][c] for c in classes], 0.4, label="after (real + synthetic)")
-        ax.set_xticks(x, classes, rotation=45, ha="right")
+        ax.set_xticks(x, classes, rotation=90)
         ax.legend(**LEGEND_OUTSIDE)
-        charts["balance"] = _svg(fig)
+        charts["balance"] = _svg(fig, "balance")
     emap = report.get("embedding_map")
     if emap and emap["points"]:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -535,7 +651,7 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         ev = emap["explained_variance"]
         ax.set_xlabel(f"PC1 ({ev[0]:.0%})" if ev else "PC1")
         ax.set_ylabel(f"PC2 ({ev[1]:.0%})" if len(ev) > 1 else "PC2")
-        charts["embedding_map"] = _svg(fig)
+        charts["embedding_map"] = _svg(fig, "embedding_map")
     return charts
 
 
@@ -546,10 +662,17 @@ LEGEND_OUTSIDE: dict[str, Any] = {
 }
 
 
+class _Raw(str):
+    """Table cell content that is already HTML (a sparkline SVG): not escaped."""
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+        "<tr>"
+        + "".join(f"<td>{c if isinstance(c, _Raw) else html.escape(str(c))}</td>" for c in r)
+        + "</tr>"
+        for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -566,6 +689,8 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} th{background:#f2f2
 .strip{margin:4px 0;display:flex;align-items:center;gap:8px}
 .strip img{image-rendering:pixelated;border:1px solid #ddd}
 .label{display:inline-block;width:9em;font-size:13px}
+.card{border:1px solid #ccc;border-radius:6px;padding:0.5em 1em;margin:0.5em 0;max-width:60em}
+svg.spark{vertical-align:middle} .up{color:#2e7d32} .down{color:#c62828}
 """
 
 LOADED_SCRIPT = """
@@ -596,6 +721,91 @@ METRIC_COLUMNS = (
 )
 
 
+SPARK_W, SPARK_H = 84, 20
+
+
+def sparkline_bars(
+    values: list[float],
+    bins: int = 12,
+    lo: float | None = None,
+    hi: float | None = None,
+    title: str = "",
+) -> str:
+    """An inline SVG histogram of `values` (no axes, no text): a distribution at a glance."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    head = (
+        f"<svg class='spark' xmlns='http://www.w3.org/2000/svg' width='{SPARK_W}' "
+        f"height='{SPARK_H}' viewBox='0 0 {SPARK_W} {SPARK_H}' role='img'>"
+        f"<title>{html.escape(title)}</title>"
+    )
+    if v.size == 0:
+        return head + "</svg>"
+    lo = float(v.min()) if lo is None else lo
+    hi = float(v.max()) if hi is None else hi
+    counts, _ = np.histogram(v, bins=bins, range=(lo, hi if hi > lo else lo + 1e-9))
+    width = SPARK_W / bins
+    top = max(int(counts.max()), 1)
+    bars = "".join(
+        f"<rect x='{i * width + 0.5:.1f}' y='{SPARK_H - SPARK_H * n / top:.1f}' "
+        f"width='{width - 1:.1f}' height='{SPARK_H * n / top:.1f}' fill='#4f81bd'/>"
+        for i, n in enumerate(counts.tolist())
+        if n
+    )
+    return head + bars + "</svg>"
+
+
+def sparkline_line(values: list[float | None], title: str = "") -> str:
+    """An inline SVG line of a series (missing points break it), its last point marked."""
+    head = (
+        f"<svg class='spark' xmlns='http://www.w3.org/2000/svg' width='{SPARK_W}' "
+        f"height='{SPARK_H}' viewBox='0 0 {SPARK_W} {SPARK_H}' role='img'>"
+        f"<title>{html.escape(title)}</title>"
+    )
+    known = [float(x) for x in values if x is not None and np.isfinite(x)]
+    if not known:
+        return head + "</svg>"
+    lo, hi = min(known), max(known)
+    span = hi - lo or 1.0
+    step = (SPARK_W - 4) / max(len(values) - 1, 1)
+    points: list[list[str]] = [[]]
+    last = None
+    for i, x in enumerate(values):
+        if x is None or not np.isfinite(x):
+            points.append([])
+            continue
+        y = SPARK_H - 2 - (SPARK_H - 4) * (float(x) - lo) / span
+        last = (2 + i * step, y)
+        points[-1].append(f"{last[0]:.1f},{y:.1f}")
+    lines = "".join(
+        f"<polyline points='{' '.join(p)}' fill='none' stroke='#4f81bd' stroke-width='1.5'/>"
+        for p in points
+        if len(p) > 1
+    )
+    dot = f"<circle cx='{last[0]:.1f}' cy='{last[1]:.1f}' r='2' fill='#c0504d'/>" if last else ""
+    return head + lines + dot + "</svg>"
+
+
+def _score_sparks(rows: pd.DataFrame, column: str | None) -> dict[str, str]:
+    """Per class: a sparkline of the accepted samples' `column` values (common bins)."""
+    if column is None or column not in rows or not len(rows):
+        return {}
+    values = rows[column].dropna()
+    if values.empty:
+        return {}
+    lo, hi = float(values.min()), float(values.max())
+    out = {}
+    for cls, group in rows[rows["status"] == "accepted"].groupby("class_name"):
+        v = group[column].dropna().tolist()
+        out[str(cls)] = sparkline_bars(v, lo=lo, hi=hi, title=f"{column} of accepted {cls}")
+    return out
+
+
+def _spark_column(manifest: Manifest, rows: pd.DataFrame) -> str | None:
+    """The score the per-class sparklines show: the first CLIP score, else any scalar."""
+    scalars = [c.name for c in manifest.score_columns if not c.is_vector and c.name in rows]
+    return next((c for c in scalars if c.endswith("_score")), scalars[0] if scalars else None)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "–"
@@ -619,12 +829,15 @@ def _reference_sections(
             "Higher precision, recall, density and coverage are better; lower Fréchet distance "
             "and KID are better; Vendi is the effective number of distinct samples.</p>"
         )
-        body = [["overall", *(_cell(metrics["overall"].get(c)) for c in METRIC_COLUMNS)]]
+        spark_column = _spark_column(data.manifest, data.rows)
+        sparks = _score_sparks(data.rows, spark_column)
+        head = ["class", f"{spark_column or 'score'} (accepted)", *METRIC_COLUMNS]
+        body = [["overall", "", *(_cell(metrics["overall"].get(c)) for c in METRIC_COLUMNS)]]
         body += [
-            [cls, *(_cell(values.get(c)) for c in METRIC_COLUMNS)]
+            [cls, _Raw(sparks.get(cls, "")), *(_cell(values.get(c)) for c in METRIC_COLUMNS)]
             for cls, values in metrics["per_class"].items()
         ]
-        parts.append(_table(["class", *METRIC_COLUMNS], body))
+        parts.append(_table(head, body))
     else:
         parts.append(
             "<p>No reference set: add a <code>reference:</code> block to the recipe "
@@ -672,6 +885,138 @@ def _reference_sections(
     return parts
 
 
+def _failure_section(failed: dict[str, Any]) -> list[str]:
+    """Failed samples: counts per reason and class, the first keys with their messages."""
+    if not failed.get("count"):
+        return []
+    return [
+        "<section id='failures'><h2>Failed samples</h2>",
+        f"<p>{failed['count']} sample(s) raised an error while being generated, scored or "
+        "encoded: no image, a <code>failed</code> row each.</p>",
+        _table(["reason", "samples"], [[k, v] for k, v in failed["by_reason"].items()]),
+        _table(["class", "samples"], [[k, v] for k, v in failed["by_class"].items()]),
+        _table(
+            ["key", "class", "reason", "message"],
+            [[f["key"], f["class_name"], f["reason"], f["message"]] for f in failed["first"]],
+        ),
+        "</section>",
+    ]
+
+
+def _usage_card(report: dict[str, Any]) -> list[str]:
+    """Licence and usage statement, and whether images carry content credentials."""
+    usage = report.get("usage") or {}
+    licence = usage.get("license")
+    source = {"model_card": "the model card", "recipe": "the recipe"}.get(
+        str(usage.get("license_source")), "unknown"
+    )
+    cred = report.get("content_credentials") or {}
+    signed = (
+        f"signed C2PA content credentials ({html.escape(str(cred.get('alg')))})"
+        if cred.get("c2pa")
+        else "no C2PA content credentials"
+    )
+    return [
+        "<div class='card' id='usage'>",
+        f"<p><b>Model licence:</b> <code>{html.escape(str(licence))}</code> (from {source})"
+        if licence
+        else "<p><b>Model licence:</b> not stated (no model card licence, no "
+        "<code>model.license</code>)",
+        f"<br><b>Usage:</b> {html.escape(str(usage['usage']))}"
+        if usage.get("usage")
+        else "<br><b>Usage:</b> not stated (the recipe has no <code>usage:</code>)",
+        f"<br><b>Accepted images carry:</b> {signed}.</p>",
+        "</div>",
+    ]
+
+
+def _delta(change: dict[str, Any], unit: str = "", digits: int = 4) -> str:
+    p, c, d = change.get("previous"), change.get("current"), change.get("delta")
+    if p is None and c is None:
+        return "–"
+    fmt = f"{{:.{digits}g}}"
+    text = (
+        f"{'–' if p is None else fmt.format(p)}{unit} → {'–' if c is None else fmt.format(c)}{unit}"
+    )
+    if d is not None:
+        text += f" ({'+' if d >= 0 else ''}{fmt.format(d)})"
+    return text
+
+
+def _trend_card(report: dict[str, Any]) -> list[str]:
+    trend = report.get("trend")
+    if not trend:
+        return []
+    prev = trend["previous"]
+    regressions = trend["regressions"]
+    rate = trend["accept_rate"]
+    verdict = (
+        f"<span class='bad'>{len(regressions)} regression(s)</span>: "
+        + html.escape(
+            "; ".join(
+                f"{r['scope']} {r['figure']} {_delta({**r, 'delta': None})}" for r in regressions
+            )
+        )
+        if regressions
+        else "<span class='ok'>no regression</span>"
+    )
+    history = sparkline_line(trend["history"]["overall"], "accept rate (%) per build")
+    return [
+        "<div class='card' id='trend-summary'>",
+        f"<p><b>Against the previous build</b> <code>{html.escape(Path(prev['output']).name)}"
+        f"</code> ({html.escape(str(prev.get('finished_at')))}"
+        f"{'' if trend['same_recipe'] else ', another recipe'}): "
+        f"accepted {html.escape(_delta(trend['counts']['accepted']))}, accept rate "
+        f"{html.escape(_delta(rate, '%'))} {history}<br>{verdict}.</p>",
+        "</div>",
+    ]
+
+
+def _trend_section(report: dict[str, Any]) -> list[str]:
+    """Per class: accept rate and each metric against the previous build, regressions marked."""
+    trend = report.get("trend")
+    if not trend:
+        return []
+    names = sorted({m for v in trend["per_class"].values() for m in v["metrics"]})
+    rows = []
+    for cls, v in trend["per_class"].items():
+        rate = v["accept_rate"]
+        cells: list[Any] = [
+            cls,
+            _Raw(
+                sparkline_line(trend["history"]["accept_rate"].get(cls, []), f"{cls} accept rate")
+            ),
+            ("REGRESSED " if rate["regressed"] else "") + _delta(rate, "%"),
+        ]
+        for name in names:
+            m = v["metrics"].get(name)
+            cells.append("–" if m is None else ("REGRESSED " if m["regressed"] else "") + _delta(m))
+        rows.append(cells)
+    overall = [
+        "overall",
+        _Raw(sparkline_line(trend["history"]["overall"], "accept rate")),
+        ("REGRESSED " if trend["accept_rate"]["regressed"] else "")
+        + _delta(trend["accept_rate"], "%"),
+    ]
+    overall += [
+        "–"
+        if (m := trend["metrics"].get(n)) is None
+        else ("REGRESSED " if m["regressed"] else "") + _delta(m)
+        for n in names
+    ]
+    rules = trend["rules"]
+    return [
+        "<section id='trend'><h2>Trend against the previous build</h2>",
+        f"<p>Regression rules: accept rate down more than {rules['accept_rate_drop_points']} "
+        f"points (a class: at least {rules['min_class_attempts']} samples in both builds); a "
+        "metric moving the wrong way past its tolerance (0.05 for precision, recall, density, "
+        "coverage; 10&nbsp;% for Fréchet distance, KID, Vendi, pairwise distance); a gated "
+        "metric crossing its gate.</p>",
+        _table(["class", "accept rate history", "accept rate", *names], [overall, *rows]),
+        "</section>",
+    ]
+
+
 def render_html(data: ReportData, report: dict[str, Any]) -> str:
     """The report page from loaded data and its report.json content; reads no file."""
     charts = _charts(report, data.rows)
@@ -685,8 +1030,10 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
         "<section id='summary'><h2>Summary</h2>",
         f"<p>Status: <span class='{status_class}'>{html.escape(str(report['status']))}</span>. "
         f"{counts['planned']} planned, {counts['accepted']} accepted, "
-        f"{counts['rejected']} rejected. "
+        f"{counts['rejected']} rejected, {counts.get('failed', 0)} failed. "
         f"Recipe hash <code>{report['recipe_hash'][:16]}</code>.</p>",
+        *_usage_card(report),
+        *_trend_card(report),
         "</section>",
         "<section id='counts'><h2>Planned vs accepted per class</h2>",
         charts["counts"],
@@ -732,6 +1079,7 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
             )
         parts.append("</section>")
     parts += [
+        *_failure_section(report.get("failures") or {}),
         "<section id='rejects'><h2>Rejects by reason</h2>",
         charts["rejects"],
         _table(["reason", "samples"], [[k, v] for k, v in report["rejects_by_reason"].items()]),
@@ -741,6 +1089,7 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
         parts.append(_strip(html.escape(reason), reason, images))
     parts += ["</section>"]
     parts += _reference_sections(data, report, charts)
+    parts += _trend_section(report)
     parts += ["<section id='samples'><h2>Samples per class</h2>"]
     for cls in counts["per_class"]:
         parts.append(f"<h3>{html.escape(cls)}</h3>")
@@ -786,12 +1135,17 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
 
 
 def write_report(
-    out: Path, manifest: Manifest | None = None, reference: tuple[Path, str] | None = None
+    out: Path,
+    manifest: Manifest | None = None,
+    reference: tuple[Path, str] | None = None,
+    previous: Path | None = None,
 ) -> tuple[Path, Path]:
     """Write report.json and report.html beside the manifest (read from `out` unless given);
-    `reference` (an embedded set's cache file and its source) adds or replaces the metrics."""
+    `reference` (an embedded set's cache file and its source) adds or replaces the metrics;
+    `previous` (the previously published build) adds the trend against its report."""
     data = load_report_data(out, manifest, reference)
     report = report_json(data)
+    with_trend(report, data.manifest, previous)
     page = render_html(data, report)
     json_path, html_path = out / REPORT_JSON, out / REPORT_HTML
     write_bytes_atomic(json_path, json.dumps(report, indent=2, default=str).encode())

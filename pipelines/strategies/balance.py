@@ -115,6 +115,10 @@ class Balance(Strategy):
         """Read the source once: its label histogram, and its rows for the balanced index."""
         spec = self._spec
         assert self.resolved.balance_source is not None
+        if spec.trains_lora:
+            from synthgen.pipelines.adapt import check_trainable
+
+            check_trainable(self.resolved)
         self.source = open_source(spec, self.resolved.balance_source)
         self.names = {c.id: c.name for c in self.recipe.classes}
         self._tmp = tempfile.TemporaryDirectory(prefix="synthgen-balance-")
@@ -137,6 +141,16 @@ class Balance(Strategy):
         self.shard_offset = 0
         self.history: list[BalanceRound] = []
         self._last: PlanRound | None = None
+
+    def begin(self, session: BuildSession) -> None:
+        """With `adapt: lora`: a LoRA per class still short, trained on its real images (or
+        reused from an earlier run of this build), generated with from the first round."""
+        self._adapters: tuple[dict[str, Any], dict[str, Any]] | None = None
+        short = {c for c, d in self.deficit.items() if d > 0}
+        if self._spec.trains_lora and short:
+            from synthgen.pipelines.adapt import train_class_adapters
+
+            self._adapters = train_class_adapters(session, self.source, short)
 
     @property
     def _spec(self) -> BalanceSpec:
@@ -208,15 +222,12 @@ class Balance(Strategy):
             rounds=self.history,
             balanced_index=BALANCED_NAME,
         )
-        return Finish(
-            targets={names[c]: self.deficit[c] for c in self.before},
-            extra={
-                "files": {
-                    BALANCED_NAME: FileInfo(sha256=file_sha256(path), bytes=path.stat().st_size)
-                },
-                "balance": balance,
-            },
-        )
+        files = {BALANCED_NAME: FileInfo(sha256=file_sha256(path), bytes=path.stat().st_size)}
+        extra: dict[str, Any] = {"files": files, "balance": balance}
+        if getattr(self, "_adapters", None):
+            adapters, adapter_files = self._adapters  # type: ignore[misc]
+            extra |= {"files": files | adapter_files, "adapters": adapters}
+        return Finish(targets={names[c]: self.deficit[c] for c in self.before}, extra=extra)
 
     def _synthetic_rows(self, session: BuildSession) -> list[dict[str, Any]]:
         rows = []

@@ -101,6 +101,11 @@ def _reference_plan(
                 prompt=cls.prompts[seed % len(cls.prompts)],
                 negative_prompt=recipe.sampling.negative_prompt,
                 seed=seed,
+                # resolved per sample since templates: here, no slots and no class settings
+                prompt_template=cls.prompts[seed % len(cls.prompts)],
+                prompt_slots="{}",
+                sample_steps=recipe.sampling.steps,
+                sample_guidance_scale=recipe.sampling.guidance_scale,
             )
         )
     return out

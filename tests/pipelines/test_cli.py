@@ -2,22 +2,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
+from tests.conftest import SPLIT_THRESHOLD, run_cli, tiny_recipe_dict, write_recipe
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "synthgen.pipelines.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")

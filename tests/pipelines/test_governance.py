@@ -54,3 +54,20 @@ def test_watermark_manifest_entry_records_a_skip_once() -> None:
     assert small.payload == "5347ab12cd34"
     large = WatermarkInfo.model_validate(watermark_info(HASH, 512, 512))
     assert large.skipped is None and large.method == "dwtDct"
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_a_lossy_format_that_erases_the_watermark_is_refused_before_any_work(
+    model_dir: Path, fmt: str
+) -> None:
+    from synthgen.pipelines.resolve import resolve
+    from synthgen.schemas.recipe import recipe_from_dict
+    from tests.conftest import tiny_recipe_dict
+
+    data = tiny_recipe_dict(model_dir)
+    data["sampling"] = {**data["sampling"], "height": 256, "width": 256}
+    data["output"] = {"shard_size": 5, "image_format": fmt, "quality": 95}
+    with pytest.raises(RecipeError, match=f"image_format {fmt} .*does not survive"):
+        resolve(recipe_from_dict(data), Path.cwd())
+    data["output"]["image_format"] = "png"
+    assert resolve(recipe_from_dict(data), Path.cwd()).recipe.output.image_format == "png"

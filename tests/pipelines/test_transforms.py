@@ -79,6 +79,7 @@ def test_one_field_list_gives_the_schema_and_the_provenance() -> None:
         "rejected_image",
         "nearest_ref",
         "nearest_eval",
+        "error_message",
     }
     assert set(BUILD_FIELDS) <= set(PROVENANCE_FIELDS)
     assert schema.field("emb").type == pa.list_(pa.float32(), 3)

@@ -92,3 +92,14 @@ def test_report_renders_in_headless_chromium(corpus: Path, tmp_path: Path) -> No
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (2400, 1200)
     assert pixels.std() > 10, "screenshot is blank"
+
+
+def test_report_charts_have_no_overlapping_text(corpus: Path) -> None:  # noqa: F811
+    """Every chart's text artists (ticks, titles, legends) measured at render time."""
+    from synthgen.validators import report as report_module
+
+    report_module.TEXT_OVERLAPS.clear()
+    data = report_module.load_report_data(corpus)
+    charts = report_module._charts(report_module.report_json(data), data.rows)
+    assert "counts" in charts and any(k.startswith("embeddings:") for k in charts)
+    assert report_module.TEXT_OVERLAPS == []

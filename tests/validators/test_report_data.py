@@ -15,7 +15,7 @@ import pytest
 
 from synthgen.pipelines.writer import write_shard
 from synthgen.schemas.manifest import Counts, Manifest, ModelInfo
-from synthgen.schemas.records import BUILD_FIELDS, BuildContext, canonical_json
+from synthgen.schemas.records import BUILD_FIELDS, JSON_FIELDS, BuildContext, canonical_json
 from synthgen.validators.apply import apply_checks
 from synthgen.validators.build_checks import make_checks
 from synthgen.validators.corpus import validate_dir
@@ -46,7 +46,8 @@ def written(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
     margin = sorted(s.scores["clip_tiny_clip_label_margin"] for s in samples)[6]
     cut = [c if c.name != "label_margin" else type(c)(c.name, c.column, margin) for c in checks]
     decided = [apply_checks(s, cut) for s in samples]
-    values: dict[str, object] = {name: "x" for name in BUILD_FIELDS}
+    # every build constant: JSON text where the record declares JSON, else a placeholder
+    values: dict[str, object] = {n: "{}" if n in JSON_FIELDS else "x" for n in BUILD_FIELDS}
     values.update(
         class_names="",
         created_at="2024-01-01T00:00:00Z",

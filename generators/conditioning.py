@@ -1,0 +1,839 @@
+"""Image-conditioned generation: img2img, inpaint and ControlNet on top of the loaded model.
+
+1. `resolve_conditioning` (driver, before any output): reads the conditioning source once
+   (the same readers as balancing), hashes every image, checks the mask, the preprocessors
+   and each ControlNet against the base model; returns small `ConditioningSettings`.
+2. `assign_sources` (worker): which source image a sample starts from is a pure function of
+   (recipe seed, key), like its seed; the choice and the mode's settings go into the
+   request's provenance fields.
+3. `conditioned_call` (worker): the pipeline for a mode is derived from the loaded one with
+   diffusers' `from_pipe` (one set of weights in memory); the inputs are read back by
+   reference, checked against their sha256, fitted to the sampling size and preprocessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from synthgen.generators.preprocessors import (
+    PreprocessorError,
+    decode_image,
+    fit_image,
+    preprocess,
+)
+from synthgen.generators.sources.base import Source, SourceError, inside_root
+from synthgen.schemas.recipe import (
+    BALANCE_IMG2IMG_STRENGTH,
+    BalanceSpec,
+    ConditioningSourceSpec,
+    ConditioningSpec,
+    Recipe,
+    RecipeError,
+    resolve_path,
+)
+from synthgen.schemas.records import GenerationRequest, canonical_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ClassConditioning",
+    "ConditioningError",
+    "ConditioningSettings",
+    "assign_sources",
+    "conditioned_call",
+    "conditioning_from_provenance",
+    "effective_specs",
+    "group_by_conditioning",
+    "pick_source",
+    "resolve_conditioning",
+]
+
+# Pipeline class -> mode -> the diffusers class derived from it with `from_pipe`.
+DERIVED_PIPELINES: dict[str, dict[str, str]] = {
+    "StableDiffusionPipeline": {
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+        "controlnet": "StableDiffusionControlNetPipeline",
+        "ip_adapter": "StableDiffusionPipeline",  # the adapter is loaded into the model
+    },
+    "StableDiffusionXLPipeline": {
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+        "controlnet": "StableDiffusionXLControlNetPipeline",
+        "ip_adapter": "StableDiffusionXLPipeline",
+    },
+    "StableDiffusion3Pipeline": {
+        "img2img": "StableDiffusion3Img2ImgPipeline",
+        "inpaint": "StableDiffusion3InpaintPipeline",
+    },
+    "FluxPipeline": {"img2img": "FluxImg2ImgPipeline", "inpaint": "FluxInpaintPipeline"},
+}
+
+# ControlNet config fields that must equal the base UNet's (name in the UNet config).
+_CONTROLNET_MATCH = ("in_channels", "cross_attention_dim", "block_out_channels")
+
+
+class ConditioningError(RecipeError):
+    """Bad conditioning input (source, mask, image, ControlNet); the message names it."""
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassConditioning:
+    """One class's conditioning: its mode, the mode's settings (canonical JSON, recorded in
+    every sample's provenance) and its source images as (reference, sha256), in source order."""
+
+    mode: str
+    params: str
+    pool: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ConditioningSettings:
+    """What workers need: small, picklable; a pure function of the recipe and the inputs."""
+
+    seed: int
+    classes: tuple[tuple[int, ClassConditioning], ...]
+
+    def for_class(self, class_id: int) -> ClassConditioning | None:
+        for cid, cc in self.classes:
+            if cid == class_id:
+                return cc
+        return None
+
+    def content_sha256(self) -> str:
+        """A fingerprint of every input behind the settings: source images (by sha256), mask,
+        fixed images and ControlNet folders (their sha256 sit in `params`)."""
+        blob = canonical_json(
+            [[cid, cc.mode, cc.params, [list(p) for p in cc.pool]] for cid, cc in self.classes]
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def pick_source(recipe_seed: int, key: str, n: int) -> int:
+    """Index of the source image a sample starts from: a stable hash of (recipe seed, key)."""
+    digest = hashlib.sha256(f"synthgen-conditioning:{recipe_seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % n
+
+
+def assign_sources(
+    settings: ConditioningSettings, requests: Sequence[GenerationRequest]
+) -> list[GenerationRequest]:
+    """Each request with its conditioning provenance filled in (text-only classes unchanged).
+
+    A request that already names its source (regeneration from provenance) keeps it."""
+    out = []
+    for r in requests:
+        cc = settings.for_class(r.class_label)
+        if cc is None or cc.mode == "text":
+            out.append(r)
+            continue
+        ref, sha = r.conditioning_source, r.conditioning_source_sha256
+        if ref is None and cc.pool:
+            ref, sha = cc.pool[pick_source(settings.seed, r.key, len(cc.pool))]
+        out.append(
+            dataclasses.replace(
+                r,
+                conditioning_mode=cc.mode,
+                conditioning_source=ref,
+                conditioning_source_sha256=sha,
+                conditioning=cc.params,
+            )
+        )
+    return out
+
+
+def group_by_conditioning(requests: Sequence[GenerationRequest]) -> list[list[GenerationRequest]]:
+    """Requests grouped by their conditioning settings (one pipeline call shape per group),
+    in order of first appearance; text-only requests form one group."""
+    groups: dict[str, list[GenerationRequest]] = {}
+    for r in requests:
+        groups.setdefault(r.conditioning or "", []).append(r)
+    return list(groups.values())
+
+
+# -- sources -------------------------------------------------------------------------------
+
+
+def _open(source: dict[str, Any]) -> Source:
+    from synthgen.generators.sources.open import open_source
+
+    spec = BalanceSpec(
+        source=source["location"],
+        format=source["format"],
+        label_column=source["label_column"],
+        image_column=source["image_column"],
+    )
+    return open_source(spec, source["location"])
+
+
+def _iter_images(src: Source) -> Iterator[tuple[str, str, bytes]]:
+    """(reference, label, image bytes) for every record of a source, in its order; the
+    references are the ones the source's own `records()` gives."""
+    from synthgen.generators.sources.folder_source import FolderSource
+    from synthgen.generators.sources.parquet_source import ParquetSource
+    from synthgen.generators.sources.webdataset_source import IMAGE_EXTS, WebDatasetSource
+    from synthgen.storage.tars import iter_tar_samples
+
+    if isinstance(src, FolderSource):
+        for rec in src.records():
+            yield rec.reference, rec.label, (src.root / rec.reference).read_bytes()
+    elif isinstance(src, ParquetSource):
+        import pyarrow.parquet as pq
+
+        labels = {r.reference: r.label for r in src.records()}  # checks columns and images
+        for f in src.files:
+            pf = pq.ParquetFile(f)
+            row = 0
+            for batch in pf.iter_batches(columns=[src.image_column], batch_size=256):
+                for image in batch.column(0).to_pylist():
+                    ref = f"{f.name}#row={row}"
+                    yield ref, labels[ref], _image_bytes(image)
+                    row += 1
+    elif isinstance(src, WebDatasetSource):
+        labels = {r.reference: r.label for r in src.records()}  # checks labels and images
+        for url in src.urls:
+            for sample in iter_tar_samples(url):
+                ref = f"{url}#{sample.key}"
+                if ref in labels:
+                    members = sample.members
+                    ext = next(e for e in IMAGE_EXTS if e in members)
+                    yield ref, labels[ref], members[ext]
+    else:  # pragma: no cover - every reader is listed above
+        raise SourceError(f"{src.description}: no image reader")
+
+
+def _image_bytes(value: Any) -> bytes:
+    """An image cell's bytes: raw bytes, or the `bytes` of a Hugging Face Image struct."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if not isinstance(data, bytes | bytearray):
+        raise SourceError("an image cell holds no bytes")
+    return bytes(data)
+
+
+def read_source_image(source: dict[str, Any], reference: str) -> bytes:
+    """The encoded bytes of one source image, by its reference (workers, regeneration)."""
+    fmt, location = source["format"], Path(source["location"])
+    if fmt == "folder":
+        root = location.resolve()
+        path = (location / reference).resolve()
+        if not inside_root(path, root):
+            raise SourceError(f"{reference}: leads out of the source folder {location}")
+        return path.read_bytes()
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        name, _, row_text = reference.partition("#row=")
+        f = location if location.is_file() else location / name
+        if f.name != name or not row_text.isdigit():
+            raise SourceError(f"{reference}: not a row of {location}")
+        pf = pq.ParquetFile(f)
+        row = int(row_text)
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if row < n:
+                value = pf.read_row_group(g, columns=[source["image_column"]]).column(0)[row]
+                return _image_bytes(value.as_py())
+            row -= n
+        raise SourceError(f"{reference}: no such row in {f}")
+    if fmt == "webdataset":
+        from synthgen.generators.sources.webdataset_source import IMAGE_EXTS, expand_pattern
+        from synthgen.storage.tars import iter_tar_samples
+
+        url, _, key = reference.rpartition("#")
+        import os
+
+        if url not in {os.path.abspath(u) for u in expand_pattern(str(location))}:
+            raise SourceError(f"{reference}: not a shard of {location}")
+        for sample in iter_tar_samples(url):
+            if sample.key == key:
+                members = sample.members
+                ext = next((e for e in IMAGE_EXTS if e in members), None)
+                if ext is not None:
+                    return members[ext]
+        raise SourceError(f"{reference}: no such sample")
+    raise SourceError(f"unknown source format {fmt!r}")
+
+
+def _source_format(src: Source) -> str:
+    from synthgen.generators.sources.folder_source import FolderSource
+    from synthgen.generators.sources.parquet_source import ParquetSource
+
+    if isinstance(src, FolderSource):
+        return "folder"
+    if isinstance(src, ParquetSource):
+        return "parquet"
+    return "webdataset"
+
+
+# -- resolving -----------------------------------------------------------------------------
+
+
+def effective_specs(recipe: Recipe) -> dict[int, ConditioningSpec] | None:
+    """Class id -> the conditioning it uses; None when the recipe is text-only.
+
+    `balance.conditioning: img2img` conditions every class on its own real images from the
+    balance source (strength `balance.strength`)."""
+    balance = recipe.balance
+    if balance is not None and balance.conditioning == "img2img":
+        spec = ConditioningSpec(
+            mode="img2img",
+            strength=balance.strength or BALANCE_IMG2IMG_STRENGTH,
+            source=ConditioningSourceSpec(
+                path=balance.source,
+                format=balance.format,
+                label_column=balance.label_column,
+                image_column=balance.image_column,
+                label_type=balance.label_type,
+            ),
+        )
+        return {c.id: spec for c in recipe.classes}
+    if recipe.conditioning is None:
+        return None
+    specs = {c.id: recipe.conditioning.for_class(c.name) for c in recipe.classes}
+    if all(s.mode == "text" for s in specs.values()):
+        return None
+    return specs
+
+
+def _location(base_dir: Path, raw: str) -> str:
+    if any(c in raw for c in "{*?["):  # a shard pattern, not a single path
+        return raw if Path(raw).is_absolute() else str(base_dir / raw)
+    return str(resolve_path(base_dir, raw))
+
+
+def _read_pool(
+    recipe: Recipe, spec: ConditioningSourceSpec, location: str, where: str
+) -> tuple[dict[str, Any], dict[int, list[tuple[str, str, bytes]]]]:
+    """The source's description (for workers) and its images per class id."""
+    from synthgen.generators.sources.open import label_resolver
+
+    try:
+        src = _open(
+            {
+                "location": location,
+                "format": spec.format,
+                "label_column": spec.label_column,
+                "image_column": spec.image_column,
+            }
+        )
+        resolve = label_resolver(recipe, spec.label_type)
+        by_class: dict[int, list[tuple[str, str, bytes]]] = {c.id: [] for c in recipe.classes}
+        unknown: set[str] = set()
+        for ref, label, data in _iter_images(src):
+            class_id = resolve(label)
+            if class_id is None:
+                unknown.add(label)
+                continue
+            by_class[class_id].append((ref, hashlib.sha256(data).hexdigest(), data))
+    except (SourceError, OSError) as exc:
+        raise ConditioningError(f"{where}: {exc}") from None
+    if unknown:
+        raise ConditioningError(
+            f"{where}: {src.description}: labels not among the recipe's classes: "
+            f"{', '.join(sorted(unknown)[:10])}"
+        )
+    described = {
+        "location": location,
+        "format": _source_format(src),
+        "label_column": spec.label_column,
+        "image_column": spec.image_column,
+    }
+    return described, by_class
+
+
+def _fixed_image(base_dir: Path, raw: str, where: str) -> tuple[dict[str, str], bytes]:
+    path = resolve_path(base_dir, raw)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConditioningError(f"{where}: {path}: cannot read: {exc.strerror or exc}") from None
+    return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest()}, data
+
+
+def _check_mask(data: bytes, path: str, width: int, height: int) -> None:
+    try:
+        mask = decode_image(data, path, "L")
+    except PreprocessorError as exc:
+        raise ConditioningError(f"conditioning.mask: {exc}") from None
+    if mask.size != (width, height):
+        raise ConditioningError(
+            f"conditioning.mask: {path} is {mask.size[0]}x{mask.size[1]}; it must be exactly "
+            f"the sampling size {width}x{height}"
+        )
+
+
+def _json(path: Path, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConditioningError(f"{where}: {path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ConditioningError(f"{where}: {path}: unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConditioningError(f"{where}: {path}: expected a JSON object")
+    return data
+
+
+def check_controlnet(path: Path, model_path: Path, where: str) -> dict[str, Any]:
+    """A ControlNet folder checked against the base model, nothing loaded: safetensors only,
+    no code, tensor shapes as its config implies, and an architecture that fits the UNet
+    (latent channels, cross-attention dim, block channels, conditioning downsampling)."""
+    from synthgen.generators.model_folder import ModelFolderError, _check_shapes, scan_files
+
+    if not path.is_dir():
+        raise ConditioningError(f"{where}: {path}: ControlNet folder not found")
+    config = _json(path / "config.json", where)
+    if config.get("_class_name") != "ControlNetModel":
+        raise ConditioningError(
+            f"{where}: {path}/config.json: _class_name {config.get('_class_name')!r} is not "
+            "ControlNetModel"
+        )
+    try:
+        scan_files(path)
+    except ModelFolderError as exc:
+        raise ConditioningError(f"{where}: {exc}") from None
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ConditioningError(f"{where}: {path}: no .safetensors weights (only those load)")
+    unet = _json(model_path / "unet" / "config.json", where)
+    vae = _json(model_path / "vae" / "config.json", where)
+    for name in _CONTROLNET_MATCH:
+        mine, theirs = config.get(name), unet.get(name)
+        if mine is not None and theirs is not None and list(_aslist(mine)) != list(_aslist(theirs)):
+            raise ConditioningError(
+                f"{where}: {path}: architecture does not match the model: {name} is {mine}, "
+                f"the model's UNet has {theirs}"
+            )
+    embed = config.get("conditioning_embedding_out_channels") or [16, 32, 96, 256]
+    down = 2 ** (len(embed) - 1)
+    vae_down = 2 ** (len(vae.get("block_out_channels") or [0] * 4) - 1)
+    if down != vae_down:
+        raise ConditioningError(
+            f"{where}: {path}: architecture does not match the model: its conditioning "
+            f"embedding downsamples by {down} (conditioning_embedding_out_channels "
+            f"{list(embed)}), the model's VAE by {vae_down}"
+        )
+    try:
+        from diffusers import ControlNetModel
+
+        _check_shapes(path, ControlNetModel, weights)
+    except ModelFolderError as exc:
+        raise ConditioningError(f"{where}: {exc}") from None
+    return config
+
+
+IP_ADAPTER_WEIGHTS = "ip_adapter.safetensors"
+
+
+def check_ip_adapter(path: Path, model_path: Path, where: str) -> None:
+    """An IP-Adapter folder checked against the base model, nothing loaded: its weights file
+    (safetensors), its image encoder (config + safetensors, no code), and dimensions that fit
+    the encoder's projection and the UNet's cross-attention."""
+    from synthgen.generators.model_folder import ModelFolderError, scan_files
+    from synthgen.storage.model_files import safetensors_header
+
+    if not path.is_dir():
+        raise ConditioningError(f"{where}: {path}: IP-Adapter folder not found")
+    try:
+        scan_files(path)
+    except ModelFolderError as exc:
+        raise ConditioningError(f"{where}: {exc}") from None
+    weights = path / IP_ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ConditioningError(f"{where}: {path}: no {IP_ADAPTER_WEIGHTS}")
+    try:
+        shapes = {k: tuple(shape) for k, (_, shape) in safetensors_header(weights).items()}
+    except Exception as exc:
+        raise ConditioningError(f"{where}: {weights}: unreadable safetensors: {exc}") from None
+    encoder = _json(path / "image_encoder" / "config.json", where)
+    if not sorted((path / "image_encoder").glob("*.safetensors")):
+        raise ConditioningError(f"{where}: {path}/image_encoder: no .safetensors weights")
+    unet = _json(model_path / "unet" / "config.json", where)
+    proj = shapes.get("image_proj.proj.weight")
+    to_k = shapes.get("ip_adapter.1.to_k_ip.weight")
+    if proj is None or to_k is None:
+        raise ConditioningError(
+            f"{where}: {weights}: not an IP-Adapter (no image_proj.proj.weight / "
+            "ip_adapter.1.to_k_ip.weight)"
+        )
+    cross = unet.get("cross_attention_dim")
+    if to_k[1] != cross or proj[0] % max(1, int(cross or 1)):
+        raise ConditioningError(
+            f"{where}: {path}: architecture does not match the model: the adapter's "
+            f"cross-attention dim is {to_k[1]}, the model's UNet has {cross}"
+        )
+    if proj[1] != encoder.get("projection_dim"):
+        raise ConditioningError(
+            f"{where}: {path}: the adapter projects {proj[1]}-dim image embeddings, its image "
+            f"encoder makes {encoder.get('projection_dim')}"
+        )
+
+
+def _aslist(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, list | tuple) else [v]
+
+
+def resolve_conditioning(
+    recipe: Recipe, base_dir: Path, model_path: Path, pipeline_class: str
+) -> ConditioningSettings | None:
+    """Check every conditioning input and build the workers' settings; load no model.
+
+    Raises ConditioningError naming the problem: a missing or unreadable source, a class
+    with no source image, an image a preprocessor cannot read, an unreadable or wrong-size
+    mask, a ControlNet that does not fit the base model, a mode the family has no pipeline
+    for."""
+    from synthgen.storage.hashing import folder_sha256
+
+    specs = effective_specs(recipe)
+    if specs is None:
+        return None
+    s = recipe.sampling
+    family_modes = DERIVED_PIPELINES.get(pipeline_class, {})
+    where_source = (
+        "balance.source"
+        if recipe.balance is not None and recipe.balance.conditioning == "img2img"
+        else "conditioning.source"
+    )
+    pools: dict[tuple[str, str], tuple[dict[str, Any], dict[int, list[Any]]]] = {}
+    controlnet_sha: dict[str, str] = {}
+    classes: list[tuple[int, ClassConditioning]] = []
+    for c in recipe.classes:
+        spec = specs[c.id]
+        if spec.mode == "text":
+            continue
+        if spec.mode not in family_modes:
+            raise ConditioningError(
+                f"conditioning.mode: {spec.mode} has no diffusers pipeline for {pipeline_class}; "
+                f"it supports {', '.join(family_modes) or 'text only'}"
+            )
+        params: dict[str, Any] = {
+            "mode": spec.mode,
+            "resize": spec.resize,
+            "width": s.width,
+            "height": s.height,
+            "source": None,
+        }
+        pool: list[tuple[str, str, bytes]] = []
+        if spec.source is not None:
+            location = _location(base_dir, spec.source.path)
+            cache_key = (location, spec.source.model_dump_json())
+            if cache_key not in pools:
+                pools[cache_key] = _read_pool(recipe, spec.source, location, where_source)
+            described, by_class = pools[cache_key]
+            params["source"] = described
+            pool = by_class[c.id]
+            if not pool:
+                raise ConditioningError(
+                    f"{where_source}: {described['location']} has no image of class {c.name!r} "
+                    f"to condition it on ({spec.mode})"
+                )
+        if spec.mode in ("img2img", "inpaint"):
+            params["strength"] = spec.strength
+            steps = getattr(c, "steps", None) or s.steps
+            if int(steps * spec.strength) < 1:  # diffusers runs int(steps * strength) steps
+                raise ConditioningError(
+                    f"conditioning.strength: {spec.strength} of {steps} steps leaves no "
+                    f"denoising step for class {c.name!r}; raise the strength or the steps"
+                )
+        if spec.mode == "inpaint":
+            assert spec.mask is not None
+            mask, data = _fixed_image(base_dir, spec.mask, "conditioning.mask")
+            _check_mask(data, mask["path"], s.width, s.height)
+            params["mask"] = mask
+        if spec.mode == "ip_adapter":
+            assert spec.ip_adapter is not None
+            path = resolve_path(base_dir, spec.ip_adapter.path)
+            if str(path) not in controlnet_sha:
+                check_ip_adapter(path, model_path, "conditioning.ip_adapter")
+                controlnet_sha[str(path)] = folder_sha256(path)
+            params["ip_adapter"] = {
+                "path": str(path),
+                "sha256": controlnet_sha[str(path)],
+                "scale": spec.ip_adapter.scale,
+            }
+        derive: list[dict[str, Any]] = []
+        if spec.mode == "controlnet":
+            nets = []
+            for i, cn in enumerate(spec.controlnets):
+                where = f"conditioning.controlnets.{i}"
+                path = resolve_path(base_dir, cn.path)
+                if str(path) not in controlnet_sha:
+                    check_controlnet(path, model_path, where)
+                    controlnet_sha[str(path)] = folder_sha256(path)
+                entry: dict[str, Any] = {
+                    "path": str(path),
+                    "sha256": controlnet_sha[str(path)],
+                    "conditioning_scale": cn.conditioning_scale,
+                    "preprocessor": cn.preprocessor.model_dump(),
+                    "image": None,
+                }
+                if cn.image is not None:
+                    entry["image"], data = _fixed_image(base_dir, cn.image, f"{where}.image")
+                    _prepare(data, entry["image"]["path"], params, entry["preprocessor"])
+                else:
+                    derive.append(entry["preprocessor"])
+                nets.append(entry)
+            params["controlnets"] = nets
+        # every source image this class may use must fit and preprocess now, not on a worker
+        for ref, _, data in pool:
+            for pre in derive or [{"name": "identity"}]:
+                _prepare(data, ref, params, pre)
+        classes.append(
+            (
+                c.id,
+                ClassConditioning(
+                    spec.mode, canonical_json(params), tuple((r, h) for r, h, _ in pool)
+                ),
+            )
+        )
+    if not classes:
+        return None
+    return ConditioningSettings(seed=recipe.seed, classes=tuple(classes))
+
+
+def _prepare(data: bytes, where: str, params: dict[str, Any], pre: dict[str, Any]) -> Any:
+    try:
+        image = decode_image(data, where)
+        fitted = fit_image(image, int(params["width"]), int(params["height"]), params["resize"])
+        return preprocess(fitted, pre, where)
+    except PreprocessorError as exc:
+        raise ConditioningError(f"conditioning: {exc}") from None
+
+
+def conditioning_from_provenance(prov: dict[str, Any]) -> ConditioningSettings | None:
+    """The settings that regenerate one sample from its provenance (its own source image)."""
+    mode = prov.get("conditioning_mode")
+    if mode in (None, "text"):
+        return None
+    params = prov["conditioning"]
+    text = params if isinstance(params, str) else canonical_json(params)
+    ref, sha = prov.get("conditioning_source"), prov.get("conditioning_source_sha256")
+    pool = ((str(ref), str(sha)),) if ref is not None else ()
+    cc = ClassConditioning(str(mode), text, pool)
+    return ConditioningSettings(seed=0, classes=((int(prov["class_label"]), cc),))
+
+
+# -- generating ----------------------------------------------------------------------------
+
+# (id of the base pipeline, mode, ControlNet folders) -> (base pipeline, derived pipeline);
+# the base is kept so its id cannot be reused while the entry lives.
+_DERIVED: dict[tuple[int, str, tuple[str, ...]], tuple[Any, Any]] = {}
+_MAX_DERIVED = 8
+
+
+def _controlnet(path: str, dtype: Any, device: Any) -> Any:
+    """A ControlNetModel from its folder's config and safetensors only (a view of links)."""
+    from diffusers import ControlNetModel
+
+    folder = Path(path)
+    with tempfile.TemporaryDirectory(prefix="synthgen-controlnet-") as tmp:
+        view = Path(tmp)
+        for p in [folder / "config.json", *sorted(folder.glob("*.safetensors"))]:
+            (view / p.name).symlink_to(p.resolve())
+        model = ControlNetModel.from_pretrained(
+            str(view), use_safetensors=True, local_files_only=True, dtype=dtype
+        )
+    return model.to(device).eval()
+
+
+def derived_pipeline(pipe: Any, pipeline_class: str, params: dict[str, Any]) -> Any:
+    """The mode's pipeline, made from `pipe` with `from_pipe` once per worker (shared weights)."""
+    import diffusers
+
+    mode = str(params["mode"])
+    nets = tuple(str(n["path"]) for n in params.get("controlnets", []))
+    key = (id(pipe), mode, nets)
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0] is pipe:
+        return hit[1]
+    if mode == "ip_adapter":
+        _load_ip_adapter(pipe, params["ip_adapter"])
+        _DERIVED[key] = (pipe, pipe)
+        return pipe
+    cls = getattr(diffusers, DERIVED_PIPELINES[pipeline_class][mode])
+    extra: dict[str, Any] = {}
+    if nets:
+        from synthgen.storage.hashing import folder_sha256
+
+        for n in params["controlnets"]:
+            got = folder_sha256(Path(n["path"]))
+            if got != n["sha256"]:
+                raise ConditioningError(
+                    f"{n['path']}: the ControlNet folder's content differs from the one "
+                    f"recorded (sha256 {got[:12]}, not {str(n['sha256'])[:12]})"
+                )
+        denoiser = pipe.unet
+        models = [_controlnet(n, denoiser.dtype, denoiser.device) for n in nets]
+        extra["controlnet"] = models if len(models) > 1 else models[0]
+    derived = cls.from_pipe(pipe, **extra)
+    derived.set_progress_bar_config(disable=True)
+    if len(_DERIVED) >= _MAX_DERIVED:
+        _DERIVED.pop(next(iter(_DERIVED)))
+    _DERIVED[key] = (pipe, derived)
+    return derived
+
+
+def _load_ip_adapter(pipe: Any, entry: dict[str, Any]) -> None:
+    """Load an IP-Adapter into `pipe` from safetensors only: the image encoder from its own
+    folder (a view of its config and weights), the adapter as a state dict."""
+    from safetensors.torch import load_file
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from synthgen.storage.hashing import folder_sha256
+
+    folder = Path(entry["path"])
+    got = folder_sha256(folder)
+    if got != entry["sha256"]:
+        raise ConditioningError(
+            f"{folder}: the IP-Adapter folder's content differs from the one recorded "
+            f"(sha256 {got[:12]}, not {str(entry['sha256'])[:12]})"
+        )
+    denoiser = pipe.unet
+    with tempfile.TemporaryDirectory(prefix="synthgen-ip-adapter-") as tmp:
+        view = Path(tmp)
+        sub = folder / "image_encoder"
+        for p in [sub / "config.json", *sorted(sub.glob("*.safetensors"))]:
+            (view / p.name).symlink_to(p.resolve())
+        encoder = CLIPVisionModelWithProjection.from_pretrained(
+            str(view), use_safetensors=True, local_files_only=True, dtype=denoiser.dtype
+        )
+    size = int(cast(Any, encoder.config).image_size)
+    extractor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    pipe.register_modules(image_encoder=encoder.to(denoiser.device).eval())
+    pipe.register_modules(feature_extractor=extractor)
+    flat = load_file(str(folder / IP_ADAPTER_WEIGHTS))
+    state: dict[str, dict[str, Any]] = {"image_proj": {}, "ip_adapter": {}}
+    for name, tensor in flat.items():
+        part, _, rest = name.partition(".")
+        if part in state:
+            state[part][rest] = tensor
+    pipe.load_ip_adapter(state, subfolder="", weight_name="", image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(float(entry["scale"]))
+
+
+_IMAGES: dict[tuple[str, str], bytes] = {}
+
+
+def _source_bytes(params: dict[str, Any], ref: str, sha: str | None) -> bytes:
+    """A source image's bytes by reference, checked against the sha256 planned for it."""
+    cached = _IMAGES.get((ref, sha or ""))
+    if cached is not None:
+        return cached
+    data = read_source_image(params["source"], ref)
+    got = hashlib.sha256(data).hexdigest()
+    if sha is not None and got != sha:
+        raise ConditioningError(
+            f"{params['source']['location']}: {ref} changed: its sha256 is {got[:12]}, the "
+            f"sample was made from {sha[:12]}"
+        )
+    if len(_IMAGES) > 4096:
+        _IMAGES.clear()
+    _IMAGES[(ref, sha or "")] = data
+    return data
+
+
+def _file_bytes(entry: dict[str, Any]) -> bytes:
+    path = Path(entry["path"])
+    data = path.read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != entry["sha256"]:
+        raise ConditioningError(
+            f"{path}: changed: its sha256 is {got[:12]}, not {entry['sha256'][:12]}"
+        )
+    return data
+
+
+def conditioned_call(
+    pipe: Any, pipeline_class: str, requests: Sequence[GenerationRequest]
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The pipeline to call for a group of requests sharing one conditioning, and its image
+    inputs (one per request, in order). Text-only requests get `pipe` itself."""
+    first = requests[0]
+    if first.conditioning is None or first.conditioning_mode in (None, "text"):
+        return pipe, {}
+    params = json.loads(first.conditioning)
+    derived = derived_pipeline(pipe, pipeline_class, params)
+    w, h, policy = int(params["width"]), int(params["height"]), str(params["resize"])
+
+    def source(r: GenerationRequest) -> Any:
+        assert r.conditioning_source is not None
+        data = _source_bytes(params, r.conditioning_source, r.conditioning_source_sha256)
+        return fit_image(decode_image(data, r.conditioning_source), w, h, policy)
+
+    mode = params["mode"]
+    kwargs: dict[str, Any] = {}
+    if mode in ("img2img", "inpaint"):
+        kwargs["image"] = [source(r) for r in requests]
+        kwargs["strength"] = float(params["strength"])
+    if mode == "inpaint":
+        mask = decode_image(_file_bytes(params["mask"]), params["mask"]["path"], "L")
+        kwargs["mask_image"] = [mask] * len(requests)
+    if mode == "ip_adapter":
+        return _with_image_prompts(derived, [source(r) for r in requests]), {}
+    if mode == "controlnet":
+        images: list[list[Any]] = []
+        for net in params["controlnets"]:
+            if net["image"] is not None:
+                fixed = fit_image(
+                    decode_image(_file_bytes(net["image"]), net["image"]["path"]), w, h, policy
+                )
+                one = preprocess(fixed, net["preprocessor"], net["image"]["path"])
+                images.append([one] * len(requests))
+            else:
+                images.append(
+                    [preprocess(source(r), net["preprocessor"], str(r.key)) for r in requests]
+                )
+        scales = [float(n["conditioning_scale"]) for n in params["controlnets"]]
+        kwargs["image"] = images if len(images) > 1 else images[0]
+        kwargs["controlnet_conditioning_scale"] = scales if len(scales) > 1 else scales[0]
+    return _accepting(derived), kwargs
+
+
+def _with_image_prompts(pipe: Any, images: list[Any]) -> Callable[..., Any]:
+    """`pipe` called with one image prompt per sample.
+
+    diffusers treats the images (or embeddings) it is given as one image prompt for the whole
+    batch and repeats it per sample, so a sample would see its neighbours' images. Here each
+    sample's embedding is computed on its own row, shaped (batch, 1 image, dim) with the zero
+    negative in front under classifier-free guidance, and handed to the UNet as it is."""
+
+    def call(**kwargs: Any) -> Any:
+        import torch
+
+        positive, negative = pipe.encode_image(images, pipe._execution_device, 1)
+        embeds = positive[:, None]
+        if float(kwargs.get("guidance_scale", 1.0)) > 1.0:
+            embeds = torch.cat([negative[:, None], embeds])
+        pipe.prepare_ip_adapter_image_embeds = lambda *args, **kw: [embeds]
+        try:
+            return pipe(**kwargs, ip_adapter_image_embeds=[embeds])
+        finally:
+            del pipe.prepare_ip_adapter_image_embeds
+
+    return call
+
+
+def _accepting(pipe: Any) -> Callable[..., Any]:
+    """`pipe` called with only the keyword arguments its `__call__` names (img2img takes no
+    height/width: the size is the image's)."""
+    params = inspect.signature(pipe.__call__).parameters
+    named = {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+    def call(**kwargs: Any) -> Any:
+        return pipe(**{k: v for k, v in kwargs.items() if k in named})
+
+    return call

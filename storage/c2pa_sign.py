@@ -1,0 +1,358 @@
+"""C2PA content credentials: sign accepted images, and read a signed image's credentials back.
+
+Each accepted image of a build whose recipe has `output.c2pa` carries a C2PA manifest (PNG,
+JPEG, WebP; `c2pa-python`) with one `c2pa.created` action of digital source type
+`trainedAlgorithmicMedia`, and a `org.synthgen.provenance` assertion: the model (name,
+sha256), the recipe (name, hash), the sample key and seed, and the sha256 of the image as it
+was encoded before signing (what `synthgen verify --regenerate` compares a regenerated image
+with). The manifest is embedded in the file; its hash binding covers every other byte.
+
+The signing certificate chain and private key are read where they are used (the writer), from
+a file or from an environment variable named by the recipe. Neither their text nor the
+variable's value is ever written to the build, to provenance or to a log: only the file
+paths and the variable *names* go to `.synthgen/c2pa.json` (what the writer reads).
+
+Signed bytes are not reproducible byte for byte (the claim carries fresh identifiers and the
+signature a fresh nonce); the image inside them is: the pixels and the pre-signing encoding
+are a function of the recipe, as for an unsigned image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from synthgen.schemas.manifest import STATE_DIR
+from synthgen.schemas.recipe import C2paSpec, RecipeError, resolve_path
+from synthgen.schemas.records import ACCEPTED, BuildContext, Sample, withheld
+from synthgen.storage.atomic import write_bytes_atomic
+
+CONFIG_NAME = "c2pa.json"  # under the build's STATE_DIR: paths and variable names only
+DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+ASSERTION = "org.synthgen.provenance"
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# Failure codes that say the bytes are no longer the ones signed (C2PA 2.x validation codes).
+HASH_CODES = ("dataHash.mismatch", "bmffHash.mismatch", "boxesHash.mismatch", "hashedURI")
+UNTRUSTED = "signingCredential.untrusted"
+
+
+class SigningError(RecipeError):
+    """The signing credentials cannot be read or used; the message names where they come
+    from (a path or a variable name), never their content."""
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    """Where a build's signing credentials are: absolute paths or environment variable names."""
+
+    cert_chain: str | None
+    cert_chain_env: str | None
+    key: str | None
+    key_env: str | None
+    alg: str = "es256"
+    timestamp_url: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SigningConfig:
+        return cls(**json.loads(data))
+
+    def credentials(self) -> tuple[bytes, bytes]:
+        """(certificate chain PEM, private key PEM); raises SigningError naming the source."""
+        return (
+            _read_secret("c2pa.cert_chain", self.cert_chain, self.cert_chain_env),
+            _read_secret("c2pa.key", self.key, self.key_env),
+        )
+
+
+def _read_secret(what: str, path: str | None, env: str | None) -> bytes:
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise SigningError(f"{what}_env: environment variable {env} is not set or empty")
+        return value.encode()
+    assert path is not None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SigningError(f"{what}: {path}: cannot read ({exc.strerror})") from None
+
+
+def signing_config(spec: C2paSpec | None, base_dir: Path | None) -> SigningConfig | None:
+    """The recipe's signing config with paths resolved, checked by signing a test image.
+
+    Raises SigningError (a RecipeError) when a credential is missing, unreadable or refused,
+    before anything is generated.
+    """
+    if spec is None:
+        return None
+    base = base_dir or Path.cwd()
+    config = SigningConfig(
+        cert_chain=str(resolve_path(base, spec.cert_chain)) if spec.cert_chain else None,
+        cert_chain_env=spec.cert_chain_env,
+        key=str(resolve_path(base, spec.key)) if spec.key else None,
+        key_env=spec.key_env,
+        alg=spec.alg,
+        timestamp_url=spec.timestamp_url,
+    )
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG")
+    definition = manifest_definition("png", {"key": "check"})
+    sign_image(buf.getvalue(), "png", definition, _signer(config))
+    return config
+
+
+def write_signing_config(out_dir: Path, config: SigningConfig | None) -> None:
+    """Where the writer finds the build's signing config (removed when the recipe has none)."""
+    path = out_dir / STATE_DIR / CONFIG_NAME
+    if config is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_bytes_atomic(path, config.to_json())
+
+
+def read_signing_config(out_dir: Path) -> SigningConfig | None:
+    path = out_dir / STATE_DIR / CONFIG_NAME
+    try:
+        return SigningConfig.from_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("synthgen-corpus")
+    except PackageNotFoundError:
+        return "0"
+
+
+def manifest_definition(fmt: str, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The C2PA manifest of one image: created by a trained model, with synthgen's record."""
+    return {
+        "claim_generator_info": [{"name": "synthgen", "version": _version()}],
+        "title": f"{provenance.get('key', 'image')}.{fmt}",
+        "format": MIME[fmt],
+        "assertions": [
+            {
+                "label": "c2pa.actions",
+                "data": {
+                    "actions": [
+                        {
+                            "action": "c2pa.created",
+                            "digitalSourceType": DIGITAL_SOURCE_TYPE,
+                            "softwareAgent": {"name": "synthgen", "version": _version()},
+                        }
+                    ]
+                },
+            },
+            {"label": ASSERTION, "data": provenance},
+        ],
+    }
+
+
+def sample_provenance(sample: Sample, ctx: BuildContext) -> dict[str, Any]:
+    """What the `org.synthgen.provenance` assertion records of one sample."""
+    return {
+        "key": sample.request.key,
+        "seed": sample.request.seed,
+        "class_name": sample.request.class_name,
+        "recipe_name": ctx.recipe_name,
+        "recipe_hash": ctx.recipe_hash,
+        "model": {"name": Path(ctx.model_path).name, "sha256": ctx.model_sha256},
+        "encoded_sha256": sample.image_sha256,
+    }
+
+
+def _signer(config: SigningConfig) -> Any:
+    import c2pa
+
+    chain, key = config.credentials()
+    info = c2pa.C2paSignerInfo(
+        alg=config.alg.encode(),
+        sign_cert=chain,
+        private_key=key,
+        ta_url=config.timestamp_url.encode() if config.timestamp_url else None,
+    )
+    try:
+        return c2pa.Signer.from_info(info)
+    except c2pa.C2paError as exc:
+        reason = _short(exc)
+        raise SigningError(f"c2pa: the certificate chain or key is refused: {reason}") from None
+    finally:
+        del chain, key, info
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of a library error (never echoes credential text)."""
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+_CONTEXT = threading.local()
+
+
+def _context() -> Any:
+    """One c2pa Context per thread: no thumbnails (the image is the thumbnail's source)."""
+    import c2pa
+
+    ctx = getattr(_CONTEXT, "ctx", None)
+    if ctx is None or getattr(_CONTEXT, "pid", None) != os.getpid():
+        settings = c2pa.Settings.from_dict({"builder": {"thumbnail": {"enabled": False}}})
+        ctx = c2pa.Context(settings)
+        _CONTEXT.ctx, _CONTEXT.pid = ctx, os.getpid()
+    return ctx
+
+
+def sign_image(data: bytes, fmt: str, definition: dict[str, Any], signer: Any) -> bytes:
+    """`data` (an encoded PNG, JPEG or WebP) with a C2PA manifest embedded."""
+    import c2pa
+
+    out = io.BytesIO()
+    try:
+        with c2pa.Builder(definition, _context()) as builder:
+            builder.sign(signer, MIME[fmt], io.BytesIO(data), out)
+    except c2pa.C2paError as exc:
+        raise SigningError(f"c2pa: signing failed: {_short(exc)}") from None
+    return out.getvalue()
+
+
+_SIGNERS: dict[tuple[int, SigningConfig], Any] = {}
+_SIGNERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _cached_signer(config: SigningConfig) -> Iterator[Any]:
+    """One signer per process and config, used by one thread at a time."""
+    with _SIGNERS_LOCK:
+        key = (os.getpid(), config)
+        signer = _SIGNERS.get(key)
+        if signer is None:
+            signer = _SIGNERS[key] = _signer(config)
+        yield signer
+
+
+def sign_accepted(out_dir: Path, samples: Sequence[Sample], ctx: BuildContext) -> list[Sample]:
+    """Accepted, written samples signed when the build has a signing config; else unchanged.
+
+    A signed sample's `image` and `image_sha256` are the signed file's; the assertion keeps
+    the sha256 of the encoding before signing.
+    """
+    config = read_signing_config(out_dir)
+    if config is None:
+        return list(samples)
+    fmt = ctx.image_format
+    out = []
+    with _cached_signer(config) as signer:
+        for s in samples:
+            if s.status != ACCEPTED or withheld(s):
+                out.append(s)
+                continue
+            definition = manifest_definition(fmt, sample_provenance(s, ctx))
+            data = sign_image(s.image, fmt, definition, signer)
+            out.append(replace(s, image=data, image_sha256=hashlib.sha256(data).hexdigest()))
+    return out
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def sniff_format(data: bytes) -> str | None:
+    """png / jpeg / webp from the first bytes, or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+@dataclass
+class Credentials:
+    """What an image's C2PA manifest says, and whether it holds."""
+
+    present: bool
+    valid: bool = False  # signature valid and the hash binding intact
+    hash_ok: bool = False
+    trusted: bool | None = None  # None: no trust list given
+    state: str | None = None  # the library's validation state
+    failures: list[str] = field(default_factory=list)
+    digital_source_type: str | None = None
+    provenance: dict[str, Any] | None = None  # the org.synthgen.provenance assertion
+    signer: str | None = None  # the signing certificate's issuer/common name, when known
+
+
+def trust_settings(trust_pem: bytes) -> dict[str, Any]:
+    return {"trust": {"trust_anchors": trust_pem.decode()}, "verify": {"verify_trust": True}}
+
+
+def read_credentials(data: bytes, trust_pem: bytes | None = None) -> Credentials:
+    """Read and validate an image's embedded C2PA manifest.
+
+    `valid`: the claim signature checks and no hash binding failed. With `trust_pem`
+    (PEM trust anchors), `trusted` says whether the signing chain anchors in it.
+    """
+    import c2pa
+
+    fmt = sniff_format(data)
+    if fmt is None:
+        return Credentials(present=False, failures=["not a PNG, JPEG or WebP image"])
+    settings: dict[str, Any] = {"builder": {"thumbnail": {"enabled": False}}}
+    if trust_pem is not None:
+        settings |= trust_settings(trust_pem)
+    try:
+        with (
+            c2pa.Context(c2pa.Settings.from_dict(settings)) as context,
+            c2pa.Reader(MIME[fmt], io.BytesIO(data), context=context) as reader,
+        ):
+            state = reader.get_validation_state()
+            results = reader.get_validation_results() or {}
+            active = reader.get_active_manifest() or {}
+    except c2pa.C2paError as exc:
+        text = str(exc)
+        if "ManifestNotFound" in text or "JumbfNotFound" in text or "not found" in text.lower():
+            return Credentials(present=False)
+        return Credentials(present=True, failures=[f"unreadable manifest: {_short(exc)}"])
+    failures = sorted({str(f.get("code")) for f in _failures(results)})
+    hash_ok = not any(any(h in code for h in HASH_CODES) for code in failures)
+    other = [c for c in failures if c != UNTRUSTED]
+    cred = Credentials(
+        present=True,
+        valid=hash_ok and not other and state in ("Valid", "Trusted", "Invalid"),
+        hash_ok=hash_ok,
+        trusted=None if trust_pem is None else state == "Trusted",
+        state=state,
+        failures=failures,
+    )
+    for assertion in active.get("assertions", []):
+        label, body = assertion.get("label", ""), assertion.get("data") or {}
+        if label == ASSERTION:
+            cred.provenance = body
+        elif label.startswith("c2pa.actions"):
+            for action in body.get("actions", []):
+                if action.get("action") == "c2pa.created":
+                    cred.digital_source_type = action.get("digitalSourceType")
+    sig = active.get("signature_info") or {}
+    cred.signer = sig.get("common_name") or sig.get("issuer")
+    return cred
+
+
+def _failures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    active = results.get("activeManifest") or {}
+    out = list(active.get("failure") or [])
+    for ingredient in results.get("ingredientDeltas") or []:
+        out += (ingredient.get("validationDeltas") or {}).get("failure") or []
+    return out

@@ -1,0 +1,258 @@
+"""Where build files live: a local folder or an object store, behind one small interface.
+
+    store = open_store("s3://bucket/corpora/digits")   # or gs://, file://, a plain path
+    store.write_bytes("LATEST", data)                 # one whole object (one PUT)
+    store.put_file(local_path, "00000.tar")           # a whole object from a local file
+    store.listing()                                   # names and sizes, recursively
+
+Object stores are reached through fsspec (`s3fs` for `s3://`, `gcsfs` for `gs://`) with
+credentials from each provider's standard chain (environment, config files, instance
+metadata). A URL that carries credentials itself (`s3://key:secret@bucket`) is refused, so a
+secret can never reach a manifest, a log line or an error message through the URL.
+
+Every write is whole: on a local folder a temporary file renamed into place, on an object
+store a single PUT (a multipart upload, for large files, becomes visible only when complete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from synthgen.storage.atomic import atomic_write, write_bytes_atomic
+
+REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+
+
+class StoreError(RuntimeError):
+    """A storage location is malformed, unreachable or not allowed; the message says which."""
+
+
+def is_remote(location: str | os.PathLike[str]) -> bool:
+    """Whether `location` is an object-store URL (`s3://`, `gs://`), not a local path."""
+    return urlsplit(str(location)).scheme in REMOTE_SCHEMES
+
+
+def local_path(location: str | os.PathLike[str]) -> Path:
+    """A local path from a plain path or a `file://` URL."""
+    text = str(location)
+    if text.startswith("file://"):
+        return Path(urlsplit(text).path)
+    return Path(text)
+
+
+def check_url(url: str) -> str:
+    """`url` normalised (no trailing slash); refused when it names credentials or no bucket."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise StoreError(
+            f"{parts.scheme}://…: credentials inside a storage URL are refused; use the "
+            "provider's standard credential chain (environment variables, config files, "
+            "instance metadata)"
+        )
+    if not parts.netloc:
+        raise StoreError(f"{url}: no bucket named")
+    if parts.query or parts.fragment:
+        raise StoreError(f"{url}: query strings and fragments are not supported in a location")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+class Store:
+    """A folder of named files; names are relative, '/'-separated."""
+
+    url: str
+
+    def exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def read_bytes(self, name: str) -> bytes:
+        raise NotImplementedError
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def create_bytes(self, name: str, data: bytes) -> bool:
+        """Write `name` only if it does not exist yet; False if it did (conditional PUT)."""
+        raise NotImplementedError
+
+    def put_file(self, local: Path, name: str) -> None:
+        raise NotImplementedError
+
+    def get_file(self, name: str, local: Path) -> None:
+        raise NotImplementedError
+
+    def listing(self, prefix: str = "") -> dict[str, int]:
+        """Every file under `prefix` (recursively) with its size in bytes."""
+        raise NotImplementedError
+
+    def delete(self, names: list[str]) -> None:
+        raise NotImplementedError
+
+    def child(self, name: str) -> Store:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path):
+        self.root = root
+        self.url = str(root)
+
+    def _p(self, name: str) -> Path:
+        return self.root / name
+
+    def exists(self, name: str) -> bool:
+        return self._p(name).is_file()
+
+    def read_bytes(self, name: str) -> bytes:
+        return self._p(name).read_bytes()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self._p(name).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self._p(name), data)
+
+    def create_bytes(self, name: str, data: bytes) -> bool:
+        path = self._p(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+
+    def put_file(self, local: Path, name: str) -> None:
+        dest = self._p(name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with local.open("rb") as f, atomic_write(dest) as g:
+            shutil.copyfileobj(f, g)
+
+    def get_file(self, name: str, local: Path) -> None:
+        LocalStore(local.parent).put_file(self._p(name), local.name)
+
+    def listing(self, prefix: str = "") -> dict[str, int]:
+        base = self._p(prefix) if prefix else self.root
+        if not base.is_dir():
+            return {}
+        return {
+            str(p.relative_to(self.root)): p.stat().st_size
+            for p in sorted(base.rglob("*"))
+            if p.is_file() and not p.is_symlink()
+        }
+
+    def delete(self, names: list[str]) -> None:
+        for name in names:
+            self._p(name).unlink(missing_ok=True)
+
+    def child(self, name: str) -> Store:
+        return LocalStore(self._p(name))
+
+
+class FsspecStore(Store):
+    """An object-store prefix through fsspec; the filesystem object is made on first use."""
+
+    def __init__(self, url: str):
+        self.url = check_url(url)
+        self.protocol = urlsplit(self.url).scheme
+        self._fs: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "protocol": self.protocol, "_fs": None}
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            import fsspec
+
+            try:
+                self._fs = fsspec.filesystem(self.protocol, use_listings_cache=False)
+            except ImportError:
+                package = REMOTE_SCHEMES[self.protocol]
+                raise StoreError(
+                    f"{self.protocol}:// locations need the `{package}` package: "
+                    f"pip install {package}"
+                ) from None
+        return self._fs
+
+    def _p(self, name: str) -> str:
+        return f"{self.url}/{name}" if name else self.url
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as exc:
+            # botocore messages can quote request details but never credentials; keep the
+            # type and a short text, never a traceback's local variables.
+            raise StoreError(f"{self.url}: {what} failed: {type(exc).__name__}: {exc}") from None
+
+    def exists(self, name: str) -> bool:
+        return bool(self._call("exists", self.fs.isfile, self._p(name)))
+
+    def read_bytes(self, name: str) -> bytes:
+        return bytes(self._call("read", self.fs.cat_file, self._p(name)))
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self._call("write", self.fs.pipe_file, self._p(name), data)
+
+    def create_bytes(self, name: str, data: bytes) -> bool:
+        try:
+            self.fs.pipe_file(self._p(name), data, mode="create")
+        except FileExistsError:
+            return False
+        except (OSError, ValueError) as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                return False
+            raise StoreError(f"{self.url}: write failed: {type(exc).__name__}: {exc}") from None
+        return True
+
+    def put_file(self, local: Path, name: str) -> None:
+        self._call("upload", self.fs.put_file, str(local), self._p(name))
+
+    def get_file(self, name: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(local) as f:
+            f.write(self.read_bytes(name))
+
+    def listing(self, prefix: str = "") -> dict[str, int]:
+        base = self._p(prefix.rstrip("/"))
+        with contextlib.suppress(FileNotFoundError):
+            found = self._call("list", self.fs.find, base, detail=True)
+            root = self.url.split("://", 1)[1]
+            return {
+                path[len(root) + 1 :]: int(info.get("size") or 0)
+                for path, info in sorted(found.items())
+                if info.get("type") == "file" and path.startswith(root + "/")
+            }
+        return {}
+
+    def delete(self, names: list[str]) -> None:
+        paths = [self._p(n) for n in names]
+        if paths:
+            with contextlib.suppress(FileNotFoundError):
+                self._call("delete", self.fs.rm, paths)
+
+    def child(self, name: str) -> Store:
+        return FsspecStore(self._p(name.strip("/")))
+
+
+def open_store(location: str | os.PathLike[str]) -> Store:
+    """The store for a local path, a `file://` URL, or an `s3://` / `gs://` URL."""
+    text = str(location)
+    if is_remote(text):
+        return FsspecStore(text)
+    scheme = urlsplit(text).scheme
+    if scheme not in ("", "file") and len(scheme) > 1:  # one letter: a Windows drive
+        raise StoreError(
+            f"{text}: unsupported storage scheme {scheme}://; use a local path, file://, "
+            "s3:// or gs://"
+        )
+    return LocalStore(local_path(text).resolve())

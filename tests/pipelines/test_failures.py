@@ -1,0 +1,355 @@
+"""Per-sample failures: an exception while generating, scoring or encoding one sample is that
+sample's `failed` row, never a failed build, within the recipe's `max_failed_fraction`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tarfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from synthgen.generators.handler import DiffusersHandler, generate_batch
+from synthgen.generators.model_folder import load_pipeline
+from synthgen.generators.planning import plan
+from synthgen.pipelines.build import run_build
+from synthgen.pipelines.resolve import generation_settings, resolve
+from synthgen.pipelines.session import ValidationFailed
+from synthgen.pipelines.transforms import IsolateFailures
+from synthgen.schemas.failures import MESSAGE_CHARS, error_message
+from synthgen.schemas.recipe import load_recipe, recipe_from_dict
+from synthgen.schemas.records import FAILED, GenerationRequest, Sample
+from synthgen.validators.corpus import validate_dir
+from tests.conftest import read_rows, tiny_recipe_dict, write_recipe
+
+BUDGET = 0.2  # one failed sample of the tiny build's 12 is within it
+
+
+def _recipe(tmp: Path, model_dir: Path, budget: float | None = BUDGET, **changes: Any) -> Path:
+    data = tiny_recipe_dict(model_dir, **changes)
+    if budget is not None:
+        data["validation"] = {"max_failed_fraction": budget}
+    return write_recipe(tmp / "recipe.yaml", data)
+
+
+def _rows(out: Path) -> dict[str, dict[str, Any]]:
+    return {r["key"]: r for r in read_rows(out).to_pylist()}
+
+
+def _tar_members(out: Path) -> list[str]:
+    names = []
+    for tar in sorted(out.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            names += [m.name for m in tf]
+    return names
+
+
+def _batch_of(recipe: Path, key: str) -> list[str]:
+    """The planned batch (ExpandShard: consecutive slices of a shard) holding `key`."""
+    r, _ = load_recipe(recipe)
+    by_shard: dict[int, list[str]] = {}
+    for req in plan(r):
+        by_shard.setdefault(req.shard, []).append(req.key)
+    for keys in by_shard.values():
+        for start in range(0, len(keys), r.batch_size):
+            batch = keys[start : start + r.batch_size]
+            if key in batch:
+                return batch
+    raise AssertionError(f"{key} is not planned")
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Any:
+    tmp = tmp_path_factory.mktemp("clean")
+    return run_build(_recipe(tmp, model_dir), tmp / "out", show_progress=False)
+
+
+# -- the handler wrapper: batches split in half, one failed row per failing sample -----------
+
+
+class _Recording(ModelHandler[Any, PredictionResult, Any]):
+    """Makes a Sample per request; raises when a batch holds a bad key; records each call."""
+
+    def __init__(self, bad: set[str]):
+        super().__init__()
+        self.bad = bad
+        self.calls: list[list[str]] = []
+
+    def load_model(self) -> Any:
+        return None
+
+    def run_inference(
+        self, batch: Sequence[Any], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
+        self.calls.append([r.key for r in batch])
+        if self.bad & {r.key for r in batch}:
+            raise FloatingPointError(f"NaN latents in /home/someone/models/{batch[0].key}/unet")
+        yield PredictionResult(
+            example=list(batch),
+            inference=[Sample(r, b"img", "sha", 32, 32) for r in batch],
+        )
+
+
+def _run(handler: IsolateFailures, batch: Sequence[Any], model: Any = None) -> list[Sample]:
+    (result,) = handler.run_inference(batch, model)
+    return cast(list[Sample], result.inference)
+
+
+def _request(key: str) -> GenerationRequest:
+    return GenerationRequest(key, 0, 0, 0, "zero", "a digit", "", 1)
+
+
+def test_a_failing_sample_splits_its_batch_in_half_until_it_fails_alone() -> None:
+    base = _Recording({"c"})
+    handler = IsolateFailures(base, "generate")
+    batch = [_request(k) for k in "abcd"]
+    samples = _run(handler, batch)
+    assert base.calls == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"], ["c"], ["d"]]
+    assert [s.request.key for s in samples] == ["a", "b", "c", "d"]
+    assert [s.status for s in samples] == ["accepted", "accepted", FAILED, "accepted"]
+    failed = samples[2]
+    assert failed.reject_reason == "error:FloatingPointError"
+    assert failed.image == b"" and "/" not in (failed.error_message or "")
+    assert failed.error_message == "NaN latents in <path>"
+
+
+def test_scoring_passes_failed_samples_through_untouched() -> None:
+    calls: list[list[str]] = []
+
+    class Scorer(_Recording):
+        def run_inference(self, batch, model, inference_args=None):  # type: ignore[no-untyped-def]
+            calls.append([s.request.key for s in batch])
+            if any(s.request.key == "b" for s in batch):
+                raise RuntimeError("scorer broke")
+            yield PredictionResult(example=list(batch), inference=list(batch))
+
+    gen = IsolateFailures(_Recording({"c"}), "generate")
+    generated = _run(gen, [_request(k) for k in "abcd"])
+    out = _run(IsolateFailures(Scorer(set()), "score"), generated)
+    assert calls == [["a", "b", "d"], ["a", "b"], ["a"], ["b"], ["d"]]
+    assert [s.status for s in out] == ["accepted", FAILED, FAILED, "accepted"]
+    assert out[1].reject_reason == "error:RuntimeError" and out[1].image == b""
+    assert out[2] is generated[2]
+
+
+def test_error_messages_are_one_short_line_without_paths() -> None:
+    exc = OSError(2, "No such file or directory", "/srv/models/sd/unet/weights.safetensors")
+    assert error_message(exc) == "[Errno 2] No such file or directory: '<path>'"
+    long = RuntimeError("CUDA out of memory.\n" + "Tried to allocate 2 GiB " * 40)
+    message = error_message(long)
+    assert len(message) <= MESSAGE_CHARS and "\n" not in message
+    assert error_message(ValueError(r"bad C:\data\x.png and ./rel/y")) == ("bad <path> and <path>")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Any:
+    """(the loaded tiny pipeline, its generation settings, the recipe)."""
+    recipe, base = load_recipe(_recipe(tmp_path_factory.mktemp("pipe"), model_dir))
+    settings = generation_settings(resolve(recipe, base))
+    pipe = load_pipeline(Path(settings.model_path), settings.scheduler, "float32", "cpu", 1)
+    settings = dataclasses.replace(settings, pipeline_class=type(pipe).__name__)
+    return pipe, settings, recipe
+
+
+class _Counting:
+    """A pipeline that counts its calls (and can spoil one image of each)."""
+
+    def __init__(self, pipe: Any, nan_at: int | None = None):
+        self.pipe = pipe
+        self.nan_at = nan_at
+        self.calls = 0
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        out = self.pipe(**kwargs)
+        if self.nan_at is not None:
+            out.images[self.nan_at] = np.nan
+        return out
+
+
+def test_non_finite_pixels_fail_only_their_sample(tiny_pipe: Any, clean: Any) -> None:
+    pipe, settings, recipe = tiny_pipe
+    samples = generate_batch(_Counting(pipe, nan_at=1), settings, plan(recipe)[:4])
+    assert [s.status for s in samples] == ["accepted", FAILED, "accepted", "accepted"]
+    assert samples[1].reject_reason == "error:FloatingPointError"
+    clean_rows = _rows(clean.output)
+    for s in (samples[0], samples[2], samples[3]):
+        assert s.image_sha256 == clean_rows[s.request.key]["image_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "pipe_calls", "failed"),
+    [
+        ("generate_batch:4:raise", 2, []),  # out of memory at 4: halves of 2 succeed
+        ("generate:{third}:raise", 2, [2]),  # one bad sample: it alone fails
+    ],
+)
+def test_the_real_handler_splits_batches_and_keeps_the_bytes(
+    tiny_pipe: Any,
+    clean: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    pipe_calls: int,
+    failed: list[int],
+) -> None:
+    pipe, settings, recipe = tiny_pipe
+    requests = plan(recipe)[:4]
+    monkeypatch.setenv("SYNTHGEN_FAULT", fault.format(third=requests[2].key))
+    counting = _Counting(pipe)
+    handler = IsolateFailures(DiffusersHandler(settings, batch_size=4), "generate")
+    samples = _run(handler, requests, counting)
+    assert counting.calls == pipe_calls
+    assert [i for i, s in enumerate(samples) if s.status == FAILED] == failed
+    want = _rows(clean.output)
+    for i, s in enumerate(samples):
+        if i not in failed:
+            assert s.image_sha256 == want[s.request.key]["image_sha256"], s.request.key
+
+
+# -- builds -----------------------------------------------------------------------------------
+
+
+def test_failing_samples_are_failed_rows_in_a_build_that_validates(
+    tmp_path: Path, model_dir: Path, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = _recipe(tmp_path, model_dir)
+    bad, unscored = "tiny-two-000000", "tiny-one-000002"  # in two batches of 4
+    assert len(_batch_of(recipe, bad)) == len(_batch_of(recipe, unscored)) == 4
+    monkeypatch.setenv("SYNTHGEN_FAULT", f"generate:{bad}:raise,score:{unscored}:raise")
+    result = run_build(recipe, tmp_path / "out", show_progress=False)
+    out = result.output
+
+    rows, want = _rows(out), _rows(clean.output)
+    assert set(rows) == set(want), "every planned key has its row"
+    failed = {k: r for k, r in rows.items() if r["status"] == FAILED}
+    assert sorted(failed) == sorted([bad, unscored])
+    for r in failed.values():
+        assert r["reject_reason"] == "error:InjectedFault"
+        assert r["error_message"] and "/" not in r["error_message"]
+        assert r["rejected_image"] is None
+    assert failed[bad]["image_sha256"] == ""  # never generated
+    assert failed[unscored]["image_sha256"] == want[unscored]["image_sha256"]  # not scored
+    for key, r in rows.items():
+        if key not in failed:
+            assert (r["image_sha256"], r["status"]) == (
+                want[key]["image_sha256"],
+                want[key]["status"],
+            ), key
+    members = _tar_members(out)
+    assert not [m for m in members if m.split(".")[0] in failed]
+    assert sorted(members) == sorted(
+        m for m in _tar_members(clean.output) if m.split(".")[0] not in failed
+    )
+
+    # a batch of 4 with one bad sample: the batch, its halves, the bad half's halves
+    for step in ("generate", "score"):
+        assert result.metrics[f"{step}_calls"] - clean.metrics[f"{step}_calls"] == 4
+        assert result.metrics[f"{step}_splits"] == 2 and result.metrics[f"{step}_failed"] == 1
+
+    assert result.manifest.status == "complete"
+    assert result.manifest.counts.failed == 2
+    assert result.manifest.counts.attempted == 12
+    assert validate_dir(out).ok
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["failed"] == 2
+    assert report["failures"]["by_reason"] == {"error:InjectedFault": 2}
+    assert report["failures"]["by_class"] == {"one": 1, "two": 1}
+    assert [f["key"] for f in report["failures"]["first"]] == sorted(failed)
+    assert "Failed samples" in (out / "report.html").read_text()
+
+    # a finished shard is final: resuming the complete build retries nothing
+    again = run_build(recipe, out, resume=True, show_progress=False)
+    assert again.generated_now == 0 and again.manifest.counts.failed == 2
+
+
+@pytest.mark.slow
+def test_a_whole_batch_failure_is_retried_in_halves_with_the_same_bytes(
+    tmp_path: Path, model_dir: Path, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = _recipe(tmp_path, model_dir)
+    monkeypatch.setenv("SYNTHGEN_FAULT", "generate_batch:4:raise")  # e.g. out of memory
+    result = run_build(recipe, tmp_path / "out", show_progress=False)
+    rows, want = _rows(result.output), _rows(clean.output)
+    assert {k: r["image_sha256"] for k, r in rows.items()} == {
+        k: r["image_sha256"] for k, r in want.items()
+    }
+    assert result.manifest.counts.failed == 0
+    fours = result.metrics["generate_splits"]
+    assert fours == 2  # shards of 5, 5, 2 in batches of 4: two batches of four
+    assert result.metrics["generate_calls"] == clean.metrics["generate_calls"] + 2 * fours
+
+
+def test_failures_past_the_budget_fail_the_build_naming_it(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = _recipe(tmp_path, model_dir, budget=None, count_per_class=1)  # budget 0.001
+    monkeypatch.setenv("SYNTHGEN_FAULT", "generate_batch:*:raise")
+    with pytest.raises(ValidationFailed) as caught:
+        run_build(recipe, tmp_path / "out", show_progress=False)
+    message = str(caught.value)
+    assert "validation.max_failed_fraction 0.001" in message
+    assert "observed failed fraction 1 (3 of 3 samples failed)" in message
+    out = tmp_path / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed_validation"
+    assert manifest["counts"]["failed"] == 3
+    assert _tar_members(out) == []
+    report = json.loads((out / "report.json").read_text())
+    assert report["failures"]["count"] == 3
+    assert all("/" not in (f["message"] or "") for f in report["failures"]["first"])
+
+
+@pytest.mark.slow
+def test_resume_retries_failed_samples_of_unfinished_shards_only(
+    tmp_path: Path, model_dir: Path, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = _recipe(tmp_path, model_dir)
+    out = tmp_path / "out"
+    bad = "tiny-two-000000"
+    # the sample fails, then the build crashes before any shard is written
+    monkeypatch.setenv("SYNTHGEN_FAULT", f"generate:{bad}:raise,write:*:raise")
+    with pytest.raises(Exception, match="injected fault at write"):
+        run_build(recipe, out, show_progress=False)
+    monkeypatch.delenv("SYNTHGEN_FAULT")
+    result = run_build(recipe, out, resume=True, show_progress=False)
+    rows = _rows(out)
+    assert rows[bad]["status"] != FAILED, "the failed sample was tried again"
+    assert {k: r["image_sha256"] for k, r in rows.items()} == {
+        k: r["image_sha256"] for k, r in _rows(clean.output).items()
+    }
+    # only the shard holding the failure was generated again
+    planned = plan(load_recipe(recipe)[0])
+    shard = next(r.shard for r in planned if r.key == bad)
+    assert result.metrics["generated"] == sum(1 for r in planned if r.shard == shard)
+
+
+@pytest.mark.slow
+def test_an_extend_build_keeps_its_parents_failed_rows(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tiny_recipe_dict(model_dir, count_per_class=2)
+    data["validation"] = {"max_failed_fraction": BUDGET}
+    parent = write_recipe(tmp_path / "parent.yaml", data)
+    monkeypatch.setenv("SYNTHGEN_FAULT", "generate:tiny-two-000000:raise")
+    run_build(parent, tmp_path / "parent", show_progress=False)
+    monkeypatch.delenv("SYNTHGEN_FAULT")
+    data["count_per_class"] = 3
+    grown = write_recipe(tmp_path / "grown.yaml", data)
+    result = run_build(grown, tmp_path / "child", extend=tmp_path / "parent", show_progress=False)
+    rows = _rows(result.output)
+    assert len(rows) == 9 and rows["tiny-two-000000"]["status"] == FAILED
+    assert result.manifest.counts.failed == 1
+    assert validate_dir(result.output).ok
+
+
+def test_the_default_budget_leaves_the_recipe_hash_as_it_was(model_dir: Path) -> None:
+    data = tiny_recipe_dict(model_dir)
+    plain = recipe_from_dict(data, "recipe").hash
+    default = recipe_from_dict({**data, "validation": {"max_failed_fraction": 0.001}}, "recipe")
+    other = recipe_from_dict({**data, "validation": {"max_failed_fraction": 0.2}}, "recipe")
+    assert default.hash == plain != other.hash
