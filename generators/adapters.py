@@ -7,7 +7,7 @@ one table, recorded as a build constant (`adapters` in provenance):
     {"all": [ref, ...], "classes": {"<class name>": [ref, ...]}}
     ref = {kind, name, path, sha256, scale, token}
 
-`check_adapter` reads only the safetensors header (nothing is loaded, nothing executes) and
+`check_adapter` opens only safetensors files (tensors, never code: nothing executes) and
 refuses, naming the file: a missing file, anything but safetensors, a LoRA whose modules or
 shapes are not the model's, an embedding whose width is not the text encoder's.
 `apply_adapters` loads every adapter of the table once (diffusers' `load_lora_weights` under
@@ -247,9 +247,10 @@ def with_class_adapters(table: str, extra: dict[str, list[AdapterRef]]) -> str:
 def table_identity(table: str) -> dict[str, str]:
     """Content hashes of the table's files, for the build's identity (resume)."""
     common, per_class = load_table(table)
-    out: dict[str, str] = {}
-    for ref in [*common, *(r for refs in per_class.values() for r in refs)]:
-        out[f"adapter_{ref.path}_sha256"] = ref.sha256
+    out = {f"adapter_all_{i}_sha256": ref.sha256 for i, ref in enumerate(common)}
+    for name, refs in sorted(per_class.items()):
+        # by position, not path: the identity is the same wherever the files are
+        out.update({f"adapter_{name}_{i}_sha256": ref.sha256 for i, ref in enumerate(refs)})
     return out
 
 

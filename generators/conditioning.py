@@ -486,9 +486,16 @@ def _aslist(v: Any) -> list[Any]:
 
 
 def resolve_conditioning(
-    recipe: Recipe, base_dir: Path, model_path: Path, pipeline_class: str
+    recipe: Recipe,
+    base_dir: Path,
+    model_path: Path,
+    pipeline_class: str,
+    locate: Callable[[Path, str], str] | None = None,
 ) -> ConditioningSettings | None:
     """Check every conditioning input and build the workers' settings; load no model.
+
+    `locate(base_dir, source)` turns a recipe's source into a readable location (the driver
+    passes one that also fetches object-store URLs); by default local paths and patterns.
 
     Raises ConditioningError naming the problem: a missing or unreadable source, a class
     with no source image, an image a preprocessor cannot read, an unreadable or wrong-size
@@ -527,7 +534,7 @@ def resolve_conditioning(
         }
         pool: list[tuple[str, str, bytes]] = []
         if spec.source is not None:
-            location = _location(base_dir, spec.source.path)
+            location = (locate or _location)(base_dir, spec.source.path)
             cache_key = (location, spec.source.model_dump_json())
             if cache_key not in pools:
                 pools[cache_key] = _read_pool(recipe, spec.source, location, where_source)

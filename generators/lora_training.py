@@ -4,7 +4,9 @@ As diffusers' `train_text_to_image_lora` example does: the base model frozen, a 
 `LoraConfig` (Gaussian init, alpha = rank) on the UNet's attention projections (`to_q`,
 `to_k`, `to_v`, `to_out.0`), epsilon / v-prediction MSE on VAE latents with the class's
 prompts, AdamW. Everything random comes from one seed (LoRA init, batches, noise,
-timesteps), on the CPU, so the same images, model and settings give the same adapter bytes.
+timesteps): on the CPU the same images, model and settings give the same adapter bytes (GPU
+backward passes are not bitwise deterministic; there the hash recorded in the manifest is
+what regeneration checks).
 Saved with `save_lora_weights` as safetensors.
 """
 

@@ -106,18 +106,21 @@ def _build_remote(
     from synthgen.pipelines.remote import (
         Mirror,
         RemoteLock,
+        previous_report,
         publish_pointer,
         versioned_build,
         work_dir,
     )
 
-    with RemoteLock(store, "publish root" if is_root else "output location"):
+    with RemoteLock(store, "publish root" if is_root else "output location") as lock:
         build = store
         folder = ""
         if is_root:
             folder = versioned_build(store, resolved.recipe.hash, resume)
             build = store.child(f"builds/{folder}")
-        mirror = Mirror(build, work_dir(build.url))
+        mirror = Mirror(build, work_dir(build.url), lock)
+        if is_root:
+            mirror.previous = previous_report(store, folder)  # for the report's trend
         mirror.pull(resume or is_root)
         result = _build(
             mirror.local, resolved, strategy, options, True, show_progress, start, mirror

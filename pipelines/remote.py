@@ -82,6 +82,7 @@ class RemoteLock:
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost = False
 
     def _body(self) -> bytes:
         return json.dumps(
@@ -109,22 +110,54 @@ class RemoteLock:
                 pass
         return time.time() - float(held.get("heartbeat", 0)) > LOCK_STALE_S
 
+    def _held_by_another(self) -> BuildError:
+        return BuildError(
+            f"{self.store}: another synthgen process is using this {self.what}; "
+            "wait for it to finish (only one build may write here at a time)"
+        )
+
     def __enter__(self) -> RemoteLock:
+        """1. the lock object created with a conditional PUT
+        2. a stale lock (its process gone, or no heartbeat for LOCK_STALE_S) removed, and
+           the conditional PUT tried once more: of two processes taking over, one wins
+        3. the store must refuse a second conditional PUT, or it cannot lock at all"""
         if not self.store.create_bytes(LOCK_OBJECT, self._body()):
             if not self._stale():
-                raise BuildError(
-                    f"{self.store}: another synthgen process is using this {self.what}; "
-                    "wait for it to finish (only one build may write here at a time)"
-                )
+                raise self._held_by_another()
             logger.info("%s: taking over a lock left by a process that is gone", self.store)
-            self.store.write_bytes(LOCK_OBJECT, self._body())
+            self.store.delete([LOCK_OBJECT])
+            if not self.store.create_bytes(LOCK_OBJECT, self._body()):
+                raise self._held_by_another()
+        if self.store.create_bytes(LOCK_OBJECT, self._body()):
+            raise BuildError(
+                f"{self.store}: this store does not honour conditional writes "
+                "(If-None-Match), so synthgen cannot keep a second writer out; use a store "
+                "that does (AWS S3, GCS, recent MinIO)"
+            )
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
         return self
 
+    def _owner(self) -> str | None:
+        try:
+            return str(json.loads(self.store.read_bytes(LOCK_OBJECT)).get("owner"))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def check(self) -> None:
+        """Raise if another process took the lock over (this one stalled past LOCK_STALE_S)."""
+        if self.lost:
+            raise BuildError(
+                f"{self.store}: the lock was taken over by another process while this build "
+                "stalled; stopped before writing anything more"
+            )
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             with contextlib.suppress(StoreError, OSError):
+                if self._owner() != self.owner:
+                    self.lost = True
+                    return
                 self.store.write_bytes(LOCK_OBJECT, self._body())
 
     def __exit__(self, *exc: object) -> None:
@@ -137,9 +170,11 @@ class RemoteLock:
 class Mirror:
     """Keeps a store prefix in step with the local working folder of one build."""
 
-    def __init__(self, store: Store, local: Path):
+    def __init__(self, store: Store, local: Path, lock: RemoteLock | None = None):
         self.store = store
         self.local = local
+        self.lock = lock  # the location's lock: no upload once another process holds it
+        self.previous: Path | None = None  # the previously published build's report folder
         self.pushed: dict[str, tuple[int, str]] = {}  # name -> (size, sha256) in the store
         self._lock = threading.Lock()
 
@@ -189,10 +224,14 @@ class Mirror:
                 "%s/%s: unreadable shard stats; the shard will be rebuilt", self.store, name
             )
             return
-        for fname, info in stats.files.items():
-            if listing.get(fname) != info.bytes:
-                return  # incomplete in the store: the session rebuilds it
-            self._download(fname, info.bytes, info.sha256)
+        try:
+            for fname, info in stats.files.items():
+                if listing.get(fname) != info.bytes:
+                    return  # incomplete in the store: the session rebuilds it
+                self._download(fname, info.bytes, info.sha256)
+        except BuildError as exc:
+            logger.warning("%s; the shard will be rebuilt", exc)
+            return
         self._download(name, listing[name])
 
     def _download(self, name: str, size: int, sha256: str | None = None) -> None:
@@ -203,7 +242,11 @@ class Mirror:
                 self.pushed[name] = (size, digest)
                 return
         self.store.get_file(name, dest)
-        self.pushed[name] = (size, file_sha256(dest))
+        digest = file_sha256(dest)
+        if sha256 is not None and digest != sha256:
+            dest.unlink(missing_ok=True)
+            raise BuildError(f"{self.store}/{name}: sha256 differs from the manifest or stats")
+        self.pushed[name] = (size, digest)
 
     # -- during and after the build: local -> store ---------------------------------------
     def push(self, *, final: bool = False) -> int:
@@ -213,6 +256,8 @@ class Mirror:
         store holds but the working copy set aside is removed from the store first.
         """
         with self._lock:
+            if self.lock is not None:
+                self.lock.check()
             if MANIFEST_NAME in self.pushed and not (self.local / MANIFEST_NAME).is_file():
                 self.store.delete([MANIFEST_NAME])
                 del self.pushed[MANIFEST_NAME]
@@ -411,6 +456,11 @@ def prune_remote(root_url: str, keep: int, dry_run: bool = False) -> list[str]:
     if keep < 1:
         raise BuildError("prune: --keep must be at least 1")
     root = open_store(root_url)
+    with RemoteLock(root, "publish root"):  # no build is being published meanwhile
+        return _prune_locked(root, keep, dry_run)
+
+
+def _prune_locked(root: Store, keep: int, dry_run: bool) -> list[str]:
     pointer = read_pointer(root)
     current = pointer["build"].split("/", 1)[1] if pointer else None
     by_folder: dict[str, list[str]] = {}
@@ -419,20 +469,28 @@ def prune_remote(root_url: str, keep: int, dry_run: bool = False) -> list[str]:
         if len(parts) >= 3:
             by_folder.setdefault(parts[1], []).append(name)
     if not by_folder:
-        raise BuildError(f"{root_url}: not a publish root (no builds/)")
+        raise BuildError(f"{root}: not a publish root (no builds/)")
     folders = sorted(by_folder)
     removed = []
     for folder in folders[: max(0, len(folders) - keep)]:
-        lock_name = f"builds/{folder}/{LOCK_OBJECT}"
         if folder == current:
-            continue
-        if (
-            lock_name in by_folder[folder]
-            and not RemoteLock(root.child(f"builds/{folder}"), "build")._stale()
-        ):
-            logger.info("prune: %s is in use; kept", folder)
             continue
         if not dry_run:
             root.delete(sorted(by_folder[folder]))
         removed.append(f"{root.url}/builds/{folder}")
     return removed
+
+
+def previous_report(root: Store, folder: str) -> Path | None:
+    """The report of the build ROOT/LATEST names (when it is not `folder`), downloaded into
+    a local folder named like that build, for the report's trend; None if there is none."""
+    pointer = read_pointer(root)
+    if pointer is None or pointer["build"] == f"builds/{folder}":
+        return None
+    name = pointer["build"].split("/", 1)[1]
+    dest = cache_root() / "previous" / _url_key(root.url) / name
+    try:
+        root.get_file(f"{pointer['build']}/report.json", dest / "report.json")
+    except FileNotFoundError:
+        return None
+    return dest

@@ -127,7 +127,11 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
         source = source_location(base_dir, recipe.balance.source)
         open_source(recipe.balance, source)  # a missing or malformed source fails here
     # image conditioning: sources, masks, preprocessors, ControlNets checked before any output
-    conditioning = resolve_conditioning(recipe, base_dir, model_path, model.class_name)
+    from synthgen.pipelines.remote import source_location
+
+    conditioning = resolve_conditioning(
+        recipe, base_dir, model_path, model.class_name, locate=source_location
+    )
     return ResolvedRecipe(
         recipe=recipe,
         model_path=model_path,

@@ -388,7 +388,8 @@ class BuildSession:
     def after_manifest(self, manifest: Manifest) -> BuildResult:
         """The steps after the manifest: idempotent, so a resumed build redoes what is missing."""
         if not ((self.out / REPORT_JSON).is_file() and (self.out / REPORT_HTML).is_file()):
-            write_report(self.out, manifest, previous=previous_build(self.out))  # trend
+            previous = self.mirror.previous if self.mirror else previous_build(self.out)
+            write_report(self.out, manifest, previous=previous)  # trend
         from synthgen.pipelines.card import CARD_NAME, write_card
 
         if not (self.out / CARD_NAME).is_file():

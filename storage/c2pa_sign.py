@@ -331,7 +331,10 @@ def read_credentials(data: bytes, trust_pem: bytes | None = None) -> Credentials
     other = [c for c in failures if c != UNTRUSTED]
     cred = Credentials(
         present=True,
-        valid=hash_ok and not other and state in ("Valid", "Trusted", "Invalid"),
+        # "Invalid" only because the signer is not on the (absent) trust list still binds
+        valid=hash_ok
+        and not other
+        and (state in ("Valid", "Trusted") or (state == "Invalid" and failures == [UNTRUSTED])),
         hash_ok=hash_ok,
         trusted=None if trust_pem is None else state == "Trusted",
         state=state,

@@ -54,10 +54,13 @@ def check_url(url: str) -> str:
             "provider's standard credential chain (environment variables, config files, "
             "instance metadata)"
         )
+    bare = f"{parts.scheme}://{parts.netloc}{parts.path}"  # never the query: it may sign
     if not parts.netloc:
-        raise StoreError(f"{url}: no bucket named")
+        raise StoreError(f"{bare}: no bucket named")
     if parts.query or parts.fragment:
-        raise StoreError(f"{url}: query strings and fragments are not supported in a location")
+        raise StoreError(
+            f"{bare}: query strings and fragments are not supported in a location (not shown)"
+        )
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -209,7 +212,7 @@ class FsspecStore(Store):
         except FileExistsError:
             return False
         except (OSError, ValueError) as exc:
-            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+            if "PreconditionFailed" in str(exc):
                 return False
             raise StoreError(f"{self.url}: write failed: {type(exc).__name__}: {exc}") from None
         return True

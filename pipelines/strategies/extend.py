@@ -79,6 +79,23 @@ class Extend(Strategy):
         if self.manifest.status != "complete":
             raise BuildError(f"--extend {self.parent}: the build ended as {self.manifest.status!r}")
         check_extension(recipe_from_dict(self.manifest.recipe, str(path)), self.recipe)
+        self._check_row_schema()
+
+    def _check_row_schema(self) -> None:
+        """The parent's shards must be in the row schema this version writes (one corpus)."""
+        import pyarrow.parquet as pq
+
+        from synthgen.schemas.records import read_build_constants
+
+        for entry in self.manifest.shards[:1]:
+            name = next(n for n in entry.files if n.endswith(".parquet"))
+            try:
+                read_build_constants(pq.read_schema(self.parent / name))
+            except (ValueError, OSError) as exc:
+                raise BuildError(
+                    f"--extend {self.parent}: {name}: {exc}; rebuild the parent with this "
+                    "version of synthgen"
+                ) from None
 
     def begin(self, session: BuildSession) -> None:
         session.inherit(self.parent, self.manifest)

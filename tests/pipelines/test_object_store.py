@@ -28,6 +28,7 @@ from synthgen.pipelines.cli import main as cli_main
 from synthgen.pipelines.remote import (
     LOCK_OBJECT,
     POINTER,
+    Mirror,
     RemoteLock,
     prune_remote,
     pull_build,
@@ -192,6 +193,8 @@ def test_publish_kill_resume_validate_and_extend_on_s3(
         == json.loads(parent_objects["manifest.json"])["recipe_hash"]
     )
     assert manifest["counts"]["accepted"] + manifest["counts"]["rejected"] == 9
+    trend = json.loads(child["report.json"])["trend"]  # against the build LATEST named
+    assert trend is not None and Path(trend["previous"]["output"]).name == parent_build[7:]
 
     assert cli_main(["validate", root]) == 0
     assert "valid (" in capsys.readouterr().out
@@ -240,3 +243,27 @@ def test_sources_on_s3_are_read_through_the_cache(s3: dict[str, str], tmp_path: 
     ]
     with pytest.raises(BuildError, match="no such object or prefix"):
         source_location(tmp_path, f"s3://{BUCKET}/sources/nothing-here")
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_lost_lock_stops_uploads(
+    s3: dict[str, str], tmp_path: Path
+) -> None:
+    store = open_store(f"s3://{BUCKET}/stale")
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    left = {"owner": "x", "host": socket.gethostname(), "pid": int(gone.stdout), "heartbeat": 0}
+    store.write_bytes(LOCK_OBJECT, json.dumps(left).encode())
+    with RemoteLock(store, "output location") as lock:
+        assert json.loads(store.read_bytes(LOCK_OBJECT))["owner"] == lock.owner
+        (tmp_path / "a.txt").write_text("a")
+        mirror = Mirror(store, tmp_path, lock)
+        assert mirror.push() == 1
+        lock.lost = True  # what the heartbeat sets when another process holds the lock now
+        (tmp_path / "b.txt").write_text("b")
+        with pytest.raises(BuildError, match="taken over by another process"):
+            mirror.push()
+    assert "b.txt" not in store.listing()

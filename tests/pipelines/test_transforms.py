@@ -27,6 +27,7 @@ from synthgen.pipelines.writer import reused_features, write_shard
 from synthgen.schemas.manifest import PlanRound, ShardStats, stats_name
 from synthgen.schemas.records import (
     BUILD_FIELDS,
+    JSON_FIELDS,
     PROVENANCE_FIELDS,
     ROW_PROVENANCE_FIELDS,
     BuildContext,
@@ -48,7 +49,7 @@ COLUMNS = (ScoreColumn(name="s", scorer="t", minimum=0, maximum=1), EMBEDDING)
 
 
 def context(**changes: object) -> BuildContext:
-    values: dict[str, object] = {name: "x" for name in BUILD_FIELDS}
+    values: dict[str, object] = {n: "{}" if n in JSON_FIELDS else "x" for n in BUILD_FIELDS}
     values.update(steps=2, guidance_scale=1.5, compute_batch=4, image_format="png")
     values.update(created_at="2024-01-01T00:00:00Z", class_names="")
     for name in ("scheduler_config", "image_encoding", "library_versions", "generation_options"):
