@@ -148,7 +148,7 @@ datasets.load_dataset("parquet", data_files=f"{{DIR}}/0*.parquet")   # every att
 ```
 
 Parquet `class_label` is a `ClassLabel` with the class names above; `rejected_image` an
-`Image`; the layout is `synthgen.sample` v3 (docs/output.md of synthgen).
+`Image`; the layout is `synthgen.sample` v4 (docs/output.md of synthgen).
 
 ## How it was made
 

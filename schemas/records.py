@@ -264,8 +264,11 @@ ROW_FIELDS: tuple[RecordField, ...] = tuple(f for f in RECORD_FIELDS if f.row)
 ROW_PROVENANCE_FIELDS: tuple[str, ...] = tuple(f.name for f in ROW_FIELDS if f.provenance)
 BUILD_CONSTANTS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if not f.row)
 
-# Encoded image of a rejected sample (accepted images live in the tar; this is null for them).
-REJECT_IMAGE_FIELD = pa.field("rejected_image", pa.binary())
+# Encoded image of a rejected sample (accepted images live in the tar; this is null for them),
+# in the storage of a Hugging Face `datasets` Image: {bytes, path}, path = `<key>.<ext>`.
+IMAGE_STORAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+REJECT_IMAGE_FIELD = pa.field("rejected_image", IMAGE_STORAGE)
+IMAGE_EXTENSIONS = {"jpeg": "jpg"}  # file extensions that differ from the format's name
 
 # Checks whose failure withholds an image everywhere: never in a tar, never as
 # `rejected_image` bytes (only its sha256 and the reason are kept).
@@ -348,9 +351,7 @@ def hf_features(schema: pa.Schema, class_names: Mapping[int, str]) -> dict[str, 
     for f in schema:
         if f.name == "class_label" and class_names:
             out[f.name] = {"names": class_label_names(class_names), "_type": "ClassLabel"}
-        elif f.name == REJECT_IMAGE_FIELD.name and f.type == pa.struct(
-            [("bytes", pa.binary()), ("path", pa.string())]
-        ):
+        elif f.name == REJECT_IMAGE_FIELD.name and f.type == IMAGE_STORAGE:
             out[f.name] = {"_type": "Image"}  # `datasets` applies Image only to this storage
         else:
             out[f.name] = _hf_type(f.type)
@@ -401,8 +402,16 @@ def sample_row(sample: Sample, ctx: BuildContext, columns: Sequence[ScoreColumn]
         value = sample.scores.get(c.name)
         row[c.name] = list(value) if isinstance(value, tuple) else value
     keep = sample.status == REJECTED and not withheld(sample)
-    row[REJECT_IMAGE_FIELD.name] = sample.image if keep else None
+    ext = IMAGE_EXTENSIONS.get(ctx.image_format, ctx.image_format)
+    row[REJECT_IMAGE_FIELD.name] = (
+        {"bytes": sample.image, "path": f"{sample.request.key}.{ext}"} if keep else None
+    )
     return row
+
+
+def rejected_image_bytes(value: Mapping[str, Any] | None) -> bytes | None:
+    """The encoded bytes of a `rejected_image` cell (None when the row keeps no image)."""
+    return None if value is None else value.get("bytes")
 
 
 def provenance_from_row(

@@ -21,7 +21,11 @@ import pyarrow.parquet as pq
 
 from synthgen.schemas.manifest import REPORT_HTML, REPORT_JSON, Manifest, shard_files
 from synthgen.schemas.recipe import METRIC_NAMES
-from synthgen.schemas.records import REJECT_IMAGE_FIELD, read_build_constants
+from synthgen.schemas.records import (
+    REJECT_IMAGE_FIELD,
+    read_build_constants,
+    rejected_image_bytes,
+)
 from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators.corpus import IMAGE_EXTS, empty_rows, read_manifest
@@ -82,7 +86,7 @@ def load_report_data(
         )
         for row in picked.to_pylist():
             bucket = rejected.setdefault(row["class_name"], [])
-            image = row[REJECT_IMAGE_FIELD.name]
+            image = rejected_image_bytes(row[REJECT_IMAGE_FIELD.name])
             if row["status"] == "rejected" and image:
                 if len(bucket) < GRID_PER_CLASS:
                     bucket.append((image, str(row["reject_reason"])))

@@ -60,7 +60,7 @@ def test_tar_samples_equal_accepted_parquet_rows(built: Path) -> None:
     accepted = {r["key"]: r for r in rows if r["status"] == "accepted"}
     rejected = [r for r in rows if r["status"] == "rejected"]
     assert all(r["reject_reason"] == "clip_score" for r in rejected)
-    assert all(r["rejected_image"] for r in rejected)
+    assert all(r["rejected_image"]["bytes"] for r in rejected)
     assert all(r["clip_tiny_clip_score"] < SPLIT_THRESHOLD for r in rejected)
 
     urls = sorted(str(p) for p in built.glob("*.tar"))

@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -102,7 +103,8 @@ def test_datasets_reads_class_names_and_images(built: Path, tmp_path: Path) -> N
     assert feature.names == ["zero", "one", "two"]
     assert ds.features["class_label"].int2str(2) == "two"
     rejected = [r for r in ds if r["status"] == "rejected"]
-    assert rejected and all(r["rejected_image"] for r in rejected)
+    assert rejected and all(isinstance(r["rejected_image"], PIL.Image.Image) for r in rejected)
+    assert isinstance(ds.features["rejected_image"], datasets.Image)
     assert sorted(ds["key"]) == sorted(
         r["key"] for f in files for r in pq.read_table(f).to_pylist()
     )
@@ -122,7 +124,8 @@ def test_a_rejected_sample_regenerates_from_parquet_and_constants(built: Path) -
     rows = [r for p in sorted(built.glob("0*.parquet")) for r in pq.read_table(p).to_pylist()]
     rejected = next(r for r in rows if r["status"] == "rejected")
     prov = find_provenance(built, rejected["key"])
-    assert regenerate(prov) == rejected["rejected_image"]
+    assert regenerate(prov) == rejected["rejected_image"]["bytes"]
+    assert rejected["rejected_image"]["path"] == f"{rejected['key']}.png"
 
 
 def test_shard_order_is_seeded_and_tar_and_parquet_agree(built: Path) -> None:

@@ -51,7 +51,7 @@ def all_images(out: Path) -> dict[str, bytes]:
                     found[m.name.split(".")[0]] = t.extractfile(m).read()  # type: ignore[union-attr]
     for row in read_rows(out).select(["key", "rejected_image"]).to_pylist():
         if row["rejected_image"] is not None:
-            found[row["key"]] = row["rejected_image"]
+            found[row["key"]] = row["rejected_image"]["bytes"]
     return found
 
 
