@@ -43,6 +43,7 @@ from synthgen.schemas.manifest import (
     ShardStats,
     shard_files,
 )
+from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.store import Store, StoreError, is_remote, open_store
 
@@ -413,23 +414,37 @@ def pull_build(url: str) -> Path:
 
 
 def local_source(location: str) -> str:
-    """A source location usable by the readers: remote objects are downloaded (cached)."""
+    """A source location usable by the readers: remote objects are downloaded into the cache.
+
+    A cached copy is used only while the object's version tag (size + ETag / generation)
+    is the one it was downloaded at; objects gone from the store go from the cache too.
+    """
     if not is_remote(location):
         return location
     store = open_store(location)
     dest = cache_root() / "sources" / _url_key(store.url)
-    if store.exists(""):
+    single = store.exists("")
+    if single:
         name = store.url.rsplit("/", 1)[1]
-        parent = open_store(store.url.rsplit("/", 1)[0])
-        Mirror(parent, dest)._download(name, parent.listing(name).get(name, -1))
-        return str(dest / name)
-    listing = store.listing()
-    if not listing:
+        store = open_store(store.url.rsplit("/", 1)[0])
+        versions = {n: v for n, v in store.versions(name).items() if n == name}
+    else:
+        versions = store.versions()
+    if not versions:
         raise BuildError(f"{location}: no such object or prefix")
-    mirror = Mirror(store, dest)
-    for name, size in listing.items():
-        mirror._download(name, size)
-    return str(dest)
+    record_path = dest / ".versions.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    for name, version in versions.items():
+        if record.get(name) != version or not (dest / name).is_file():
+            store.get_file(name, dest / name)
+    for name in set(record) - set(versions):
+        (dest / name).unlink(missing_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(record_path, json.dumps(versions, sort_keys=True).encode())
+    return str(dest / next(iter(versions))) if single else str(dest)
 
 
 def source_location(base_dir: Path, raw: str) -> str:

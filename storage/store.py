@@ -92,6 +92,10 @@ class Store:
         """Every file under `prefix` (recursively) with its size in bytes."""
         raise NotImplementedError
 
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        """Every file under `prefix` with a tag that changes when its content does."""
+        return {name: str(size) for name, size in self.listing(prefix).items()}
+
     def delete(self, names: list[str]) -> None:
         raise NotImplementedError
 
@@ -225,17 +229,28 @@ class FsspecStore(Store):
         with atomic_write(local) as f:
             f.write(self.read_bytes(name))
 
-    def listing(self, prefix: str = "") -> dict[str, int]:
+    def _find(self, prefix: str) -> dict[str, dict[str, Any]]:
         base = self._p(prefix.rstrip("/"))
         with contextlib.suppress(FileNotFoundError):
             found = self._call("list", self.fs.find, base, detail=True)
             root = self.url.split("://", 1)[1]
             return {
-                path[len(root) + 1 :]: int(info.get("size") or 0)
+                path[len(root) + 1 :]: info
                 for path, info in sorted(found.items())
                 if info.get("type") == "file" and path.startswith(root + "/")
             }
         return {}
+
+    def listing(self, prefix: str = "") -> dict[str, int]:
+        return {name: int(info.get("size") or 0) for name, info in self._find(prefix).items()}
+
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        tags = ("ETag", "etag", "md5Hash", "generation", "LastModified", "mtime", "updated")
+        out = {}
+        for name, info in self._find(prefix).items():
+            tag = next((str(info[t]) for t in tags if info.get(t) is not None), "")
+            out[name] = f"{info.get('size')}:{tag}"
+        return out
 
     def delete(self, names: list[str]) -> None:
         paths = [self._p(n) for n in names]

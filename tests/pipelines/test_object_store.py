@@ -237,10 +237,16 @@ def test_sources_on_s3_are_read_through_the_cache(s3: dict[str, str], tmp_path: 
     pattern = source_location(tmp_path, f"s3://{BUCKET}/sources/digits/shard-{{00000..00002}}.tar")
     folder, rest = pattern.rsplit("/", 1)
     assert rest == "shard-{00000..00002}.tar"
-    assert sorted(p.name for p in Path(folder).iterdir()) == [
+    assert sorted(p.name for p in Path(folder).iterdir() if not p.name.startswith(".")) == [
         "labels.parquet",
         *(f"shard-{i:05d}.tar" for i in range(3)),
     ]
+    # an object replaced by one of the same size is fetched again; a deleted one is gone
+    store.write_bytes("shard-00001.tar", b"TAR 1")
+    store.delete(["shard-00002.tar"])
+    folder = source_location(tmp_path, f"s3://{BUCKET}/sources/digits")
+    assert (Path(folder) / "shard-00001.tar").read_bytes() == b"TAR 1"
+    assert not (Path(folder) / "shard-00002.tar").exists()
     with pytest.raises(BuildError, match="no such object or prefix"):
         source_location(tmp_path, f"s3://{BUCKET}/sources/nothing-here")
 
