@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from synthgen.generators.training.data import WORDS, load_split, to_features, to_images
 from synthgen.pipelines.build import run_build
+from synthgen.storage.tars import iter_tar_samples
 
 RECIPES = {
     "text": ROOT / "recipes" / "digits-balance.yaml",
@@ -54,6 +54,15 @@ def mean_pairwise_distance(x: np.ndarray) -> float:
     return float(d.sum() / (n * (n - 1)))
 
 
+def accepted_pngs(out: Path) -> dict[str, bytes]:
+    """key -> PNG bytes of every accepted sample in a build's tars."""
+    return {
+        s.key: s.members["png"]
+        for tar in sorted(out.glob("*.tar"))
+        for s in iter_tar_samples(tar, extensions={"png"})
+    }
+
+
 def _synthetic(out: Path) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels of the accepted synthetic samples in a balanced build."""
     import pandas as pd
@@ -62,16 +71,10 @@ def _synthetic(out: Path) -> tuple[np.ndarray, np.ndarray]:
 
     index = pd.read_parquet(out / "balanced.parquet")
     synth = index[index.source == "synthetic"]
-    pixels: dict[str, np.ndarray] = {}
-    for tar in sorted(out.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf:
-                if m.name.endswith(".png"):
-                    f = tf.extractfile(m)
-                    assert f is not None
-                    pixels[m.name[:-4]] = np.asarray(
-                        Image.open(io.BytesIO(f.read())).convert("RGB")
-                    )
+    pixels = {
+        k: np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+        for k, b in accepted_pngs(out).items()
+    }
     if synth.empty:
         return np.zeros((0, 64), dtype=np.float32), np.zeros(0, dtype=int)
     imgs = np.stack([pixels[k] for k in synth.key]).astype(np.float32) / 255.0

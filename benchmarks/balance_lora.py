@@ -26,7 +26,6 @@ import io
 import logging
 import os
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +39,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from synthgen.generators.training.data import WORDS, load_split, to_features, to_images
 from synthgen.pipelines.build import run_build
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from balance_digits import accepted_pngs
+from balance_digits import mean_pairwise_distance as mean_pairwise
 
 
 def imbalanced_cut(split: Any, minority: list[int], keep: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,27 +73,13 @@ def synthetic_set(out: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     index = pd.read_parquet(out / "balanced.parquet")
     synth = index[index.source == "synthetic"]
-    data: dict[str, bytes] = {}
-    for tar in sorted(out.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf:
-                if m.name.endswith(".png"):
-                    f = tf.extractfile(m)
-                    assert f is not None
-                    data[m.name[:-4]] = f.read()
+    data = accepted_pngs(out)
     pixels = np.stack(
         [np.asarray(Image.open(io.BytesIO(data[k])).convert("RGB")) for k in synth.key]
     ).astype(np.float32)
     x = to_features(torch.tensor(pixels.transpose(0, 3, 1, 2) / 255.0))
     shas = [hashlib.sha256(data[k]).hexdigest() for k in synth.key]
     return x, synth.label.to_numpy(), shas
-
-
-def mean_pairwise(x: np.ndarray) -> float:
-    if len(x) < 2:
-        return float("nan")
-    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
-    return float(d[np.triu_indices(len(x), 1)].mean())
 
 
 def evaluate(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> Any:

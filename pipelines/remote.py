@@ -153,19 +153,30 @@ class RemoteLock:
                 "stalled; stopped before writing anything more"
             )
 
+    def beat(self) -> bool:
+        """One heartbeat: refresh the lock if this process still owns it; else mark it lost."""
+        if self._owner() != self.owner:
+            self.lost = True
+            return False
+        self.store.write_bytes(LOCK_OBJECT, self._body())
+        return True
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             with contextlib.suppress(StoreError, OSError):
-                if self._owner() != self.owner:
-                    self.lost = True
+                if not self.beat():
                     return
-                self.store.write_bytes(LOCK_OBJECT, self._body())
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         with contextlib.suppress(StoreError, OSError, ValueError):
             if json.loads(self.store.read_bytes(LOCK_OBJECT)).get("owner") == self.owner:
                 self.store.delete([LOCK_OBJECT])
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 class Mirror:
@@ -176,7 +187,10 @@ class Mirror:
         self.local = local
         self.lock = lock  # the location's lock: no upload once another process holds it
         self.previous: Path | None = None  # the previously published build's report folder
-        self.pushed: dict[str, tuple[int, str]] = {}  # name -> (size, sha256) in the store
+        # name -> the local file the store holds a copy of, as (size, mtime, inode): build
+        # files are only ever replaced (renamed over), never changed in place, so a file
+        # whose stat is unchanged needs neither hashing nor uploading again.
+        self.pushed: dict[str, tuple[int, int, int]] = {}
         self._lock = threading.Lock()
 
     # -- start: the store is the truth ------------------------------------------------
@@ -237,17 +251,15 @@ class Mirror:
 
     def _download(self, name: str, size: int, sha256: str | None = None) -> None:
         dest = self.local / name
-        if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == size:
-            digest = file_sha256(dest)
-            if sha256 is None or digest == sha256:
-                self.pushed[name] = (size, digest)
-                return
+        same_size = dest.is_file() and not dest.is_symlink() and dest.stat().st_size == size
+        if same_size and (sha256 is None or file_sha256(dest) == sha256):
+            self.pushed[name] = _stat_key(dest)
+            return
         self.store.get_file(name, dest)
-        digest = file_sha256(dest)
-        if sha256 is not None and digest != sha256:
+        if sha256 is not None and file_sha256(dest) != sha256:
             dest.unlink(missing_ok=True)
             raise BuildError(f"{self.store}/{name}: sha256 differs from the manifest or stats")
-        self.pushed[name] = (size, digest)
+        self.pushed[name] = _stat_key(dest)
 
     # -- during and after the build: local -> store ---------------------------------------
     def push(self, *, final: bool = False) -> int:
@@ -270,17 +282,13 @@ class Mirror:
             for name in ordered:
                 path = self.local / name
                 try:
-                    size = path.stat().st_size
+                    key = _stat_key(path)
                 except FileNotFoundError:
                     continue  # replaced or removed meanwhile
-                if self.pushed.get(name, (None, None))[0] == size:
-                    digest = file_sha256(path)
-                    if self.pushed[name][1] == digest:
-                        continue
-                else:
-                    digest = file_sha256(path)
+                if self.pushed.get(name) == key:
+                    continue
                 self.store.put_file(path, name)
-                self.pushed[name] = (size, digest)
+                self.pushed[name] = key
                 n += 1
             return n
 

@@ -77,20 +77,6 @@ def adapters(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     }
 
 
-@pytest.fixture
-def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Counts model loads: every generation loads the pipeline first."""
-    calls: list[str] = []
-    real = model_folder.load_pipeline
-
-    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
-        calls.append(str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(model_folder, "load_pipeline", counting)
-    return calls
-
-
 def _images(out: Path) -> dict[str, bytes]:
     images = {}
     for tar in sorted(out.glob("*.tar")):

@@ -30,6 +30,7 @@ from synthgen.generators.regenerate import find_provenance, regenerate
 from synthgen.pipelines.build import run_build
 from synthgen.pipelines.resolve import generation_settings, resolve
 from synthgen.schemas.recipe import recipe_from_dict
+from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators.corpus import validate_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,15 +109,11 @@ def _recipe(**extra: Any) -> dict[str, Any]:
 
 
 def _tar_images(out: Path) -> dict[str, bytes]:
-    images = {}
-    for tar in sorted(out.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf:
-                if m.name.endswith(".png"):
-                    f = tf.extractfile(m)
-                    assert f is not None
-                    images[m.name[: -len(".png")]] = f.read()
-    return images
+    return {
+        s.key: s.members["png"]
+        for tar in sorted(out.glob("*.tar"))
+        for s in iter_tar_samples(tar, extensions={"png"})
+    }
 
 
 def _check_corpus(
@@ -173,20 +170,6 @@ def _same_bytes_whatever_the_batches(tmp_path: Path, cond: dict[str, Any], out: 
     assert {s.request.key: s.image for s in whole} == images
     assert {s.request.key: s.image for s in one_by_one} == images
     assert {s.request for s in whole} == {s.request for s in one_by_one}
-
-
-@pytest.fixture
-def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Counts model loads (every generation loads the pipeline first)."""
-    calls: list[str] = []
-    real = model_folder.load_pipeline
-
-    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
-        calls.append(str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(model_folder, "load_pipeline", counting)
-    return calls
 
 
 # -- end to end ----------------------------------------------------------------------------

@@ -268,7 +268,10 @@ def test_a_lock_left_by_a_killed_process_is_taken_over_and_a_lost_lock_stops_upl
         (tmp_path / "a.txt").write_text("a")
         mirror = Mirror(store, tmp_path, lock)
         assert mirror.push() == 1
-        lock.lost = True  # what the heartbeat sets when another process holds the lock now
+        assert lock.beat()  # still ours: refreshed
+        taken = {"owner": "other", "host": "elsewhere", "pid": 1, "heartbeat": time.time()}
+        store.write_bytes(LOCK_OBJECT, json.dumps(taken).encode())  # another process took it
+        assert not lock.beat() and lock.lost
         (tmp_path / "b.txt").write_text("b")
         with pytest.raises(BuildError, match="taken over by another process"):
             mirror.push()
