@@ -285,6 +285,8 @@ def _meta_shapes(sub: Path, cls: Any) -> dict[str, tuple[int, ...]] | None:
 
 
 def _pipeline_class(path: Path, class_name: Any) -> str:
+    if isinstance(class_name, str) and class_name in FAMILIES:
+        return class_name  # known without importing diffusers (a plan stays fast)
     import diffusers
 
     cls = getattr(diffusers, class_name, None) if isinstance(class_name, str) else None

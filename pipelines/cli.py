@@ -36,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     # `synthgen build ... -v`); SUPPRESS keeps a subcommand's default from overwriting.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="synthgen's debug logging",
     )
     common.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only"
@@ -167,7 +171,7 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
+        level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -180,7 +184,9 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
         "urllib3",
         "httpx",
     ):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if verbose:  # synthgen's own debug lines; libraries stay at INFO (PIL's chunk dumps...)
+        logging.getLogger("synthgen").setLevel(logging.DEBUG)
     for handler in logging.getLogger().handlers:
         # Beam's import logs this on the root logger; it concerns only GCP connectors.
         handler.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))

@@ -150,3 +150,14 @@ def test_flux_sizes_follow_vae_factor_and_latent_packing(
         json.dumps({**json.loads(config.read_text()), "block_out_channels": [4, 4, 4, 4]})
     )
     assert _size_multiple(checked) == 16  # the real Flux VAE: factor 8 x 2
+
+
+def test_every_supported_class_name_is_a_diffusers_pipeline() -> None:
+    """Resolve trusts a class name it supports without importing diffusers: each must be one."""
+    import diffusers
+
+    from synthgen.generators.families import FAMILIES as SUPPORTED
+
+    for name in SUPPORTED:
+        cls = getattr(diffusers, name)
+        assert isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline), name

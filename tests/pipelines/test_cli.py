@@ -118,3 +118,21 @@ def test_unknown_recipe_key_is_reported_before_any_output(
     assert done.returncode == 1
     assert "colour: unknown field" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_verbose_is_synthgens_debug_not_every_librarys() -> None:
+    """`-v` shows synthgen's debug lines; libraries' debug chatter (PIL's chunk dumps) stays off."""
+    import logging
+
+    from synthgen.pipelines.cli import _setup_logging
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers), logging.getLogger("synthgen").level
+    try:
+        _setup_logging(verbose=True)
+        assert logging.getLogger("synthgen.pipelines.build").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("PIL.PngImagePlugin").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        logging.getLogger("synthgen").setLevel(saved[2])
