@@ -117,7 +117,7 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     adapters = adapter_table(recipe, base_dir, model_path, model.class_name)
     scorers = tuple(build_scorers(recipe, base_dir))
     _warn_about_padding(recipe)
-    _check_watermark_library(recipe)
+    _check_watermark_survives(recipe)
     signing_config(recipe.output.c2pa, base_dir)  # C2PA credentials readable and accepted
     source = None
     if recipe.balance is not None:
@@ -145,19 +145,8 @@ def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     )
 
 
-def _check_watermark_library(recipe: Recipe) -> None:
-    """Images large enough carry the invisible watermark: its library must be importable."""
-    import importlib.util
-
-    if can_carry(recipe.sampling.width, recipe.sampling.height) and (
-        importlib.util.find_spec("imwatermark") is None
-    ):
-        raise RecipeError(
-            f"sampling: {recipe.sampling.width}x{recipe.sampling.height} images carry an "
-            "invisible watermark, but its library is not installed: run scripts/setup.sh, or "
-            "`pip install --no-deps invisible-watermark` (it declares the GUI opencv-python; "
-            "synthgen already depends on opencv-python-headless and PyWavelets)"
-        )
+def _check_watermark_survives(recipe: Recipe) -> None:
+    """Images large enough carry the invisible watermark: it must survive the encoding."""
     out, w, h = recipe.output, recipe.sampling.width, recipe.sampling.height
     if can_carry(w, h) and not survives_encoding(out.image_format, out.quality, w, h):
         raise RecipeError(
