@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--examples", type=int, default=3, help="sample prompts shown per class")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="also check the model and time a short calibration on this machine (loads the "
+        "model and scorers, runs three short calls of the recipe's batch shape; writes nothing)",
+    )
 
     b = add(
         "build",
@@ -208,13 +214,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from synthgen.generators.planning import count_planned, plan_shard, shard_ids
     from synthgen.schemas.recipe import load_recipe
 
-    recipe, _ = load_recipe(args.recipe, args.overrides)
+    recipe, base_dir = load_recipe(args.recipe, args.overrides)
     print(f"recipe {recipe.name} (hash {recipe.hash[:12]}), seed {recipe.seed}")
     if recipe.balance is not None:
         print(
             f"balancing build: the source {recipe.balance.source} decides the counts "
             f"(target {recipe.balance.target}, up to {recipe.balance.max_rounds} round(s))"
         )
+        if args.estimate:
+            _print_estimate(recipe, base_dir)
         return EXIT_OK
     shards = shard_ids(recipe)
     print(
@@ -238,7 +246,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
             ]
             print(f"  {r.key}  seed {r.seed}  {r.prompt!r}" + (f"  ({', '.join(own)})" * bool(own)))
             shown[r.class_label] = shown.get(r.class_label, 0) + 1
+    if args.estimate:
+        _print_estimate(recipe, base_dir)
+    else:
+        print("estimated time: add --estimate (loads the model and times a short calibration)")
     return EXIT_OK
+
+
+def _print_estimate(recipe: Any, base_dir: Path) -> None:
+    """The calibration's estimate for a plan; for a balancing build, its price per image."""
+    from synthgen.generators.planning import plan
+    from synthgen.pipelines.estimate import calibrate, price
+    from synthgen.pipelines.resolve import resolve
+
+    resolved = resolve(recipe, base_dir)
+    calibration = calibrate(resolved)
+    if recipe.balance is None:
+        lines = price(calibration, resolved, list(plan(recipe))).lines()
+    else:
+        c = calibration
+        per_call = c.call_fixed_seconds + recipe.sampling.steps * c.step_seconds
+        per_image = per_call / c.compute_batch + c.score_seconds_per_image
+        lines = [
+            f"estimated time on {c.device} (one worker): {per_image:.3f} s per synthetic image "
+            f"(calls of {c.compute_batch} at {recipe.sampling.steps} steps: {per_call:.2f} s; "
+            f"{c.load_seconds:.1f} s loading models)"
+        ]
+    for line in lines:
+        print(line)
 
 
 def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
