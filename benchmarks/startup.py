@@ -109,7 +109,6 @@ def main() -> None:
         "open_clip",
         "apache_beam",
         "great_expectations",
-        "matplotlib.pyplot",
         "synthgen.pipelines.session",
     ):
         print(f"import {module:28s} {import_seconds(module):5.2f} s")

@@ -186,7 +186,6 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
         "diffusers",
         "transformers",
         "great_expectations",
-        "matplotlib",
         "urllib3",
         "httpx",
     ):

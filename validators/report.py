@@ -28,6 +28,7 @@ from synthgen.schemas.records import (
 )
 from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.tars import iter_tar_samples
+from synthgen.validators import svgchart
 from synthgen.validators.corpus import IMAGE_EXTS, empty_rows, read_manifest
 from synthgen.validators.nearest import ReferenceSet, nearest, read_reference
 from synthgen.validators.trend import build_trend, read_previous_report
@@ -458,62 +459,6 @@ def failures(rows: pd.DataFrame, first: int = FIRST_FAILURES) -> dict[str, Any]:
 # -- how it looks (report.html) ------------------------------------------------------------
 
 
-# Overlapping text found while rendering charts: (chart, first text, second text). Filled by
-# every `_svg` call of the current process; the report tests assert it stays empty.
-TEXT_OVERLAPS: list[tuple[str, str, str]] = []
-
-
-def text_overlaps(fig: Any, tolerance: float = 0.5, draw: bool = True) -> list[tuple[str, str]]:
-    """Pairs of visible, non-empty text artists of `fig` whose rendered extents intersect
-    (by more than `tolerance` pixels each way): tick labels, titles, legends, annotations.
-
-    `draw=False` reads the layout of the last draw (e.g. just after `savefig`)."""
-    from matplotlib.text import Text
-
-    if draw:
-        fig.draw_without_rendering()  # lays the figure out (constrained layout, tick labels)
-    renderer = fig.canvas.get_renderer()
-    # Tick labels exist for ticks outside the view too; only the drawn ones count.
-    hidden: set[int] = set()
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            drawn = {id(t) for t in axis._update_ticks()}
-            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-                if id(tick) not in drawn:
-                    hidden |= {id(tick.label1), id(tick.label2)}
-    boxes = []
-    for t in fig.findobj(Text):
-        if id(t) in hidden or not t.get_visible() or not t.get_text().strip():
-            continue
-        if t.axes is not None and not t.axes.get_visible():
-            continue
-        bb = t.get_window_extent(renderer)
-        if bb.width > 0 and bb.height > 0:
-            boxes.append((t.get_text(), bb))
-    out = []
-    for i, (a, ba) in enumerate(boxes):
-        for b, bb in boxes[i + 1 :]:
-            w = min(ba.x1, bb.x1) - max(ba.x0, bb.x0)
-            h = min(ba.y1, bb.y1) - max(ba.y0, bb.y0)
-            if w > tolerance and h > tolerance:
-                out.append((a, b))
-    return out
-
-
-def _svg(fig: Any, name: str = "") -> str:
-    import matplotlib.pyplot as plt
-
-    fig.draw_without_rendering()  # the layout only: no pixels drawn twice
-    TEXT_OVERLAPS.extend((name, a, b) for a, b in text_overlaps(fig, draw=False))
-    buf = io.StringIO()
-    # A constrained layout already fits every label: skip the second (tight-box) layout pass.
-    tight = None if fig.get_layout_engine() is not None else "tight"
-    fig.savefig(buf, format="svg", bbox_inches=tight)
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg") :]
-
-
 def _png_data_uri(images: list[bytes], scale: int = 4) -> str | None:
     """A horizontal strip of images as a PNG data URI (nearest-neighbour upscaled)."""
     from PIL import Image
@@ -533,137 +478,165 @@ def _png_data_uri(images: list[bytes], scale: int = 4) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+MAP_DRAWN = 3000  # synthetic points of each status drawn on the map at most (fixed subsample)
+HIST_BINS = 19  # shared bins of the score histograms
+
+
 def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    """Every chart of the page as inline SVG (svgchart: string building, no plotting
+    library), keyed counts, rejects, scores:COLUMN, embeddings:COLUMN, balance,
+    embedding_map."""
     charts = {}
     per_class = report["counts"]["per_class"]
     names = list(per_class)
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names)), 2.8))
-    ax.bar(x - 0.2, [per_class[n]["planned"] for n in names], 0.4, label="planned")
-    ax.bar(x + 0.2, [per_class[n]["accepted"] for n in names], 0.4, label="accepted")
-    ax.set_xticks(x, names, rotation=90)
-    ax.set_ylabel("samples")
-    ax.legend(**LEGEND_OUTSIDE)
-    charts["counts"] = _svg(fig, "counts")
-
+    charts["counts"] = svgchart.grouped_bars(
+        "planned vs accepted per class",
+        names,
+        [
+            ("planned", [per_class[n]["planned"] for n in names], svgchart.PLANNED),
+            ("accepted", [per_class[n]["accepted"] for n in names], svgchart.ACCEPTED),
+        ],
+        ylabel=["samples"],
+    )
     reasons = report["rejects_by_reason"]
-    fig, ax = plt.subplots(figsize=(5, 2.5))
-    if reasons:
-        ax.barh(list(reasons), list(reasons.values()), color="#c0504d")
-    else:
-        ax.text(0.5, 0.5, "no rejects", ha="center", va="center")
-    ax.set_xlabel("rejected samples")
-    charts["rejects"] = _svg(fig, "rejects")
-
+    charts["rejects"] = svgchart.hbars(
+        "rejects by reason",
+        list(reasons),
+        list(reasons.values()),
+        svgchart.REJECTED,
+        "rejected samples",
+        empty="no rejects",
+    )
     for column in report["scores"]:
-        if column not in rows or rows[column].dropna().empty:
-            continue
-        cols = min(5, len(names))
-        nrows = int(np.ceil(len(names) / cols))
-        fig, axes = plt.subplots(
-            nrows,
-            cols,
-            figsize=(2.4 * cols, 1.9 * nrows + 0.4),
-            squeeze=False,
-            layout="constrained",
-        )
-        values = rows[column].dropna()
-        bins = np.linspace(values.min(), values.max() + 1e-9, 20)
-        for i, name in enumerate(names):
-            ax = axes[i // cols][i % cols]
-            mine = rows[rows["class_name"] == name]
-            for status, color in (("accepted", "#4f81bd"), ("rejected", "#c0504d")):
-                v = mine.loc[mine["status"] == status, column].dropna()
-                if len(v):
-                    ax.hist(v, bins=bins, color=color, alpha=0.7, label=status)
-            ax.set_title(name, fontsize=8)
-            ax.tick_params(labelsize=6)
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=3))  # narrow panels: few x labels
-        for j in range(len(names), nrows * cols):
-            axes[j // cols][j % cols].axis("off")
-        fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside upper right", fontsize=7)
-        fig.suptitle(column, fontsize=9)
-        charts[f"scores:{column}"] = _svg(fig, f"scores:{column}")
-
+        chart = _score_histograms(rows, column, names)
+        if chart:
+            charts[f"scores:{column}"] = chart
     for column, spread in report["embedding_spread"].items():
         classes = [n for n in names if n in spread]
         if not classes:
             continue
-        x = np.arange(len(classes))
-        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(classes)), 2.8))
-        for offset, status, color in ((-0.2, "accepted", "#4f81bd"), (0.2, "rejected", "#c0504d")):
-            ax.bar(
-                x + offset,
-                [spread[c][status] or 0.0 for c in classes],
-                0.4,
-                color=color,
-                label=status,
-            )
-        ax.set_xticks(x, classes, rotation=90)
-        ax.set_ylabel("mean cosine distance\nto class centroid")
-        ax.set_title(column, fontsize=9)
-        ax.legend(**LEGEND_OUTSIDE)
-        charts[f"embeddings:{column}"] = _svg(fig, f"embeddings:{column}")
-
+        charts[f"embeddings:{column}"] = svgchart.grouped_bars(
+            f"embedding spread per class: {column}",
+            classes,
+            [
+                (status, [spread[c][status] for c in classes], colour)
+                for status, colour in (
+                    ("accepted", svgchart.ACCEPTED),
+                    ("rejected", svgchart.REJECTED),
+                )
+            ],
+            ylabel=["mean cosine distance", "to class centroid"],
+            title=column,
+        )
     if "balance" in report:
         bal = report["balance"]
         classes = list(bal["before"])
-        x = np.arange(len(classes))
-        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(classes)), 2.8))
-        ax.bar(x - 0.2, [bal["before"][c] for c in classes], 0.4, label="before (real)")
-        ax.bar(x + 0.2, [bal["after"][c] for c in classes], 0.4, label="after (real + synthetic)")
-        ax.set_xticks(x, classes, rotation=90)
-        ax.legend(**LEGEND_OUTSIDE)
-        charts["balance"] = _svg(fig, "balance")
+        charts["balance"] = svgchart.grouped_bars(
+            "class histogram before and after balancing",
+            classes,
+            [
+                ("before (real)", [bal["before"][c] for c in classes], svgchart.TAB10[0]),
+                (
+                    "after (real + synthetic)",
+                    [bal["after"].get(c) for c in classes],
+                    svgchart.TAB10[1],
+                ),
+            ],
+            ylabel=["images"],
+        )
     emap = report.get("embedding_map")
     if emap and emap["points"]:
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        pts = emap["points"]
-        classes = sorted({p[2] for p in pts})
-        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-        colour = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
-        for status, marker, size, alpha in (
-            ("reference", ".", 6, 0.25),
-            ("accepted", "o", 14, 0.9),
-            ("rejected", "x", 14, 0.9),
-        ):
-            mine = [p for p in pts if p[3] == status]
-            if mine:
-                ax.scatter(
-                    [p[0] for p in mine],
-                    [p[1] for p in mine],
-                    c=[colour[p[2]] for p in mine],
-                    marker=marker,
-                    s=size,
-                    alpha=alpha,
-                    linewidths=0.8,
-                )
-        from matplotlib.lines import Line2D
-
-        handles = [Line2D([], [], ls="", marker="s", color=colour[c], label=c) for c in classes]
-        handles += [
-            Line2D([], [], ls="", marker=m, color="#555", label=lbl)
-            for m, lbl in ((".", "reference (real)"), ("o", "accepted"), ("x", "rejected"))
-        ]
-        ax.legend(handles=handles, fontsize=7, **LEGEND_OUTSIDE)
-        ev = emap["explained_variance"]
-        ax.set_xlabel(f"PC1 ({ev[0]:.0%})" if ev else "PC1")
-        ax.set_ylabel(f"PC2 ({ev[1]:.0%})" if len(ev) > 1 else "PC2")
-        charts["embedding_map"] = _svg(fig, "embedding_map")
+        charts["embedding_map"] = _embedding_map_chart(emap)
     return charts
 
 
-LEGEND_OUTSIDE: dict[str, Any] = {
-    "loc": "upper left",
-    "bbox_to_anchor": (1.01, 1.0),
-    "frameon": False,
-}
+def score_counts(
+    rows: pd.DataFrame, column: str
+) -> tuple[list[float], dict[tuple[str, str], list[int]]] | None:
+    """`column`'s finite values binned: HIST_BINS shared bins over their whole range (as
+    np.histogram: half-open, the last closed), counts per (class, status); None when none."""
+    if column not in rows:
+        return None
+    values = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None
+    classes, class_names = pd.factorize(rows["class_name"].astype(str))
+    statuses, status_names = pd.factorize(rows["status"].astype(str))
+    classes, statuses, values = classes[finite], statuses[finite], values[finite]
+    edges = np.linspace(values.min(), values.max() + 1e-9, HIST_BINS + 1)
+    # np.histogram's bins: each half-open, the last one closed
+    bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, HIST_BINS - 1)
+    flat = (classes * len(status_names) + statuses) * HIST_BINS + bins
+    table = np.bincount(flat, minlength=len(class_names) * len(status_names) * HIST_BINS)
+    table = table.reshape(len(class_names), len(status_names), HIST_BINS)
+    counts = {
+        (str(c), str(st)): table[i, j].tolist()
+        for i, c in enumerate(class_names)
+        for j, st in enumerate(status_names)
+    }
+    return edges.tolist(), counts
+
+
+def _score_histograms(rows: pd.DataFrame, column: str, names: list[str]) -> str | None:
+    """One panel per class of `column`'s values, accepted and rejected overlaid on bins
+    shared by all classes (binned counts: the size of the chart does not grow with rows)."""
+    binned = score_counts(rows, column)
+    if binned is None:
+        return None
+    edges, counts = binned
+    empty = [0] * HIST_BINS
+    panels = [
+        (
+            name,
+            [
+                (status, counts.get((name, status), empty), colour)
+                for status, colour in (
+                    ("accepted", svgchart.ACCEPTED),
+                    ("rejected", svgchart.REJECTED),
+                )
+            ],
+        )
+        for name in names
+    ]
+    return svgchart.histogram_grid(
+        f"score distributions per class: {column}", column, edges, panels
+    )
+
+
+def _embedding_map_chart(emap: dict[str, Any]) -> str:
+    """The PCA map: colour per class, marker per status; at most MAP_DRAWN points of each
+    synthetic status drawn (a fixed subsample, said under the chart)."""
+    pts = emap["points"]
+    classes = sorted({str(p[2]) for p in pts})
+    palette = svgchart.TAB10 if len(classes) <= 10 else svgchart.TAB20
+    colours = {c: palette[i % len(palette)] for i, c in enumerate(classes)}
+    drawn: list[tuple[float, float, str, str]] = []
+    notes = []
+    by_status: dict[str, list[tuple[float, float, str, str]]] = {}
+    for x, y, cls, status in pts:
+        by_status.setdefault(status, []).append((float(x), float(y), str(cls), status))
+    for status in ("reference", "accepted", "rejected"):
+        mine = by_status.get(status, [])
+        if len(mine) > MAP_DRAWN and status != "reference":
+            keep = np.sort(np.random.default_rng(0).choice(len(mine), MAP_DRAWN, replace=False))
+            notes.append(f"{MAP_DRAWN} of {len(mine)} {status}")
+            mine = [mine[i] for i in keep.tolist()]
+        drawn += mine
+    ev = emap["explained_variance"]
+    return svgchart.scatter(
+        "embedding map (PCA)",
+        drawn,
+        colours,
+        [
+            ("reference", "reference (real)", "dot"),
+            ("accepted", "accepted", "circle"),
+            ("rejected", "rejected", "cross"),
+        ],
+        f"PC1 ({ev[0]:.0%})" if ev else "PC1",
+        f"PC2 ({ev[1]:.0%})" if len(ev) > 1 else "PC2",
+        note=f"Points drawn: {', '.join(notes)} (a fixed subsample)." if notes else "",
+    )
 
 
 class _Raw(str):
@@ -695,6 +668,7 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} th{background:#f2f2
 .label{display:inline-block;width:9em;font-size:13px}
 .card{border:1px solid #ccc;border-radius:6px;padding:0.5em 1em;margin:0.5em 0;max-width:60em}
 svg.spark{vertical-align:middle} .up{color:#2e7d32} .down{color:#c62828}
+.chart{overflow-x:auto;margin:0.5em 0} svg.chart{display:block}
 """
 
 LOADED_SCRIPT = """
@@ -1040,7 +1014,7 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
         *_trend_card(report),
         "</section>",
         "<section id='counts'><h2>Planned vs accepted per class</h2>",
-        charts["counts"],
+        f"<div class='chart'>{charts['counts']}</div>",
         _table(
             ["class", "planned", "accepted"],
             [[c, v["planned"], v["accepted"]] for c, v in counts["per_class"].items()],
@@ -1050,7 +1024,7 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
     if "balance" in charts:
         parts += [
             "<section id='balance'><h2>Class histogram before and after balancing</h2>",
-            charts["balance"],
+            f"<div class='chart'>{charts['balance']}</div>",
             "</section>",
         ]
     parts.append("<section id='scores'><h2>Score distributions per class</h2>")
@@ -1085,7 +1059,7 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
     parts += [
         *_failure_section(report.get("failures") or {}),
         "<section id='rejects'><h2>Rejects by reason</h2>",
-        charts["rejects"],
+        f"<div class='chart'>{charts['rejects']}</div>",
         _table(["reason", "samples"], [[k, v] for k, v in report["rejects_by_reason"].items()]),
     ]
     for reason in report["rejects_by_reason"]:

@@ -13,13 +13,18 @@ from typing import Any
 import pytest
 
 from synthgen.pipelines.build import run_build
-from synthgen.validators import nearest
+from synthgen.validators import nearest, svgchart
 from synthgen.validators import report as report_module
-from synthgen.validators.report import sparkline_bars, sparkline_line, text_overlaps
+from synthgen.validators.report import sparkline_bars, sparkline_line
 from synthgen.validators.trend import build_trend, previous_build
 from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict
 from tests.validators.test_reference_cache import reference_folder
-from tests.validators.test_report import CHROMIUM_FLAGS, _chromium
+from tests.validators.test_report import (
+    CHROMIUM_FLAGS,
+    _chromium,
+    chart_text_problems,
+    charts_page,
+)
 
 USAGE = "research on digit classifiers only; not for redistribution"
 
@@ -197,28 +202,50 @@ def test_sparklines_are_inline_svg() -> None:
     assert sparkline_line([]).endswith("</svg>")
 
 
-def test_overlap_check_finds_overlapping_text() -> None:
-    import matplotlib
+def test_overlap_check_finds_planted_overlaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Chromium text check catches overlapping, clipped and plot-covering texts: planted
+    in a hand-written chart, and in real charts laid out as if every text had no width."""
+    planted = (
+        "<svg class='chart' aria-label='planted' xmlns='http://www.w3.org/2000/svg' "
+        "width='300' height='100' font-size='11'>"
+        "<rect class='frame' x='150' y='10' width='100' height='60' fill='none'/>"
+        "<text x='10' y='30'>first label</text><text x='14' y='33'>second label</text>"
+        "<text x='10' y='60'><title>a tooltip, never drawn</title>alone</text>"
+        "<text x='270' y='92'>clipped on the right</text>"
+        "<g class='legend'><text x='160' y='40'>legend on the bars</text></g>"
+        "<text x='170' y='60' class='inside'>meant inside</text>"
+        "</svg>"
+    )
+    monkeypatch.setattr(svgchart, "text_width", lambda text, size: 0.0)
+    names = [f"class-{i:02d}-long-name" for i in range(20)]
+    squeezed = svgchart.grouped_bars("squeezed", names, [("n", list(range(20)), "#000")])
+    grid = svgchart.histogram_grid(
+        "grid",
+        "a column",
+        [0.4848 + 0.000542 * i for i in range(20)],
+        [(c, [("accepted", [1] * 19, "#000")]) for c in names[:5]],
+    )
+    measured, problems = chart_text_problems(charts_page([planted, squeezed, grid]), tmp_path)
+    assert measured > 50
+    found = {tuple(p) for p in problems}
+    assert ("planted", "overlap", "first label", "second label") in found
+    assert ("planted", "clipped", "clipped on the right", "") in found
+    assert ("planted", "on plot", "legend on the bars", "") in found
+    assert not any("alone" in p or "meant inside" in p for p in found)
+    assert any(
+        c == "squeezed" and k == "overlap" and a.startswith("class-") and b.startswith("class-")
+        for c, k, a, b in found
+    )
+    assert any(c == "grid" and k == "overlap" for c, k, _, _ in found), "edge tick labels"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(2, 2))
-    ax.text(0.5, 0.5, "first label")
-    ax.text(0.52, 0.5, "second label")
-    ax.set_xticks(range(20), [f"class-{i}-long-name" for i in range(20)])  # crowded, unrotated
-    found = text_overlaps(fig)
-    plt.close(fig)
-    assert ("first label", "second label") in found
-    assert any(a.startswith("class-") and b.startswith("class-") for a, b in found)
-
-
-def test_report_charts_have_no_overlapping_text(published: Published) -> None:
-    """Every chart of a real report, and of one with many long class names, rendered with
-    the text-extent check on."""
-    report_module.TEXT_OVERLAPS.clear()
+def test_report_charts_have_no_overlapping_text(published: Published, tmp_path: Path) -> None:
+    """Every chart text of a real report page, and of charts with many long class names,
+    measured in headless Chromium."""
+    page = (published.builds[1] / "report.html").read_text()
     data = report_module.load_report_data(published.builds[1])
-    report_module._charts(report_module.report_json(data), data.rows)
     many = {
         f"class-{i:02d}-{'long' * (i % 4)}name": {"planned": 10 + i, "accepted": i}
         for i in range(30)
@@ -230,5 +257,10 @@ def test_report_charts_have_no_overlapping_text(published: Published) -> None:
         "embedding_spread": {},
         "balance": {"before": {k: 5 for k in many}, "after": {k: 9 for k in many}},
     }
-    report_module._charts(crowded, data.rows.iloc[:0])
-    assert report_module.TEXT_OVERLAPS == []
+    charts = report_module._charts(crowded, data.rows.iloc[:0])
+    assert set(charts) == {"counts", "rejects", "balance"}
+    body = page.rindex("</body>")
+    page = page[:body] + charts_page(list(charts.values())) + page[body:]
+    measured, problems = chart_text_problems(page, tmp_path)
+    assert problems == []
+    assert measured > 200
