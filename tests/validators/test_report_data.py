@@ -211,3 +211,23 @@ def test_check_tar_finds_split_and_repeated_samples(written: Path, tmp_path: Pat
     failures = check_tar(tmp_path, 0, rows)
     assert any(f"key {first_key} is not contiguous" in f for f in failures), failures
     assert any("duplicate member" in f for f in failures), failures
+
+
+def test_embedding_map_axes_are_the_principal_components_with_a_fixed_sign() -> None:
+    import numpy as np
+
+    from synthgen.validators.report import _top_components
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(300, 40)) * np.linspace(4.0, 0.2, 40)
+    centred = rows - rows.mean(0)
+    xy, explained = _top_components(centred)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    for axis in range(2):  # the same axes as a full SVD, up to sign
+        assert abs(abs(np.corrcoef(xy[:, axis], centred @ vt[axis])[0, 1]) - 1) < 1e-9
+    assert explained == pytest.approx((sv**2 / (sv**2).sum())[:2].tolist())
+    # the axes' signs come from their loadings (the same for negated data), not from the
+    # solver: negated rows land at negated coordinates
+    flipped, _ = _top_components(-centred)
+    assert np.allclose(flipped, -xy)
+    assert _top_components(centred[:1])[1] == []
