@@ -1,17 +1,30 @@
-"""Class balancing on an imbalanced digits train split, text and img2img top-ups side by side.
+"""Class balancing on an imbalanced digits train split, every balancing mode side by side.
 
-    .venv/bin/python benchmarks/balance_digits.py [--modes text img2img] [--minority 3 5 8]
-        [--keep 5] [--strength 0.6] [--steps N]
+    .venv/bin/python benchmarks/balance_digits.py [--modes text img2img mix lora]
+        [--minority 3 5 8] [--keep 5] [--strength S] [--mix-text F] [--target max|minority]
+        [--steps N] [--set dotted.key=value ...]
 
 The train split (train_test_split(..., test_size=0.25, random_state=0, stratify=y)) has the
 minority classes cut to `--keep` samples each; it is written as an image folder and balanced
-(target: max) once per mode: `text` with recipes/digits-balance.yaml, `img2img` with
-recipes/digits-balance-img2img.yaml (each top-up starts from one of its class's own real
-images). The same classifier (an SVC on 8x8 grey pixels) is trained on the imbalanced real
-set and on each balanced set (real + accepted synthetic, read back from balanced.parquet and
-the shards), and tested on the real test split. Reported per mode: minority recall per class,
-their mean, macro-F1, and the diversity of the generated top-up (mean pairwise distance of
-its 8x8 pixel features, per minority class; the full real train class for comparison).
+once per mode:
+
+- `text`: recipes/digits-balance.yaml (the class prompts);
+- `img2img`: recipes/digits-balance-img2img.yaml (each top-up starts from one of its class's
+  own real images, `--strength` overrides the recipe's);
+- `mix`: the img2img recipe with `balance.conditioning: {text: F, img2img: 1 - F}`
+  (`--mix-text`, default 0.5): each top-up's mode drawn from (seed, key);
+- `lora`: recipes/digits-balance-lora.yaml (a LoRA trained per topped-up class on its real
+  images; with `--target max` that is every class short of the largest, so `--target
+  minority` is the faster comparison).
+
+`--target minority` tops up only the minority classes (each to the largest class) in every
+mode; `max` (default) every class short of the largest. `--set` overrides apply to every
+mode (e.g. `--set sampling.guidance_scale=2.0`). The same classifier (an SVC on 8x8 grey
+pixels) is trained on the imbalanced real set and on each balanced set (real + accepted
+synthetic, read back from balanced.parquet and the shards), and tested on the real test
+split. Reported per mode: minority recall per class, their mean, macro-F1, the diversity of
+the generated top-up (mean pairwise distance of its 8x8 pixel features, per minority class;
+the full real train class for comparison), rounds, rejects and build time.
 `--steps` overrides sampling.steps (smaller: faster, for slow machines).
 """
 
@@ -40,6 +53,8 @@ from synthgen.storage.tars import iter_tar_samples
 RECIPES = {
     "text": ROOT / "recipes" / "digits-balance.yaml",
     "img2img": ROOT / "recipes" / "digits-balance-img2img.yaml",
+    "mix": ROOT / "recipes" / "digits-balance-img2img.yaml",
+    "lora": ROOT / "recipes" / "digits-balance-lora.yaml",
 }
 GOAL_MINORITY_RECALL = 0.95
 
@@ -86,8 +101,23 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=sorted(RECIPES), default=["text", "img2img"])
     parser.add_argument("--minority", type=int, nargs="+", default=[3, 5, 8])
     parser.add_argument("--keep", type=int, default=5)
-    parser.add_argument("--strength", type=float, default=None, help="img2img strength override")
+    parser.add_argument(
+        "--strength", type=float, default=None, help="img2img / mix strength override"
+    )
+    parser.add_argument(
+        "--mix-text", type=float, default=0.5, help="mix: the text share of the top-ups"
+    )
+    parser.add_argument(
+        "--target", choices=["max", "minority"], default="max", help="which classes to top up"
+    )
     parser.add_argument("--steps", type=int, default=None, help="sampling.steps override")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="recipe override for every mode, e.g. sampling.guidance_scale=2.0",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from PIL import Image
@@ -119,12 +149,22 @@ def main() -> int:
             d = source / WORDS[y]
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(im).save(d / f"{i:05d}.png")
+        top = int(np.bincount(y_imb).max())
         for mode in args.modes:
             overrides = [f"balance.source={source}"]
+            if args.target == "minority":
+                named = ", ".join(f"{WORDS[c]}: {top}" for c in args.minority)
+                overrides.append(f"balance.target={{{named}}}")
             if args.steps is not None:
                 overrides.append(f"sampling.steps={args.steps}")
-            if args.strength is not None and mode == "img2img":
+            if args.strength is not None and mode in ("img2img", "mix"):
                 overrides.append(f"balance.strength={args.strength}")
+            if mode == "mix":
+                share = args.mix_text
+                overrides.append(
+                    f"balance.conditioning={{text: {share}, img2img: {round(1 - share, 6)}}}"
+                )
+            overrides += args.overrides
             t0 = time.monotonic()
             result = run_build(
                 RECIPES[mode], Path(tmp) / mode, overrides=overrides, show_progress=False

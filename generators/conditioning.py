@@ -92,11 +92,17 @@ class ConditioningError(RecipeError):
 @dataclass(frozen=True)
 class ClassConditioning:
     """One class's conditioning: its mode, the mode's settings (canonical JSON, recorded in
-    every sample's provenance) and its source images as (reference, sha256), in source order."""
+    every sample's provenance) and its source images as (reference, sha256), in source order.
+
+    `masks`: with per-sample masks, each pool image's mask as (reference, sha256), in the
+    same order. `text_share`: the share of the class's samples left text-only (a balancing
+    mix), chosen per sample from (recipe seed, key) by `pick_mode`."""
 
     mode: str
     params: str
     pool: tuple[tuple[str, str], ...] = ()
+    masks: tuple[tuple[str, str], ...] = ()
+    text_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,16 +121,31 @@ class ConditioningSettings:
     def content_sha256(self) -> str:
         """A fingerprint of every input behind the settings: source images (by sha256), mask,
         fixed images and ControlNet folders (their sha256 sit in `params`)."""
-        blob = canonical_json(
-            [[cid, cc.mode, cc.params, [list(p) for p in cc.pool]] for cid, cc in self.classes]
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
+        rows: list[list[Any]] = []
+        for cid, cc in self.classes:
+            row: list[Any] = [cid, cc.mode, cc.params, [list(p) for p in cc.pool]]
+            if cc.masks or cc.text_share:  # rows without them hash as before
+                row += [[list(m) for m in cc.masks], cc.text_share]
+            rows.append(row)
+        return hashlib.sha256(canonical_json(rows).encode()).hexdigest()
 
 
 def pick_source(recipe_seed: int, key: str, n: int) -> int:
     """Index of the source image a sample starts from: a stable hash of (recipe seed, key)."""
     digest = hashlib.sha256(f"synthgen-conditioning:{recipe_seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % n
+
+
+def mix_draw(recipe_seed: int, key: str) -> float:
+    """A sample's draw in [0, 1) for a mix of modes: a stable hash of (recipe seed, key),
+    independent of `pick_source`'s."""
+    digest = hashlib.sha256(f"synthgen-conditioning-mix:{recipe_seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2.0**64
+
+
+def pick_mode(recipe_seed: int, key: str, text_share: float) -> bool:
+    """Whether a sample of a mixed class is text-only: its draw falls below `text_share`."""
+    return text_share > 0.0 and mix_draw(recipe_seed, key) < text_share
 
 
 def assign_sources(
@@ -136,22 +157,42 @@ def assign_sources(
     out = []
     for r in requests:
         cc = settings.for_class(r.class_label)
-        if cc is None or cc.mode == "text":
+        if cc is None or cc.mode == "text" or pick_mode(settings.seed, r.key, cc.text_share):
             out.append(r)
             continue
         ref, sha = r.conditioning_source, r.conditioning_source_sha256
+        params = r.conditioning or cc.params
         if ref is None and cc.pool:
-            ref, sha = cc.pool[pick_source(settings.seed, r.key, len(cc.pool))]
+            i = pick_source(settings.seed, r.key, len(cc.pool))
+            ref, sha = cc.pool[i]
+            if cc.masks:  # the mask read alongside this source image, in provenance
+                mask_ref, mask_sha = cc.masks[i]
+                with_mask = json.loads(cc.params)
+                with_mask["mask"] = {"reference": mask_ref, "sha256": mask_sha}
+                params = canonical_json(with_mask)
         out.append(
             dataclasses.replace(
                 r,
                 conditioning_mode=cc.mode,
                 conditioning_source=ref,
                 conditioning_source_sha256=sha,
-                conditioning=cc.params,
+                conditioning=params,
             )
         )
     return out
+
+
+def call_group_key(conditioning: str | None) -> str:
+    """What requests must share to share a model call: their conditioning settings, less a
+    per-sample mask (read per request, like the source image)."""
+    if not conditioning or '"reference"' not in conditioning:
+        return conditioning or ""
+    params = json.loads(conditioning)
+    mask = params.get("mask")
+    if isinstance(mask, dict) and "reference" in mask:
+        params["mask"] = "per-sample"
+        return canonical_json(params)
+    return conditioning
 
 
 def group_by_conditioning(requests: Sequence[GenerationRequest]) -> list[list[GenerationRequest]]:
@@ -159,7 +200,7 @@ def group_by_conditioning(requests: Sequence[GenerationRequest]) -> list[list[Ge
     in order of first appearance; text-only requests form one group."""
     groups: dict[str, list[GenerationRequest]] = {}
     for r in requests:
-        groups.setdefault(r.conditioning or "", []).append(r)
+        groups.setdefault(call_group_key(r.conditioning), []).append(r)
     return list(groups.values())
 
 
@@ -178,30 +219,65 @@ def _open(source: dict[str, Any]) -> Source:
     return open_source(spec, source["location"])
 
 
-def _iter_images(src: Source) -> Iterator[tuple[str, str, bytes]]:
-    """(reference, label, image bytes) for every record of a source, in its order; the
-    references are the ones the source's own `records()` gives."""
+# (mask reference, encoded mask) read beside a source image; None without per-sample masks
+Mask = tuple[str, bytes] | None
+
+
+def _iter_images(
+    src: Source, mask_column: str | None = None, mask_folder: Path | None = None
+) -> Iterator[tuple[str, str, bytes, Mask]]:
+    """(reference, label, image bytes, mask) for every record of a source, in its order; the
+    references are the ones the source's own `records()` gives. With `mask_column` (Parquet:
+    a column; WebDataset: a member extension) or `mask_folder` (folder sources), each image's
+    own mask comes beside it; a missing one raises SourceError naming the image."""
     from synthgen.generators.sources.folder_source import FolderSource
     from synthgen.generators.sources.parquet_source import ParquetSource
     from synthgen.generators.sources.webdataset_source import IMAGE_EXTS, WebDatasetSource
     from synthgen.storage.tars import iter_tar_samples
 
     if isinstance(src, FolderSource):
+        if mask_column is not None:
+            raise SourceError(
+                f"{src.description}: mask_column is for Parquet and WebDataset sources; an "
+                "image folder's masks come from `mask_folder`"
+            )
         for rec in src.records():
-            yield rec.reference, rec.label, (src.root / rec.reference).read_bytes()
+            data = (src.root / rec.reference).read_bytes()
+            mask = None if mask_folder is None else _folder_mask(mask_folder, rec.reference)
+            yield rec.reference, rec.label, data, mask
     elif isinstance(src, ParquetSource):
         import pyarrow.parquet as pq
 
+        if mask_folder is not None:
+            raise SourceError(
+                f"{src.description}: mask_folder is for image folders; use mask_column"
+            )
         labels = {r.reference: r.label for r in src.records()}  # checks columns and images
+        columns = [src.image_column] + ([mask_column] if mask_column else [])
         for f in src.files:
             pf = pq.ParquetFile(f)
+            if mask_column is not None and mask_column not in pf.schema_arrow.names:
+                raise SourceError(
+                    f"{f}: no mask column {mask_column!r} (columns: "
+                    f"{', '.join(pf.schema_arrow.names)}); set source.mask_column"
+                )
             row = 0
-            for batch in pf.iter_batches(columns=[src.image_column], batch_size=256):
-                for image in batch.column(0).to_pylist():
+            for batch in pf.iter_batches(columns=columns, batch_size=256):
+                masks = batch.column(1).to_pylist() if mask_column else [None] * batch.num_rows
+                for image, mask_cell in zip(batch.column(0).to_pylist(), masks, strict=True):
                     ref = f"{f.name}#row={row}"
-                    yield ref, labels[ref], _image_bytes(image)
+                    cell_mask: Mask = None
+                    if mask_column is not None:
+                        if mask_cell is None:
+                            raise SourceError(f"{f}: row {row} has no mask in {mask_column!r}")
+                        cell_mask = (ref, _image_bytes(mask_cell))
+                    yield ref, labels[ref], _image_bytes(image), cell_mask
                     row += 1
     elif isinstance(src, WebDatasetSource):
+        if mask_folder is not None:
+            raise SourceError(
+                f"{src.description}: mask_folder is for image folders; use mask_column"
+            )
         labels = {r.reference: r.label for r in src.records()}  # checks labels and images
         for url in src.urls:
             for sample in iter_tar_samples(url):
@@ -209,9 +285,48 @@ def _iter_images(src: Source) -> Iterator[tuple[str, str, bytes]]:
                 if ref in labels:
                     members = sample.members
                     ext = next(e for e in IMAGE_EXTS if e in members)
-                    yield ref, labels[ref], members[ext]
+                    mask = None
+                    if mask_column is not None:
+                        if mask_column not in members:
+                            raise SourceError(
+                                f"{url}: sample {sample.key!r} has no mask member "
+                                f"{sample.key}.{mask_column}"
+                            )
+                        mask = (ref, members[mask_column])
+                    yield ref, labels[ref], members[ext], mask
     else:  # pragma: no cover - every reader is listed above
         raise SourceError(f"{src.description}: no image reader")
+
+
+def _folder_mask_path(folder: Path, reference: str) -> Path:
+    """The mask of the folder image `reference` (`class/name.ext`) in a mask folder that
+    mirrors the source: the same relative path, else the same name with one other image
+    extension. Raises SourceError when there is none, or several."""
+    from synthgen.generators.sources.folder_source import IMAGE_SUFFIXES
+
+    same = folder / reference
+    rel = Path(reference)
+    candidates = (
+        [same]
+        if same.is_file()
+        else [p for suffix in IMAGE_SUFFIXES if (p := folder / rel.with_suffix(suffix)).is_file()]
+    )
+    if not candidates:
+        raise SourceError(
+            f"{folder}: no mask for {reference} (looked for {rel.with_suffix('.*').as_posix()})"
+        )
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise SourceError(f"{folder}: several masks for {reference}: {names}")
+    path = candidates[0]
+    if not inside_root(path.resolve(), folder.resolve()):
+        raise SourceError(f"{path}: leads out of the mask folder {folder}")
+    return path
+
+
+def _folder_mask(folder: Path, reference: str) -> tuple[str, bytes]:
+    path = _folder_mask_path(folder, reference)
+    return path.relative_to(folder).as_posix(), path.read_bytes()
 
 
 def _image_bytes(value: Any) -> bytes:
@@ -222,8 +337,24 @@ def _image_bytes(value: Any) -> bytes:
     return bytes(data)
 
 
-def read_source_image(source: dict[str, Any], reference: str) -> bytes:
-    """The encoded bytes of one source image, by its reference (workers, regeneration)."""
+def read_source_mask(source: dict[str, Any], reference: str) -> bytes:
+    """The encoded bytes of one per-sample mask, by its reference: a path in the mask folder,
+    or the row / sample of its image (the mask column / member)."""
+    if source.get("mask_folder"):
+        folder = Path(source["mask_folder"])
+        path = (folder / reference).resolve()
+        if not inside_root(path, folder.resolve()):
+            raise SourceError(f"{reference}: leads out of the mask folder {folder}")
+        return path.read_bytes()
+    column = source.get("mask_column")
+    if not column:
+        raise SourceError(f"{source['location']}: the source has no masks")
+    return read_source_image({**source, "image_column": column}, reference, member=column)
+
+
+def read_source_image(source: dict[str, Any], reference: str, member: str | None = None) -> bytes:
+    """The encoded bytes of one source image, by its reference (workers, regeneration);
+    `member`: a WebDataset sample's member of that extension instead of its image."""
     fmt, location = source["format"], Path(source["location"])
     if fmt == "folder":
         root = location.resolve()
@@ -259,6 +390,10 @@ def read_source_image(source: dict[str, Any], reference: str) -> bytes:
         for sample in iter_tar_samples(url):
             if sample.key == key:
                 members = sample.members
+                if member is not None:
+                    if member in members:
+                        return members[member]
+                    continue
                 ext = next((e for e in IMAGE_EXTS if e in members), None)
                 if ext is not None:
                     return members[ext]
@@ -286,7 +421,7 @@ def effective_specs(recipe: Recipe) -> dict[int, ConditioningSpec] | None:
     `balance.conditioning: img2img` conditions every class on its own real images from the
     balance source (strength `balance.strength`)."""
     balance = recipe.balance
-    if balance is not None and balance.conditioning == "img2img":
+    if balance is not None and balance.uses_img2img:
         spec = ConditioningSpec(
             mode="img2img",
             strength=balance.strength or BALANCE_IMG2IMG_STRENGTH,
@@ -313,10 +448,24 @@ def _location(base_dir: Path, raw: str) -> str:
     return str(resolve_path(base_dir, raw))
 
 
+@dataclass(frozen=True)
+class PoolImage:
+    """One source image of a class: reference, sha256, bytes, and its mask's (or None)."""
+
+    ref: str
+    sha256: str
+    data: bytes
+    mask: tuple[str, str, bytes] | None = None
+
+
 def _read_pool(
-    recipe: Recipe, spec: ConditioningSourceSpec, location: str, where: str
-) -> tuple[dict[str, Any], dict[int, list[tuple[str, str, bytes]]]]:
-    """The source's description (for workers) and its images per class id."""
+    recipe: Recipe,
+    spec: ConditioningSourceSpec,
+    location: str,
+    where: str,
+    mask_folder: Path | None = None,
+) -> tuple[dict[str, Any], dict[int, list[PoolImage]]]:
+    """The source's description (for workers) and its images (with masks) per class id."""
     from synthgen.generators.sources.open import label_resolver
 
     try:
@@ -329,14 +478,15 @@ def _read_pool(
             }
         )
         resolve = label_resolver(recipe, spec.label_type)
-        by_class: dict[int, list[tuple[str, str, bytes]]] = {c.id: [] for c in recipe.classes}
+        by_class: dict[int, list[PoolImage]] = {c.id: [] for c in recipe.classes}
         unknown: set[str] = set()
-        for ref, label, data in _iter_images(src):
+        for ref, label, data, mask in _iter_images(src, spec.mask_column, mask_folder):
             class_id = resolve(label)
             if class_id is None:
                 unknown.add(label)
                 continue
-            by_class[class_id].append((ref, hashlib.sha256(data).hexdigest(), data))
+            with_sha = None if mask is None else (mask[0], _sha(mask[1]), mask[1])
+            by_class[class_id].append(PoolImage(ref, _sha(data), data, with_sha))
     except (SourceError, OSError) as exc:
         raise ConditioningError(f"{where}: {exc}") from None
     if unknown:
@@ -350,7 +500,15 @@ def _read_pool(
         "label_column": spec.label_column,
         "image_column": spec.image_column,
     }
+    if spec.mask_column is not None:
+        described["mask_column"] = spec.mask_column
+    if mask_folder is not None:
+        described["mask_folder"] = str(mask_folder)
     return described, by_class
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _fixed_image(base_dir: Path, raw: str, where: str) -> tuple[dict[str, str], bytes]:
@@ -508,11 +666,11 @@ def resolve_conditioning(
         return None
     s = recipe.sampling
     family_modes = DERIVED_PIPELINES.get(pipeline_class, {})
-    where_source = (
-        "balance.source"
-        if recipe.balance is not None and recipe.balance.conditioning == "img2img"
-        else "conditioning.source"
-    )
+    balance = recipe.balance
+    from_balance = balance is not None and balance.uses_img2img
+    where_source = "balance.source" if from_balance else "conditioning.source"
+    # a balancing mix leaves this share of every class's top-ups text-only
+    text_share = balance.mix.get("text", 0.0) if balance is not None and from_balance else 0.0
     pools: dict[tuple[str, str], tuple[dict[str, Any], dict[int, list[Any]]]] = {}
     controlnet_sha: dict[str, str] = {}
     classes: list[tuple[int, ClassConditioning]] = []
@@ -532,12 +690,26 @@ def resolve_conditioning(
             "height": s.height,
             "source": None,
         }
-        pool: list[tuple[str, str, bytes]] = []
-        if spec.source is not None:
+        pool: list[PoolImage] = []
+        fixed_prompt = (
+            spec.mode == "ip_adapter"
+            and spec.ip_adapter is not None
+            and (spec.ip_adapter.image is not None)
+        )
+        if spec.source is not None and not fixed_prompt:
             location = (locate or _location)(base_dir, spec.source.path)
             cache_key = (location, spec.source.model_dump_json())
             if cache_key not in pools:
-                pools[cache_key] = _read_pool(recipe, spec.source, location, where_source)
+                mask_folder = None
+                if spec.source.mask_folder is not None:
+                    mask_folder = Path((locate or _location)(base_dir, spec.source.mask_folder))
+                    if not mask_folder.is_dir():
+                        raise ConditioningError(
+                            f"conditioning.source.mask_folder: {mask_folder}: folder not found"
+                        )
+                pools[cache_key] = _read_pool(
+                    recipe, spec.source, location, where_source, mask_folder
+                )
             described, by_class = pools[cache_key]
             params["source"] = described
             pool = by_class[c.id]
@@ -554,11 +726,14 @@ def resolve_conditioning(
                     f"conditioning.strength: {spec.strength} of {steps} steps leaves no "
                     f"denoising step for class {c.name!r}; raise the strength or the steps"
                 )
-        if spec.mode == "inpaint":
-            assert spec.mask is not None
+        if spec.mode == "inpaint" and spec.mask is not None:
             mask, data = _fixed_image(base_dir, spec.mask, "conditioning.mask")
             _check_mask(data, mask["path"], s.width, s.height)
             params["mask"] = mask
+        elif spec.mode == "inpaint":  # per-sample masks: each fits its own image
+            for item in pool:
+                assert item.mask is not None
+                _check_source_mask(item, params)
         if spec.mode == "ip_adapter":
             assert spec.ip_adapter is not None
             path = resolve_path(base_dir, spec.ip_adapter.path)
@@ -570,6 +745,12 @@ def resolve_conditioning(
                 "sha256": controlnet_sha[str(path)],
                 "scale": spec.ip_adapter.scale,
             }
+            if spec.ip_adapter.image is not None:  # one image prompt for the class
+                where = "conditioning.ip_adapter.image"
+                params["ip_adapter"]["image"], data = _fixed_image(
+                    base_dir, spec.ip_adapter.image, where
+                )
+                _prepare(data, params["ip_adapter"]["image"]["path"], params, {"name": "identity"})
         derive: list[dict[str, Any]] = []
         if spec.mode == "controlnet":
             nets = []
@@ -594,20 +775,49 @@ def resolve_conditioning(
                 nets.append(entry)
             params["controlnets"] = nets
         # every source image this class may use must fit and preprocess now, not on a worker
-        for ref, _, data in pool:
+        for item in pool:
             for pre in derive or [{"name": "identity"}]:
-                _prepare(data, ref, params, pre)
+                _prepare(item.data, item.ref, params, pre)
+        masks = tuple((m[0], m[1]) for item in pool if (m := item.mask) is not None)
         classes.append(
             (
                 c.id,
                 ClassConditioning(
-                    spec.mode, canonical_json(params), tuple((r, h) for r, h, _ in pool)
+                    spec.mode,
+                    canonical_json(params),
+                    tuple((item.ref, item.sha256) for item in pool),
+                    masks=masks if spec.mode == "inpaint" else (),
+                    text_share=text_share,
                 ),
             )
         )
     if not classes:
         return None
     return ConditioningSettings(seed=recipe.seed, classes=tuple(classes))
+
+
+def _check_source_mask(item: PoolImage, params: dict[str, Any]) -> None:
+    """A per-sample mask must decode and be the size of its image (it is fitted with it)."""
+    assert item.mask is not None
+    ref = item.mask[0]
+    try:
+        mask = decode_image(item.mask[2], f"mask {ref}", "L")
+        image = decode_image(item.data, item.ref)
+    except PreprocessorError as exc:
+        raise ConditioningError(f"conditioning.source: {exc}") from None
+    if mask.size != image.size:
+        raise ConditioningError(
+            f"conditioning.source: the mask {ref} is {mask.size[0]}x{mask.size[1]}, its image "
+            f"{item.ref} is {image.size[0]}x{image.size[1]}; a mask must be its image's size"
+        )
+
+
+def fit_mask(mask: Any, params: dict[str, Any]) -> Any:
+    """A per-sample mask fitted like its image (same policy, nearest-neighbour: it stays a
+    mask)."""
+    return fit_image(
+        mask, int(params["width"]), int(params["height"]), str(params["resize"]), "nearest"
+    )
 
 
 def _prepare(data: bytes, where: str, params: dict[str, Any], pre: dict[str, Any]) -> Any:
@@ -786,11 +996,20 @@ def conditioned_call(
     if mode in ("img2img", "inpaint"):
         kwargs["image"] = [source(r) for r in requests]
         kwargs["strength"] = float(params["strength"])
-    if mode == "inpaint":
+    if mode == "inpaint" and "reference" in params["mask"]:  # per-sample masks
+        kwargs["mask_image"] = [_sample_mask(r) for r in requests]
+    elif mode == "inpaint":
         mask = decode_image(_file_bytes(params["mask"]), params["mask"]["path"], "L")
         kwargs["mask_image"] = [mask] * len(requests)
     if mode == "ip_adapter":
-        return _with_image_prompts(derived, [source(r) for r in requests]), {}
+        adapter = params["ip_adapter"]
+        if adapter.get("image") is not None:  # the class's one image prompt
+            entry = adapter["image"]
+            fixed = fit_image(decode_image(_file_bytes(entry), entry["path"]), w, h, policy)
+            prompts = [fixed] * len(requests)
+        else:
+            prompts = [source(r) for r in requests]
+        return _with_image_prompts(derived, prompts, float(adapter["scale"])), {}
     if mode == "controlnet":
         images: list[list[Any]] = []
         for net in params["controlnets"]:
@@ -810,7 +1029,27 @@ def conditioned_call(
     return _accepting(derived), kwargs
 
 
-def _with_image_prompts(pipe: Any, images: list[Any]) -> Callable[..., Any]:
+def _sample_mask(r: GenerationRequest) -> Any:
+    """A request's own mask (named in its conditioning), checked and fitted like its image."""
+    assert r.conditioning is not None
+    params = json.loads(r.conditioning)
+    entry = params["mask"]
+    cached = _IMAGES.get(("mask:" + entry["reference"], entry["sha256"]))
+    if cached is None:
+        cached = read_source_mask(params["source"], entry["reference"])
+        got = hashlib.sha256(cached).hexdigest()
+        if got != entry["sha256"]:
+            raise ConditioningError(
+                f"{params['source']['location']}: the mask {entry['reference']} changed: its "
+                f"sha256 is {got[:12]}, the sample was made with {str(entry['sha256'])[:12]}"
+            )
+        if len(_IMAGES) > 4096:
+            _IMAGES.clear()
+        _IMAGES[("mask:" + entry["reference"], entry["sha256"])] = cached
+    return fit_mask(decode_image(cached, entry["reference"], "L"), params)
+
+
+def _with_image_prompts(pipe: Any, images: list[Any], scale: float) -> Callable[..., Any]:
     """`pipe` called with one image prompt per sample.
 
     diffusers treats the images (or embeddings) it is given as one image prompt for the whole
@@ -826,6 +1065,7 @@ def _with_image_prompts(pipe: Any, images: list[Any]) -> Callable[..., Any]:
         if float(kwargs.get("guidance_scale", 1.0)) > 1.0:
             embeds = torch.cat([negative[:, None], embeds])
         pipe.prepare_ip_adapter_image_embeds = lambda *args, **kw: [embeds]
+        pipe.set_ip_adapter_scale(scale)  # the class's own (calls share one conditioning)
         try:
             return pipe(**kwargs, ip_adapter_image_embeds=[embeds])
         finally:

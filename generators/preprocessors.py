@@ -33,15 +33,21 @@ def decode_image(data: bytes, where: str, mode: str = "RGB") -> Any:
         raise PreprocessorError(f"{where}: unreadable image: {exc}") from None
 
 
-def fit_image(image: Any, width: int, height: int, policy: str) -> Any:
+def fit_image(
+    image: Any, width: int, height: int, policy: str, resample_name: str = "bicubic"
+) -> Any:
     """`image` fitted to width x height: `center_crop` (scale the short side, crop the centre),
-    `stretch`, or `pad` (scale the long side, pad with black). Bicubic, deterministic."""
+    `stretch`, or `pad` (scale the long side, pad with black). Bicubic (`nearest` for masks,
+    which must stay masks), deterministic."""
     from PIL import Image
 
     w, h = image.size
     if (w, h) == (width, height):
         return image.copy()
-    resample = Image.Resampling.BICUBIC
+    resamplers = {"bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
+    if resample_name not in resamplers:
+        raise PreprocessorError(f"unknown resampling {resample_name!r}")
+    resample = resamplers[resample_name]
     if policy == "stretch":
         return image.resize((width, height), resample)
     if policy == "center_crop":

@@ -598,6 +598,8 @@ class LoraTrainSpec(_Frozen):
 
 # How balancing conditions its top-ups; one name per way (extend the Literal to add one).
 BalanceConditioning = Literal["text", "img2img", "lora"]
+# The per-sample modes a mix of top-ups may combine (`lora` applies to a whole class).
+BalanceMixMode = Literal["text", "img2img"]
 BALANCE_IMG2IMG_STRENGTH = 0.6
 
 
@@ -621,11 +623,13 @@ class BalanceSpec(_Frozen):
     min_accept_rate: float = Field(
         default=0.02, gt=0.0, le=1.0, description="a class accepting less cannot be filled"
     )
-    conditioning: BalanceConditioning = Field(
+    conditioning: BalanceConditioning | dict[BalanceMixMode, float] = Field(
         default="text",
         description="how top-ups are conditioned: `text` (the class prompts), `img2img` (each "
-        "top-up starts from one of its class's real images, `strength`) or `lora` (the class "
-        "prompts through a LoRA trained per class on its real images: `adapt: lora`)",
+        "top-up starts from one of its class's real images, `strength`), `lora` (the class "
+        "prompts through a LoRA trained per class on its real images: `adapt: lora`), or a "
+        "mix `{text: w, img2img: w}` (or a list of modes, equal shares): each top-up's mode "
+        "drawn from (seed, key) with these weights",
     )
     strength: float | None = Field(
         default=None,
@@ -641,6 +645,50 @@ class BalanceSpec(_Frozen):
     lora: LoraTrainSpec | None = Field(
         default=None, description="per-class LoRA training settings (null: the defaults)"
     )
+
+    @field_validator("conditioning", mode="before")
+    @classmethod
+    def _mix(cls, v: object) -> object:
+        """A list of modes is an equal mix; weights become shares summing to 1 (so equal
+        mixes hash equal); a mix of one mode is that mode."""
+        if isinstance(v, list | tuple):
+            if not v or not all(isinstance(m, str) for m in v):
+                raise ValueError("a list of modes names at least one mode, e.g. [text, img2img]")
+            if len(set(v)) != len(v):
+                raise ValueError(f"a mode is listed twice in {list(v)}")
+            v = {m: 1.0 for m in v}
+        if not isinstance(v, dict):
+            return v
+        if "lora" in v:
+            raise ValueError(
+                "lora applies to a whole class, not to a share of its top-ups: mix text and "
+                "img2img, and add `adapt: lora` to generate both through the class's LoRA"
+            )
+        weights: dict[Any, Any] = dict(v)
+        for mode, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
+                raise ValueError(f"mix weight of {mode!r}: a number >= 0, not {w!r}")
+        total = float(sum(weights.values()))
+        if total <= 0:
+            raise ValueError("a mix needs at least one mode of weight > 0")
+        shares = {m: float(w) / total for m, w in sorted(weights.items()) if w > 0}
+        if len(shares) == 1:
+            return next(iter(shares))
+        return shares
+
+    @property
+    def mix(self) -> dict[str, float]:
+        """Each per-sample mode's share of the top-ups (`lora` counts as `text`: the class's
+        prompts, through its LoRA)."""
+        c = self.conditioning
+        if isinstance(c, dict):
+            return {str(m): w for m, w in c.items()}
+        return {"img2img" if c == "img2img" else "text": 1.0}
+
+    @property
+    def uses_img2img(self) -> bool:
+        """Whether some top-ups start from the class's real images."""
+        return self.mix.get("img2img", 0.0) > 0.0
 
     @property
     def trains_lora(self) -> bool:
@@ -694,6 +742,30 @@ class ConditioningSourceSpec(_Frozen):
     label_column: str = "label"
     image_column: str = "image"
     label_type: Literal["auto", "name", "id"] = "auto"
+    mask_column: str | None = Field(
+        default=None,
+        min_length=1,
+        description="inpaint: each image's own mask (white: repainted), read beside it: the "
+        "Parquet column, or the WebDataset member extension (`mask.png` for `<key>.mask.png`)",
+    )
+    mask_folder: str | None = Field(
+        default=None,
+        min_length=1,
+        description="inpaint, folder sources: a folder of masks mirroring the source folder "
+        "(`<class>/<name>.<any image extension>` for the image `<class>/<name>.<ext>`)",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_masks(self) -> ConditioningSourceSpec:
+        if self.mask_column is not None and self.mask_folder is not None:
+            raise ValueError(
+                "give mask_column (Parquet, WebDataset) or mask_folder (folder), not both"
+            )
+        return self
+
+    @property
+    def has_masks(self) -> bool:
+        return self.mask_column is not None or self.mask_folder is not None
 
 
 class PreprocessorSpec(_Frozen):
@@ -739,6 +811,11 @@ class IPAdapterSpec(_Frozen):
 
     path: str = Field(min_length=1, description="the IP-Adapter folder")
     scale: float = Field(default=1.0, ge=0.0, le=10.0, description="weight of the image prompt")
+    image: str | None = Field(
+        default=None,
+        description="one image prompt for every sample (of the class, under `per_class`); "
+        "null: each sample's own source image",
+    )
 
 
 class ConditioningSpec(_Frozen):
@@ -757,7 +834,8 @@ class ConditioningSpec(_Frozen):
     )
     mask: str | None = Field(
         default=None,
-        description="inpaint: one mask image (white: repainted) of exactly the sampling size",
+        description="inpaint: one mask image (white: repainted) of exactly the sampling size; "
+        "per-sample masks come with the source instead (`source.mask_column` / `mask_folder`)",
     )
     resize: Literal["center_crop", "stretch", "pad"] = Field(
         default="center_crop",
@@ -768,7 +846,9 @@ class ConditioningSpec(_Frozen):
         default_factory=list, max_length=8, description="controlnet: one or more ControlNets"
     )
     ip_adapter: IPAdapterSpec | None = Field(
-        default=None, description="ip_adapter: the adapter; the source image is the image prompt"
+        default=None,
+        description="ip_adapter: the adapter; the image prompt is the sample's source image, or "
+        "`ip_adapter.image`",
     )
     per_class: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -780,10 +860,23 @@ class ConditioningSpec(_Frozen):
         mode = self.mode
         if mode in ("img2img", "inpaint") and self.source is None:
             raise ValueError(f"mode {mode}: needs a `source` of images")
-        if mode == "inpaint" and self.mask is None:
-            raise ValueError("mode inpaint: needs a `mask` image")
+        source_masks = self.source is not None and self.source.has_masks
+        if mode == "inpaint" and self.mask is None and not source_masks:
+            raise ValueError(
+                "mode inpaint: needs a `mask` image, or per-sample masks from the source "
+                "(`source.mask_column` or `source.mask_folder`)"
+            )
+        if mode == "inpaint" and self.mask is not None and source_masks:
+            raise ValueError(
+                "mode inpaint: give one `mask` for every sample or per-sample masks from the "
+                "source, not both"
+            )
         if mode != "inpaint" and self.mask is not None:
             raise ValueError(f"mask: only for mode inpaint (mode is {mode})")
+        if mode != "inpaint" and source_masks:
+            raise ValueError(
+                f"source.mask_column / mask_folder: only for mode inpaint (mode is {mode})"
+            )
         if mode == "controlnet":
             if not self.controlnets:
                 raise ValueError("mode controlnet: give at least one entry in `controlnets`")
@@ -794,18 +887,32 @@ class ConditioningSpec(_Frozen):
                 )
         elif self.controlnets:
             raise ValueError(f"controlnets: only for mode controlnet (mode is {mode})")
-        if mode == "ip_adapter" and (self.ip_adapter is None or self.source is None):
-            raise ValueError("mode ip_adapter: needs an `ip_adapter` and a `source` of images")
+        if mode == "ip_adapter" and (
+            self.ip_adapter is None
+            or (self.source is None and self.ip_adapter.image is None and not self.per_class)
+        ):
+            raise ValueError(
+                "mode ip_adapter: needs an `ip_adapter` and image prompts: a `source` of "
+                "images, or one `ip_adapter.image`"
+            )
         if mode != "ip_adapter" and self.ip_adapter is not None:
             raise ValueError(f"ip_adapter: only for mode ip_adapter (mode is {mode})")
         for name, override in self.per_class.items():
-            # the adapter changes the model's attention: every class uses it, or none
-            if (mode == "ip_adapter") != (override.get("mode", mode) == "ip_adapter") or (
-                "ip_adapter" in override
-            ):
+            # the adapter changes the model's attention: every class uses it, or none; a
+            # class may change its image prompt and scale, not the adapter
+            own = override.get("ip_adapter")
+            other_adapter = own is not None and (
+                self.ip_adapter is None
+                or not isinstance(own, dict)
+                or own.get("path", self.ip_adapter.path) != self.ip_adapter.path
+            )
+            if (mode == "ip_adapter") != (
+                override.get("mode", mode) == "ip_adapter"
+            ) or other_adapter:
                 raise ValueError(
                     f"per_class.{name}: mode ip_adapter and its adapter apply to every class "
-                    "or none"
+                    "or none (a class may change the adapter's `image` and `scale`, not its "
+                    "`path`)"
                 )
         for name, override in self.per_class.items():
             if "per_class" in override:
@@ -828,7 +935,12 @@ class ConditioningSpec(_Frozen):
         if override.get("mode") == "text":
             return ConditioningSpec.model_validate(override)
         base = self.model_dump(exclude={"per_class"})
-        return ConditioningSpec.model_validate({**base, **override})
+        merged = {**base, **override}
+        if isinstance(base.get("ip_adapter"), dict) and isinstance(
+            override.get("ip_adapter"), dict
+        ):
+            merged["ip_adapter"] = {**base["ip_adapter"], **override["ip_adapter"]}
+        return ConditioningSpec.model_validate(merged)
 
 
 class Recipe(_Frozen):
@@ -901,8 +1013,19 @@ class Recipe(_Frozen):
                 raise ValueError(
                     f"conditioning.per_class: {', '.join(unknown)} is not one of the classes"
                 )
+            for c in self.classes:
+                spec = self.conditioning.for_class(c.name)
+                if (
+                    spec.mode == "ip_adapter"
+                    and spec.source is None
+                    and (spec.ip_adapter is None or spec.ip_adapter.image is None)
+                ):
+                    raise ValueError(
+                        f"conditioning: class {c.name!r} has no image prompt: give a `source` "
+                        "of images or an `ip_adapter.image` (for it, under `per_class`)"
+                    )
         balance = self.balance
-        if balance is not None and balance.conditioning == "img2img":
+        if balance is not None and balance.uses_img2img:
             if self.conditioning is not None:
                 raise ValueError(
                     "balance.conditioning img2img conditions top-ups on the balance source; "
@@ -1024,6 +1147,12 @@ class Recipe(_Frozen):
             parent = data if block is None else data.get(block) or {}
             if parent.get(name, default) == default:
                 parent.pop(name, None)
+        for *path, name in _NESTED_UNSET_IF_EMPTY:
+            node: Any = data
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and name in node and not node[name]:
+                node.pop(name)
         for c in data["classes"]:
             for name in _CLASS_UNSET_IF_EMPTY:
                 if name in c and c[name] in (None, [], {}):
@@ -1135,7 +1264,9 @@ PATH_FIELDS = (
     ("reference", "source"),
     ("eval_set", "source"),
     ("conditioning", "source", "path"),
+    ("conditioning", "source", "mask_folder"),
     ("conditioning", "mask"),
+    ("conditioning", "ip_adapter", "image"),
 )
 
 # (block, field, default) left out of the recipe hash while at their default.
@@ -1147,6 +1278,12 @@ _UNSET_IF_DEFAULT: tuple[tuple[str | None, str, Any], ...] = (
     (None, "slots", {}),
     (None, "adapters", []),
     ("validation", "max_failed_fraction", 0.001),
+)
+# Fields deeper in a block left out of the recipe hash while unset (None or empty).
+_NESTED_UNSET_IF_EMPTY = (
+    ("conditioning", "source", "mask_column"),
+    ("conditioning", "source", "mask_folder"),
+    ("conditioning", "ip_adapter", "image"),
 )
 # Per-class fields left out of the recipe hash while unset (None or empty).
 _CLASS_UNSET_IF_EMPTY = ("slots", "negative_prompt", "guidance_scale", "steps", "adapters")

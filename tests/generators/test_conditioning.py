@@ -505,3 +505,249 @@ def test_recipe_refuses_fields_of_another_mode() -> None:
         recipe_from_dict(
             _recipe(conditioning={"mode": "text", "per_class": {"seven": {"mode": "text"}}})
         )
+
+
+# -- balancing mixes, per-sample masks, per-class image prompts -------------------------------
+
+
+def test_balance_mix_splits_top_ups_by_seed_and_key(tmp_path: Path) -> None:
+    from synthgen.generators.conditioning import pick_mode
+
+    source = _folder(tmp_path / "src", {"zero": 4, "one": 1})
+    recipe = _recipe(
+        balance={
+            "source": str(source),
+            "conditioning": {"text": 1, "img2img": 1},
+            "strength": 0.5,
+        },
+    )
+    del recipe["count_per_class"]
+    result = run_build(recipe, tmp_path / "out", show_progress=False)
+    assert validate_dir(result.output).ok
+    rows = {
+        r["key"]: r
+        for f in result.output.glob("[0-9]*.parquet")
+        for r in pq.read_table(f).to_pylist()
+    }
+    images = _tar_images(result.output)
+    modes: dict[str | None, str] = {}
+    for key, row in rows.items():
+        # the split is a pure function of (recipe seed, key): half of the draws are text
+        text = pick_mode(3, key, 0.5)
+        assert row["conditioning_mode"] == (None if text else "img2img")
+        assert (row["conditioning_source"] is None) == text
+        if not text:
+            assert row["conditioning_source"] == "one/000.png"
+            assert json.loads(row["conditioning"])["strength"] == 0.5
+        modes.setdefault(row["conditioning_mode"], key)
+    assert set(modes) == {None, "img2img"}  # both kinds in one class's top-up
+    for key in modes.values():
+        if key in images:
+            assert regenerate(find_provenance(result.output, key)) == images[key]
+    assert result.manifest.balance is not None
+    assert result.manifest.balance.after == {"zero": 4, "one": 4}
+
+
+def test_balance_mix_forms_and_refusals() -> None:
+    from synthgen.schemas.recipe import RecipeError
+
+    def balanced(conditioning: Any, **extra: Any) -> Any:
+        data = _recipe(balance={"source": "s", "conditioning": conditioning, **extra})
+        del data["count_per_class"]
+        return recipe_from_dict(data)
+
+    mapping = balanced({"text": 1, "img2img": 3})
+    assert mapping.balance is not None
+    assert mapping.balance.conditioning == {"img2img": 0.75, "text": 0.25}
+    assert mapping.balance.uses_img2img
+    # equal shares hash equal however they are written
+    hashes = {
+        balanced(c).hash
+        for c in (["text", "img2img"], {"text": 1, "img2img": 1}, {"img2img": 0.5, "text": 0.5})
+    }
+    assert len(hashes) == 1
+    one = balanced({"img2img": 2.0, "text": 0})
+    assert one.balance is not None and one.balance.conditioning == "img2img"
+    assert one.hash == balanced("img2img").hash
+    with pytest.raises(RecipeError, match="lora applies to a whole class"):
+        balanced({"text": 1, "lora": 1})
+    with pytest.raises(RecipeError, match="mix weight"):
+        balanced({"text": 1, "img2img": -1})
+    with pytest.raises(RecipeError, match="listed twice"):
+        balanced(["text", "text"])
+    with pytest.raises(RecipeError, match="remove the `conditioning` block"):
+        data = _recipe(
+            balance={"source": "s", "conditioning": ["text", "img2img"]},
+            conditioning={"mode": "text"},
+        )
+        del data["count_per_class"]
+        recipe_from_dict(data)
+
+
+def _mask_png(value: int, size: int = 16) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (size, size), value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_inpaint_with_per_sample_masks_from_a_mask_folder(tmp_path: Path) -> None:
+    source = _folder(tmp_path / "src", {"zero": 2, "one": 2})
+    masks = tmp_path / "masks"
+    for name, value in (("zero", 0), ("one", 255)):  # zero: nothing repainted; one: all
+        (masks / name).mkdir(parents=True)
+        (masks / name / "000.png").write_bytes(_mask_png(value))
+        Image.open(io.BytesIO(_mask_png(value))).save(masks / name / "001.bmp")  # any extension
+    cond = {
+        "mode": "inpaint",
+        "strength": 1.0,
+        "source": {"path": str(source), "mask_folder": str(masks)},
+    }
+    result = run_build(_recipe(conditioning=cond), tmp_path / "out", show_progress=False)
+    rows = _check_corpus(result.output, "inpaint")
+    images = _tar_images(result.output)
+    far: dict[str, list[float]] = {"zero": [], "one": []}
+    for key, row in rows.items():
+        ref = row["conditioning_source"]
+        mask = json.loads(row["conditioning"])["mask"]
+        stem = ref.rsplit(".", 1)[0]
+        assert mask["reference"] in (f"{stem}.png", f"{stem}.bmp")
+        assert (
+            mask["sha256"] == hashlib.sha256((masks / mask["reference"]).read_bytes()).hexdigest()
+        )
+        made = np.asarray(Image.open(io.BytesIO(images[key])).convert("L"), dtype=float)
+        src = np.asarray(Image.open(source / ref).convert("L"), dtype=float)
+        far[row["class_name"]].append(float(np.abs(made - src).mean()))
+    # each sample was inpainted with its own image's mask: kept (black) vs repainted (white)
+    assert max(far["zero"]) < min(far["one"])
+    _same_bytes_whatever_the_batches(tmp_path, cond, result.output)
+
+
+def test_per_sample_masks_from_parquet_and_webdataset_pair_with_their_images(
+    tmp_path: Path,
+) -> None:
+    from synthgen.generators.conditioning import assign_sources, read_source_mask
+
+    rows = [
+        {"label": c, "image": _png(10 * c + i), "mask": _mask_png(40 * c + i)}
+        for c in range(2)
+        for i in range(3)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "src.parquet")
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    with tarfile.open(folder / "data-000.tar", "w") as tf:
+        for c in range(2):
+            for i in range(3):
+                members = (
+                    ("png", _png(10 * c + i)),
+                    ("mask.png", _mask_png(40 * c + i)),
+                    ("cls", str(c).encode()),
+                )
+                for ext, payload in members:
+                    info = tarfile.TarInfo(f"s{c}{i}.{ext}")
+                    info.size = len(payload)
+                    tf.addfile(info, io.BytesIO(payload))
+    for source in (
+        {"path": str(tmp_path / "src.parquet"), "mask_column": "mask"},
+        {"path": str(folder / "*.tar"), "mask_column": "mask.png"},
+    ):
+        cond = {"mode": "inpaint", "strength": 1.0, "source": source}
+        resolved = resolve(recipe_from_dict(_recipe(conditioning=cond)), tmp_path)
+        settings = generation_settings(resolved).conditioning
+        assert settings is not None
+        for r in assign_sources(settings, plan(resolved.recipe)):
+            assert r.conditioning is not None and r.conditioning_source is not None
+            params = json.loads(r.conditioning)
+            # the mask is the one stored beside the sample's own source image
+            assert params["mask"]["reference"] == r.conditioning_source
+            ref = r.conditioning_source
+            if "#row=" in ref:  # Parquet: row 3 * class + i
+                c, i = divmod(int(ref.split("#row=")[1]), 3)
+            else:  # WebDataset: shard.tar#s<class><i>
+                c, i = int(ref[-2]), int(ref[-1])
+            want = _mask_png(40 * c + i)
+            assert c == r.class_label
+            assert read_source_mask(params["source"], params["mask"]["reference"]) == want
+            assert params["mask"]["sha256"] == hashlib.sha256(want).hexdigest()
+
+
+def test_ip_adapter_image_prompt_and_scale_per_class(tmp_path: Path) -> None:
+    source = _folder(tmp_path / "src", {"zero": 2, "one": 2})
+    adapter = _ip_adapter(tmp_path / "ip-adapter")
+    prompt = tmp_path / "one-style.png"
+    prompt.write_bytes(_png(55, size=24))  # fitted like a source image
+    cond = {
+        "mode": "ip_adapter",
+        "source": {"path": str(source)},
+        "ip_adapter": {"path": str(adapter), "scale": 0.7},
+        "per_class": {"one": {"ip_adapter": {"image": str(prompt), "scale": 0.3}}},
+    }
+    result = run_build(_recipe(conditioning=cond), tmp_path / "out", show_progress=False)
+    rows = _check_corpus(result.output, "ip_adapter")
+    _same_bytes_whatever_the_batches(tmp_path, cond, result.output)
+    for row in rows.values():
+        params = json.loads(row["conditioning"])["ip_adapter"]
+        if row["class_name"] == "zero":
+            assert params["scale"] == 0.7 and "image" not in params
+            assert row["conditioning_source"].startswith("zero/")
+        else:
+            assert params["scale"] == 0.3
+            assert row["conditioning_source"] is None
+            assert params["image"] == {
+                "path": str(prompt),
+                "sha256": hashlib.sha256(prompt.read_bytes()).hexdigest(),
+            }
+
+
+def test_bad_masks_and_image_prompts_are_refused(tmp_path: Path, loads: list[str]) -> None:
+    from synthgen.schemas.recipe import RecipeError
+
+    source = _folder(tmp_path / "src", {"zero": 1, "one": 1})
+    masks = tmp_path / "masks"
+    (masks / "zero").mkdir(parents=True)
+    (masks / "zero" / "000.png").write_bytes(_mask_png(255))
+    cond = {"mode": "inpaint", "source": {"path": str(source), "mask_folder": str(masks)}}
+    _refused(tmp_path, loads, cond, "conditioning.source", "no mask for one/000.png")
+    (masks / "one").mkdir()
+    (masks / "one" / "000.png").write_bytes(_mask_png(255, size=8))
+    _refused(tmp_path, loads, cond, "the mask one/000.png is 8x8", "its image's size")
+    parquet = _parquet(tmp_path / "src.parquet")
+    cond = {"mode": "inpaint", "source": {"path": str(parquet), "mask_column": "mask"}}
+    _refused(tmp_path, loads, cond, "no mask column 'mask'")
+    with pytest.raises(RecipeError, match="not both"):
+        recipe_from_dict(
+            _recipe(
+                conditioning={
+                    "mode": "inpaint",
+                    "mask": "m.png",
+                    "source": {"path": "s", "mask_column": "mask"},
+                }
+            )
+        )
+    with pytest.raises(RecipeError, match="only for mode inpaint"):
+        recipe_from_dict(
+            _recipe(conditioning={"mode": "img2img", "source": {"path": "s", "mask_column": "m"}})
+        )
+    adapter = {"path": "a"}
+    with pytest.raises(RecipeError, match="not its `path`"):
+        recipe_from_dict(
+            _recipe(
+                conditioning={
+                    "mode": "ip_adapter",
+                    "source": {"path": "s"},
+                    "ip_adapter": adapter,
+                    "per_class": {"one": {"ip_adapter": {"path": "b"}}},
+                }
+            )
+        )
+    with pytest.raises(RecipeError, match="class 'zero' has no image prompt"):
+        recipe_from_dict(
+            _recipe(
+                conditioning={
+                    "mode": "ip_adapter",
+                    "ip_adapter": adapter,
+                    "per_class": {"one": {"ip_adapter": {"image": "one.png"}}},
+                }
+            )
+        )
+    assert loads == []
