@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import sys
 from pathlib import Path
 
 import pytest
 
+from synthgen.pipelines import runner
 from synthgen.pipelines.build import run_build
 from synthgen.pipelines.progress import count_progress
+from synthgen.storage.tars import iter_tar_samples
 from tests.conftest import SPLIT_THRESHOLD, read_rows, tiny_recipe_dict, write_recipe
 
 
@@ -46,19 +50,46 @@ def test_dask_build_equals_direct_runner_build(cluster, tmp_path: Path, model_di
     assert direct.metrics["generated"] == planned
     generated, _, _ = count_progress(tmp_path / "dask" / ".synthgen" / "progress")
     assert generated == planned, f"DaskRunner generated {generated} images for {planned}"
+    # one shard per bag partition: both worker processes generate (3 shards here)
+    by_process = generated_by_process(tmp_path / "dask" / ".synthgen" / "progress")
+    assert len(by_process) == 2, f"images generated per worker process: {by_process}"
+    if sys.platform.startswith("linux"):  # the nanny's MALLOC_TRIM_THRESHOLD_ undone
+        from dask.distributed import Client
+
+        with Client(cluster.scheduler_address) as client:
+            prepared = client.run(lambda: list(runner._prepared))
+        assert list(prepared.values()) == [[True], [True]], prepared
     fields = ("key", "shard", "seed", "image_sha256", "status", "reject_reason", "prompt")
     a = [tuple(r[f] for f in fields) for r in read_rows(tmp_path / "direct").to_pylist()]
     b = [tuple(r[f] for f in fields) for r in read_rows(tmp_path / "dask").to_pylist()]
     assert a == b
     for name in ("00000.tar", "00001.tar", "00002.tar"):
         # created_at differs between the two builds; image members are identical
-        import tarfile
-
         def images(path: Path) -> dict[str, bytes]:
-            with tarfile.open(path) as tf:
-                return {m.name: tf.extractfile(m).read() for m in tf if m.name.endswith(".png")}
+            return {s.key: s.members["png"] for s in iter_tar_samples(path, {"png"})}
 
         assert images(tmp_path / "direct" / name) == images(tmp_path / "dask" / name)
+
+
+def generated_by_process(progress: Path) -> dict[str, int]:
+    counts: collections.Counter[str] = collections.Counter()
+    for p in progress.glob("*.log"):  # named <pid>-<id>.log
+        counts[p.name.split("-")[0]] += p.read_text(encoding="ascii").count("G")
+    return {pid: n for pid, n in counts.items() if n}
+
+
+def test_generation_spreads_shards_over_dask_partitions() -> None:
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+
+    direct = runner.beam_options([])
+    assert runner.generation_options(direct) is direct
+    dask = runner.beam_options(["--runner=DaskRunner", "--dask_client_address=127.0.0.1:1"])
+    spread = runner.generation_options(dask)
+    assert spread.view_as(DaskOptions).partition_size == 1
+    assert spread.view_as(DaskOptions).address == "127.0.0.1:1"
+    assert dask.view_as(DaskOptions).partition_size is None  # the deciding pipeline's
+    chosen = runner.beam_options(["--runner=DaskRunner", "--dask_npartitions=4"])
+    assert runner.generation_options(chosen) is chosen
 
 
 def test_unknown_runner_fails_before_output(tmp_path: Path, model_dir: Path) -> None:
