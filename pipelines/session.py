@@ -72,7 +72,7 @@ from synthgen.storage.hashing import file_sha256
 from synthgen.storage.model_card import license_info
 from synthgen.storage.watermark import watermark_info
 from synthgen.validators.build_checks import check_columns
-from synthgen.validators.gate_process import GateProcess
+from synthgen.validators.corpus import validate_corpus
 from synthgen.validators.report import write_report
 from synthgen.validators.trend import previous_build
 
@@ -153,7 +153,6 @@ class BuildSession:
         self.rounds: list[RoundOutcome] = []
         self._planned_per_class: dict[str, int] = {}
         self._stack = ExitStack()
-        self._gate = GateProcess(start=False)  # the real one starts with the session
         self.state: BuildState | None = None
         self.ctx: BuildContext | None = None
         self.lineage: Lineage | None = None
@@ -167,9 +166,6 @@ class BuildSession:
         self.out.mkdir(parents=True, exist_ok=True)
         OPENED.append(self.out)
         self._stack.enter_context(exclusive_lock(self.out, "output directory"))
-        # the gate's process imports great_expectations while this build generates
-        self._gate = GateProcess()
-        self._stack.callback(self._gate.close)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -366,7 +362,7 @@ class BuildSession:
         manifest = self._manifest(finish)
         refs = self.references, self.reference_paths
         manifest = with_metrics(manifest, self.out, self.recipe, *refs)
-        validation = self._gate.validate(self.out, manifest, self.recipe, tars=False)
+        validation = validate_corpus(self.out, manifest, self.recipe, tars=False)
         validation.expectations += metric_gate_results(manifest, self.recipe)
         manifest = manifest.model_copy(
             update={
