@@ -280,7 +280,7 @@ class NearDuplicates(beam.PTransform):
 class QuantileCuts(beam.PTransform):
     """(check name, class) -> absolute threshold, from every sample's score in that class."""
 
-    def __init__(self, quantiles: dict[str, tuple[str, float]]):
+    def __init__(self, quantiles: dict[str, tuple[str, float, bool]]):
         super().__init__()
         self._q = quantiles
 
@@ -292,11 +292,11 @@ class QuantileCuts(beam.PTransform):
             >> beam.FlatMap(
                 lambda f: [
                     ((name, f.class_label), f.scores.get(col, float("nan")))
-                    for name, (col, _) in q.items()
+                    for name, (col, _, _) in q.items()
                 ]
             )
             | "GroupClass" >> beam.GroupByKey()
-            | "Cut" >> beam.Map(lambda kv: (kv[0], quantile_threshold(kv[1], q[kv[0][0]][1])))
+            | "Cut" >> beam.Map(lambda kv: (kv[0], quantile_threshold(kv[1], *q[kv[0][0]][1:])))
         )
 
 

@@ -307,8 +307,9 @@ class ScoringSpec(_Frozen):
 class Threshold(_Frozen):
     """Exactly one of: an absolute value, a per-class quantile, or a per-class kept fraction.
 
-    `quantile: q` rejects each class's lowest q of samples (by the score);
-    `kept_fraction: f` keeps each class's highest f (the same as `quantile: 1 - f`).
+    `quantile: q` rejects each class's worst q of samples by the score: the lowest, or the
+    highest for a check that keeps low scores (`light`, `keep: below`); `kept_fraction: f`
+    keeps each class's best f (the same as `quantile: 1 - f`).
     """
 
     absolute: float | None = None

@@ -21,8 +21,8 @@ class GlobalChecks:
 
     exact_duplicate: bool
     near_duplicate_distance: int | None
-    # check name -> (score column, quantile); resolved into per-class thresholds.
-    quantiles: dict[str, tuple[str, float]]
+    # check name -> (score column, quantile, keep_above); resolved into per-class thresholds.
+    quantiles: dict[str, tuple[str, float, bool]]
     # semantic dedup within the build: (embedding column, min cosine similarity)
     semantic_duplicate: tuple[str, float] | None = None
 
@@ -85,7 +85,7 @@ def make_checks(recipe: Recipe, columns: Sequence[ScoreColumn]) -> tuple[list[Ch
         checks.append(OddSize(recipe.sampling.width, recipe.sampling.height))
     if can_carry(recipe.sampling.width, recipe.sampling.height):
         checks.append(WatermarkSurvives(watermark_payload(recipe.hash)))
-    quantiles: dict[str, tuple[str, float]] = {}
+    quantiles: dict[str, tuple[str, float, bool]] = {}
 
     def add(name: str, column: ScoreColumn, threshold: Threshold, keep_above: bool) -> None:
         if column.is_vector:
@@ -93,7 +93,7 @@ def make_checks(recipe: Recipe, columns: Sequence[ScoreColumn]) -> tuple[list[Ch
         q = threshold.per_class_quantile
         checks.append(ScoreThreshold(name, column.name, threshold.absolute, keep_above, quantile=q))
         if q is not None:
-            quantiles[name] = (column.name, q)
+            quantiles[name] = (column.name, q, keep_above)
 
     for name in type(spec).model_fields:
         threshold = getattr(spec, name)

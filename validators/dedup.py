@@ -46,10 +46,14 @@ def near_duplicate_losers(members: Iterable[tuple[str, str]], max_distance: int)
                 break
 
 
-def quantile_threshold(values: Iterable[float], q: float) -> float:
-    """The per-class cut: with n values, the floor(q * n) lowest fall strictly below it."""
+def quantile_threshold(values: Iterable[float], q: float, keep_above: bool = True) -> float:
+    """The per-class cut of a check that rejects the worst q of a class: with n values, the
+    floor(q * n) lowest fall strictly below it (`keep_above`), or for a check that keeps low
+    scores, the floor(q * n) highest fall strictly above it."""
     import math
 
+    if not keep_above:
+        return -quantile_threshold([-v for v in values], q)
     arr = sorted(v for v in values if not math.isnan(v))
     k = math.floor(q * len(arr) + 1e-9)
     if k <= 0:

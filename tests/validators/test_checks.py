@@ -70,6 +70,21 @@ def test_quantile_threshold_rejects_floor_q_n() -> None:
     assert quantile_threshold(values, 0.0) == float("-inf")
 
 
+def test_a_quantile_on_a_check_that_keeps_low_scores_rejects_the_highest_share() -> None:
+    """`light` / `keep: below`: the worst q of a class is its highest scores, never the rest."""
+    values = [0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0]
+    cut = quantile_threshold(values, 0.2, keep_above=False)
+    check = ScoreThreshold("light", "brightness", cut, keep_above=False)
+    rejected = [v for v in values if check.reason(_sample("x", scores={"brightness": v}))]
+    assert sorted(rejected) == [0.8, 0.9]
+    # a class with few samples in a round: floor(0.33 * 2) = 0 of them is the worst share
+    few = quantile_threshold([0.2, 0.4], 0.33, keep_above=False)
+    assert few == float("inf")  # nothing above it: none rejected
+    assert quantile_threshold(values, 1.0, keep_above=False) == float("-inf")  # all of them
+    recipe = _recipe(scores={"brightness": {"quantile": 0.2, "keep": "below"}})
+    assert make_checks(recipe, _columns())[1].quantiles["brightness"] == ("brightness", 0.2, False)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**64 - 1), st.integers(0, 6), st.data())
 def test_hash_bands_pigeonhole(value: int, distance: int, data: st.DataObject) -> None:
@@ -121,7 +136,7 @@ def test_build_wide_checks_see_every_bundle_and_reused_shards() -> None:
             p
             | beam.Create(samples, reshuffle=True)
             | DecideSamples(
-                checks, GlobalChecks(True, 2, {"label_margin": ("m", 0.5)}), reused, None
+                checks, GlobalChecks(True, 2, {"label_margin": ("m", 0.5, True)}), reused, None
             )
         )
         assert_that(decided, check)
@@ -171,8 +186,8 @@ def test_make_checks_maps_named_checks_to_the_columns_backing_them() -> None:
         True,
         3,
         {
-            "label_margin": ("clip_m_label_margin", pytest.approx(0.25)),
-            "sharpness": ("sharpness", 0.1),
+            "label_margin": ("clip_m_label_margin", pytest.approx(0.25), True),
+            "sharpness": ("sharpness", 0.1, True),
         },
     )
 
