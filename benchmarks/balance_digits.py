@@ -24,13 +24,15 @@ pixels) is trained on the imbalanced real set and on each balanced set (real + a
 synthetic, read back from balanced.parquet and the shards), and tested on the real test
 split. Reported per mode: minority recall per class, their mean, macro-F1, the diversity of
 the generated top-up (mean pairwise distance of its 8x8 pixel features, per minority class;
-the full real train class for comparison), rounds, rejects and build time.
+the full real train class for comparison), the share of distinct synthetic images, rounds,
+rejects and build time.
 `--steps` overrides sampling.steps (smaller: faster, for slow machines).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import os
@@ -78,22 +80,22 @@ def accepted_pngs(out: Path) -> dict[str, bytes]:
     }
 
 
-def _synthetic(out: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of the accepted synthetic samples in a balanced build."""
+def _synthetic(out: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Features, labels and image sha256 of the accepted synthetic samples of a balanced
+    build."""
     import pandas as pd
     import torch
     from PIL import Image
 
     index = pd.read_parquet(out / "balanced.parquet")
     synth = index[index.source == "synthetic"]
-    pixels = {
-        k: np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
-        for k, b in accepted_pngs(out).items()
-    }
+    data = accepted_pngs(out)
     if synth.empty:
-        return np.zeros((0, 64), dtype=np.float32), np.zeros(0, dtype=int)
-    imgs = np.stack([pixels[k] for k in synth.key]).astype(np.float32) / 255.0
-    return to_features(torch.tensor(imgs.transpose(0, 3, 1, 2))), synth.label.to_numpy()
+        return np.zeros((0, 64), dtype=np.float32), np.zeros(0, dtype=int), []
+    pixels = [np.asarray(Image.open(io.BytesIO(data[k])).convert("RGB")) for k in synth.key]
+    imgs = np.stack(pixels).astype(np.float32) / 255.0
+    shas = [hashlib.sha256(data[k]).hexdigest() for k in synth.key]
+    return to_features(torch.tensor(imgs.transpose(0, 3, 1, 2))), synth.label.to_numpy(), shas
 
 
 def main() -> int:
@@ -170,7 +172,7 @@ def main() -> int:
                 RECIPES[mode], Path(tmp) / mode, overrides=overrides, show_progress=False
             )
             seconds = time.monotonic() - t0
-            x_syn, y_syn = _synthetic(result.output)
+            x_syn, y_syn, shas = _synthetic(result.output)
             recall, f1 = evaluate(
                 np.concatenate([real_feats, x_syn]), np.concatenate([y_imb, y_syn])
             )
@@ -183,6 +185,7 @@ def main() -> int:
                 "rejected": manifest.counts.rejected,
                 "seconds": seconds,
                 "diversity": {c: mean_pairwise_distance(x_syn[y_syn == c]) for c in args.minority},
+                "distinct": len(set(shas)) / max(1, len(shas)),
                 "overrides": overrides[1:],
             }
 
@@ -220,6 +223,10 @@ def main() -> int:
         real = mean_pairwise_distance(full_feats[split.y_train == c])
         cells = "; ".join(f"{m} {r['diversity'][c]:.2f}" for m, r in results.items())
         print(f"  {c}: {cells}; full real train class {real:.2f}")
+    print(
+        "distinct synthetic images: "
+        + "; ".join(f"{m} {100 * r['distinct']:.0f}%" for m, r in results.items())
+    )
     best = max(means, key=lambda m: means[m])
     ok = means[best] >= GOAL_MINORITY_RECALL
     print(
