@@ -31,6 +31,7 @@ from synthgen.generators.preprocessors import (
     preprocess,
 )
 from synthgen.generators.sources.base import Source, SourceError, inside_root
+from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import (
     BALANCE_IMG2IMG_STRENGTH,
     BalanceSpec,
@@ -41,6 +42,7 @@ from synthgen.schemas.recipe import (
     resolve_path,
 )
 from synthgen.schemas.records import GenerationRequest, canonical_json
+from synthgen.storage.model_files import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -533,15 +535,11 @@ def _check_mask(data: bytes, path: str, width: int, height: int) -> None:
 
 
 def _json(path: Path, where: str) -> dict[str, Any]:
+    """`read_json_object`, its error named after the recipe field that led to the file."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConditioningError(f"{where}: {path} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise ConditioningError(f"{where}: {path}: unreadable: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConditioningError(f"{where}: {path}: expected a JSON object")
-    return data
+        return read_json_object(path, "model folder")
+    except ModelFolderError as exc:
+        raise ConditioningError(f"{where}: {exc}") from None
 
 
 def check_controlnet(path: Path, model_path: Path, where: str) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import math
 import re
@@ -29,7 +28,11 @@ from typing import Any, cast
 from synthgen.generators.families import FAMILIES, SCHEDULER_CLASSES, Family
 from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import SCHEDULERS
-from synthgen.storage.model_files import UNSAFE_WEIGHT_SUFFIXES, safetensors_header
+from synthgen.storage.model_files import (
+    UNSAFE_WEIGHT_SUFFIXES,
+    read_json_object,
+    safetensors_header,
+)
 
 __all__ = [
     "ModelFolder",
@@ -97,18 +100,6 @@ class ModelFolder:
                     continue
                 out.append(p)
         return out
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFolderError(f"{path.parent}: not a {what}: {path.name} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise ModelFolderError(f"{path}: unreadable {path.name}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{path}: expected a JSON object")
-    return data
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -312,7 +303,7 @@ def inspect_folder(
     """
     if not path.is_dir():
         raise ModelFolderError(f"{path}: model folder not found")
-    index = _read_json(path / "model_index.json", "diffusers pipeline folder")
+    index = read_json_object(path / "model_index.json", "diffusers pipeline folder")
     scan_files(path)
     if "_custom_pipeline" in index or "custom_pipeline" in index:
         raise ModelFolderError(f"{path}/model_index.json: custom pipeline code is never run")
@@ -330,7 +321,9 @@ def inspect_folder(
             components.append(c)
     scheduler: dict[str, Any] = {}
     if any(c.name == "scheduler" for c in components):
-        scheduler = _read_json(path / "scheduler" / "scheduler_config.json", "scheduler folder")
+        scheduler = read_json_object(
+            path / "scheduler" / "scheduler_config.json", "scheduler folder"
+        )
         _check_scheduler_config(path / "scheduler" / "scheduler_config.json", scheduler)
     return ModelFolder(
         path, index, class_name, FAMILIES[class_name], variant, tuple(components), scheduler
@@ -380,7 +373,7 @@ def _config_dict(sched: Any) -> dict[str, Any]:
 
 def scheduler_config(model_path: Path, name: str) -> dict[str, Any]:
     """The effective scheduler config for `name`, read from the folder's scheduler config."""
-    base = _read_json(model_path / "scheduler" / "scheduler_config.json", "scheduler folder")
+    base = read_json_object(model_path / "scheduler" / "scheduler_config.json", "scheduler folder")
     return _config_dict(make_scheduler(name, base))
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 from synthgen.schemas.errors import ModelFolderError
 
@@ -29,6 +30,20 @@ _DTYPE_BYTES = {
 }
 
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy")
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A model folder's JSON file that must hold an object; ModelFolderError naming the file
+    (missing: the folder is not a `what`; unreadable; not an object) otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFolderError(f"{path.parent}: not a {what}: {path.name} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"{path}: unreadable {path.name}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object")
+    return data
 
 
 def refuse_code_and_pickles(folder: Path) -> None:

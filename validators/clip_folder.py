@@ -23,7 +23,11 @@ from typing import Any
 
 from synthgen.schemas.errors import ModelFolderError
 from synthgen.storage.hashing import file_sha256
-from synthgen.storage.model_files import UNSAFE_WEIGHT_SUFFIXES, safetensors_header
+from synthgen.storage.model_files import (
+    UNSAFE_WEIGHT_SUFFIXES,
+    read_json_object,
+    safetensors_header,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +51,7 @@ class ClipFolder:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFolderError(f"{path}: unreadable config: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path, "CLIP folder")
 
 
 def _folder_name(path: Path) -> str:
