@@ -129,6 +129,7 @@ def test_verbose_is_synthgens_debug_not_every_librarys() -> None:
     root = logging.getLogger()
     saved = root.level, list(root.handlers), logging.getLogger("synthgen").level
     try:
+        root.handlers[:] = []  # as in a fresh process: basicConfig acts only on a bare root
         _setup_logging(verbose=True)
         assert logging.getLogger("synthgen.pipelines.build").isEnabledFor(logging.DEBUG)
         assert not logging.getLogger("PIL.PngImagePlugin").isEnabledFor(logging.DEBUG)
