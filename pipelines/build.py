@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from synthgen.pipelines.output import (
     publish,
     versioned_output,
 )
+from synthgen.pipelines.progress import mark_build_start
 from synthgen.pipelines.resolve import ResolvedRecipe, resolve
 from synthgen.pipelines.runner import beam_options
 from synthgen.pipelines.session import BuildResult, BuildSession, ValidationFailed
@@ -41,6 +41,7 @@ def run_build(
     show_progress: bool = True,
     publish_root: str | Path | None = None,
     extend: str | Path | None = None,
+    started: float | None = None,
 ) -> BuildResult:
     """Build a corpus into `output`, or as a new version under `publish_root`.
 
@@ -56,8 +57,12 @@ def run_build(
 
     `extend` names a complete build to grow (with a publish root, "latest" is its latest):
     its shards are taken as they are and only new keys are generated, into a new build.
+
+    `started` (monotonic clock) is when the build began, if before this call (the command
+    line's start, so that its imports count); the live rate and the result's `seconds`
+    both run from it.
     """
-    start = time.monotonic()
+    start = mark_build_start(started)
     if (output is None) == (publish_root is None):
         raise BuildError("give exactly one of an output directory or a publish root")
     recipe, base_dir = _load(recipe_path, overrides)

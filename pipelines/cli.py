@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from synthgen.pipelines.gcpolicy import exiting, loading, own_process
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -279,10 +281,14 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     from synthgen.pipelines.progress import RATE_DEFINITION, mark_build_start, rate
     from synthgen.schemas.recipe import load_recipe
 
-    mark_build_start()  # the clock of the live rate and of the summary's
+    started = mark_build_start()  # the clock of the live rate and of the summary's
 
     load_recipe(args.recipe, args.overrides)  # a bad recipe is reported before heavy imports
-    from synthgen.pipelines.build import run_build
+    from synthgen.validators.gate_process import prestart
+
+    prestart()  # the gate's process imports great_expectations while this one imports the rest
+    with loading():
+        from synthgen.pipelines.build import run_build
 
     result = run_build(
         args.recipe,
@@ -293,6 +299,7 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
         extend=args.extend,
         beam_args=beam_args,
         show_progress=not args.no_progress,
+        started=started,
     )
     counts = result.manifest.counts
     per_second = rate(result.generated_now, result.seconds)
@@ -544,5 +551,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def run() -> int:
+    """The `synthgen` program: `main` in a process of its own (synthgen.pipelines.gcpolicy)."""
+    own_process()
+    try:
+        return main()
+    finally:
+        exiting()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

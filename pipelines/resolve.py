@@ -17,6 +17,7 @@ from synthgen.generators.families import check_recipe_options
 from synthgen.generators.handler import GenerationSettings
 from synthgen.generators.model_folder import ModelFolder, check_sampling, inspect_folder
 from synthgen.pipelines.context import BuildContext, canonical_json, library_versions
+from synthgen.pipelines.gcpolicy import loading
 from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import Recipe, RecipeError, resolve_path
 from synthgen.schemas.scores import ScoreColumn
@@ -112,6 +113,11 @@ def _size_multiple(folder: ModelFolder) -> int:
 
 def resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     """Check the recipe's model folders; raises ModelFolderError naming the problem."""
+    with loading():  # the checks import the model's classes and the scorers' libraries
+        return _resolve(recipe, base_dir)
+
+
+def _resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     model_path = resolve_path(base_dir, recipe.model.path)
     model, sched = check_model(recipe, model_path)
     adapters = adapter_table(recipe, base_dir, model_path, model.class_name)

@@ -98,7 +98,7 @@ def run_shards(
         if to_generate:
             generate = generation_handler(resolved)
             score = ScoreSamples(list(resolved.scorers), r.model.device, r.model.cpu_threads)
-            first = beam.Pipeline(options=generation_options(options))
+            first = pipeline(generation_options(options))
             shards = first | "ShardIds" >> beam.Create(to_generate)
             if on_dask(options):
                 shards = shards | "PrepareWorker" >> beam.ParDo(PrepareDaskWorker())
@@ -111,7 +111,7 @@ def run_shards(
                 | "Stage" >> StageSamples(str(out))
             )
             _add(metrics, _run(first))
-        second = beam.Pipeline(options=options)
+        second = pipeline(options)
         _ = (
             second
             | "ShardIds" >> beam.Create(shard_ids)
@@ -134,6 +134,32 @@ def run_shards(
         if progress:
             progress.__exit__(None, None, None)
     return metrics
+
+
+def pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline on the runner `options` name; `DirectRunner` is Beam's FnApiRunner here.
+
+    Beam's DirectRunner (2.77) first tries its Prism runner for a batch pipeline: a Go
+    binary it downloads from GitHub on first use, starting a job server with the pipeline
+    staged through temporary folders that are never removed. Offline that attempt fails and
+    falls back to the FnApiRunner, at a cost on every pipeline; online a build would run
+    on a different runner depending on the network. A batch build goes straight to the
+    FnApiRunner, configured as the DirectRunner configures it (the pipeline options reach
+    the workers; `--direct_num_workers` and `--direct_running_mode` apply); a streaming
+    one is left to Beam's DirectRunner.
+    """
+    std = options.view_as(StandardOptions)
+    if std.runner not in ("DirectRunner", "SwitchingDirectRunner") or std.streaming:
+        return beam.Pipeline(options=options)
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    )
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
 
 
 def on_dask(options: PipelineOptions) -> bool:

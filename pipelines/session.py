@@ -43,7 +43,6 @@ from synthgen.pipelines.resolve import ResolvedRecipe, make_context
 from synthgen.pipelines.runner import run_shards
 from synthgen.pipelines.staging import clear_staged
 from synthgen.pipelines.transforms import (
-    metric_gate_results,
     prepare_references,
     reference_inputs,
     with_metrics,
@@ -72,7 +71,7 @@ from synthgen.storage.hashing import file_sha256
 from synthgen.storage.model_card import license_info
 from synthgen.storage.watermark import watermark_info
 from synthgen.validators.build_checks import check_columns
-from synthgen.validators.corpus import validate_corpus
+from synthgen.validators.gate_process import GateProcess, take
 from synthgen.validators.report import write_report
 from synthgen.validators.trend import previous_build
 
@@ -153,6 +152,7 @@ class BuildSession:
         self.rounds: list[RoundOutcome] = []
         self._planned_per_class: dict[str, int] = {}
         self._stack = ExitStack()
+        self._gate = GateProcess(start=False)  # the build's own is taken when it opens
         self.state: BuildState | None = None
         self.ctx: BuildContext | None = None
         self.lineage: Lineage | None = None
@@ -166,6 +166,8 @@ class BuildSession:
         self.out.mkdir(parents=True, exist_ok=True)
         OPENED.append(self.out)
         self._stack.enter_context(exclusive_lock(self.out, "output directory"))
+        self._gate = take()  # started with the command, if it was (validators.gate_process)
+        self._stack.callback(self._gate.close)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -362,8 +364,7 @@ class BuildSession:
         manifest = self._manifest(finish)
         refs = self.references, self.reference_paths
         manifest = with_metrics(manifest, self.out, self.recipe, *refs)
-        validation = validate_corpus(self.out, manifest, self.recipe, tars=False)
-        validation.expectations += metric_gate_results(manifest, self.recipe)
+        validation = self._gate.validate(self.out, manifest, self.recipe, tars=False)
         manifest = manifest.model_copy(
             update={
                 "validation": validation.as_info(),

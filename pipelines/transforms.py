@@ -40,6 +40,7 @@ from synthgen.validators.dedup import (
     near_duplicate_losers,
     quantile_threshold,
 )
+from synthgen.validators.expectations import metric_gate_results
 from synthgen.validators.nearest import (
     ReferenceSet,
     nearest,
@@ -810,23 +811,6 @@ def with_metrics(
         os.path.relpath(path, out),
     )
     return manifest.model_copy(update={"metrics": info})
-
-
-def metric_gate_results(manifest: Any, recipe: Recipe) -> list[Any]:
-    """The recipe's `validation.metrics` gates evaluated (great_expectations) on the
-    manifest's metrics block; a gate with no metrics to read fails as a failure row."""
-    from synthgen.validators.expectations import ExpectationResult, metric_expectations
-
-    gates = recipe.validation.metrics
-    if not gates:
-        return []
-    if manifest.metrics is None:
-        return [
-            ExpectationResult(
-                "metrics", "metrics_computed", {}, False, "no reference embeddings: no metrics"
-            )
-        ]
-    return metric_expectations(manifest.metrics.model_dump(mode="json"), dict(gates))
 
 
 def reference_for_build(out: Path, manifest: Any, source: str, clip_model: str | None) -> Path:

@@ -39,6 +39,9 @@ def build(
     Raises `RecipeError`, `ModelFolderError` or `BuildError` naming the problem; a corpus
     that fails its expectations raises `ValidationFailed` (its `.result` has the manifest).
     """
+    from synthgen.validators.gate_process import prestart
+
+    prestart()  # a first build's gate loads great_expectations on another core meanwhile
     from synthgen.pipelines.build import run_build
 
     return run_build(

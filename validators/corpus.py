@@ -29,7 +29,11 @@ from synthgen.schemas.records import sample_schema
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.tars import iter_tar_samples
-from synthgen.validators.expectations import ExpectationResult, corpus_expectations
+from synthgen.validators.expectations import (
+    ExpectationResult,
+    corpus_expectations,
+    metric_gate_results,
+)
 
 IMAGE_EXTS = ("png", "webp", "jpg")
 
@@ -215,6 +219,17 @@ def validate_corpus(
         min_accepted_fraction=recipe.validation.min_accepted_fraction,
         max_failed_fraction=recipe.validation.max_failed_fraction,
     )
+    return report
+
+
+def gate_corpus(
+    out: Path, manifest: Manifest, recipe: Recipe | None = None, *, tars: bool = False
+) -> CorpusReport:
+    """The build's gate: `validate_corpus` and the recipe's `validation.metrics` gates on the
+    manifest's metrics block, with the manifest about to be written."""
+    recipe = recipe or recipe_from_dict(manifest.recipe, MANIFEST_NAME)
+    report = validate_corpus(out, manifest, recipe, tars=tars)
+    report.expectations += metric_gate_results(manifest, recipe)
     return report
 
 

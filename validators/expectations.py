@@ -6,12 +6,12 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from synthgen.schemas.manifest import ExpectationInfo
+from synthgen.schemas.manifest import ExpectationInfo, Manifest
 from synthgen.schemas.records import (
     ACCEPTED,
     FAILED,
@@ -20,6 +20,9 @@ from synthgen.schemas.records import (
     ROW_FIELDS,
 )
 from synthgen.schemas.scores import ScoreColumn
+
+if TYPE_CHECKING:
+    from synthgen.schemas.recipe import Recipe
 
 logger = logging.getLogger(__name__)
 
@@ -273,3 +276,18 @@ def metric_expectations(metrics: dict[str, Any], gates: dict[str, Any]) -> list[
         ]
     df = pd.DataFrame([{"scope": scope, **values} for scope, values in table.items()])
     return _validate(context, "metrics", df, expectations)
+
+
+def metric_gate_results(manifest: Manifest, recipe: Recipe) -> list[ExpectationResult]:
+    """The recipe's `validation.metrics` gates evaluated (great_expectations) on the
+    manifest's metrics block; a gate with no metrics to read fails as a failure row."""
+    gates = recipe.validation.metrics
+    if not gates:
+        return []
+    if manifest.metrics is None:
+        return [
+            ExpectationResult(
+                "metrics", "metrics_computed", {}, False, "no reference embeddings: no metrics"
+            )
+        ]
+    return metric_expectations(manifest.metrics.model_dump(mode="json"), dict(gates))

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from synthgen.pipelines.build import BuildError, run_build
+from synthgen.pipelines.progress import build_start
 from synthgen.schemas.recipe import RecipeError
 from synthgen.storage.faults import InjectedFault, maybe_fault
 from tests.conftest import SPLIT_THRESHOLD, read_rows, tiny_recipe_dict, write_recipe
@@ -100,12 +102,16 @@ def test_same_recipe_other_batch_size_and_two_worker_processes(
     data["checks"]["clip_score"] = {"absolute": SPLIT_THRESHOLD}
     data["batch_size"] = 3
     recipe = write_recipe(tmp_path / "recipe.yaml", data)
-    run_build(
+    started = time.monotonic() - 1000.0  # as if the command line had started long ago
+    result = run_build(
         recipe,
         tmp_path / "mp",
         beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
         show_progress=False,
+        started=started,
     )
+    # one clock for the live rate and the summary: both run from the command line's start
+    assert build_start() == started and 1000.0 <= result.seconds < 1600.0
     a = read_rows(built).to_pylist()
     b = read_rows(tmp_path / "mp").to_pylist()
     fields = ("key", "seed", "image_sha256", "status", "prompt")

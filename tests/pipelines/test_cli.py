@@ -20,7 +20,8 @@ def cli_build(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path
     data = tiny_recipe_dict(model_dir)
     data["checks"] = {"clip_score": {"absolute": SPLIT_THRESHOLD}}
     recipe = write_recipe(tmp / "recipe.yaml", data)
-    proc = _run(
+    (tmp / "tmp").mkdir()
+    proc = run_cli(
         "build",
         str(recipe),
         "--output",
@@ -31,10 +32,19 @@ def cli_build(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path
         "output.shard_size=4",
         "--",
         "--runner=DirectRunner",
+        env={"TMPDIR": str(tmp / "tmp")},
     )
     assert proc.returncode == 0, proc.stderr
     assert "synthgen: built" in proc.stdout and "images/s" in proc.stdout
     return tmp / "out"
+
+
+def test_a_build_leaves_nothing_in_the_temporary_folder(cli_build: Path) -> None:
+    # Beam's DirectRunner would first try its Prism runner, staging the pipeline in
+    # temporary folders it never removes (two per pipeline); a build runs on the FnApiRunner.
+    # torch keeps its compile cache there (torchinductor_<user>), which is not the build's.
+    left = sorted(p.name for p in (cli_build.parent / "tmp").iterdir())
+    assert [n for n in left if not n.startswith("torchinductor_")] == []
 
 
 def test_set_overrides_reach_the_build(cli_build: Path) -> None:

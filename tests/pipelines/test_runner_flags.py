@@ -115,3 +115,17 @@ def test_accelerator_hint_only_on_model_steps(tmp_path: Path, model_dir: Path) -
     assert any("GenerateImages" in name for name in hinted)
     assert any("ScoreImages" in name for name in hinted)
     assert not any("PlanRequests" in name or "Decide" in name for name in hinted)
+
+
+def test_a_batch_build_on_the_direct_runner_runs_on_the_fn_api_runner() -> None:
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    from synthgen.pipelines.runner import pipeline
+
+    for flags in ([], ["--runner=DirectRunner", "--direct_num_workers=2"]):
+        made = pipeline(beam_options(flags))
+        assert isinstance(made.runner, FnApiRunner), flags
+    # streaming is left to Beam's own DirectRunner, which picks a runner that streams
+    streaming = pipeline(beam_options(["--runner=DirectRunner", "--streaming"]))
+    assert isinstance(streaming.runner, SwitchingDirectRunner)

@@ -1,0 +1,193 @@
+"""The build's corpus gate in a process of its own, started before the build loads its models.
+
+Loading great_expectations and what it pulls in takes seconds; a build needs it only at the
+end, for the gate. The command line (and `synthgen.build`) starts this process as soon as the
+recipe has validated (`prestart`), so it pays that import on a second core while the build
+itself imports Beam, torch and diffusers, one core busy; then it waits for one request: the
+gate's arguments (pickled, between two processes of this same program), answered with its
+`CorpusReport` or the exception it raised. It is used only where it helps: a second core
+exists and it is this process's first gate (a command-line build; a long-lived process runs
+its later gates itself, loading great_expectations once). `SYNTHGEN_GATE_PROCESS=0` / `1`
+turns it off / always on. Whenever the process is unavailable (it could not start, it died,
+its answer was unreadable) the gate runs here instead, with the same result.
+
+The process is in a session of its own, so a Ctrl-C at the terminal reaches only the build,
+which ends it; if the build itself dies, the process reads the end of its input and exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from synthgen.schemas.manifest import Manifest
+    from synthgen.schemas.recipe import Recipe
+    from synthgen.validators.corpus import CorpusReport
+
+logger = logging.getLogger(__name__)
+
+HEAVY_MODULE = "great_expectations"
+
+
+ENV = "SYNTHGEN_GATE_PROCESS"  # "auto" (default), "1" always, "0" never
+
+
+_STARTED: list[int] = []  # gate processes this process started
+_PRESTARTED: list[GateProcess] = []  # started by `prestart`, not yet taken by a build
+
+
+def worth_a_process() -> bool:
+    """`SYNTHGEN_GATE_PROCESS`, or by default: a second core, and this process's first gate
+    (a long-lived process runs later gates itself, loading great_expectations once)."""
+    choice = os.environ.get(ENV, "auto").strip().lower()
+    if choice in ("0", "1"):
+        return choice == "1"
+    return _cores() > 1 and not _STARTED and HEAVY_MODULE not in sys.modules
+
+
+def _cores() -> int:
+    """The cores this process may run on (a `taskset` narrows them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def prestart() -> None:
+    """Start the gate's process now, if it is worth one (see `worth_a_process`), for the next
+    build of this process to `take`; it is ended when this process exits if no build does."""
+    if not _PRESTARTED and worth_a_process():
+        gate = GateProcess(start=True)
+        if gate.proc is not None:
+            _PRESTARTED.append(gate)
+            atexit.register(gate.close)
+
+
+def take() -> GateProcess:
+    """The gate for a build starting now: the process `prestart` started, if there is one; else
+    one started now where `SYNTHGEN_GATE_PROCESS=1` asks for it; else the gate runs here
+    (a process started this late would overlap only generation, which uses every core)."""
+    if _PRESTARTED:
+        return _PRESTARTED.pop()
+    return GateProcess(start=os.environ.get(ENV, "").strip() == "1")
+
+
+class GateProcess:
+    """One gate, run in a process started now (see the module docstring)."""
+
+    def __init__(self, start: bool | None = None):
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ran_in_process: int | None = None  # the pid that ran the gate, if one did
+        if worth_a_process() if start is None else start:
+            try:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "synthgen.validators.gate_process"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                _STARTED.append(self.proc.pid)
+            except OSError as exc:
+                logger.debug("gate process not started (%s): the gate runs in-process", exc)
+
+    def validate(
+        self, out: Path, manifest: Manifest, recipe: Recipe | None, *, tars: bool = False
+    ) -> CorpusReport:
+        """`gate_corpus(out, manifest, recipe, tars=tars)`, in the gate's process if it
+        is there and answers, else here."""
+        from synthgen.validators.corpus import gate_corpus
+
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            answer = _ask(proc, (out, manifest, recipe, tars))
+            if answer is not None:
+                kind, value = answer
+                self.ran_in_process = proc.pid
+                logger.debug("corpus gate ran in its own process (pid %d)", proc.pid)
+                if kind == "error":
+                    raise value
+                return value  # type: ignore[no-any-return]
+        return gate_corpus(out, manifest, recipe, tars=tars)
+
+    def close(self) -> None:
+        """End the process if the gate was never asked for (a failed or resumed build)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _end(proc)
+
+
+def _ask(proc: subprocess.Popen[bytes], args: tuple[Any, ...]) -> tuple[str, Any] | None:
+    """The process's answer to one request, or None when it gave none."""
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        pickle.dump(args, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        proc.stdin.close()
+        answer = pickle.load(proc.stdout)
+    except (OSError, EOFError, pickle.PickleError, AttributeError, ImportError) as exc:
+        logger.debug("gate process gave no answer (%s): the gate runs in-process", exc)
+        answer = None
+    finally:
+        _end(proc)
+    if not (isinstance(answer, tuple) and len(answer) == 2 and answer[0] in ("ok", "error")):
+        return None
+    return answer
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> None:
+    """The process's side: import, wait for one request, answer it."""
+    import gc
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the build decides when this ends
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.disable(logging.CRITICAL)  # the answer is the only output
+    # the slow part, done while the build loads its models; the collector paused meanwhile
+    # and what the imports leave frozen, as the command line does (pipelines.gcpolicy)
+    gc.disable()
+    import great_expectations.expectations  # noqa: F401
+
+    from synthgen.validators.corpus import gate_corpus
+
+    gc.freeze()
+    gc.enable()
+
+    try:
+        out, manifest, recipe, tars = pickle.load(sys.stdin.buffer)
+    except (EOFError, OSError, pickle.PickleError):
+        return  # the build ended without asking
+    try:
+        answer: tuple[str, Any] = ("ok", gate_corpus(out, manifest, recipe, tars=tars))
+    except Exception as exc:
+        answer = ("error", exc)
+    try:
+        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # an exception that does not pickle: the build reruns the gate
+        return
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    gc.freeze()  # the build waits for this process to end: skip traversing its heap at exit
+
+
+if __name__ == "__main__":
+    main()
