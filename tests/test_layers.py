@@ -84,7 +84,7 @@ def test_installed_distribution_has_one_top_level_name() -> None:
     top = (dist.read_text("top_level.txt") or "").split()
     assert top == ["synthgen"]
     assert dist.entry_points.select(group="console_scripts")["synthgen"].value == (
-        "synthgen.pipelines.cli:main"
+        "synthgen.pipelines.cli:run"
     )
 
 
