@@ -21,7 +21,7 @@ from synthgen.pipelines.resolve import ResolvedRecipe, resolve
 from synthgen.pipelines.runner import beam_options
 from synthgen.pipelines.session import BuildResult, BuildSession, ValidationFailed
 from synthgen.pipelines.strategies import Strategy, strategy_for
-from synthgen.schemas.recipe import Recipe, apply_overrides, load_recipe, recipe_from_dict
+from synthgen.schemas.recipe import load_recipe_source
 from synthgen.storage.store import Store, is_remote, open_store
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def run_build(
     start = mark_build_start(started)
     if (output is None) == (publish_root is None):
         raise BuildError("give exactly one of an output directory or a publish root")
-    recipe, base_dir = _load(recipe_path, overrides)
+    recipe, base_dir = load_recipe_source(recipe_path, overrides)
     stores = [open_store(x) for x in (output, publish_root) if x is not None and is_remote(x)]
     resolved = resolve(recipe, base_dir)
     options = beam_options(beam_args or [])
@@ -148,14 +148,6 @@ def _parent(extend: str | Path | None, publish_root: str | Path | None) -> Path 
 
         return pull_build(str(extend))
     return Path(extend).resolve()
-
-
-def _load(source: str | Path | dict[str, Any], overrides: list[str] | None) -> tuple[Recipe, Path]:
-    """A recipe from a file (paths relative to it) or a dict (paths relative to the cwd)."""
-    if isinstance(source, dict):
-        data = apply_overrides(source, overrides or [], Path.cwd())
-        return recipe_from_dict(data, "<recipe dict>"), Path.cwd()
-    return load_recipe(source, overrides)
 
 
 def _build(

@@ -11,7 +11,9 @@ or `python -m synthgen.pipelines.cli`; never in a program that calls `synthgen.b
   (`gc.freeze`: the collector ignores it from then on, it is never garbage before exit), and
   collection resumes for everything made after it (samples, each batch's tensors).
 - `exiting()`: when the command has returned, the heap is frozen, so the interpreter's exit
-  skips traversing it; exit still runs every `atexit` handler and flushes and closes files.
+  skips traversing it. Exit still runs every `atexit` handler and flushes the standard
+  streams; objects caught in reference cycles are not finalized (CPython never promises
+  that at exit), which is why every file a command writes is closed before it returns.
 """
 
 from __future__ import annotations

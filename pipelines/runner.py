@@ -148,9 +148,13 @@ def pipeline(options: PipelineOptions) -> beam.Pipeline:
     the workers; `--direct_num_workers` and `--direct_running_mode` apply); a streaming
     one is left to Beam's DirectRunner.
     """
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    from apache_beam.runners.runner import create_runner
+
     std = options.view_as(StandardOptions)
-    if std.runner not in ("DirectRunner", "SwitchingDirectRunner") or std.streaming:
-        return beam.Pipeline(options=options)
+    runner = create_runner(std.runner)  # any of Beam's names for it: DirectRunner, direct, ...
+    if not isinstance(runner, SwitchingDirectRunner) or std.streaming:
+        return beam.Pipeline(runner=runner, options=options)
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle

@@ -1474,6 +1474,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
     return recipe_from_dict(data, str(path)), path.resolve().parent
 
 
+def load_recipe_source(
+    source: str | Path | dict[str, Any], overrides: list[str] | None = None
+) -> tuple[Recipe, Path]:
+    """A recipe from a file (paths relative to it) or a dict (paths relative to the cwd)."""
+    if isinstance(source, dict):
+        data = apply_overrides(source, overrides or [], Path.cwd())
+        return recipe_from_dict(data, "<recipe dict>"), Path.cwd()
+    return load_recipe(source, overrides)
+
+
 def resolve_path(base_dir: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base_dir / p).resolve()

@@ -39,13 +39,16 @@ def build(
     Raises `RecipeError`, `ModelFolderError` or `BuildError` naming the problem; a corpus
     that fails its expectations raises `ValidationFailed` (its `.result` has the manifest).
     """
+    from synthgen.schemas.recipe import load_recipe_source
     from synthgen.validators.gate_process import prestart
 
+    source = recipe if isinstance(recipe, str | Path) else _as_dict(recipe)
+    load_recipe_source(source, overrides)  # a bad recipe is reported before anything starts
     prestart()  # a first build's gate loads great_expectations on another core meanwhile
     from synthgen.pipelines.build import run_build
 
     return run_build(
-        recipe if isinstance(recipe, str | Path) else _as_dict(recipe),
+        source,
         output,
         overrides=overrides,
         resume=resume,

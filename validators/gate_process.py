@@ -67,6 +67,7 @@ def prestart() -> None:
     if not _PRESTARTED and worth_a_process():
         gate = GateProcess(start=True)
         if gate.proc is not None:
+            logger.debug("gate process (pid %d) started before the build's imports", gate.proc.pid)
             _PRESTARTED.append(gate)
             atexit.register(gate.close)
 
@@ -119,34 +120,41 @@ class GateProcess:
         return gate_corpus(out, manifest, recipe, tars=tars)
 
     def close(self) -> None:
-        """End the process if the gate was never asked for (a failed or resumed build)."""
+        """End the process at once if the gate was never asked for (a failed, interrupted or
+        resumed build): it has written nothing, so there is nothing to wait for."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            _end(proc)
+            _end(proc, kill=True)
 
 
 def _ask(proc: subprocess.Popen[bytes], args: tuple[Any, ...]) -> tuple[str, Any] | None:
-    """The process's answer to one request, or None when it gave none."""
+    """The process's answer to one request, or None when it gave none that reads."""
     assert proc.stdin is not None and proc.stdout is not None
+    answer: Any = None
+    answered = False
     try:
         pickle.dump(args, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         proc.stdin.close()
         answer = pickle.load(proc.stdout)
-    except (OSError, EOFError, pickle.PickleError, AttributeError, ImportError) as exc:
+        answered = True
+    except Exception as exc:  # no answer, or one that does not read back: the gate runs here
         logger.debug("gate process gave no answer (%s): the gate runs in-process", exc)
-        answer = None
-    finally:
-        _end(proc)
+    finally:  # an interrupt while waiting ends the process too, at once
+        _end(proc, kill=not answered)
     if not (isinstance(answer, tuple) and len(answer) == 2 and answer[0] in ("ok", "error")):
         return None
     return answer
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
+def _end(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """Close the pipes and reap the process; `kill` ends it first (it has no side effects)."""
     for stream in (proc.stdin, proc.stdout):
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
+    if kill and proc.poll() is None:
+        with contextlib.suppress(OSError):
+            proc.kill()
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
@@ -161,7 +169,12 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the build decides when this ends
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    logging.disable(logging.CRITICAL)  # the answer is the only output
+    logging.disable(logging.CRITICAL)
+    # The answer is the only output on the pipe: anything else a library prints goes nowhere.
+    answer_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
     # the slow part, done while the build loads its models; the collector paused meanwhile
     # and what the imports leave frozen, as the command line does (pipelines.gcpolicy)
     gc.disable()
@@ -171,10 +184,9 @@ def main() -> None:
 
     gc.freeze()
     gc.enable()
-
     try:
         out, manifest, recipe, tars = pickle.load(sys.stdin.buffer)
-    except (EOFError, OSError, pickle.PickleError):
+    except Exception:
         return  # the build ended without asking
     try:
         answer: tuple[str, Any] = ("ok", gate_corpus(out, manifest, recipe, tars=tars))
@@ -182,10 +194,11 @@ def main() -> None:
         answer = ("error", exc)
     try:
         data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # an exception that does not pickle: the build reruns the gate
-        return
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+        pickle.loads(data)  # an exception that does not read back (its own __init__) ...
+    except Exception:
+        return  # ... is not sent: the build reruns the gate and raises it there
+    with os.fdopen(answer_fd, "wb") as pipe:
+        pipe.write(data)
     gc.freeze()  # the build waits for this process to end: skip traversing its heap at exit
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from synthgen.pipelines import gcpolicy
-from synthgen.pipelines.cli import main
+from synthgen.pipelines.resolve import resolve
+from synthgen.schemas.recipe import load_recipe
 
 
 def _in_a_fresh_process(code: str) -> dict[str, object]:
@@ -29,12 +30,29 @@ def test_a_process_it_does_not_own_keeps_its_collector() -> None:
     assert gc.isenabled() and gc.get_freeze_count() == frozen
 
 
-def test_cli_main_called_in_process_leaves_the_callers_collector_alone(
-    recipe_file: Path,
-) -> None:
+def test_resolve_leaves_a_callers_collector_alone(recipe_file: Path) -> None:
+    # what `synthgen.build` and `cli.main` called from a program run through
+    recipe, base_dir = load_recipe(recipe_file)
     frozen = gc.get_freeze_count()
-    assert main(["plan", str(recipe_file)]) == 0
+    resolve(recipe, base_dir)
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_resolve_in_the_programs_process_freezes_what_it_loaded(recipe_file: Path) -> None:
+    seen = _in_a_fresh_process(
+        f"""
+import gc, json
+from synthgen.pipelines import gcpolicy
+from synthgen.pipelines.resolve import resolve
+from synthgen.schemas.recipe import load_recipe
+gcpolicy.own_process()
+before = gc.get_freeze_count()
+resolve(*load_recipe({str(recipe_file)!r}))  # imports diffusers' and open_clip's classes
+print(json.dumps({{"frozen": gc.get_freeze_count() - before, "enabled": gc.isenabled()}}))
+"""
+    )
+    assert seen["enabled"] is True
+    assert isinstance(seen["frozen"], int) and seen["frozen"] > 100_000
 
 
 def test_loading_pauses_the_collector_and_freezes_what_it_loaded() -> None:

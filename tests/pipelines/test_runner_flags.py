@@ -123,7 +123,12 @@ def test_a_batch_build_on_the_direct_runner_runs_on_the_fn_api_runner() -> None:
 
     from synthgen.pipelines.runner import pipeline
 
-    for flags in ([], ["--runner=DirectRunner", "--direct_num_workers=2"]):
+    for flags in (
+        [],
+        ["--runner=DirectRunner", "--direct_num_workers=2"],
+        ["--runner=direct"],  # any of Beam's names for it
+        ["--runner=apache_beam.runners.direct.direct_runner.DirectRunner"],
+    ):
         made = pipeline(beam_options(flags))
         assert isinstance(made.runner, FnApiRunner), flags
     # streaming is left to Beam's own DirectRunner, which picks a runner that streams
