@@ -152,7 +152,7 @@ class BuildSession:
         self.rounds: list[RoundOutcome] = []
         self._planned_per_class: dict[str, int] = {}
         self._stack = ExitStack()
-        self._gate = GateProcess(start=False)  # the build's own is taken when it opens
+        self._gate = GateProcess()  # the build's own is taken when it opens
         self.state: BuildState | None = None
         self.ctx: BuildContext | None = None
         self.lineage: Lineage | None = None

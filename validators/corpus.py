@@ -57,6 +57,14 @@ class CorpusReport:
             "expectations": [e.as_dict() for e in self.expectations],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CorpusReport:
+        """The report `as_dict` wrote (`success` follows from the rest)."""
+        return cls(
+            failures=[str(f) for f in data["failures"]],
+            expectations=[ExpectationResult(**e) for e in data["expectations"]],
+        )
+
     def as_info(self) -> ValidationInfo:
         """The manifest's `validation` block."""
         return ValidationInfo(

@@ -4,8 +4,10 @@ Loading great_expectations and what it pulls in takes seconds; a build needs it 
 end, for the gate. The command line (and `synthgen.build`) starts this process as soon as the
 recipe has validated (`prestart`), so it pays that import on a second core while the build
 itself imports Beam, torch and diffusers, one core busy; then it waits for one request: the
-gate's arguments (pickled, between two processes of this same program), answered with its
-`CorpusReport` or the exception it raised. It is used only where it helps: a second core
+gate's arguments as JSON (the build folder, the manifest as it is about to be written, the
+recipe), answered with its `CorpusReport` as JSON, or the name of the error the gate raised,
+which the build then raises by running the gate itself. Both sides read the pipe as plain
+JSON only, so nothing in it can run code. It is used only where it helps: a second core
 exists and it is this process's first gate (a command-line build; a long-lived process runs
 its later gates itself, loading great_expectations once). `SYNTHGEN_GATE_PROCESS=0` / `1`
 turns it off / always on. Whenever the process is unavailable (it could not start, it died,
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -84,10 +86,10 @@ def take() -> GateProcess:
 class GateProcess:
     """One gate, run in a process started now (see the module docstring)."""
 
-    def __init__(self, start: bool | None = None):
+    def __init__(self, start: bool = False):
         self.proc: subprocess.Popen[bytes] | None = None
         self.ran_in_process: int | None = None  # the pid that ran the gate, if one did
-        if worth_a_process() if start is None else start:
+        if start:
             try:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "synthgen.validators.gate_process"],
@@ -105,18 +107,24 @@ class GateProcess:
     ) -> CorpusReport:
         """`gate_corpus(out, manifest, recipe, tars=tars)`, in the gate's process if it
         is there and answers, else here."""
-        from synthgen.validators.corpus import gate_corpus
+        from synthgen.validators.corpus import CorpusReport, gate_corpus
 
         proc, self.proc = self.proc, None
         if proc is not None:
-            answer = _ask(proc, (out, manifest, recipe, tars))
+            request = {
+                "out": str(out),
+                "manifest": json.loads(manifest.to_json()),  # as it is about to be written
+                "recipe": None if recipe is None else recipe.model_dump(mode="json"),
+                "tars": tars,
+            }
+            answer = _ask(proc, request)
             if answer is not None:
-                kind, value = answer
                 self.ran_in_process = proc.pid
                 logger.debug("corpus gate ran in its own process (pid %d)", proc.pid)
-                if kind == "error":
-                    raise value
-                return value  # type: ignore[no-any-return]
+                if "report" in answer:
+                    return CorpusReport.from_dict(answer["report"])
+                # it raised: run it here to raise the same error, with its own traceback
+                logger.debug("the gate raised %s there: running it here", answer["error"])
         return gate_corpus(out, manifest, recipe, tars=tars)
 
     def close(self) -> None:
@@ -127,21 +135,23 @@ class GateProcess:
             _end(proc, kill=True)
 
 
-def _ask(proc: subprocess.Popen[bytes], args: tuple[Any, ...]) -> tuple[str, Any] | None:
+def _ask(proc: subprocess.Popen[bytes], request: dict[str, Any]) -> dict[str, Any] | None:
     """The process's answer to one request, or None when it gave none that reads."""
     assert proc.stdin is not None and proc.stdout is not None
     answer: Any = None
     answered = False
     try:
-        pickle.dump(args, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        proc.stdin.write(json.dumps(request).encode())
         proc.stdin.close()
-        answer = pickle.load(proc.stdout)
+        answer = json.loads(proc.stdout.read())
         answered = True
-    except Exception as exc:  # no answer, or one that does not read back: the gate runs here
+    except Exception as exc:  # no answer, or one that does not read: the gate runs here
         logger.debug("gate process gave no answer (%s): the gate runs in-process", exc)
     finally:  # an interrupt while waiting ends the process too, at once
         _end(proc, kill=not answered)
-    if not (isinstance(answer, tuple) and len(answer) == 2 and answer[0] in ("ok", "error")):
+    if not (
+        isinstance(answer, dict) and ({"report"} == answer.keys() or {"error"} == answer.keys())
+    ):
         return None
     return answer
 
@@ -184,21 +194,24 @@ def main() -> None:
 
     gc.freeze()
     gc.enable()
+    from synthgen.schemas.manifest import Manifest
+    from synthgen.schemas.recipe import recipe_from_dict
+
     try:
-        out, manifest, recipe, tars = pickle.load(sys.stdin.buffer)
+        request = json.loads(sys.stdin.buffer.read())
+        manifest = Manifest.model_validate(request["manifest"])
+        recipe = request["recipe"]
+        recipe = None if recipe is None else recipe_from_dict(recipe, "the build's recipe")
+        out = Path(request["out"])
+        tars = bool(request["tars"])
     except Exception:
-        return  # the build ended without asking
+        return  # the build ended without asking, or asked what it never asks: it gates itself
     try:
-        answer: tuple[str, Any] = ("ok", gate_corpus(out, manifest, recipe, tars=tars))
+        answer: dict[str, Any] = {"report": gate_corpus(out, manifest, recipe, tars=tars).as_dict()}
     except Exception as exc:
-        answer = ("error", exc)
-    try:
-        data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(data)  # an exception that does not read back (its own __init__) ...
-    except Exception:
-        return  # ... is not sent: the build reruns the gate and raises it there
+        answer = {"error": type(exc).__name__}
     with os.fdopen(answer_fd, "wb") as pipe:
-        pipe.write(data)
+        pipe.write(json.dumps(answer).encode())
     gc.freeze()  # the build waits for this process to end: skip traversing its heap at exit
 
 

@@ -61,7 +61,7 @@ def test_the_gate_process_raises_what_the_gate_raises(corpus: Path) -> None:  # 
     gate = GateProcess(start=True)
     with pytest.raises(RecipeError, match="colour"):
         gate.validate(corpus, broken, None)  # type: ignore[arg-type]
-    assert gate.ran_in_process is not None  # raised there, re-raised here
+    assert gate.ran_in_process is not None  # raised there, then raised here by running it here
 
 
 def test_an_unused_gate_process_ends_with_its_build() -> None:
