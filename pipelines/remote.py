@@ -43,9 +43,10 @@ from synthgen.schemas.manifest import (
     ShardStats,
     shard_files,
 )
+from synthgen.schemas.names import name_problem
 from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.hashing import file_sha256
-from synthgen.storage.store import Store, StoreError, is_remote, open_store
+from synthgen.storage.store import Store, StoreError, inside, is_remote, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class Mirror:
         self._download(name, listing[name])
 
     def _download(self, name: str, size: int, sha256: str | None = None) -> None:
-        dest = self.local / name
+        dest = inside(self.local, name, f"{self.store}/{name}")
         same_size = dest.is_file() and not dest.is_symlink() and dest.stat().st_size == size
         if same_size and (sha256 is None or file_sha256(dest) == sha256):
             self.pushed[name] = _stat_key(dest)
@@ -338,6 +339,12 @@ def read_pointer(root: Store) -> dict[str, str] | None:
         raise BuildError(f"{root}/{POINTER}: not a synthgen pointer (unreadable JSON)") from None
     if not isinstance(data, dict) or not str(data.get("build", "")).startswith("builds/"):
         raise BuildError(f"{root}/{POINTER}: not a synthgen pointer (no `build`)")
+    build = str(data["build"])
+    if build.count("/") != 1 or name_problem(build) is not None:
+        raise BuildError(
+            f"{root}/{POINTER}: refused: it names {build!r}, not a folder directly under "
+            "builds/ (a pointer must stay inside its root)"
+        )
     return data
 
 
@@ -446,10 +453,11 @@ def local_source(location: str) -> str:
     except (OSError, ValueError):
         record = {}
     for name, version in versions.items():
-        if record.get(name) != version or not (dest / name).is_file():
-            store.get_file(name, dest / name)
+        if record.get(name) != version or not inside(dest, name).is_file():
+            store.fetch(name, dest)
     for name in set(record) - set(versions):
-        (dest / name).unlink(missing_ok=True)
+        if name_problem(name) is None:  # the record is ours, but a cache can be edited
+            inside(dest, name).unlink(missing_ok=True)
     dest.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(record_path, json.dumps(versions, sort_keys=True).encode())
     return str(dest / next(iter(versions))) if single else str(dest)
@@ -511,9 +519,9 @@ def previous_report(root: Store, folder: str) -> Path | None:
     if pointer is None or pointer["build"] == f"builds/{folder}":
         return None
     name = pointer["build"].split("/", 1)[1]
-    dest = cache_root() / "previous" / _url_key(root.url) / name
+    dest = inside(cache_root() / "previous" / _url_key(root.url), name)
     try:
-        root.get_file(f"{pointer['build']}/report.json", dest / "report.json")
+        root.child(pointer["build"]).fetch("report.json", dest)
     except FileNotFoundError:
         return None
     return dest

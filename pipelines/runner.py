@@ -136,6 +136,22 @@ def run_shards(
     return metrics
 
 
+SAFE_PATH_ENV = "PYTHONSAFEPATH"
+
+
+def safe_child_paths() -> None:
+    """Every Python process started from here on (Beam's `multi_processing` workers start as
+    `python -m apache_beam...`) leaves the working directory off its module path.
+
+    `python -m` puts the current directory first on `sys.path`, so a module lying in the
+    folder where a user runs a build (a `great_expectations.py`, a `synthgen/` folder, a file
+    shadowing the standard library) would be imported and run by every worker. Setting
+    PYTHONSAFEPATH (Python 3.11+) in this process's environment only changes child
+    interpreters; a value the user chose is kept.
+    """
+    os.environ.setdefault(SAFE_PATH_ENV, "1")
+
+
 def pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A pipeline on the runner `options` name; `DirectRunner` is Beam's FnApiRunner here.
 
@@ -151,6 +167,7 @@ def pipeline(options: PipelineOptions) -> beam.Pipeline:
     from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
     from apache_beam.runners.runner import create_runner
 
+    safe_child_paths()
     std = options.view_as(StandardOptions)
     runner = create_runner(std.runner)  # any of Beam's names for it: DirectRunner, direct, ...
     if not isinstance(runner, SwitchingDirectRunner) or std.streaming:

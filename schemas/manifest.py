@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthgen.schemas.names import RelativeName
 from synthgen.schemas.scores import ScoreColumn
 
 MANIFEST_NAME = "manifest.json"
@@ -55,7 +56,7 @@ class ShardEntry(_Contract):
     """One `shards[]` entry of the manifest."""
 
     shard: int = Field(ge=0)
-    files: dict[str, FileInfo]
+    files: dict[RelativeName, FileInfo]
     accepted: int = Field(ge=0)
     rejected: int = Field(ge=0)
     failed: int = Field(
@@ -235,7 +236,7 @@ class Manifest(_Contract):
     counts: Counts
     shards: list[ShardEntry]
     validation: ValidationInfo | None = None
-    files: dict[str, FileInfo] = Field(
+    files: dict[RelativeName, FileInfo] = Field(
         default_factory=dict, description="files beside the shards (e.g. balanced.parquet)"
     )
     balance: BalanceInfo | None = None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from synthgen.schemas.names import name_problem
 from synthgen.storage.atomic import atomic_write, write_bytes_atomic
 
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
@@ -64,8 +65,48 @@ def check_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
+class UnsafeNameError(StoreError):
+    """A name from a store, a tar, a manifest or a pointer would leave its folder."""
+
+
+def checked_name(name: str, where: str) -> str:
+    """`name` when it is a safe relative name (`schemas.names`); UnsafeNameError otherwise.
+
+    `where` says where the name came from (a store URL, a tar, a manifest) for the message.
+    """
+    problem = name_problem(name)
+    if problem is not None:
+        raise UnsafeNameError(
+            f"{where}: refused the name {name!r}: {problem}; a name must stay inside its folder"
+        )
+    return name
+
+
+def inside(root: Path, name: str, where: str | None = None) -> Path:
+    """`root / name`, refused unless it stays inside `root` (symlinks resolved).
+
+    The one place a name that came from outside (a listing, a tar member, a manifest, a
+    pointer) becomes a local path: every download and every local read of such a name goes
+    through it.
+    """
+    checked_name(name, where or str(root))
+    path = root / name
+    base = root.resolve()
+    target = path.resolve()
+    if target != base and base not in target.parents:
+        raise UnsafeNameError(
+            f"{where or root}: refused the name {name!r}: it resolves outside {root} "
+            "(through a symbolic link)"
+        )
+    return path
+
+
 class Store:
-    """A folder of named files; names are relative, '/'-separated."""
+    """A folder of named files; names are relative, '/'-separated.
+
+    Every name a store is given or lists is checked (`checked_name`): a listing that holds a
+    name such as `a/../../x` or `a//x` raises UnsafeNameError rather than handing it on.
+    """
 
     url: str
 
@@ -87,6 +128,16 @@ class Store:
 
     def get_file(self, name: str, local: Path) -> None:
         raise NotImplementedError
+
+    def fetch(self, name: str, root: Path) -> Path:
+        """Download `name` to the same name under the local folder `root`; its path.
+
+        The name is checked to stay inside `root` first (`inside`), so a hostile key cannot
+        write anywhere else.
+        """
+        dest = inside(root, name, f"{self}/{name}")
+        self.get_file(name, dest)
+        return dest
 
     def listing(self, prefix: str = "") -> dict[str, int]:
         """Every file under `prefix` (recursively) with its size in bytes."""
@@ -112,7 +163,7 @@ class LocalStore(Store):
         self.url = str(root)
 
     def _p(self, name: str) -> Path:
-        return self.root / name
+        return inside(self.root, name, self.url) if name else self.root
 
     def exists(self, name: str) -> bool:
         return self._p(name).is_file()
@@ -149,7 +200,7 @@ class LocalStore(Store):
         if not base.is_dir():
             return {}
         return {
-            str(p.relative_to(self.root)): p.stat().st_size
+            p.relative_to(self.root).as_posix(): p.stat().st_size
             for p in sorted(base.rglob("*"))
             if p.is_file() and not p.is_symlink()
         }
@@ -189,7 +240,7 @@ class FsspecStore(Store):
         return self._fs
 
     def _p(self, name: str) -> str:
-        return f"{self.url}/{name}" if name else self.url
+        return f"{self.url}/{checked_name(name, self.url)}" if name else self.url
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -235,7 +286,7 @@ class FsspecStore(Store):
             found = self._call("list", self.fs.find, base, detail=True)
             root = self.url.split("://", 1)[1]
             return {
-                path[len(root) + 1 :]: info
+                checked_name(path[len(root) + 1 :], self.url): info
                 for path, info in sorted(found.items())
                 if info.get("type") == "file" and path.startswith(root + "/")
             }
@@ -259,7 +310,7 @@ class FsspecStore(Store):
                 self._call("delete", self.fs.rm, paths)
 
     def child(self, name: str) -> Store:
-        return FsspecStore(self._p(name.strip("/")))
+        return FsspecStore(self._p(name))
 
 
 def open_store(location: str | os.PathLike[str]) -> Store:

@@ -91,8 +91,10 @@ class GateProcess:
         self.ran_in_process: int | None = None  # the pid that ran the gate, if one did
         if start:
             try:
+                # -P: the working directory is not put on the path, so a module there
+                # (a `great_expectations.py`, a `synthgen/` folder) is never imported.
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "synthgen.validators.gate_process"],
+                    [sys.executable, "-P", "-m", "synthgen.validators.gate_process"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL,

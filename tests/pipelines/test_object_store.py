@@ -10,14 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,62 +33,9 @@ from synthgen.pipelines.remote import (
 )
 from synthgen.storage.store import StoreError, open_store
 from synthgen.validators.corpus import validate_dir
+from tests.conftest import S3_BUCKET as BUCKET
+from tests.conftest import S3_SECRET as SECRET
 from tests.conftest import read_rows, run_cli, tiny_recipe_dict, write_recipe
-
-SECRET = "s3cr3t-" + hashlib.sha256(b"never-log-me").hexdigest()[:20]
-BUCKET = "corpora"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """An S3 server on loopback, a bucket, and the standard AWS variables pointing at it."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with log.open("wb") as f:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.1)
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "AKIATESTKEY",
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "SYNTHGEN_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.terminate()
-        server.wait(10)
 
 
 def _objects(prefix: str) -> dict[str, bytes]:
