@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from synthgen.pipelines.output import (
     LATEST,
     BuildError,
+    check_publish_root,
     exclusive_lock,
     publish,
     versioned_output,
@@ -25,11 +27,23 @@ from synthgen.schemas.recipe import load_recipe_source
 from synthgen.storage.store import Store, is_remote, open_store
 
 if TYPE_CHECKING:
-    from synthgen.pipelines.remote import Mirror
+    from synthgen.pipelines.remote import Mirror, PointerSeen, RemoteLock
 
 __all__ = ["BuildError", "BuildResult", "ValidationFailed", "run_build"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Root:
+    """A publish root this build holds locked, and what its latest named when it was locked:
+    the swap at the end is made only if that is unchanged."""
+
+    location: str
+    store: Store | None = None  # an object-store root
+    lock: RemoteLock | None = None  # its lock object
+    pointer: PointerSeen = (None, None)  # its LATEST as read under the lock, with its version
+    latest: Path | None = None  # a local root: the build its `latest` link named
 
 
 def run_build(
@@ -48,9 +62,12 @@ def run_build(
     1. the recipe: read, overridden, validated
     2. its inputs: model folders, scorers, sources, the Beam runner — all checked before
        any output folder is touched
-    3. the strategy reads its inputs (a balance source), still writing nothing
-    4. the session builds round after round, then finalizes (manifest, gate, report)
-    5. with a publish root, `latest` is swapped to the complete build
+    3. a publish root is locked before its latest is read (by --extend) and stays locked
+       until its latest is swapped; one that is itself a build is refused
+    4. the strategy reads its inputs (a balance source, the parent build), writing nothing
+    5. the session builds round after round, then finalizes (manifest, gate, report)
+    6. with a publish root, `latest` is swapped to the complete build, only if it still
+       names what it named when the root was locked
 
     `output`, `publish_root` and `extend` may be object-store URLs (`s3://`, `gs://`): the
     build then runs in a local working copy mirrored to the store (synthgen.pipelines.remote).
@@ -66,47 +83,103 @@ def run_build(
     if (output is None) == (publish_root is None):
         raise BuildError("give exactly one of an output directory or a publish root")
     recipe, base_dir = load_recipe_source(recipe_path, overrides)
-    stores = [open_store(x) for x in (output, publish_root) if x is not None and is_remote(x)]
+    where = output if output is not None else publish_root
+    store = open_store(where) if where is not None and is_remote(where) else None
     resolved = resolve(recipe, base_dir)
     options = beam_options(beam_args or [])
-    parent = _parent(extend, publish_root)
-    strategy = strategy_for(resolved, parent)
     with ExitStack() as stack:
+        root = None
+        if publish_root is not None and extend is not None:
+            root = _lock_root(stack, publish_root, store)  # before its latest is read
+        parent = _parent(extend, root)
+        strategy = strategy_for(resolved, parent[0] if parent else None)
         stack.callback(strategy.close)
         strategy.prepare()
-        if stores:
+        if publish_root is not None and root is None:
+            root = _lock_root(stack, publish_root, store)
+        parent_location = parent[1] if parent else None
+        if store is not None:
             return _build_remote(
-                stores[0], output is None, resolved, strategy, options, resume, show_progress, start
+                store,
+                root,
+                resolved,
+                strategy,
+                options,
+                resume,
+                show_progress,
+                start,
+                parent_location,
             )
-        if publish_root is None:
+        if root is None:
             out = Path(output).resolve()  # type: ignore[arg-type]
-            return _build(out, resolved, strategy, options, resume, show_progress, start)
-        root = Path(publish_root).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(exclusive_lock(root, "publish root"))
-        out = versioned_output(root, recipe, resume)
-        result = _build(out, resolved, strategy, options, True, show_progress, start)
-        publish(root, out)
+            return _build(
+                out,
+                resolved,
+                strategy,
+                options,
+                resume,
+                show_progress,
+                start,
+                None,
+                parent_location,
+            )
+        root_dir = Path(root.location)
+        out = versioned_output(root_dir, recipe, resume)
+        result = _build(
+            out, resolved, strategy, options, True, show_progress, start, None, parent_location
+        )
+        _check_latest_unmoved(root, out)
+        publish(root_dir, out)
         return result
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _lock_root(stack: ExitStack, publish_root: str | Path, store: Store | None) -> _Root:
+    """The publish root, refused if it is itself a build, then locked (held by `stack`)."""
+    if store is not None:
+        from synthgen.pipelines.remote import RemoteLock, check_root, read_pointer_seen
+
+        check_root(store)
+        lock = stack.enter_context(RemoteLock(store, "publish root"))
+        return _Root(store.url, store=store, lock=lock, pointer=read_pointer_seen(store))
+    root = Path(publish_root).resolve()
+    check_publish_root(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stack.enter_context(exclusive_lock(root, "publish root"))
+    latest = root / LATEST
+    return _Root(str(root), latest=latest.resolve() if latest.is_symlink() else None)
+
+
+def _check_latest_unmoved(root: _Root, out: Path) -> None:
+    """Refuse to swap a local root's `latest` that moved since the root was locked (only a
+    writer ignoring the lock can move it): swapping would take it back to an older build."""
+    latest = Path(root.location) / LATEST
+    now = latest.resolve() if latest.is_symlink() else None
+    if now != root.latest:
+        raise BuildError(
+            f"{latest}: moved while this build ran (it named {root.latest or 'nothing'}, now "
+            f"{now or 'nothing'}): not published, so it cannot move back; the build is "
+            f"complete in {out}"
+        )
+
+
 def _build_remote(
     store: Store,
-    is_root: bool,
+    root: _Root | None,
     resolved: ResolvedRecipe,
     strategy: Strategy,
     options: PipelineOptions,
     resume: bool,
     show_progress: bool,
     start: float,
+    parent_location: str | None,
 ) -> BuildResult:
     """A build at an object-store URL, or a new version under an object-store publish root.
 
-    1. the lock object of the location (the publish root's, for a published build)
+    1. the lock object of the location (a publish root's is already held: `root`)
     2. the build's store pulled into its local working copy (refused as for a folder)
     3. the build runs there; the session uploads as files are finished, the manifest last
-    4. with a publish root, the LATEST pointer object is swapped to it
+    4. with a publish root, the LATEST pointer object is swapped to it (conditionally)
     """
     from synthgen.pipelines.remote import (
         Mirror,
@@ -117,37 +190,57 @@ def _build_remote(
         work_dir,
     )
 
-    with RemoteLock(store, "publish root" if is_root else "output location") as lock:
-        build = store
-        folder = ""
-        if is_root:
+    with ExitStack() as stack:
+        if root is None:
+            lock = stack.enter_context(RemoteLock(store, "output location"))
+            build, folder = store, ""
+        else:
+            assert root.lock is not None
+            lock = root.lock
             folder = versioned_build(store, resolved.recipe.hash, resume)
             build = store.child(f"builds/{folder}")
         mirror = Mirror(build, work_dir(build.url), lock)
-        if is_root:
+        if root is not None:
             mirror.previous = previous_report(store, folder)  # for the report's trend
-        mirror.pull(resume or is_root)
+        mirror.pull(resume or root is not None)
         result = _build(
-            mirror.local, resolved, strategy, options, True, show_progress, start, mirror
+            mirror.local,
+            resolved,
+            strategy,
+            options,
+            True,
+            show_progress,
+            start,
+            mirror,
+            parent_location,
         )
-        if is_root:
-            publish_pointer(store, folder, result.manifest)
+        if root is not None:
+            publish_pointer(store, folder, result.manifest, root.pointer)
         return result
 
 
-def _parent(extend: str | Path | None, publish_root: str | Path | None) -> Path | None:
+def _parent(extend: str | Path | None, root: _Root | None) -> tuple[Path, str] | None:
+    """The build to extend: its local folder (an object-store build pulled into the cache)
+    and where it is (its directory, or its store URL), for the lineage."""
     if extend is None:
         return None
     if str(extend) == LATEST:
-        if publish_root is None:
+        if root is None:
             raise BuildError("--extend without a build needs --publish ROOT (extends its latest)")
-        # an object-store root's LATEST pointer is followed by pull_build
-        extend = str(publish_root) if is_remote(publish_root) else Path(publish_root) / LATEST
+        if root.store is None:
+            extend = Path(root.location) / LATEST
+        else:
+            pointer = root.pointer[0]
+            if pointer is None:
+                raise BuildError(f"{root.location}: no LATEST: there is no build to extend")
+            extend = f"{root.location}/{pointer['build']}"
     if is_remote(extend):
-        from synthgen.pipelines.remote import pull_build
+        from synthgen.pipelines.remote import pull_build, resolve_build
 
-        return pull_build(str(extend))
-    return Path(extend).resolve()
+        url = resolve_build(str(extend)).url
+        return pull_build(url), url
+    path = Path(extend).resolve()
+    return path, str(path)
 
 
 def _build(
@@ -159,8 +252,13 @@ def _build(
     show_progress: bool,
     start: float,
     mirror: Mirror | None = None,
+    parent_location: str | None = None,
 ) -> BuildResult:
-    """One build directory: reuse a verified complete build, or run the strategy's rounds."""
+    """One build directory: reuse a verified complete build, or run the strategy's rounds.
+
+    `parent_location`: where an extension's parent is (a store URL, not the cache folder
+    it was pulled into): the lineage names it.
+    """
     session = BuildSession(
         out,
         resolved,
@@ -178,6 +276,8 @@ def _build(
             logger.info("%s: build already complete; nothing to do", out)
             return session.after_manifest(manifest)
         strategy.begin(session)
+        if session.lineage is not None and parent_location is not None:
+            session.lineage = session.lineage.model_copy(update={"parent": parent_location})
         while (plan_round := strategy.next_round()) is not None:
             strategy.observe(session.run_round(plan_round))
         return session.finalize(strategy.finish(session))

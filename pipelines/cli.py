@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -314,7 +316,8 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     )
     if args.publish:
         pointer = "LATEST" if result.location != str(result.output) else "latest"
-        print(f"synthgen: published {args.publish}/{pointer} -> {result.output.name}")
+        folder = result.location.rstrip("/").rsplit("/", 1)[-1]  # the store's, not the cache's
+        print(f"synthgen: published {args.publish}/{pointer} -> builds/{folder}")
     return EXIT_OK
 
 
@@ -442,6 +445,9 @@ def cmd_train_default(args: argparse.Namespace) -> int:
 _RECEIVED: list[int] = []
 
 
+# The signal path (the handlers, `_signal_exit`, `_output_state`) imports nothing: a signal
+# can arrive while a module (torch, Beam) is half imported, and importing it again from here
+# would run it a second time: a traceback or a crash instead of the exit status.
 def _terminate(signum: int, frame: object) -> None:
     _RECEIVED.append(signum)
     raise Terminated(signum)
@@ -449,13 +455,11 @@ def _terminate(signum: int, frame: object) -> None:
 
 def _interrupt(signum: int, frame: object) -> None:
     _RECEIVED.append(signum)
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def _signal_exit() -> int | None:
     """The exit status for a signal received during the run, even if a runner wrapped it."""
-    import signal
-
     if not _RECEIVED:
         return None
     what = "terminated" if _RECEIVED[0] == signal.SIGTERM else "interrupted"
@@ -464,20 +468,29 @@ def _signal_exit() -> int | None:
 
 
 def _output_state() -> str:
-    """What the interrupted build left: complete (manifest written) or not, and what to run."""
-    from synthgen.pipelines.session import OPENED
-    from synthgen.schemas.manifest import MANIFEST_NAME
+    """What the interrupted build left: complete (manifest written) or not, and what to run.
 
-    if not OPENED:
+    Read from the modules already loaded, never importing one: no session module loaded
+    means no build was opened. A build on an object store is named by its store location
+    (recorded in its working copy by synthgen.pipelines.remote), not the cache folder.
+    """
+    opened = getattr(sys.modules.get("synthgen.pipelines.session"), "OPENED", None)
+    manifest = getattr(sys.modules.get("synthgen.schemas.manifest"), "MANIFEST_NAME", None)
+    if not opened or manifest is None:
         return "nothing was written"
-    out = OPENED[-1]
-    if (out / MANIFEST_NAME).is_file():
+    out = opened[-1]
+    where = str(out)
+    record = getattr(sys.modules.get("synthgen.pipelines.remote"), "LOCATION_NAME", None)
+    if record is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            where = (out / record).read_text(encoding="utf-8")
+    if (out / manifest).is_file():
         return (
-            f"the build in {out} is complete (manifest written); rerun the same command with "
-            "--resume to finish its report and publishing"
+            f"the build in {where} is complete (manifest written); rerun the same command "
+            "with --resume to finish its report and publishing"
         )
     return (
-        f"the build in {out} is incomplete (no manifest); rerun the same command with "
+        f"the build in {where} is incomplete (no manifest); rerun the same command with "
         "--resume to continue it"
     )
 
@@ -488,6 +501,12 @@ class Terminated(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+class Interrupted(Terminated):
+    """SIGINT, unwinding the same way. Not a KeyboardInterrupt: CPython remembers one that
+    passes through code a C extension runs (pybind11's exec, while torch imports) as
+    unhandled, and at exit kills the process with SIGINT instead of returning 130."""
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -505,10 +524,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import signal
-
+    """Run one command; its exit status. A SIGINT or SIGTERM at any moment, imports
+    included, ends it with 130 or 143 and one line saying what the build left."""
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _interrupt)
+    try:
+        return _main(argv)
+    except (KeyboardInterrupt, Terminated):  # KeyboardInterrupt: raised by a library
+        code = _signal_exit()
+        return code if code is not None else EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(own)
     _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
@@ -535,10 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "verify":
             return cmd_verify(args)
-    except (KeyboardInterrupt, Terminated):
-        code = _signal_exit()
-        return code if code is not None else EXIT_INTERRUPTED
     except (RecipeError, ModelFolderError, BuildError, StoreError) as exc:
+        code = _signal_exit()
+        if code is not None:  # an interrupt turned into one of these on its way out
+            return code
         print(f"synthgen: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:

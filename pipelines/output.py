@@ -241,6 +241,17 @@ def verified_manifest(out: Path, state: BuildState) -> Manifest | None:
     return None
 
 
+def check_publish_root(root: Path) -> None:
+    """Refuse a publish root that is itself a build (a manifest or build state at its top):
+    `latest` inside it would name a build that readers of the folder never reach."""
+    for name in (MANIFEST_NAME, f"{STATE_DIR}/{STATE_NAME}"):
+        if (root / name).exists():
+            raise BuildError(
+                f"{root}: is a build ({name} at its top), not a publish root; --publish "
+                f"writes ROOT/builds/<version>/ and ROOT/{LATEST}: choose another root"
+            )
+
+
 def versioned_output(root: Path, recipe: Recipe, resume: bool) -> Path:
     """The build folder under ROOT/builds/ for a published build.
 
@@ -250,6 +261,7 @@ def versioned_output(root: Path, recipe: Recipe, resume: bool) -> Path:
     """
     if root.is_symlink() or (root.exists() and not root.is_dir()):
         raise BuildError(f"{root}: publish root exists and is not a directory")
+    check_publish_root(root)
     latest = root / LATEST
     if latest.exists() and not latest.is_symlink():
         raise BuildError(

@@ -14,12 +14,14 @@ file is uploaded as it appears, in an order that keeps the store readable at eve
 `--resume` reads what the store holds (not the local copy): finished shards are downloaded
 and checked against their stats, so a build killed on one machine resumes on another. One
 writer at a time is enforced by a lock object created with a conditional PUT; a lock whose
-process is gone (same host) or whose heartbeat is older than `LOCK_STALE_S` is taken over.
+process is gone (same host) or whose heartbeat is older than `LOCK_STALE_S` is taken over by
+a PUT conditional on the version that was read, so two processes never both win.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -44,9 +46,17 @@ from synthgen.schemas.manifest import (
     shard_files,
 )
 from synthgen.schemas.names import name_problem
+from synthgen.schemas.recipe import is_url, resolve_path
 from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.hashing import file_sha256
-from synthgen.storage.store import Store, StoreError, inside, is_remote, open_store
+from synthgen.storage.store import (
+    ConditionalWriteUnsupported,
+    Store,
+    StoreError,
+    inside,
+    is_remote,
+    open_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +66,16 @@ LOCK_OBJECT = f"{STATE_DIR}/lock.json"
 LOCK_STALE_S = 600.0
 HEARTBEAT_S = 60.0
 STATE_OBJECT = f"{STATE_DIR}/{STATE_NAME}"
-# Never mirrored: the local lock, progress counters, staging (re-made on resume), temp files.
-LOCAL_ONLY = (f"{STATE_DIR}/lock", f"{STATE_DIR}/progress/", f"{STATE_DIR}/staging/")
+# In a working copy: the store location it mirrors, for messages that name the build.
+LOCATION_NAME = f"{STATE_DIR}/location"
+# Never mirrored: the local lock, progress counters, staging (re-made on resume), temp files,
+# the working copy's own location record.
+LOCAL_ONLY = (
+    f"{STATE_DIR}/lock",
+    f"{STATE_DIR}/progress/",
+    f"{STATE_DIR}/staging/",
+    LOCATION_NAME,
+)
 
 
 def cache_root() -> Path:
@@ -76,12 +94,25 @@ def work_dir(url: str) -> Path:
 
 
 class RemoteLock:
-    """One writer per store prefix: a lock object made with a conditional PUT."""
+    """One writer per store prefix: a lock object changed only conditionally on its version.
+
+    It is taken by creating the object (If-None-Match). A stale one (its process gone, or no
+    heartbeat for LOCK_STALE_S) is taken over by replacing exactly the version that was read
+    and judged stale (If-Match), never by deleting it first: of two processes taking over
+    from the same version, the store lets at most one win. Each heartbeat replaces this
+    process's own last version; finding another one means the lock was taken over (`lost`).
+    Released by deleting its own version only.
+
+    A store without conditional replace (`gs://` here) still locks with the conditional
+    create, but never takes a stale lock over by itself: the message names the object to
+    delete by hand once its process is known to be gone.
+    """
 
     def __init__(self, store: Store, what: str):
         self.store = store
         self.what = what
         self.owner = uuid.uuid4().hex
+        self.version: str | None = None  # the lock object's version this process wrote last
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = False
@@ -96,21 +127,21 @@ class RemoteLock:
             }
         ).encode()
 
-    def _stale(self) -> bool:
+    @staticmethod
+    def _stale(data: bytes) -> bool:
         try:
-            held = json.loads(self.store.read_bytes(LOCK_OBJECT))
-        except FileNotFoundError:
-            return True
-        except (ValueError, StoreError):
-            return False
+            held = json.loads(data)
+            heartbeat = float(held.get("heartbeat", 0))
+        except (ValueError, TypeError, AttributeError):
+            return False  # not ours to judge: refused, never taken over
         if held.get("host") == socket.gethostname():
             try:
                 os.kill(int(held.get("pid", 0)), 0)
             except ProcessLookupError:
                 return True  # its process is gone (killed): the lock is left over
-            except (PermissionError, ValueError):
+            except (PermissionError, ValueError, TypeError, OverflowError):
                 pass
-        return time.time() - float(held.get("heartbeat", 0)) > LOCK_STALE_S
+        return time.time() - heartbeat > LOCK_STALE_S
 
     def _held_by_another(self) -> BuildError:
         return BuildError(
@@ -119,26 +150,55 @@ class RemoteLock:
         )
 
     def __enter__(self) -> RemoteLock:
-        """1. the lock object created with a conditional PUT
-        2. a stale lock (its process gone, or no heartbeat for LOCK_STALE_S) removed, and
-           the conditional PUT tried once more: of two processes taking over, one wins
-        3. the store must refuse a second conditional PUT, or it cannot lock at all"""
-        if not self.store.create_bytes(LOCK_OBJECT, self._body()):
-            if not self._stale():
-                raise self._held_by_another()
-            logger.info("%s: taking over a lock left by a process that is gone", self.store)
-            self.store.delete([LOCK_OBJECT])
-            if not self.store.create_bytes(LOCK_OBJECT, self._body()):
-                raise self._held_by_another()
-        if self.store.create_bytes(LOCK_OBJECT, self._body()):
-            raise BuildError(
-                f"{self.store}: this store does not honour conditional writes "
-                "(If-None-Match), so synthgen cannot keep a second writer out; use a store "
-                "that does (AWS S3, GCS, recent MinIO)"
-            )
+        """1. the lock object created with a conditional PUT (If-None-Match)
+        2. if it exists: read with its version; a live holder's lock is refused
+        3. a stale one replaced only at the version read (If-Match): of two processes
+           taking it over, one wins and the other is refused
+        4. the store must refuse a second create (and a second replace of that version),
+           or it cannot lock at all"""
+        version = self.store.create_bytes(LOCK_OBJECT, self._body())
+        if version is None:
+            version = self._take_over()
+        elif self.store.create_bytes(LOCK_OBJECT, self._body()) is not None:
+            raise self._not_honoured("If-None-Match")
+        self.version = version
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
         return self
+
+    def _take_over(self) -> str:
+        try:
+            data, seen = self.store.read_versioned(LOCK_OBJECT)
+        except FileNotFoundError:  # released meanwhile: one more conditional create
+            version = self.store.create_bytes(LOCK_OBJECT, self._body())
+            if version is None:
+                raise self._held_by_another() from None
+            return version
+        except ConditionalWriteUnsupported:
+            if not self._stale(self.store.read_bytes(LOCK_OBJECT)):
+                raise self._held_by_another() from None
+            raise BuildError(
+                f"{self.store}/{LOCK_OBJECT}: a lock left by a process that is gone, but this "
+                "store cannot replace an object conditionally, so synthgen will not take it "
+                "over by itself (two processes could both win); delete that object once you "
+                "are sure no build is writing here"
+            ) from None
+        if not self._stale(data):
+            raise self._held_by_another()
+        logger.info("%s: taking over a lock left by a process that is gone", self.store)
+        version = self.store.replace_bytes(LOCK_OBJECT, self._body(), seen)
+        if version is None:
+            raise self._held_by_another()  # another process took it over first
+        if self.store.replace_bytes(LOCK_OBJECT, self._body(), seen) is not None:
+            raise self._not_honoured("If-Match")
+        return version
+
+    def _not_honoured(self, header: str) -> BuildError:
+        return BuildError(
+            f"{self.store}: this store does not honour conditional writes ({header}), so "
+            "synthgen cannot keep a second writer out; use a store that does (AWS S3, GCS, "
+            "recent MinIO)"
+        )
 
     def _owner(self) -> str | None:
         try:
@@ -155,7 +215,17 @@ class RemoteLock:
             )
 
     def beat(self) -> bool:
-        """One heartbeat: refresh the lock if this process still owns it; else mark it lost."""
+        """One heartbeat: replace this process's own version of the lock; if the store holds
+        another version (taken over), mark the lock lost."""
+        if self.version:
+            with contextlib.suppress(ConditionalWriteUnsupported):
+                version = self.store.replace_bytes(LOCK_OBJECT, self._body(), self.version)
+                if version is None:
+                    self.lost = True
+                    return False
+                self.version = version
+                return True
+        # No versions on this store: nobody takes a lock over here but a person.
         if self._owner() != self.owner:
             self.lost = True
             return False
@@ -170,8 +240,16 @@ class RemoteLock:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)  # no heartbeat in flight while it is released
         with contextlib.suppress(StoreError, OSError, ValueError):
-            if json.loads(self.store.read_bytes(LOCK_OBJECT)).get("owner") == self.owner:
+            if self.version:
+                # a store that refuses the conditional delete (StoreError) is released as
+                # one without versions: by owner, below
+                with contextlib.suppress(StoreError):
+                    self.store.delete_version(LOCK_OBJECT, self.version)
+                    return
+            if self._owner() == self.owner:
                 self.store.delete([LOCK_OBJECT])
 
 
@@ -207,6 +285,7 @@ class Mirror:
         if not listing:
             shutil.rmtree(self.local, ignore_errors=True)
             self.local.mkdir(parents=True)
+            self._record_location()
             return
         if not resume:
             raise BuildError(
@@ -231,6 +310,13 @@ class Mirror:
             if name in shard_data or name in stats_names or name.startswith(LOCAL_ONLY):
                 continue
             self._download(name, size)
+        self._record_location()
+
+    def _record_location(self) -> None:
+        """The store URL this working copy mirrors, kept beside it (never uploaded): what the
+        command line names when a signal interrupts the build."""
+        (self.local / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.local / LOCATION_NAME, self.store.url.encode())
 
     def _pull_shard(self, name: str, listing: dict[str, int]) -> None:
         try:
@@ -330,11 +416,34 @@ class Mirror:
 
 
 # -- published roots on a store -------------------------------------------------------------
-def read_pointer(root: Store) -> dict[str, str] | None:
+Pointer = dict[str, str]
+# LATEST as read under the root's lock: what it named, and the object's version (None where
+# it did not exist, or where the store keeps no versions).
+PointerSeen = tuple[Pointer | None, str | None]
+
+
+def read_pointer(root: Store) -> Pointer | None:
     try:
-        data = json.loads(root.read_bytes(POINTER))
+        raw = root.read_bytes(POINTER)
     except FileNotFoundError:
         return None
+    return _parse_pointer(root, raw)
+
+
+def read_pointer_seen(root: Store) -> PointerSeen:
+    """LATEST and its version, read together: what a publish must find unchanged."""
+    try:
+        raw, version = root.read_versioned(POINTER)
+    except FileNotFoundError:
+        return None, None
+    except ConditionalWriteUnsupported:
+        return read_pointer(root), None
+    return _parse_pointer(root, raw), version
+
+
+def _parse_pointer(root: Store, raw: bytes) -> Pointer:
+    try:
+        data = json.loads(raw)
     except ValueError:
         raise BuildError(f"{root}/{POINTER}: not a synthgen pointer (unreadable JSON)") from None
     if not isinstance(data, dict) or not str(data.get("build", "")).startswith("builds/"):
@@ -346,6 +455,17 @@ def read_pointer(root: Store) -> dict[str, str] | None:
             "builds/ (a pointer must stay inside its root)"
         )
     return data
+
+
+def check_root(root: Store) -> None:
+    """Refuse a publish root that is itself a build: its own manifest would hide LATEST from
+    every reader (`resolve_build`), so a publish there could never be seen."""
+    for name in (MANIFEST_NAME, STATE_OBJECT):
+        if root.exists(name):
+            raise BuildError(
+                f"{root}: is a build ({name} at its top), not a publish root; --publish "
+                f"writes ROOT/builds/<version>/ and ROOT/{POINTER}: choose another root"
+            )
 
 
 def versioned_build(root: Store, recipe_hash: str, resume: bool) -> str:
@@ -376,8 +496,15 @@ def versioned_build(root: Store, recipe_hash: str, resume: bool) -> str:
     return f"{stamp}-{recipe_hash[:12]}"
 
 
-def publish_pointer(root: Store, folder: str, manifest: Manifest) -> None:
-    """Swap ROOT/LATEST to a complete build: one PUT of a small JSON object."""
+def publish_pointer(root: Store, folder: str, manifest: Manifest, seen: PointerSeen) -> None:
+    """Swap ROOT/LATEST to a complete build: one conditional PUT of a small JSON object.
+
+    Made only while LATEST is still what it was when this build locked the root (`seen`:
+    replaced at that version, or created if there was none), so a pointer can never move
+    back to a build older than one published meanwhile; BuildError otherwise. On a store
+    without versions, LATEST is compared by reading it (the root's lock keeps synthgen
+    writers out).
+    """
     body = {
         "build": f"builds/{folder}",
         "recipe_hash": manifest.recipe_hash,
@@ -386,7 +513,24 @@ def publish_pointer(root: Store, folder: str, manifest: Manifest) -> None:
         ).hexdigest(),
         "published_at": utc_now(),
     }
-    root.write_bytes(POINTER, (json.dumps(body, indent=2) + "\n").encode())
+    data = (json.dumps(body, indent=2) + "\n").encode()
+    pointer, version = seen
+    if version is not None:
+        swapped = root.replace_bytes(POINTER, data, version) is not None
+    elif pointer is None:
+        swapped = root.create_bytes(POINTER, data) is not None
+    else:
+        swapped = read_pointer(root) == pointer
+        if swapped:
+            root.write_bytes(POINTER, data)
+    if not swapped:
+        now = read_pointer(root)
+        raise BuildError(
+            f"{root}/{POINTER}: moved while this build ran (it named "
+            f"{pointer['build'] if pointer else 'nothing'}, now "
+            f"{now['build'] if now else 'nothing'}): not published, so it cannot move back; "
+            f"the build is complete at {root.url}/builds/{folder}"
+        )
 
 
 def resolve_build(url: str) -> Store:
@@ -431,22 +575,71 @@ def pull_build(url: str) -> Path:
 def local_source(location: str) -> str:
     """A source location usable by the readers: remote objects are downloaded into the cache.
 
+    `location` is a local path (returned as it is), or an object-store URL naming one object,
+    a prefix, or a shard pattern in its last part(s) (`s3://b/shards/shard-{0..9}.tar`,
+    `.../*.tar`): a pattern is expanded against the prefix's listing and only the objects it
+    matches are downloaded; the local pattern returned matches exactly those.
+
     A cached copy is used only while the object's version tag (size + ETag / generation)
     is the one it was downloaded at; objects gone from the store go from the cache too.
     """
     if not is_remote(location):
         return location
-    store = open_store(location)
-    dest = cache_root() / "sources" / _url_key(store.url)
-    single = store.exists("")
-    if single:
+    store = open_store(location)  # credentials or a query: refused here, never echoed
+    cut = _pattern_start(store.url)
+    if cut is not None:
+        folder, pattern = store.url[:cut], store.url[cut + 1 :]
+        prefix = open_store(folder)
+        wanted = _expand(pattern)
+        versions = {n: v for n, v in prefix.versions().items() if _matches(n, wanted)}
+        if not versions:
+            raise BuildError(f"{location}: no object matches the pattern")
+        return f"{_cached(prefix, versions, store.url)}/{pattern}"
+    if store.exists(""):
         name = store.url.rsplit("/", 1)[1]
-        store = open_store(store.url.rsplit("/", 1)[0])
-        versions = {n: v for n, v in store.versions(name).items() if n == name}
-    else:
-        versions = store.versions()
+        parent = open_store(store.url.rsplit("/", 1)[0])
+        versions = {n: v for n, v in parent.versions(name).items() if n == name}
+        return str(_cached(parent, versions, store.url) / name)
+    versions = store.versions()
     if not versions:
         raise BuildError(f"{location}: no such object or prefix")
+    return str(_cached(store, versions, store.url))
+
+
+def _pattern_start(url: str) -> int | None:
+    """The index of the '/' before the first part of `url`'s path that holds a pattern
+    character (`{`, `*`, `[`; in a URL `?` starts a query), or None for an object or prefix."""
+    path_start = url.find("/", url.index("://") + 3)
+    if path_start < 0:
+        return None
+    special = [i for c in "{*[" if (i := url.find(c, path_start)) >= 0]
+    return url.rfind("/", 0, min(special)) if special else None
+
+
+def _expand(pattern: str) -> list[list[str]]:
+    """A shard pattern's alternatives (braces expanded), each as its '/'-separated parts."""
+    import braceexpand
+
+    return [alt.split("/") for alt in braceexpand.braceexpand(pattern)]
+
+
+def _matches(name: str, wanted: list[list[str]]) -> bool:
+    """Whether a listed name matches one alternative part by part, as a local glob would
+    (`*` never crosses a '/', and does not match a leading dot)."""
+    parts = name.split("/")
+    return any(
+        len(parts) == len(alt)
+        and all(
+            fnmatch.fnmatchcase(part, want) and not (part.startswith(".") and want[:1] != ".")
+            for part, want in zip(parts, alt, strict=True)
+        )
+        for alt in wanted
+    )
+
+
+def _cached(store: Store, versions: dict[str, str], key: str) -> Path:
+    """The objects `versions` names, under the cache folder of the location `key`."""
+    dest = cache_root() / "sources" / _url_key(key)
     record_path = dest / ".versions.json"
     try:
         record = json.loads(record_path.read_text())
@@ -460,21 +653,20 @@ def local_source(location: str) -> str:
             inside(dest, name).unlink(missing_ok=True)
     dest.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(record_path, json.dumps(versions, sort_keys=True).encode())
-    return str(dest / next(iter(versions))) if single else str(dest)
+    return dest
 
 
 def source_location(base_dir: Path, raw: str) -> str:
     """Where the readers find a source named in a recipe: a path relative to the recipe, a
-    shard pattern, or an object-store URL (downloaded once into the cache, pattern kept)."""
-    from synthgen.schemas.recipe import resolve_path
-
-    special = [raw.find(c) for c in "{*?[" if c in raw]
-    if is_remote(raw):
-        if not special:
+    shard pattern, or a URL. An object-store URL is downloaded into the cache (a pattern's
+    matches only, the pattern kept); `file://` is its local path; any other URL is refused,
+    named without its credentials or query (`storage.store.open_store`)."""
+    if is_url(raw):
+        if is_remote(raw):
             return local_source(raw)
-        cut = raw.rfind("/", 0, min(special))
-        return f"{local_source(raw[:cut])}/{raw[cut + 1 :]}"
-    if special:  # a shard pattern, not a single path
+        store = open_store(raw)  # file://, or refused: an unsupported scheme
+        raw = str(store)
+    if any(c in raw for c in "{*?["):  # a shard pattern, not a single path
         return raw if Path(raw).is_absolute() else str(base_dir / raw)
     return str(resolve_path(base_dir, raw))
 

@@ -30,6 +30,45 @@ from synthgen.schemas.templates import (
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
+# scheme://netloc path rest: a scheme of two letters or more (one is a Windows drive)
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://([^/?#]*)([^?#]*)(.*)", re.DOTALL)
+
+
+def is_url(value: str) -> bool:
+    """Whether `value` is a URL (`scheme://...`): never a path relative to a folder."""
+    return _URL.fullmatch(value) is not None
+
+
+def shown_url(value: str) -> str:
+    """`value` as a message may show it: a URL without its credentials, query or fragment
+    (`s3://…@bucket/x?…`: the marks say something was left out, never what)."""
+    m = _URL.fullmatch(value)
+    if m is None:
+        return value
+    scheme, netloc, path, rest = m.groups()
+    who = "…@" if "@" in netloc else ""
+    return f"{scheme}://{who}{netloc.rsplit('@', 1)[-1]}{path}{'?…' if rest else ''}"
+
+
+def url_problem(value: str) -> str | None:
+    """Why a URL may not name a location (credentials, a query, a fragment); None if it may.
+
+    Credentials belong to the provider's credential chain and a query can sign a request:
+    either would travel into the recipe hash, the manifest and every message that names it.
+    """
+    m = _URL.fullmatch(value)
+    if m is None:
+        return None
+    if "@" in m.group(2):
+        return (
+            "credentials inside a storage URL are refused; use the provider's standard "
+            "credential chain (environment variables, config files, instance metadata)"
+        )
+    if m.group(4):
+        return "query strings and fragments are not supported in a location (not shown)"
+    return None
+
+
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
 
 # Input bounds, checked before any work so a hostile or mistyped recipe fails with a message
@@ -1111,6 +1150,23 @@ class Recipe(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _urls_without_secrets(self) -> Recipe:
+        # Any string that is a URL (a source, a model path): refused, without echoing it,
+        # before it is hashed, written into a manifest or named in a message.
+        stack: list[tuple[str, Any]] = [("", self.model_dump())]
+        while stack:
+            where, value = stack.pop()
+            if isinstance(value, str):
+                problem = url_problem(value)
+                if problem:
+                    raise ValueError(f"{where}: {shown_url(value)}: {problem}")
+            elif isinstance(value, dict):
+                stack += [(f"{where}.{k}".lstrip("."), v) for k, v in value.items()]
+            elif isinstance(value, list):
+                stack += [(f"{where}.{i}", v) for i, v in enumerate(value)]
+        return self
+
+    @model_validator(mode="after")
     def _utf8_everywhere(self) -> Recipe:
         # Prompts are checked per class (naming it); this catches every other string,
         # the negative prompt included, before a tokenizer or writer meets it.
@@ -1322,7 +1378,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cwd: Path) -> di
     """Return a copy of `data` with each `dotted.key=value` applied.
 
     Lists are addressed by index (`classes.0.prompts`). Path fields given on the command
-    line are relative to the current directory, so they are made absolute here.
+    line are relative to the current directory, so they are made absolute here; a URL
+    (`s3://...`) is a URL, never a path, and is left as it is.
     """
     out = _plain_copy(data)
     for item in overrides:
@@ -1331,7 +1388,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cwd: Path) -> di
         for i, part in enumerate(parts[:-1]):
             node = _child(node, part, parts[: i + 1], create=True)
         last = parts[-1]
-        if tuple(parts) in PATH_FIELDS and isinstance(value, str):
+        if tuple(parts) in PATH_FIELDS and isinstance(value, str) and not is_url(value):
             value = str((cwd / value).resolve())
         if isinstance(node, list):
             node[_index(node, last, parts)] = value
@@ -1485,5 +1542,16 @@ def load_recipe_source(
 
 
 def resolve_path(base_dir: Path, value: str) -> Path:
+    """A local path named in a recipe: absolute, or relative to `base_dir` (the recipe's
+    folder). A URL is refused by name here (`file://` is its local path): a folder that
+    must be read locally cannot be an `s3://` one."""
+    url = _URL.fullmatch(value)
+    if url is not None:
+        if url.group(1) == "file":
+            return Path(url.group(3))
+        raise RecipeError(
+            f"{shown_url(value)}: a URL where a local path is needed (model, CLIP, adapter "
+            "and credential folders are read from this machine)"
+        )
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base_dir / p).resolve()

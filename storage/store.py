@@ -12,18 +12,31 @@ secret can never reach a manifest, a log line or an error message through the UR
 
 Every write is whole: on a local folder a temporary file renamed into place, on an object
 store a single PUT (a multipart upload, for large files, becomes visible only when complete).
+
+Small objects that several processes contend for (a lock, a pointer) are changed only by
+conditional operations on the object's own version: `create_bytes` (only if absent),
+`replace_bytes` and `delete_version` (only while it is at the version the caller read). The
+store decides, so of two processes racing from the same version at most one succeeds. On S3
+the version is the ETag (If-None-Match / If-Match on PUT and DELETE); on a local folder the
+sha256 of the content, compared and changed under a lock on the folder. Other object stores
+(`gs://` through gcsfs) raise ConditionalWriteUnsupported for the last three.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from synthgen.schemas.names import name_problem
+from synthgen.schemas.recipe import shown_url
 from synthgen.storage.atomic import atomic_write, write_bytes_atomic
 
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
@@ -63,6 +76,10 @@ def check_url(url: str) -> str:
             f"{bare}: query strings and fragments are not supported in a location (not shown)"
         )
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+class ConditionalWriteUnsupported(StoreError):
+    """This store cannot read, replace or delete an object conditionally on its version."""
 
 
 class UnsafeNameError(StoreError):
@@ -119,8 +136,25 @@ class Store:
     def write_bytes(self, name: str, data: bytes) -> None:
         raise NotImplementedError
 
-    def create_bytes(self, name: str, data: bytes) -> bool:
-        """Write `name` only if it does not exist yet; False if it did (conditional PUT)."""
+    def create_bytes(self, name: str, data: bytes) -> str | None:
+        """Write `name` only if it does not exist yet: the new object's version ('' where the
+        store does not say), or None if it existed (one conditional PUT, If-None-Match)."""
+        raise NotImplementedError
+
+    def read_versioned(self, name: str) -> tuple[bytes, str]:
+        """`name`'s bytes and the version they are, read together; FileNotFoundError if absent.
+
+        The version is what `replace_bytes` and `delete_version` compare with.
+        """
+        raise NotImplementedError
+
+    def replace_bytes(self, name: str, data: bytes, version: str) -> str | None:
+        """Replace `name` only while it is still at `version`: the new version, or None if it
+        changed or is gone meanwhile (the store decides: one conditional PUT, If-Match)."""
+        raise NotImplementedError
+
+    def delete_version(self, name: str, version: str) -> bool:
+        """Delete `name` only while it is still at `version`; False if it changed or is gone."""
         raise NotImplementedError
 
     def put_file(self, local: Path, name: str) -> None:
@@ -175,15 +209,64 @@ class LocalStore(Store):
         self._p(name).parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(self._p(name), data)
 
-    def create_bytes(self, name: str, data: bytes) -> bool:
+    def create_bytes(self, name: str, data: bytes) -> str | None:
         path = self._p(name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under a temporary name, then linked to `name`: the link fails if the
+        # name exists, and a reader never sees a half-written object.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return None
+        finally:
+            os.unlink(tmp)
+        return _sha256(data)
+
+    @contextlib.contextmanager
+    def _folder_locked(self, path: Path) -> Iterator[None]:
+        """Compare-and-change of a file in `path`'s folder, one process at a time (flock on
+        the folder itself: no extra file in the store, released by the kernel on death)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def read_versioned(self, name: str) -> tuple[bytes, str]:
+        data = self._p(name).read_bytes()  # files are replaced by rename: one whole version
+        return data, _sha256(data)
+
+    def replace_bytes(self, name: str, data: bytes, version: str) -> str | None:
+        path = self._p(name)
+        with self._folder_locked(path):
+            try:
+                current = _sha256(path.read_bytes())
+            except FileNotFoundError:
+                return None
+            if current != version:
+                return None
+            write_bytes_atomic(path, data)
+        return _sha256(data)
+
+    def delete_version(self, name: str, version: str) -> bool:
+        path = self._p(name)
+        with self._folder_locked(path):
+            try:
+                current = _sha256(path.read_bytes())
+            except FileNotFoundError:
+                return False
+            if current != version:
+                return False
+            path.unlink()
         return True
 
     def put_file(self, local: Path, name: str) -> None:
@@ -261,15 +344,69 @@ class FsspecStore(Store):
     def write_bytes(self, name: str, data: bytes) -> None:
         self._call("write", self.fs.pipe_file, self._p(name), data)
 
-    def create_bytes(self, name: str, data: bytes) -> bool:
+    def create_bytes(self, name: str, data: bytes) -> str | None:
         try:
-            self.fs.pipe_file(self._p(name), data, mode="create")
+            out = self.fs.pipe_file(self._p(name), data, mode="create")
         except FileExistsError:
+            return None
+        except (OSError, ValueError) as exc:
+            if _condition_failed(exc):
+                return None
+            raise StoreError(f"{self.url}: write failed: {type(exc).__name__}: {exc}") from None
+        return _etag(out)
+
+    def _s3_key(self, name: str, what: str) -> tuple[str, str]:
+        if self.protocol != "s3":
+            raise ConditionalWriteUnsupported(
+                f"{self.url}: {what} conditional on an object's version is not supported on "
+                f"{self.protocol}:// by synthgen (only s3:// and local folders)"
+            )
+        bucket, key, _ = self.fs.split_path(self._p(name))
+        return bucket, key
+
+    def read_versioned(self, name: str) -> tuple[bytes, str]:
+        bucket, key = self._s3_key(name, "a read")
+        fs = self.fs
+
+        async def get() -> tuple[bytes, str]:
+            # One GET: the body and the ETag of that same body (a HEAD then a GET could
+            # pair one version's tag with another's bytes).
+            resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+            try:
+                data = await resp["Body"].read()
+            finally:
+                resp["Body"].close()
+            return bytes(data), str(resp["ETag"])
+
+        from fsspec.asyn import sync
+
+        result: tuple[bytes, str] = self._call("read", sync, fs.loop, get)
+        return result
+
+    def replace_bytes(self, name: str, data: bytes, version: str) -> str | None:
+        self._s3_key(name, "a replace")
+        try:
+            out = self.fs.pipe_file(self._p(name), data, IfMatch=version)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            if _condition_failed(exc):
+                return None
+            raise StoreError(f"{self.url}: write failed: {type(exc).__name__}: {exc}") from None
+        return _etag(out)
+
+    def delete_version(self, name: str, version: str) -> bool:
+        bucket, key = self._s3_key(name, "a delete")
+        try:
+            self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+        except FileNotFoundError:
             return False
         except (OSError, ValueError) as exc:
-            if "PreconditionFailed" in str(exc):
+            if _condition_failed(exc):
                 return False
-            raise StoreError(f"{self.url}: write failed: {type(exc).__name__}: {exc}") from None
+            raise StoreError(f"{self.url}: delete failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            self.fs.invalidate_cache(self._p(name))
         return True
 
     def put_file(self, local: Path, name: str) -> None:
@@ -313,6 +450,33 @@ class FsspecStore(Store):
         return FsspecStore(self._p(name))
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _etag(response: Any) -> str:
+    """The ETag of a PUT's response ('' where the filesystem does not return one)."""
+    return str(response.get("ETag") or "") if isinstance(response, dict) else ""
+
+
+def _condition_failed(exc: BaseException) -> bool:
+    """Whether a store refused a conditional operation because its condition did not hold:
+    412 Precondition Failed, or AWS's 409 for two conditional writes at once."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (
+                409,
+                412,
+            ):
+                return True
+        seen = seen.__cause__
+    return False
+
+
 def open_store(location: str | os.PathLike[str]) -> Store:
     """The store for a local path, a `file://` URL, or an `s3://` / `gs://` URL."""
     text = str(location)
@@ -321,7 +485,7 @@ def open_store(location: str | os.PathLike[str]) -> Store:
     scheme = urlsplit(text).scheme
     if scheme not in ("", "file") and len(scheme) > 1:  # one letter: a Windows drive
         raise StoreError(
-            f"{text}: unsupported storage scheme {scheme}://; use a local path, file://, "
-            "s3:// or gs://"
+            f"{shown_url(text)}: unsupported storage scheme {scheme}://; use a local path, "
+            "file://, s3:// or gs://"
         )
     return LocalStore(local_path(text).resolve())
