@@ -35,11 +35,17 @@ class Family:
     # the scheduler's set_timesteps arguments the pipeline passes (flow pipelines)
     timestep_args: tuple[str, ...] = ()
     extra_call: dict[str, Any] = field(default_factory=dict)
+    # `from_pretrained` arguments: SDXL's own invisible watermark is switched off (synthgen's
+    # watermark is the only one; diffusers' would run inside the GPU call, on the thread that
+    # drives the device, and leave every image with a second payload)
+    extra_load: dict[str, Any] = field(default_factory=dict)
 
 
 FAMILIES: dict[str, Family] = {
     "StableDiffusionPipeline": Family("sd", "diffusion", "unet"),
-    "StableDiffusionXLPipeline": Family("sdxl", "diffusion", "unet"),
+    "StableDiffusionXLPipeline": Family(
+        "sdxl", "diffusion", "unet", extra_load={"add_watermarker": False}
+    ),
     "StableDiffusion3Pipeline": Family(
         "sd3", "flow", "transformer", max_sequence_length=True, timestep_args=("mu",)
     ),

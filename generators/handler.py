@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
 
 from synthgen.schemas.failures import failed_sample
 from synthgen.schemas.records import GenerationRequest, Sample
-from synthgen.storage.images import encode_image, to_uint8
+from synthgen.storage.images import encode_image
 from synthgen.storage.watermark import can_carry, embed_watermark
 
 logger = logging.getLogger(__name__)
@@ -70,131 +69,187 @@ class GenerationSettings:
         }
 
 
-def generate_batch(
-    pipe: Any, settings: GenerationSettings, requests: Sequence[GenerationRequest]
-) -> list[Sample]:
-    """Run the pipeline on requests in fixed-shape chunks of `compute_batch`.
+@dataclass(frozen=True)
+class ModelCall:
+    """One pipeline call: `padded` requests (a fixed `compute_batch` shape), the first `real`
+    of which are kept, and the parameters every one of them shares."""
 
-    A short chunk is padded with copies of its last request, so every image is computed in a
-    batch of the same shape: float rounding then does not depend on how Beam batched the work
-    (an image does not depend on its neighbours, only on the batch shape). One CPU
-    `torch.Generator` per image makes its noise independent of batch and worker.
+    padded: list[GenerationRequest]
+    real: int
+    params: Any  # generators.adapters.CallParams: steps, guidance, LoRAs
+
+    @property
+    def requests(self) -> list[GenerationRequest]:
+        return self.padded[: self.real]
+
+
+@dataclass
+class CallOutput:
+    """What one model call leaves on the host: uint8 pixels (N, H, W, C) of its real requests
+    and, per image, whether every value the pipeline produced was finite."""
+
+    pixels: Any  # numpy uint8 array
+    finite: list[bool]
+
+
+def plan_calls(
+    settings: GenerationSettings, requests: Sequence[GenerationRequest]
+) -> list[ModelCall]:
+    """The pipeline calls that generate `requests`: grouped by what a call shares (image
+    conditioning, steps, guidance, LoRAs; first appearance first), each group cut into
+    fixed-shape chunks of `compute_batch`, a short one padded with copies of its last request.
+
+    Every image is computed in a batch of the same shape, so float rounding does not depend
+    on how the work was grouped (an image depends on its own request and the call's shape,
+    never on its neighbours). Grouping a whole shard before cutting makes as few padded
+    calls as the shard's mix of call parameters allows.
     """
-    import torch
+    from synthgen.generators.adapters import call_chunks
+    from synthgen.generators.conditioning import assign_sources, group_by_conditioning
 
-    from synthgen.generators.adapters import EMPTY_TABLE, activate, call_chunks
-    from synthgen.generators.conditioning import (
-        assign_sources,
-        conditioned_call,
-        group_by_conditioning,
-    )
-    from synthgen.generators.families import FAMILIES, call_kwargs
-    from synthgen.storage.faults import maybe_fault
-
-    family_name = settings.pipeline_class or type(pipe).__name__
-    family = FAMILIES[family_name]
-    for r in requests:
-        maybe_fault("generate", r.key)
-    maybe_fault("generate_batch", str(len(requests)))
-    pending: list[Any] = []
-    encoder = _encoder()
-    # Requests sharing steps, guidance and LoRAs share calls (per-class settings, jitter).
-    # Image-conditioned requests: their source image picked, grouped by conditioning.
     groups = [list(requests)]
     if settings.conditioning is not None:
         requests = assign_sources(settings.conditioning, requests)
         groups = group_by_conditioning(requests)
     s = settings
-    chunks = [
-        chunk
+    return [
+        ModelCall(padded, real, params)
         for group in groups
-        for chunk in call_chunks(group, s.steps, s.guidance_scale, s.adapters, s.compute_batch)
+        for padded, real, params in call_chunks(
+            group, s.steps, s.guidance_scale, s.adapters, s.compute_batch
+        )
     ]
-    for padded, real, call in chunks:
-        chunk = padded[:real]
-        generators = [torch.Generator("cpu").manual_seed(r.seed) for r in padded]
-        if settings.adapters != EMPTY_TABLE:
-            activate(pipe, call.loras)
-        # 1. classifier-free guidance only when the scale asks for it and the family has it
-        #    (Flux is guidance-distilled: its guidance_scale is an embedding, no negatives).
-        use_cfg = call.guidance_scale > 1.0 and family.negative_prompt
-        # 2. family options: T5 sequence length, PixArt's exact-size switches.
-        extra = call_kwargs(family, settings.max_sequence_length)
-        # 3. image conditioning: the mode's pipeline (derived from `pipe`) and its images.
-        run, images = conditioned_call(pipe, family_name, padded)
-        with torch.inference_mode():
-            out = run(
-                prompt=[r.prompt for r in padded],
-                negative_prompt=[r.negative_prompt for r in padded] if use_cfg else None,
-                num_inference_steps=call.steps,
-                guidance_scale=call.guidance_scale,
-                height=settings.height,
-                width=settings.width,
-                generator=generators,
-                output_type="np",
-                **extra,
-                **images,
-            )
-        # 4. quantise and encode on the worker (only bytes cross the Beam boundary), in threads
-        #    while the next chunk is generated: PIL's encoders release the GIL.
-        for request, image in zip(chunk, out.images, strict=False):
-            pending.append((request, encoder.submit(_finish, request, image, settings)))
-    return [_result(request, f) for request, f in pending]
 
 
-_ENCODERS: list[ThreadPoolExecutor] = []
+def run_call(pipe: Any, settings: GenerationSettings, call: ModelCall) -> CallOutput:
+    """One pipeline call on `pipe` (the caller holds the model copy: one call at a time).
+
+    Quantisation to uint8 happens on the model's device, as diffusers' `numpy_to_pil` rounds
+    (clip to [0, 1], times 255 in float32, round half to even), so a quarter of the bytes
+    cross to the host and the host never converts floats.
+    """
+    import torch
+
+    from synthgen.generators.adapters import EMPTY_TABLE, activate
+    from synthgen.generators.conditioning import conditioned_call
+    from synthgen.generators.families import FAMILIES, call_kwargs
+    from synthgen.storage.faults import maybe_fault
+
+    family_name = settings.pipeline_class or type(pipe).__name__
+    family = FAMILIES[family_name]
+    for r in call.requests:
+        maybe_fault("generate", r.key)
+    maybe_fault("generate_batch", str(call.real))
+    generators = [torch.Generator("cpu").manual_seed(r.seed) for r in call.padded]
+    if settings.adapters != EMPTY_TABLE:
+        activate(pipe, call.params.loras)
+    # 1. classifier-free guidance only when the scale asks for it and the family has it
+    #    (Flux is guidance-distilled: its guidance_scale is an embedding, no negatives).
+    use_cfg = call.params.guidance_scale > 1.0 and family.negative_prompt
+    # 2. family options: T5 sequence length, PixArt's exact-size switches.
+    extra = call_kwargs(family, settings.max_sequence_length)
+    # 3. image conditioning: the mode's pipeline (derived from `pipe`) and its images.
+    run, images = conditioned_call(pipe, family_name, call.padded)
+    with torch.inference_mode():
+        out = run(
+            prompt=[r.prompt for r in call.padded],
+            negative_prompt=[r.negative_prompt for r in call.padded] if use_cfg else None,
+            num_inference_steps=call.params.steps,
+            guidance_scale=call.params.guidance_scale,
+            height=settings.height,
+            width=settings.width,
+            generator=generators,
+            output_type="pt",
+            **extra,
+            **images,
+        )
+        # 4. on the device: (N, C, H, W) in [0, 1] -> finite flags and uint8 (N, H, W, C)
+        x = out.images[: call.real].float()
+        finite = torch.isfinite(x).flatten(1).all(dim=1).tolist()
+        pixels = (x.clamp(0.0, 1.0) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return CallOutput(pixels.cpu().numpy(), [bool(f) for f in finite])
 
 
-def _encoder() -> ThreadPoolExecutor:
-    """One small encoding pool per process, made on first use."""
-    if not _ENCODERS:
-        _ENCODERS.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="synthgen-encode"))
-    return _ENCODERS[0]
-
-
-def _finish(request: GenerationRequest, image: Any, settings: GenerationSettings) -> Sample:
-    """A decoded image -> its encoded Sample; non-finite pixels (NaN latents) raise."""
-    import numpy as np
-
-    if not np.isfinite(image).all():
+def finish_image(
+    request: GenerationRequest, pixels: Any, finite: bool, settings: GenerationSettings
+) -> tuple[Sample, Any]:
+    """A generated image's host work: watermark (when the settings carry a payload and the
+    image is large enough), encode and hash; returns the Sample and the pixels it encodes
+    (what a lossless file decodes to). An image with non-finite values (NaN latents) raises
+    FloatingPointError, which makes it a `failed` sample."""
+    if not finite:
         raise FloatingPointError("non-finite pixel values in the decoded image")
-    return _encode(request, to_uint8(image), settings)
-
-
-def _result(request: GenerationRequest, future: Any) -> Sample:
-    """One image's Sample; an image that failed to finish is that sample's `failed` row."""
-    try:
-        return future.result()  # type: ignore[no-any-return]
-    except Exception as exc:
-        logger.warning("sample %s failed: %s", request.key, type(exc).__name__)
-        return failed_sample(request, exc)
-
-
-def _encode(request: GenerationRequest, pixels: Any, settings: GenerationSettings) -> Sample:
-    """Watermark (when the settings carry a payload and the image is large enough), encode
-    and hash one image; runs in the encoding threads, off the model's critical path."""
     if settings.watermark is not None and can_carry(pixels.shape[1], pixels.shape[0]):
         pixels = embed_watermark(pixels, bytes.fromhex(settings.watermark))
     data = encode_image(
         pixels, settings.image_format, settings.png_compress_level, settings.quality
     )
-    return Sample(
+    sample = Sample(
         request=request,
         image=data,
         image_sha256=hashlib.sha256(data).hexdigest(),
         width=int(pixels.shape[1]),
         height=int(pixels.shape[0]),
     )
+    return sample, pixels
 
 
-def pick_gpu() -> str:
-    """Spread model copies over the visible GPUs (each copy is loaded by its own process)."""
-    import os
+def finish_or_fail(
+    request: GenerationRequest, pixels: Any, finite: bool, settings: GenerationSettings
+) -> Sample:
+    """`finish_image`, or the sample's `failed` row when its host work raised."""
+    try:
+        return finish_image(request, pixels, finite, settings)[0]
+    except Exception as exc:
+        logger.warning("sample %s failed: %s", request.key, type(exc).__name__)
+        return failed_sample(request, exc)
 
+
+def generate_batch(
+    pipe: Any, settings: GenerationSettings, requests: Sequence[GenerationRequest]
+) -> list[Sample]:
+    """Generate and finish `requests` here, in order: `plan_calls`, `run_call`, `finish_image`.
+
+    The synchronous path (regeneration, estimates, tests); a build streams the same steps
+    (pipelines.generate). One CPU `torch.Generator` per image makes its noise independent of
+    batch and worker; fixed-shape calls make its rounding independent of its neighbours.
+    """
+    by_key: dict[str, Sample] = {}
+    for call in plan_calls(settings, requests):
+        out = run_call(pipe, settings, call)
+        for i, r in enumerate(call.requests):
+            by_key[r.key] = finish_or_fail(r, out.pixels[i], out.finite[i], settings)
+    return [by_key[r.key] for r in requests]
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """The model's device ran out of memory: the build stops at once, with advice."""
+
+    PREFIX = "the device ran out of memory"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an accelerator out-of-memory error (CUDA's, or a backend's text)."""
     import torch
 
-    count = torch.cuda.device_count()
-    return f"cuda:{os.getpid() % count}" if count > 1 else "cuda"
+    if isinstance(exc, torch.cuda.OutOfMemoryError | DeviceOutOfMemory):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def out_of_memory(settings: GenerationSettings, exc: BaseException, what: str) -> DeviceOutOfMemory:
+    """The error a build stops with when `what` ran out of device memory: what to change.
+
+    A call that does not fit is never retried in smaller pieces: every piece is padded back
+    to the same fixed shape (`compute_batch`), so it would fail again, 2B - 1 times."""
+    s = settings
+    return DeviceOutOfMemory(
+        f"{DeviceOutOfMemory.PREFIX} ({s.device}, {what}: a call of {s.compute_batch} "
+        f"images at {s.width}x{s.height}, {s.dtype}): {type(exc).__name__}. Lower "
+        f"model.compute_batch (now {s.compute_batch}), or set model.vae_slicing: true, "
+        "model.vae_tiling: true or model.offload: model. Every shard already generated is "
+        "kept: run the same command with --resume to continue."
+    )
 
 
 def optimize_for_device(pipe: Any, s: GenerationSettings) -> Any:
@@ -236,14 +291,11 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
         from synthgen.generators.model_folder import load_pipeline
 
         s = self._settings
-        device = s.device
-        if s.copies > 1 and device == "cuda":
-            device = pick_gpu()
         pipe = load_pipeline(
             Path(s.model_path),
             s.scheduler,
             s.dtype,
-            device,
+            s.device,
             s.cpu_threads,
             variant=s.variant,
             offload=s.offload,
@@ -267,12 +319,6 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
 
     def should_skip_batching(self) -> bool:
         return True  # elements arrive as batches (see the class docstring)
-
-    def share_model_across_processes(self) -> bool:
-        return self._settings.copies > 1
-
-    def model_copies(self) -> int:
-        return self._settings.copies
 
     def get_metrics_namespace(self) -> str:
         return "synthgen_generate"

@@ -495,6 +495,7 @@ def load_pipeline(
             extra[name] = None
     if "requires_safety_checker" in folder.index:
         extra["requires_safety_checker"] = False
+    extra.update(folder.family.extra_load)  # e.g. SDXL: no watermark of diffusers' own
     with readable_view(folder) as view:
         pipe = DiffusionPipeline.from_pretrained(
             str(view),

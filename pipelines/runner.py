@@ -15,21 +15,20 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from synthgen.pipelines.context import BuildContext
+from synthgen.pipelines.generate import GenerateShards, StageSpec
 from synthgen.pipelines.output import BuildError
 from synthgen.pipelines.progress import Progress
 from synthgen.pipelines.resolve import ResolvedRecipe, generation_settings
-from synthgen.pipelines.staging import ReadStaged, StageSamples, staged_shards
+from synthgen.pipelines.staging import ReadStaged, staged_shards
 from synthgen.pipelines.transforms import (
     METRICS_NAMESPACE,
     DecideSamples,
-    GenerateSamples,
     WriteShards,
     reused_embeddings,
 )
 from synthgen.pipelines.writer import reused_features
 from synthgen.schemas.manifest import PlanRound
 from synthgen.validators.build_checks import check_columns, embedding_column, make_checks
-from synthgen.validators.scoring import ScoreSamples
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +71,15 @@ def run_shards(
 ) -> dict[str, int]:
     """Generate, score, check and write `shard_ids` of one round; returns Beam's counters.
 
-    1. the model steps (generation, scoring) as RunInference handlers, loaded once per worker
-    2. the checks: per sample, and build-wide over this round plus `earlier_shards`
-    3. pipeline one: shard ids -> generated, scored samples -> staging files (one consumer
-       chain, so no runner repeats the model work); shards already staged are skipped. On
-       Dask each shard is its own bag partition, so the workers share the model work, and
-       each worker's memory allocator is set for model work first (`prepare_dask_worker`)
-    4. pipeline two: staging files -> decided samples -> shard files
+    1. the checks: per sample (pixel checks run with each image's host work), and build-wide
+       over this round plus `earlier_shards`
+    2. pipeline one: shard ids -> `GenerateShards` (pipelines.generate: one worker per
+       process and device, the model loaded once, host work streamed beside the device
+       loop) -> one staging file per shard as soon as it is done; shards already staged are
+       skipped. On Dask each shard is its own bag partition, so the workers share the model
+       work, and each worker's memory allocator is set for model work first
+    3. pipeline two: staging files (without image bytes) -> decided samples -> shard files
+       (each writer reads its shard's images from staging)
     Each runs with the progress display; a runner that does not finish DONE is a failure.
     """
     r = resolved.recipe
@@ -96,26 +97,29 @@ def run_shards(
         progress.__enter__()
     try:
         if to_generate:
-            generate = generation_handler(resolved)
-            score = ScoreSamples(list(resolved.scorers), r.model.device, r.model.cpu_threads)
+            spec = StageSpec(
+                recipe=r,
+                plan_round=plan_round,
+                settings=generation_settings(resolved),
+                scorers=tuple(resolved.scorers),
+                checks=tuple(checks),
+                out=str(out),
+                progress_dir=progress_path,
+            )
             first = pipeline(generation_options(options))
             shards = first | "ShardIds" >> beam.Create(to_generate)
             if on_dask(options):
                 shards = shards | "PrepareWorker" >> beam.ParDo(PrepareDaskWorker())
-            _ = (
-                shards
-                | "Generate"
-                >> GenerateSamples(
-                    r, plan_round, generate, score, progress_path, r.model.accelerator
-                )
-                | "Stage" >> StageSamples(str(out))
-            )
+            generate: beam.PTransform = beam.ParDo(GenerateShards(spec))
+            if r.model.accelerator:  # only the model step asks for a GPU worker
+                generate = generate.with_resource_hints(accelerator=r.model.accelerator)
+            _ = shards | "Spread" >> beam.Reshuffle() | "GenerateShards" >> generate
             _add(metrics, _run(first))
         second = pipeline(options)
         _ = (
             second
             | "ShardIds" >> beam.Create(shard_ids)
-            | "Read" >> ReadStaged(str(out))
+            | "Read" >> ReadStaged(str(out), images=False)
             | "Check"
             >> DecideSamples(
                 checks,
@@ -272,6 +276,11 @@ def _run(pipeline: beam.Pipeline) -> dict[str, int]:
     try:
         result = pipeline.run()
         state = result.wait_until_finish()
+    except Exception as exc:
+        advice = _out_of_memory_advice(exc)
+        if advice is not None:  # the device ran out of memory: stop with what to change
+            raise BuildError(advice) from None
+        raise
     finally:
         client = getattr(result, "client", None)  # DaskRunner's connection to the cluster
         if client is not None:
@@ -279,6 +288,20 @@ def _run(pipeline: beam.Pipeline) -> dict[str, int]:
     if state is not None and str(state) not in ("DONE", "PipelineState.DONE"):
         raise BuildError(f"pipeline finished in state {state}")
     return counters(result)
+
+
+def _out_of_memory_advice(exc: BaseException) -> str | None:
+    """The generating stage's out-of-memory message, however the runner wrapped it."""
+    from synthgen.generators.handler import DeviceOutOfMemory
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        for line in str(seen).splitlines():
+            at = line.find(DeviceOutOfMemory.PREFIX)
+            if at >= 0:
+                return line[at:].split(" [while running")[0].strip()
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def counters(result: Any) -> dict[str, int]:
@@ -292,9 +315,3 @@ def counters(result: Any) -> dict[str, int]:
     for c in query.get("counters", []):
         out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed or 0)
     return out
-
-
-def generation_handler(resolved: ResolvedRecipe) -> Any:
-    from synthgen.generators.handler import DiffusersHandler
-
-    return DiffusersHandler(generation_settings(resolved), batch_size=resolved.recipe.batch_size)

@@ -1,33 +1,34 @@
 """Staged samples: generated and scored once, written per shard, read by the deciding step.
 
 A build runs two Beam pipelines per round. The first generates and scores each planned sample
-and writes one staging file per shard (`.synthgen/staging/{shard:05d}.arrow`, Arrow IPC: no
-pickles); it has a single consumer chain, so no runner recomputes the model steps for another
-consumer (Beam's DaskRunner recomputes a collection once per consumer: a branching graph
-generated every image many times over). The second reads the staging files and runs the
-per-sample and build-wide checks and the shard writers, whose several consumers now only
-re-read small files. A staging file is also a resume point: a crash after generation redoes
-no model work for the shards already staged, unless a sample of the shard failed: a shard
-not finished yet gets its failed samples tried again (the whole shard is generated again; a
-finished shard's failed rows are final).
+and writes one staging file per shard as soon as that shard is done
+(`.synthgen/staging/{shard:05d}.arrow`, Arrow IPC: no pickles; pipelines.generate); it has a
+single consumer chain, so no runner recomputes the model steps for another consumer (Beam's
+DaskRunner recomputes a collection once per consumer: a branching graph generated every
+image many times over). The second reads the staging files without their image bytes, runs
+the per-sample and build-wide checks on those compact samples, and the shard writers read
+the images back from staging, one shard at a time: no step holds a round's images.
+
+A staging file is also a resume point: a crash after generation redoes no model work for
+the shards already staged, unless a sample of the shard failed: a shard not finished yet
+gets its failed samples tried again (the whole shard is generated again; a finished shard's
+failed rows are final).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 
 from synthgen.schemas.failures import is_failed
 from synthgen.schemas.manifest import STATE_DIR
 from synthgen.schemas.records import ACCEPTED, FAILED, GenerationRequest, Sample
 from synthgen.storage.atomic import atomic_write
-from synthgen.storage.faults import maybe_fault
 
 STAGING_DIR = "staging"
 NAMESPACE = "synthgen"
@@ -45,6 +46,8 @@ SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("reject_reason", pa.string()),
         pa.field("error_message", pa.string()),
+        # outcomes decided with the image's host work (pixel checks: the watermark)
+        pa.field("checks", pa.map_(pa.string(), pa.string())),
     ]
 )
 
@@ -72,6 +75,7 @@ def _row(s: Sample) -> dict[str, object]:
         "status": s.status,
         "reject_reason": s.reject_reason,
         "error_message": s.error_message,
+        "checks": list(s.checks.items()),
     }
 
 
@@ -91,10 +95,13 @@ def write_staged(out: Path, shard: int, samples: Iterable[Sample]) -> int:
     return len(rows)
 
 
-def read_staged(out: Path, shard: int) -> list[Sample]:
-    """The scored samples of a staged shard, exactly as they were written."""
+def read_staged(out: Path, shard: int, *, images: bool = True) -> list[Sample]:
+    """The scored samples of a staged shard, exactly as they were written; without `images`
+    their image bytes stay on disk (`image` is empty): what build-wide decisions read."""
     with pa.memory_map(str(staging_path(out, shard))) as source:
         table = pa.ipc.open_file(source).read_all()
+    if not images:
+        table = table.drop_columns(["image"])
     samples = []
     for row in table.to_pylist():
         scores: dict[str, float | tuple[float, ...]] = dict(row["scalars"])
@@ -102,7 +109,7 @@ def read_staged(out: Path, shard: int) -> list[Sample]:
         samples.append(
             Sample(
                 request=GenerationRequest(**json.loads(row["request"])),
-                image=row["image"],
+                image=row.get("image", b""),
                 image_sha256=row["image_sha256"],
                 width=row["width"],
                 height=row["height"],
@@ -111,6 +118,7 @@ def read_staged(out: Path, shard: int) -> list[Sample]:
                 status=row.get("status") or ACCEPTED,
                 reject_reason=row.get("reject_reason"),
                 error_message=row.get("error_message"),
+                checks=dict(row.get("checks") or []),
             )
         )
     return samples
@@ -129,8 +137,8 @@ def _has_failed(out: Path, shard: int) -> bool:
             table = pa.ipc.open_file(source).read_all()
     except (OSError, pa.ArrowException):
         return True  # unreadable: generate the shard again
-    if "status" not in table.column_names:
-        return False
+    if "checks" not in table.column_names:
+        return True  # staged by an older version: no pixel-check outcomes; generate again
     return FAILED in table.column("status").to_pylist()
 
 
@@ -139,45 +147,20 @@ def clear_staged(out: Path, shards: Iterable[int]) -> None:
         staging_path(out, s).unlink(missing_ok=True)
 
 
-class WriteStagedFn(beam.DoFn):
-    def __init__(self, out: str):
-        self._out = out
-        self._staged = Metrics.counter(NAMESPACE, "staged")
-
-    def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[int]:
-        shard, samples = element
-        maybe_fault("stage", f"{shard:05d}")
-        self._staged.inc(write_staged(Path(self._out), shard, samples))
-        yield shard
-
-
-class StageSamples(beam.PTransform):
-    """Scored samples -> one staging file per shard; emits the shard ids written."""
-
-    def __init__(self, out: str):
-        super().__init__()
-        self._out = out
-
-    def expand(self, samples: beam.PCollection) -> beam.PCollection:
-        return (
-            samples
-            | "KeyByShard" >> beam.Map(lambda s: (s.request.shard, s))
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteStaged" >> beam.ParDo(WriteStagedFn(self._out))
-        )
-
-
 class ReadStaged(beam.PTransform):
-    """Shard ids -> the staged samples of each shard."""
+    """Shard ids -> the staged samples of each shard; without `images`, compact ones (no
+    image bytes: the decisions travel without them, the writer reads them from staging)."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, *, images: bool = True):
         super().__init__()
         self._out = out
+        self._images = images
 
     def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
-        out = self._out
+        out, images = self._out, self._images
         return (
             shard_ids
             | "Spread" >> beam.Reshuffle()
-            | "ReadStaged" >> beam.FlatMap(lambda shard: read_staged(Path(out), shard))
+            | "ReadStaged"
+            >> beam.FlatMap(lambda shard: read_staged(Path(out), shard, images=images))
         )

@@ -1,4 +1,5 @@
-"""Composite Beam transforms: plan -> generate -> score -> check -> write shards."""
+"""Composite Beam transforms of the deciding pipeline: staged samples -> checks -> shard files
+(the generating stage is pipelines.generate)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,18 @@ from typing import IO, Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from synthgen.generators.planning import plan
 from synthgen.pipelines.writer import write_shard
-from synthgen.schemas.failures import failed_copy, failed_sample, is_failed
-from synthgen.schemas.manifest import PlanRound, ShardStats
+from synthgen.schemas.failures import is_failed
+from synthgen.schemas.manifest import ShardStats
 from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import (
     ACCEPTED,
     REJECTED,
     BuildContext,
-    GenerationRequest,
     Sample,
     SampleFeatures,
+    Score,
     sample_features,
 )
 from synthgen.schemas.scores import ScoreColumn
@@ -52,201 +51,6 @@ from synthgen.validators.nearest import (
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "synthgen"
-
-
-class ExpandShard(beam.DoFn):
-    """Shard id -> its GenerationRequests in batches of the recipe's `batch_size`.
-
-    Planning is pure, so workers re-derive it; batches are consecutive slices of a shard.
-    """
-
-    def __init__(self, recipe: Recipe, plan_round: PlanRound):
-        self._recipe = recipe
-        self._round = plan_round
-        self._by_shard: dict[int, list[GenerationRequest]] | None = None
-
-    def process(self, shard: int) -> Iterator[list[GenerationRequest]]:
-        if self._by_shard is None:
-            self._by_shard = {}
-            for r in plan(self._recipe, **self._round.plan_kwargs()):
-                self._by_shard.setdefault(r.shard, []).append(r)
-        requests = self._by_shard.get(shard, [])
-        n = self._recipe.batch_size
-        for start in range(0, len(requests), n):
-            yield requests[start : start + n]
-
-
-def take_inference(result: PredictionResult) -> Any:
-    return result.inference
-
-
-def _release_memory() -> None:
-    """After a failed model call: free what the failure left on the accelerator (an
-    out-of-memory error leaves cached blocks behind)."""
-    import gc
-    import sys
-
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-class IsolateFailures(ModelHandler[Any, PredictionResult, Any]):
-    """A batched model step (generation or scoring) where a failing sample costs only itself.
-
-    The wrapped handler takes a list of elements (GenerationRequests, or Samples to score)
-    and returns their Samples. When a call raises, the batch is tried again split in half,
-    recursively; an element that fails on its own becomes its `failed` row
-    (`error:<ExceptionType>`, a short message, no image). Per-sample seeds and fixed-shape
-    model calls make a sample's bytes independent of the batch it ends up in, so the
-    survivors of a split batch are the samples a fault-free build makes.
-
-    Handled here, in the step's own DoFn, rather than with a dead-letter output: every
-    sample, failed or not, stays on the one consumer chain to the writer (no runner
-    recomputes the model step for a second consumer), and a split batch is retried on the
-    model already loaded. Samples that failed an earlier step pass through untouched.
-    """
-
-    def __init__(self, base: ModelHandler, step: str):
-        super().__init__()
-        if step not in ("generate", "score"):
-            raise ValueError(f"unknown model step {step!r}")
-        self._base = base
-        self._step = step
-        self._env_vars = getattr(base, "_env_vars", {})
-        self._calls = Metrics.counter(METRICS_NAMESPACE, f"{step}_calls")
-        self._splits = Metrics.counter(METRICS_NAMESPACE, f"{step}_splits")
-        self._failed = Metrics.counter(METRICS_NAMESPACE, f"{step}_failed")
-
-    def load_model(self) -> Any:
-        return self._base.load_model()
-
-    def run_inference(
-        self, batch: Sequence[Any], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[PredictionResult]:
-        items = list(batch)
-        todo = [x for x in items if not (isinstance(x, Sample) and is_failed(x))]
-        done = {
-            s.request.key: s for s in (self.attempt(todo, model, inference_args) if todo else [])
-        }
-        samples = [done.get(_key(x), x) for x in items]  # in batch order, failed ones kept
-        yield PredictionResult(example=items, inference=samples)
-
-    def attempt(
-        self, items: list[Any], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> list[Sample]:
-        """`items` as Samples: one model call, or halves of it after a failure."""
-        self._calls.inc()
-        try:
-            if self._step == "score":
-                for s in items:
-                    maybe_fault("score", s.request.key)
-            results = list(self._base.run_inference(items, model, inference_args))
-            samples = [s for r in results for s in r.inference]
-            if sorted(s.request.key for s in samples) != sorted(_key(x) for x in items):
-                raise RuntimeError(f"{len(samples)} samples back for {len(items)} sent")
-            return samples
-        except Exception as exc:
-            _release_memory()
-            if len(items) == 1:
-                self._failed.inc()
-                key = _key(items[0])
-                logger.warning("%s failed for sample %s: %s", self._step, key, type(exc).__name__)
-                if isinstance(items[0], Sample):
-                    return [failed_copy(items[0], exc)]
-                return [failed_sample(items[0], exc)]
-            self._splits.inc()
-            logger.warning(
-                "%s failed for a batch of %d (%s): trying it in halves",
-                self._step,
-                len(items),
-                type(exc).__name__,
-            )
-        half = (len(items) + 1) // 2
-        return [
-            *self.attempt(items[:half], model, inference_args),
-            *self.attempt(items[half:], model, inference_args),
-        ]
-
-    def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return self._base.get_num_bytes(batch)
-
-    def get_metrics_namespace(self) -> str:
-        return self._base.get_metrics_namespace()
-
-    def get_resource_hints(self) -> dict[str, Any]:
-        return self._base.get_resource_hints()
-
-    def batch_elements_kwargs(self) -> Any:
-        return self._base.batch_elements_kwargs()
-
-    def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
-        self._base.validate_inference_args(inference_args)
-
-    def update_model_path(self, model_path: str | None = None) -> None:
-        self._base.update_model_path(model_path=model_path)
-
-    def should_skip_batching(self) -> bool:
-        return self._base.should_skip_batching()
-
-    def share_model_across_processes(self) -> bool:
-        return self._base.share_model_across_processes()
-
-    def model_copies(self) -> int:
-        return self._base.model_copies()
-
-
-def _key(item: Any) -> str:
-    request = item.request if isinstance(item, Sample) else item
-    return str(request.key)
-
-
-class GenerateSamples(beam.PTransform):
-    """Shard ids -> generated and scored Samples (nothing decided yet).
-
-    `generate_handler` turns a batch of requests into a list of Samples, `score_handler`
-    (validators.scoring.ScoreSamples) a list of Samples into new, scored ones; both run
-    once per batch, on accelerator workers when `accelerator` is set.
-    """
-
-    def __init__(
-        self,
-        recipe: Recipe,
-        plan_round: PlanRound,
-        generate_handler: ModelHandler,
-        score_handler: ModelHandler,
-        progress_dir: str | None = None,
-        accelerator: str | None = None,
-    ):
-        super().__init__()
-        self._recipe = recipe
-        self._round = plan_round
-        self._generate = generate_handler
-        self._score = score_handler
-        self._progress_dir = progress_dir
-        self._accelerator = accelerator
-
-    def expand(self, shard_ids: beam.PCollection) -> beam.PCollection:
-        generate: beam.PTransform = RunInference(
-            IsolateFailures(self._generate, "generate").with_postprocess_fn(take_inference)
-        )
-        score: beam.PTransform = RunInference(
-            IsolateFailures(self._score, "score").with_postprocess_fn(take_inference)
-        )
-        if self._accelerator:
-            # Model steps run on accelerator workers; planning, checks and writing do not ask.
-            generate = generate.with_resource_hints(accelerator=self._accelerator)
-            score = score.with_resource_hints(accelerator=self._accelerator)
-        return (
-            shard_ids
-            | "PlanRequests" >> beam.ParDo(ExpandShard(self._recipe, self._round))
-            | "Spread" >> beam.Reshuffle()
-            | "GenerateImages" >> generate
-            | "ScoreImages" >> score
-            | "OnePerSample" >> beam.FlatMap(iter)
-            | "CountGenerated" >> beam.ParDo(CountGenerated(self._progress_dir))
-        )
 
 
 class ExactDuplicates(beam.PTransform):
@@ -388,17 +192,6 @@ class _ProgressWriter(beam.DoFn):
     def teardown(self) -> None:
         if self._progress is not None:
             self._progress.close()
-
-
-class CountGenerated(_ProgressWriter):
-    def __init__(self, progress_dir: str | None):
-        super().__init__(progress_dir)
-        self._generated = Metrics.counter(METRICS_NAMESPACE, "generated")
-
-    def process(self, sample: Sample) -> Iterator[Sample]:
-        self._generated.inc()
-        self.note("G")
-        yield sample
 
 
 class DecideFn(_ProgressWriter):
@@ -558,7 +351,31 @@ class ApplyQuota(beam.PTransform):
         )
 
 
+def compact(sample: Sample) -> Sample:
+    """A decided sample as it travels to its shard's writer: no image bytes, no vectors (the
+    writer reads both back from the shard's staging file)."""
+    scalars: dict[str, Score] = {k: v for k, v in sample.scores.items() if not isinstance(v, tuple)}
+    return dataclasses.replace(sample, image=b"", scores=scalars)
+
+
+def with_staged(decided: Iterable[Sample], staged: Iterable[Sample]) -> list[Sample]:
+    """Each decision completed with its staged image and vector scores (by key).
+
+    A decision for a key that was not staged is refused: writer and staging disagree."""
+    by_key = {s.request.key: s for s in staged}
+    out = []
+    for d in decided:
+        s = by_key.get(d.request.key)
+        if s is None:
+            raise RuntimeError(f"sample {d.request.key}: decided but not staged")
+        vectors = {k: v for k, v in s.scores.items() if isinstance(v, tuple)}
+        out.append(dataclasses.replace(d, image=s.image, scores={**vectors, **d.scores}))
+    return out
+
+
 class WriteShardFn(beam.DoFn):
+    """(shard, its decided compact samples) -> the shard's files, images read from staging."""
+
     def __init__(self, out_dir: str, ctx: BuildContext, columns: tuple[ScoreColumn, ...]):
         self._out_dir = out_dir
         self._ctx = ctx
@@ -566,14 +383,22 @@ class WriteShardFn(beam.DoFn):
         self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_written")
 
     def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[ShardStats]:
-        shard, samples = element
+        from synthgen.pipelines.staging import read_staged
+
+        shard, decided = element
         maybe_fault("write", f"{shard:05d}")
-        yield write_shard(Path(self._out_dir), shard, samples, self._ctx, self._columns)
+        out = Path(self._out_dir)
+        samples = with_staged(decided, read_staged(out, shard))
+        yield write_shard(out, shard, samples, self._ctx, self._columns)
         self._shards.inc()
 
 
 class WriteShards(beam.PTransform):
-    """Samples -> one set of shard files per shard id; emits each shard's ShardStats."""
+    """Decided samples -> one set of shard files per shard id; emits each shard's ShardStats.
+
+    Only compact decisions are grouped by shard (`compact`); each writer reads its shard's
+    images and vectors from the staging file, so no step holds more than one shard's images.
+    """
 
     def __init__(self, out_dir: str, ctx: BuildContext, columns: tuple[ScoreColumn, ...]):
         super().__init__()
@@ -584,7 +409,7 @@ class WriteShards(beam.PTransform):
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         return (
             samples
-            | "KeyByShard" >> beam.Map(lambda s: (s.request.shard, s))
+            | "KeyByShard" >> beam.Map(lambda s: (s.request.shard, compact(s)))
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.ParDo(WriteShardFn(self._out_dir, self._ctx, self._columns))
         )

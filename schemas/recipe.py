@@ -326,7 +326,12 @@ class ScoringSpec(_Frozen):
     clip_model: str = Field(
         min_length=1, description="folder holding <name>.json + <name>.safetensors"
     )
-    batch_size: int = Field(default=64, ge=1, description="fixed CLIP compute batch (hashed)")
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="fixed compute batch of the model scorers (hashed); default: the recipe's "
+        "`batch_size`, so a scoring call pads nothing",
+    )
     scorers: list[ScorerSpec] = Field(
         default_factory=lambda: [ScorerSpec(name="clip"), ScorerSpec(name="image_stats")],
         min_length=1,
@@ -1194,6 +1199,8 @@ class Recipe(_Frozen):
         """
         data = self.model_dump(mode="json")
         data.pop("batch_size")
+        # the scorers' compute shape, however it was given (by default the Beam batch)
+        data["scoring"]["batch_size"] = self.scoring_batch
         # Optional blocks added later leave the hash of a recipe that does not use them as it
         # was, so existing builds still resume and extend.
         for block, name in _UNSET_IF_EMPTY:
@@ -1216,6 +1223,11 @@ class Recipe(_Frozen):
                     c.pop(name)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def scoring_batch(self) -> int:
+        """The model scorers' fixed compute batch: `scoring.batch_size`, else `batch_size`."""
+        return self.scoring.batch_size or self.batch_size
 
     @cached_property
     def classes_by_id(self) -> dict[int, ClassSpec]:

@@ -10,6 +10,9 @@ commas (e.g. a sample that fails, then a crash before its shard is written).
   `check` (per sample, match = key), `write` (per shard, match = 00000),
   `rename` (a finished temporary file about to get its final name, match = that name,
   e.g. `manifest.json` or `00001.tar`), `manifest` (before the manifest, match = `*`)
+  A match `#N` fires at the N-th time the point is reached in this process, whatever the
+  name (e.g. `stage:#4:kill`: killed while staging the fourth shard, in whatever order the
+  runner took them).
 - action: `kill` (SIGKILL this process), `raise` (an exception)
 - marker-file (optional): fire once only; the file is created when the fault fires.
 Unset in normal use: one environment lookup per call.
@@ -28,10 +31,14 @@ class InjectedFault(RuntimeError):
     pass
 
 
+_REACHED: dict[str, int] = {}  # point -> times reached in this process (for `#N` matches)
+
+
 def maybe_fault(point: str, name: str) -> None:
     specs = os.environ.get(ENV)
     if not specs:
         return
+    _REACHED[point] = _REACHED.get(point, 0) + 1
     for spec in specs.split(","):
         _fire(spec, point, name)
 
@@ -41,7 +48,12 @@ def _fire(spec: str, point: str, name: str) -> None:
     if len(parts) < 3:
         return
     want_point, match, action = parts[:3]
-    if want_point != point or (match != "*" and match != name):
+    if want_point != point:
+        return
+    if match.startswith("#"):
+        if not match[1:].isdigit() or _REACHED.get(point, 0) != int(match[1:]):
+            return
+    elif match != "*" and match != name:
         return
     if len(parts) == 4:
         marker = Path(parts[3])

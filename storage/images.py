@@ -8,11 +8,7 @@ import numpy as np
 from PIL import Image
 
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[0, 1] floats (H, W, C) -> uint8, rounding as diffusers' own `numpy_to_pil` does."""
-    return (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+LOSSLESS = frozenset({"png"})  # formats whose file decodes to exactly the pixels encoded
 
 
 def encode_image(

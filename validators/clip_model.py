@@ -19,14 +19,20 @@ from synthgen.validators.scorers.base import ScoreBatch, WorkerModels
 
 def encode_images(bundle: ClipBundle, images: Sequence[Any], compute_batch: int) -> Any:
     """Normalised image embeddings (float32, CPU), computed in fixed-shape padded batches."""
+    return encode_pixels(bundle, [bundle.preprocess(im) for im in images], compute_batch)
+
+
+def encode_pixels(bundle: ClipBundle, pixels: Sequence[Any], compute_batch: int) -> Any:
+    """`encode_images` from already preprocessed images (one (3, S, S) tensor each, made by
+    the host work): only the forward pass runs here, on the model's device and dtype."""
     import torch
 
-    device = next(bundle.model.parameters()).device
+    param = next(bundle.model.parameters())
     parts = []
-    for chunk, real in padded_chunks(images, compute_batch):
-        pixels = torch.stack([bundle.preprocess(im) for im in chunk]).to(device)
+    for chunk, real in padded_chunks(pixels, compute_batch):
+        batch = torch.stack(list(chunk)).to(param.device, dtype=param.dtype)
         with torch.inference_mode():
-            parts.append(bundle.model.encode_image(pixels, normalize=True)[:real].float().cpu())
+            parts.append(bundle.model.encode_image(batch, normalize=True)[:real].float().cpu())
     return torch.cat(parts)
 
 
@@ -76,20 +82,38 @@ class ClipRef:
         """The worker's one copy of this model (loaded on first use)."""
         return models.get(("clip", self.path), lambda: _load(self.path, models))
 
+    @property
+    def pixels_key(self) -> tuple[str, str]:
+        return ("clip_pixels", self.path)
+
+    def prepare(self, image: Any, bundle: ClipBundle, inputs: dict[Any, Any]) -> None:
+        """Host work: the image preprocessed for this model (shared by its scorers)."""
+        if self.pixels_key not in inputs:
+            inputs[self.pixels_key] = bundle.preprocess(image)
+
     def image_embeddings(self, batch: ScoreBatch, bundle: ClipBundle) -> Any:
-        """Normalised embeddings of the batch's images: computed once per batch."""
+        """Normalised embeddings of the batch's images: computed once per batch, from the
+        pixels the host work prepared."""
         key = ("clip_image_embeddings", self.path, self.compute_batch)
-        return batch.shared(key, lambda: encode_images(bundle, batch.images, self.compute_batch))
+
+        def compute() -> Any:
+            pixels = batch.inputs(self.pixels_key, bundle.preprocess)
+            return encode_pixels(bundle, pixels, self.compute_batch)
+
+        return batch.shared(key, compute)
 
 
 def _load(path: str, models: WorkerModels) -> ClipBundle:
     from synthgen.validators.clip_folder import load_clip
 
-    if models.device == "cpu":
+    if models.device.startswith("cpu"):
         import torch
 
         torch.set_num_threads(models.cpu_threads)  # float rounding depends on it
-    return load_clip(Path(path), models.device)
+    bundle = load_clip(Path(path), models.device)
+    if models.device.startswith("cuda"):
+        bundle.model.half()  # scoring on the GPU in half precision, as generation runs
+    return bundle
 
 
 def clip_ref(recipe: Recipe, base_dir: Path) -> ClipRef:
@@ -98,7 +122,7 @@ def clip_ref(recipe: Recipe, base_dir: Path) -> ClipRef:
     folder = check_clip_folder(path)
     stat = folder.weights.stat()
     sha256, dim = _fingerprint(folder, stat.st_mtime_ns, stat.st_size)
-    return ClipRef(str(path), folder.name, sha256, dim, recipe.scoring.batch_size)
+    return ClipRef(str(path), folder.name, sha256, dim, recipe.scoring_batch)
 
 
 @functools.lru_cache(maxsize=16)

@@ -4,7 +4,7 @@ ModelHandler that runs every scorer on each batch)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,28 +98,70 @@ class LoadedScorers:
     models: WorkerModels
 
 
+@dataclass
+class Prepared:
+    """One sample after its host work: phash, host-only scorers' columns, and the inputs its
+    device scorers need (e.g. CLIP's pixels), made from its in-memory image."""
+
+    sample: Sample
+    image: Any  # the decoded (PIL, RGB) image the scorers measure
+    rows: dict[int, dict[str, Score]]  # scorer index -> its columns (host-only scorers)
+    inputs: dict[Hashable, Any]
+
+
+def _checked(scorer: Scorer, rows: list[dict[str, Score]], n: int) -> list[dict[str, Score]]:
+    declared = {c.name for c in scorer.columns()}
+    if len(rows) != n or any(set(r) != declared for r in rows):
+        raise RuntimeError(
+            f"scorer {scorer.name!r} returned {len(rows)} rows for {n} samples "
+            f"or columns other than {sorted(declared)}"
+        )
+    return rows
+
+
+def prepare_sample(loaded: LoadedScorers, sample: Sample, image: Any) -> Prepared:
+    """Host work for one image (any thread, off the device's critical path): its perceptual
+    hash, the host-only scorers' columns, and the device scorers' inputs."""
+    rows: dict[int, dict[str, Score]] = {}
+    inputs: dict[Hashable, Any] = {}
+    for i, (scorer, state) in enumerate(zip(loaded.scorers, loaded.states, strict=True)):
+        if scorer.host_only:
+            rows[i] = _checked(scorer, scorer.score(ScoreBatch([sample], [image]), state), 1)[0]
+        else:
+            scorer.prepare(image, state, inputs)
+    return Prepared(dataclasses.replace(sample, phash=phash(image)), image, rows, inputs)
+
+
+def score_prepared(loaded: LoadedScorers, prepared: Sequence[Prepared]) -> list[Sample]:
+    """The device scorers on prepared samples (one batch, fixed-shape model calls inside):
+    new Samples with every scorer's columns merged into `scores`, in scorer order."""
+    batch = ScoreBatch(
+        [p.sample for p in prepared], [p.image for p in prepared], [p.inputs for p in prepared]
+    )
+    rows: list[dict[int, dict[str, Score]]] = [dict(p.rows) for p in prepared]
+    for i, (scorer, state) in enumerate(zip(loaded.scorers, loaded.states, strict=True)):
+        if not scorer.host_only:
+            found = _checked(scorer, scorer.score(batch, state), len(batch))
+            for mine, row in zip(rows, found, strict=True):
+                mine[i] = row
+    out = []
+    for p, by_scorer in zip(prepared, rows, strict=True):
+        scores: dict[str, Score] = dict(p.sample.scores)
+        for i in range(len(loaded.scorers)):
+            scores.update(by_scorer[i])
+        out.append(dataclasses.replace(p.sample, scores=scores))
+    return out
+
+
 def score_samples(loaded: LoadedScorers, samples: Sequence[Sample]) -> list[Sample]:
     """New Samples with every scorer's columns merged into `scores` and `phash` set.
 
-    Each image is decoded once for all scorers; the input samples are left untouched.
+    Each image is decoded once for all scorers; the input samples are left untouched. The
+    same steps a build streams (`prepare_sample` per image, then `score_prepared`).
     """
-    images = [decode_image(s.image) for s in samples]
-    batch = ScoreBatch(samples, images)
-    merged: list[dict[str, Score]] = [dict(s.scores) for s in samples]
-    for scorer, state in zip(loaded.scorers, loaded.states, strict=True):
-        rows = scorer.score(batch, state)
-        declared = {c.name for c in scorer.columns()}
-        if len(rows) != len(samples) or any(set(r) != declared for r in rows):
-            raise RuntimeError(
-                f"scorer {scorer.name!r} returned {len(rows)} rows for {len(samples)} samples "
-                f"or columns other than {sorted(declared)}"
-            )
-        for scores, row in zip(merged, rows, strict=True):
-            scores.update(row)
-    return [
-        dataclasses.replace(s, scores=scores, phash=phash(image))
-        for s, scores, image in zip(samples, merged, images, strict=True)
-    ]
+    return score_prepared(
+        loaded, [prepare_sample(loaded, s, decode_image(s.image)) for s in samples]
+    )
 
 
 class ScoreSamples(ModelHandler[Sample, PredictionResult, LoadedScorers]):

@@ -101,6 +101,7 @@ def test_same_recipe_other_batch_size_and_two_worker_processes(
     data = tiny_recipe_dict(model_dir)
     data["checks"]["clip_score"] = {"absolute": SPLIT_THRESHOLD}
     data["batch_size"] = 3
+    data["scoring"]["batch_size"] = 4  # the built recipe's scorer shape: only batching differs
     recipe = write_recipe(tmp_path / "recipe.yaml", data)
     started = time.monotonic() - 1000.0  # as if the command line had started long ago
     result = run_build(

@@ -3,27 +3,26 @@ sample's `failed` row, never a failed build, within the recipe's `max_failed_fra
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import pytest
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from synthgen.generators.handler import DiffusersHandler, generate_batch
-from synthgen.generators.model_folder import load_pipeline
+from synthgen.generators.handler import generate_batch
 from synthgen.generators.planning import plan
 from synthgen.pipelines.build import run_build
+from synthgen.pipelines.generate import StageSpec, Worker
 from synthgen.pipelines.resolve import generation_settings, resolve
 from synthgen.pipelines.session import ValidationFailed
-from synthgen.pipelines.transforms import IsolateFailures
+from synthgen.pipelines.staging import read_staged
 from synthgen.schemas.failures import MESSAGE_CHARS, error_message
+from synthgen.schemas.manifest import PlanRound
 from synthgen.schemas.recipe import load_recipe, recipe_from_dict
 from synthgen.schemas.records import FAILED, GenerationRequest, Sample
+from synthgen.validators.build_checks import make_checks
 from synthgen.validators.corpus import validate_dir
 from tests.conftest import read_rows, tiny_recipe_dict, write_recipe
 
@@ -69,72 +68,84 @@ def clean(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Any:
     return run_build(_recipe(tmp, model_dir), tmp / "out", show_progress=False)
 
 
-# -- the handler wrapper: batches split in half, one failed row per failing sample -----------
-
-
-class _Recording(ModelHandler[Any, PredictionResult, Any]):
-    """Makes a Sample per request; raises when a batch holds a bad key; records each call."""
-
-    def __init__(self, bad: set[str]):
-        super().__init__()
-        self.bad = bad
-        self.calls: list[list[str]] = []
-
-    def load_model(self) -> Any:
-        return None
-
-    def run_inference(
-        self, batch: Sequence[Any], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[PredictionResult]:
-        self.calls.append([r.key for r in batch])
-        if self.bad & {r.key for r in batch}:
-            raise FloatingPointError(f"NaN latents in /home/someone/models/{batch[0].key}/unet")
-        yield PredictionResult(
-            example=list(batch),
-            inference=[Sample(r, b"img", "sha", 32, 32) for r in batch],
-        )
-
-
-def _run(handler: IsolateFailures, batch: Sequence[Any], model: Any = None) -> list[Sample]:
-    (result,) = handler.run_inference(batch, model)
-    return cast(list[Sample], result.inference)
+# -- the generating stage: calls split in half, one failed row per failing sample -----------
 
 
 def _request(key: str) -> GenerationRequest:
     return GenerationRequest(key, 0, 0, 0, "zero", "a digit", "", 1)
 
 
-def test_a_failing_sample_splits_its_batch_in_half_until_it_fails_alone() -> None:
-    base = _Recording({"c"})
-    handler = IsolateFailures(base, "generate")
-    batch = [_request(k) for k in "abcd"]
-    samples = _run(handler, batch)
-    assert base.calls == [["a", "b", "c", "d"], ["a", "b"], ["c", "d"], ["c"], ["d"]]
-    assert [s.request.key for s in samples] == ["a", "b", "c", "d"]
+def _worker(recipe_path: Path, tmp: Path) -> Worker:
+    """The production stage's worker for a recipe, its staging under `tmp`."""
+    recipe, base = load_recipe(recipe_path)
+    resolved = resolve(recipe, base)
+    checks, _ = make_checks(recipe, [*resolved.score_columns])
+    spec = StageSpec(
+        recipe=recipe,
+        plan_round=PlanRound(round=0),
+        settings=generation_settings(resolved),
+        scorers=tuple(resolved.scorers),
+        checks=tuple(checks),
+        out=str(tmp),
+    )
+    return Worker(spec)
+
+
+def _stage(worker: Worker, shard: int, requests: Sequence[GenerationRequest]) -> list[Sample]:
+    job = worker.generate(shard, requests)
+    worker.wait(job)
+    by_key = {s.request.key: s for s in read_staged(Path(worker.spec.out), shard)}
+    return [by_key[r.key] for r in requests]
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Worker:
+    tmp = tmp_path_factory.mktemp("worker")
+    return _worker(_recipe(tmp, model_dir), tmp / "out")
+
+
+def test_a_failing_sample_splits_its_call_in_half_until_it_fails_alone(
+    worker: Worker, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import synthgen.pipelines.generate as stage
+
+    requests = plan(worker.spec.recipe)[:4]
+    bad = requests[2].key
+    calls: list[list[str]] = []
+    real_run_call = stage.run_call
+
+    def run_call(pipe: Any, settings: Any, call: Any) -> Any:
+        calls.append([r.key for r in call.requests])
+        if bad in calls[-1]:
+            raise FloatingPointError(f"NaN latents in /home/someone/models/{bad}/unet")
+        return real_run_call(pipe, settings, call)
+
+    monkeypatch.setattr(stage, "run_call", run_call)
+    samples = _stage(worker, 90, requests)
+    keys = [r.key for r in requests]
+    assert calls == [keys, keys[:2], keys[2:], keys[2:3], keys[3:]]
     assert [s.status for s in samples] == ["accepted", "accepted", FAILED, "accepted"]
     failed = samples[2]
     assert failed.reject_reason == "error:FloatingPointError"
     assert failed.image == b"" and "/" not in (failed.error_message or "")
     assert failed.error_message == "NaN latents in <path>"
+    want = _rows(clean.output)
+    for s in (samples[0], samples[1], samples[3]):
+        assert s.image_sha256 == want[s.request.key]["image_sha256"], s.request.key
 
 
-def test_scoring_passes_failed_samples_through_untouched() -> None:
-    calls: list[list[str]] = []
-
-    class Scorer(_Recording):
-        def run_inference(self, batch, model, inference_args=None):  # type: ignore[no-untyped-def]
-            calls.append([s.request.key for s in batch])
-            if any(s.request.key == "b" for s in batch):
-                raise RuntimeError("scorer broke")
-            yield PredictionResult(example=list(batch), inference=list(batch))
-
-    gen = IsolateFailures(_Recording({"c"}), "generate")
-    generated = _run(gen, [_request(k) for k in "abcd"])
-    out = _run(IsolateFailures(Scorer(set()), "score"), generated)
-    assert calls == [["a", "b", "d"], ["a", "b"], ["a"], ["b"], ["d"]]
-    assert [s.status for s in out] == ["accepted", FAILED, FAILED, "accepted"]
-    assert out[1].reject_reason == "error:RuntimeError" and out[1].image == b""
-    assert out[2] is generated[2]
+def test_a_failing_score_fails_only_its_sample_and_keeps_the_others(
+    worker: Worker, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = plan(worker.spec.recipe)[:4]
+    monkeypatch.setenv("SYNTHGEN_FAULT", f"score:{requests[1].key}:raise")
+    samples = _stage(worker, 91, requests)
+    assert [s.status for s in samples] == ["accepted", FAILED, "accepted", "accepted"]
+    assert samples[1].reject_reason == "error:InjectedFault" and samples[1].image == b""
+    want = _rows(clean.output)
+    column = next(c for c in want[requests[0].key] if c.endswith("_score"))
+    for s in (samples[0], samples[2], samples[3]):
+        assert s.scores[column] == pytest.approx(want[s.request.key][column], abs=0), column
 
 
 def test_error_messages_are_one_short_line_without_paths() -> None:
@@ -146,35 +157,25 @@ def test_error_messages_are_one_short_line_without_paths() -> None:
     assert error_message(ValueError(r"bad C:\data\x.png and ./rel/y")) == ("bad <path> and <path>")
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Any:
-    """(the loaded tiny pipeline, its generation settings, the recipe)."""
-    recipe, base = load_recipe(_recipe(tmp_path_factory.mktemp("pipe"), model_dir))
-    settings = generation_settings(resolve(recipe, base))
-    pipe = load_pipeline(Path(settings.model_path), settings.scheduler, "float32", "cpu", 1)
-    settings = dataclasses.replace(settings, pipeline_class=type(pipe).__name__)
-    return pipe, settings, recipe
+def test_non_finite_pixels_fail_only_their_sample(
+    worker: Worker, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import synthgen.generators.conditioning as conditioning  # run_call reaches the pipeline here
 
+    real = conditioning.conditioned_call
 
-class _Counting:
-    """A pipeline that counts its calls (and can spoil one image of each)."""
+    def spoiled(pipe: Any, family: str, requests: Any) -> Any:
+        run, images = real(pipe, family, requests)
 
-    def __init__(self, pipe: Any, nan_at: int | None = None):
-        self.pipe = pipe
-        self.nan_at = nan_at
-        self.calls = 0
+        def call(**kwargs: Any) -> Any:
+            out = run(**kwargs)
+            out.images[1] = float("nan")
+            return out
 
-    def __call__(self, **kwargs: Any) -> Any:
-        self.calls += 1
-        out = self.pipe(**kwargs)
-        if self.nan_at is not None:
-            out.images[self.nan_at] = np.nan
-        return out
+        return call, images
 
-
-def test_non_finite_pixels_fail_only_their_sample(tiny_pipe: Any, clean: Any) -> None:
-    pipe, settings, recipe = tiny_pipe
-    samples = generate_batch(_Counting(pipe, nan_at=1), settings, plan(recipe)[:4])
+    monkeypatch.setattr(conditioning, "conditioned_call", spoiled)
+    samples = _stage(worker, 92, plan(worker.spec.recipe)[:4])
     assert [s.status for s in samples] == ["accepted", FAILED, "accepted", "accepted"]
     assert samples[1].reject_reason == "error:FloatingPointError"
     clean_rows = _rows(clean.output)
@@ -182,33 +183,16 @@ def test_non_finite_pixels_fail_only_their_sample(tiny_pipe: Any, clean: Any) ->
         assert s.image_sha256 == clean_rows[s.request.key]["image_sha256"]
 
 
-@pytest.mark.parametrize(
-    ("fault", "pipe_calls", "failed"),
-    [
-        ("generate_batch:4:raise", 2, []),  # out of memory at 4: halves of 2 succeed
-        ("generate:{third}:raise", 2, [2]),  # one bad sample: it alone fails
-    ],
-)
-def test_the_real_handler_splits_batches_and_keeps_the_bytes(
-    tiny_pipe: Any,
-    clean: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    fault: str,
-    pipe_calls: int,
-    failed: list[int],
-) -> None:
-    pipe, settings, recipe = tiny_pipe
-    requests = plan(recipe)[:4]
-    monkeypatch.setenv("SYNTHGEN_FAULT", fault.format(third=requests[2].key))
-    counting = _Counting(pipe)
-    handler = IsolateFailures(DiffusersHandler(settings, batch_size=4), "generate")
-    samples = _run(handler, requests, counting)
-    assert counting.calls == pipe_calls
-    assert [i for i, s in enumerate(samples) if s.status == FAILED] == failed
-    want = _rows(clean.output)
-    for i, s in enumerate(samples):
-        if i not in failed:
-            assert s.image_sha256 == want[s.request.key]["image_sha256"], s.request.key
+def test_generate_batch_is_the_same_steps_run_synchronously(worker: Worker, clean: Any) -> None:
+    pipe = worker.copies.get()
+    try:
+        samples = generate_batch(pipe, worker.settings, plan(worker.spec.recipe)[:4])
+    finally:
+        worker.copies.put(pipe)
+    clean_rows = _rows(clean.output)
+    assert [s.image_sha256 for s in samples] == [
+        clean_rows[s.request.key]["image_sha256"] for s in samples
+    ]
 
 
 # -- builds -----------------------------------------------------------------------------------

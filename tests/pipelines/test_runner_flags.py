@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import (
     DebugOptions,
     FlinkRunnerOptions,
@@ -15,10 +16,9 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from synthgen.generators.handler import DiffusersHandler
-from synthgen.pipelines.resolve import generation_settings, resolve
+from synthgen.pipelines import runner
+from synthgen.pipelines.resolve import make_context, resolve
 from synthgen.pipelines.runner import beam_options
-from synthgen.pipelines.transforms import GenerateSamples
 from synthgen.schemas.manifest import PlanRound
 from synthgen.schemas.recipe import load_recipe
 from tests.conftest import tiny_recipe_dict, write_recipe
@@ -85,36 +85,50 @@ def test_portable_runner_options() -> None:
     assert portable.view_as(PortableOptions).job_endpoint == "job-server:8099"
 
 
-def test_accelerator_hint_only_on_model_steps(tmp_path: Path, model_dir: Path) -> None:
+def test_accelerator_hint_only_on_the_model_step(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = tiny_recipe_dict(model_dir)
     data["model"]["accelerator"] = "type:nvidia-l4;count:1;install-nvidia-driver"
     recipe, base = load_recipe(write_recipe(tmp_path / "r.yaml", data))
     resolved = resolve(recipe, base)
-    handler = DiffusersHandler(generation_settings(resolved), batch_size=recipe.batch_size)
-    p = beam.Pipeline(options=beam_options([]))
-    _ = (
-        p
-        | beam.Create([0])
-        | "Generate"
-        >> GenerateSamples(
-            recipe, PlanRound(), handler, handler, accelerator=recipe.model.accelerator
-        )
+    pipelines: list[beam.Pipeline] = []
+
+    def capture(p: beam.Pipeline) -> dict[str, int]:
+        pipelines.append(p)
+        return {}
+
+    monkeypatch.setattr(runner, "_run", capture)  # the graphs are built, never run
+    runner.run_shards(
+        resolved,
+        make_context(resolved, "2024-01-01T00:00:00Z"),
+        PlanRound(),
+        [0],
+        earlier_shards=[],
+        out=tmp_path / "out",
+        progress_dir=tmp_path,
+        show_progress=False,
+        options=beam_options([]),
+        total=1,
+        done_counts=(0, 0),
     )
-    proto = p.to_runner_api()
+    generating, deciding = (p.to_runner_api() for p in pipelines)
 
-    def hints(t) -> dict:
-        if not t.environment_id:
-            return {}
-        return dict(proto.components.environments[t.environment_id].resource_hints)
+    def hinted(proto) -> set[str]:  # type: ignore[no-untyped-def]
+        def hints(t) -> dict:  # type: ignore[no-untyped-def]
+            if not t.environment_id:
+                return {}
+            return dict(proto.components.environments[t.environment_id].resource_hints)
 
-    hinted = {
-        t.unique_name
-        for t in proto.components.transforms.values()
-        if any("accelerator" in key for key in hints(t))
-    }
-    assert any("GenerateImages" in name for name in hinted)
-    assert any("ScoreImages" in name for name in hinted)
-    assert not any("PlanRequests" in name or "Decide" in name for name in hinted)
+        return {
+            t.unique_name
+            for t in proto.components.transforms.values()
+            if any("accelerator" in key for key in hints(t))
+        }
+
+    assert any("GenerateShards" in name for name in hinted(generating))
+    assert not any("ShardIds" in name or "Spread" in name for name in hinted(generating))
+    assert hinted(deciding) == set(), "checks and writing ask for no accelerator"
 
 
 def test_a_batch_build_on_the_direct_runner_runs_on_the_fn_api_runner() -> None:

@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from synthgen.generators.handler import DiffusersHandler, GenerationSettings
+from synthgen.generators.handler import GenerationSettings
 from synthgen.generators.planning import plan
+from synthgen.pipelines.generate import GenerateShards, StageSpec
+from synthgen.pipelines.staging import ReadStaged, read_staged
 from synthgen.pipelines.transforms import (
     DecideFn,
     DecideSamples,
-    ExpandShard,
-    GenerateSamples,
     WriteShards,
     mark_surplus,
 )
@@ -41,7 +41,7 @@ from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators.build_checks import GlobalChecks
 from synthgen.validators.checks.odd_size import OddSize
 from synthgen.validators.checks.threshold import ScoreThreshold
-from synthgen.validators.scoring import ScoreSamples, build_scorers, score_columns
+from synthgen.validators.scoring import build_scorers, score_columns
 from tests.validators.conftest import make_samples, recipe_with, scoring
 
 EMBEDDING = ScoreColumn(name="emb", scorer="clip_embedding", minimum=-1, maximum=1, dim=3)
@@ -158,13 +158,6 @@ def test_dofns_return_copies() -> None:
     assert accepted.status == "accepted" and "quota" not in accepted.checks
 
 
-def test_expand_shard_plans_a_round(model_dir: Path) -> None:
-    recipe = recipe_with(model_dir)
-    want = [r for r in plan(recipe) if r.shard == 1]
-    got = [r for batch in ExpandShard(recipe, PlanRound()).process(1) for r in batch]
-    assert got == want and want
-
-
 def test_generate_score_write_every_planned_sample_once(model_dir: Path, tmp_path: Path) -> None:
     recipe = recipe_with(
         model_dir,
@@ -192,26 +185,29 @@ def test_generate_score_write_every_planned_sample_once(model_dir: Path, tmp_pat
     planned = plan(recipe)
     shards = sorted({q.shard for q in planned})
 
-    def complete(got: list[Sample]) -> None:
-        assert sorted(s.request.key for s in got) == sorted(q.key for q in planned)
-        for s in got:
-            assert set(s.scores) == {c.name for c in columns} and len(s.phash) == 16
-
+    spec = StageSpec(
+        recipe=recipe,
+        plan_round=PlanRound(),
+        settings=settings,
+        scorers=tuple(scorers),
+        checks=(),
+        out=str(tmp_path),
+    )
     with BeamTestPipeline() as p:
-        samples = (
-            p
-            | beam.Create(shards)
-            | GenerateSamples(
-                recipe,
-                PlanRound(),
-                DiffusersHandler(settings, batch_size=r.batch_size),
-                ScoreSamples(scorers, "cpu"),
-                None,
-                None,
-            )
+        _ = p | beam.Create(shards) | beam.ParDo(GenerateShards(spec))
+    staged = [s for shard in shards for s in read_staged(tmp_path, shard)]
+    assert sorted(s.request.key for s in staged) == sorted(q.key for q in planned)
+    for s in staged:
+        assert set(s.scores) == {c.name for c in columns} and len(s.phash) == 16
+        assert s.image and s.request.shard in shards
+    with BeamTestPipeline() as p:
+        compact = p | beam.Create(shards) | ReadStaged(str(tmp_path), images=False)
+        assert_that(
+            compact | beam.Map(lambda s: (s.image, s.request.key)),
+            equal_to([(b"", q.key) for q in planned]),
+            label="NoImages",
         )
-        assert_that(samples, complete, label="Scored")
-        stats = samples | WriteShards(str(tmp_path), context(), columns)
+        stats = compact | WriteShards(str(tmp_path), context(), columns)
         assert_that(
             stats | beam.Map(lambda s: (s.shard, s.keys)),
             equal_to([(s, sum(q.shard == s for q in planned)) for s in shards]),

@@ -23,15 +23,25 @@ def test_loads_and_hash_is_stable(recipe_file: Path) -> None:
 
 
 def test_hash_ignores_beam_batching_but_not_content(recipe_file: Path) -> None:
-    base, _ = load_recipe(recipe_file)
-    rebatched, _ = load_recipe(recipe_file, ["batch_size=3"])
-    reseeded, _ = load_recipe(recipe_file, ["seed=8"])
-    recompute, _ = load_recipe(recipe_file, ["model.compute_batch=2"])
+    fixed = ["scoring.batch_size=4"]  # the scorers' shape given: batching changes nothing made
+    base, _ = load_recipe(recipe_file, fixed)
+    rebatched, _ = load_recipe(recipe_file, [*fixed, "batch_size=3"])
+    reseeded, _ = load_recipe(recipe_file, [*fixed, "seed=8"])
+    recompute, _ = load_recipe(recipe_file, [*fixed, "model.compute_batch=2"])
     rescore, _ = load_recipe(recipe_file, ["scoring.batch_size=2"])
     assert rebatched.hash == base.hash
     assert reseeded.hash != base.hash
     assert recompute.hash != base.hash
     assert rescore.hash != base.hash
+
+
+def test_the_scorers_shape_follows_the_beam_batch_unless_given(recipe_file: Path) -> None:
+    base, _ = load_recipe(recipe_file)  # batch_size 4, scoring.batch_size unset
+    assert base.scoring.batch_size is None and base.scoring_batch == base.batch_size == 4
+    same, _ = load_recipe(recipe_file, ["scoring.batch_size=4"])
+    assert same.hash == base.hash, "an unset shape hashes as the one it resolves to"
+    rebatched, _ = load_recipe(recipe_file, ["batch_size=8"])
+    assert rebatched.scoring_batch == 8 and rebatched.hash != base.hash
 
 
 def test_overrides_are_typed_and_validated(recipe_file: Path) -> None:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
 from synthgen.schemas.records import Sample
-from synthgen.storage.images import decode_image
 from synthgen.storage.watermark import can_carry, read_watermark
-from synthgen.validators.base import Check
+from synthgen.validators.base import PixelCheck
 
 
-class WatermarkSurvives(Check):
-    """Decode the encoded image and compare its watermark with the build's payload.
+class WatermarkSurvives(PixelCheck):
+    """Read the watermark from the image as stored (its decoded pixels) and compare it with
+    the build's payload.
 
     Images too small to carry a watermark pass (the manifest records, once, that they were
     not watermarked); every other image must carry exactly `payload`.
@@ -22,8 +22,8 @@ class WatermarkSurvives(Check):
     def __init__(self, payload: bytes):
         self.payload = payload
 
-    def reason(self, sample: Sample) -> str | None:
+    def pixel_reason(self, sample: Sample, pixels: Any) -> str | None:
         if not can_carry(sample.width, sample.height):
             return None
-        found = read_watermark(np.asarray(decode_image(sample.image)), len(self.payload))
+        found = read_watermark(pixels, len(self.payload))
         return None if found == self.payload else self.name

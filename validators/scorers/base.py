@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
@@ -57,11 +58,13 @@ class WorkerModels:
         self.device = device
         self.cpu_threads = cpu_threads
         self._models: dict[Hashable, Any] = {}
+        self._lock = threading.RLock()  # threads of one worker load each model once
 
     def get(self, key: Hashable, load: Callable[[], T]) -> T:
-        if key not in self._models:
-            self._models[key] = load()
-        model: T = self._models[key]
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load()
+            model: T = self._models[key]
         return model
 
 
@@ -72,12 +75,28 @@ class ScoreBatch:
     same intermediate (e.g. CLIP image embeddings) compute it once.
     """
 
-    def __init__(self, samples: Sequence[Sample], images: Sequence[Any]):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        images: Sequence[Any],
+        prepared: Sequence[dict[Hashable, Any]] | None = None,
+    ):
         if len(samples) != len(images):
             raise ValueError("one decoded image per sample")
         self.samples = tuple(samples)
         self.images = tuple(images)
+        self.prepared = tuple(prepared) if prepared is not None else tuple({} for _ in images)
+        if len(self.prepared) != len(self.images):
+            raise ValueError("one set of prepared inputs per sample")
         self._shared: dict[Hashable, Any] = {}
+
+    def inputs(self, key: Hashable, make: Callable[[Any], T]) -> list[T]:
+        """Each image's model input under `key`: the one `Scorer.prepare` made on the host,
+        else `make(image)` now (a batch scored without the streaming host work)."""
+        return [
+            p[key] if key in p else make(im)
+            for p, im in zip(self.prepared, self.images, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,6 +116,10 @@ class Scorer(ABC):
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    # True for a scorer that needs no model (image statistics): it runs with each image's
+    # host work, one image at a time, never on the device's critical path. Its scores must
+    # not depend on which images share a batch.
+    host_only: ClassVar[bool] = False
     # pydantic model of the recipe's `options` for this scorer (extra keys forbidden)
     options_model: ClassVar[type[BaseModel]] = NoOptions
 
@@ -128,6 +151,12 @@ class Scorer(ABC):
 
     def load(self, models: WorkerModels) -> Any:
         """Load what scoring needs, once per worker; the result is passed to `score`."""
+        return None
+
+    def prepare(self, image: Any, state: Any, inputs: dict[Hashable, Any]) -> None:
+        """Add this image's model inputs to `inputs` (e.g. CLIP's preprocessed pixels), keyed
+        so scorers sharing an input make it once: host work, done on other cores while the
+        device generates. `score` reads them with `batch.inputs(key, make)`. Default: none."""
         return None
 
     @abstractmethod

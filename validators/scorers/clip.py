@@ -79,6 +79,9 @@ class ClipScorer(Scorer):
         classes = encode_texts(bundle, texts, len(texts)) if len(texts) > 1 else None
         return _Loaded(bundle, classes)
 
+    def prepare(self, image: Any, state: _Loaded, inputs: dict[Any, Any]) -> None:
+        self.clip.prepare(image, state.bundle, inputs)
+
     def score(self, batch: ScoreBatch, state: _Loaded) -> list[dict[str, Score]]:
         import torch
 

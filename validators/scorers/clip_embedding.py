@@ -54,6 +54,9 @@ class ClipEmbeddingScorer(Scorer):
     def load(self, models: WorkerModels) -> ClipBundle:
         return self.clip.load(models)
 
+    def prepare(self, image: Any, state: ClipBundle, inputs: dict[Any, Any]) -> None:
+        self.clip.prepare(image, state, inputs)
+
     def score(self, batch: ScoreBatch, state: ClipBundle) -> list[dict[str, Score]]:
         img = self.clip.image_embeddings(batch, state)
         return [{self.column: tuple(float(x) for x in row)} for row in img.tolist()]

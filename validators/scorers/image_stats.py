@@ -34,6 +34,7 @@ class ImageStatsScorer(Scorer):
     (keep below), `sharpness` backs `blurry`, `entropy` backs `low_information`."""
 
     name = "image_stats"
+    host_only = True
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, base_dir: Path, options: Any) -> ImageStatsScorer:

@@ -93,6 +93,8 @@ def load_checker(model_path: Path, device: str = "cpu") -> tuple[Any, Any]:
         extractor = CLIPImageProcessor.from_pretrained(
             str(view / "feature_extractor"), local_files_only=True
         )
+    if device.startswith("cuda"):
+        checker = checker.half()  # scoring on the GPU in half precision
     return checker.to(device).eval(), extractor
 
 
@@ -145,7 +147,7 @@ class SafetyChecker(Scorer):
         weights = folder_checker(path)
         if weights is None:
             raise ModelFolderError(f"{path}: the model folder has no safety_checker")
-        return cls(str(path), file_sha256(weights), recipe.scoring.batch_size)
+        return cls(str(path), file_sha256(weights), recipe.scoring_batch)
 
     def columns(self) -> list[ScoreColumn]:
         return [
@@ -168,13 +170,27 @@ class SafetyChecker(Scorer):
 
         return models.get(("sd_safety_checker", self.model_path), load)
 
+    @property
+    def _pixels_key(self) -> tuple[str, str]:
+        return ("sd_safety_pixels", self.model_path)
+
+    def prepare(self, image: Any, state: _Loaded, inputs: dict[Any, Any]) -> None:
+        """Host work: the feature extractor's pixels (it treats every image on its own)."""
+        if self._pixels_key not in inputs:
+            inputs[self._pixels_key] = _extract(state.extractor, image)
+
     def score(self, batch: ScoreBatch, state: _Loaded) -> list[dict[str, Score]]:
         import torch
 
-        device = next(state.checker.parameters()).device
+        param = next(state.checker.parameters())
+        pixels = batch.inputs(self._pixels_key, lambda im: _extract(state.extractor, im))
         parts = []
-        for chunk, real in padded_chunks(batch.images, self.compute_batch):
-            pixels = state.extractor(list(chunk), return_tensors="pt").pixel_values.to(device)
-            parts.append(concept_scores(state.checker, pixels)[:real])
+        for chunk, real in padded_chunks(pixels, self.compute_batch):
+            values = torch.stack(list(chunk)).to(param.device, dtype=param.dtype)
+            parts.append(concept_scores(state.checker, values)[:real])
         scores = torch.cat(parts).tolist()
         return [{"nsfw": float(v)} for v in scores]
+
+
+def _extract(extractor: Any, image: Any) -> Any:
+    return extractor([image], return_tensors="pt").pixel_values[0]

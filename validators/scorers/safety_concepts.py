@@ -96,6 +96,9 @@ class SafetyConcepts(Scorer):
         bundle = self.clip.load(models)
         return _Loaded(bundle, encode_texts(bundle, list(self.prompts), len(self.prompts)))
 
+    def prepare(self, image: Any, state: _Loaded, inputs: dict[Any, Any]) -> None:
+        self.clip.prepare(image, state.bundle, inputs)
+
     def score(self, batch: ScoreBatch, state: _Loaded) -> list[dict[str, Score]]:
         import torch
 

@@ -1,0 +1,473 @@
+"""The generating stage: shard ids in, one staging file per shard out, the device kept busy.
+
+    shard ids -> Reshuffle -> GenerateShards (one DoFn; per worker process one `Worker`)
+
+Per worker process (every thread of it shares one `Worker`, through Beam's `Shared`):
+
+- **one device**: claimed for the process's life (`generators.devices.claim_device`); the
+  generator and every scorer run on it.
+- **one call at a time per model copy**: `model.copies` pipelines, each handed to one thread
+  at a time through a queue. A diffusers pipeline and its scheduler keep per-call state
+  (DPM-Solver's step index and history), so two threads stepping one copy corrupt both
+  images; Beam runs bundles on several threads (Dataflow's harness, `multi_threading`, Dask).
+- **a device loop that never waits for host work**: the thread that runs the model calls of
+  a shard hands each image to a pool of host threads (as many as cores) and goes on with
+  the next call. The host work is the image's whole post-generation path: watermark,
+  encode, hash, perceptual hash, host-only scores, pixel checks and the device scorers'
+  preprocessing, all from the pixels in memory (nothing is decoded again; a lossy format is
+  decoded once). Between its calls the device loop runs the device scorers (CLIP, the safety
+  checker) on each chunk of the shard (its `batch_size` consecutive requests) whose images
+  are all prepared: the number of scoring calls is fixed by the plan, never by timing. At
+  most `in_flight` images wait between the model and the scorers; when host work falls that
+  far behind, the loop scores what is ready and then waits: memory stays bounded.
+- **the shard is the unit of memory and loss**: a shard's samples are written to its staging
+  file as soon as the last one is scored, while the device generates the next shard; a
+  thread keeps at most one earlier shard in flight. A crash loses only shards in flight.
+- **out of device memory stops the build** at the first such call, with advice; any other
+  failing call is tried again in halves, each padded back to the fixed shape, until the
+  failing sample is alone and becomes its `failed` row (a failing sample costs only itself).
+
+Beam counters (`generate_calls`, `score_calls`, `staged`, ...) are counted in the DoFn's own
+thread, from what each finished shard reports: Beam attributes a counter only there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from synthgen.generators.devices import claim_device
+from synthgen.generators.handler import (
+    DeviceOutOfMemory,
+    DiffusersHandler,
+    GenerationSettings,
+    ModelCall,
+    finish_image,
+    is_out_of_memory,
+    out_of_memory,
+    plan_calls,
+    run_call,
+)
+from synthgen.generators.planning import plan_shard
+from synthgen.pipelines.staging import write_staged
+from synthgen.schemas.batches import padded_chunks
+from synthgen.schemas.failures import failed_copy, failed_sample
+from synthgen.schemas.manifest import PlanRound
+from synthgen.schemas.recipe import Recipe
+from synthgen.schemas.records import GenerationRequest, Sample
+from synthgen.storage.faults import maybe_fault
+from synthgen.storage.images import LOSSLESS, decode_image
+from synthgen.validators.base import Check, record_pixel_checks
+from synthgen.validators.scorers.base import Scorer
+from synthgen.validators.scoring import LoadedScorers, Prepared, ScoreSamples, prepare_sample
+from synthgen.validators.scoring import score_prepared as score_batch
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "synthgen"
+
+
+def scoring_batch(recipe: Recipe) -> int:
+    """The device scorers' batch: `scoring.batch_size` (their fixed compute shape)."""
+    return recipe.scoring_batch
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a worker needs to generate, score and stage; small and picklable."""
+
+    recipe: Recipe
+    plan_round: PlanRound
+    settings: GenerationSettings
+    scorers: tuple[Scorer, ...]
+    checks: tuple[Check, ...]  # the per-sample checks; pixel checks run with the host work
+    out: str
+    progress_dir: str | None = None
+    host_threads: int = 0  # 0: as many as this process may use cores
+
+    @property
+    def scoring_batch(self) -> int:
+        return scoring_batch(self.recipe)
+
+    def threads(self) -> int:
+        if self.host_threads:
+            return self.host_threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Chunk:
+    """Consecutive requests of a shard (the recipe's `batch_size`) scored in one call: fixed
+    by the plan, so how many scoring calls a build makes never depends on timing."""
+
+    keys: list[str]
+    pending: int  # members neither prepared nor failed yet
+    prepared: dict[str, Prepared] = field(default_factory=dict)
+
+
+@dataclass
+class ShardJob:
+    """One shard between its first model call and its staging file."""
+
+    shard: int
+    expected: int
+    chunks: dict[str, Chunk] = field(default_factory=dict)  # request key -> its chunk
+    samples: list[Sample] = field(default_factory=list)
+    calls: int = 0
+    splits: int = 0
+    failed: int = 0
+    scored_calls: int = 0
+    score_splits: int = 0
+    score_failed: int = 0
+    error: BaseException | None = None
+    staged: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, sample: Sample) -> bool:
+        """Record a finished sample; True when it was the shard's last."""
+        with self.lock:
+            self.samples.append(sample)
+            return len(self.samples) == self.expected
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = exc
+        self.staged.set()
+
+
+class Worker:
+    """One worker process's device, model copies, scorers and host threads (module doc)."""
+
+    def __init__(self, spec: StageSpec):
+        self.spec = spec
+        self.device = claim_device(spec.settings.device)
+        self.settings = dataclasses.replace(spec.settings, device=self.device)
+        self.copies: queue.Queue[Any] = queue.Queue()
+        handler = DiffusersHandler(self.settings, batch_size=spec.recipe.batch_size)
+        for _ in range(self.settings.copies):
+            self.copies.put(handler.load_model())
+        r = spec.recipe
+        self.scorers: LoadedScorers = ScoreSamples(
+            list(spec.scorers), self.device, r.model.cpu_threads
+        ).load_model()
+        self.host = ThreadPoolExecutor(spec.threads(), thread_name_prefix="synthgen-host")
+        # room for a whole scoring chunk plus the call that completes it, twice over
+        self.in_flight = 2 * (self.settings.compute_batch + spec.recipe.batch_size)
+        self.slots = threading.BoundedSemaphore(self.in_flight)
+        self.ready: deque[tuple[ShardJob, Chunk]] = deque()
+        self._scoring = threading.Lock()
+        self._progress_lock = threading.Lock()
+        self._progress = _progress_file(spec.progress_dir)
+        self._reported = False
+        logger.info(
+            "worker %d: %d model cop%s on %s, %d host threads",
+            os.getpid(),
+            self.settings.copies,
+            "y" if self.settings.copies == 1 else "ies",
+            self.device,
+            spec.threads(),
+        )
+
+    # -- the device loop (the DoFn's thread) ------------------------------------------------
+    def generate(self, shard: int, requests: Sequence[GenerationRequest]) -> ShardJob:
+        """Run every model call of one shard; its host work, scoring and staging go on after
+        this returns (`wait` finishes them)."""
+        job = ShardJob(shard, len(requests))
+        if not requests:
+            self._stage(job)
+            return job
+        calls = plan_calls(self.settings, requests)
+        # scoring chunks: consecutive requests in call order, so a chunk completes after at
+        # most one chunk's worth of calls (the bound on images in flight relies on it)
+        order = [r.key for call in calls for r in call.requests]
+        n = self.spec.recipe.batch_size
+        for start in range(0, len(order), n):
+            keys = order[start : start + n]
+            job.chunks.update(dict.fromkeys(keys, Chunk(keys, len(keys))))
+        for call in calls:
+            self._call(job, call)
+            self.score_ready()
+        return job
+
+    def _call(self, job: ShardJob, call: ModelCall) -> None:
+        """One model call, or its halves after a failure; each image goes to host work."""
+        job.calls += 1
+        pipe = self.copies.get()
+        try:
+            out = run_call(pipe, self.settings, call)
+        except Exception as exc:
+            self.copies.put(pipe)  # before the halves, which take a copy again
+            if is_out_of_memory(exc):
+                raise out_of_memory(self.settings, exc, "generation") from exc
+            self._split(job, call, exc)
+            return
+        self.copies.put(pipe)
+        for i, request in enumerate(call.requests):
+            self._take_slot()
+            self.host.submit(self._host_work, job, request, out.pixels[i], out.finite[i])
+
+    def _split(self, job: ShardJob, call: ModelCall, exc: BaseException) -> None:
+        requests = call.requests
+        if len(requests) == 1:
+            job.failed += 1
+            key, why = requests[0].key, type(exc).__name__
+            logger.warning("generation failed for sample %s: %s", key, why)
+            self._unprepared(job, key, failed_sample(requests[0], exc))
+            return
+        job.splits += 1
+        logger.warning(
+            "generation failed for a call of %d (%s): trying it in halves",
+            len(requests),
+            type(exc).__name__,
+        )
+        half = (len(requests) + 1) // 2
+        for part in (requests[:half], requests[half:]):
+            for padded, real in padded_chunks(part, self.settings.compute_batch):
+                self._call(job, ModelCall(padded, real, call.params))
+
+    def _take_slot(self) -> None:
+        """Wait for room between the model and the scorers, scoring what is ready meanwhile
+        (this thread is also the one that scores)."""
+        while not self.slots.acquire(timeout=0.005):
+            self.score_ready()
+
+    # -- host work (pool threads) -----------------------------------------------------------
+    def _host_work(self, job: ShardJob, request: GenerationRequest, pixels: Any, ok: bool) -> None:
+        try:
+            sample, pixels = finish_image(request, pixels, ok, self.settings)
+            if self.settings.image_format in LOSSLESS:
+                from PIL import Image
+
+                image = Image.fromarray(pixels)  # what the file decodes to, without decoding
+            else:
+                image = decode_image(sample.image)  # lossy: measure what is stored, once
+                import numpy as np
+
+                pixels = np.asarray(image)
+            sample = record_pixel_checks(sample, pixels, self.spec.checks)
+            prepared = prepare_sample(self.scorers, sample, image)
+        except Exception as exc:
+            logger.warning("sample %s failed: %s", request.key, type(exc).__name__)
+            self.slots.release()
+            self._unprepared(job, request.key, failed_sample(request, exc))
+            return
+        chunk = job.chunks[request.key]
+        with job.lock:
+            chunk.prepared[request.key] = prepared
+            chunk.pending -= 1
+            complete = chunk.pending == 0
+        if complete:
+            self.ready.append((job, chunk))
+
+    def _unprepared(self, job: ShardJob, key: str, failed: Sample) -> None:
+        """A sample that failed before scoring: final now; its chunk goes on without it."""
+        chunk = job.chunks[key]
+        with job.lock:
+            chunk.pending -= 1
+            complete = chunk.pending == 0 and bool(chunk.prepared)
+        self._finished(job, failed)
+        if complete:
+            self.ready.append((job, chunk))
+
+    # -- device scorers (the device loop's thread, between calls) ---------------------------
+    def score_ready(self) -> None:
+        """Score every chunk whose members are all prepared (the device scorers, one call
+        per chunk; inside, fixed-shape batches of `scoring.batch_size`)."""
+        while True:
+            with self._scoring:
+                if not self.ready:
+                    return
+                job, chunk = self.ready.popleft()
+                items = [(job, chunk.prepared[k]) for k in chunk.keys if k in chunk.prepared]
+                try:
+                    scored = self._score(items)
+                except DeviceOutOfMemory as exc:
+                    job.fail(exc)
+                    raise
+            for sample in scored:
+                self.slots.release()
+                self._finished(job, sample)
+
+    def _score(self, items: list[tuple[ShardJob, Prepared]]) -> list[Sample]:
+        """The device scorers on one batch, or its halves after a failure."""
+        items[0][0].scored_calls += 1
+        try:
+            for _, p in items:
+                maybe_fault("score", p.sample.request.key)
+            return score_batch(self.scorers, [p for _, p in items])
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise out_of_memory(self.settings, exc, "scoring") from exc
+            if len(items) == 1:
+                job, p = items[0]
+                job.score_failed += 1
+                logger.warning("score failed for sample %s: %s", p.sample.request.key, exc)
+                return [failed_copy(p.sample, exc)]
+            items[0][0].score_splits += 1
+            half = (len(items) + 1) // 2
+            return [*self._score(items[:half]), *self._score(items[half:])]
+
+    # -- a shard's end ------------------------------------------------------------------------
+    def _finished(self, job: ShardJob, sample: Sample) -> None:
+        self._note("G")
+        if job.add(sample):
+            self.host.submit(self._stage, job)
+
+    def _stage(self, job: ShardJob) -> None:
+        try:
+            maybe_fault("stage", f"{job.shard:05d}")
+            write_staged(Path(self.spec.out), job.shard, job.samples)
+            job.samples = []  # on disk now: the memory goes
+        except BaseException as exc:
+            job.fail(exc)
+            return
+        job.staged.set()
+
+    def wait(self, job: ShardJob) -> None:
+        """Finish a shard: score its last images as they are prepared, until it is staged."""
+        while not job.staged.wait(timeout=0.002):
+            self.score_ready()
+        if job.error is not None:
+            raise job.error
+
+    def first_report(self) -> bool:
+        """True once per worker: the first finished shard counts the worker on its device."""
+        with self._progress_lock:
+            first, self._reported = not self._reported, True
+        return first
+
+    def _note(self, letter: str) -> None:
+        if self._progress is not None:
+            with self._progress_lock:
+                self._progress.write(letter + "\n")
+
+
+def _progress_file(progress_dir: str | None) -> IO[str] | None:
+    """A per-worker file the driver's progress display counts letters in."""
+    if progress_dir and os.path.isdir(progress_dir):
+        path = Path(progress_dir) / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.log"
+        return path.open("a", buffering=1, encoding="ascii")
+    return None
+
+
+class GenerateShards(beam.DoFn):
+    """Shard id -> its staging file, through this process's `Worker` (the module doc).
+
+    Emits nothing: the staging files are the output (runners may drop what a DoFn emits at
+    bundle end, and nothing downstream needs the ids). A thread keeps at most one earlier
+    shard in flight; every shard of a bundle is staged before the bundle ends.
+    """
+
+    def __init__(self, spec: StageSpec):
+        self._spec = spec
+        self._shared = shared.Shared()
+        self._handle: _SharedWorker | None = None
+        self._worker: Worker | None = None
+        self._pending: list[ShardJob] = []
+        ns = METRICS_NAMESPACE
+        self._counters = {
+            name: Metrics.counter(ns, name)
+            for name in (
+                "generate_calls",
+                "generate_splits",
+                "generate_failed",
+                "score_calls",
+                "score_splits",
+                "score_failed",
+                "staged",
+                "generated",
+            )
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_worker"] = None
+        state["_handle"] = None
+        state["_pending"] = []
+        return state
+
+    def setup(self) -> None:
+        spec = self._spec
+        # every thread's copy of this DoFn shares one Worker; holding the handle keeps it
+        self._handle = self._shared.acquire(lambda: _SharedWorker(spec))
+        self._worker = self._handle.worker
+        self._pending = []
+
+    def process(self, shard: int) -> Iterator[Any]:
+        if self._worker is None:
+            self.setup()
+        assert self._worker is not None
+        requests = plan_shard(self._spec.recipe, shard, **self._spec.plan_round.plan_kwargs())
+        try:
+            self._pending.append(self._worker.generate(shard, requests))
+        except DeviceOutOfMemory:
+            self._keep_what_was_generated()
+            raise
+        while len(self._pending) > 1:  # the previous shard's host work had this shard's calls
+            self._collect(self._pending.pop(0))
+        return iter(())
+
+    def _keep_what_was_generated(self) -> None:
+        """Before the build stops: stage the shards whose model calls all ran."""
+        for job in self._pending:
+            try:
+                self._collect(job)
+            except Exception as exc:  # the stop's own error is the one to report
+                logger.warning("shard %05d could not be staged: %s", job.shard, exc)
+        self._pending = []
+
+    def finish_bundle(self) -> None:
+        while self._pending:
+            self._collect(self._pending.pop(0))
+
+    def _collect(self, job: ShardJob) -> None:
+        assert self._worker is not None
+        started = time.monotonic()
+        self._worker.wait(job)
+        logger.debug("shard %05d staged (waited %.2f s)", job.shard, time.monotonic() - started)
+        c = self._counters
+        c["generate_calls"].inc(job.calls)
+        c["generate_splits"].inc(job.splits)
+        c["generate_failed"].inc(job.failed)
+        c["score_calls"].inc(job.scored_calls)
+        c["score_splits"].inc(job.score_splits)
+        c["score_failed"].inc(job.score_failed)
+        c["staged"].inc(job.expected)
+        c["generated"].inc(job.expected)
+        # where the work ran: each worker's device, and the device its scorers loaded on
+        w = self._worker
+        Metrics.counter(METRICS_NAMESPACE, f"calls_on_{_safe(w.device)}").inc(job.calls)
+        scorer_device = _safe(w.scorers.models.device)
+        Metrics.counter(METRICS_NAMESPACE, f"score_calls_on_{scorer_device}").inc(job.scored_calls)
+        if w.first_report():
+            Metrics.counter(METRICS_NAMESPACE, f"workers_on_{_safe(w.device)}").inc()
+
+
+class _SharedWorker:
+    """The object Beam's `Shared` holds (it must take a weak reference)."""
+
+    def __init__(self, spec: StageSpec):
+        self.worker = Worker(spec)
+
+
+def _safe(device: str) -> str:
+    return device.replace(":", "_")

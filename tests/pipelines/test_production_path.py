@@ -1,0 +1,235 @@
+"""The production path: one call at a time per model copy on every runner, one worker per
+device, out of device memory stops at once, a kill mid-round costs only shards in flight,
+and SDXL carries synthgen's watermark only. Model calls are counted, not only outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import synthgen.pipelines.generate as stage
+from synthgen.generators.devices import Device, claim_device, release_claims
+from synthgen.pipelines.build import BuildError, run_build
+from tests.conftest import read_rows, tiny_recipe_dict, write_recipe
+
+FIELDS = ("key", "seed", "image_sha256", "status", "reject_reason", "clip_tiny_clip_score")
+
+
+def _corpus(out: Path) -> list[tuple[Any, ...]]:
+    return sorted(tuple(r[f] for f in FIELDS) for r in read_rows(out).to_pylist())
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    data = tiny_recipe_dict(model_dir, count_per_class=5)
+    data["output"] = {"shard_size": 3}  # 15 samples: 5 shards of one call each
+    return write_recipe(tmp_path_factory.mktemp("recipe") / "recipe.yaml", data)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory, recipe: Path) -> Any:
+    return run_build(recipe, tmp_path_factory.mktemp("clean") / "out", show_progress=False)
+
+
+class _Calls:
+    """Wraps the stage's `run_call`: counts calls, who made them and how many overlapped."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None):
+        self.real = stage.run_call
+        self.count = 0
+        self.threads: set[int] = set()
+        self.inside = 0
+        self.most_inside = 0
+        self.fail_at = fail_at
+        self._lock = threading.Lock()
+        monkeypatch.setattr(stage, "run_call", self)
+
+    def __call__(self, pipe: Any, settings: Any, call: Any) -> Any:
+        with self._lock:
+            self.count += 1
+            self.threads.add(threading.get_ident())
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            n = self.count
+        try:
+            if n == self.fail_at:
+                import torch
+
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return self.real(pipe, settings, call)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+def test_a_four_thread_build_equals_the_in_process_build_with_one_call_per_copy(
+    tmp_path: Path, recipe: Path, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _Calls(monkeypatch)
+    result = run_build(
+        recipe,
+        tmp_path / "threads",
+        beam_args=["--direct_running_mode=multi_threading", "--direct_num_workers=4"],
+        show_progress=False,
+    )
+    assert _corpus(tmp_path / "threads") == _corpus(clean.output)
+    assert result.manifest.counts.failed == 0
+    assert len(calls.threads) > 1, "bundles ran on several threads"
+    assert calls.most_inside == 1, "one call at a time on the one model copy"
+    # every planned call made once: no call failed and was retried
+    assert calls.count == result.metrics["generate_calls"] == clean.metrics["generate_calls"] == 5
+    assert result.metrics.get("generate_splits", 0) == 0
+
+
+CLAIM = """
+import sys
+from synthgen.generators.devices import Device, claim_device
+devices = [Device(f"cuda:{i}", f"gpu-{i}") for i in range(4)]
+print(claim_device("cuda", devices), flush=True)
+sys.stdin.read()  # hold the claim until the test has heard from every process
+"""
+
+
+def test_worker_processes_claim_distinct_devices(tmp_path: Path) -> None:
+    env = {**os.environ, "SYNTHGEN_DEVICE_CLAIMS": str(tmp_path)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIM],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    try:
+        got = [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]
+    finally:
+        for p in procs:
+            p.communicate("", timeout=60)
+    # five processes, four devices: every device claimed, one shared by the fifth (it warns)
+    assert set(got) == {"cuda:0", "cuda:1", "cuda:2", "cuda:3"} and len(got) == 5
+
+
+def test_local_rank_and_explicit_devices_are_honoured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SYNTHGEN_DEVICE_CLAIMS", str(tmp_path))
+    devices = [Device(f"cuda:{i}", f"gpu-{i}") for i in range(4)]
+    release_claims()
+    try:
+        monkeypatch.setenv("LOCAL_RANK", "6")
+        assert claim_device("cuda", devices) == "cuda:2"
+        assert claim_device("cuda", devices) == "cuda:2", "one answer per process"
+        release_claims()
+        monkeypatch.delenv("LOCAL_RANK")
+        assert claim_device("cuda:3") == "cuda:3"
+        assert claim_device("cpu") == "cpu"
+    finally:
+        release_claims()
+
+
+def test_four_worker_processes_each_generate_and_score_on_their_own_device(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SYNTHGEN_DEVICES", "cpu:0,cpu:1,cpu:2,cpu:3")
+    monkeypatch.setenv("SYNTHGEN_DEVICE_CLAIMS", str(tmp_path / "claims"))
+    data = tiny_recipe_dict(model_dir, count_per_class=4)
+    data["output"] = {"shard_size": 2}  # 6 shards for 4 workers
+    recipe = write_recipe(tmp_path / "recipe.yaml", data)
+    result = run_build(
+        recipe,
+        tmp_path / "out",
+        beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=4"],
+        show_progress=False,
+    )
+    m = result.metrics
+    workers = {k.removeprefix("workers_on_"): v for k, v in m.items() if k.startswith("workers_on")}
+    assert len(workers) >= 2, f"several workers generated: {m}"
+    assert set(workers.values()) == {1}, "no device is shared by two worker processes"
+    for device in workers:
+        assert m[f"calls_on_{device}"] > 0 and m[f"score_calls_on_{device}"] > 0
+    assert sum(m[f"calls_on_{d}"] for d in workers) == m["generate_calls"] == 6
+
+
+def test_out_of_device_memory_stops_after_one_call_and_keeps_what_was_generated(
+    tmp_path: Path, recipe: Path, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    calls = _Calls(monkeypatch, fail_at=3)  # the third shard's only call
+    with pytest.raises(BuildError) as caught:
+        run_build(recipe, out, show_progress=False)
+    message = str(caught.value)
+    assert "ran out of memory" in message and "model.compute_batch (now 4)" in message
+    assert "--resume" in message and "Traceback" not in message
+    assert calls.count == 3, "the failing call was not retried in halves"
+    staged = sorted(p.name for p in (out / ".synthgen" / "staging").iterdir())
+    assert len(staged) == 2, "the shards generated before it are kept"
+    resumed = _Calls(monkeypatch)
+    run_build(recipe, out, resume=True, show_progress=False)
+    assert resumed.count == 3, "resume makes only the calls of the shards not staged"
+    assert _corpus(out) == _corpus(clean.output)
+
+
+def test_a_kill_mid_round_costs_at_most_the_shards_in_flight(
+    tmp_path: Path, recipe: Path, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    killed = subprocess.run(
+        [sys.executable, "-m", "synthgen.pipelines.cli", "build", str(recipe), "-o", str(out)],
+        env={**os.environ, "SYNTHGEN_FAULT": "stage:#4:kill"},  # staging the 4th of 5 shards
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    staged = list((out / ".synthgen" / "staging").glob("*.arrow"))
+    assert not (out / "manifest.json").exists()
+    unstaged = 5 - len(staged)
+    assert unstaged == 2, "lost: the shard being staged and the one generating, nothing else"
+    calls = _Calls(monkeypatch)
+    result = run_build(recipe, out, resume=True, show_progress=False)
+    assert calls.count == unstaged == result.metrics["generate_calls"]
+    assert _corpus(out) == _corpus(clean.output)
+
+
+def test_sdxl_is_built_without_diffusers_own_watermark(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusers import DiffusionPipeline
+
+    from synthgen.generators.model_folder import load_pipeline
+    from tests.generators.families import make_snapshot
+
+    folder = make_snapshot("sdxl", tmp_path / "sdxl", tmp_path / "UNPICKLED")
+    stock = DiffusionPipeline.from_pretrained(str(folder), use_safetensors=True)
+    assert stock.watermark is not None, "diffusers would watermark (invisible-watermark is here)"
+    pipe = load_pipeline(folder, "native", "float32", "cpu", 1)
+    assert pipe.watermark is None
+    data = tiny_recipe_dict(model_dir, count_per_class=1)
+    data["model"] = {"path": str(folder), "compute_batch": 2, "license_ack": "other"}
+    data["classes"] = data["classes"][:2]
+    data["checks"] = {"clip_score": None}
+    data["sampling"] = {**data["sampling"], "scheduler": "native", "negative_prompt": ""}
+    applied: list[int] = []
+    from diffusers.pipelines.stable_diffusion_xl import watermark
+
+    real = watermark.StableDiffusionXLWatermarker.apply_watermark
+
+    def counted(self: Any, images: Any) -> Any:
+        applied.append(len(images))
+        return real(self, images)
+
+    monkeypatch.setattr(watermark.StableDiffusionXLWatermarker, "apply_watermark", counted)
+    result = run_build(write_recipe(tmp_path / "r.yaml", data), tmp_path / "out")
+    assert result.manifest.counts.attempted == 2 and applied == []
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["model"]["class"] == "StableDiffusionXLPipeline"
