@@ -12,8 +12,10 @@ diffusers folder (safetensors) and measured two ways, alternately:
   of two sizes; steady-state images/s = (N_large - N_small) / (t_large - t_small).
 SD1.5 at 512x512 (25 steps, fp16), SDXL at 1024x1024 (30 steps, fp16), Flux-schnell at
 1024x1024 (4 steps, bf16, no classifier-free guidance). MFU counts denoiser (UNet or
-transformer) FLOPs only, measured with torch's FlopCounterMode on one forward at the
-benchmark's size, times the evaluations per image, against the card's dense 16-bit peak.
+transformer) FLOPs only, counted by torch's FlopCounterMode over one whole single-image call
+(`call_flops`: every step and CFG evaluation, per component), against the card's dense
+16-bit peak. `--channels-last` and `--compile` apply to both sides alike; the steady state
+is measured over builds ten batches apart; a build with a failed sample stops the run.
 """
 
 from __future__ import annotations
@@ -301,27 +303,55 @@ ARCHS = {
 }
 
 
-def denoiser_tflop_per_image(folder: Path, arch: Arch, device: str, size: int, steps: int) -> float:
-    """Denoiser TFLOP per image, counted with FlopCounterMode on one single-image call's
-    denoiser forwards (all steps, CFG included) at the benchmark's size."""
+def call_flops(pipe: Any, kwargs: dict[str, Any]) -> dict[str, int]:
+    """FLOPs of one whole pipeline call, per component (unet / transformer, text encoders,
+    vae, ...), counted by one FlopCounterMode entered once around the call.
+
+    (Entering a FlopCounterMode resets its counts: one entered per denoiser forward keeps
+    only the last forward, 1 / (steps x CFG) of the work.)
+    """
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    components = {
+        name: module
+        for name, module in pipe.components.items()
+        if isinstance(module, torch.nn.Module)
+    }
+    counter = FlopCounterMode(display=False, depth=1)
+    with counter:
+        pipe(**kwargs)
+    # top-level entries are named after the module whose forward ran: a component called
+    # through its forward (unet, text encoders) by its class; the VAE's `decode` by its
+    # children's classes (Decoder, Conv2d)
+    top = {
+        name: int(sum(ops.values()))
+        for name, ops in counter.get_flop_counts().items()
+        if "." not in name and name != "Global"
+    }
+    out = {}
+    for name, module in components.items():
+        own = type(module).__name__
+        if own in top:
+            out[name] = top[own]
+        else:
+            children = {type(c).__name__ for c in module.children()}
+            out[name] = sum(top.get(c, 0) for c in children)
+    out["total"] = int(counter.get_total_flops())
+    return out
+
+
+def denoiser_tflop_per_image(folder: Path, arch: Arch, device: str, size: int, steps: int) -> float:
+    """Denoiser TFLOP per image: one single-image call at the benchmark's size and steps,
+    counted over the whole call (every step, CFG included)."""
     from synthgen.generators.families import FAMILIES
     from synthgen.generators.model_folder import load_pipeline
 
     pipe = load_pipeline(folder, "native", arch_dtype(arch, device), device, 1)
-    denoiser = getattr(pipe, FAMILIES[type(pipe).__name__].denoiser)
-    counter = FlopCounterMode(display=False)
-    original = denoiser.forward
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        with counter:
-            return original(*args, **kwargs)
-
-    denoiser.forward = counted
-    pipe(**_call(arch, 1, size, steps, 0))
+    denoiser = FAMILIES[type(pipe).__name__].denoiser
+    flops = call_flops(pipe, _call(arch, 1, size, steps, 0))
     del pipe
-    return counter.get_total_flops() / 1e12
+    return flops[denoiser] / 1e12
 
 
 def arch_dtype(arch: Arch, device: str) -> str:
@@ -358,6 +388,13 @@ def bare_loop(folder: Path, arch: Arch, cfg: dict, batches: int) -> float:
         pipe.scheduler = make_scheduler(arch.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(cfg["device"])
+    if cfg["channels_last"]:  # the same options as the build's recipe (`optimize_for_device`)
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer
+        denoiser.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if cfg["compile"]:
+        name = "unet" if hasattr(pipe, "unet") else "transformer"
+        setattr(pipe, name, torch.compile(getattr(pipe, name), mode="max-autotune-no-cudagraphs"))
     b = cfg["batch"]
 
     def once(i: int) -> None:
@@ -387,7 +424,8 @@ def recipe(tmp: Path, folder: Path, clip: Path, arch: Arch, cfg: dict) -> Path:
             "dtype": cfg["dtype"],
             "device": cfg["device"],
             "compute_batch": cfg["batch"],
-            "channels_last": cfg["device"] != "cpu",
+            "channels_last": cfg["channels_last"],
+            "compile": cfg["compile"],
         },
         "sampling": {
             "scheduler": arch.scheduler,
@@ -413,6 +451,9 @@ def recipe(tmp: Path, folder: Path, clip: Path, arch: Arch, cfg: dict) -> Path:
 
 
 def build_rate(recipe_path: Path, out: Path, small: int, large: int) -> tuple[float, str]:
+    """Steady-state images/s of full builds: (N_large - N_small) / (t_large - t_small), the
+    two builds `small` and `large` images per class apart (at least ten batches). A build
+    with a failed sample stops the benchmark: its rate would mislead."""
     run_build(
         recipe_path, out / "warm-up", overrides=[f"count_per_class={small}"], show_progress=False
     )  # first-use costs (kernel selection, caches) stay out
@@ -421,6 +462,8 @@ def build_rate(recipe_path: Path, out: Path, small: int, large: int) -> tuple[fl
         r = run_build(
             recipe_path, out / f"n{n}", overrides=[f"count_per_class={n}"], show_progress=False
         )
+        if r.manifest.counts.failed:
+            raise SystemExit(f"{recipe_path.name}: {r.manifest.counts.failed} samples failed")
         runs.append((r.manifest.counts.planned, r.seconds))
     (n1, t1), (n2, t2) = runs
     return (n2 - n1) / (t2 - t1), f"{n1} in {t1:.1f}s, {n2} in {t2:.1f}s"
@@ -431,7 +474,10 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny models on CPU (a dry run)")
     parser.add_argument("--arch", choices=[*ARCHS, "all"], default="all")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--channels-last", action="store_true", help="on both sides")
+    parser.add_argument("--compile", action="store_true", help="torch.compile, both sides")
     args = parser.parse_args()
+    options = Options(args.channels_last, args.compile)
     logging.basicConfig(level=logging.WARNING)
     import torch
 
@@ -440,22 +486,34 @@ def main() -> int:
         return 2
     results = []
     for arch in ARCHS.values() if args.arch == "all" else [ARCHS[args.arch]]:
-        results.append(measure(arch, args.tiny, args.repeats))
+        results.append(measure(arch, args.tiny, args.repeats, options))
     print(json.dumps(results, indent=2))
     return 0
 
 
-def measure(arch: Arch, tiny: bool, repeats: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Options:
+    """GPU options, applied identically to the bare loop and to the build's recipe."""
+
+    channels_last: bool = False
+    compile: bool = False
+
+
+def measure(arch: Arch, tiny: bool, repeats: int, options: Options = Options()) -> dict[str, Any]:
     import torch
 
     from synthgen.generators.random_pipelines import save_snapshot
 
+    # builds of 4 classes: `small` / `large` images per class; `large` is ten batches more
     if tiny:
         cfg = {"device": "cpu", "dtype": "float32", "batch": 2, "steps": 2, "size": 32}
-        cfg |= {"bare_batches": 1, "small": 1, "large": 2}
+        cfg |= {"bare_batches": 10, "small": 1, "large": 6}
     else:
         cfg = {"device": "cuda", "dtype": arch.dtype, "batch": arch.batch, "steps": arch.steps}
-        cfg |= {"size": arch.size, "bare_batches": 4, "small": 2, "large": 6}
+        per_class = arch.batch // 4 or 1
+        cfg |= {"size": arch.size, "bare_batches": 10, "small": 2 * per_class}
+        cfg["large"] = cfg["small"] + 10 * arch.batch // 4
+    cfg |= {"channels_last": options.channels_last, "compile": options.compile}
     device_name = torch.cuda.get_device_name() if cfg["device"] == "cuda" else "CPU"
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
@@ -503,6 +561,8 @@ def measure(arch: Arch, tiny: bool, repeats: int) -> dict[str, Any]:
         "bare_images_per_s": b,
         "pipeline_images_per_s": p,
         "ratio": p / b,
+        "channels_last": options.channels_last,
+        "compile": options.compile,
     }
     if peak:
         figures["mfu_bare"] = b * tflop / peak

@@ -236,3 +236,32 @@ def check_unique_keys(requests: Sequence[GenerationRequest]) -> None:
         if r.key in seen:
             raise ValueError(f"duplicate sample key {r.key!r} in plan")
         seen.add(r.key)
+
+
+def padding_waste(recipe: Recipe) -> list[str]:
+    """What share of the model work a recipe's batch sizes spend on padding, per step that
+    pads (empty: nothing pads). Calls are fixed-shape, so a short call is padded to its size:
+
+    - generation: a full shard (`output.shard_size`) is cut into calls of
+      `model.compute_batch` (per group of requests sharing their call parameters);
+    - scoring: a shard's scoring chunks of `batch_size` images are scored in calls of the
+      scorers' shape (`scoring.batch_size`, by default `batch_size`: no padding).
+    """
+    notes = []
+    size, cb = recipe.output.shard_size, recipe.model.compute_batch
+    computed = math.ceil(size / cb) * cb
+    if computed > size:
+        notes.append(
+            f"model.compute_batch {cb} against output.shard_size {size}: "
+            f"{100 * (computed - size) / computed:.0f} % of each full shard's generation is "
+            f"padding (a shard size that is a multiple of {cb} pads nothing)"
+        )
+    chunk, shape = recipe.batch_size, recipe.scoring_batch
+    per_shard = [min(chunk, size - start) for start in range(0, size, chunk)]
+    scored = sum(math.ceil(n / shape) * shape for n in per_shard)
+    if scored > size:
+        notes.append(
+            f"scoring.batch_size {shape} against batch_size {chunk} and output.shard_size "
+            f"{size}: {100 * (scored - size) / scored:.0f} % of the scorers' work is padding"
+        )
+    return notes

@@ -23,6 +23,7 @@ from synthgen.schemas.recipe import Recipe, RecipeError, resolve_path
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.c2pa_sign import signing_config
 from synthgen.storage.hashing import folder_sha256
+from synthgen.storage.images import encoder_identity
 from synthgen.storage.model_card import license_info
 from synthgen.storage.watermark import can_carry, survives_encoding, watermark_payload
 from synthgen.validators.scorers.base import Scorer
@@ -184,6 +185,11 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
     device = r.model.device
     if device == "cpu":
         device = f"cpu:threads={r.model.cpu_threads}"
+    # diffusers' private `_` keys are its bookkeeping, not settings: `_use_default_values` is
+    # a list made from a set (its order follows PYTHONHASHSEED, and so would every shard's
+    # bytes). Every setting is explicit in the public keys, which is what regenerating reads.
+    scheduler = resolved.scheduler_config or check_model(r, resolved.model_path)[1]
+    scheduler = {k: v for k, v in scheduler.items() if not k.startswith("_")}
     return BuildContext(
         recipe_name=r.name,
         recipe_hash=r.hash,
@@ -191,9 +197,7 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
         model_sha256=folder_sha256(resolved.model_path),
         pipeline_class=str(index["_class_name"]),
         scheduler=r.sampling.scheduler,
-        scheduler_config=canonical_json(
-            resolved.scheduler_config or check_model(r, resolved.model_path)[1]
-        ),
+        scheduler_config=canonical_json(scheduler),
         steps=r.sampling.steps,
         guidance_scale=r.sampling.guidance_scale,
         compute_batch=r.model.compute_batch,
@@ -205,6 +209,7 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
                 "format": r.output.image_format,
                 "png_compress_level": r.output.png_compress_level,
                 "quality": r.output.quality,
+                "encoder": encoder_identity(r.output.image_format, r.output.png_compress_level),
             }
         ),
         scorers=canonical_json(scorer_provenance(resolved.scorers)),

@@ -14,6 +14,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from synthgen.generators.planning import padding_waste
 from synthgen.pipelines.context import BuildContext
 from synthgen.pipelines.generate import GenerateShards, StageSpec
 from synthgen.pipelines.output import BuildError
@@ -83,6 +84,8 @@ def run_shards(
     Each runs with the progress display; a runner that does not finish DONE is a failure.
     """
     r = resolved.recipe
+    for note in padding_waste(r):
+        logger.warning("%s", note)
     columns = (*resolved.score_columns, *check_columns(r))
     checks, global_checks = make_checks(r, columns)
     reused = reused_features(out, earlier_shards, columns)

@@ -191,3 +191,19 @@ def test_ten_thousand_classes_plan_without_a_scan_per_lookup() -> None:
     assert len(requests) == 30_000
     assert plan_shard(recipe, 29) == requests[29_000:]
     assert time.monotonic() - began < 10  # was ~7 s for 30k requests, scanning per lookup
+
+
+def test_padding_waste_names_each_step_that_pads(model_dir: Path) -> None:
+    from synthgen.generators.planning import padding_waste
+    from synthgen.schemas.recipe import recipe_from_dict
+    from tests.conftest import tiny_recipe_dict
+
+    data = tiny_recipe_dict(model_dir)  # shard_size 5, compute_batch 4, batch_size 4
+    generation, scoring = padding_waste(recipe_from_dict(data, "r"))  # calls of 4 + 1, twice
+    assert "38 % of each full shard's generation" in generation
+    assert "38 % of the scorers' work" in scoring
+    data["output"] = {"shard_size": 8}
+    assert padding_waste(recipe_from_dict(data, "r")) == []
+    data["scoring"] = {**data["scoring"], "batch_size": 64}  # the old default shape
+    (note,) = padding_waste(recipe_from_dict(data, "r"))
+    assert note.startswith("scoring.batch_size 64") and "94 %" in note  # 2 chunks of 4 in 128
