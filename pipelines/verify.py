@@ -11,19 +11,33 @@ binding over its bytes) and name this build's recipe; a build whose recipe signs
 them. With a trust list (PEM certificates), the signing chain must anchor in it. With
 `regenerate`, every image is made again from its provenance and compared: the bytes (for a
 signed image, the encoding before signing, whose sha256 its credentials record) and pixels.
+
+Reading is bounded: tar members are read one at a time; a member (or an image file) larger
+than an image of the build's size can be (`storage.tars.sample_member_limit`) is not read,
+and an image declaring more pixels than the build's is not decoded (`open_bounded`); both
+are per-image failures. An image or manifest that cannot be read is reported as such, not as
+tampering; a trust list that is not PEM X.509 certificates is refused before any image.
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from synthgen.schemas.manifest import MANIFEST_NAME, Manifest
-from synthgen.storage.c2pa_sign import DIGITAL_SOURCE_TYPE, Credentials, read_credentials
+from synthgen.storage.c2pa_sign import (
+    DIGITAL_SOURCE_TYPE,
+    Credentials,
+    TrustListError,
+    read_credentials,
+    read_trust_list,
+)
 from synthgen.storage.hashing import bytes_sha256, file_sha256
+from synthgen.storage.tars import iter_tar_members, sample_member_limit
 from synthgen.storage.watermark import judge_payload, read_watermark_image, skip_reason
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -80,6 +94,20 @@ class _Build:
         """Whether the build's recipe signs every accepted image with C2PA credentials."""
         return bool((self.manifest.recipe.get("output") or {}).get("c2pa"))
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the build's images, from its recipe."""
+        sampling = self.manifest.recipe.get("sampling") or {}
+        try:
+            return int(sampling["width"]), int(sampling["height"])
+        except (KeyError, TypeError, ValueError):
+            raise VerifyError(f"{self.root / MANIFEST_NAME}: no sampling width / height") from None
+
+    @property
+    def member_limit(self) -> int:
+        """The most bytes an image of this build can be (`sample_member_limit`)."""
+        return sample_member_limit(*self.size)
+
 
 def _find_build(path: Path, build: Path | None) -> Path:
     if build is not None:
@@ -110,6 +138,16 @@ def _load_build(root: Path) -> _Build:
     return _Build(root, manifest, accepted, tuple(problems))
 
 
+def _unread_image(name: str, size: int, build: _Build, key: str | None) -> ImageResult:
+    """An image too large to be one of the build's: its bytes are not read."""
+    result = ImageResult(name, "", False, watermark="not read", c2pa="not read", key=key)
+    result.problems.append(
+        f"{size} bytes, more than an image of this build can be "
+        f"({build.member_limit} bytes): not read"
+    )
+    return result
+
+
 def _check_image(
     name: str,
     data: bytes,
@@ -118,7 +156,7 @@ def _check_image(
     regenerate: bool = False,
     key: str | None = None,
 ) -> ImageResult:
-    from synthgen.storage.images import decode_image
+    from synthgen.validators.corpus import TooManyPixels, open_bounded
 
     digest = bytes_sha256(data)
     result = ImageResult(name, digest, digest in build.accepted, watermark="")
@@ -129,7 +167,11 @@ def _check_image(
     if result.key is None and cred.provenance:
         result.key = str(cred.provenance.get("key"))
     try:
-        image = decode_image(data)
+        image = open_bounded(data, build.size).convert("RGB")
+    except TooManyPixels as exc:
+        result.watermark = "not decoded"
+        result.problems.append(str(exc))
+        return result
     except Exception as exc:
         result.watermark = "unreadable image"
         result.problems.append(f"cannot decode the image: {exc}")
@@ -154,6 +196,10 @@ def _check_credentials(
     """The image's C2PA credentials: valid, hash binding intact, this build's, trusted."""
     cred = read_credentials(data, trust_pem)
     problems = []
+    if cred.error is not None:  # nothing could be checked: say so, blame no one
+        result.c2pa = f"not checked: {cred.error}"
+        result.problems.append(f"c2pa: not checked: {cred.error}")
+        return cred
     if not cred.present:
         result.c2pa = "absent"
         if build.signed:
@@ -208,30 +254,37 @@ def _check_regenerated(result: ImageResult, image: Any, cred: Credentials, build
         result.problems.append(f"regenerate: {result.regenerated}")
 
 
-def _tar_images(path: Path) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+# (name shown, the bytes or None when not read, the size the tar or file declares)
+_Image = tuple[str, bytes | None, int]
+
+
+def _tar_images(path: Path, limit: int) -> Iterator[_Image]:
+    """The image members of a tar, one at a time (the next is read when this one is done);
+    one over `limit` bytes is not read."""
     try:
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
-                    f = tar.extractfile(member)
-                    if f is not None:
-                        out.append((f"{path.name}:{member.name}", f.read()))
-    except (OSError, tarfile.TarError) as exc:
+        for member in iter_tar_members(path, _is_image, max_bytes=limit):
+            if _is_image(member.name):
+                yield f"{path.name}:{member.name}", member.data, member.size
+    except (OSError, EOFError, tarfile.TarError) as exc:
         raise VerifyError(f"{path}: not a readable tar: {exc}") from None
-    return out
+
+
+def _image_file(path: Path, limit: int) -> Iterator[_Image]:
+    size = path.stat().st_size
+    yield path.name, path.read_bytes() if size <= limit else None, size
 
 
 def _trust_anchors(trust_list: str | Path | None) -> bytes | None:
     if trust_list is None:
         return None
     try:
-        pem = Path(trust_list).read_bytes()
-    except OSError as exc:
-        raise VerifyError(f"{trust_list}: cannot read the trust list: {exc.strerror}") from None
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise VerifyError(f"{trust_list}: not a PEM trust list (no certificate in it)")
-    return pem
+        return read_trust_list(trust_list)
+    except TrustListError as exc:
+        raise VerifyError(str(exc)) from None
 
 
 def verify(
@@ -253,21 +306,25 @@ def verify(
         raise VerifyError(f"{path}: not found")
     root = _find_build(path if path.is_dir() else path.parent, Path(build) if build else None)
     b = _load_build(root.resolve())
+    limit = b.member_limit
+    images: Iterator[_Image]
     if path.is_dir():
-        images = [i for t in sorted(path.glob("*.tar")) for i in _tar_images(t)]
+        images = (i for t in sorted(path.glob("*.tar")) for i in _tar_images(t, limit))
         problems = list(b.problems)
     elif path.suffix == ".tar":
-        images = _tar_images(path)
+        images = _tar_images(path, limit)
         problems = [p for p in b.problems if p.startswith(path.name + ":")]
     elif path.suffix.lower() in IMAGE_SUFFIXES:
-        images = [(path.name, path.read_bytes())]
+        images = _image_file(path, limit)
         problems = []
     else:
         kinds = ", ".join(IMAGE_SUFFIXES)
         raise VerifyError(f"{path}: expected an image ({kinds}), a .tar or a build directory")
     results = [
         _check_image(name, data, b, trust_pem, regenerate, _member_key(name))
-        for name, data in images
+        if data is not None
+        else _unread_image(name, size, b, _member_key(name))
+        for name, data, size in images
     ]
     if not results:
         problems.append(f"{path}: no images to verify")
@@ -310,15 +367,20 @@ def recorded_encoding_sha256(build_dir: Path, prov: dict[str, Any]) -> str:
         return recorded
     tar = build_dir / shard_files(int(prov["shard"]))[0]
     try:
-        with tarfile.open(tar) as t:
-            for member in t.getmembers():
-                stem = member.name.partition(".")[0]
-                if stem == prov["key"] and member.name.lower().endswith(IMAGE_SUFFIXES):
-                    f = t.extractfile(member)
-                    data = f.read() if f is not None else b""
-                    cred = read_credentials(data)
-                    signed = (cred.provenance or {}).get("encoded_sha256") if cred.valid else None
-                    return str(signed) if signed and bytes_sha256(data) == recorded else recorded
-    except (OSError, tarfile.TarError):
+        limit = sample_member_limit(int(prov["width"]), int(prov["height"]))
+    except (KeyError, TypeError, ValueError):
+        return recorded
+
+    def wanted(name: str) -> bool:
+        return name.partition(".")[0] == prov["key"] and _is_image(name)
+
+    try:
+        for member in iter_tar_members(tar, wanted, max_bytes=limit):
+            if member.data is not None:
+                cred = read_credentials(member.data)
+                signed = (cred.provenance or {}).get("encoded_sha256") if cred.valid else None
+                ok = signed and bytes_sha256(member.data) == recorded
+                return str(signed) if ok else recorded
+    except (OSError, EOFError, tarfile.TarError):
         pass
     return recorded

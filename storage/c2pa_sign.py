@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -282,7 +283,10 @@ def sniff_format(data: bytes) -> str | None:
 
 @dataclass
 class Credentials:
-    """What an image's C2PA manifest says, and whether it holds."""
+    """What an image's C2PA manifest says, and whether it holds.
+
+    `error`: the file, or the manifest in it, could not be read at all, so nothing was
+    checked: not evidence that bytes changed after signing (`hash_ok` says that)."""
 
     present: bool
     valid: bool = False  # signature valid and the hash binding intact
@@ -293,17 +297,75 @@ class Credentials:
     digital_source_type: str | None = None
     provenance: dict[str, Any] | None = None  # the org.synthgen.provenance assertion
     signer: str | None = None  # the signing certificate's issuer/common name, when known
+    error: str | None = None  # why nothing could be checked (see above)
+
+
+class TrustListError(ValueError):
+    """A trust list that cannot be used: unreadable, not PEM text, or holding anything but
+    X.509 certificates. The message names the file."""
+
+
+_PEM_BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
+
+
+def _pem_text(pem: bytes, where: str) -> str:
+    try:
+        return pem.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise TrustListError(
+            f"{where}: not a PEM text file (byte {exc.start} is not ASCII)"
+        ) from None
+
+
+def check_trust_pem(pem: bytes, where: str = "trust list") -> bytes:
+    """`pem` when it is a usable trust list: ASCII PEM text of one or more X.509
+    certificates and nothing else (a private key or a block that does not parse is refused).
+    Raises TrustListError naming `where`."""
+    from cryptography import x509
+
+    blocks = _PEM_BEGIN.findall(_pem_text(pem, where))
+    if not blocks:
+        raise TrustListError(f"{where}: not a PEM trust list (no certificate in it)")
+    others = sorted({b for b in blocks if b != "CERTIFICATE"})
+    if others:
+        raise TrustListError(
+            f"{where}: holds a {others[0]} block; a trust list holds certificates only"
+        )
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise TrustListError(
+            f"{where}: a CERTIFICATE block is not an X.509 certificate ({_short(exc)})"
+        ) from None
+    if len(certs) != len(blocks):
+        raise TrustListError(
+            f"{where}: {len(blocks)} CERTIFICATE blocks, {len(certs)} read as X.509 certificates"
+        )
+    return pem
+
+
+def read_trust_list(path: str | Path) -> bytes:
+    """The trust list file at `path`, checked by `check_trust_pem`; raises TrustListError
+    naming the file."""
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise TrustListError(f"{path}: cannot read the trust list: {exc.strerror}") from None
+    return check_trust_pem(pem, str(path))
 
 
 def trust_settings(trust_pem: bytes) -> dict[str, Any]:
-    return {"trust": {"trust_anchors": trust_pem.decode()}, "verify": {"verify_trust": True}}
+    anchors = _pem_text(trust_pem, "trust list")
+    return {"trust": {"trust_anchors": anchors}, "verify": {"verify_trust": True}}
 
 
 def read_credentials(data: bytes, trust_pem: bytes | None = None) -> Credentials:
     """Read and validate an image's embedded C2PA manifest.
 
     `valid`: the claim signature checks and no hash binding failed. With `trust_pem`
-    (PEM trust anchors), `trusted` says whether the signing chain anchors in it.
+    (PEM trust anchors, see `check_trust_pem`), `trusted` says whether the signing chain
+    anchors in it. Bytes that do not parse as their image format, or a manifest that does not
+    read, give `error` (nothing checked) rather than a verdict.
     """
     import c2pa
 
@@ -325,7 +387,11 @@ def read_credentials(data: bytes, trust_pem: bytes | None = None) -> Credentials
         text = str(exc)
         if "ManifestNotFound" in text or "JumbfNotFound" in text or "not found" in text.lower():
             return Credentials(present=False)
-        return Credentials(present=True, failures=[f"unreadable manifest: {_short(exc)}"])
+        if "asset could not be parsed" in text.lower():  # the image itself does not read
+            reason = f"the file does not read as a {fmt.upper()} image ({_short(exc)})"
+            return Credentials(present=False, error=reason)
+        reason = f"unreadable manifest ({_short(exc)})"
+        return Credentials(present=True, failures=[reason], error=reason)
     failures = sorted({str(f.get("code")) for f in _failures(results)})
     hash_ok = not any(any(h in code for h in HASH_CODES) for code in failures)
     other = [c for c in failures if c != UNTRUSTED]

@@ -11,7 +11,9 @@ table = corpus.arrow().to_table(columns=["key", "class_name", "status"])
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +47,8 @@ def build(
     source = recipe if isinstance(recipe, str | Path) else _as_dict(recipe)
     load_recipe_source(source, overrides)  # a bad recipe is reported before anything starts
     prestart()  # a first build's gate loads great_expectations on another core meanwhile
-    from synthgen.pipelines.build import run_build
+    with _quiet_beam_import():
+        from synthgen.pipelines.build import run_build
 
     return run_build(
         source,
@@ -56,6 +59,29 @@ def build(
         show_progress=progress,
         publish_root=publish,
     )
+
+
+@contextlib.contextmanager
+def _quiet_beam_import() -> Iterator[None]:
+    """Beam's import warns on the root logger that Google Cloud client libraries are missing
+    (`apitools not found`: it concerns only GCP connectors), through `logging.warning`, which
+    would also give a program that set up no logging a root handler. A temporary null
+    handler and filter keep both out of the caller's process."""
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    if guard is not None:
+        root.addHandler(guard)
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if guard is not None:
+            root.removeHandler(guard)
 
 
 def _as_dict(recipe: Mapping[str, Any] | Recipe) -> dict[str, Any]:
@@ -108,7 +134,9 @@ def load(path: str | Path, *, verify: bool = False) -> Corpus:
     `path` may be an object-store URL (`s3://…`, `gs://…`; a publish root's `LATEST` is
     followed): the build is downloaded once into the cache, every listed file checked.
     Refuses a directory without a complete manifest. With `verify`, every file the manifest
-    lists is checked against its sha256 first (`synthgen validate` does the full check).
+    lists is checked against its sha256 first, and every count it states is recounted from
+    the data (each shard's Parquet status column and its tar's samples); a mismatch raises
+    `BuildError` naming it (`synthgen validate` does the full check).
     """
     from synthgen.pipelines.output import LATEST, BuildError
     from synthgen.schemas.manifest import MANIFEST_NAME, Manifest
@@ -133,4 +161,9 @@ def load(path: str | Path, *, verify: bool = False) -> Corpus:
         bad = [n for n, i in listed.items() if file_sha256(root / n) != i.sha256]
         if bad:
             raise BuildError(f"{root}: files differ from the manifest: {', '.join(bad)}")
+        from synthgen.validators.corpus import recount
+
+        wrong = recount(root, manifest)
+        if wrong:
+            raise BuildError(f"{root}: counts differ from the data: {'; '.join(wrong)}")
     return Corpus(root, manifest)

@@ -21,14 +21,16 @@ from synthgen.schemas.manifest import (
     BalanceInfo,
     Manifest,
     ShardEntry,
+    ShardStats,
     ValidationInfo,
     shard_files,
+    stats_name,
 )
 from synthgen.schemas.recipe import Recipe, RecipeError, recipe_from_dict
-from synthgen.schemas.records import sample_schema
+from synthgen.schemas.records import ACCEPTED, FAILED, REJECTED, sample_schema
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.hashing import file_sha256
-from synthgen.storage.tars import iter_tar_samples
+from synthgen.storage.tars import iter_tar_samples, sample_member_limit
 from synthgen.validators.expectations import (
     ExpectationResult,
     corpus_expectations,
@@ -36,6 +38,7 @@ from synthgen.validators.expectations import (
 )
 
 IMAGE_EXTS = ("png", "webp", "jpg")
+COUNTED = (ACCEPTED, REJECTED, FAILED)  # the manifest's per-shard and total counts, by status
 
 
 @dataclass
@@ -140,60 +143,198 @@ def class_table(
     return pd.DataFrame(out, columns=[*columns, "accepted_or_untargeted"])
 
 
-def check_tar(out: Path, shard: int, rows: pd.DataFrame) -> list[str]:
-    """Readable, contiguous samples with every member; agrees with the shard's Parquet rows."""
+class TooManyPixels(ValueError):
+    """An image header declares more pixels than the bound; nothing was decoded."""
+
+
+def open_bounded(data: bytes, size: tuple[int, int] | None) -> Any:
+    """The image in `data`, decoded only when its header declares no more pixels than `size`
+    (width, height: a build's own size; None: Pillow's bomb limit only). A small file that
+    declares a huge image is refused before any pixel is read. Raises ValueError naming both
+    sizes (TooManyPixels), or what Pillow raises on bytes that do not decode."""
     from PIL import Image
 
+    image = Image.open(io.BytesIO(data))  # reads the header only
+    if size is not None and image.size[0] * image.size[1] > size[0] * size[1]:
+        w, h = image.size
+        raise TooManyPixels(
+            f"{w}x{h}: more pixels than the build's {size[0]}x{size[1]}: not decoded"
+        )
+    image.load()
+    return image
+
+
+def check_tar(
+    out: Path, shard: int, rows: pd.DataFrame, width: int | None = None, height: int | None = None
+) -> list[str]:
+    """Readable, contiguous samples with every member; agrees with the shard's Parquet rows.
+
+    Samples are checked as the tar is walked, one at a time. With the build's image size, a
+    member over `sample_member_limit` is not read and an image declaring more pixels than the
+    build's is not decoded (either is a failure)."""
     tar_name = shard_files(shard)[0]
     failures: list[str] = []
-    members: dict[str, dict[str, bytes]] = {}
-    try:
-        for sample in iter_tar_samples(out / tar_name):
-            if sample.key in members:
-                failures.append(f"{tar_name}: key {sample.key} is not contiguous or repeats")
-            failures += [f"{tar_name}: duplicate member {sample.key}.{e}" for e in sample.repeated]
-            members.setdefault(sample.key, {}).update(sample.members)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        return [f"{tar_name}: unreadable tar: {exc}"]
     shard_rows = rows[rows["shard"] == shard] if len(rows) else rows
     accepted = shard_rows[shard_rows["status"] == "accepted"] if len(shard_rows) else shard_rows
     by_key = {r["key"]: r for r in accepted.to_dict("records")}
-    if set(members) != set(by_key):
-        extra = sorted(set(members) - set(by_key))[:3]
-        missing = sorted(set(by_key) - set(members))[:3]
+    size = (width, height) if width and height else None
+    limit = sample_member_limit(*size) if size else None
+    seen: set[str] = set()
+    try:
+        for sample in iter_tar_samples(out / tar_name, max_member_bytes=limit, compressed=False):
+            failures += [f"{tar_name}: duplicate member {sample.key}.{e}" for e in sample.repeated]
+            if sample.key in seen:
+                failures.append(f"{tar_name}: key {sample.key} is not contiguous or repeats")
+                continue
+            seen.add(sample.key)
+            failures += _check_sample(tar_name, sample.key, sample.members, by_key, size)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        return [f"{tar_name}: unreadable tar: {exc}"]
+    if seen != set(by_key):
+        extra = sorted(seen - set(by_key))[:3]
+        missing = sorted(set(by_key) - seen)[:3]
         failures.append(
             f"{tar_name}: tar keys differ from accepted Parquet rows "
             f"(only in tar: {extra}, only in Parquet: {missing})"
         )
-    for key, parts in members.items():
-        image_ext = next((e for e in IMAGE_EXTS if e in parts), None)
-        if image_ext is None or not {"json", "txt", "cls"} <= set(parts):
-            failures.append(f"{tar_name}: sample {key} lacks members (has {sorted(parts)})")
+    return failures
+
+
+def _check_sample(
+    tar_name: str,
+    key: str,
+    parts: dict[str, bytes],
+    by_key: dict[str, dict[str, Any]],
+    size: tuple[int, int] | None,
+) -> list[str]:
+    """One tar sample: every member there, the image decodes (within `size`), its JSON
+    names it, and it agrees with its accepted Parquet row."""
+    image_ext = next((e for e in IMAGE_EXTS if e in parts), None)
+    if image_ext is None or not {"json", "txt", "cls"} <= set(parts):
+        return [f"{tar_name}: sample {key} lacks members (has {sorted(parts)})"]
+    failures = []
+    try:
+        open_bounded(parts[image_ext], size)
+    except Exception as exc:
+        failures.append(f"{tar_name}: {key}.{image_ext} does not decode: {exc}")
+    try:
+        prov = json.loads(parts["json"])
+    except ValueError:
+        return [*failures, f"{tar_name}: {key}.json is not JSON"]
+    if prov.get("key") != key:
+        failures.append(f"{tar_name}: {key}.json names key {prov.get('key')!r}")
+    row = by_key.get(key)
+    if row is not None:
+        if hashlib.sha256(parts[image_ext]).hexdigest() != row["image_sha256"]:
+            failures.append(f"{tar_name}: {key} image differs from its Parquet sha256")
+        if parts["cls"].decode("ascii", "replace") != str(row["class_label"]):
+            failures.append(f"{tar_name}: {key}.cls differs from its Parquet class_label")
+    return failures
+
+
+def count_failures(
+    manifest: Manifest, counted: dict[int, dict[str, int]], what: str = "the data holds"
+) -> list[str]:
+    """The manifest's counts against `counted` (shard -> status -> rows, recounted from the
+    data): every shard entry and every total of `counts`; each mismatch named by its field."""
+    failures = []
+    listed = set(manifest.shard_ids)
+    unlisted = sorted(set(counted) - listed)
+    if unlisted:
+        failures.append(f"rows of shard(s) {unlisted}, which the manifest does not list")
+    totals = dict.fromkeys(COUNTED, 0)
+    for entry in manifest.shards:
+        mine = counted.get(entry.shard, {})
+        for status in COUNTED:
+            said, found = getattr(entry, status), mine.get(status, 0)
+            totals[status] += found
+            if said != found:
+                failures.append(
+                    f"shard {entry.shard}: {status}: the manifest says {said}, {what} {found}"
+                )
+    counts = manifest.counts
+    found_total = {**totals, "attempted": sum(totals.values())}
+    for name, found in found_total.items():
+        said = getattr(counts, name)
+        if said != found:
+            failures.append(f"counts.{name}: the manifest says {said}, {what} {found}")
+    per_class = sum(counts.planned_per_class.values())
+    if counts.planned != per_class:
+        failures.append(
+            f"counts.planned: the manifest says {counts.planned}, "
+            f"counts.planned_per_class sums to {per_class}"
+        )
+    return failures
+
+
+def _counted_rows(rows: pd.DataFrame) -> dict[int, dict[str, int]]:
+    if not len(rows):
+        return {}
+    grouped = rows.groupby(["shard", "status"]).size()
+    out: dict[int, dict[str, int]] = {}
+    for (shard, status), n in grouped.items():  # type: ignore[misc]
+        out.setdefault(int(shard), {})[str(status)] = int(n)
+    return out
+
+
+def recount(out: Path, manifest: Manifest) -> list[str]:
+    """The manifest's counts recounted from the data, without decoding anything: each shard's
+    Parquet status column, and the samples in its tar (member names only) against its
+    accepted count. For `synthgen.load(verify=True)`; `validate_corpus` checks more."""
+    counted: dict[int, dict[str, int]] = {}
+    failures = []
+    for entry in manifest.shards:
+        tar_name, parquet_name = shard_files(entry.shard)
+        try:
+            table = pq.read_table(out / parquet_name, columns=["shard", "status"])
+            tar_keys = {s.key for s in iter_tar_samples(out / tar_name, (), compressed=False)}
+        except (OSError, EOFError, tarfile.TarError, pa.ArrowException) as exc:
+            failures.append(f"shard {entry.shard}: unreadable: {exc}")
+            continue
+        for shard, status in zip(
+            table.column("shard").to_pylist(), table.column("status").to_pylist(), strict=True
+        ):
+            mine = counted.setdefault(int(shard), {})
+            mine[str(status)] = mine.get(str(status), 0) + 1
+        if len(tar_keys) != entry.accepted:
+            failures.append(
+                f"shard {entry.shard}: accepted: the manifest says {entry.accepted}, "
+                f"its tar holds {len(tar_keys)} samples"
+            )
+    return failures + count_failures(manifest, counted)
+
+
+def check_stats(out: Path, manifest: Manifest) -> list[str]:
+    """Each shard's `_stats.json` beside the build (what `--resume` and `--extend` read)
+    counts what its manifest entry counts (the manifest's counts are checked against the
+    data). A build copied without them (a pull) has none to check."""
+    failures = []
+    for entry in manifest.shards:
+        path = out / stats_name(entry.shard)
+        if not path.is_file():
             continue
         try:
-            Image.open(io.BytesIO(parts[image_ext])).load()
-        except Exception as exc:
-            failures.append(f"{tar_name}: {key}.{image_ext} does not decode: {exc}")
-        try:
-            prov = json.loads(parts["json"])
-        except ValueError:
-            failures.append(f"{tar_name}: {key}.json is not JSON")
+            stats = ShardStats.model_validate_json(path.read_bytes())
+        except (ValidationError, ValueError, OSError) as exc:
+            failures.append(f"{path.name}: unreadable shard stats: {exc}")
             continue
-        if prov.get("key") != key:
-            failures.append(f"{tar_name}: {key}.json names key {prov.get('key')!r}")
-        row = by_key.get(key)
-        if row is not None:
-            if hashlib.sha256(parts[image_ext]).hexdigest() != row["image_sha256"]:
-                failures.append(f"{tar_name}: {key} image differs from its Parquet sha256")
-            if parts["cls"].decode("ascii", "replace") != str(row["class_label"]):
-                failures.append(f"{tar_name}: {key}.cls differs from its Parquet class_label")
+        differ = [k for k in ("shard", *COUNTED) if getattr(stats, k) != getattr(entry, k)]
+        if differ:
+            failures.append(
+                f"{path.name}: "
+                + ", ".join(
+                    f"{k} {getattr(stats, k)}, the manifest says {getattr(entry, k)}"
+                    for k in differ
+                )
+            )
     return failures
 
 
 def validate_corpus(
     out: Path, manifest: Manifest, recipe: Recipe | None = None, tars: bool = True
 ) -> CorpusReport:
-    """Check the shard files a manifest lists: presence, Parquet, tars, expectations.
+    """Check the shard files a manifest lists: presence, Parquet, tars, expectations, and
+    every count the manifest states against the rows' status column.
 
     Used as the build's gate (with the manifest about to be written; `tars=False` since the
     writer just produced them) and by `validate_dir`. `recipe` defaults to the manifest's.
@@ -212,9 +353,11 @@ def validate_corpus(
     except (OSError, pa.ArrowException) as exc:
         report.failures.append(f"unreadable Parquet: {exc}")
         return report
+    report.failures += count_failures(manifest, _counted_rows(rows))
     if tars:
+        w, h = recipe.sampling.width, recipe.sampling.height
         for shard in shards:
-            report.failures += check_tar(out, shard, rows)
+            report.failures += check_tar(out, shard, rows, w, h)
     counts = manifest.counts
     report.expectations = corpus_expectations(
         rows,
@@ -284,6 +427,7 @@ def validate_dir(out: Path) -> CorpusReport:
             report.failures.append(f"{name}: missing")
         elif file_sha256(path) != info.sha256 or path.stat().st_size != info.bytes:
             report.failures.append(f"{name}: sha256 or size differs from the manifest")
+    report.failures += check_stats(out, manifest)
     if manifest.balance is not None:
         report.failures += check_balanced_index(out, manifest.balance)
     listed = {name for e in manifest.shards for name in e.files} | set(manifest.files)

@@ -11,7 +11,14 @@ JSON only, so nothing in it can run code. It is used only where it helps: a seco
 exists and it is this process's first gate (a command-line build; a long-lived process runs
 its later gates itself, loading great_expectations once). `SYNTHGEN_GATE_PROCESS=0` / `1`
 turns it off / always on. Whenever the process is unavailable (it could not start, it died,
-its answer was unreadable) the gate runs here instead, with the same result.
+its answer was unreadable, it stalled) the gate runs here instead, with the same result.
+
+While the process is alive it writes a newline every HEARTBEAT_SECONDS (whitespace before
+its JSON answer, which JSON ignores). A process that gives no sign of life for STALL_SECONDS
+once the build has asked (stopped with SIGSTOP, or wedged in a way that stops its threads)
+is killed, the build logs a warning, and the gate runs here: a build never waits on it
+forever. The request is written from a thread of its own, so a process that stopped reading
+cannot block the build on a full pipe either.
 
 The process is in a session of its own, so a Ctrl-C at the terminal reaches only the build,
 which ends it; if the build itself dies, the process reads the end of its input and exits.
@@ -26,6 +33,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +49,8 @@ HEAVY_MODULE = "great_expectations"
 
 
 ENV = "SYNTHGEN_GATE_PROCESS"  # "auto" (default), "1" always, "0" never
+HEARTBEAT_SECONDS = 1.0  # the process's sign of life on its answer pipe
+STALL_SECONDS = 30.0  # silence after which the build gives up on the process
 
 
 _STARTED: list[int] = []  # gate processes this process started
@@ -138,15 +149,27 @@ class GateProcess:
 
 
 def _ask(proc: subprocess.Popen[bytes], request: dict[str, Any]) -> dict[str, Any] | None:
-    """The process's answer to one request, or None when it gave none that reads."""
+    """The process's answer to one request, or None when it gave none that reads, or went
+    silent (no heartbeat) for STALL_SECONDS."""
     assert proc.stdin is not None and proc.stdout is not None
     answer: Any = None
     answered = False
     try:
-        proc.stdin.write(json.dumps(request).encode())
-        proc.stdin.close()
-        answer = json.loads(proc.stdout.read())
-        answered = True
+        writer = threading.Thread(
+            target=_send, args=(proc.stdin, json.dumps(request).encode()), daemon=True
+        )
+        writer.start()
+        body = _read_until_eof(proc)
+        if body is None:
+            logger.warning(
+                "gate process (pid %d) gave no sign of life for %.0f s: killed; the gate "
+                "runs in-process",
+                proc.pid,
+                STALL_SECONDS,
+            )
+        else:
+            answer = json.loads(body)  # the heartbeats before it are whitespace
+            answered = True
     except Exception as exc:  # no answer, or one that does not read: the gate runs here
         logger.debug("gate process gave no answer (%s): the gate runs in-process", exc)
     finally:  # an interrupt while waiting ends the process too, at once
@@ -158,15 +181,49 @@ def _ask(proc: subprocess.Popen[bytes], request: dict[str, Any]) -> dict[str, An
     return answer
 
 
+def _send(pipe: Any, data: bytes) -> None:
+    """Write the request and close the pipe (a dead or killed reader ends the write)."""
+    with contextlib.suppress(OSError):
+        pipe.write(data)
+        pipe.close()
+
+
+def _read_until_eof(proc: subprocess.Popen[bytes]) -> bytes | None:
+    """Everything the process writes until it closes its end, or None when nothing arrives
+    for STALL_SECONDS."""
+    import selectors
+
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    chunks: list[bytes] = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        last = time.monotonic()
+        while True:
+            left = STALL_SECONDS - (time.monotonic() - last)
+            if left <= 0:
+                return None
+            if not sel.select(timeout=left):
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            last = time.monotonic()
+
+
 def _end(proc: subprocess.Popen[bytes], *, kill: bool = False) -> None:
-    """Close the pipes and reap the process; `kill` ends it first (it has no side effects)."""
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
+    """Close the pipes and reap the process; `kill` ends it first (it has no side effects).
+
+    Killed before its pipes are closed: a request still being written to a stopped process
+    holds the pipe's lock until the write fails, which only the process's end makes happen."""
     if kill and proc.poll() is None:
         with contextlib.suppress(OSError):
             proc.kill()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
@@ -187,6 +244,10 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
+    pipe = os.fdopen(answer_fd, "wb")
+    lock = threading.Lock()
+    done = threading.Event()
+    threading.Thread(target=_heartbeat, args=(pipe, lock, done), daemon=True).start()
     # the slow part, done while the build loads its models; the collector paused meanwhile
     # and what the imports leave frozen, as the command line does (pipelines.gcpolicy)
     gc.disable()
@@ -212,9 +273,26 @@ def main() -> None:
         answer: dict[str, Any] = {"report": gate_corpus(out, manifest, recipe, tars=tars).as_dict()}
     except Exception as exc:
         answer = {"error": type(exc).__name__}
-    with os.fdopen(answer_fd, "wb") as pipe:
-        pipe.write(json.dumps(answer).encode())
+    with lock:
+        done.set()
+        with contextlib.suppress(OSError):
+            pipe.write(json.dumps(answer).encode())
+            pipe.close()
     gc.freeze()  # the build waits for this process to end: skip traversing its heap at exit
+
+
+def _heartbeat(pipe: Any, lock: threading.Lock, done: threading.Event) -> None:
+    """A newline every HEARTBEAT_SECONDS until the answer is written: the build's sign that
+    this process still runs (JSON reads the newlines as whitespace)."""
+    while not done.wait(HEARTBEAT_SECONDS):
+        with lock:
+            if done.is_set():
+                return
+            try:
+                pipe.write(b"\n")
+                pipe.flush()
+            except (OSError, ValueError):
+                return
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 A reference set (the recipe's `reference:` or `eval_set:`, or a balance source) is embedded
 with the recipe's CLIP model and cached as one Parquet file (no pickles), named by a hash of
 the source's content, the CLIP weights, the label mapping and the preprocessing (thumbnail
-size, pHash shifts, cache layout). The file lives in the build (`.synthgen/references/`) and
-in a cache shared by every build on the machine (`$SYNTHGEN_CACHE_DIR/references/`, default
-`~/.cache/synthgen`), written atomically beside a record of its sha256: a later build with
-the same key copies it instead of running the model, and never uses a file whose sha256
-differs from its record. Every
+size, pHash shifts, cache layout). The file carries that key and a sha256 of its content (in
+its Parquet metadata): every read recomputes the digest, so a file edited after it was made,
+or made for another key, is refused (`ReferenceCacheError`) and embedded again, never used.
+The file lives in the build (`.synthgen/references/`) and in a cache shared by every build on
+the machine (`$SYNTHGEN_CACHE_DIR/references/`, default `~/.cache/synthgen`), written
+atomically beside a record of its sha256: a later build with the same key copies it instead
+of running the model, and never uses a file whose sha256 differs from its record. Every
 sample's nearest reference image is found by cosine similarity of normalised embeddings
 (exact, chunked matrix products: deterministic, ties go to the earlier reference), and the
 perceptual-hash distance to that image is recorded beside it.
@@ -33,7 +35,8 @@ from synthgen.storage.atomic import atomic_write, write_bytes_atomic
 from synthgen.storage.hashing import file_sha256
 from synthgen.validators.base import Check
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the file carries its key and a digest of its content
+CACHE_METADATA = b"synthgen.reference"  # Parquet schema metadata: {"key", "content_sha256"}
 THUMB_SIZE = 64
 CHUNK = 1024
 # A reference image whose perceptual hash (at any 1-pixel shift) is within this many bits of
@@ -201,8 +204,33 @@ def cache_key(source_sha256: str, clip_sha256: str, labels: dict[str, Any]) -> s
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def write_reference(path: Path, ref: ReferenceSet) -> None:
-    """The cache file: one Parquet (Arrow) table, written atomically."""
+class ReferenceCacheError(ValueError):
+    """A reference cache file that is not what its name promises: unreadable, without its
+    key and digest, made for another key, or edited since it was made."""
+
+
+def content_sha256(ref: ReferenceSet, key: str) -> str:
+    """The digest a cache file of `ref` made for `key` carries: every column, in order."""
+    h = hashlib.sha256()
+    head = {
+        "key": key,
+        "refs": ref.refs,
+        "labels": [int(x) for x in ref.labels],
+        "phashes": ref.phashes,
+        "phash_shifted": ref.shifted_phashes or [[p] for p in ref.phashes],
+        "shape": list(ref.embeddings.shape),
+    }
+    h.update(json.dumps(head, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(ref.embeddings, dtype="<f4").tobytes())
+    for thumb in ref.thumbnails:
+        h.update(len(thumb).to_bytes(8, "big"))
+        h.update(thumb)
+    return h.hexdigest()
+
+
+def write_reference(path: Path, ref: ReferenceSet, key: str) -> None:
+    """The cache file: one Parquet (Arrow) table carrying `key` and its content digest,
+    written atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -220,26 +248,56 @@ def write_reference(path: Path, ref: ReferenceSet) -> None:
             ),
         }
     )
+    stamp = {"key": key, "content_sha256": content_sha256(ref, key)}
+    table = table.replace_schema_metadata({CACHE_METADATA: json.dumps(stamp).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         pq.write_table(table, f)
 
 
-def read_reference(path: Path) -> ReferenceSet:
+def read_reference(path: Path, key: str | None = None) -> ReferenceSet:
+    """A cache file's reference set, after checking it: its content digest must match the
+    one it carries, and (given `key`) it must have been made for `key`. Raises
+    ReferenceCacheError naming the file otherwise."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    emb = table.column("embedding").combine_chunks()
-    dim = emb.type.list_size
-    values = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
-    return ReferenceSet(
-        refs=table.column("ref").to_pylist(),
-        labels=table.column("label").to_pylist(),
-        phashes=table.column("phash").to_pylist(),
-        embeddings=values.reshape(-1, dim),
-        thumbnails=table.column("thumbnail").to_pylist(),
-        shifted_phashes=table.column("phash_shifted").to_pylist(),
-    )
+    try:
+        table = pq.read_table(path)
+        stamp = json.loads((table.schema.metadata or {})[CACHE_METADATA])
+        made_for, digest = str(stamp["key"]), str(stamp["content_sha256"])
+        emb = table.column("embedding").combine_chunks()
+        dim = emb.type.list_size
+        values = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+        ref = ReferenceSet(
+            refs=table.column("ref").to_pylist(),
+            labels=table.column("label").to_pylist(),
+            phashes=table.column("phash").to_pylist(),
+            embeddings=values.reshape(-1, dim),
+            thumbnails=table.column("thumbnail").to_pylist(),
+            shifted_phashes=table.column("phash_shifted").to_pylist(),
+        )
+    except (OSError, pa.ArrowException, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ReferenceCacheError(
+            f"{path}: not a reference cache file of this version ({type(exc).__name__}: {exc})"
+        ) from None
+    if key is not None and made_for != key:
+        raise ReferenceCacheError(f"{path}: made for another key ({made_for[:12]}…)")
+    if content_sha256(ref, made_for) != digest:
+        raise ReferenceCacheError(f"{path}: its content differs from the digest it was made with")
+    return ref
+
+
+def _valid(path: Path, key: str) -> bool:
+    """Whether `path` is a cache file for `key`, unchanged since it was made (logged if not)."""
+    import logging
+
+    try:
+        read_reference(path, key)
+    except ReferenceCacheError as exc:
+        logging.getLogger(__name__).warning("%s; not used (the set is embedded again)", exc)
+        return False
+    return True
 
 
 def shared_cache_dir() -> Path | None:
@@ -274,7 +332,7 @@ def _from_shared(shared: Path, key: str, dest: Path) -> bool:
             shutil.copyfileobj(f, g)
     except OSError:
         return False
-    if file_sha256(dest) != expected:  # changed while copying
+    if file_sha256(dest) != expected or not _valid(dest, key):  # changed, or not its content
         dest.unlink(missing_ok=True)
         return False
     return True
@@ -301,15 +359,16 @@ def _to_shared(shared: Path, key: str, path: Path) -> None:
 def cached_reference(
     cache_dir: Path, kind: str, key: str, make: Callable[[], ReferenceSet]
 ) -> Path:
-    """The cache file for `key` under `cache_dir` (the build's): kept when there, else
-    copied from the shared cache (sha256 checked), else made with `make()` and shared."""
+    """The cache file for `key` under `cache_dir` (the build's): kept when it holds `key`'s
+    set unchanged, else copied from the shared cache (sha256 and content checked), else made
+    with `make()` and shared. A file that fails its check is replaced, never used."""
     path = cache_dir / f"{kind}-{key[:24]}.parquet"
-    if path.is_file():
+    if path.is_file() and _valid(path, key):
         return path
     shared = shared_cache_dir()
     if shared is not None and _from_shared(shared, key, path):
         return path
-    write_reference(path, make())
+    write_reference(path, make(), key)
     if shared is not None:
         _to_shared(shared, key, path)
     return path

@@ -474,20 +474,36 @@ def failures(rows: pd.DataFrame, first: int = FIRST_FAILURES) -> dict[str, Any]:
 # -- how it looks (report.html) ------------------------------------------------------------
 
 
-def _png_data_uri(images: list[bytes], scale: int = 4) -> str | None:
-    """A horizontal strip of images as a PNG data URI (nearest-neighbour upscaled)."""
+THUMB = 64  # thumbnail height in the report, pixels
+
+
+def _thumbnail(image: Any) -> Any:
+    """`image` at about THUMB pixels high: small images upscaled by a whole factor (nearest
+    neighbour, pixels stay crisp), large ones reduced (a 1024x1024 image is never encoded
+    at full size into the page)."""
     from PIL import Image
 
-    decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+    if image.height <= THUMB:
+        factor = max(1, THUMB // image.height)
+        return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    width = max(1, round(image.width * THUMB / image.height))
+    return image.resize((width, THUMB), Image.Resampling.BOX)
+
+
+def _png_data_uri(images: list[bytes]) -> str | None:
+    """A horizontal strip of thumbnails as a PNG data URI."""
+    from PIL import Image
+
+    decoded = [_thumbnail(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]
     if not decoded:
         return None
     h = max(im.height for im in decoded)
-    strip = Image.new("RGB", (sum(im.width + 2 for im in decoded), h + 2), (255, 255, 255))
-    x = 1
+    gap = 8  # the white border between images, in thumbnail pixels
+    strip = Image.new("RGB", (sum(im.width + gap for im in decoded), h + gap), (255, 255, 255))
+    x = gap // 2
     for im in decoded:
-        strip.paste(im, (x, 1))
-        x += im.width + 2
-    strip = strip.resize((strip.width * scale, strip.height * scale), Image.Resampling.NEAREST)
+        strip.paste(im, (x, gap // 2))
+        x += im.width + gap
     buf = io.BytesIO()
     strip.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
