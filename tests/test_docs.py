@@ -175,3 +175,17 @@ def test_unknown_recipe_key_suggests_the_closest_field() -> None:
 if __name__ == "__main__" and "--write" in sys.argv:
     RECIPE_DOC.write_text(recipe_reference(), encoding="utf-8")
     print(f"wrote {RECIPE_DOC}")
+
+
+def test_docs_name_the_parquet_layout_version_the_code_writes() -> None:
+    from synthgen.schemas.records import SCHEMA_NAME, SCHEMA_VERSION
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    output = (ROOT / "docs" / "output.md").read_text(encoding="utf-8")
+    assert f"`{SCHEMA_NAME}` v{SCHEMA_VERSION}" in readme
+    assert f"(`{SCHEMA_NAME}`, version {SCHEMA_VERSION})" in output
+    for text in (readme, output):
+        others = {
+            int(v) for v in re.findall(rf"{re.escape(SCHEMA_NAME)}`?,? v(?:ersion )?(\d+)", text)
+        }
+        assert others <= {SCHEMA_VERSION}, f"a stale layout version is named: {others}"
