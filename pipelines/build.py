@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from synthgen.pipelines.estimate import check_inputs
 from synthgen.pipelines.output import (
     LATEST,
     BuildError,
     check_publish_root,
+    check_resumable,
     exclusive_lock,
     publish,
     versioned_output,
@@ -59,7 +61,8 @@ def run_build(
 ) -> BuildResult:
     """Build a corpus into `output`, or as a new version under `publish_root`.
 
-    1. the recipe: read, overridden, validated
+    1. the recipe: read, overridden, validated; the checks that need no model library (the
+       dry run of `synthgen plan`, and an output directory that is not empty)
     2. its inputs: model folders, scorers, sources, the Beam runner — all checked before
        any output folder is touched
     3. a publish root is locked before its latest is read (by --extend) and stays locked
@@ -83,6 +86,9 @@ def run_build(
     if (output is None) == (publish_root is None):
         raise BuildError("give exactly one of an output directory or a publish root")
     recipe, base_dir = load_recipe_source(recipe_path, overrides)
+    check_inputs(recipe, base_dir)  # the cheap refusals first: folders, device, source
+    if output is not None and not is_remote(output):
+        check_resumable(Path(output).resolve(), recipe, resume)
     where = output if output is not None else publish_root
     store = open_store(where) if where is not None and is_remote(where) else None
     resolved = resolve(recipe, base_dir)

@@ -23,6 +23,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by it
 
 
 def _split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings only"
     )
+    common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=argparse.SUPPRESS,
+        help="log lines on stderr as text (default) or one JSON object per line",
+    )
     parser = argparse.ArgumentParser(
         prog="synthgen",
         description="Build synthetic image corpora: recipe -> diffusion -> CLIP -> shards.",
@@ -68,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--examples", type=int, default=3, help="sample prompts shown per class")
+    _json_arg(p)
     p.add_argument(
         "--estimate",
         action="store_true",
@@ -106,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         "kept byte for byte, only new samples are generated",
     )
     b.add_argument("--no-progress", action="store_true", help="no progress display")
+    _json_arg(b)
+    b.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write the build's metrics here in the Prometheus text format (images/s, accept "
+        "rate, counters), on success and on failure",
+    )
 
     v = add(
         "validate",
@@ -113,8 +128,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Hashes against the manifest, tar readability, tar/Parquet agreement and "
         "the great_expectations suite. Exit 0 only when all pass.",
     )
-    v.add_argument("dir", help="build output directory")
+    v.add_argument("dir", help="build output directory, or a publish root (its latest)")
     _reference_args(v)
+    _json_arg(v)
+
+    st = add(
+        "status",
+        help="what a build directory or publish root holds: complete, shards written and "
+        "pending, the last error; reads only",
+    )
+    st.add_argument("dir", help="build output directory or publish root")
+    _json_arg(st)
 
     vf = add(
         "verify",
@@ -123,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "every image is in its build's manifest and carries the build's watermark (or is too "
         "small to carry one).",
     )
-    vf.add_argument("path", help="image file, .tar shard, or build directory")
+    vf.add_argument("path", help="image file, .tar shard, build directory or publish root")
     vf.add_argument("--build", help="the build (directory or manifest.json) outside PATH")
     vf.add_argument("--json", action="store_true", help="machine-readable output")
     vf.add_argument(
@@ -138,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     r = add("report", help="(re)write report.html and report.json for a build")
-    r.add_argument("dir", help="build output directory")
+    r.add_argument("dir", help="build output directory, or a publish root (its latest)")
     _reference_args(r)
 
     g = add(
@@ -165,6 +189,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object on stdout instead of the lines"
+    )
+
+
 def _reference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reference",
@@ -175,16 +205,38 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--clip-model",
         metavar="DIR",
-        help="the build's CLIP folder (default: the recipe's path, from the current directory)",
+        help="the build's CLIP folder (default: the recipe's scoring.clip_model, found from "
+        "where the build found it)",
     )
 
 
-def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import UTC, datetime
+
+        data = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def _setup_logging(verbose: bool, quiet: bool = False, log_format: str = "text") -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(_JsonFormatter())
     for noisy in (
         "apache_beam",
         "diffusers",
@@ -199,6 +251,16 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     for handler in logging.getLogger().handlers:
         # Beam's import logs this on the root logger; it concerns only GCP connectors.
         handler.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
+        handler.addFilter(_not_the_signal)
+
+
+def _not_the_signal(record: logging.LogRecord) -> bool:
+    """Drop what libraries log about our own unwinding after SIGINT / SIGTERM (Beam logs the
+    interrupt with its traceback at ERROR): the one line `_signal_exit` prints says it all.
+    On the signal path, so it imports nothing."""
+    if record.exc_info and isinstance(record.exc_info[1], Terminated | KeyboardInterrupt):
+        return False
+    return not (_RECEIVED and not record.name.startswith("synthgen"))
 
 
 def _quiet_environment() -> None:
@@ -213,50 +275,90 @@ def _quiet_environment() -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """The plan of a recipe from the recipe alone: no model is loaded, nothing is written."""
+    """The plan of a recipe and every check that needs no model: nothing is loaded (without
+    --estimate) and nothing is written; a failed check exits non-zero, as the build would."""
     from synthgen.generators.planning import count_planned, plan_shard, shard_ids
+    from synthgen.pipelines.estimate import check_inputs
     from synthgen.schemas.recipe import load_recipe
 
     recipe, base_dir = load_recipe(args.recipe, args.overrides)
-    print(f"recipe {recipe.name} (hash {recipe.hash[:12]}), seed {recipe.seed}")
+    deficit = check_inputs(recipe, base_dir, count_source=True)
+    out: dict[str, Any] = {
+        "command": "plan",
+        "ok": True,
+        "recipe": recipe.name,
+        "recipe_hash": recipe.hash,
+        "seed": recipe.seed,
+    }
+    lines = [f"recipe {recipe.name} (hash {recipe.hash[:12]}), seed {recipe.seed}"]
     if recipe.balance is not None:
-        print(
+        lines.append(
             f"balancing build: the source {recipe.balance.source} decides the counts "
             f"(target {recipe.balance.target}, up to {recipe.balance.max_rounds} round(s))"
         )
-        if args.estimate:
-            _print_estimate(recipe, base_dir)
-        return EXIT_OK
-    shards = shard_ids(recipe)
-    print(
-        f"{count_planned(recipe)} samples in {len(shards)} shard(s) of up to "
-        f"{recipe.output.shard_size}; {recipe.sampling.width}x{recipe.sampling.height}, "
-        f"{recipe.sampling.steps} steps, scheduler {recipe.sampling.scheduler}"
-    )
-    shown: dict[int, int] = {}
-    for r in plan_shard(recipe, shards[0]) if shards else []:
-        if shown.get(r.class_label, 0) < args.examples:
-            if not shown.get(r.class_label):
-                print(f"class {r.class_label} {r.class_name}: {recipe.count_per_class} samples")
-            # the expanded prompt; steps / guidance where a class or jitter changes them
-            own = [
-                f"{what} {value}"
-                for what, value, default in (
-                    ("steps", r.sample_steps, recipe.sampling.steps),
-                    ("guidance", r.sample_guidance_scale, recipe.sampling.guidance_scale),
+        if deficit is not None:
+            out["balance"] = {
+                "before": deficit.before,
+                "target": deficit.target,
+                "deficit": deficit.missing,
+                "deficit_total": deficit.total,
+            }
+            width = max(len(n) for n in deficit.before) if deficit.before else 0
+            for name, n in deficit.before.items():
+                lines.append(
+                    f"  {name:<{width}}  {n} in the source, target {deficit.target[name]}: "
+                    f"{deficit.missing[name]} to make"
                 )
-                if value is not None and value != default
-            ]
-            print(f"  {r.key}  seed {r.seed}  {r.prompt!r}" + (f"  ({', '.join(own)})" * bool(own)))
-            shown[r.class_label] = shown.get(r.class_label, 0) + 1
-    if args.estimate:
-        _print_estimate(recipe, base_dir)
+            lines.append(
+                f"deficit: {deficit.total} accepted synthetic image(s) to make in total "
+                "(more are generated: rejects and the overgenerate factor)"
+            )
     else:
-        print("estimated time: add --estimate (loads the model and times a short calibration)")
+        shards = shard_ids(recipe)
+        out |= {"samples": count_planned(recipe), "shards": len(shards)}
+        lines.append(
+            f"{count_planned(recipe)} samples in {len(shards)} shard(s) of up to "
+            f"{recipe.output.shard_size}; {recipe.sampling.width}x{recipe.sampling.height}, "
+            f"{recipe.sampling.steps} steps, scheduler {recipe.sampling.scheduler}"
+        )
+        shown: dict[int, int] = {}
+        for r in plan_shard(recipe, shards[0]) if shards else []:
+            if shown.get(r.class_label, 0) < args.examples:
+                if not shown.get(r.class_label):
+                    lines.append(
+                        f"class {r.class_label} {r.class_name}: {recipe.count_per_class} samples"
+                    )
+                # the expanded prompt; steps / guidance where a class or jitter changes them
+                own = [
+                    f"{what} {value}"
+                    for what, value, default in (
+                        ("steps", r.sample_steps, recipe.sampling.steps),
+                        ("guidance", r.sample_guidance_scale, recipe.sampling.guidance_scale),
+                    )
+                    if value is not None and value != default
+                ]
+                lines.append(
+                    f"  {r.key}  seed {r.seed}  {r.prompt!r}"
+                    + (f"  ({', '.join(own)})" * bool(own))
+                )
+                shown[r.class_label] = shown.get(r.class_label, 0) + 1
+    if args.estimate:
+        estimate = _estimate_lines(recipe, base_dir)
+        lines += estimate
+        out["estimate"] = estimate
+    elif recipe.balance is None:
+        lines.append(
+            "estimated time: add --estimate (loads the model and times a short calibration)"
+        )
+    if args.json:
+        _print_json(out)
+    else:
+        for line in lines:
+            print(line)
     return EXIT_OK
 
 
-def _print_estimate(recipe: Any, base_dir: Path) -> None:
+def _estimate_lines(recipe: Any, base_dir: Path) -> list[str]:
     """The calibration's estimate for a plan; for a balancing build, its price per image."""
     from synthgen.generators.planning import plan
     from synthgen.pipelines.estimate import calibrate, price
@@ -275,17 +377,28 @@ def _print_estimate(recipe: Any, base_dir: Path) -> None:
             f"(calls of {c.compute_batch} at {recipe.sampling.steps} steps: {per_call:.2f} s; "
             f"{c.load_seconds:.1f} s loading models)"
         ]
-    for line in lines:
-        print(line)
+    return lines
 
 
 def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from synthgen.pipelines.progress import RATE_DEFINITION, mark_build_start, rate
+    from synthgen.pipelines.progress import mark_build_start
     from synthgen.schemas.recipe import load_recipe
 
     started = mark_build_start()  # the clock of the live rate and of the summary's
 
-    load_recipe(args.recipe, args.overrides)  # a bad recipe is reported before heavy imports
+    # A bad recipe, a bad input or an output that cannot be written is reported before the
+    # heavy imports (torch, diffusers, Beam, open_clip); a build with nothing left to do
+    # ends here too.
+    recipe, base_dir = load_recipe(args.recipe, args.overrides)
+    done = _before_heavy_imports(args, recipe, base_dir)
+    if done is not None:
+        out, manifest = done
+        import time
+
+        summary = _build_summary(
+            str(out), manifest, 0, time.monotonic() - started, manifest.shard_ids
+        )
+        return _print_build(args, summary)
     from synthgen.validators.gate_process import prestart
 
     prestart()  # the gate's process imports great_expectations while this one imports the rest
@@ -303,22 +416,127 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
         show_progress=not args.no_progress,
         started=started,
     )
-    counts = result.manifest.counts
-    per_second = rate(result.generated_now, result.seconds)
-    print(
-        f"synthgen: built {result.location}: {counts.accepted} accepted, "
-        f"{counts.rejected} rejected"
-        + (f", {counts.failed} failed" if counts.failed else "")
-        + f" in {len(result.manifest.shards)} shard(s); "
-        f"{result.generated_now} generated in {result.seconds:.1f}s ({per_second:.2f} images/s: "
-        f"{RATE_DEFINITION})"
-        + (f"; reused {len(result.reused_shards)} shard(s)" if result.reused_shards else "")
+    summary = _build_summary(
+        result.location,
+        result.manifest,
+        result.generated_now,
+        result.seconds,
+        result.reused_shards,
+        result.metrics,
     )
+    from synthgen.pipelines.status import clear_error
+
+    clear_error(result.output)  # a complete build has no last error
+    return _print_build(args, summary)
+
+
+def _before_heavy_imports(args: argparse.Namespace, recipe: Any, base_dir: Path) -> Any:
+    """The build's refusals that need no model library, in well under two seconds: the dry
+    run (pipelines.estimate.check_inputs), an output directory that is not empty or holds
+    another recipe's build, a publish root that is a build. Returns (folder, manifest) of a
+    complete build with nothing left to do (`--resume` of a finished one), else None."""
+    from pathlib import Path
+
+    from synthgen.pipelines.card import CARD_NAME
+    from synthgen.pipelines.estimate import check_inputs
+    from synthgen.pipelines.output import (
+        LATEST,
+        check_resumable,
+        finished_build,
+        versioned_output,
+    )
+    from synthgen.schemas.manifest import REPORT_HTML, REPORT_JSON
+    from synthgen.schemas.recipe import resolve_path
+    from synthgen.storage.store import is_remote
+
+    check_inputs(recipe, base_dir)
+    after = (REPORT_JSON, REPORT_HTML, CARD_NAME)
+    model = resolve_path(base_dir, recipe.model.path)
+    if args.output and not is_remote(args.output):
+        out = Path(args.output).resolve()
+        state = check_resumable(out, recipe, args.resume)
+        if state is not None and args.extend is None:
+            manifest = finished_build(out, recipe, model, after)
+            if manifest is not None:
+                return out, manifest
+    if args.publish and not is_remote(args.publish) and args.extend is None:
+        root = Path(args.publish).resolve()
+        out = versioned_output(root, recipe, args.resume)  # reads only
+        latest = root / LATEST
+        if args.resume and latest.is_symlink() and latest.resolve() == out:
+            manifest = finished_build(out, recipe, model, after)
+            if manifest is not None:
+                return out, manifest
+    return None
+
+
+def _build_summary(
+    location: str,
+    manifest: Any,
+    generated_now: int,
+    seconds: float,
+    reused: list[int],
+    metrics: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """What a build did, as the `--json` summary and the metrics file give it."""
+    from synthgen.pipelines.progress import rate
+
+    c = manifest.counts
+    return {
+        "command": "build",
+        "ok": True,
+        "location": location,
+        "status": manifest.status,
+        "recipe_hash": manifest.recipe_hash,
+        "accepted": c.accepted,
+        "rejected": c.rejected,
+        "failed": c.failed,
+        "planned": c.planned,
+        "accept_rate": c.accepted / c.attempted if c.attempted else None,
+        "shards": len(manifest.shards),
+        "reused_shards": len(reused),
+        "generated_now": generated_now,
+        "seconds": round(seconds, 3),
+        "images_per_second": rate(generated_now, seconds),
+        "metrics": dict(metrics or {}),
+    }
+
+
+def _print_build(args: argparse.Namespace, summary: dict[str, Any]) -> int:
+    from synthgen.pipelines.progress import RATE_DEFINITION
+
+    published = None
     if args.publish:
-        pointer = "LATEST" if result.location != str(result.output) else "latest"
-        folder = result.location.rstrip("/").rsplit("/", 1)[-1]  # the store's, not the cache's
-        print(f"synthgen: published {args.publish}/{pointer} -> builds/{folder}")
+        location = summary["location"]
+        pointer = "LATEST" if "://" in location else "latest"
+        folder = location.rstrip("/").rsplit("/", 1)[-1]  # the store's, not the cache's
+        published = f"{args.publish}/{pointer} -> builds/{folder}"
+    summary["published"] = published
+    if getattr(args, "metrics_file", None):
+        from synthgen.pipelines.status import write_metrics
+
+        write_metrics(args.metrics_file, summary)
+    if getattr(args, "json", False):
+        _print_json(summary)
+        return EXIT_OK
+    s = summary
+    print(
+        f"synthgen: built {s['location']}: {s['accepted']} accepted, {s['rejected']} rejected"
+        + (f", {s['failed']} failed" if s["failed"] else "")
+        + f" in {s['shards']} shard(s); {s['generated_now']} generated in {s['seconds']:.1f}s "
+        f"({s['images_per_second']:.2f} images/s: {RATE_DEFINITION})"
+        + (f"; reused {s['reused_shards']} shard(s)" if s["reused_shards"] else "")
+    )
+    if published:
+        print(f"synthgen: published {published}")
     return EXIT_OK
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    """One JSON object on one line of stdout (the `--json` summaries)."""
+    import json
+
+    print(json.dumps(data, sort_keys=True, allow_nan=False))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -330,14 +548,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.reference and report.ok:
         from synthgen.pipelines.transforms import check_against_reference
 
-        failures, gates = check_against_reference(out, args.reference, args.clip_model)
+        clip = _build_clip_folder(out, args.clip_model)
+        failures, gates = check_against_reference(out, args.reference, clip)
         report.failures += failures
         report.expectations += gates
+    passed = sum(e.success for e in report.expectations)
+    if args.json:
+        _print_json(
+            {
+                "command": "validate",
+                "ok": report.ok,
+                "dir": str(out),
+                "expectations": len(report.expectations),
+                "expectations_passed": passed,
+                "failures": list(report.failures),
+                "failed_expectations": [
+                    f"{e.dataset}: {e.expectation} {e.kwargs} {e.detail}"
+                    for e in report.failed_expectations()
+                ],
+            }
+        )
+        return EXIT_OK if report.ok else EXIT_FAILED
     for failure in report.failures:
         print(f"FAIL {failure}")
     for e in report.failed_expectations():
         print(f"FAIL expectation {e.dataset}: {e.expectation} {e.kwargs} {e.detail}")
-    passed = sum(e.success for e in report.expectations)
     print(
         f"synthgen: {args.dir}: {'valid' if report.ok else 'INVALID'} "
         f"({passed}/{len(report.expectations)} expectations passed, "
@@ -347,7 +582,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _build_dir(location: str) -> Path:
-    """A build directory; an object-store URL (or publish root) as a checked local copy."""
+    """A build directory; a local publish root's `latest` (as `synthgen.load(ROOT)` follows
+    it); an object-store URL (or publish root) as a checked local copy."""
     from pathlib import Path
 
     from synthgen.storage.store import is_remote
@@ -356,7 +592,54 @@ def _build_dir(location: str) -> Path:
         from synthgen.pipelines.remote import pull_build
 
         return pull_build(location)
-    return Path(location)
+    return _follow_root(Path(location))
+
+
+def _build_clip_folder(out: Path, explicit: str | None) -> str:
+    """The CLIP folder a build scored with, for `--reference`: `--clip-model`, else the
+    recipe's `scoring.clip_model` resolved as the build resolved it. A relative one was
+    relative to the recipe's folder; the manifest records where the model folder was (the
+    recipe's `model.path` resolved), so the CLIP folder is found from there, whatever the
+    current directory. Its weights are then checked against the sha256 the build recorded.
+    """
+    import posixpath
+    from pathlib import Path
+
+    from synthgen.pipelines.output import BuildError
+    from synthgen.schemas.manifest import MANIFEST_NAME, Manifest
+
+    if explicit is not None:
+        return explicit
+    manifest = Manifest.model_validate_json((out / MANIFEST_NAME).read_bytes())
+    clip = str(manifest.recipe["scoring"]["clip_model"])
+    model = str(manifest.recipe["model"]["path"])
+    candidate = None
+    if Path(clip).expanduser().is_absolute():
+        candidate = str(Path(clip).expanduser())
+    elif not Path(model).is_absolute() and Path(manifest.model.path).is_absolute():
+        base = "/" + "/".join(["_"] * 64)  # a deep stand-in for the recipe's folder
+        step = posixpath.relpath(
+            posixpath.normpath(posixpath.join(base, clip)),
+            posixpath.normpath(posixpath.join(base, model)),
+        )
+        candidate = posixpath.normpath(posixpath.join(manifest.model.path, step))
+    if candidate is not None and Path(candidate).is_dir():
+        return candidate
+    where = f" (looked for {candidate})" if candidate else ""
+    raise BuildError(
+        f"{out}: the build's CLIP folder, scoring.clip_model {clip!r} relative to its recipe, "
+        f"is not found{where}: pass it with --clip-model DIR"
+    )
+
+
+def _follow_root(path: Path) -> Path:
+    """`ROOT/latest` for a publish root (a folder with a `latest` link and no manifest)."""
+    from synthgen.pipelines.output import LATEST
+    from synthgen.schemas.manifest import MANIFEST_NAME
+
+    if path.is_dir() and not (path / MANIFEST_NAME).exists() and (path / LATEST).is_symlink():
+        return path / LATEST
+    return path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -374,7 +657,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         from synthgen.pipelines.transforms import reference_for_build
         from synthgen.validators.corpus import read_manifest
 
-        path = reference_for_build(out, read_manifest(out), args.reference, args.clip_model)
+        clip = _build_clip_folder(out, args.clip_model)
+        path = reference_for_build(out, read_manifest(out), args.reference, clip)
         reference = (path, str(Path(args.reference).resolve()))
     json_path, html_path = write_report(out, reference=reference)
     print(f"synthgen: wrote {html_path} and {json_path}")
@@ -510,12 +794,17 @@ class Interrupted(Terminated):
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from synthgen.pipelines.verify import VerifyError, format_text, verify
+    from pathlib import Path
 
+    from synthgen.pipelines.verify import VerifyError, format_text, verify
+    from synthgen.storage.store import is_remote
+
+    path = args.path if is_remote(args.path) else str(_follow_root(Path(args.path)))
+    build = args.build
+    if build is not None and not is_remote(build):
+        build = str(_follow_root(Path(build)))
     try:
-        result = verify(
-            args.path, args.build, trust_list=args.trust_list, regenerate=args.regenerate
-        )
+        result = verify(path, build, trust_list=args.trust_list, regenerate=args.regenerate)
     except VerifyError as exc:
         print(f"synthgen: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -533,12 +822,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, Terminated):  # KeyboardInterrupt: raised by a library
         code = _signal_exit()
         return code if code is not None else EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`synthgen verify --json | head`): no traceback, and
+    nothing more is written there (the final flush at exit would raise again)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def _main(argv: Sequence[str] | None) -> int:
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(own)
-    _setup_logging(getattr(args, "verbose", False), getattr(args, "quiet", False))
+    _setup_logging(
+        getattr(args, "verbose", False),
+        getattr(args, "quiet", False),
+        getattr(args, "log_format", "text"),
+    )
     _quiet_environment()
     from synthgen.pipelines.output import BuildError
     from synthgen.schemas.errors import ModelFolderError
@@ -562,20 +865,87 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_report(args)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "status":
+            return cmd_status(args)
+    except BrokenPipeError:
+        raise
     except (RecipeError, ModelFolderError, BuildError, StoreError) as exc:
         code = _signal_exit()
         if code is not None:  # an interrupt turned into one of these on its way out
             return code
-        print(f"synthgen: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(args, str(exc))
     except Exception as exc:
         code = _signal_exit()
         if code is not None:  # a runner re-raised the interrupt as its own error
             return code
         logger.debug("failure", exc_info=True)
-        print(f"synthgen: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _fail(args, f"{type(exc).__name__}: {exc}")
     return EXIT_USAGE
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """Say why a command failed (stderr; with --json also one object on stdout); a build
+    also records it for `synthgen status` and writes its metrics file."""
+    message += _set_path_note(message, getattr(args, "overrides", []))
+    print(f"synthgen: error: {message}", file=sys.stderr)
+    if args.command == "build":
+        _record_build_error(message)
+        if getattr(args, "metrics_file", None):
+            from synthgen.pipelines.status import write_metrics
+
+            write_metrics(args.metrics_file, {"ok": False})
+    if getattr(args, "json", False):
+        _print_json({"command": args.command, "ok": False, "error": message})
+    return EXIT_FAILED
+
+
+def _set_path_note(message: str, overrides: list[str]) -> str:
+    """For a path given with `--set` that is not found: say where it was looked for."""
+    from pathlib import Path
+
+    from synthgen.schemas.recipe import PATH_FIELDS, is_url
+
+    if "not found" not in message:
+        return ""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        path_field = tuple(key.strip().split(".")) in PATH_FIELDS and value and not is_url(value)
+        if path_field and str((Path.cwd() / value).resolve()) in message:
+            return (
+                f" (--set {key.strip()}={value}: a path given with --set is relative to "
+                f"the current directory, {Path.cwd()}, not to the recipe)"
+            )
+    return ""
+
+
+def _record_build_error(message: str) -> None:
+    """The error, in the build directory this process opened (if it opened one)."""
+    opened = getattr(sys.modules.get("synthgen.pipelines.session"), "OPENED", None)
+    if not opened:
+        return
+    from synthgen.pipelines.output import utc_now
+    from synthgen.pipelines.status import record_error
+
+    with contextlib.suppress(OSError):
+        record_error(opened[-1], "build", message, utc_now())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from synthgen.pipelines.output import BuildError
+    from synthgen.pipelines.status import build_status, format_status
+    from synthgen.storage.store import is_remote
+
+    if is_remote(args.dir):
+        raise BuildError(f"{args.dir}: status reads local folders only (not yet a store)")
+    status = build_status(Path(args.dir))
+    if args.json:
+        _print_json({"command": "status", "ok": True, **status})
+    else:
+        for line in format_status(status):
+            print(line)
+    return EXIT_OK
 
 
 def run() -> int:

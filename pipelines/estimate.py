@@ -1,4 +1,11 @@
-"""How long a build will take, from a short calibration on this machine (`plan --estimate`).
+"""What a build will do and cost, before it runs (`synthgen plan`).
+
+`check_inputs` is the dry run: every check that needs no model library (model and CLIP
+folders present, the device there, a balance source readable with its label column, and for
+a balancing build the per-class deficit). It imports no torch, diffusers, Beam or open_clip,
+so `plan` and `build` refuse bad input in well under two seconds.
+
+How long a build will take comes from a short calibration on this machine (`plan --estimate`).
 
 The model and the scorers are loaded as a worker loads them; then one call of the recipe's
 batch shape (`model.compute_batch`) runs three times: a warm-up of 1 step (not counted),
@@ -14,14 +21,136 @@ N. Start-up (imports, the gate, the report) is not included.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import importlib.util
+import os
+import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from synthgen.pipelines.resolve import ResolvedRecipe, generation_settings
-from synthgen.schemas.records import GenerationRequest
+from synthgen.pipelines.output import BuildError
+from synthgen.schemas.errors import ModelFolderError
+from synthgen.schemas.recipe import BalanceSpec, Recipe, RecipeError, is_url, resolve_path
+
+if TYPE_CHECKING:
+    from synthgen.pipelines.resolve import ResolvedRecipe
+    from synthgen.schemas.records import GenerationRequest
 
 CALIBRATION_STEPS = (1, 3)
+
+
+@dataclass(frozen=True)
+class Deficit:
+    """A balancing build's counts by class name: in the source, wanted, to generate."""
+
+    before: dict[str, int]
+    target: dict[str, int]
+
+    @property
+    def missing(self) -> dict[str, int]:
+        return {c: max(0, self.target[c] - n) for c, n in self.before.items()}
+
+    @property
+    def total(self) -> int:
+        return sum(self.missing.values())
+
+
+def targets_for(spec: BalanceSpec, recipe: Recipe, before: dict[int, int]) -> dict[int, int]:
+    """Total (real + synthetic) count wanted per class id."""
+    if spec.target == "max":
+        top = max(before.values())
+        return {c: top for c in before}
+    if isinstance(spec.target, int):
+        return {c: spec.target for c in before}
+    by_name = {c.name: c.id for c in recipe.classes}
+    out = dict(before)  # classes the mapping leaves out are not topped up
+    for name, count in spec.target.items():
+        class_id = by_name.get(name)
+        if class_id is None:
+            raise BuildError(f"balance.target: {name!r} is not one of the recipe's classes")
+        out[class_id] = count
+    return out
+
+
+def check_inputs(recipe: Recipe, base_dir: Path, *, count_source: bool = False) -> Deficit | None:
+    """The dry run: every check of the recipe's inputs that needs no model library.
+
+    1. the model folder is a diffusers folder (`model_index.json`), the CLIP folder is there
+    2. the device exists: `cuda` on a machine without a usable GPU is refused by name
+    3. a local balance source opens and its first record reads (label and image columns);
+       with `count_source`, it is read whole: the per-class deficit is returned
+
+    Raises ModelFolderError, RecipeError or BuildError (a source's error) naming the input.
+    The full checks (safetensors headers, shapes, scheduler, scorers) follow in `resolve`;
+    an object-store source is checked there.
+    """
+    model = resolve_path(base_dir, recipe.model.path)
+    if not model.is_dir():
+        raise ModelFolderError(f"{model}: model folder not found")
+    if not (model / "model_index.json").is_file():
+        raise ModelFolderError(f"{model}: not a diffusers pipeline folder (no model_index.json)")
+    clip = resolve_path(base_dir, recipe.scoring.clip_model)
+    if not clip.is_dir():
+        raise ModelFolderError(f"{clip}: CLIP model folder not found (scoring.clip_model)")
+    reason = device_missing(recipe.model.device)
+    if reason is not None:
+        raise RecipeError(f"model.device: {recipe.model.device!r}: {reason}; set model.device=cpu")
+    if recipe.balance is None or is_url(recipe.balance.source):
+        return None
+    return _check_source(recipe, recipe.balance, base_dir, count_source)
+
+
+def _check_source(recipe: Recipe, spec: BalanceSpec, base_dir: Path, count: bool) -> Deficit | None:
+    from synthgen.generators.sources.base import SourceError
+    from synthgen.generators.sources.open import open_source, read_histogram
+
+    raw = spec.source  # located as pipelines.remote.source_location locates a local one
+    if any(c in raw for c in "{*?["):  # a shard pattern
+        where = raw if Path(raw).is_absolute() else str(base_dir / raw)
+    else:
+        where = str(resolve_path(base_dir, raw))
+    try:
+        source = open_source(spec, where)
+        if not count:
+            next(iter(source.records()), None)  # the columns and the first image
+            return None
+        before = read_histogram(source, recipe)
+    except SourceError as exc:
+        raise BuildError(f"balance.source: {exc}") from None
+    names = {c.id: c.name for c in recipe.classes}
+    target = targets_for(spec, recipe, before)
+    return Deficit(
+        before={names[c]: n for c, n in sorted(before.items())},
+        target={names[c]: target[c] for c in sorted(before)},
+    )
+
+
+def device_missing(device: str) -> str | None:
+    """Why `device` cannot be used on this machine, told without importing torch; or None.
+
+    Only `cuda` is checked: a torch built without CUDA, `CUDA_VISIBLE_DEVICES` hiding every
+    GPU, or (on Linux) no NVIDIA device node. The model load remains the final word.
+    """
+    if not device.startswith("cuda"):
+        return None
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip() in ("", "-1"):
+        return "CUDA_VISIBLE_DEVICES hides every GPU"
+    spec = importlib.util.find_spec("torch")
+    origin = spec.origin if spec is not None else None
+    if origin is not None:
+        try:
+            text = (Path(origin).parent / "version.py").read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        if re.search(r"^cuda\b[^=\n]*=\s*None\s*$", text, re.MULTILINE):
+            return "this torch is built without CUDA"
+    if sys.platform == "linux" and not glob.glob("/dev/nvidia[0-9]*") + glob.glob("/dev/dxg"):
+        return "this machine has no NVIDIA GPU (no /dev/nvidia* device)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -76,6 +205,7 @@ def calibrate(resolved: ResolvedRecipe) -> Calibration:
     shape (a 1-step warm-up, then 1 and 3 steps) and the scoring of their images."""
     from synthgen.generators.handler import DiffusersHandler, generate_batch
     from synthgen.generators.planning import plan_shard, shard_ids
+    from synthgen.pipelines.resolve import generation_settings
     from synthgen.validators.scoring import ScoreSamples, score_samples
 
     r = resolved.recipe

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,9 +31,9 @@ from synthgen.schemas.manifest import (
     shard_files,
     stats_name,
 )
-from synthgen.schemas.recipe import Recipe
+from synthgen.schemas.recipe import Recipe, is_url, shown_url
 from synthgen.storage.atomic import atomic_write, swap_symlink, write_bytes_atomic
-from synthgen.storage.hashing import file_sha256
+from synthgen.storage.hashing import file_sha256, folder_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -114,26 +116,37 @@ def check_output_dir(out: Path, resume: bool) -> None:
         )
 
 
+def check_resumable(out: Path, recipe: Recipe, resume: bool) -> BuildState | None:
+    """The refusals about `out` that need no model: not a directory, not empty without
+    --resume, not a synthgen build, another recipe (named field by field). Its state when
+    there is a build to resume; None for a new one. Reads only."""
+    check_output_dir(out, resume)
+    if not holds_anything(out):
+        return None
+    check_entries(out)
+    state = read_state(out)
+    if state is None:
+        raise BuildError(
+            f"{out}: cannot resume: not a synthgen build (no readable {STATE_DIR}/{STATE_NAME})"
+        )
+    if state.recipe_hash != recipe.hash:
+        diff = describe_diff(recipe_diff(state.recipe, recipe.model_dump(mode="json")))
+        hashes = f"recipe hash {state.recipe_hash[:12]} there, {recipe.hash[:12]} now"
+        raise BuildError(
+            f"{out}: cannot resume: the recipe changed since this build started "
+            f"({diff or hashes}); build into a new directory, or undo the change"
+        )
+    return state
+
+
 def prepare_output(out: Path, recipe: Recipe, identity: dict[str, str], resume: bool) -> BuildState:
     """Create or reopen the output folder; returns its state. Nothing is written on refusal.
 
     `identity` (model and scorer content hashes) is part of what a resumed build must match:
     the recipe names paths, the identity pins what was behind them.
     """
-    check_output_dir(out, resume)
-    if holds_anything(out):
-        check_entries(out)
-        state = read_state(out)
-        if state is None:
-            raise BuildError(
-                f"{out}: cannot resume: not a synthgen build (no readable {STATE_DIR}/{STATE_NAME})"
-            )
-        if state.recipe_hash != recipe.hash:
-            raise BuildError(
-                f"{out}: cannot resume: the recipe changed since this build started "
-                f"(recipe hash {state.recipe_hash[:12]} there, {recipe.hash[:12]} now); "
-                "build into a new directory"
-            )
+    state = check_resumable(out, recipe, resume)
+    if state is not None:
         changed = sorted(k for k in identity if state.identity.get(k) != identity[k])
         if changed:
             raise BuildError(
@@ -152,6 +165,62 @@ def prepare_output(out: Path, recipe: Recipe, identity: dict[str, str], resume: 
     )
     write_bytes_atomic(state_path(out), state.to_json())
     return state
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def recipe_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Every dotted field whose value differs between two recipes (as JSON dumps):
+    field -> (before, after); a field missing on one side is None there."""
+    a, b = _flatten(before), _flatten(after)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def describe_diff(diff: dict[str, tuple[Any, Any]], limit: int = 8) -> str:
+    """`field: old -> new` for the first `limit` changed fields (long values shortened, URLs
+    without credentials or query)."""
+
+    def short(value: Any) -> str:
+        if isinstance(value, str) and is_url(value):
+            value = shown_url(value)
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    parts = [f"{k}: {short(a)} -> {short(b)}" for k, (a, b) in list(diff.items())[:limit]]
+    if len(diff) > limit:
+        parts.append(f"and {len(diff) - limit} more")
+    return "; ".join(parts)
+
+
+def recorded_identity(build: Path, manifest: Manifest) -> dict[str, str]:
+    """The identity a complete build was made with: the model's and every scorer's content
+    hash from its manifest, and whatever else its `.synthgen/state.json` recorded (a build
+    pulled from a store has none: then the manifest's part alone)."""
+    out = {"model_sha256": manifest.model.sha256}
+    for p in manifest.scorers:
+        if p.get("sha256"):
+            out[f"scorer_{p['name']}_sha256"] = str(p["sha256"])
+    state = read_state(build)
+    if state is not None and state.recipe_hash == manifest.recipe_hash:
+        out |= state.identity
+    return out
+
+
+def identity_changes(recorded: dict[str, str], now: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """The content hashes that differ: key -> (recorded, now), for every key both record
+    (an older build may record fewer; the model's hash is always recorded)."""
+    return {
+        k: (recorded[k], now[k])
+        for k in sorted(recorded.keys() & now.keys())
+        if recorded[k] != now[k]
+    }
 
 
 def _file_matches(path: Path, info: FileInfo) -> bool:
@@ -217,28 +286,51 @@ def verified_manifest(out: Path, state: BuildState) -> Manifest | None:
     path = out / MANIFEST_NAME
     if not path.exists():
         return None
-    reason = None
-    manifest = None
-    try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
-    except (ValidationError, ValueError, OSError) as exc:
-        reason = f"unreadable ({type(exc).__name__})"
-    if manifest is not None and manifest.recipe_hash != state.recipe_hash:
-        reason = f"it belongs to recipe {manifest.recipe_hash[:12]}"
-    if manifest is not None and reason is None:
-        listed = {
-            **{n: i for s in manifest.shards for n, i in s.files.items()},
-            **manifest.files,
-        }
-        bad = sorted(n for n, info in listed.items() if not _file_matches(out / n, info))
-        if bad:
-            reason = f"listed file(s) missing or changed: {', '.join(bad[:5])}"
+    manifest, reason = _checked_manifest(out, state.recipe_hash)
     if reason is None:
         return manifest
     stale = path.with_name(f"{MANIFEST_NAME}.untrusted-{utc_now().replace(':', '')}")
     os.replace(path, stale)
     logger.warning("%s: manifest not trusted (%s); moved to %s", out, reason, stale.name)
     return None
+
+
+def _checked_manifest(out: Path, recipe_hash: str) -> tuple[Manifest | None, str | None]:
+    """The manifest of `out` and None, or why it is not trusted (reads only)."""
+    path = out / MANIFEST_NAME
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except (ValidationError, ValueError, OSError) as exc:
+        return None, f"unreadable ({type(exc).__name__})"
+    if manifest.recipe_hash != recipe_hash:
+        return manifest, f"it belongs to recipe {manifest.recipe_hash[:12]}"
+    listed = {**{n: i for s in manifest.shards for n, i in s.files.items()}, **manifest.files}
+    bad = sorted(n for n, info in listed.items() if not _file_matches(out / n, info))
+    if bad:
+        return manifest, f"listed file(s) missing or changed: {', '.join(bad[:5])}"
+    return manifest, None
+
+
+def finished_build(
+    out: Path, recipe: Recipe, model_path: Path, after_manifest: Collection[str]
+) -> Manifest | None:
+    """The manifest of a complete build of `recipe` in `out` with nothing left to do: state
+    and manifest this recipe's, every listed file matching, the model folder's content hash
+    the one the build recorded, and every file of `after_manifest` there. Reads only; None
+    otherwise (the full path then decides, and says why). Scorer folders are not hashed
+    here: nothing is written, so nothing can mix with what they would score."""
+    state = read_state(out)
+    if state is None or state.recipe_hash != recipe.hash or not (out / MANIFEST_NAME).is_file():
+        return None
+    manifest, reason = _checked_manifest(out, recipe.hash)
+    if reason is not None or manifest is None or manifest.status != "complete":
+        return None
+    if not all((out / name).is_file() for name in after_manifest):
+        return None
+    recorded = state.identity.get("model_sha256")
+    if recorded is not None and (not model_path.is_dir() or folder_sha256(model_path) != recorded):
+        return None
+    return manifest
 
 
 def check_publish_root(root: Path) -> None:

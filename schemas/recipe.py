@@ -1308,11 +1308,14 @@ def check_yaml_budget(
     return sizes[id(root)]
 
 
-def safe_load(text: str) -> Any:
+def safe_load(text: str, name: str | None = None) -> Any:
     """`yaml.safe_load` that also refuses duplicate keys (any `!!python/...` tag is an error)
     and documents that expand beyond MAX_YAML_NODES nodes or MAX_YAML_DEPTH levels.
+    `name` (the file, or the `--set` item) is what error marks say the text came from.
     """
     loader = _UniqueKeyLoader(text)
+    if name is not None:
+        loader.name = name  # marks made from here on name it, not "<unicode string>"
     try:
         try:
             node = loader.get_single_node()  # type: ignore[no-untyped-call]
@@ -1380,7 +1383,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise RecipeError(f"--set {item!r}: empty key segment")
     try:
-        value = safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw, f"--set {dotted}") if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise RecipeError(f"--set {dotted}: cannot parse value {raw!r}: {exc}") from exc
     return parts, value
@@ -1494,24 +1497,51 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid recipe ({exc.error_count()} problem(s))"]
+def _format_validation_error(
+    exc: ValidationError, source: str, overridden: dict[str, str] | None = None
+) -> str:
+    """One line per problem; a problem in a field given with `--set` names that `--set`
+    (the file did not say it), the others name the file."""
+    overridden = overridden or {}
+    lines = []
+    from_set = 0
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field" + did_you_mean(str(err["loc"][-1]), _field_names_at(err["loc"]))
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        item = next((v for k, v in overridden.items() if loc == k or loc.startswith(k + ".")), None)
+        from_set += item is not None
+        lines.append(f"  --set {item}: {loc}: {msg}" if item else f"  {loc}: {msg}")
+    n = exc.error_count()
+    if from_set == n:
+        head = f"--set: invalid override of recipe {source} ({n} problem(s))"
+    else:
+        head = f"{source}: invalid recipe ({n} problem(s))"
+    return "\n".join([head, *lines])
 
 
-def recipe_from_dict(data: Any, source: str = "<recipe>") -> Recipe:
+def recipe_from_dict(
+    data: Any, source: str = "<recipe>", overridden: dict[str, str] | None = None
+) -> Recipe:
+    """Validate a recipe; `overridden` (dotted field -> the `--set` item) lets an error in
+    a field set on the command line name the `--set` rather than `source`."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping, got {type(data).__name__}")
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format_validation_error(exc, source)) from None
+        raise RecipeError(_format_validation_error(exc, source, overridden)) from None
+
+
+def _overridden(overrides: list[str]) -> dict[str, str]:
+    """Dotted field -> the `--set` item that set it (the last one wins, as when applied)."""
+    out = {}
+    for item in overrides:
+        if "=" in item:
+            key, value = item.split("=", 1)
+            out[key.strip()] = f"{key.strip()}={shown_url(value) if is_url(value) else value}"
+    return out
 
 
 def read_recipe_dict(path: Path) -> dict[str, Any]:
@@ -1527,7 +1557,7 @@ def read_recipe_dict(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
     try:
-        data = safe_load(text)
+        data = safe_load(text, str(path))
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid recipe YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -1540,7 +1570,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
     path = Path(path)
     data = read_recipe_dict(path)
     data = apply_overrides(data, overrides or [], Path.cwd())
-    return recipe_from_dict(data, str(path)), path.resolve().parent
+    return recipe_from_dict(data, str(path), _overridden(overrides or [])), path.resolve().parent
 
 
 def load_recipe_source(
@@ -1549,7 +1579,7 @@ def load_recipe_source(
     """A recipe from a file (paths relative to it) or a dict (paths relative to the cwd)."""
     if isinstance(source, dict):
         data = apply_overrides(source, overrides or [], Path.cwd())
-        return recipe_from_dict(data, "<recipe dict>"), Path.cwd()
+        return recipe_from_dict(data, "<recipe dict>", _overridden(overrides or [])), Path.cwd()
     return load_recipe(source, overrides)
 
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from synthgen.generators.sources.base import SourceRecord
 from synthgen.generators.sources.open import open_source, read_histogram
+from synthgen.pipelines.estimate import targets_for
 from synthgen.pipelines.output import BuildError
 from synthgen.pipelines.session import BuildSession, Finish, RoundOutcome
 from synthgen.pipelines.strategies.base import Strategy
@@ -43,23 +44,6 @@ BALANCED_SCHEMA = pa.schema(
         pa.field("shard", pa.int32()),  # synthetic: its shard
     ]
 )
-
-
-def targets_for(spec: BalanceSpec, recipe: Recipe, before: dict[int, int]) -> dict[int, int]:
-    """Total (real + synthetic) count wanted per class id."""
-    if spec.target == "max":
-        top = max(before.values())
-        return {c: top for c in before}
-    if isinstance(spec.target, int):
-        return {c: spec.target for c in before}
-    by_name = {c.name: c.id for c in recipe.classes}
-    out = dict(before)  # classes the mapping leaves out are not topped up
-    for name, count in spec.target.items():
-        class_id = by_name.get(name)
-        if class_id is None:
-            raise BuildError(f"balance.target: {name!r} is not one of the recipe's classes")
-        out[class_id] = count
-    return out
 
 
 class _RealRows:

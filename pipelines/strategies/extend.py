@@ -12,7 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from synthgen.pipelines.output import BuildError
+from synthgen.pipelines.output import (
+    BuildError,
+    identity_changes,
+    recipe_diff,
+    recorded_identity,
+)
 from synthgen.pipelines.resolve import ResolvedRecipe
 from synthgen.pipelines.session import BuildSession
 from synthgen.pipelines.strategies.base import Strategy
@@ -23,23 +28,13 @@ from synthgen.schemas.recipe import Recipe, recipe_from_dict
 GROWABLE = ("count_per_class", "classes", "batch_size")
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): data}
-
-
 def check_extension(parent: Recipe, child: Recipe) -> None:
     """Refuse, by field name, a recipe change that is not an extension of `parent`."""
     if parent.balance is not None or child.balance is not None:
         raise BuildError("--extend: only fixed-count builds can be extended (no balance block)")
     a = {k: v for k, v in parent.model_dump(mode="json").items() if k not in GROWABLE}
     b = {k: v for k, v in child.model_dump(mode="json").items() if k not in GROWABLE}
-    fa, fb = _flatten(a), _flatten(b)
-    changed = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    changed = list(recipe_diff(a, b))
     if changed:
         raise BuildError(
             f"--extend: not an extension: {', '.join(changed)} changed; an extension may only "
@@ -79,10 +74,12 @@ class Extend(Strategy):
         if self.manifest.status != "complete":
             raise BuildError(f"--extend {self.parent}: the build ended as {self.manifest.status!r}")
         check_extension(recipe_from_dict(self.manifest.recipe, str(path)), self.recipe)
-        self._check_row_schema()
+        constants = self._check_row_schema()
+        self._check_identity(constants)
 
-    def _check_row_schema(self) -> None:
-        """The parent's shards must be in the row schema this version writes (one corpus)."""
+    def _check_row_schema(self) -> dict[str, Any]:
+        """The parent's shards must be in the row schema this version writes (one corpus);
+        the build constants of its first shard."""
         import pyarrow.parquet as pq
 
         from synthgen.schemas.records import read_build_constants
@@ -90,12 +87,33 @@ class Extend(Strategy):
         for entry in self.manifest.shards[:1]:
             name = next(n for n in entry.files if n.endswith(".parquet"))
             try:
-                read_build_constants(pq.read_schema(self.parent / name))
+                return read_build_constants(pq.read_schema(self.parent / name))
             except (ValueError, OSError) as exc:
                 raise BuildError(
                     f"--extend {self.parent}: {name}: {exc}; rebuild the parent with this "
                     "version of synthgen"
                 ) from None
+        return {}
+
+    def _check_identity(self, constants: dict[str, Any]) -> None:
+        """The recipe names paths; the parent's samples were made by what was behind them.
+        Its identity (model and scorer content hashes from its manifest, adapters from its
+        shards' build constants, the rest from its state) must be what the paths hold now,
+        as for --resume: one corpus, one model."""
+        from synthgen.generators.adapters import table_identity
+
+        recorded = recorded_identity(self.parent, self.manifest)
+        if constants.get("adapters"):
+            recorded |= table_identity(str(constants["adapters"]))
+        changed = identity_changes(recorded, self.resolved.identity())
+        if changed:
+            what = ", ".join(f"{k} {a[:12]} -> {b[:12]}" for k, (a, b) in changed.items())
+            raise BuildError(
+                f"--extend {self.parent}: the content behind the recipe's paths changed since "
+                f"the parent was built ({what}): its samples were made with other weights or "
+                "configs, so the new ones would not belong to the same corpus; build anew "
+                "instead of extending"
+            )
 
     def begin(self, session: BuildSession) -> None:
         session.inherit(self.parent, self.manifest)
