@@ -2,10 +2,12 @@
 image is made.
 
     .venv/bin/python benchmarks/dask_vs_direct.py [--count-per-class 50] [--workers 2]
-        [--warm-pairs 2] [--dask-first]
+        [--warm-pairs 2] [--dask-first] [--preload]
 
 Starts a loopback dask.distributed cluster (N one-thread worker processes, 127.0.0.1 only,
-dask's default worker settings) and builds the default digits recipe in this process:
+dask's default worker settings; `--preload`: each worker runs synthgen.pipelines.dask_preload
+before it joins, and the cold pair's Dask build is reported as `cold+preload`) and builds the
+default digits recipe in this process:
 
 1. the cold pair: Direct then Dask (`--dask-first`: Dask then Direct). Direct's first build
    pays this process's imports and model loads; Dask's first build pays them in each fresh
@@ -13,9 +15,10 @@ dask's default worker settings) and builds the default digits recipe in this pro
 2. `--warm-pairs` pairs Direct, Dask, alternating: every process has imported everything
    (each build still loads its models once, on every runner)
 
-Prints each build's wall time, images generated per planned sample (from the workers'
-progress marks) and, on Dask, per worker process; then the Dask / Direct ratio of the cold
-pair and of the warm medians, with the load average (other work on the machine counts).
+Prints the cluster's start time (with `--preload` it includes warming the workers), each
+build's wall time, images generated per planned sample (from the workers' progress marks)
+and, on Dask, per worker process; then the Dask / Direct ratio of the cold pair and of the
+warm medians, with the load average (other work on the machine counts).
 """
 
 from __future__ import annotations
@@ -50,22 +53,35 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warm-pairs", type=int, default=2)
     parser.add_argument("--dask-first", action="store_true", help="cold pair: Dask first")
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="start the workers with synthgen.pipelines.dask_preload (warm before joining)",
+    )
     args = parser.parse_args()
     from dask.distributed import LocalCluster
 
     recipe = ROOT / "recipes" / "digits.yaml"
     overrides = [f"count_per_class={args.count_per_class}"]
     cold = ["dask", "direct"] if args.dask_first else ["direct", "dask"]
-    runs = [(r, "cold") for r in cold] + [
+    cold_dask = "cold+preload" if args.preload else "cold"  # Direct's first build: "cold"
+    runs = [(r, cold_dask if r == "dask" else "cold") for r in cold] + [
         (r, "warm") for _ in range(args.warm_pairs) for r in ("direct", "dask")
     ]
     load_before = os.getloadavg()[0]
+    start = time.monotonic()
     cluster = LocalCluster(
         n_workers=args.workers,
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        preload=["synthgen.pipelines.dask_preload"] if args.preload else [],
+    )
+    print(
+        f"cluster of {args.workers} workers started in {time.monotonic() - start:.1f} s"
+        + (" (workers warmed by synthgen.pipelines.dask_preload)" if args.preload else ""),
+        flush=True,
     )
     times: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     try:
@@ -88,15 +104,15 @@ def main() -> None:
                 generated = sum(by_process.values())
                 split = " + ".join(str(n) for n in sorted(by_process.values(), reverse=True))
                 print(
-                    f"{runner:6s} {phase} {seconds:6.1f} s  planned {planned}  generated "
+                    f"{runner:6s} {phase:12s} {seconds:6.1f} s  planned {planned}  generated "
                     f"{generated} ({generated / planned:.2f} per planned sample)"
                     + (f"  by worker process: {split}" if runner == "dask" else ""),
                     flush=True,
                 )
     finally:
         cluster.close()
-    cold_ratio = times["dask", "cold"][0] / times["direct", "cold"][0]
-    summary = f"cold {cold_ratio:.2f}"
+    cold_ratio = times["dask", cold_dask][0] / times["direct", "cold"][0]
+    summary = f"{cold_dask} {cold_ratio:.2f}"
     if args.warm_pairs:
         warm = {r: statistics.median(times[r, "warm"]) for r in ("direct", "dask")}
         summary += (

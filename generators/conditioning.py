@@ -30,7 +30,13 @@ from synthgen.generators.preprocessors import (
     fit_image,
     preprocess,
 )
-from synthgen.generators.sources.base import Source, SourceError, inside_root
+from synthgen.generators.sources.base import (
+    PixelLimit,
+    Source,
+    SourceError,
+    image_size,
+    inside_root,
+)
 from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import (
     BALANCE_IMG2IMG_STRENGTH,
@@ -209,7 +215,8 @@ def group_by_conditioning(requests: Sequence[GenerationRequest]) -> list[list[Ge
 # -- sources -------------------------------------------------------------------------------
 
 
-def _open(source: dict[str, Any]) -> Source:
+def _open(source: dict[str, Any], limit: PixelLimit | None = None) -> Source:
+    """The source a recipe's (or a worker's described) source names, read by its own reader."""
     from synthgen.generators.sources.open import open_source
 
     spec = BalanceSpec(
@@ -218,7 +225,7 @@ def _open(source: dict[str, Any]) -> Source:
         label_column=source["label_column"],
         image_column=source["image_column"],
     )
-    return open_source(spec, source["location"])
+    return open_source(spec, source["location"], limit)
 
 
 # (mask reference, encoded mask) read beside a source image; None without per-sample masks
@@ -228,76 +235,23 @@ Mask = tuple[str, bytes] | None
 def _iter_images(
     src: Source, mask_column: str | None = None, mask_folder: Path | None = None
 ) -> Iterator[tuple[str, str, bytes, Mask]]:
-    """(reference, label, image bytes, mask) for every record of a source, in its order; the
-    references are the ones the source's own `records()` gives. With `mask_column` (Parquet:
+    """(reference, label, image bytes, mask) for every image of a source, in its order, as
+    the source's own reader gives them (`Source.iter_images`). With `mask_column` (Parquet:
     a column; WebDataset: a member extension) or `mask_folder` (folder sources), each image's
     own mask comes beside it; a missing one raises SourceError naming the image."""
     from synthgen.generators.sources.folder_source import FolderSource
-    from synthgen.generators.sources.parquet_source import ParquetSource
-    from synthgen.generators.sources.webdataset_source import IMAGE_EXTS, WebDatasetSource
-    from synthgen.storage.tars import iter_tar_samples
 
-    if isinstance(src, FolderSource):
-        if mask_column is not None:
-            raise SourceError(
-                f"{src.description}: mask_column is for Parquet and WebDataset sources; an "
-                "image folder's masks come from `mask_folder`"
-            )
-        for rec in src.records():
-            data = (src.root / rec.reference).read_bytes()
-            mask = None if mask_folder is None else _folder_mask(mask_folder, rec.reference)
-            yield rec.reference, rec.label, data, mask
-    elif isinstance(src, ParquetSource):
-        import pyarrow.parquet as pq
-
-        if mask_folder is not None:
-            raise SourceError(
-                f"{src.description}: mask_folder is for image folders; use mask_column"
-            )
-        labels = {r.reference: r.label for r in src.records()}  # checks columns and images
-        columns = [src.image_column] + ([mask_column] if mask_column else [])
-        for f in src.files:
-            pf = pq.ParquetFile(f)
-            if mask_column is not None and mask_column not in pf.schema_arrow.names:
-                raise SourceError(
-                    f"{f}: no mask column {mask_column!r} (columns: "
-                    f"{', '.join(pf.schema_arrow.names)}); set source.mask_column"
-                )
-            row = 0
-            for batch in pf.iter_batches(columns=columns, batch_size=256):
-                masks = batch.column(1).to_pylist() if mask_column else [None] * batch.num_rows
-                for image, mask_cell in zip(batch.column(0).to_pylist(), masks, strict=True):
-                    ref = f"{f.name}#row={row}"
-                    cell_mask: Mask = None
-                    if mask_column is not None:
-                        if mask_cell is None:
-                            raise SourceError(f"{f}: row {row} has no mask in {mask_column!r}")
-                        cell_mask = (ref, _image_bytes(mask_cell))
-                    yield ref, labels[ref], _image_bytes(image), cell_mask
-                    row += 1
-    elif isinstance(src, WebDatasetSource):
-        if mask_folder is not None:
-            raise SourceError(
-                f"{src.description}: mask_folder is for image folders; use mask_column"
-            )
-        labels = {r.reference: r.label for r in src.records()}  # checks labels and images
-        for url in src.urls:
-            for sample in iter_tar_samples(url):
-                ref = f"{url}#{sample.key}"
-                if ref in labels:
-                    members = sample.members
-                    ext = next(e for e in IMAGE_EXTS if e in members)
-                    mask = None
-                    if mask_column is not None:
-                        if mask_column not in members:
-                            raise SourceError(
-                                f"{url}: sample {sample.key!r} has no mask member "
-                                f"{sample.key}.{mask_column}"
-                            )
-                        mask = (ref, members[mask_column])
-                    yield ref, labels[ref], members[ext], mask
-    else:  # pragma: no cover - every reader is listed above
-        raise SourceError(f"{src.description}: no image reader")
+    if mask_folder is not None and not isinstance(src, FolderSource):
+        raise SourceError(f"{src.description}: mask_folder is for image folders; use mask_column")
+    for image in src.iter_images(mask_column):
+        mask: Mask = None
+        if image.mask is not None:
+            mask = (image.reference, image.mask)
+        elif mask_folder is not None:
+            mask = _folder_mask(mask_folder, image.reference)
+            if src.limit is not None:
+                src.limit.check(image_size(mask[1], mask[0]), f"{mask_folder}/{mask[0]}")
+        yield image.reference, image.label, image.data, mask
 
 
 def _folder_mask_path(folder: Path, reference: str) -> Path:
@@ -331,14 +285,6 @@ def _folder_mask(folder: Path, reference: str) -> tuple[str, bytes]:
     return path.relative_to(folder).as_posix(), path.read_bytes()
 
 
-def _image_bytes(value: Any) -> bytes:
-    """An image cell's bytes: raw bytes, or the `bytes` of a Hugging Face Image struct."""
-    data = value.get("bytes") if isinstance(value, dict) else value
-    if not isinstance(data, bytes | bytearray):
-        raise SourceError("an image cell holds no bytes")
-    return bytes(data)
-
-
 def read_source_mask(source: dict[str, Any], reference: str) -> bytes:
     """The encoded bytes of one per-sample mask, by its reference: a path in the mask folder,
     or the row / sample of its image (the mask column / member)."""
@@ -351,56 +297,13 @@ def read_source_mask(source: dict[str, Any], reference: str) -> bytes:
     column = source.get("mask_column")
     if not column:
         raise SourceError(f"{source['location']}: the source has no masks")
-    return read_source_image({**source, "image_column": column}, reference, member=column)
+    return _open(source).read(reference, column)
 
 
-def read_source_image(source: dict[str, Any], reference: str, member: str | None = None) -> bytes:
-    """The encoded bytes of one source image, by its reference (workers, regeneration);
-    `member`: a WebDataset sample's member of that extension instead of its image."""
-    fmt, location = source["format"], Path(source["location"])
-    if fmt == "folder":
-        root = location.resolve()
-        path = (location / reference).resolve()
-        if not inside_root(path, root):
-            raise SourceError(f"{reference}: leads out of the source folder {location}")
-        return path.read_bytes()
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        name, _, row_text = reference.partition("#row=")
-        f = location if location.is_file() else location / name
-        if f.name != name or not row_text.isdigit():
-            raise SourceError(f"{reference}: not a row of {location}")
-        pf = pq.ParquetFile(f)
-        row = int(row_text)
-        for g in range(pf.num_row_groups):
-            n = pf.metadata.row_group(g).num_rows
-            if row < n:
-                value = pf.read_row_group(g, columns=[source["image_column"]]).column(0)[row]
-                return _image_bytes(value.as_py())
-            row -= n
-        raise SourceError(f"{reference}: no such row in {f}")
-    if fmt == "webdataset":
-        from synthgen.generators.sources.webdataset_source import IMAGE_EXTS, expand_pattern
-        from synthgen.storage.tars import iter_tar_samples
-
-        url, _, key = reference.rpartition("#")
-        import os
-
-        if url not in {os.path.abspath(u) for u in expand_pattern(str(location))}:
-            raise SourceError(f"{reference}: not a shard of {location}")
-        for sample in iter_tar_samples(url):
-            if sample.key == key:
-                members = sample.members
-                if member is not None:
-                    if member in members:
-                        return members[member]
-                    continue
-                ext = next((e for e in IMAGE_EXTS if e in members), None)
-                if ext is not None:
-                    return members[ext]
-        raise SourceError(f"{reference}: no such sample")
-    raise SourceError(f"unknown source format {fmt!r}")
+def read_source_image(source: dict[str, Any], reference: str) -> bytes:
+    """The encoded bytes of one source image, by its reference (workers, regeneration), read
+    by the same reader that listed it (`Source.read`)."""
+    return _open(source).read(reference)
 
 
 def _source_format(src: Source) -> str:
@@ -477,7 +380,8 @@ def _read_pool(
                 "format": spec.format,
                 "label_column": spec.label_column,
                 "image_column": spec.image_column,
-            }
+            },
+            PixelLimit(recipe.sampling.width, recipe.sampling.height),
         )
         resolve = label_resolver(recipe, spec.label_type)
         by_class: dict[int, list[PoolImage]] = {c.id: [] for c in recipe.classes}
@@ -523,13 +427,17 @@ def _fixed_image(base_dir: Path, raw: str, where: str) -> tuple[dict[str, str], 
 
 
 def _check_mask(data: bytes, path: str, width: int, height: int) -> None:
+    """The recipe's one mask: exactly the sampling size, read from its header before it is
+    decoded (a small file can declare a huge image)."""
     try:
-        mask = decode_image(data, path, "L")
-    except PreprocessorError as exc:
+        w, h = image_size(data, path)
+        if (w, h) == (width, height):
+            decode_image(data, path, "L")
+    except (SourceError, PreprocessorError) as exc:
         raise ConditioningError(f"conditioning.mask: {exc}") from None
-    if mask.size != (width, height):
+    if (w, h) != (width, height):
         raise ConditioningError(
-            f"conditioning.mask: {path} is {mask.size[0]}x{mask.size[1]}; it must be exactly "
+            f"conditioning.mask: {path} is {w}x{h}; it must be exactly "
             f"the sampling size {width}x{height}"
         )
 
@@ -795,18 +703,21 @@ def resolve_conditioning(
 
 
 def _check_source_mask(item: PoolImage, params: dict[str, Any]) -> None:
-    """A per-sample mask must decode and be the size of its image (it is fitted with it)."""
+    """A per-sample mask must decode and be the size of its image (it is fitted with it);
+    the sizes are compared on the headers, before the mask is decoded."""
     assert item.mask is not None
     ref = item.mask[0]
     try:
-        mask = decode_image(item.mask[2], f"mask {ref}", "L")
-        image = decode_image(item.data, item.ref)
-    except PreprocessorError as exc:
+        mask_size = image_size(item.mask[2], f"mask {ref}")
+        size = image_size(item.data, item.ref)
+        if mask_size == size:
+            decode_image(item.mask[2], f"mask {ref}", "L")
+    except (SourceError, PreprocessorError) as exc:
         raise ConditioningError(f"conditioning.source: {exc}") from None
-    if mask.size != image.size:
+    if mask_size != size:
         raise ConditioningError(
-            f"conditioning.source: the mask {ref} is {mask.size[0]}x{mask.size[1]}, its image "
-            f"{item.ref} is {image.size[0]}x{image.size[1]}; a mask must be its image's size"
+            f"conditioning.source: the mask {ref} is {mask_size[0]}x{mask_size[1]}, its image "
+            f"{item.ref} is {size[0]}x{size[1]}; a mask must be its image's size"
         )
 
 
@@ -819,11 +730,16 @@ def fit_mask(mask: Any, params: dict[str, Any]) -> Any:
 
 
 def _prepare(data: bytes, where: str, params: dict[str, Any], pre: dict[str, Any]) -> Any:
+    """An input image as the model gets it (decoded, fitted, preprocessed); one declaring
+    more pixels than `PixelLimit` allows for the sampling size is refused undecoded."""
     try:
+        PixelLimit(int(params["width"]), int(params["height"])).check(
+            image_size(data, where), where
+        )
         image = decode_image(data, where)
         fitted = fit_image(image, int(params["width"]), int(params["height"]), params["resize"])
         return preprocess(fitted, pre, where)
-    except PreprocessorError as exc:
+    except (SourceError, PreprocessorError) as exc:
         raise ConditioningError(f"conditioning: {exc}") from None
 
 
@@ -1022,7 +938,12 @@ def conditioned_call(
                     [preprocess(source(r), net["preprocessor"], str(r.key)) for r in requests]
                 )
         scales = [float(n["conditioning_scale"]) for n in params["controlnets"]]
-        kwargs["image"] = images if len(images) > 1 else images[0]
+        # several ControlNets: diffusers takes one list per prompt (its ControlNets' images)
+        # and transposes it; a list per ControlNet would hand each ControlNet the images of
+        # one sample, so an image would depend on its neighbours in the call
+        kwargs["image"] = (
+            [list(per) for per in zip(*images, strict=True)] if len(images) > 1 else images[0]
+        )
         kwargs["controlnet_conditioning_scale"] = scales if len(scales) > 1 else scales[0]
     return _accepting(derived), kwargs
 

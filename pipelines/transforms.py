@@ -421,44 +421,11 @@ class WriteShards(beam.PTransform):
 def source_images(source: Any) -> Iterator[tuple[str, str, bytes]]:
     """(reference, label, encoded image) of every record of a balance-style source.
 
-    Sources stream references and labels only; this reads the bytes behind them with the
-    same rules (Parquet image column bytes, WebDataset image member, class-folder files).
+    The source's own reader lists them (`Source.iter_images`: labels and bytes from one
+    walk, each image checked to decode), so a reference always names the image beside it.
     """
-    from synthgen.generators.sources.folder_source import FolderSource
-    from synthgen.generators.sources.parquet_source import ParquetSource
-    from synthgen.generators.sources.webdataset_source import IMAGE_EXTS, WebDatasetSource
-
-    if isinstance(source, ParquetSource):
-        import pyarrow.parquet as pq
-
-        records = source.records()  # checks columns and images, in the same order as below
-        for f in source.files:
-            pf = pq.ParquetFile(f)
-            for batch in pf.iter_batches(
-                columns=[source.label_column, source.image_column], batch_size=256
-            ):
-                for label, image in zip(
-                    batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
-                ):
-                    record = next(records)
-                    data = image.get("bytes") if isinstance(image, dict) else image
-                    yield record.reference, str(label), bytes(data or b"")
-    elif isinstance(source, FolderSource):
-        for record in source.records():
-            yield record.reference, record.label, (source.root / record.reference).read_bytes()
-    elif isinstance(source, WebDatasetSource):
-        import webdataset as wds
-
-        records = source.records()
-        ds = wds.WebDataset(
-            source.urls, shardshuffle=False, handler=wds.reraise_exception, empty_check=False
-        )
-        for sample in ds:
-            record = next(records)
-            ext = next(e for e in IMAGE_EXTS if e in sample)
-            yield record.reference, record.label, sample[ext]
-    else:
-        raise TypeError(f"no image reader for {type(source).__name__}")
+    for image in source.iter_images():
+        yield image.reference, image.label, image.data
 
 
 def _source_sha256(location: str) -> str:

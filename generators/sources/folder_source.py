@@ -9,8 +9,7 @@ from pathlib import Path
 from synthgen.generators.sources.base import (
     Source,
     SourceError,
-    SourceRecord,
-    check_image,
+    SourceImage,
     inside_root,
 )
 
@@ -57,13 +56,29 @@ class FolderSource(Source):
             elif entry.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 yield path
 
-    def records(self) -> Iterator[SourceRecord]:
+    def iter_images(self, mask: str | None = None) -> Iterator[SourceImage]:
+        if mask is not None:
+            raise SourceError(
+                f"{self.description}: mask_column is for Parquet and WebDataset sources; an "
+                "image folder's masks come from `mask_folder`"
+            )
         for class_dir in sorted(self.root.iterdir()):
             if class_dir.is_symlink():
                 self._checked(class_dir)
             if not class_dir.is_dir():
                 continue
             for f in self._files(class_dir, set()):
-                rel = f.relative_to(self.root).as_posix()
-                check_image(f.read_bytes(), str(f))
-                yield SourceRecord(rel, class_dir.name)
+                data = f.read_bytes()
+                self._check(data, str(f))
+                yield SourceImage(f.relative_to(self.root).as_posix(), class_dir.name, data)
+
+    def read(self, reference: str, mask: str | None = None) -> bytes:
+        if mask is not None:
+            raise SourceError(f"{self.description}: an image folder holds no mask {mask!r}")
+        path = self.root / reference
+        real = path.resolve()
+        if not inside_root(real, self.real_root) or real == self.real_root:
+            raise SourceError(f"{reference}: leads out of the source folder {self.root}")
+        if not real.is_file():
+            raise SourceError(f"{reference}: no such image in {self.root}")
+        return real.read_bytes()

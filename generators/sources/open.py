@@ -8,15 +8,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from synthgen.generators.sources.base import Source, SourceError, SourceRecord
+from synthgen.generators.sources.base import PixelLimit, Source, SourceError, SourceRecord
 from synthgen.generators.sources.folder_source import FolderSource
 from synthgen.generators.sources.parquet_source import ParquetSource
 from synthgen.generators.sources.webdataset_source import WebDatasetSource
 from synthgen.schemas.recipe import BalanceSpec, Recipe
 
 
-def open_source(spec: BalanceSpec, source: str) -> Source:
-    """`source` is the resolved path or pattern; `format: auto` guesses from its shape."""
+def open_source(spec: BalanceSpec, source: str, limit: PixelLimit | None = None) -> Source:
+    """`source` is the resolved path or pattern; `format: auto` guesses from its shape.
+
+    `limit`: images declaring more pixels are refused before they are decoded (see
+    `PixelLimit`; callers that know the recipe pass `PixelLimit(width, height)`)."""
+    src = _open(spec, source)
+    src.limit = limit
+    return src
+
+
+def _open(spec: BalanceSpec, source: str) -> Source:
     fmt = spec.format
     path = Path(source)
     if fmt == "auto":

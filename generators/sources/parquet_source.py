@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from synthgen.generators.sources.base import (
     Source,
     SourceError,
-    SourceRecord,
-    check_image,
+    SourceImage,
     inside_root,
 )
 
@@ -41,7 +41,21 @@ class ParquetSource(Source):
             if not f.is_file():
                 raise SourceError(f"{f}: not a regular file")
 
-    def records(self) -> Iterator[SourceRecord]:
+    def _columns(self, f: Path, pf: Any, mask: str | None) -> None:
+        names = pf.schema_arrow.names
+        for column in (self.label_column, self.image_column):
+            if column not in names:
+                raise SourceError(
+                    f"{f}: no column {column!r} (columns: {', '.join(names)}); "
+                    "set balance.label_column / balance.image_column"
+                )
+        if mask is not None and mask not in names:
+            raise SourceError(
+                f"{f}: no mask column {mask!r} (columns: {', '.join(names)}); "
+                "set source.mask_column"
+            )
+
+    def iter_images(self, mask: str | None = None) -> Iterator[SourceImage]:
         import pyarrow.parquet as pq
 
         for f in self.files:
@@ -49,27 +63,50 @@ class ParquetSource(Source):
                 pf = pq.ParquetFile(f)
             except Exception as exc:
                 raise SourceError(f"{f}: not a readable Parquet file: {exc}") from None
-            names = pf.schema_arrow.names
-            for column in (self.label_column, self.image_column):
-                if column not in names:
-                    raise SourceError(
-                        f"{f}: no column {column!r} (columns: {', '.join(names)}); "
-                        "set balance.label_column / balance.image_column"
-                    )
+            self._columns(f, pf, mask)
+            columns = [self.label_column, self.image_column] + ([mask] if mask else [])
             row = 0
-            for batch in pf.iter_batches(
-                columns=[self.label_column, self.image_column], batch_size=256
-            ):
+            for batch in pf.iter_batches(columns=columns, batch_size=256):
                 labels = batch.column(0).to_pylist()
                 images = batch.column(1).to_pylist()
-                for label, image in zip(labels, images, strict=True):
-                    where = f"{f.name}#row={row}"
-                    if isinstance(image, dict):
-                        image = image.get("bytes")
+                masks = batch.column(2).to_pylist() if mask else [None] * batch.num_rows
+                for label, image, mask_cell in zip(labels, images, masks, strict=True):
                     if label is None:
                         raise SourceError(f"{f}: row {row} has no label")
-                    if not isinstance(image, bytes | bytearray):
-                        raise SourceError(f"{f}: row {row}: {self.image_column!r} holds no bytes")
-                    check_image(bytes(image), f"{f} row {row}")
-                    yield SourceRecord(where, str(label))
+                    data = _cell_bytes(image, f"{f}: row {row}: {self.image_column!r}")
+                    self._check(data, f"{f} row {row}")
+                    mask_data = None
+                    if mask is not None:
+                        if mask_cell is None:
+                            raise SourceError(f"{f}: row {row} has no mask in {mask!r}")
+                        mask_data = _cell_bytes(mask_cell, f"{f}: row {row}: {mask!r}")
+                        self._check(mask_data, f"{f} row {row} mask {mask!r}")
+                    yield SourceImage(f"{f.name}#row={row}", str(label), data, mask_data)
                     row += 1
+
+    def read(self, reference: str, mask: str | None = None) -> bytes:
+        import pyarrow.parquet as pq
+
+        name, _, row_text = reference.partition("#row=")
+        f = next((f for f in self.files if f.name == name), None)
+        if f is None or not row_text.isdigit():
+            raise SourceError(f"{reference}: not a row of {self.path}")
+        column = mask or self.image_column
+        pf = pq.ParquetFile(f)
+        row = int(row_text)
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if row < n:
+                value = pf.read_row_group(g, columns=[column]).column(0)[row]
+                return _cell_bytes(value.as_py(), f"{reference}: {column!r}")
+            row -= n
+        raise SourceError(f"{reference}: no such row in {f}")
+
+
+def _cell_bytes(value: Any, where: str) -> bytes:
+    """An image cell's bytes: raw bytes, or the `bytes` of a Hugging Face Image struct (its
+    `path` is never opened)."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if not isinstance(data, bytes | bytearray):
+        raise SourceError(f"{where} holds no bytes")
+    return bytes(data)

@@ -1,21 +1,43 @@
-"""WebDataset shards (a glob or brace pattern); labels from each sample's `.cls`."""
+"""WebDataset shards (a glob or brace pattern); labels from each sample's `.cls`.
+
+Members are grouped into samples by WebDataset's own rule (`split_member`): the key is the
+member's path up to the first dot of its file name, so `v1.0/a.png` is key `v1.0/a` and
+`./a.png` is key `./a`. Labels, images and masks are all read in this one walk.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Iterator
+import re
+import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from synthgen.generators.sources.base import (
     Source,
     SourceError,
-    SourceRecord,
-    check_image,
+    SourceImage,
     inside_root,
 )
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+# webdataset's `base_plus_ext` and meta-member rule (tariterators), so a sample's key here is
+# the key every WebDataset reader sees
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def split_member(name: str) -> tuple[str, str] | None:
+    """A member name's (key, extension), extension lower-cased; None for a member that is
+    no sample's (no extension, or a `__meta__` member)."""
+    if _META.match(name) or ("/" not in name and name.startswith("__") and name.endswith("__")):
+        return None
+    match = _MEMBER.match(name)
+    if match is None:
+        return None
+    return match.group(1), match.group(2).lower()
 
 
 def expand_pattern(pattern: str) -> list[str]:
@@ -52,25 +74,85 @@ class WebDatasetSource(Source):
                     )
         self.urls = [os.path.abspath(u) for u in urls]
 
-    def records(self) -> Iterator[SourceRecord]:
-        import webdataset as wds
-
-        ds = wds.WebDataset(
-            self.urls, shardshuffle=False, handler=wds.reraise_exception, empty_check=False
-        )
+    def _samples(
+        self, url: str, wanted: Callable[[str], bool] = lambda key: True
+    ) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """(key, extension -> bytes) for each sample of one shard, in tar order; only the
+        members of samples whose key is `wanted` are read. A key whose members are split
+        apart, or a repeated member, is refused: a reference must name one image."""
+        limit = self.limit
+        seen: set[str] = set()
+        key: str | None = None
+        members: dict[str, bytes] = {}
         try:
-            for sample in ds:
-                key = sample["__key__"]
-                url = str(sample.get("__url__", ""))
+            with tarfile.open(url, "r:*") as tf:
+                headers = getattr(tf, "members", None)  # TarFile keeps every header it read
+                while (m := tf.next()) is not None:
+                    if isinstance(headers, list):
+                        headers.clear()  # keep none behind: a shard can be long
+                    split = split_member(m.name) if m.isfile() else None
+                    if split is None:
+                        continue
+                    name, ext = split
+                    if name != key:
+                        if key is not None and wanted(key):
+                            yield key, members
+                        if name in seen:
+                            raise SourceError(
+                                f"{url}: sample {name!r} appears twice (its members are not "
+                                "next to each other)"
+                            )
+                        seen.add(name)
+                        key, members = name, {}
+                    if not wanted(name):
+                        continue
+                    if ext in members:
+                        raise SourceError(f"{url}: sample {name!r} has two .{ext} members")
+                    if limit is not None and m.size > limit.member_bytes:
+                        raise SourceError(
+                            f"{url}: member {m.name} declares {m.size} bytes, more than an "
+                            f"image of at most {limit.describe()} can need: not read"
+                        )
+                    f = tf.extractfile(m)
+                    members[ext] = f.read() if f is not None else b""
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise SourceError(f"{url}: unreadable shard: {exc}") from None
+        if key is not None and wanted(key):
+            yield key, members
+
+    def iter_images(self, mask: str | None = None) -> Iterator[SourceImage]:
+        for url in self.urls:
+            for key, members in self._samples(url):
                 where = f"{url}#{key}"
-                if "cls" not in sample:
+                if "cls" not in members:
                     raise SourceError(f"{where}: sample has no .cls label")
-                image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                image_ext = next((e for e in IMAGE_EXTS if e in members), None)
                 if image_ext is None:
                     raise SourceError(f"{where}: sample has no image member")
-                check_image(sample[image_ext], where)
-                yield SourceRecord(where, sample["cls"].decode("utf-8").strip())
-        except SourceError:
-            raise
-        except Exception as exc:
-            raise SourceError(f"{self.pattern}: unreadable shard: {exc}") from None
+                try:
+                    label = members["cls"].decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise SourceError(f"{where}: the .cls label is not UTF-8 text") from None
+                self._check(members[image_ext], where)
+                mask_data = None
+                if mask is not None:
+                    if mask not in members:
+                        raise SourceError(f"{url}: sample {key!r} has no mask member {key}.{mask}")
+                    mask_data = members[mask]
+                    self._check(mask_data, f"{where}.{mask}")
+                yield SourceImage(where, label, members[image_ext], mask_data)
+
+    def read(self, reference: str, mask: str | None = None) -> bytes:
+        url = next((u for u in self.urls if reference.startswith(u + "#")), None)
+        if url is None:
+            raise SourceError(f"{reference}: not a shard of {self.pattern}")
+        key = reference[len(url) + 1 :]
+        for _, members in self._samples(url, lambda k: k == key):
+            if mask is not None:
+                if mask in members:
+                    return members[mask]
+                raise SourceError(f"{reference}: the sample has no mask member .{mask}")
+            ext = next((e for e in IMAGE_EXTS if e in members), None)
+            if ext is not None:
+                return members[ext]
+        raise SourceError(f"{reference}: no such sample")

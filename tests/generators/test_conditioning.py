@@ -221,9 +221,9 @@ def test_inpaint_from_webdataset_beside_a_text_only_class(
         "per_class": {"one": {"mode": "text"}},  # a text-only class in the same batches
     }
     result = run_build(_recipe(conditioning=cond), tmp_path / "out", show_progress=False)
-    # Beam batches of 2 hold one sample of each class: one call per class per batch, each
-    # of the fixed shape (model.compute_batch 2, padded)
-    assert sorted(calls, key=str) == [("inpaint", 2), ("inpaint", 2), (None, 2), (None, 2)]
+    # one shard of 4 (two per class): its requests are grouped by conditioning before they
+    # are cut into calls, so one full call per class (model.compute_batch 2), nothing padded
+    assert sorted(calls, key=str) == [("inpaint", 2), (None, 2)]
     rows = _check_corpus(result.output, "inpaint", text_classes=("one",))
     for row in rows.values():
         if row["class_name"] == "one":
@@ -751,3 +751,26 @@ def test_bad_masks_and_image_prompts_are_refused(tmp_path: Path, loads: list[str
             )
         )
     assert loads == []
+
+
+def test_an_image_with_several_controlnets_does_not_depend_on_its_neighbours(
+    tmp_path: Path,
+) -> None:
+    from synthgen.generators.handler import generate_batch
+    from synthgen.generators.model_folder import load_pipeline
+    from synthgen.generators.planning import plan
+    from synthgen.pipelines.resolve import generation_settings, resolve
+    from synthgen.schemas.recipe import recipe_from_dict
+
+    source = _folder(tmp_path / "src", {"zero": 2, "one": 2})
+    net = _controlnet(tmp_path / "controlnet")
+    nets = [{"path": str(net), "conditioning_scale": s} for s in (0.8, 0.5)]
+    cond = {"mode": "controlnet", "source": {"path": str(source)}, "controlnets": nets}
+    recipe = recipe_from_dict(_recipe(conditioning=cond), "recipe")
+    resolved = resolve(recipe, tmp_path)
+    settings = generation_settings(resolved)
+    pipe = load_pipeline(resolved.model_path, settings.scheduler, "float32", "cpu", 1)
+    zeros = [r for r in plan(recipe) if r.class_name == "zero"]
+    together = generate_batch(pipe, settings, zeros)  # one call of both
+    alone = [generate_batch(pipe, settings, [r])[0] for r in zeros]  # each padded with itself
+    assert [s.image_sha256 for s in together] == [s.image_sha256 for s in alone]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,44 @@ def test_unknown_runner_fails_before_output(tmp_path: Path, model_dir: Path) -> 
             recipe, tmp_path / "out", beam_args=["--runner=NoSuchRunner"], show_progress=False
         )
     assert not (tmp_path / "out").exists()
+
+
+def _local_cluster(**kwargs: Any) -> Any:
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        **kwargs,
+    )
+
+
+def test_preload_warms_workers_before_their_first_task() -> None:
+    """`--preload synthgen.pipelines.dask_preload`: each fresh worker process has imported
+    torch, diffusers (its classes resolved), transformers, open_clip, Beam's worker modules
+    and synthgen's generating modules, and set its allocator, before it runs any task."""
+    from dask.distributed import Client
+
+    from synthgen.pipelines import dask_preload
+
+    def worker_state(dask_worker: Any) -> tuple[list[str], int]:
+        return dask_preload.cold(), len(dask_worker.state.tasks)
+
+    with _local_cluster() as plain, Client(plain.scheduler_address) as client:
+        # without it, a fresh worker has all of this still to do (inside its first tasks)
+        for missing, tasks in client.run(worker_state).values():
+            assert tasks == 0
+            assert {"torch", "diffusers", "open_clip", "synthgen.pipelines.runner"} <= set(missing)
+    with (
+        _local_cluster(preload=["synthgen.pipelines.dask_preload"]) as warm,
+        Client(warm.scheduler_address) as client,
+    ):
+        states = client.run(worker_state)
+        assert len(states) == 2
+        assert all(state == ([], 0) for state in states.values()), states
+        if sys.platform.startswith("linux"):  # the nanny's MALLOC_TRIM_THRESHOLD_ undone
+            prepared = client.run(lambda: list(runner._prepared))
+            assert list(prepared.values()) == [[True], [True]], prepared
