@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import logging
@@ -146,17 +147,27 @@ def run_shards(
 SAFE_PATH_ENV = "PYTHONSAFEPATH"
 
 
-def safe_child_paths() -> None:
-    """Every Python process started from here on (Beam's `multi_processing` workers start as
-    `python -m apache_beam...`) leaves the working directory off its module path.
+@contextlib.contextmanager
+def safe_child_paths() -> Iterator[None]:
+    """While a pipeline runs, every Python process it starts (Beam's `multi_processing`
+    workers start as `python -m apache_beam...`) leaves the working directory off its module
+    path.
 
     `python -m` puts the current directory first on `sys.path`, so a module lying in the
     folder where a user runs a build (a `great_expectations.py`, a `synthgen/` folder, a file
-    shadowing the standard library) would be imported and run by every worker. Setting
-    PYTHONSAFEPATH (Python 3.11+) in this process's environment only changes child
-    interpreters; a value the user chose is kept.
+    shadowing the standard library) would be imported and run by every worker. PYTHONSAFEPATH
+    (Python 3.11+) changes only child interpreters; it is set for the pipeline's run and put
+    back afterwards, so a program calling synthgen keeps its own environment. A value the
+    user chose is kept.
     """
-    os.environ.setdefault(SAFE_PATH_ENV, "1")
+    before = os.environ.get(SAFE_PATH_ENV)
+    if before is None:
+        os.environ[SAFE_PATH_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SAFE_PATH_ENV, None)
 
 
 def pipeline(options: PipelineOptions) -> beam.Pipeline:
@@ -174,7 +185,6 @@ def pipeline(options: PipelineOptions) -> beam.Pipeline:
     from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
     from apache_beam.runners.runner import create_runner
 
-    safe_child_paths()
     std = options.view_as(StandardOptions)
     runner = create_runner(std.runner)  # any of Beam's names for it: DirectRunner, direct, ...
     if not isinstance(runner, SwitchingDirectRunner) or std.streaming:
@@ -277,8 +287,9 @@ def _run(pipeline: beam.Pipeline) -> dict[str, int]:
     result = None
     state = None
     try:
-        result = pipeline.run()
-        state = result.wait_until_finish()
+        with safe_child_paths():
+            result = pipeline.run()
+            state = result.wait_until_finish()
     except Exception as exc:
         advice = _out_of_memory_advice(exc)
         if advice is not None:  # the device ran out of memory: stop with what to change

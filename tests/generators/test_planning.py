@@ -55,7 +55,8 @@ def test_plan_is_pure_and_seed_depends_on_recipe_seed(recipe_file: Path) -> None
 
 def test_seeds_do_not_depend_on_pythonhashseed(recipe_file: Path) -> None:
     code = (
-        "from generators.planning import plan; from schemas.recipe import load_recipe;"
+        "from synthgen.generators.planning import plan;"
+        "from synthgen.schemas.recipe import load_recipe;"
         f"r, _ = load_recipe({str(recipe_file)!r});"
         "print([(q.key, q.seed, q.prompt) for q in plan(r)])"
     )

@@ -22,6 +22,7 @@ import pytest
 from pydantic import ValidationError
 
 import synthgen
+from synthgen.pipelines import runner
 from synthgen.pipelines.build import BuildError, run_build
 from synthgen.pipelines.remote import POINTER, previous_report, source_location
 from synthgen.pipelines.runner import beam_options, pipeline
@@ -201,7 +202,8 @@ def test_beam_worker_processes_leave_the_working_directory_off_their_path(
     options = beam_options(["--direct_running_mode=multi_processing", "--direct_num_workers=1"])
     p = pipeline(options)
     _ = p | beam.Create([0]) | beam.Map(probe)
-    p.run().wait_until_finish()
+    runner._run(p)  # as a build runs each of its pipelines
+    assert "PYTHONSAFEPATH" not in os.environ, "the caller's environment is put back"
     pid, found = Path(record).read_text().split(" ", 1)
     assert int(pid) != os.getpid(), "the probe ran in a worker process"
     assert found == "not found"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
 from imwatermark.maxDct import EmbedMaxDct
 from PIL import Image
 
-from synthgen.generators.handler import GenerationSettings, _encode
+from synthgen.generators.handler import GenerationSettings, finish_image
 from synthgen.schemas.records import GenerationRequest, Sample
 from synthgen.storage.images import decode_image, encode_image
 from synthgen.storage.watermark import (
@@ -136,6 +137,10 @@ def test_small_images_cannot_carry_it_and_say_why() -> None:
     assert skip_reason(256, 256) is None
     with pytest.raises(ValueError, match="16x16"):
         embed_watermark(picture(16), watermark_payload(HASH_A))
+
+
+def _encode(request: Any, pixels: Any, s: GenerationSettings) -> Any:
+    return finish_image(request, pixels, True, s)[0]
 
 
 def test_encode_step_watermarks_large_images_only() -> None:
