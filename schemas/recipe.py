@@ -144,7 +144,11 @@ class ModelSpec(_Frozen):
     channels_last: bool = Field(default=False, description="UNet/VAE in channels_last (GPU)")
     compile: bool = Field(default=False, description="torch.compile the UNet (GPU)")
     copies: int = Field(
-        default=1, ge=1, le=64, description="model copies per worker (several GPUs or streams)"
+        default=1,
+        ge=1,
+        le=64,
+        description="model copies in each worker process, all on its device; the process's "
+        "threads take turns on them, one call at a time per copy",
     )
     cpu_threads: int = Field(
         default=1,
@@ -247,8 +251,14 @@ class SamplingSpec(_Frozen):
         description="`native` (the model folder's own) or a sampler of the model's family: "
         + ", ".join(n for n in SCHEDULERS if n != "native"),
     )
-    steps: int = Field(default=20, ge=1, le=1000)
-    guidance_scale: float = Field(default=1.0, ge=0.0, le=50.0)
+    steps: int = Field(default=20, ge=1, le=1000, description="denoising steps per image")
+    guidance_scale: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=50.0,
+        description="classifier-free guidance scale (<= 1: no guidance; a guidance-distilled "
+        "family reads it as its guidance embedding)",
+    )
     height: int = Field(default=512, ge=8, le=4096)
     width: int = Field(default=512, ge=8, le=4096)
     negative_prompt: str = ""
@@ -617,7 +627,9 @@ class C2paSpec(_Frozen):
 
 
 class OutputSpec(_Frozen):
-    shard_size: int = Field(default=1000, ge=1)
+    shard_size: int = Field(
+        default=1000, ge=1, description="samples per shard: the unit of output, memory and resume"
+    )
     image_format: Literal["png", "webp", "jpeg"] = "png"
     png_compress_level: int = Field(default=1, ge=0, le=9)
     quality: int = Field(default=95, ge=1, le=100, description="webp/jpeg quality")
@@ -660,7 +672,11 @@ class BalanceSpec(_Frozen):
         description="how source labels are read: as class names, as class ids, or `auto` "
         "(either; a label that names one class and is the id of another is refused)",
     )
-    target: Literal["max"] | int | dict[str, int] = "max"
+    target: Literal["max"] | int | dict[str, int] = Field(
+        default="max",
+        description="accepted images per class after balancing: `max` (the largest class's "
+        "count), a number, or per class name",
+    )
     max_rounds: int = Field(default=4, ge=1, le=20)
     overgenerate: float = Field(
         default=1.1, ge=1.0, le=10.0, description="margin on top of the measured accept rate"
@@ -991,8 +1007,10 @@ class ConditioningSpec(_Frozen):
 class Recipe(_Frozen):
     """A build recipe. Relative paths resolve against the recipe file's folder."""
 
-    name: Slug
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    name: Slug = Field(description="the corpus's name: in every key and in the manifest")
+    seed: int = Field(
+        default=0, ge=0, lt=2**63, description="every sample's seed derives from it and its key"
+    )
     model: ModelSpec
     sampling: SamplingSpec = SamplingSpec()
     classes: list[ClassSpec] = Field(min_length=1)
