@@ -163,10 +163,12 @@ def run_call(pipe: Any, settings: GenerationSettings, call: ModelCall) -> CallOu
             **extra,
             **images,
         )
-        # 4. on the device: (N, C, H, W) in [0, 1] -> finite flags and uint8 (N, H, W, C)
+        # 4. on the device: (N, C, H, W) in [0, 1] -> finite flags and uint8 (N, H, W, C).
+        #    clamp(x * 255, 0, 255) equals clamp(x, 0, 1) * 255 bit for bit; in place, one
+        #    temporary. A sum is finite exactly when every (bounded) value is.
         x = out.images[: call.real].float()
-        finite = torch.isfinite(x).flatten(1).all(dim=1).tolist()
-        pixels = (x.clamp(0.0, 1.0) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        finite = torch.isfinite(x.flatten(1).sum(dim=1)).tolist()
+        pixels = x.mul(255).clamp_(0.0, 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
     return CallOutput(pixels.cpu().numpy(), [bool(f) for f in finite])
 
 
