@@ -51,9 +51,9 @@ class Profile:
 
 
 PROFILES = {
-    "sd15": Profile("sd15", 512, 8, 0.53, 400),
-    "sdxl": Profile("sdxl", 1024, 4, 2.0, 80),
-    "onestep": Profile("onestep", 512, 16, 0.10, 800),
+    "sd15": Profile("sd15", 512, 8, 0.53, 1200),
+    "sdxl": Profile("sdxl", 1024, 4, 2.0, 240),
+    "onestep": Profile("onestep", 512, 16, 0.10, 2000),
 }
 
 
