@@ -169,6 +169,7 @@ class Worker:
         self.scorers: LoadedScorers = ScoreSamples(
             list(spec.scorers), self.device, r.model.cpu_threads
         ).load_model()
+        cap_malloc_arenas()  # before the host threads exist
         self.host = ThreadPoolExecutor(spec.threads(), thread_name_prefix="synthgen-host")
         # room for a whole scoring chunk plus the call that completes it, twice over
         self.in_flight = 2 * (self.settings.compute_batch + spec.recipe.batch_size)
@@ -359,6 +360,32 @@ class Worker:
         if self._progress is not None:
             with self._progress_lock:
                 self._progress.write(letter + "\n")
+
+
+_M_ARENA_MAX = -8  # glibc malloc.h
+ARENAS = 2
+
+
+def cap_malloc_arenas() -> bool:
+    """At most ARENAS glibc malloc arenas for the threads started from now on; True if set.
+
+    glibc gives every new thread its own arena (up to 8 per core), and the host threads
+    allocate and free an image's buffers in a different thread from the one that made them:
+    the arenas fragment, and a worker's resident memory grew with the number of images it
+    made (measured: peak RSS 1.23x from 2,000 to 20,000 images; with two arenas the peak
+    stayed flat at the same speed). Nothing is done where MALLOC_ARENA_MAX was chosen, or
+    off glibc; only memory use changes, never a computed value.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, ARENAS))
 
 
 def _progress_file(progress_dir: str | None) -> IO[str] | None:
