@@ -1173,38 +1173,27 @@ class Recipe(_Frozen):
         return self
 
     @model_validator(mode="after")
-    def _urls_without_secrets(self) -> Recipe:
-        # Any string that is a URL (a source, a model path): refused, without echoing it,
-        # before it is hashed, written into a manifest or named in a message.
-        stack: list[tuple[str, Any]] = [("", self.model_dump())]
+    def _every_string_checked(self) -> Recipe:
+        # One walk over every string of the recipe (dict keys included). Each must be UTF-8
+        # text (prompts are checked per class, naming it; this catches the rest, the negative
+        # prompt included, before a tokenizer or writer meets it). A value that is a URL (a
+        # source, a model path) must carry no credentials or query: refused without echoing
+        # it, before it is hashed, written into a manifest or named in a message.
+        stack: list[tuple[str, Any, bool]] = [("", self.model_dump(), False)]
         while stack:
-            where, value = stack.pop()
-            if isinstance(value, str):
-                problem = url_problem(value)
-                if problem:
-                    raise ValueError(f"{where}: {shown_url(value)}: {problem}")
-            elif isinstance(value, dict):
-                stack += [(f"{where}.{k}".lstrip("."), v) for k, v in value.items()]
-            elif isinstance(value, list):
-                stack += [(f"{where}.{i}", v) for i, v in enumerate(value)]
-        return self
-
-    @model_validator(mode="after")
-    def _utf8_everywhere(self) -> Recipe:
-        # Prompts are checked per class (naming it); this catches every other string,
-        # the negative prompt included, before a tokenizer or writer meets it.
-        stack: list[tuple[str, Any]] = [("", self.model_dump())]
-        while stack:
-            where, value = stack.pop()
+            where, value, is_key = stack.pop()
             if isinstance(value, str):
                 problem = utf8_problem(value)
                 if problem:
                     raise ValueError(f"{where}: {problem}")
+                problem = None if is_key else url_problem(value)
+                if problem:
+                    raise ValueError(f"{where}: {shown_url(value)}: {problem}")
             elif isinstance(value, dict):
-                stack += [(f"{where}.{k}".lstrip("."), v) for k, v in value.items()]
-                stack += [(f"{where} key", k) for k in value if isinstance(k, str)]
+                stack += [(f"{where}.{k}".lstrip("."), v, False) for k, v in value.items()]
+                stack += [(f"{where} key", k, True) for k in value if isinstance(k, str)]
             elif isinstance(value, list | tuple):
-                stack += [(f"{where}.{i}", v) for i, v in enumerate(value)]
+                stack += [(f"{where}.{i}", v, False) for i, v in enumerate(value)]
         return self
 
     @property

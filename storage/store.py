@@ -30,7 +30,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -247,18 +247,16 @@ class LocalStore(Store):
 
     def replace_bytes(self, name: str, data: bytes, version: str) -> str | None:
         path = self._p(name)
-        with self._folder_locked(path):
-            try:
-                current = _sha256(path.read_bytes())
-            except FileNotFoundError:
-                return None
-            if current != version:
-                return None
-            write_bytes_atomic(path, data)
-        return _sha256(data)
+        done = self._at_version(path, version, lambda: write_bytes_atomic(path, data))
+        return _sha256(data) if done else None
 
     def delete_version(self, name: str, version: str) -> bool:
         path = self._p(name)
+        return self._at_version(path, version, path.unlink)
+
+    def _at_version(self, path: Path, version: str, act: Callable[[], object]) -> bool:
+        """Run `act` only while `path` still holds `version` (compared and done under the
+        folder's lock); False when it is gone or changed meanwhile."""
         with self._folder_locked(path):
             try:
                 current = _sha256(path.read_bytes())
@@ -266,7 +264,7 @@ class LocalStore(Store):
                 return False
             if current != version:
                 return False
-            path.unlink()
+            act()
         return True
 
     def put_file(self, local: Path, name: str) -> None:
