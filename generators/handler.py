@@ -122,12 +122,13 @@ def plan_calls(
 
 
 def run_call(pipe: Any, settings: GenerationSettings, call: ModelCall) -> CallOutput:
-    """One pipeline call on `pipe` (the caller holds the model copy: one call at a time).
+    """One pipeline call on `pipe` and its images as uint8 (`call_model`, then `to_pixels`)."""
+    return to_pixels(call_model(pipe, settings, call))
 
-    Quantisation to uint8 happens on the model's device, as diffusers' `numpy_to_pil` rounds
-    (clip to [0, 1], times 255 in float32, round half to even), so a quarter of the bytes
-    cross to the host and the host never converts floats.
-    """
+
+def call_model(pipe: Any, settings: GenerationSettings, call: ModelCall) -> Any:
+    """One pipeline call on `pipe` (the caller holds the model copy: one call at a time); the
+    call's real images, (N, C, H, W) in [0, 1], still on the model's device."""
     import torch
 
     from synthgen.generators.adapters import EMPTY_TABLE, activate
@@ -163,10 +164,22 @@ def run_call(pipe: Any, settings: GenerationSettings, call: ModelCall) -> CallOu
             **extra,
             **images,
         )
-        # 4. on the device: (N, C, H, W) in [0, 1] -> finite flags and uint8 (N, H, W, C).
-        #    clamp(x * 255, 0, 255) equals clamp(x, 0, 1) * 255 bit for bit; in place, one
-        #    temporary. A sum is finite exactly when every (bounded) value is.
-        x = out.images[: call.real].float()
+    return out.images[: call.real]
+
+
+def to_pixels(images: Any) -> CallOutput:
+    """A call's images -> finite flags and uint8 (N, H, W, C) pixels on the host.
+
+    Quantisation happens on the images' device, as diffusers' `numpy_to_pil` rounds (clip to
+    [0, 1], times 255 in float32, round half to even), so a quarter of the bytes cross to
+    the host and the host never converts floats. clamp(x * 255, 0, 255) equals
+    clamp(x, 0, 1) * 255 bit for bit; in place, one temporary. A sum is finite exactly when
+    every (bounded) value is.
+    """
+    import torch
+
+    with torch.inference_mode():
+        x = images.float()
         finite = torch.isfinite(x.flatten(1).sum(dim=1)).tolist()
         pixels = x.mul(255).clamp_(0.0, 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1)
     return CallOutput(pixels.cpu().numpy(), [bool(f) for f in finite])

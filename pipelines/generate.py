@@ -10,16 +10,18 @@ Per worker process (every thread of it shares one `Worker`, through Beam's `Shar
   at a time through a queue. A diffusers pipeline and its scheduler keep per-call state
   (DPM-Solver's step index and history), so two threads stepping one copy corrupt both
   images; Beam runs bundles on several threads (Dataflow's harness, `multi_threading`, Dask).
-- **a device loop that never waits for host work**: the thread that runs the model calls of
-  a shard hands each image to a pool of host threads (as many as cores) and goes on with
-  the next call. The host work is the image's whole post-generation path: watermark,
-  encode, hash, perceptual hash, host-only scores, pixel checks and the device scorers'
-  preprocessing, all from the pixels in memory (nothing is decoded again; a lossy format is
-  decoded once). Between its calls the device loop runs the device scorers (CLIP, the safety
-  checker) on each chunk of the shard (its `batch_size` consecutive requests) whose images
-  are all prepared: the number of scoring calls is fixed by the plan, never by timing. At
-  most `in_flight` images wait between the model and the scorers; when host work falls that
-  far behind, the loop scores what is ready and then waits: memory stays bounded.
+- **a device loop that does nothing but model calls**: the thread that runs the model calls
+  of a shard hands each call's images, still on the device, to the worker's feeder thread
+  and starts the next call at once. The feeder quantises them (on the device), hands each
+  image to a pool of host threads (as many as cores) and runs the device scorers (CLIP, the
+  safety checker) on each chunk of a shard (its `batch_size` consecutive requests) whose
+  images are all prepared: the number of scoring calls is fixed by the plan, never by
+  timing. The host work is the image's whole post-generation path: watermark, encode, hash,
+  perceptual hash, host-only scores, pixel checks and the device scorers' preprocessing, all
+  from the pixels in memory (nothing is decoded again; a lossy format is decoded once). At
+  most `FEED_DEPTH` calls wait for the feeder and `in_flight` images between the model and
+  the scorers; when host work falls that far behind, the feeder scores what is ready and
+  then waits, and the device loop waits for the feeder: memory stays bounded.
 - **the shard is the unit of memory and loss**: a shard's samples are written to its staging
   file as soon as the last one is scored, while the device generates the next shard; a
   thread keeps at most one earlier shard in flight. A crash loses only shards in flight.
@@ -33,6 +35,7 @@ thread, from what each finished shard reports: Beam attributes a counter only th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -40,6 +43,7 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -57,11 +61,12 @@ from synthgen.generators.handler import (
     DiffusersHandler,
     GenerationSettings,
     ModelCall,
+    call_model,
     finish_image,
     is_out_of_memory,
     out_of_memory,
     plan_calls,
-    run_call,
+    to_pixels,
 )
 from synthgen.generators.planning import plan_shard
 from synthgen.pipelines.staging import write_staged
@@ -80,6 +85,7 @@ from synthgen.validators.scoring import score_prepared as score_batch
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "synthgen"
+FEED_DEPTH = 1  # model calls whose images may wait for the feeder thread (besides its own)
 
 
 def scoring_batch(recipe: Recipe) -> int:
@@ -179,6 +185,10 @@ class Worker:
         self._progress_lock = threading.Lock()
         self._progress = _progress_file(spec.progress_dir)
         self._reported = False
+        self.feed: queue.Queue[tuple[ShardJob, ModelCall, Any] | None] = queue.Queue(FEED_DEPTH)
+        threading.Thread(
+            target=_feeder, args=(self.feed, weakref.ref(self)), name="synthgen-feed", daemon=True
+        ).start()
         logger.info(
             "worker %d: %d model cop%s on %s, %d host threads",
             os.getpid(),
@@ -205,8 +215,9 @@ class Worker:
             keys = order[start : start + n]
             job.chunks.update(dict.fromkeys(keys, Chunk(keys, len(keys))))
         for call in calls:
+            if job.error is not None:  # the feeder failed this shard: stop spending the device
+                break
             self._call(job, call)
-            self.score_ready()
         return job
 
     def _call(self, job: ShardJob, call: ModelCall) -> None:
@@ -214,7 +225,7 @@ class Worker:
         job.calls += 1
         pipe = self.copies.get()
         try:
-            out = run_call(pipe, self.settings, call)
+            images = call_model(pipe, self.settings, call)
         except Exception as exc:
             self.copies.put(pipe)  # before the halves, which take a copy again
             if is_out_of_memory(exc):
@@ -222,9 +233,20 @@ class Worker:
             self._split(job, call, exc)
             return
         self.copies.put(pipe)
-        for i, request in enumerate(call.requests):
-            self._take_slot()
-            self.host.submit(self._host_work, job, request, out.pixels[i], out.finite[i])
+        self.feed.put((job, call, images))  # waits while FEED_DEPTH calls are unfed
+
+    # -- the feeder (one thread per worker) -----------------------------------------------------
+    def _feed(self, job: ShardJob, call: ModelCall, images: Any) -> None:
+        """A call's images: quantised, each handed to host work; then what is ready scored."""
+        try:
+            out = to_pixels(images)
+            del images
+            for i, request in enumerate(call.requests):
+                self._take_slot()
+                self.host.submit(self._host_work, job, request, out.pixels[i], out.finite[i])
+            self.score_ready()
+        except BaseException as exc:
+            job.fail(exc)
 
     def _split(self, job: ShardJob, call: ModelCall, exc: BaseException) -> None:
         requests = call.requests
@@ -247,7 +269,7 @@ class Worker:
 
     def _take_slot(self) -> None:
         """Wait for room between the model and the scorers, scoring what is ready meanwhile
-        (this thread is also the one that scores)."""
+        (the feeder is also a thread that scores)."""
         while not self.slots.acquire(timeout=0.005):
             self.score_ready()
 
@@ -289,7 +311,7 @@ class Worker:
         if complete:
             self.ready.append((job, chunk))
 
-    # -- device scorers (the device loop's thread, between calls) ---------------------------
+    # -- device scorers (the feeder, and a DoFn thread waiting for its shard) -----------------
     def score_ready(self) -> None:
         """Score every chunk whose members are all prepared (the device scorers, one call
         per chunk; inside, fixed-shape batches of `scoring.batch_size`)."""
@@ -350,6 +372,11 @@ class Worker:
         if job.error is not None:
             raise job.error
 
+    def __del__(self) -> None:
+        # the feeder ends; if the queue is full, it ends once it finds this worker gone
+        with contextlib.suppress(AttributeError, queue.Full):
+            self.feed.put_nowait(None)
+
     def first_report(self) -> bool:
         """True once per worker: the first finished shard counts the worker on its device."""
         with self._progress_lock:
@@ -360,6 +387,26 @@ class Worker:
         if self._progress is not None:
             with self._progress_lock:
                 self._progress.write(letter + "\n")
+
+
+def _feeder(
+    feed: queue.Queue[tuple[ShardJob, ModelCall, Any] | None], worker: weakref.ref[Worker]
+) -> None:
+    """The feeder thread's loop: it holds its worker only while feeding a call."""
+    while True:
+        try:
+            item = feed.get(timeout=1.0)
+        except queue.Empty:
+            if worker() is None:
+                return
+            continue
+        if item is None:
+            return
+        w = worker()
+        if w is None:
+            return
+        w._feed(*item)
+        del w, item
 
 
 _M_ARENA_MAX = -8  # glibc malloc.h

@@ -112,15 +112,15 @@ def test_a_failing_sample_splits_its_call_in_half_until_it_fails_alone(
     requests = plan(worker.spec.recipe)[:4]
     bad = requests[2].key
     calls: list[list[str]] = []
-    real_run_call = stage.run_call
+    real_call_model = stage.call_model
 
-    def run_call(pipe: Any, settings: Any, call: Any) -> Any:
+    def call_model(pipe: Any, settings: Any, call: Any) -> Any:
         calls.append([r.key for r in call.requests])
         if bad in calls[-1]:
             raise FloatingPointError(f"NaN latents in /home/someone/models/{bad}/unet")
-        return real_run_call(pipe, settings, call)
+        return real_call_model(pipe, settings, call)
 
-    monkeypatch.setattr(stage, "run_call", run_call)
+    monkeypatch.setattr(stage, "call_model", call_model)
     samples = _stage(worker, 90, requests)
     keys = [r.key for r in requests]
     assert calls == [keys, keys[:2], keys[2:], keys[2:3], keys[3:]]

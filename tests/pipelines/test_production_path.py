@@ -40,17 +40,17 @@ def clean(tmp_path_factory: pytest.TempPathFactory, recipe: Path) -> Any:
 
 
 class _Calls:
-    """Wraps the stage's `run_call`: counts calls, who made them and how many overlapped."""
+    """Wraps the stage's `call_model`: counts calls, who made them and how many overlapped."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None):
-        self.real = stage.run_call
+        self.real = stage.call_model
         self.count = 0
         self.threads: set[int] = set()
         self.inside = 0
         self.most_inside = 0
         self.fail_at = fail_at
         self._lock = threading.Lock()
-        monkeypatch.setattr(stage, "run_call", self)
+        monkeypatch.setattr(stage, "call_model", self)
 
     def __call__(self, pipe: Any, settings: Any, call: Any) -> Any:
         with self._lock:
@@ -87,6 +87,49 @@ def test_a_four_thread_build_equals_the_in_process_build_with_one_call_per_copy(
     # every planned call made once: no call failed and was retried
     assert calls.count == result.metrics["generate_calls"] == clean.metrics["generate_calls"] == 5
     assert result.metrics.get("generate_splits", 0) == 0
+
+
+def test_the_model_loop_only_makes_calls_while_the_feeder_scores(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard of six calls: every scoring call runs off the thread making the model calls
+    while it makes them, some during them, and each chunk is scored exactly once."""
+    import time
+
+    data = tiny_recipe_dict(model_dir, count_per_class=4, batch_size=2)
+    data["model"]["compute_batch"] = 2
+    data["output"] = {"shard_size": 12}  # one shard: 6 model calls, 6 scoring chunks
+    recipe = write_recipe(tmp_path / "recipe.yaml", data)
+    log: list[tuple[str, int, float, float]] = []  # (what, thread, start, end)
+    lock = threading.Lock()
+
+    def timed(what: str, real: Any, pause: float = 0.0) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            start = time.monotonic()
+            try:
+                if pause:
+                    time.sleep(pause)  # device time: the GIL and the core stay free
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    log.append((what, threading.get_ident(), start, time.monotonic()))
+
+        return run
+
+    monkeypatch.setattr(stage, "call_model", timed("call", stage.call_model, 0.1))
+    monkeypatch.setattr(stage, "score_batch", timed("score", stage.score_batch))
+    monkeypatch.setattr(stage.Worker, "generate", timed("shard", stage.Worker.generate))
+    result = run_build(recipe, tmp_path / "out", show_progress=False)
+    assert result.manifest.counts.attempted == 12 and result.manifest.counts.failed == 0
+    calls = [e for e in log if e[0] == "call"]
+    scores = [e for e in log if e[0] == "score"]
+    (shard,) = [e for e in log if e[0] == "shard"]
+    assert len(calls) == result.metrics["generate_calls"] == 6
+    assert len(scores) == result.metrics["score_calls"] == 6, "one scoring call per chunk"
+    assert {c[1] for c in calls} == {shard[1]}
+    during = [e for e in scores if e[2] < shard[3]]
+    assert all(e[1] != shard[1] for e in during), "the model loop scored between its calls"
+    assert during, "scoring waited for the shard's last model call"
 
 
 CLAIM = """
@@ -185,7 +228,8 @@ def test_a_kill_mid_round_costs_at_most_the_shards_in_flight(
     out = tmp_path / "out"
     killed = subprocess.run(
         [sys.executable, "-m", "synthgen.pipelines.cli", "build", str(recipe), "-o", str(out)],
-        env={**os.environ, "SYNTHGEN_FAULT": "stage:#4:kill"},  # staging the 4th of 5 shards
+        # killed as the last of 5 shards starts staging: every call has run by then
+        env={**os.environ, "SYNTHGEN_FAULT": "stage:#5:kill"},
         capture_output=True,
         text=True,
         timeout=600,
@@ -194,7 +238,8 @@ def test_a_kill_mid_round_costs_at_most_the_shards_in_flight(
     staged = list((out / ".synthgen" / "staging").glob("*.arrow"))
     assert not (out / "manifest.json").exists()
     unstaged = 5 - len(staged)
-    assert unstaged == 2, "lost: the shard being staged and the one generating, nothing else"
+    # lost: the shard being staged and at most the one before it, still being written
+    assert 1 <= unstaged <= 2, f"{unstaged} shards lost; at most the 2 in flight may be"
     calls = _Calls(monkeypatch)
     result = run_build(recipe, out, resume=True, show_progress=False)
     assert calls.count == unstaged == result.metrics["generate_calls"]
