@@ -35,7 +35,6 @@ thread, from what each finished shard reports: Beam attributes a counter only th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -373,9 +372,14 @@ class Worker:
             raise job.error
 
     def __del__(self) -> None:
-        # the feeder ends; if the queue is full, it ends once it finds this worker gone
-        with contextlib.suppress(AttributeError, queue.Full):
-            self.feed.put_nowait(None)
+        # the feeder ends; if the queue is full, it ends once it finds this worker gone. No
+        # module globals here: at interpreter exit they may already be None.
+        feed = self.__dict__.get("feed")
+        try:
+            if feed is not None:
+                feed.put_nowait(None)
+        except Exception:
+            pass
 
     def first_report(self) -> bool:
         """True once per worker: the first finished shard counts the worker on its device."""
