@@ -21,7 +21,7 @@ once per mode:
 mode; `max` (default) every class short of the largest. `--set` overrides apply to every
 mode (e.g. `--set sampling.guidance_scale=2.0`). The same classifier (an SVC on 8x8 grey
 pixels) is trained on the imbalanced real set and on each balanced set (real + accepted
-synthetic, read back from balanced.parquet and the shards), and tested on the real test
+synthetic, read back from the balanced index and the shards), and tested on the real test
 split. Reported per mode: minority recall per class, their mean, macro-F1, the diversity of
 the generated top-up (mean pairwise distance of its 8x8 pixel features, per minority class;
 the full real train class for comparison), the share of distinct synthetic images, rounds,
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import synthgen
 from synthgen.generators.training.data import WORDS, load_split, to_features, to_images
 from synthgen.pipelines.build import run_build
 from synthgen.storage.tars import iter_tar_samples
@@ -83,11 +84,10 @@ def accepted_pngs(out: Path) -> dict[str, bytes]:
 def _synthetic(out: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Features, labels and image sha256 of the accepted synthetic samples of a balanced
     build."""
-    import pandas as pd
     import torch
     from PIL import Image
 
-    index = pd.read_parquet(out / "balanced.parquet")
+    index = synthgen.load(out).balanced().table.to_pandas()
     synth = index[index.source == "synthetic"]
     data = accepted_pngs(out)
     if synth.empty:

@@ -294,6 +294,18 @@ def _pipeline_class(path: Path, class_name: Any) -> str:
     return class_name
 
 
+def read_model_index(path: Path) -> dict[str, Any]:
+    """A diffusers folder's `model_index.json`, after the folder's files are scanned (links
+    out, code files) and a custom pipeline is refused: nothing in the folder runs."""
+    if not path.is_dir():
+        raise ModelFolderError(f"{path}: model folder not found")
+    index = read_json_object(path / "model_index.json", "diffusers pipeline folder")
+    scan_files(path)
+    if "_custom_pipeline" in index or "custom_pipeline" in index:
+        raise ModelFolderError(f"{path}/model_index.json: custom pipeline code is never run")
+    return index
+
+
 def inspect_folder(
     path: Path, variant: str | None = None, safety_checker: bool = True
 ) -> ModelFolder:
@@ -301,12 +313,7 @@ def inspect_folder(
 
     `safety_checker=False` leaves the folder's checker components unchecked (never loaded).
     """
-    if not path.is_dir():
-        raise ModelFolderError(f"{path}: model folder not found")
-    index = read_json_object(path / "model_index.json", "diffusers pipeline folder")
-    scan_files(path)
-    if "_custom_pipeline" in index or "custom_pipeline" in index:
-        raise ModelFolderError(f"{path}/model_index.json: custom pipeline code is never run")
+    index = read_model_index(path)
     class_name = _pipeline_class(path, index.get("_class_name"))
     components = []
     for name, spec in index.items():

@@ -2,6 +2,13 @@
 
 The record is a tar `.json` sidecar (full provenance), or a Parquet row merged with the build
 constants its file carries (`find_provenance`): rows keep only what varies per sample.
+
+A record names its inputs (model folder, adapters, conditioning sources, images, ControlNet
+and IP-Adapter folders) as the recipe wrote them relative to its folder, else by name, with
+their sha256: never by a path of the machine that made the build. `Inputs` finds them again
+(the model with `--model`, the rest in `--inputs` folders, the recipe's folder, the current
+directory); whatever is found must have the recorded sha256. Records made before published
+paths were relative hold absolute paths: those are tried as they are.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +25,16 @@ from synthgen.generators.conditioning import conditioning_from_provenance
 from synthgen.generators.handler import GenerationSettings, generate_batch
 from synthgen.generators.model_folder import ModelFolderError, load_pipeline
 from synthgen.generators.provenance_bounds import check_provenance_bounds
+from synthgen.schemas.manifest import STATE_DIR, STATE_NAME, BuildState
 from synthgen.schemas.records import (
     REJECT_IMAGE_FIELD,
     GenerationRequest,
     canonical_json,
     provenance_from_row,
+    public_path,
     read_build_constants,
 )
-from synthgen.storage.hashing import folder_sha256
+from synthgen.storage.hashing import file_sha256, folder_sha256
 from synthgen.storage.watermark import watermark_payload
 
 
@@ -41,6 +52,207 @@ def _slots_json(value: Any) -> str | None:
 
 class ProvenanceNotFound(ValueError):
     """A build directory holds no single provenance record for a key."""
+
+
+class InputNotFound(ModelFolderError):
+    """An input a provenance record names is nowhere regeneration looks, or differs there."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where regeneration looks for the inputs a provenance record names.
+
+    Each recorded path is tried, in order: `model` (the model folder, `--model`); the
+    building machine's own path for it (`places`, a local build's private state: local path
+    -> as recorded); the recorded path itself when absolute (older records); relative to
+    each of `dirs`; by its name in each of `dirs`. The first candidate with the recorded
+    content (sha256) is taken; one with other content is never used."""
+
+    model: Path | None = None
+    places: Mapping[str, str] = field(default_factory=dict)
+    dirs: tuple[Path, ...] = ()
+
+    @classmethod
+    def for_build(
+        cls, build_dir: Path, model: Path | None = None, inputs: Sequence[Path] = ()
+    ) -> Inputs:
+        """For a sample of the build in `build_dir`: the `inputs` folders, then the recipe's
+        folder and the local paths of its private state (when it was built here), its own
+        `adapters/` folder (trained LoRAs), then the current directory."""
+        state = _read_state(build_dir)
+        dirs = [*inputs]
+        if state is not None and state.recipe_dir:
+            dirs.append(Path(state.recipe_dir))
+        dirs += [build_dir / "adapters", Path.cwd()]
+        places = state.paths if state is not None else {}
+        return cls(model, places, tuple(dirs))
+
+    def find(
+        self,
+        recorded: str,
+        what: str,
+        matches: Callable[[Path], bool],
+        how: str = "--inputs DIR",
+        explicit: Path | None = None,
+    ) -> Path:
+        """The local path of the input recorded as `recorded` whose content `matches`.
+
+        Raises InputNotFound naming it, where it looked, and the option (`how`) that names
+        it; a candidate with other content is named as differing."""
+        candidates = [] if explicit is None else [explicit]
+        candidates += [Path(local) for local, shown in self.places.items() if shown == recorded]
+        own = Path(recorded).expanduser()
+        if own.is_absolute():
+            candidates.append(own)
+        else:
+            candidates += [d / own for d in self.dirs]
+        name = public_path(recorded)
+        if name not in ("", ".", ".."):
+            candidates += [d / name for d in self.dirs]
+        seen: set[Path] = set()
+        differs: list[Path] = []
+        for c in candidates:
+            if c in seen or not c.exists():
+                continue
+            seen.add(c)
+            if matches(c):
+                return c
+            differs.append(c)
+            if c == explicit:
+                break
+        if differs:
+            raise InputNotFound(
+                f"{differs[0]}: the {what}'s content differs from the one recorded as "
+                f"{recorded!r} (sha256); pass the right one with {how}"
+            )
+        looked = ", ".join(str(d) for d in self.dirs) or "nowhere"
+        raise InputNotFound(
+            f"{what} {recorded!r} not found (recorded relative to the recipe's folder, or by "
+            f"name; looked in: {looked}); pass it with {how}"
+        )
+
+
+def _read_state(build_dir: Path) -> BuildState | None:
+    try:
+        return BuildState.model_validate_json((build_dir / STATE_DIR / STATE_NAME).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _folder_is(sha: str) -> Callable[[Path], bool]:
+    return lambda p: p.is_dir() and folder_sha256(p) == sha
+
+
+def _file_is(sha: str) -> Callable[[Path], bool]:
+    return lambda p: p.is_file() and file_sha256(p) == sha
+
+
+def _present(p: Path) -> bool:
+    return p.exists()
+
+
+def localize(prov: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
+    """`prov` with every input it names replaced by its local path, each found by `inputs`
+    with its recorded content: the model folder, adapter files, the conditioning source (and
+    a WebDataset reference into it), mask folder, fixed images, ControlNet and IP-Adapter
+    folders. Raises InputNotFound naming the first that is not found."""
+    out = dict(prov)
+    model = inputs.find(
+        str(prov["model_path"]),
+        "model folder",
+        _folder_is(str(prov["model_sha256"])),
+        "--model PATH",
+        inputs.model,
+    )
+    out["model_path"] = str(model)
+    table = json.loads(json.dumps(_loads(prov.get("adapters") or {}) or {}))  # its own copy
+    if table:
+        per_class = table.get("classes", {}).values()
+        for ref in [*table.get("all", []), *(r for refs in per_class for r in refs)]:
+            found = inputs.find(str(ref["path"]), "adapter file", _file_is(str(ref["sha256"])))
+            ref["path"] = str(found)
+        out["adapters"] = table
+    if prov.get("conditioning_mode") not in (None, "text") and prov.get("conditioning"):
+        params = json.loads(json.dumps(_loads(prov["conditioning"])))  # its own copy
+        out["conditioning"] = params
+        out["conditioning_source"] = _localize_conditioning(
+            params, prov.get("conditioning_source"), inputs
+        )
+    return out
+
+
+def _localize_conditioning(params: dict[str, Any], ref: Any, inputs: Inputs) -> Any:
+    """Localize a mode's settings in place; returns the sample's source reference, local."""
+    source = params.get("source")
+    if isinstance(source, dict):
+        location = str(source["location"])
+        if any(c in location for c in "{*?["):  # a shard pattern
+            source["location"] = _find_pattern(location, inputs)
+        else:
+            source["location"] = str(inputs.find(location, "conditioning source", _present))
+        if source.get("mask_folder"):
+            source["mask_folder"] = str(
+                inputs.find(str(source["mask_folder"]), "mask folder", Path.is_dir)
+            )
+        if isinstance(ref, str) and source.get("format") == "webdataset":
+            ref = _shard_reference(str(source["location"]), ref)
+    mask = params.get("mask")
+    if isinstance(mask, dict) and "path" in mask:
+        mask["path"] = str(inputs.find(str(mask["path"]), "mask image", _file_is(mask["sha256"])))
+    adapter = params.get("ip_adapter")
+    if isinstance(adapter, dict):
+        adapter["path"] = str(
+            inputs.find(str(adapter["path"]), "IP-Adapter folder", _folder_is(adapter["sha256"]))
+        )
+        image = adapter.get("image")
+        if isinstance(image, dict):
+            image["path"] = str(
+                inputs.find(str(image["path"]), "image prompt", _file_is(image["sha256"]))
+            )
+    for net in params.get("controlnets") or []:
+        net["path"] = str(
+            inputs.find(str(net["path"]), "ControlNet folder", _folder_is(net["sha256"]))
+        )
+        image = net.get("image")
+        if isinstance(image, dict):
+            image["path"] = str(
+                inputs.find(str(image["path"]), "ControlNet image", _file_is(image["sha256"]))
+            )
+    return ref
+
+
+def _find_pattern(pattern: str, inputs: Inputs) -> str:
+    """A recorded shard pattern, local: where the build read it (its private state), as
+    recorded when absolute, else in the folder of that name (or any of `inputs.dirs`) where
+    it matches shards."""
+    from synthgen.generators.sources.webdataset_source import expand_pattern
+
+    here = [local for local, shown in inputs.places.items() if shown == pattern]
+    if Path(pattern).expanduser().is_absolute():
+        here.append(str(Path(pattern).expanduser()))
+    for local in here:
+        if expand_pattern(local):
+            return local
+    head, _, tail = pattern.rpartition("/")
+    folder = inputs.find(
+        head or ".",
+        f"folder of the conditioning source {pattern!r}",
+        lambda d: d.is_dir() and bool(expand_pattern(f"{d}/{tail}")),
+    )
+    return f"{folder}/{tail}"
+
+
+def _shard_reference(location: str, ref: str) -> str:
+    """A WebDataset reference (`shard.tar#key`, or an older absolute one) into the located
+    source: the shard of that name among the pattern's matches."""
+    from synthgen.generators.sources.webdataset_source import expand_pattern
+
+    head, sep, key = ref.partition("#")
+    if not sep or (Path(head).is_absolute() and Path(head).is_file()):
+        return ref
+    name = Path(head).name
+    urls = [u for u in expand_pattern(location) if Path(u).name == name]
+    return f"{Path(urls[0]).resolve()}#{key}" if len(urls) == 1 else ref
 
 
 def find_provenance(build_dir: Path, key: str) -> dict[str, Any]:
@@ -116,21 +328,19 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
     )
 
 
-def regenerate(prov: dict[str, Any]) -> bytes:
-    """The encoded image the provenance describes. The model folder must be the same content.
+def regenerate(prov: dict[str, Any], inputs: Inputs | None = None) -> bytes:
+    """The encoded image the provenance describes, from the same content: every input is
+    found by `inputs` (default: relative to the current directory) and must have the
+    recorded sha256 (InputNotFound names the one that has not).
 
     The sampler is rebuilt from the recorded effective scheduler config (class included),
     so `native` and named schedulers regenerate alike.
     """
     from synthgen.generators.model_folder import make_scheduler
 
+    prov = localize(prov, inputs if inputs is not None else Inputs(dirs=(Path.cwd(),)))
     settings = settings_from_provenance(prov)
-    model_path = Path(settings.model_path)
-    if folder_sha256(model_path) != prov["model_sha256"]:
-        raise ModelFolderError(
-            f"{model_path}: the model folder's content differs from the one that made "
-            f"{prov['key']} (sha256 {str(prov['model_sha256'])[:12]})"
-        )
+    model_path = Path(settings.model_path)  # found with the recorded sha256
     pipe = load_pipeline(
         model_path,
         "native",

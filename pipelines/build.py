@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,8 @@ def run_build(
     resolved = resolve(recipe, base_dir)
     options = beam_options(beam_args or [])
     with ExitStack() as stack:
+        if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args or []):
+            stack.enter_context(_without_harmless_worker_notices())
         root = None
         if publish_root is not None and extend is not None:
             root = _lock_root(stack, publish_root, store)  # before its latest is read
@@ -138,6 +141,33 @@ def run_build(
         publish(root_dir, out)
         return result
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# What every DirectRunner worker process logs at start-up, forwarded to this process by
+# Beam's logging service: nothing is wrong.
+HARMLESS_WORKER_NOTICES = (
+    "No semi_persistent_directory found",  # a local worker has no staged files to load
+    "Discarding unparseable args",  # the runner's own options, which the worker ignores
+)
+WORKER_LOG = "apache_beam.runners.portability.local_job_service"  # where they arrive
+
+
+def _not_harmless(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(notice in message for notice in HARMLESS_WORKER_NOTICES)
+
+
+@contextmanager
+def _without_harmless_worker_notices() -> Iterator[None]:
+    """While a build runs, the worker processes' start-up notices (HARMLESS_WORKER_NOTICES)
+    are dropped; any other record they log passes. A caller that chose the workers' log
+    level (`--default_sdk_harness_log_level`) sees everything."""
+    log = logging.getLogger(WORKER_LOG)
+    log.addFilter(_not_harmless)
+    try:
+        yield
+    finally:
+        log.removeFilter(_not_harmless)
 
 
 def _lock_root(stack: ExitStack, publish_root: str | Path, store: Store | None) -> _Root:
@@ -246,7 +276,7 @@ def _parent(extend: str | Path | None, root: _Root | None) -> tuple[Path, str] |
         url = resolve_build(str(extend)).url
         return pull_build(url), url
     path = Path(extend).resolve()
-    return path, str(path)
+    return path, path.name  # a local parent by its folder's name: no path of this machine
 
 
 def _build(

@@ -1,11 +1,14 @@
 """The dataset card: `README.md` with Hugging Face YAML front matter, written in every build.
 
 The card makes a build directory a Hub dataset as it is: its `default` config names the
-WebDataset tars the manifest lists (images with labels), so `datasets.load_dataset(DIR)` reads
-it; the Parquet rows (every attempt, rejects included, `ClassLabel` names in their schema)
-read with `load_dataset("parquet", data_files=...)`. (One Hub dataset cannot mix tar and
-Parquet configs: `datasets` picks one builder for all of them.) The body
-says how the corpus was made, from what, and what it cannot be trusted for.
+WebDataset tars the manifest lists, with `dataset_info` features that keep the training view
+(the image as `Image`, the class id as a `ClassLabel` with the class names, the key), so
+`datasets.load_dataset(DIR)` gives rows a torch `DataLoader` collates; the `provenance`
+config reads every member (prompt and the nested provenance JSON too). The Parquet rows (every
+attempt, rejects included, `ClassLabel` names in their schema) read with
+`load_dataset("parquet", data_files="DIR/*.parquet")`: one Hub dataset cannot mix tar and
+Parquet configs (`datasets` picks one builder, from the first config's files, for all). The
+body says how the corpus was made, from what, and what it cannot be trusted for.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import yaml
 
 from synthgen.schemas.manifest import REPORT_JSON, Manifest
+from synthgen.schemas.records import IMAGE_EXTENSIONS, class_label_names
 from synthgen.storage.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -53,10 +57,38 @@ def _class_names(manifest: Manifest) -> dict[int, str]:
     return {int(c["id"]): str(c["name"]) for c in manifest.recipe.get("classes", [])}
 
 
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 image`, `3 images`: a count with its noun agreeing."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def image_member(manifest: Manifest) -> str:
+    """The tar member extension of a build's images (`png`, `jpg`, `webp`)."""
+    fmt = str((manifest.recipe.get("output") or {}).get("image_format") or "png")
+    return IMAGE_EXTENSIONS.get(fmt, fmt)
+
+
+def default_features(manifest: Manifest) -> list[dict[str, Any]]:
+    """The `default` config's `datasets` features (the Hub's YAML form): the image, the class
+    id as a `ClassLabel` named in label order, the key. `datasets` keeps only the declared
+    members, so the nested provenance JSON, which default collate cannot batch, stays out."""
+    names = class_label_names(_class_names(manifest))
+    label: dict[str, Any] = {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}
+    return [
+        {"name": image_member(manifest), "dtype": "image"},
+        {"name": "cls", "dtype": label if names else "int64"},
+        {"name": "__key__", "dtype": "string"},
+    ]
+
+
 def card_metadata(manifest: Manifest) -> dict[str, Any]:
     """The YAML front matter (Hub dataset card metadata) of a build."""
     # A shard whose samples were all rejected has an empty tar, which `datasets` cannot read.
     tars = [n for s in manifest.shards if s.accepted for n in s.files if n.endswith(".tar")]
+
+    def data_files() -> list[dict[str, Any]]:  # one list per config: no YAML anchors
+        return [{"split": "train", "path": list(tars)}]
+
     return {
         "license": _license(manifest.recipe),
         "pretty_name": f"synthgen {manifest.recipe_name}",
@@ -64,12 +96,10 @@ def card_metadata(manifest: Manifest) -> dict[str, Any]:
         "task_categories": ["image-classification"],
         "tags": ["synthetic", "synthgen", "webdataset"],
         "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": "train", "path": tars}],
-                "default": True,
-            },
+            {"config_name": "default", "data_files": data_files(), "default": True},
+            {"config_name": "provenance", "data_files": data_files()},
         ],
+        "dataset_info": [{"config_name": "default", "features": default_features(manifest)}],
     }
 
 
@@ -100,6 +130,62 @@ def _headline(out: Path) -> list[str]:
     return lines
 
 
+def _rejected(manifest: Manifest) -> str:
+    n, failed = manifest.counts.rejected, manifest.counts.failed
+    text = f"{_count(n, 'generated image')} {'was' if n == 1 else 'were'} rejected by its checks"
+    if failed:
+        text += f", {failed} failed to generate"
+    return text
+
+
+def _balanced_files(manifest: Manifest) -> str:
+    """The Files entry of a balancing build's balanced index ("" for other builds)."""
+    b = manifest.balance
+    if b is None:
+        return ""
+    real, total = sum(b.before.values()), sum(b.after.values())
+    synthetic = _count(total - real, "synthetic sample")
+    return (
+        f"- `{b.balanced_index}`: the balanced training index, one row per training sample "
+        f"({_count(real, 'real sample')} from the source, {synthetic} from this build): "
+        "`source` (`real` | `synthetic`), `label`, `class_name`, `reference` (real: where in "
+        "the source), `key` and `shard` (synthetic). "
+        "`synthgen.load(DIR).balanced()` reads its real and synthetic images together.\n"
+    )
+
+
+def _model_folder(out: Path, manifest: Manifest) -> Path:
+    """The model folder where the build found it: the manifest records it as published (as
+    the recipe wrote it, else by name); the build's private state knows where it was."""
+    from synthgen.pipelines.output import read_state
+
+    places = state.paths if (state := read_state(out)) is not None else {}
+    here = [p for p, shown in places.items() if shown == manifest.model.path]
+    return Path(here[0]) if here else Path(manifest.model.path)
+
+
+def _rendering_domain(manifest: Manifest, out: Path) -> str:
+    """A section on the image domain of a model `synthgen train-default` made ("" otherwise):
+    read from the model folder's `training.json`, there while the build writes its card."""
+    try:
+        training = json.loads((_model_folder(out, manifest) / "training.json").read_text("utf-8"))
+        if "load_digits" not in str(training.get("data", "")):
+            return ""
+        size = int(training["diffusion"]["config"]["layout"]["image_size"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return ""
+    return f"""
+## Rendering domain
+
+The model was trained (`synthgen train-default`) on scikit-learn's 8x8 handwritten digits
+rendered at {size}x{size}: grey levels 0-16 scaled to [0, 1], upsampled bilinearly
+(`align_corners=False`), white ink on black, as RGB. Its images are in that domain: test a
+classifier trained on this corpus on real digits rendered the same way
+(`synthgen.generators.training.data.to_images(x, {size})`). Tested on raw 8x8 digits, it meets
+a domain it never saw and loses most of what the synthetic images add.
+"""
+
+
 def card_text(out: Path, manifest: Manifest) -> str:
     """The whole card: front matter, then what the corpus is and how it was made."""
     meta = {k: v for k, v in card_metadata(manifest).items() if v is not None}
@@ -108,13 +194,16 @@ def card_text(out: Path, manifest: Manifest) -> str:
     per_class = manifest.counts.planned_per_class
     classes = "\n".join(f"| {i} | {n} | {per_class.get(n, 0)} |" for i, n in sorted(names.items()))
     sampling = manifest.recipe.get("sampling", {})
+    ext = image_member(manifest)
+    balanced = _balanced_files(manifest)
+    domain = _rendering_domain(manifest, out)
     body = f"""
 # synthgen {manifest.recipe_name}
 
 A synthetic image corpus made by [synthgen](https://pypi.org/project/synthgen-corpus/) from a
-diffusion model: {manifest.counts.accepted} accepted images of {len(names)} classes
-({manifest.counts.rejected} generated images were rejected by its checks and are kept, with
-the reason, in the Parquet metadata only).
+diffusion model: {_count(manifest.counts.accepted, "accepted image")} of
+{_count(len(names), "class", "classes")} ({_rejected(manifest)}, kept with the reason in the
+Parquet metadata only).
 
 ## Source
 
@@ -134,22 +223,28 @@ the reason, in the Parquet metadata only).
 
 ## Files and how to read them
 
-- `*.tar`: WebDataset shards of accepted samples: `KEY.png` (image), `KEY.cls` (class id),
+- `*.tar`: WebDataset shards of accepted samples: `KEY.{ext}` (image), `KEY.cls` (class id),
   `KEY.txt` (prompt), `KEY.json` (full provenance: enough to regenerate the image). Samples
   inside a shard are in a seeded, class-mixed order.
-- `*.parquet`: one row per attempted sample (status, reject reason, scores, embeddings;
-  rejected images in `rejected_image`); build-wide provenance in each file's metadata.
-- `manifest.json`: every file with its sha256; trust the build only through it.
+- `*.parquet`: the shards' metadata, one row per attempted sample (status, reject reason,
+  scores, embeddings; rejected images in `rejected_image`); build-wide provenance in each
+  file's metadata. Only shard files match `*.parquet` here.
+{balanced}- `manifest.json`: every file with its sha256; trust the build only through it.
 - `report.html` / `report.json`: the data-quality report.
 
 ```
-datasets.load_dataset(DIR)                 # accepted images, labels, prompts, provenance
-datasets.load_dataset("parquet", data_files=f"{{DIR}}/0*.parquet")   # every attempt's row
+ds = datasets.load_dataset(DIR, split="train")   # {ext} (Image), cls (ClassLabel), __key__
+ds.features["cls"].names                          # the class names, in label order
+ds = ds.rename_columns({{"{ext}": "image", "cls": "label"}})   # the usual names, if wanted
+datasets.load_dataset(DIR, "provenance", split="train")   # + txt (prompt), json (provenance)
+datasets.load_dataset("parquet", data_files=f"{{DIR}}/*.parquet")   # every attempt's row
 ```
 
-Parquet `class_label` is a `ClassLabel` with the class names above; `rejected_image` an
-`Image`; the layout is `synthgen.sample` v4 (docs/output.md of synthgen).
-
+The `default` config is the training view: `ds.with_format("torch")` goes straight into a
+`torch.utils.data.DataLoader`. Join it to the metadata on `__key__` = Parquet `key`. Parquet
+`class_label` is a `ClassLabel` with the class names above; `rejected_image` an `Image`; the
+layout is `synthgen.sample` v4 (docs/output.md of synthgen).
+{domain}
 ## How it was made
 
 Each sample's key, prompt and seed are pure functions of the recipe; the image was generated

@@ -21,6 +21,7 @@ logger = logging.getLogger("synthgen")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_REGRESSED = 3  # --fail-on-regression: the trend against the previous build regressed
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a tool killed by it
@@ -86,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     b = add(
         "build",
         help="build a corpus from a recipe",
-        description="Build a corpus. Arguments after `--` go to Beam's PipelineOptions.",
+        description="Build a corpus. Arguments after `--` go to Beam's PipelineOptions; "
+        "--workers / --devices stand for the common DirectRunner ones (docs/runners.md).",
     )
     b.add_argument("recipe", help="recipe YAML file")
     where = b.add_mutually_exclusive_group(required=True)
@@ -113,7 +115,21 @@ def _parser() -> argparse.ArgumentParser:
         help="grow a complete build (with --publish and no BUILD: its latest): its shards are "
         "kept byte for byte, only new samples are generated",
     )
+    b.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N worker processes on this machine (DirectRunner multi_processing; "
+        "docs/runners.md); not with --direct_num_workers after --",
+    )
+    b.add_argument(
+        "--devices",
+        metavar="LIST|N",
+        help="GPU build (model.device: cuda): one worker process per GPU, N of them, or the "
+        "GPUs listed (0,2 or cuda:0,cuda:2)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress display")
+    _regression_arg(b)
     _json_arg(b)
     b.add_argument(
         "--metrics-file",
@@ -164,14 +180,37 @@ def _parser() -> argparse.ArgumentParser:
     r = add("report", help="(re)write report.html and report.json for a build")
     r.add_argument("dir", help="build output directory, or a publish root (its latest)")
     _reference_args(r)
+    _regression_arg(r)
 
     g = add(
         "regenerate",
         help="rebuild one sample from its provenance alone and compare its bytes",
+        description="Rebuild one sample from its provenance and compare its bytes. Provenance "
+        "names the model folder and other inputs (adapters, conditioning sources and images, "
+        "ControlNet / IP-Adapter folders) as the recipe wrote them relative to its folder, "
+        "else by name, with their sha256. They are looked for with --model, where the build "
+        "found them (a build made on this machine), then by the recorded path or name in the "
+        "--inputs folders, the recipe's folder, the build's adapters/ folder and the current "
+        "directory; only what has the recorded sha256 is used.",
     )
     g.add_argument("dir", help="build output directory")
     g.add_argument("key", help="sample key")
     g.add_argument("--image-out", default=None, help="also write the regenerated image here")
+    g.add_argument(
+        "--model",
+        metavar="PATH",
+        default=None,
+        help="the model folder (needed where the build was made elsewhere); its sha256 "
+        "must be the recorded one",
+    )
+    g.add_argument(
+        "--inputs",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="a folder holding the sample's other inputs, by the path the provenance records "
+        "(relative to the recipe's folder) or by name; repeatable",
+    )
 
     pr = add(
         "prune",
@@ -180,6 +219,35 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("root", help="publish root (holds builds/ and latest)")
     pr.add_argument("--keep", type=int, required=True, metavar="N", help="builds to keep")
     pr.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
+    ini = add(
+        "init",
+        help="write a commented recipe to start from: for a diffusers model folder, or to "
+        "balance a labelled dataset",
+        description="Write a recipe scaffold that `synthgen plan` accepts. --model DIR: a "
+        "fixed-count recipe for that diffusers folder; --from-dataset SRC: a balancing recipe "
+        "with one class per label of SRC (Parquet, WebDataset shards, class folders).",
+    )
+    ini.add_argument(
+        "--model",
+        metavar="MODEL_DIR",
+        help="diffusers pipeline folder (with --from-dataset: the one making the top-ups; "
+        "default the bundled digits model)",
+    )
+    ini.add_argument("--from-dataset", metavar="DIR_OR_PARQUET", help="labelled dataset to balance")
+    ini.add_argument("--label-column", default="label", help="the dataset's label column")
+    ini.add_argument("--image-column", default="image", help="the dataset's image column")
+    ini.add_argument(
+        "--clip-model",
+        metavar="DIR",
+        help="CLIP folder that scores the images (default the bundled digits CLIP)",
+    )
+    ini.add_argument(
+        "--classes", metavar="A,B,...", help="class names for a --model recipe (default cat,dog)"
+    )
+    ini.add_argument("--name", help="the recipe's name (default: from the folder)")
+    ini.add_argument("--output", "-o", default="recipe.yaml", help="file to write")
+    ini.add_argument("--force", action="store_true", help="replace an existing file")
 
     t = add(
         "train-default",
@@ -192,6 +260,15 @@ def _parser() -> argparse.ArgumentParser:
 def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", action="store_true", help="one JSON object on stdout instead of the lines"
+    )
+
+
+def _regression_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 3, naming each regression, when the report's trend against the previously "
+        "published build flags one (for scheduled builds; see docs/metrics.md)",
     )
 
 
@@ -390,6 +467,7 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     # heavy imports (torch, diffusers, Beam, open_clip); a build with nothing left to do
     # ends here too.
     recipe, base_dir = load_recipe(args.recipe, args.overrides)
+    beam_args = _worker_args(args, recipe, beam_args)
     done = _before_heavy_imports(args, recipe, base_dir)
     if done is not None:
         out, manifest = done
@@ -398,7 +476,10 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
         summary = _build_summary(
             str(out), manifest, 0, time.monotonic() - started, manifest.shard_ids
         )
-        return _print_build(args, summary)
+        return _print_build(args, summary) or _regressions(args, out)
+    from synthgen.pipelines.progress import start_line
+
+    logger.info("%s", start_line(recipe, args.output or args.publish, args.resume))
     from synthgen.validators.gate_process import prestart
 
     prestart()  # the gate's process imports great_expectations while this one imports the rest
@@ -427,7 +508,49 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     from synthgen.pipelines.status import clear_error
 
     clear_error(result.output)  # a complete build has no last error
-    return _print_build(args, summary)
+    return _print_build(args, summary) or _regressions(args, result.output)
+
+
+def _worker_args(args: argparse.Namespace, recipe: Any, beam_args: list[str]) -> list[str]:
+    """Beam's arguments with what --workers / --devices stand for (pipelines.init); the
+    environment they need is set here, before any worker process or CUDA starts."""
+    from synthgen.pipelines.init import runner_args
+
+    out, env = runner_args(
+        beam_args,
+        workers=args.workers,
+        devices=args.devices,
+        model_device=recipe.model.device,
+        verbose=getattr(args, "verbose", False),
+    )
+    os.environ.update(env)
+    return out
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a recipe scaffold (pipelines.init), checked as `plan` checks it."""
+    from synthgen.pipelines.init import init_recipe
+
+    scaffold = init_recipe(
+        args.output,
+        model=args.model,
+        from_dataset=args.from_dataset,
+        label_column=args.label_column,
+        image_column=args.image_column,
+        clip_model=args.clip_model,
+        classes=args.classes,
+        name=args.name,
+        force=args.force,
+    )
+    for note in scaffold.notes:
+        print(f"synthgen: note: {note}", file=sys.stderr)
+    r = scaffold.recipe
+    what = "balancing" if r.balance is not None else f"{r.count_per_class} per class"
+    print(
+        f"synthgen: wrote {args.output}: recipe {r.name}, {len(r.classes)} class(es), {what}; "
+        f"next: synthgen plan {args.output}"
+    )
+    return EXIT_OK
 
 
 def _before_heavy_imports(args: argparse.Namespace, recipe: Any, base_dir: Path) -> Any:
@@ -545,6 +668,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     out = _build_dir(args.dir)
     report = validate_dir(out)
+    notes: list[str] = []
     if args.reference and report.ok:
         from synthgen.pipelines.transforms import check_against_reference
 
@@ -552,6 +676,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
         failures, gates = check_against_reference(out, args.reference, clip)
         report.failures += failures
         report.expectations += gates
+    else:
+        from synthgen.validators.expectations import stored_metric_gates
+
+        gates = stored_metric_gates(out)  # as the build's gate ran them
+        report.expectations += gates
+        if args.reference and gates:
+            notes.append(
+                f"metric gates evaluated on the build's stored metrics, not against "
+                f"{args.reference}: the corpus failed validation first"
+            )
+    skipped = _not_run(out, report.expectations)
+    if skipped:
+        notes.append(
+            f"{len(skipped)} of the build's expectations not run here (the build's gate ran "
+            f"them; validate reads only the corpus): {', '.join(skipped)}"
+        )
     passed = sum(e.success for e in report.expectations)
     if args.json:
         _print_json(
@@ -566,6 +706,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                     f"{e.dataset}: {e.expectation} {e.kwargs} {e.detail}"
                     for e in report.failed_expectations()
                 ],
+                "skipped_expectations": skipped,
+                "notes": notes,
             }
         )
         return EXIT_OK if report.ok else EXIT_FAILED
@@ -573,12 +715,44 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"FAIL {failure}")
     for e in report.failed_expectations():
         print(f"FAIL expectation {e.dataset}: {e.expectation} {e.kwargs} {e.detail}")
+    for note in notes:
+        print(f"synthgen: note: {note}")
     print(
         f"synthgen: {args.dir}: {'valid' if report.ok else 'INVALID'} "
         f"({passed}/{len(report.expectations)} expectations passed, "
         f"{len(report.failures)} other failure(s))"
     )
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _not_run(out: Path, ran: list[Any]) -> list[str]:
+    """The build gate's expectations (its manifest's) that `ran` lacks, by name."""
+    from synthgen.validators.corpus import read_manifest
+    from synthgen.validators.expectations import not_run
+
+    try:
+        validation = read_manifest(out).validation
+    except (OSError, ValueError):
+        return []
+    return not_run(ran, validation.expectations if validation else None)
+
+
+def _regressions(args: argparse.Namespace, out: Path) -> int:
+    """With --fail-on-regression: EXIT_REGRESSED and one line naming each regression when
+    the report's trend (against the previously published build) has any; else EXIT_OK."""
+    if not getattr(args, "fail_on_regression", False):
+        return EXIT_OK
+    from synthgen.validators.trend import describe, report_regressions
+
+    found = report_regressions(out)
+    if not found:
+        return EXIT_OK
+    print(
+        f"synthgen: error: regression against the previous build ({out}): "
+        f"{len(found)} regression(s): {describe(found)}",
+        file=sys.stderr,
+    )
+    return EXIT_REGRESSED
 
 
 def _build_dir(location: str) -> Path:
@@ -598,8 +772,9 @@ def _build_dir(location: str) -> Path:
 def _build_clip_folder(out: Path, explicit: str | None) -> str:
     """The CLIP folder a build scored with, for `--reference`: `--clip-model`, else the
     recipe's `scoring.clip_model` resolved as the build resolved it. A relative one was
-    relative to the recipe's folder; the manifest records where the model folder was (the
-    recipe's `model.path` resolved), so the CLIP folder is found from there, whatever the
+    relative to the recipe's folder: the build's private state records where that folder and
+    the CLIP folder were (published files record neither); an older manifest records where
+    the model folder was, and the CLIP folder is found from there. Either way, whatever the
     current directory. Its weights are then checked against the sha256 the build recorded.
     """
     import posixpath
@@ -623,6 +798,8 @@ def _build_clip_folder(out: Path, explicit: str | None) -> str:
             posixpath.normpath(posixpath.join(base, model)),
         )
         candidate = posixpath.normpath(posixpath.join(manifest.model.path, step))
+    if candidate is None or not Path(candidate).is_dir():  # where this machine built it
+        candidate = _clip_from_state(out, manifest.recipe_hash, clip) or candidate
     if candidate is not None and Path(candidate).is_dir():
         return candidate
     where = f" (looked for {candidate})" if candidate else ""
@@ -630,6 +807,22 @@ def _build_clip_folder(out: Path, explicit: str | None) -> str:
         f"{out}: the build's CLIP folder, scoring.clip_model {clip!r} relative to its recipe, "
         f"is not found{where}: pass it with --clip-model DIR"
     )
+
+
+def _clip_from_state(out: Path, recipe_hash: str, clip: str) -> str | None:
+    """The CLIP folder recorded as `clip` (as published) where the build found it, from its
+    private state (a build made on this machine); None otherwise."""
+    from pathlib import Path
+
+    from synthgen.pipelines.output import read_state
+
+    state = read_state(out)
+    if state is None or state.recipe_hash != recipe_hash:
+        return None
+    found = [local for local, shown in state.paths.items() if shown == clip]
+    if not found and state.recipe_dir and not Path(clip).is_absolute():
+        found = [str(Path(state.recipe_dir) / clip)]
+    return next((f for f in found if Path(f).is_dir()), None)
 
 
 def _follow_root(path: Path) -> Path:
@@ -662,14 +855,19 @@ def cmd_report(args: argparse.Namespace) -> int:
         reference = (path, str(Path(args.reference).resolve()))
     json_path, html_path = write_report(out, reference=reference)
     print(f"synthgen: wrote {html_path} and {json_path}")
-    return EXIT_OK
+    return _regressions(args, out)
 
 
 def cmd_regenerate(args: argparse.Namespace) -> int:
     import hashlib
     from pathlib import Path
 
-    from synthgen.generators.regenerate import ProvenanceNotFound, find_provenance, regenerate
+    from synthgen.generators.regenerate import (
+        Inputs,
+        ProvenanceNotFound,
+        find_provenance,
+        regenerate,
+    )
 
     try:
         # The Parquet row (rejects included) merged with its file's build constants.
@@ -677,7 +875,9 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
     except ProvenanceNotFound as exc:
         print(f"synthgen: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    data = regenerate(prov)
+    model = Path(args.model) if args.model else None
+    inputs = Inputs.for_build(Path(args.dir), model, [Path(d) for d in args.inputs])
+    data = regenerate(prov, inputs)  # InputNotFound (a ModelFolderError) names what is missing
     digest = hashlib.sha256(data).hexdigest()
     if args.image_out:
         Path(args.image_out).write_bytes(data)
@@ -867,6 +1067,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_verify(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "init":
+            return cmd_init(args)
     except BrokenPipeError:
         raise
     except (RecipeError, ModelFolderError, BuildError, StoreError) as exc:

@@ -68,6 +68,7 @@ from synthgen.generators.handler import (
     to_pixels,
 )
 from synthgen.generators.planning import plan_shard
+from synthgen.pipelines.progress import generation_mark
 from synthgen.pipelines.staging import write_staged
 from synthgen.schemas.batches import padded_chunks
 from synthgen.schemas.failures import failed_copy, failed_sample
@@ -350,7 +351,7 @@ class Worker:
 
     # -- a shard's end ------------------------------------------------------------------------
     def _finished(self, job: ShardJob, sample: Sample) -> None:
-        self._note("G")
+        self._note(generation_mark(sample, self.spec.checks))
         if job.add(sample):
             self.host.submit(self._stage, job)
 

@@ -28,10 +28,12 @@ from synthgen.schemas.manifest import (
     FileInfo,
     Manifest,
     ShardStats,
+    published_recipe,
     shard_files,
     stats_name,
 )
 from synthgen.schemas.recipe import Recipe, is_url, shown_url
+from synthgen.schemas.records import PATH_KEYS, public_path
 from synthgen.storage.atomic import atomic_write, swap_symlink, write_bytes_atomic
 from synthgen.storage.hashing import file_sha256, folder_sha256
 
@@ -139,11 +141,19 @@ def check_resumable(out: Path, recipe: Recipe, resume: bool) -> BuildState | Non
     return state
 
 
-def prepare_output(out: Path, recipe: Recipe, identity: dict[str, str], resume: bool) -> BuildState:
+def prepare_output(
+    out: Path,
+    recipe: Recipe,
+    identity: dict[str, str],
+    resume: bool,
+    places: tuple[str | None, dict[str, str]] = (None, {}),
+) -> BuildState:
     """Create or reopen the output folder; returns its state. Nothing is written on refusal.
 
     `identity` (model and scorer content hashes) is part of what a resumed build must match:
-    the recipe names paths, the identity pins what was behind them.
+    the recipe names paths, the identity pins what was behind them. `places` (the recipe's
+    folder; each local path it names -> as published) stays in the private state, for
+    commands that look for the build's inputs later (`ResolvedRecipe.places`).
     """
     state = check_resumable(out, recipe, resume)
     if state is not None:
@@ -162,6 +172,8 @@ def prepare_output(out: Path, recipe: Recipe, identity: dict[str, str], resume: 
         recipe=recipe.model_dump(mode="json"),
         created_at=utc_now(),
         identity=identity,
+        recipe_dir=places[0],
+        paths=places[1],
     )
     write_bytes_atomic(state_path(out), state.to_json())
     return state
@@ -178,9 +190,24 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def recipe_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Every dotted field whose value differs between two recipes (as JSON dumps):
-    field -> (before, after); a field missing on one side is None there."""
+    field -> (before, after); a field missing on one side is None there.
+
+    `before` may be a manifest's published copy (`published_recipe`): a path field there
+    equals a path of `after` that publishes as it (an absolute path recorded by its name)."""
     a, b = _flatten(before), _flatten(after)
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if not _same(k, a, b)}
+
+
+def _same(key: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
+    x, y = a.get(key), b.get(key)
+    if x == y:
+        return True
+    last = key.rsplit(".", 1)[-1]
+    if isinstance(x, str) and isinstance(y, str) and last in PATH_KEYS:
+        return x == public_path(y)
+    if isinstance(x, list) and isinstance(y, list):  # adapters, ControlNets: lists of blocks
+        return x == published_recipe({"_": y})["_"]
+    return False
 
 
 def describe_diff(diff: dict[str, tuple[Any, Any]], limit: int = 8) -> str:

@@ -19,7 +19,8 @@ from synthgen.generators.model_folder import ModelFolder, check_sampling, inspec
 from synthgen.pipelines.context import BuildContext, canonical_json, library_versions
 from synthgen.pipelines.gcpolicy import loading
 from synthgen.schemas.errors import ModelFolderError
-from synthgen.schemas.recipe import Recipe, RecipeError, resolve_path
+from synthgen.schemas.recipe import Recipe, RecipeError, is_url, resolve_path
+from synthgen.schemas.records import PATH_KEYS, public_path
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.c2pa_sign import signing_config
 from synthgen.storage.hashing import folder_sha256
@@ -63,6 +64,49 @@ class ResolvedRecipe:
             if p.get("sha256"):
                 out[f"scorer_{p['name']}_sha256"] = str(p["sha256"])
         return out
+
+    def places(self) -> tuple[str | None, dict[str, str]]:
+        """The recipe's folder and each local path the recipe names (resolved) -> as
+        published files record it: kept in the build's private state, never published."""
+        base = self.base_dir
+        return (None if base is None else str(base)), recipe_paths(self.recipe, base)
+
+
+def recipe_paths(recipe: Recipe, base_dir: Path | None) -> dict[str, str]:
+    """{resolved local path: as published} for every local path the recipe names (model,
+    CLIP, adapters, sources, conditioning inputs, signing files): as the recipe wrote it
+    when relative to its folder, else its name (`public_path`). Published files record
+    these names in place of the paths; a URL is not a local path and is left out."""
+    base = str(base_dir) if base_dir is not None else None
+    out: dict[str, str] = {}
+
+    def add(raw: str) -> None:
+        if raw.startswith("file://"):
+            raw_path = raw.removeprefix("file://")
+        elif is_url(raw):
+            return
+        else:
+            raw_path = raw
+        if any(c in raw_path for c in "{*?["):  # a shard pattern: as the readers see it
+            p = Path(raw_path).expanduser()
+            local = str(p if p.is_absolute() or base_dir is None else base_dir / p)
+        else:
+            local = str(resolve_path(base_dir or Path.cwd(), raw_path))
+        out[local] = public_path(raw, base)
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k in PATH_KEYS and isinstance(v, str):
+                    add(v)
+                elif k not in ("prompts", "slots", "negative_prompt"):
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(recipe.model_dump(mode="json"))
+    return out
 
 
 def check_model(recipe: Recipe, model_path: Path) -> tuple[ModelFolder, dict[str, Any]]:
@@ -190,10 +234,12 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
     # bytes). Every setting is explicit in the public keys, which is what regenerating reads.
     scheduler = resolved.scheduler_config or check_model(r, resolved.model_path)[1]
     scheduler = {k: v for k, v in scheduler.items() if not k.startswith("_")}
+    base = None if resolved.base_dir is None else str(resolved.base_dir)
     return BuildContext(
         recipe_name=r.name,
         recipe_hash=r.hash,
-        model_path=str(resolved.model_path),
+        # as the recipe wrote it (relative to its folder), else the folder's name: published
+        model_path=public_path(r.model.path, base),
         model_sha256=folder_sha256(resolved.model_path),
         pipeline_class=str(index["_class_name"]),
         scheduler=r.sampling.scheduler,
@@ -218,6 +264,7 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
         created_at=created_at,
         class_names=canonical_json({str(c.id): c.name for c in r.classes}),
         adapters=resolved.adapters,
+        path_names=canonical_json(recipe_paths(r, resolved.base_dir)),
     )
 
 

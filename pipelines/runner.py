@@ -197,7 +197,37 @@ def pipeline(options: PipelineOptions) -> beam.Pipeline:
     provision = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
     )
-    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+    return beam.Pipeline(runner=_quiet_workers(fn_runner, provision), options=options)
+
+
+# A `multi_processing` worker process: Beam's worker main, run as `python -m` runs it, with
+# a root log handler in place first. Without one, Beam's import-time notice (`apitools not
+# found`) gives the worker a stderr handler of its own, and its start-up lines and warnings
+# reach the terminal past the build's logging; with it, every record still goes to the
+# build's process through Beam's logging service (shown there with -v).
+QUIET_WORKER = (
+    "import logging, runpy; logging.getLogger().addHandler(logging.NullHandler()); "
+    "runpy._run_module_as_main('apache_beam.runners.worker.sdk_worker_main', False)"
+)
+
+
+def _quiet_workers(fn_runner: Any, provision: Any) -> Any:
+    """An FnApiRunner whose `multi_processing` workers start as QUIET_WORKER."""
+    import shlex
+
+    from apache_beam.portability import python_urns
+
+    beams = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main".encode()
+    ours = f"{shlex.quote(sys.executable)} -c {shlex.quote(QUIET_WORKER)}".encode()
+
+    class QuietWorkersRunner(fn_runner.FnApiRunner):  # type: ignore[misc]
+        def run_via_runner_api(self, pipeline_proto: Any, options: Any) -> Any:
+            for env in pipeline_proto.components.environments.values():
+                if env.urn == python_urns.SUBPROCESS_SDK and env.payload == beams:
+                    env.payload = ours
+            return super().run_via_runner_api(pipeline_proto, options)
+
+    return QuietWorkersRunner(provision_info=provision)
 
 
 def on_dask(options: PipelineOptions) -> bool:

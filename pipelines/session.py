@@ -72,7 +72,7 @@ from synthgen.storage.model_card import license_info
 from synthgen.storage.watermark import watermark_info
 from synthgen.validators.build_checks import check_columns
 from synthgen.validators.gate_process import GateProcess, take
-from synthgen.validators.report import write_report
+from synthgen.validators.report import record_run_start, write_report
 from synthgen.validators.trend import previous_build
 
 if TYPE_CHECKING:
@@ -191,9 +191,14 @@ class BuildSession:
             and not (self.out / STATE_DIR / "state.json").exists()
         )
         self.state = prepare_output(
-            self.out, self.recipe, self.resolved.identity(), self.resume or fresh
+            self.out,
+            self.recipe,
+            self.resolved.identity(),
+            self.resume or fresh,
+            self.resolved.places(),
         )
         remove_stale_tmp(self.out)
+        record_run_start(self.out)  # the report's build time leaves out idle time between runs
         if self.mirror is not None:
             self.mirror.push()  # the state object first: the store is now a build
         self.ctx = make_context(self.resolved, self.state.created_at)
@@ -222,7 +227,7 @@ class BuildSession:
             stats.append(done)
         self.recipe_hashes = [*hashes, self.recipe.hash]
         self.lineage = Lineage(
-            parent=str(parent),
+            parent=parent.name,  # by name: published
             parent_recipe_hash=manifest.recipe_hash,
             parent_manifest_sha256=file_sha256(parent / MANIFEST_NAME),
             recipe_hashes=self.recipe_hashes,
@@ -424,7 +429,7 @@ class BuildSession:
             status="complete",
             recipe_name=self.recipe.name,
             recipe_hash=self.recipe.hash,
-            recipe=self.state.recipe,
+            recipe=self.state.published_recipe(),  # no path of this machine
             created_at=self.state.created_at,
             finished_at=utc_now(),
             versions=json.loads(ctx.library_versions),

@@ -211,7 +211,7 @@ class DecideFn(_ProgressWriter):
     ) -> Iterator[Sample]:
         maybe_fault("check", sample.request.key)
         if is_failed(sample):  # a final decision: no check applies to a sample with no image
-            self.note("R")
+            self.note("X")
             yield sample
             return
         checks = [_resolve(c, cuts) for c in self._checks]

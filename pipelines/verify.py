@@ -229,7 +229,12 @@ def _check_regenerated(result: ImageResult, image: Any, cred: Credentials, build
     """Make the sample again from its provenance; the same encoding and the same pixels?"""
     import numpy as np
 
-    from synthgen.generators.regenerate import ProvenanceNotFound, find_provenance, regenerate
+    from synthgen.generators.regenerate import (
+        Inputs,
+        ProvenanceNotFound,
+        find_provenance,
+        regenerate,
+    )
     from synthgen.storage.images import decode_image
 
     if result.key is None:
@@ -237,7 +242,7 @@ def _check_regenerated(result: ImageResult, image: Any, cred: Credentials, build
     else:
         try:
             prov = find_provenance(build.root, result.key)
-            again = regenerate(prov)
+            again = regenerate(prov, Inputs.for_build(build.root))  # inputs found as built
         except (ProvenanceNotFound, ValueError, OSError) as exc:
             result.regenerated = f"cannot regenerate {result.key}: {exc}"
         else:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthgen.schemas.names import RelativeName
+from synthgen.schemas.records import PATH_KEYS, public_path
 from synthgen.schemas.scores import ScoreColumn
 
 MANIFEST_NAME = "manifest.json"
@@ -80,8 +81,43 @@ class ShardStats(ShardEntry):
         )
 
 
+# Recipe blocks whose strings are text, never paths, whatever their keys (slot names are
+# the user's own).
+_TEXT_KEYS = frozenset({"prompts", "slots", "negative_prompt", "blocklist", "concepts"})
+
+
+def published_recipe(data: dict[str, Any], base_dir: str | None = None) -> dict[str, Any]:
+    """A recipe (as JSON) as the manifest publishes it: every path field (`PATH_KEYS`) as
+    `public_path` records it, relative to `base_dir` (the recipe's folder) as written, else
+    by its last segment. Everything else is unchanged; a published recipe publishes as it is.
+
+    The recipe hash is of the recipe as it was given (`recipe_hash` beside it); nothing
+    recomputes it from the published copy."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: (
+                    public_path(v, base_dir)
+                    if k in PATH_KEYS and isinstance(v, str)
+                    else v
+                    if k in _TEXT_KEYS
+                    else walk(v)
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return dict(walk(data))
+
+
 class BuildState(_Contract):
-    """`.synthgen/state.json`: the identity of the build an output directory holds."""
+    """`.synthgen/state.json`: the identity of the build an output directory holds.
+
+    Private to the building machine (never published): it keeps where the recipe's inputs
+    were, so `regenerate`, `validate --reference` and `verify --regenerate` find them there."""
 
     recipe_hash: str
     recipe: dict[str, Any]
@@ -91,6 +127,17 @@ class BuildState(_Contract):
         description="content hashes behind the recipe's paths (model, scorers); resume "
         "refuses a directory whose identity differs",
     )
+    recipe_dir: str | None = Field(
+        default=None, description="the folder the recipe's relative paths resolved against"
+    )
+    paths: dict[str, str] = Field(
+        default_factory=dict,
+        description="each local path the recipe named (resolved) -> as published files record it",
+    )
+
+    def published_recipe(self) -> dict[str, Any]:
+        """The recipe as the manifest carries it (`published_recipe`)."""
+        return published_recipe(self.recipe, self.recipe_dir)
 
 
 class PlanRound(_Contract):
@@ -112,7 +159,10 @@ class PlanRound(_Contract):
 
 
 class ModelInfo(_Contract):
-    path: str
+    path: str = Field(
+        description="the model folder: as the recipe wrote it relative to its folder, else its "
+        "name (never a path of the building machine); `sha256` says which content"
+    )
     sha256: str
     class_: str = Field(alias="class")
 
@@ -178,7 +228,9 @@ class ValidationInfo(_Contract):
 class Lineage(_Contract):
     """An extended build: the build it grew from, and every recipe hash its shards carry."""
 
-    parent: str = Field(description="path of the parent build")
+    parent: str = Field(
+        description="the parent build: its store URL, or its folder's name (a local build)"
+    )
     parent_recipe_hash: str
     parent_manifest_sha256: str
     recipe_hashes: list[str] = Field(description="oldest first; this build's own last")
@@ -190,7 +242,10 @@ class MetricsInfo(_Contract):
     docs/metrics.md): overall and per class, by metric name (None where a set is too small)."""
 
     metrics_version: Literal[1] = 1
-    reference: str = Field(description="the reference source (path or shard pattern)")
+    reference: str = Field(
+        description="the reference source by name (its folder, file or shard pattern), or "
+        "its store URL: never a path of the building machine"
+    )
     reference_images: int = Field(ge=0)
     reference_cache: str | None = Field(
         default=None, description="the embedded reference set, relative to the build"

@@ -18,9 +18,12 @@ JSON written anywhere is strict: a non-finite float (NaN, +-Infinity) is written
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import posixpath
 import re
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,6 +95,76 @@ def canonical_json(value: Any) -> str:
     """Sorted keys, no spaces, strict (non-finite floats as null): equal values give equal
     text (and equal hashes)."""
     return strict_json(value, sort_keys=True, separators=(",", ":"))
+
+
+# -- paths in published files ----------------------------------------------------------------
+# Published files (tar sidecars, Parquet, manifest, report, dataset card) never carry a path of
+# the machine that made the build: a home directory and a user name would travel with every
+# corpus. A path the recipe wrote relative to its folder is recorded as written; an absolute
+# one (or a `--set` path, made absolute from the current directory) by its last segment, the
+# folder's or file's name. The sha256 recorded beside it says which content it was.
+# Private files (`.synthgen/` state, staging, caches, logs) keep local paths.
+
+# Recipe fields (by their last key) that name a local file, folder or source.
+PATH_KEYS = frozenset(
+    {"path", "source", "clip_model", "mask", "mask_folder", "image", "cert_chain", "key"}
+)
+
+
+def _is_local_absolute(value: str) -> bool:
+    return value.startswith(("/", "~", "file://"))
+
+
+def public_path(value: str, base_dir: str | None = None) -> str:
+    """How a published file records the path `value` (as written or resolved).
+
+    A URL other than `file://` is kept (a store location names no machine); an absolute
+    path, `~/...` or `file://...` becomes its last segment; a relative one is kept as
+    written, unless it climbs up to the root from `base_dir` (the folder it is relative
+    to), which would spell out the folders from the root down: then its last segment too."""
+    if "://" in value and not value.startswith("file://"):
+        return value
+    text = value.removeprefix("file://")
+    parts = [p for p in posixpath.normpath(text).split("/") if p not in ("", ".")]
+    name = parts[-1] if parts else "."
+    if _is_local_absolute(value):
+        return "." if name in ("~", "..") else name
+    if base_dir is not None:
+        ups = next((i for i, p in enumerate(parts) if p != ".."), len(parts))
+        if ups and ups >= len([p for p in base_dir.split("/") if p]):
+            return name
+    return value
+
+
+def public_reference(ref: str) -> str:
+    """A source image's reference as published: `shard.tar#key` (a WebDataset shard by its
+    name), `file.parquet#row=N` and folder-relative paths as they are."""
+    head, sep, tail = ref.partition("#")
+    if sep and _is_local_absolute(head):
+        return f"{public_path(head)}#{tail}"
+    return public_path(ref) if _is_local_absolute(ref) else ref
+
+
+def public_json(value: Any, names: Mapping[str, str] | None = None) -> Any:
+    """`value` (decoded JSON: conditioning settings, an adapter table) with every local path
+    as published: one `names` knows (resolved path -> as the recipe wrote it) by that name,
+    any other absolute one by its last segment (`public_path`, `public_reference`)."""
+    if isinstance(value, str):
+        if names and value in names:
+            return names[value]
+        return public_reference(value) if _is_local_absolute(value) else value
+    if isinstance(value, Mapping):
+        return {k: public_json(v, names) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [public_json(v, names) for v in value]
+    return value
+
+
+def public_json_text(text: str | None, names: Mapping[str, str] | None = None) -> str | None:
+    """`public_json` of canonical JSON text; None stays None."""
+    if text is None or ("/" not in text and "~" not in text):
+        return text
+    return canonical_json(public_json(json.loads(text), names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +280,9 @@ class BuildContext:
     # "classes": {name: [...]}}, each {kind, name, path, sha256, scale, token}; "{}": none
     adapters: str = field(default="{}", metadata=_column(pa.string(), json_text=True, row=False))
     class_names: str = ""  # {"<id>": "<name>"} JSON; empty: read from the output's state
+    # {resolved local path: as published} JSON for the paths the recipe names (public_path):
+    # what the writer records in their place; never written itself
+    path_names: str = ""
 
 
 Origin = Literal["request", "sample", "build"]
@@ -358,12 +434,29 @@ def hf_features(schema: pa.Schema, class_names: Mapping[int, str]) -> dict[str, 
     return out
 
 
+def ctx_path_names(ctx: BuildContext) -> Mapping[str, str]:
+    """{resolved local path: as published} for the paths the build's recipe names."""
+    return _path_names(ctx.path_names)
+
+
+@functools.lru_cache(maxsize=8)
+def _path_names(text: str) -> Mapping[str, str]:
+    return types.MappingProxyType(dict(json.loads(text))) if text else types.MappingProxyType({})
+
+
+# Build constants that may hold local paths (`public_json` applies to them when written).
+_PATH_CONSTANTS = ("model_path", "adapters")
+
+
 def build_constants(ctx: BuildContext) -> dict[str, Any]:
-    """The provenance every sample of a build shares and rows leave out (JSON fields decoded)."""
+    """The provenance every sample of a build shares and rows leave out (JSON fields decoded),
+    every local path in it as published (`public_path`)."""
+    names = ctx_path_names(ctx)
     out: dict[str, Any] = {}
     for name in BUILD_CONSTANTS:
         value = getattr(ctx, name)
-        out[name] = json.loads(value) if name in JSON_FIELDS and isinstance(value, str) else value
+        value = json.loads(value) if name in JSON_FIELDS and isinstance(value, str) else value
+        out[name] = public_json(value, names) if name in _PATH_CONSTANTS else value
     return out
 
 
@@ -397,6 +490,8 @@ def sample_row(sample: Sample, ctx: BuildContext, columns: Sequence[ScoreColumn]
             value = _timestamp(value)
         elif f.json_text and not isinstance(value, str):
             value = canonical_json(value)
+        if f.name in _PATH_ROW_FIELDS and value is not None:
+            value = _public_row_value(f.name, value, ctx)
         row[f.name] = value
     for c in columns:
         value = sample.scores.get(c.name)
@@ -407,6 +502,17 @@ def sample_row(sample: Sample, ctx: BuildContext, columns: Sequence[ScoreColumn]
         {"bytes": sample.image, "path": f"{sample.request.key}.{ext}"} if keep else None
     )
     return row
+
+
+# Row fields that may hold local paths: the mode's settings (source location, mask, ControlNet
+# and IP-Adapter folders, fixed images) and references into a source (a WebDataset shard's).
+_PATH_ROW_FIELDS = ("conditioning", "conditioning_source", "nearest_ref", "nearest_eval")
+
+
+def _public_row_value(name: str, value: str, ctx: BuildContext) -> str:
+    if name == "conditioning":
+        return public_json_text(value, ctx_path_names(ctx)) or value
+    return public_reference(value)
 
 
 def rejected_image_bytes(value: Mapping[str, Any] | None) -> bytes | None:

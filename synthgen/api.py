@@ -7,11 +7,16 @@ corpus = synthgen.load(result.output)
 corpus.manifest.counts.accepted            # typed manifest
 for image, label in corpus.webdataset().decode("pil").to_tuple("png", "cls"): ...
 table = corpus.arrow().to_table(columns=["key", "class_name", "status"])
+
+balanced = synthgen.load("out/digits-balance").balanced()   # a balancing build
+balanced.table                                # the index: real + synthetic rows
+for image, label in balanced: ...             # real images from the source, synthetic from tars
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,6 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+    from PIL import Image
+
     from synthgen.pipelines.session import BuildResult
     from synthgen.schemas.manifest import Manifest
     from synthgen.schemas.recipe import Recipe
@@ -126,6 +134,173 @@ class Corpus:
         import pyarrow.dataset as ds
 
         return ds.dataset(self.parquets, format="parquet")
+
+    def balanced(self, source: str | Path | None = None) -> BalancedIndex:
+        """The balanced training set of a balancing build: real and synthetic samples together.
+
+        Its `table` is the balanced index (`source` "real" or "synthetic", `label`,
+        `class_name`, `reference` into the source, `key` and `shard` of a synthetic sample);
+        iterating it gives `(PIL image, label)` pairs. Real images are read from the source the
+        build balanced (as the manifest records it), or from `source` when it has moved since.
+        Raises `BuildError` for a build that did not balance.
+        """
+        from synthgen.pipelines.output import BuildError
+
+        if self.manifest.balance is None:
+            raise BuildError(
+                f"{self.path}: not a balancing build (its recipe has no `balance` block): "
+                "it has no balanced index"
+            )
+        return BalancedIndex(self, None if source is None else str(source))
+
+
+@dataclass(frozen=True)
+class BalancedSample:
+    """One sample of a balanced training set, with its encoded image (`data`)."""
+
+    source: str  # "real" | "synthetic"
+    label: int
+    class_name: str
+    reference: str | None  # real: where in the source
+    key: str | None  # synthetic: the sample key
+    data: bytes
+
+    def image(self) -> Image.Image:
+        """The image, decoded with PIL."""
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(self.data))
+        image.load()
+        return image
+
+
+def _local(build: Path, recorded: str) -> str:
+    """A source the manifest records as published (as the recipe wrote it relative to its
+    folder, else by name) where this machine read it: the build's private state, else the
+    recipe's folder; else as recorded (relative to the current directory)."""
+    from synthgen.pipelines.output import read_state
+
+    state = read_state(build)
+    if state is None:
+        return recorded
+    here = [local for local, shown in state.paths.items() if shown == recorded]
+    if not here and state.recipe_dir and not Path(recorded).is_absolute() and "://" not in recorded:
+        here = [str(Path(state.recipe_dir) / recorded)]
+    return here[0] if here else recorded
+
+
+class BalancedIndex:
+    """A balancing build's balanced training set: its index (`table`) and its images.
+
+    Rows come in index order: the real samples in source order, then the accepted synthetic
+    ones by shard and key. Reading streams: one shard's images at a time, and the source once.
+    """
+
+    def __init__(self, corpus: Corpus, source: str | None = None):
+        import pyarrow.parquet as pq
+
+        from synthgen.pipelines.strategies.balance import recorded_source
+
+        balance = corpus.manifest.balance
+        assert balance is not None
+        self.corpus = corpus
+        self.path = corpus.path / balance.balanced_index  # older builds: beside the shards
+        self.table: pa.Table = pq.read_table(self.path)
+        recorded = recorded_source(balance)
+        self.source = source if source is not None else _local(corpus.path, recorded)
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    def __iter__(self) -> Iterator[tuple[Image.Image, int]]:
+        for sample in self.samples():
+            yield sample.image(), sample.label
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{class name: {"real": n, "synthetic": m}} of the index."""
+        out: dict[str, dict[str, int]] = {}
+        for name, origin in zip(
+            self.table.column("class_name").to_pylist(),
+            self.table.column("source").to_pylist(),
+            strict=True,
+        ):
+            per = out.setdefault(name, {"real": 0, "synthetic": 0})
+            per[origin] += 1
+        return out
+
+    def samples(self) -> Iterator[BalancedSample]:
+        """Every row with its encoded image, in index order."""
+        rows = self.table.to_pylist()
+        yield from self._real([r for r in rows if r["source"] == "real"])
+        yield from self._synthetic([r for r in rows if r["source"] == "synthetic"])
+
+    def _real(self, rows: list[dict[str, Any]]) -> Iterator[BalancedSample]:
+        from synthgen.generators.sources.base import SourceError
+        from synthgen.generators.sources.open import open_source
+        from synthgen.pipelines.output import BuildError
+        from synthgen.schemas.recipe import BalanceSpec
+        from synthgen.schemas.records import public_reference
+
+        if not rows:
+            return
+        spec = BalanceSpec.model_validate(self.corpus.manifest.recipe["balance"])
+        try:
+            images = open_source(spec, self.source).iter_images()
+            at = 0
+            for image in images:
+                if at == len(rows):
+                    break
+                row = rows[at]
+                if public_reference(image.reference) != public_reference(row["reference"]):
+                    continue  # the index records references as published
+                if image.label not in (str(row["label"]), row["class_name"]):
+                    raise BuildError(
+                        f"{self.source}: {image.reference} is labelled {image.label!r} there "
+                        f"but {row['class_name']!r} in the balanced index: the source changed"
+                    )
+                yield BalancedSample(
+                    "real", row["label"], row["class_name"], row["reference"], None, image.data
+                )
+                at += 1
+        except SourceError as exc:
+            raise BuildError(
+                f"the real images of {self.path} are read from the source the build balanced: "
+                f"{exc}; pass balanced(source=PATH) where it is now"
+            ) from None
+        if at < len(rows):
+            raise BuildError(
+                f"{self.source}: {rows[at]['reference']} is in the balanced index but not in "
+                "the source (the source changed since the build?)"
+            )
+
+    def _synthetic(self, rows: list[dict[str, Any]]) -> Iterator[BalancedSample]:
+        from synthgen.pipelines.output import BuildError
+        from synthgen.schemas.records import IMAGE_EXTENSIONS
+        from synthgen.storage.tars import iter_tar_samples
+
+        fmt = str(self.corpus.manifest.recipe.get("output", {}).get("image_format", "png"))
+        ext = IMAGE_EXTENSIONS.get(fmt, fmt)
+        tars = {
+            s.shard: self.corpus.path / n
+            for s in self.corpus.manifest.shards
+            for n in s.files
+            if n.endswith(".tar")
+        }
+        by_shard: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_shard.setdefault(int(r["shard"]), []).append(r)
+        for shard, shard_rows in by_shard.items():
+            if shard not in tars:
+                raise BuildError(f"{self.path}: shard {shard} is not in the manifest")
+            images = {
+                t.key: t.members[ext] for t in iter_tar_samples(tars[shard], extensions={ext})
+            }
+            for r in shard_rows:
+                if r["key"] not in images:
+                    raise BuildError(f"{tars[shard]}: no image for {r['key']}")
+                yield BalancedSample(
+                    "synthetic", r["label"], r["class_name"], None, r["key"], images[r["key"]]
+                )
 
 
 def load(path: str | Path, *, verify: bool = False) -> Corpus:

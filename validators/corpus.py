@@ -363,7 +363,7 @@ def validate_corpus(
         rows,
         file_table(out, manifest.shards),
         class_table(rows, counts.planned_per_class, counts.target_accepted_per_class),
-        recipe_hash=manifest.recipe_hashes if manifest.lineage else recipe.hash,
+        recipe_hash=manifest.recipe_hashes,  # its recipe copy is published: not rehashed
         width=recipe.sampling.width,
         height=recipe.sampling.height,
         score_columns=manifest.score_columns,
@@ -385,7 +385,9 @@ def gate_corpus(
 
 
 def check_balanced_index(out: Path, balance: BalanceInfo) -> list[str]:
-    """balanced.parquet reads with pyarrow and pandas and holds exactly the target per class."""
+    """The balanced index (where the manifest names it: `_index/balanced.parquet`, or
+    `balanced.parquet` beside the shards in older builds) reads with pyarrow and pandas and
+    holds exactly the target per class."""
     name = balance.balanced_index
     try:
         table = pq.read_table(out / name)

@@ -291,3 +291,48 @@ def metric_gate_results(manifest: Manifest, recipe: Recipe) -> list[ExpectationR
             )
         ]
     return metric_expectations(manifest.metrics.model_dump(mode="json"), dict(gates))
+
+
+def stored_metric_gates(out: Any) -> list[ExpectationResult]:
+    """The recipe's `validation.metrics` gates on the metrics block the build's manifest
+    stored (its own reference set), as the build's gate evaluated them: what `synthgen
+    validate DIR` adds to the corpus suite so that it runs the build's expectations. Empty
+    when the manifest cannot be read (validate reports that itself)."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from synthgen.schemas.manifest import MANIFEST_NAME
+    from synthgen.schemas.recipe import RecipeError, recipe_from_dict
+
+    path = Path(out) / MANIFEST_NAME
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+        recipe = recipe_from_dict(manifest.recipe, str(path))
+    except (OSError, ValueError, ValidationError, RecipeError):
+        return []
+    return metric_gate_results(manifest, recipe)
+
+
+def _signature(dataset: str, expectation: str, kwargs: dict[str, Any]) -> tuple[str, str, str]:
+    column = kwargs.get("column") or "/".join(
+        str(kwargs[k]) for k in ("column_A", "column_B") if k in kwargs
+    )
+    return dataset, expectation, str(column)
+
+
+def not_run(ran: Sequence[ExpectationResult], build: Sequence[ExpectationInfo] | None) -> list[str]:
+    """The build gate's expectations (the manifest's `validation.expectations`) that `ran`
+    does not include, as `dataset: expectation (column)`; one entry per missing run."""
+    from collections import Counter
+
+    if not build:
+        return []
+    have = Counter(_signature(e.dataset, e.expectation, e.kwargs) for e in ran)
+    want = Counter(_signature(e.dataset, e.expectation, e.kwargs) for e in build)
+    missing = want - have
+    return [
+        f"{dataset}: {expectation}" + (f" ({column})" if column else "")
+        for (dataset, expectation, column), n in sorted(missing.items())
+        for _ in range(n)
+    ]

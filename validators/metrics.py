@@ -230,8 +230,10 @@ def metrics_info(
     synthetic = build_embeddings(out, shards, column)
     real = {class_names[c]: v for c, v in reference.by_class().items() if c in class_names}
     computed = corpus_metrics(synthetic, real, k)
+    from synthgen.schemas.records import public_path
+
     return MetricsInfo(
-        reference=location,
+        reference=public_path(location),  # published: a local source by its name
         reference_images=len(reference),
         reference_cache=cache,
         embedding_column=column,

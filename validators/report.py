@@ -11,6 +11,7 @@ import html
 import io
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synthgen.schemas.manifest import REPORT_HTML, REPORT_JSON, Manifest, shard_files
+from synthgen.schemas.manifest import (
+    REPORT_HTML,
+    REPORT_JSON,
+    STATE_DIR,
+    Manifest,
+    shard_files,
+    stats_name,
+)
 from synthgen.schemas.recipe import METRIC_NAMES
 from synthgen.schemas.records import (
     REJECT_IMAGE_FIELD,
@@ -55,6 +63,10 @@ class ReportData:
     reason_images: dict[str, list[bytes]] | None = None  # reason -> up to PER_REASON images
     sample_images: dict[str, bytes] | None = None  # key -> image, for the nearest pairs
     constants: dict[str, Any] | None = None  # build-wide provenance (Parquet file metadata)
+    # the sample keys of the images above, in the same order (thumbnail captions)
+    accepted_keys: dict[str, list[str]] | None = None
+    rejected_keys: dict[str, list[str]] | None = None
+    reason_keys: dict[str, list[str]] | None = None
 
 
 def _reference(
@@ -79,7 +91,9 @@ def load_report_data(
     shards = manifest.shard_ids
     tables = []
     rejected: dict[str, list[tuple[bytes, str]]] = {}
+    rejected_keys: dict[str, list[str]] = {}
     by_reason: dict[str, list[bytes]] = {}
+    reason_keys: dict[str, list[str]] = {}
     for shard in shards:
         table = pq.read_table(out / shard_files(shard)[1])
         picked = table.select(
@@ -91,9 +105,11 @@ def load_report_data(
             if row["status"] == "rejected" and image:
                 if len(bucket) < GRID_PER_CLASS:
                     bucket.append((image, str(row["reject_reason"])))
+                    rejected_keys.setdefault(row["class_name"], []).append(str(row["key"]))
                 mine = by_reason.setdefault(str(row["reject_reason"]), [])
                 if len(mine) < PER_REASON:
                     mine.append(image)
+                    reason_keys.setdefault(str(row["reject_reason"]), []).append(str(row["key"]))
         tables.append(table.drop_columns([REJECT_IMAGE_FIELD.name]))
     rows = pa.concat_tables(tables).to_pandas() if tables else empty_rows(manifest.score_columns)
     constants = read_build_constants(tables[0].schema) if tables else {}
@@ -101,9 +117,22 @@ def load_report_data(
     ref, location = _reference(out, manifest, reference)
     column = _embedding_column(manifest)
     wanted = {p["key"]: b"" for p in nearest_pairs(rows, ref, column)} if ref and column else {}
-    accepted = _accepted_images(out, shards, classes, GRID_PER_CLASS, wanted)
+    accepted_keys: dict[str, list[str]] = {}
+    accepted = _accepted_images(out, shards, classes, GRID_PER_CLASS, wanted, accepted_keys)
     return ReportData(
-        out, manifest, rows, accepted, rejected, ref, location, by_reason, wanted, constants
+        out,
+        manifest,
+        rows,
+        accepted,
+        rejected,
+        ref,
+        location,
+        by_reason,
+        wanted,
+        constants,
+        accepted_keys,
+        rejected_keys,
+        reason_keys,
     )
 
 
@@ -119,33 +148,57 @@ def nearest_pairs(
     ref: ReferenceSet | None,
     column: str | None,
     per_class: int = PAIRS_PER_CLASS,
+    found: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per class, the accepted samples closest to a reference image (memorization review),
-    most similar first: key, class_name, nearest_ref, index, similarity, phash_distance."""
+    most similar first: key, class_name, nearest_ref, index, similarity, phash_distance.
+    Classes in label order."""
+    pairs = accepted_nearest(rows, ref, column) if found is None else found
+    order = {c: i for i, c in enumerate(_label_order(rows))}
+    out: list[dict[str, Any]] = []
+    for cls in sorted({p["class_name"] for p in pairs}, key=lambda c: (order.get(c, 1 << 30), c)):
+        ranked = sorted(
+            (p for p in pairs if p["class_name"] == cls), key=lambda p: (-p["similarity"], p["key"])
+        )
+        out += [dict(p) for p in ranked[:per_class]]
+    return out
+
+
+def _label_order(rows: pd.DataFrame) -> list[str]:
+    """Class names by class label (then name), from the rows."""
+    if not len(rows) or "class_label" not in rows:
+        return sorted({str(c) for c in rows["class_name"]}) if len(rows) else []
+    pairs = rows[["class_label", "class_name"]].drop_duplicates()
+    ranked = sorted(
+        ((-1 if pd.isna(lbl) else int(lbl), str(n)) for lbl, n in pairs.itertuples(index=False))
+    )
+    return list(dict.fromkeys(n for _, n in ranked))
+
+
+def accepted_nearest(
+    rows: pd.DataFrame, ref: ReferenceSet | None, column: str | None
+) -> list[dict[str, Any]]:
+    """Every accepted sample with its nearest reference image (stored embeddings): key,
+    class_name, nearest_ref, index, similarity, phash_distance."""
     if ref is None or column is None or column not in rows or not len(rows):
         return []
     mine = rows[(rows["status"] == "accepted") & rows[column].map(lambda v: v is not None)]
     if mine.empty:
         return []
     found = nearest(list(mine[column]), list(mine["phash"]), ref)
-    pairs = [
+    from synthgen.schemas.records import public_reference
+
+    return [
         {
             "key": key,
             "class_name": cls,
-            "nearest_ref": f.ref,
+            "nearest_ref": public_reference(f.ref),  # a WebDataset shard by its name
             "index": f.index,
             "similarity": f.similarity,
             "phash_distance": f.phash_distance,
         }
         for key, cls, f in zip(mine["key"], mine["class_name"], found, strict=True)
     ]
-    out: list[dict[str, Any]] = []
-    for cls in sorted({p["class_name"] for p in pairs}):
-        ranked = sorted(
-            (p for p in pairs if p["class_name"] == cls), key=lambda p: (-p["similarity"], p["key"])
-        )
-        out += ranked[:per_class]
-    return out
 
 
 def _accepted_images(
@@ -154,9 +207,11 @@ def _accepted_images(
     classes: list[str],
     per_class: int,
     keyed: dict[str, bytes] | None = None,
+    keys: dict[str, list[str]] | None = None,
 ) -> dict[str, list[bytes]]:
-    """Up to `per_class` accepted images per class; the images of the keys in `keyed` are
-    filled in there too (the nearest-pair review needs those samples)."""
+    """Up to `per_class` accepted images per class (their sample keys into `keys`, when
+    given); the images of the keys in `keyed` are filled in there too (the nearest-pair
+    review needs those samples)."""
     found: dict[str, list[bytes]] = {}
     for shard in shards:
         full = classes and all(len(found.get(c, [])) >= per_class for c in classes)
@@ -170,9 +225,12 @@ def _accepted_images(
                 continue
             if keyed is not None and sample.key in keyed:
                 keyed[sample.key] = image
-            bucket = found.setdefault(json.loads(parts["json"])["class_name"], [])
+            cls = json.loads(parts["json"])["class_name"]
+            bucket = found.setdefault(cls, [])
             if len(bucket) < per_class:
                 bucket.append(image)
+                if keys is not None:
+                    keys.setdefault(cls, []).append(sample.key)
     return found
 
 
@@ -254,9 +312,11 @@ def _metrics(data: ReportData) -> dict[str, Any] | None:
     names = _class_names(data)
     real = {names[c]: v for c, v in data.reference.by_class().items() if c in names}
     computed = corpus_metrics(synthetic, real, DEFAULT_K)
+    from synthgen.schemas.records import public_path
+
     return {
         "metrics_version": 1,
-        "reference": given,
+        "reference": None if given is None else public_path(given),  # published: by name
         "reference_images": len(data.reference),
         "embedding_column": column,
         **computed,
@@ -324,25 +384,455 @@ def _top_components(centred: np.ndarray, k: int = 2) -> tuple[np.ndarray, list[f
     return centred @ top, [float(v) / total for v in values[::-1][:k].clip(min=0)]
 
 
-def _timing(manifest: Manifest) -> dict[str, Any]:
-    from datetime import datetime
+RUNS_NAME = "runs.jsonl"  # under .synthgen/: one line per process that worked on the build
 
-    def parse(value: str) -> datetime | None:
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def record_run_start(out: Path, at: str | None = None) -> None:
+    """Append this run's start (ISO-8601 UTC) to the build's run log, `.synthgen/runs.jsonl`:
+    the report's build time leaves out the idle time between an interrupted run and its
+    `--resume`."""
+    stamp = at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    path = out / STATE_DIR / RUNS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"started_at": stamp}) + "\n")
+
+
+def _run_starts(out: Path) -> list[datetime]:
+    try:
+        lines = (out / STATE_DIR / RUNS_NAME).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    starts = []
+    for line in lines:
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
+            when = _parse_time(json.loads(line).get("started_at"))
+        except (ValueError, AttributeError):
+            continue
+        if when is not None:
+            starts.append(when)
+    return sorted(starts)
 
-    start, end = parse(manifest.created_at), parse(manifest.finished_at)
-    seconds = (end - start).total_seconds() if start and end else None
+
+def _shard_times(out: Path, manifest: Manifest) -> list[datetime]:
+    """When each shard was finished: its stats file's modification time."""
+    times = []
+    for shard in manifest.shard_ids:
+        try:
+            mtime = (out / stats_name(shard)).stat().st_mtime
+        except OSError:
+            continue
+        times.append(datetime.fromtimestamp(mtime, UTC))
+    return sorted(times)
+
+
+def build_runs(out: Path, manifest: Manifest) -> list[dict[str, Any]]:
+    """The runs that made the build, from the run log: each from its start to its last sign
+    of work (the last shard it finished; the last run: the manifest's `finished_at`). Runs
+    that started after `finished_at` (a later `report` or a no-op resume) are left out; the
+    first run starts at the build's `created_at`."""
+    created, finished = _parse_time(manifest.created_at), _parse_time(manifest.finished_at)
+    if created is None or finished is None:
+        return []
+    # The first run starts at `created_at` (the build's state is written as it starts): the
+    # first logged start, within a moment of it, is that run's. Both times are recorded to
+    # the second (finished_at too: a run starting in its last second still counts).
+    logged = [t for t in _run_starts(out) if t < finished + timedelta(seconds=1)]
+    if logged and timedelta(0) <= logged[0] - created < timedelta(seconds=2):
+        logged = logged[1:]
+    starts = [created, *(t for t in logged if t > created)]
+    shards = _shard_times(out, manifest)
+    runs = []
+    for i, begin in enumerate(starts):
+        if i + 1 == len(starts):
+            end = max(finished, begin)
+        else:
+            nxt = starts[i + 1]
+            end = max([t for t in shards if begin <= t < nxt], default=begin)
+        runs.append(
+            {
+                "started_at": begin.isoformat().replace("+00:00", "Z"),
+                "ended_at": end.isoformat().replace("+00:00", "Z"),
+                "seconds": max(0.0, (end - begin).total_seconds()),
+            }
+        )
+    return runs
+
+
+def _timing(manifest: Manifest, out: Path | None = None) -> dict[str, Any]:
+    """Wall time (created_at to finished_at), the active time (the runs' sum: on a resumed
+    build the idle time between runs is left out) and the rates over the active time."""
+    start, end = _parse_time(manifest.created_at), _parse_time(manifest.finished_at)
+    wall = (end - start).total_seconds() if start and end else None
+    runs = build_runs(out, manifest) if out is not None else []
+    active = sum(r["seconds"] for r in runs) if runs else wall
+    if active is not None and wall is not None:
+        active = min(active, wall)
     attempted = manifest.counts.attempted
     return {
         "created_at": manifest.created_at,
         "finished_at": manifest.finished_at,
-        "wall_seconds": seconds,
-        "samples_per_second": attempted / seconds if seconds else None,
-        "accepted_per_second": manifest.counts.accepted / seconds if seconds else None,
+        "wall_seconds": wall,
+        "samples_per_second": attempted / active if active else None,
+        "accepted_per_second": manifest.counts.accepted / active if active else None,
+        "active_seconds": active,
+        "idle_seconds": None if wall is None or active is None else max(0.0, wall - active),
+        "runs": runs or None,
     }
+
+
+def class_order(manifest: Manifest, rows: pd.DataFrame | None = None) -> list[str]:
+    """Class names in label order: the recipe's classes by id, then any other class the
+    rows (by label) or the plan name."""
+    classes = manifest.recipe.get("classes") or []
+    ranked = sorted(
+        (int(c["id"]), str(c["name"]))
+        for c in classes
+        if isinstance(c, dict) and "id" in c and "name" in c
+    )
+    names = [n for _, n in ranked]
+    more = _label_order(rows) if rows is not None else []
+    return list(dict.fromkeys([*names, *more, *manifest.counts.planned_per_class]))
+
+
+def _ordered(values: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    """`values` with its keys in `order` (keys not in it after, sorted)."""
+    rank = {c: i for i, c in enumerate(order)}
+    return {k: values[k] for k in sorted(values, key=lambda k: (rank.get(k, len(rank)), k))}
+
+
+def check_thresholds(manifest: Manifest, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each threshold check of the build's recipe: check, column, keep (`above`: a sample
+    below the threshold is rejected; `below`: above it), the absolute threshold, or the
+    per-class quantile and each class's cut (recomputed from the scores exactly as the
+    build-wide step does, over every sample with an image)."""
+    from synthgen.schemas.recipe import recipe_from_dict
+    from synthgen.validators.build_checks import make_checks
+    from synthgen.validators.checks.threshold import ScoreThreshold
+    from synthgen.validators.dedup import quantile_threshold
+    from synthgen.validators.nearest import NearCopy
+
+    try:
+        recipe = recipe_from_dict(manifest.recipe, "manifest.json")
+        checks, _ = make_checks(recipe, manifest.score_columns)
+    except (ValueError, TypeError):
+        return []
+    imaged = rows[rows["status"] != "failed"] if len(rows) else rows
+    order = class_order(manifest, rows)
+    out: list[dict[str, Any]] = []
+    for check in checks:
+        if isinstance(check, ScoreThreshold):
+            entry: dict[str, Any] = {
+                "check": check.name,
+                "column": check.column,
+                "keep": "above" if check.keep_above else "below",
+                "absolute": check.threshold if isinstance(check.threshold, float | int) else None,
+                "quantile": check.quantile,
+                "per_class": None,
+            }
+            if check.quantile is not None and check.column in imaged:
+                cuts = {}
+                for cls, values in imaged.groupby("class_name")[check.column]:
+                    cut = quantile_threshold(
+                        pd.to_numeric(values, errors="coerce").dropna().tolist(),
+                        check.quantile,
+                        check.keep_above,
+                    )
+                    cuts[str(cls)] = float(cut) if np.isfinite(cut) else None
+                entry["per_class"] = _ordered(cuts, order)
+            out.append(entry)
+        elif isinstance(check, NearCopy):
+            out.append(
+                {
+                    "check": check.name,
+                    "column": f"{check.prefix}_sim",
+                    "keep": "below",
+                    "absolute": check.spec.min_similarity,
+                    "quantile": None,
+                    "per_class": None,
+                    "max_phash_distance": check.spec.max_phash_distance,
+                }
+            )
+    return out
+
+
+def near_copy_verdicts(manifest: Manifest, found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The near-copy verdicts `synthgen validate --reference` prints, from every accepted
+    sample's nearest reference image: the rule (the recipe's `checks.near_copy`, else the
+    default) and the accepted samples it flags, most similar first."""
+    from synthgen.schemas.recipe import NearCopySpec
+    from synthgen.validators.nearest import is_near_copy
+
+    spec_data = (manifest.recipe.get("checks") or {}).get("near_copy")
+    spec = NearCopySpec.model_validate(spec_data) if spec_data else NearCopySpec()
+    flagged = sorted(
+        (p for p in found if is_near_copy(spec, p["similarity"], p["phash_distance"])),
+        key=lambda p: (-p["similarity"], p["key"]),
+    )
+    return {
+        "rule": spec.model_dump(mode="json"),
+        "checked": len(found),
+        "count": len(flagged),
+        "samples": flagged,
+    }
+
+
+def balance_rounds(manifest: Manifest, rows: pd.DataFrame) -> list[dict[str, Any]] | None:
+    """Per round of a balancing build, per class: `requested` (planned), `made` (samples
+    attempted), `accepted`, `quality_rejects` (a check rejected it), `surplus` (passed every
+    check, beyond what the class still needed), `failed`. A round's samples are told apart by
+    their index: each round plans the next indices of every class it tops up."""
+    if manifest.balance is None:
+        return None
+    order = class_order(manifest, rows)
+    next_index: dict[str, int] = {}
+    out = []
+    for r in manifest.balance.rounds:
+        per_class = {}
+        for cls, requested in r.planned.items():
+            first = next_index.get(cls, 0)
+            next_index[cls] = first + requested
+            if len(rows):
+                mine = rows[
+                    (rows["class_name"] == cls)
+                    & (rows["index"] >= first)
+                    & (rows["index"] < first + requested)
+                ]
+            else:
+                mine = rows
+            rejected = mine[mine["status"] == "rejected"] if len(mine) else mine
+            surplus = int((rejected["reject_reason"] == "surplus").sum()) if len(rejected) else 0
+            per_class[cls] = {
+                "requested": int(requested),
+                "made": len(mine),
+                "accepted": int((mine["status"] == "accepted").sum()) if len(mine) else 0,
+                "quality_rejects": len(rejected) - surplus,
+                "surplus": surplus,
+                "failed": int((mine["status"] == "failed").sum()) if len(mine) else 0,
+            }
+        per_class = _ordered(per_class, order)
+        total = {
+            k: sum(v[k] for v in per_class.values())
+            for k in ("requested", "made", "accepted", "quality_rejects", "surplus", "failed")
+        }
+        out.append({"round": r.round, "per_class": per_class, "total": total})
+    return out
+
+
+SURPLUS = "surplus"  # the reject reason of an accepted sample beyond a balancing target
+
+
+def reject_split(rejects_by_reason: dict[str, int]) -> dict[str, Any]:
+    """Rejects split into quality rejects (a check failed) and `surplus` (passed every check,
+    not needed: a balancing build's quota)."""
+    quality = {k: v for k, v in rejects_by_reason.items() if k != SURPLUS}
+    return {
+        "quality": sum(quality.values()),
+        "quality_by_reason": quality,
+        "surplus": int(rejects_by_reason.get(SURPLUS, 0)),
+    }
+
+
+def verdict(report: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
+    """The card at the top of the page: the gate's outcome, accepted / attempted, and each
+    bound the recipe sets (accepted and failed fractions, every gated metric) with the
+    build's value and whether it is within; the build's active time."""
+    counts = report["counts"]
+    attempted = int(manifest.counts.attempted)
+    accepted = int(counts["accepted"])
+    recipe_validation = manifest.recipe.get("validation") or {}
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, scope: str, value: Any, lo: Any, hi: Any, kind: str = "number") -> None:
+        within = None
+        if value is not None:
+            within = (lo is None or value >= lo) and (hi is None or value <= hi)
+        rows.append(
+            {
+                "name": name,
+                "scope": scope,
+                "value": value,
+                "min": lo,
+                "max": hi,
+                "within": within,
+                "kind": kind,
+            }
+        )
+
+    rate = accepted / attempted if attempted else None
+    add(
+        "accepted fraction",
+        "overall",
+        rate,
+        recipe_validation.get("min_accepted_fraction") or None,
+        None,
+        "fraction",
+    )
+    failed_budget = recipe_validation.get("max_failed_fraction", 0.001)
+    add(
+        "failed fraction",
+        "overall",
+        int(counts.get("failed") or 0) / attempted if attempted else None,
+        None,
+        failed_budget,
+        "fraction",
+    )
+    metrics = report.get("metrics") or {}
+    for name, gate in sorted((recipe_validation.get("metrics") or {}).items()):
+        lo, hi = gate.get("min"), gate.get("max")
+        add(name, "overall", (metrics.get("overall") or {}).get(name), lo, hi)
+        if gate.get("per_class", True):
+            for cls, values in (metrics.get("per_class") or {}).items():
+                if values.get(name) is not None:
+                    add(name, f"class:{cls}", values[name], lo, hi)
+    validation = manifest.validation
+    split = reject_split(report["rejects_by_reason"])
+    return {
+        "gate": None if validation is None else ("pass" if validation.success else "fail"),
+        "status": manifest.status,
+        "accepted": accepted,
+        "attempted": attempted,
+        "accept_rate": rate,
+        "passed_checks_rate": (accepted + split["surplus"]) / attempted if attempted else None,
+        "bounds": rows,
+        "active_seconds": report["timing"].get("active_seconds"),
+        "idle_seconds": report["timing"].get("idle_seconds"),
+    }
+
+
+# great_expectations type -> what it checks, in words
+EXPECTATION_WORDS = {
+    "expect_column_values_to_be_unique": "values are unique",
+    "expect_column_values_to_match_regex": "values match a pattern",
+    "expect_column_values_to_be_in_set": "values are in a set",
+    "expect_column_values_to_not_be_null": "no missing values",
+    "expect_column_values_to_be_between": "values within bounds",
+    "expect_column_pair_values_to_be_equal": "two columns are equal",
+    "metrics_computed": "metrics could be computed",
+}
+
+
+def _bound_text(kwargs: dict[str, Any]) -> str:
+    lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+    parts = []
+    if lo is not None and hi is not None:
+        parts.append(f"{fmt_set(lo)} … {fmt_set(hi)}" if lo != hi else f"= {fmt_set(lo)}")
+    elif lo is not None:
+        parts.append(f"≥ {fmt_set(lo)}")
+    elif hi is not None:
+        parts.append(f"≤ {fmt_set(hi)}")
+    if "value_set" in kwargs:
+        values = [str(v) for v in kwargs["value_set"]]
+        shown = [v if len(v) <= 16 else v[:12] + "…" for v in values[:4]]
+        more = f", … ({len(values)} values)" if len(values) > 4 else ""
+        parts.append("in {" + ", ".join(shown) + more + "}")
+    if "regex" in kwargs:
+        parts.append(f"matches {kwargs['regex']}")
+    if kwargs.get("mostly") is not None:
+        parts.append(f"for at least {fmt_pct(kwargs['mostly'])} of rows")
+    return " ".join(parts) or "–"
+
+
+def expectation_table(expectations: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gate's great_expectations results as table rows: dataset, expectation (in words,
+    and its type), column, bound, observed, pass."""
+    out = []
+    for e in expectations.get("expectations", []):
+        kw = e.get("kwargs") or {}
+        if "column_A" in kw:
+            column = f"{kw['column_A']} = {kw['column_B']}"
+        else:
+            column = str(kw.get("column", ""))
+        observed = e.get("detail") or ("as expected" if e["success"] else "–")
+        out.append(
+            {
+                "dataset": e["dataset"],
+                "expectation": EXPECTATION_WORDS.get(
+                    e["expectation"], e["expectation"].removeprefix("expect_").replace("_", " ")
+                ),
+                "type": e["expectation"],
+                "column": column,
+                "bound": _bound_text(kw),
+                "observed": observed,
+                "pass": bool(e["success"]),
+            }
+        )
+    return out
+
+
+# -- numbers for people --------------------------------------------------------------------
+
+
+def fmt_int(value: Any) -> str:
+    """A count with thousands separators: 12,345."""
+    return "–" if value is None else f"{int(value):,}"
+
+
+def fmt_num(value: Any) -> str:
+    """A measurement with sensible decimals: 1,234 / 123.4 / 12.34 / 0.123 / 1.2e-04."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–" if value is None else str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return str(value)
+    if isinstance(value, int | np.integer):
+        return fmt_int(value)
+    v = float(value)
+    a = abs(v)
+    if v == 0:
+        return "0"
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    if a >= 0.01:
+        return f"{v:.3f}"
+    return f"{v:.1e}"
+
+
+def fmt_set(value: Any) -> str:
+    """A value someone set (a threshold, a bound): as written, `0.3`, `-0.085`, `1,000`."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,g}" if abs(value) >= 1000 else f"{value:g}"
+
+
+def fmt_pct(fraction: Any) -> str:
+    """A fraction as a percentage: 0.875 -> 87.5 %."""
+    if fraction is None:
+        return "–"
+    pct = 100.0 * float(fraction)
+    text = f"{pct:.1f}".removesuffix(".0") if pct >= 10 or pct == 0 else f"{pct:.2g}"
+    return f"{text} %"
+
+
+def fmt_duration(seconds: Any) -> str:
+    """Seconds for people: 8.2 s, 1 min 12 s, 2 h 5 min."""
+    if seconds is None:
+        return "–"
+    s = float(seconds)
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    total = round(s)
+    if total < 3600:
+        minutes, rest = divmod(total, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, rest = divmod(total, 3600)
+    minutes = rest // 60
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def report_json(data: ReportData) -> dict[str, Any]:
@@ -357,7 +847,7 @@ def report_json(data: ReportData) -> dict[str, Any]:
     vectors = [c.name for c in manifest.score_columns if c.is_vector]
     report: dict[str, Any] = {
         "report_version": REPORT_VERSION,
-        "output": str(data.out),
+        "output": data.out.resolve().name,  # the build's folder by name: published
         "status": manifest.status,
         "recipe_name": manifest.recipe_name,
         "recipe_hash": manifest.recipe_hash,
@@ -403,11 +893,51 @@ def report_json(data: ReportData) -> dict[str, Any]:
     report["content_credentials"] = _content_credentials(manifest)
     column = _embedding_column(manifest)
     report["metrics"] = _metrics(data)
-    report["nearest_pairs"] = nearest_pairs(rows, data.reference, column)
+    found = accepted_nearest(rows, data.reference, column)
+    report["nearest_pairs"] = nearest_pairs(rows, data.reference, column, found=found)
+    report["near_copies"] = (
+        near_copy_verdicts(manifest, found) if data.reference is not None and found else None
+    )
+    if report["near_copies"] is not None:
+        flagged = {p["key"] for p in report["near_copies"]["samples"]}
+        for pair in report["nearest_pairs"]:
+            pair["near_copy"] = pair["key"] in flagged
     report["embedding_map"] = embedding_map(data)
-    report["timing"] = _timing(manifest)
+    report["timing"] = _timing(manifest, data.out)
     report["failures"] = failures(rows)
+    order = class_order(manifest, rows)
+    report["class_order"] = order
+    _in_label_order(report, order)
+    report["thresholds"] = check_thresholds(manifest, rows)
+    report["rejects"] = reject_split(report["rejects_by_reason"])
+    report["balance_rounds"] = balance_rounds(manifest, rows)
+    report["expectations_table"] = expectation_table(report["expectations"] or {})
+    report["verdict"] = verdict(report, manifest)
     return report
+
+
+def _in_label_order(report: dict[str, Any], order: list[str]) -> None:
+    """Every per-class mapping of the report with its classes in label order."""
+    report["counts"]["per_class"] = _ordered(report["counts"]["per_class"], order)
+    for key in ("scores", "embedding_spread"):
+        report[key] = {col: _ordered(v, order) for col, v in report[key].items()}
+    rank = {c: i for i, c in enumerate(order)}
+    report["rejects_by_class_and_reason"] = {
+        k: report["rejects_by_class_and_reason"][k]
+        for k in sorted(
+            report["rejects_by_class_and_reason"],
+            key=lambda k: (rank.get(k.split("/", 1)[0], len(rank)), k),
+        )
+    }
+    metrics = report.get("metrics")
+    if metrics and isinstance(metrics.get("per_class"), dict):
+        report["metrics"] = {**metrics, "per_class": _ordered(metrics["per_class"], order)}
+    fails = report.get("failures") or {}
+    if fails.get("by_class"):
+        fails["by_class"] = _ordered(fails["by_class"], order)
+    if "balance" in report:
+        for key in ("target", "before", "after"):
+            report["balance"][key] = _ordered(report["balance"][key], order)
 
 
 def _usage(manifest: Manifest) -> dict[str, Any]:
@@ -437,6 +967,24 @@ def with_trend(report: dict[str, Any], manifest: Manifest, previous: Path | None
         return
     gates = ((manifest.recipe.get("validation") or {}).get("metrics")) or {}
     report["trend"] = build_trend(report, before, previous, gates)
+
+
+def earlier_previous(out: Path) -> Path | None:
+    """The build the report.json already in `out` compared with (its trend's `previous`),
+    when that build still holds a report.json; else None."""
+    before = read_previous_report(out)
+    trend = (before or {}).get("trend")
+    if not isinstance(trend, dict):
+        return None
+    where = (trend.get("previous") or {}).get("output")
+    if not where:
+        return None
+    path = Path(str(where))
+    if not path.is_absolute():  # by name (newer reports): a sibling under builds/
+        path = out.resolve().parent / path
+    if path.resolve() == out.resolve() or not (path / REPORT_JSON).is_file():
+        return None
+    return path
 
 
 def failures(rows: pd.DataFrame, first: int = FIRST_FAILURES) -> dict[str, Any]:
@@ -529,7 +1077,7 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         ],
         ylabel=["samples"],
     )
-    reasons = report["rejects_by_reason"]
+    reasons = {k: v for k, v in report["rejects_by_reason"].items() if k != SURPLUS}
     charts["rejects"] = svgchart.hbars(
         "rejects by reason",
         list(reasons),
@@ -539,7 +1087,8 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         empty="no rejects",
     )
     for column in report["scores"]:
-        chart = _score_histograms(rows, column, names)
+        limit = next((t for t in report.get("thresholds") or [] if t["column"] == column), None)
+        chart = _score_histograms(rows, column, names, limit)
         if chart:
             charts[f"scores:{column}"] = chart
     for column, spread in report["embedding_spread"].items():
@@ -577,7 +1126,7 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         )
     emap = report.get("embedding_map")
     if emap and emap["points"]:
-        charts["embedding_map"] = _embedding_map_chart(emap)
+        charts["embedding_map"] = _embedding_map_chart(emap, names)
     return charts
 
 
@@ -609,9 +1158,40 @@ def score_counts(
     return edges.tolist(), counts
 
 
-def _score_histograms(rows: pd.DataFrame, column: str, names: list[str]) -> str | None:
+def threshold_text(limit: dict[str, Any]) -> str:
+    """A check's threshold in words: `clip_score: rejects below 0.25`."""
+    side = "below" if limit["keep"] == "above" else "above"
+    if limit.get("absolute") is not None:
+        text = f"{limit['check']}: rejects {side} {fmt_set(limit['absolute'])}"
+    else:
+        cuts = ", ".join(
+            f"{c} {fmt_num(v)}" for c, v in (limit.get("per_class") or {}).items() if v is not None
+        )
+        worst = "lowest" if limit["keep"] == "above" else "highest"
+        text = (
+            f"{limit['check']}: rejects the {worst} {fmt_pct(limit['quantile'])} of each "
+            f"class, per-class cut {cuts or 'none'}"
+        )
+    if limit.get("max_phash_distance") is not None:
+        text += f", or a pHash distance of at most {limit['max_phash_distance']}"
+    return text
+
+
+def _panel_thresholds(limit: dict[str, Any] | None, names: list[str]) -> list[float | None]:
+    if limit is None:
+        return [None] * len(names)
+    if limit.get("absolute") is not None:
+        return [float(limit["absolute"])] * len(names)
+    cuts = limit.get("per_class") or {}
+    return [cuts.get(n) for n in names]
+
+
+def _score_histograms(
+    rows: pd.DataFrame, column: str, names: list[str], limit: dict[str, Any] | None = None
+) -> str | None:
     """One panel per class of `column`'s values, accepted and rejected overlaid on bins
-    shared by all classes (binned counts: the size of the chart does not grow with rows)."""
+    shared by all classes (binned counts: the size of the chart does not grow with rows);
+    `limit` (a check's threshold, `check_thresholds`) drawn as a dashed line in each panel."""
     binned = score_counts(rows, column)
     if binned is None:
         return None
@@ -631,15 +1211,21 @@ def _score_histograms(rows: pd.DataFrame, column: str, names: list[str]) -> str 
         for name in names
     ]
     return svgchart.histogram_grid(
-        f"score distributions per class: {column}", column, edges, panels
+        f"score distributions per class: {column}",
+        column,
+        edges,
+        panels,
+        thresholds=_panel_thresholds(limit, names),
+        threshold_label=f"{limit['check']} threshold" if limit else "threshold",
     )
 
 
-def _embedding_map_chart(emap: dict[str, Any]) -> str:
-    """The PCA map: colour per class, marker per status; at most MAP_DRAWN points of each
-    synthetic status drawn (a fixed subsample, said under the chart)."""
+def _embedding_map_chart(emap: dict[str, Any], order: list[str] | None = None) -> str:
+    """The PCA map: colour per class (legend in label order), marker per status; at most
+    MAP_DRAWN points of each synthetic status drawn (a fixed subsample, said under it)."""
     pts = emap["points"]
-    classes = sorted({str(p[2]) for p in pts})
+    present = {str(p[2]) for p in pts}
+    classes = [c for c in order or [] if c in present] + sorted(present - set(order or []))
     palette = svgchart.TAB10 if len(classes) <= 10 else svgchart.TAB20
     colours = {c: palette[i % len(palette)] for i, c in enumerate(classes)}
     drawn: list[tuple[float, float, str, str]] = []
@@ -674,7 +1260,8 @@ class _Raw(str):
     """Table cell content that is already HTML (a sparkline SVG): not escaped."""
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def _table(headers: list[str], rows: list[list[Any]], name: str = "") -> str:
+    """A table; `name` becomes its `data-table` attribute (tests and readers find it)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join(
         "<tr>"
@@ -682,11 +1269,12 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
         + "</tr>"
         for r in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attr = f" data-table='{html.escape(name)}'" if name else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+    return "–" if value is None else fmt_num(value)
 
 
 CSS = """
@@ -700,6 +1288,11 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left} th{background:#f2f2
 .card{border:1px solid #ccc;border-radius:6px;padding:0.5em 1em;margin:0.5em 0;max-width:60em}
 svg.spark{vertical-align:middle} .up{color:#2e7d32} .down{color:#c62828}
 .chart{overflow-x:auto;margin:0.5em 0} svg.chart{display:block}
+.verdict{border-width:2px;font-size:15px} .verdict .gate{font-size:20px;margin:0.3em 0}
+nav#contents ol{columns:2;max-width:40em;font-size:14px}
+.thumbs{display:flex;flex-wrap:wrap;gap:6px} figure.thumb{margin:0;text-align:center}
+figure.thumb figcaption{font-size:10px;color:#555;max-width:9em;overflow-wrap:anywhere}
+td{font-variant-numeric:tabular-nums} table[data-table='per-class'] td{white-space:nowrap}
 """
 
 LOADED_SCRIPT = """
@@ -818,22 +1411,121 @@ def _spark_column(manifest: Manifest, rows: pd.DataFrame) -> str | None:
 def _cell(value: Any) -> str:
     if value is None:
         return "–"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}"
+    return fmt_num(value)
+
+
+def _thumbs(
+    label: str, cls: str, images: list[bytes], keys: list[str] | None, note: str = ""
+) -> str:
+    """A row of thumbnails, each captioned with its sample key (one strip image when the
+    keys are not known)."""
+    if not images:
+        return f"<div class='strip'><span class='label'>{label}</span>none</div>"
+    if not keys or len(keys) != len(images):
+        return _strip(label, cls, images, note)
+    small = f"<small>{html.escape(note)}</small>" if note else ""
+    figures = "".join(
+        f"<figure class='thumb'><img alt='{html.escape(key)}' src='{_png_data_uri([image])}'>"
+        f"<figcaption>{html.escape(key)}</figcaption></figure>"
+        for image, key in zip(images, keys, strict=True)
+    )
+    return (
+        f"<div class='strip'><span class='label'>{label}</span>"
+        f"<div class='thumbs'>{figures}</div>{small}</div>"
+    )
+
+
+def _bound(row: dict[str, Any]) -> str:
+    show = fmt_pct if row["kind"] == "fraction" else fmt_set
+    lo, hi = row["min"], row["max"]
+    if lo is not None and hi is not None:
+        return f"{show(lo)} … {show(hi)}"
+    if lo is not None:
+        return f"≥ {show(lo)}"
+    if hi is not None:
+        return f"≤ {show(hi)}"
+    return "–"
+
+
+def _verdict_card(report: dict[str, Any]) -> list[str]:
+    """Gate, accepted / attempted and accept rate, each bound with its value, build time."""
+    v = report["verdict"]
+    gate = v["gate"]
+    word = {"pass": "PASS", "fail": "FAIL"}.get(str(gate), "NOT RUN")
+    css = "ok" if gate == "pass" else "bad"
+    timing = report["timing"]
+    idle = timing.get("idle_seconds") or 0
+    runs = timing.get("runs") or []
+    time_note = (
+        f" in {len(runs)} runs ({fmt_duration(idle)} idle between them, not counted)"
+        if len(runs) > 1
+        else ""
+    )
+    surplus = report["rejects"]["surplus"]
+    rows = []
+    per_class: dict[str, list[dict[str, Any]]] = {}
+    for b in v["bounds"]:
+        if b["scope"].startswith("class:"):
+            per_class.setdefault(b["name"], []).append(b)
+            continue
+        shown = fmt_pct(b["value"]) if b["kind"] == "fraction" else fmt_num(b["value"])
+        within = {True: "yes", False: "NO", None: "–"}[b["within"]]
+        rows.append(
+            [b["name"], b["scope"], shown if b["value"] is not None else "–", _bound(b), within]
+        )
+    for name, scopes in per_class.items():  # one row per gate: its worst class
+        pick = min if scopes[0]["min"] is not None else max
+        worst = pick(scopes, key=lambda b: b["value"])
+        bad = sum(b["within"] is False for b in scopes)
+        rows.append(
+            [
+                name,
+                f"{len(scopes)} classes, worst {worst['scope'].removeprefix('class:')}",
+                fmt_num(worst["value"]),
+                _bound(worst),
+                f"NO ({bad} of {len(scopes)})" if bad else "yes",
+            ]
+        )
+    parts = [
+        "<div class='card verdict' id='verdict'>",
+        f"<p class='gate'>Gate: <span class='{css}' data-gate='{html.escape(str(gate))}'>"
+        f"{word}</span> <small>(manifest status {html.escape(str(v['status']))})</small></p>",
+        f"<p><b class='accepted'>{fmt_int(v['accepted'])}</b> accepted of "
+        f"<b class='attempted'>{fmt_int(v['attempted'])}</b> attempted: accept rate "
+        f"<b class='accept-rate'>{fmt_pct(v['accept_rate'])}</b>"
+        + (
+            f"; {fmt_int(surplus)} more passed every check but were set aside as "
+            f"<code>surplus</code> (passed checks: {fmt_pct(v['passed_checks_rate'])})"
+            if surplus
+            else ""
+        )
+        + f". Build time <b class='build-time'>{fmt_duration(v['active_seconds'])}</b>"
+        f"{time_note}.</p>",
+        _table(["figure", "scope", "value", "bound", "within"], rows, "bounds"),
+        "</div>",
+    ]
+    return parts
+
+
+def _contents(sections: list[tuple[str, str]]) -> list[str]:
+    items = "".join(
+        f"<li><a href='#{sid}'>{html.escape(title)}</a></li>" for sid, title in sections
+    )
+    return [f"<nav id='contents'><h2>Contents</h2><ol>{items}</ol></nav>"]
 
 
 def _reference_sections(
     data: ReportData, report: dict[str, Any], charts: dict[str, str]
 ) -> list[str]:
-    """Metrics per class, the embedding map, nearest synthetic<->real pairs, timing."""
+    """Metrics per class, the embedding map, nearest synthetic<->real pairs with the
+    near-copy verdicts."""
     parts: list[str] = []
     metrics = report.get("metrics")
     parts.append("<section id='metrics'><h2>Distribution metrics against the reference</h2>")
     if metrics:
         parts.append(
             f"<p>Accepted samples' embeddings (<code>{html.escape(metrics['embedding_column'])}"
-            f"</code>) against {metrics['reference_images']} reference images from "
+            f"</code>) against {fmt_int(metrics['reference_images'])} reference images from "
             f"<code>{html.escape(str(metrics['reference']))}</code>; k = {metrics['k']}. "
             "Higher precision, recall, density and coverage are better; lower Fréchet distance "
             "and KID are better; Vendi is the effective number of distinct samples.</p>"
@@ -846,7 +1538,7 @@ def _reference_sections(
             [cls, _Raw(sparks.get(cls, "")), *(_cell(values.get(c)) for c in METRIC_COLUMNS)]
             for cls, values in metrics["per_class"].items()
         ]
-        parts.append(_table(head, body))
+        parts.append(_table(head, body, "per-class"))
     else:
         parts.append(
             "<p>No reference set: add a <code>reference:</code> block to the recipe "
@@ -865,6 +1557,41 @@ def _reference_sections(
     parts.append("</section>")
     parts.append("<section id='nearest'><h2>Nearest synthetic ↔ real pairs</h2>")
     pairs = report.get("nearest_pairs") or []
+    copies = report.get("near_copies")
+    if copies is not None:
+        rule = copies["rule"]
+        how = f"similarity ≥ {fmt_set(rule['min_similarity'])}"
+        if rule.get("max_phash_distance") is not None:
+            how += f" or pHash distance ≤ {rule['max_phash_distance']}"
+        verdict = (
+            f"<span class='bad'>{fmt_int(copies['count'])} near cop"
+            f"{'y' if copies['count'] == 1 else 'ies'}</span>"
+            if copies["count"]
+            else "<span class='ok'>no near copy</span>"
+        )
+        parts.append(
+            f"<div class='card' id='near-copies'><p><b>Near copies</b> ({how}, as "
+            f"<code>synthgen validate --reference</code> judges them): {verdict} among "
+            f"{fmt_int(copies['checked'])} accepted samples.</p>"
+        )
+        if copies["count"]:
+            parts.append(
+                _table(
+                    ["key", "class", "nearest reference", "similarity", "pHash distance"],
+                    [
+                        [
+                            r["key"],
+                            r["class_name"],
+                            r["nearest_ref"],
+                            f"{r['similarity']:.4f}",
+                            r["phash_distance"],
+                        ]
+                        for r in copies["samples"]
+                    ],
+                    "near-copies",
+                )
+            )
+        parts.append("</div>")
     if pairs and data.reference is not None:
         parts.append(
             "<p>Per class, the accepted samples most similar to a reference image "
@@ -874,22 +1601,53 @@ def _reference_sections(
             synthetic = (data.sample_images or {}).get(pair["key"], b"")
             real = data.reference.thumbnails[pair["index"]]
             images = [synthetic, real] if synthetic else [real]
-            note = (
-                f"{pair['key']} ↔ {pair['nearest_ref']}: similarity {pair['similarity']:.4f}, "
-                f"phash distance {pair['phash_distance']}"
+            keys = (
+                [pair["key"], str(pair["nearest_ref"])] if synthetic else [str(pair["nearest_ref"])]
             )
-            parts.append(_strip(html.escape(pair["class_name"]), pair["class_name"], images, note))
+            flag = " NEAR COPY" if pair.get("near_copy") else ""
+            note = (
+                f"similarity {pair['similarity']:.4f}, "
+                f"phash distance {pair['phash_distance']}{flag}"
+            )
+            parts.append(
+                _thumbs(html.escape(pair["class_name"]), pair["class_name"], images, keys, note)
+            )
     else:
         parts.append("<p>No reference set.</p>")
     parts.append("</section>")
+    return parts
+
+
+def _timing_section(report: dict[str, Any]) -> list[str]:
     timing = report["timing"]
-    parts.append("<section id='timing'><h2>Build timing</h2>")
-    parts.append(
-        _table(
-            ["figure", "value"],
-            [[k, _cell(v) if not isinstance(v, str) else v] for k, v in timing.items()],
+    rows = [
+        ["started", str(timing.get("created_at"))],
+        ["finished", str(timing.get("finished_at"))],
+        ["build time (active)", fmt_duration(timing.get("active_seconds"))],
+        ["wall time", fmt_duration(timing.get("wall_seconds"))],
+        ["idle between runs", fmt_duration(timing.get("idle_seconds"))],
+        ["samples per second", fmt_num(timing.get("samples_per_second"))],
+        ["accepted per second", fmt_num(timing.get("accepted_per_second"))],
+    ]
+    runs = timing.get("runs") or []
+    parts = [
+        "<section id='timing'><h2>Build timing</h2>",
+        "<p>Build time counts each run from its start to its last finished shard (the last "
+        "run to the manifest): on a resumed build the time between an interrupted run and "
+        "its <code>--resume</code> is left out. Rates are over the build time.</p>",
+        _table(["figure", "value"], rows, "timing"),
+    ]
+    if len(runs) > 1:
+        parts.append(
+            _table(
+                ["run", "started", "last work", "time"],
+                [
+                    [i + 1, r["started_at"], r["ended_at"], fmt_duration(r["seconds"])]
+                    for i, r in enumerate(runs)
+                ],
+                "runs",
+            )
         )
-    )
     parts.append("</section>")
     return parts
 
@@ -900,10 +1658,10 @@ def _failure_section(failed: dict[str, Any]) -> list[str]:
         return []
     return [
         "<section id='failures'><h2>Failed samples</h2>",
-        f"<p>{failed['count']} sample(s) raised an error while being generated, scored or "
-        "encoded: no image, a <code>failed</code> row each.</p>",
-        _table(["reason", "samples"], [[k, v] for k, v in failed["by_reason"].items()]),
-        _table(["class", "samples"], [[k, v] for k, v in failed["by_class"].items()]),
+        f"<p>{fmt_int(failed['count'])} sample(s) raised an error while being generated, "
+        "scored or encoded: no image, a <code>failed</code> row each.</p>",
+        _table(["reason", "samples"], [[k, fmt_int(v)] for k, v in failed["by_reason"].items()]),
+        _table(["class", "samples"], [[k, fmt_int(v)] for k, v in failed["by_class"].items()]),
         _table(
             ["key", "class", "reason", "message"],
             [[f["key"], f["class_name"], f["reason"], f["message"]] for f in failed["first"]],
@@ -943,12 +1701,9 @@ def _delta(change: dict[str, Any], unit: str = "", digits: int = 4) -> str:
     p, c, d = change.get("previous"), change.get("current"), change.get("delta")
     if p is None and c is None:
         return "–"
-    fmt = f"{{:.{digits}g}}"
-    text = (
-        f"{'–' if p is None else fmt.format(p)}{unit} → {'–' if c is None else fmt.format(c)}{unit}"
-    )
+    text = f"{'–' if p is None else fmt_num(p)}{unit} → {'–' if c is None else fmt_num(c)}{unit}"
     if d is not None:
-        text += f" ({'+' if d >= 0 else ''}{fmt.format(d)})"
+        text += f" ({'+' if d >= 0 else ''}{fmt_num(d)})"
     return text
 
 
@@ -958,6 +1713,7 @@ def _trend_card(report: dict[str, Any]) -> list[str]:
         return []
     prev = trend["previous"]
     regressions = trend["regressions"]
+    held = trend.get("held_back") or []
     rate = trend["accept_rate"]
     verdict = (
         f"<span class='bad'>{len(regressions)} regression(s)</span>: "
@@ -969,6 +1725,17 @@ def _trend_card(report: dict[str, Any]) -> list[str]:
         if regressions
         else "<span class='ok'>no regression</span>"
     )
+    if held:
+        verdict += (
+            f"; {len(held)} change(s) past tolerance on too few samples, not flagged: "
+            + html.escape(
+                "; ".join(
+                    f"{h['scope']} {h['figure']} {_delta({**h, 'delta': None})} "
+                    f"(n = {h['n_previous']} → {h['n_current']}, at least {h['minimum']} needed)"
+                    for h in held
+                )
+            )
+        )
     history = sparkline_line(trend["history"]["overall"], "accept rate (%) per build")
     return [
         "<div class='card' id='trend-summary'>",
@@ -976,7 +1743,7 @@ def _trend_card(report: dict[str, Any]) -> list[str]:
         f"</code> ({html.escape(str(prev.get('finished_at')))}"
         f"{'' if trend['same_recipe'] else ', another recipe'}): "
         f"accepted {html.escape(_delta(trend['counts']['accepted']))}, accept rate "
-        f"{html.escape(_delta(rate, '%'))} {history}<br>{verdict}.</p>",
+        f"{html.escape(_delta(rate, ' %'))} {history}<br>{verdict}.</p>",
         "</div>",
     ]
 
@@ -987,43 +1754,174 @@ def _trend_section(report: dict[str, Any]) -> list[str]:
     if not trend:
         return []
     names = sorted({m for v in trend["per_class"].values() for m in v["metrics"]})
+
+    def mark(change: dict[str, Any], unit: str = "") -> str:
+        return ("REGRESSED " if change["regressed"] else "") + _delta(change, unit)
+
     rows = []
     for cls, v in trend["per_class"].items():
-        rate = v["accept_rate"]
         cells: list[Any] = [
             cls,
             _Raw(
                 sparkline_line(trend["history"]["accept_rate"].get(cls, []), f"{cls} accept rate")
             ),
-            ("REGRESSED " if rate["regressed"] else "") + _delta(rate, "%"),
+            mark(v["accept_rate"], " %"),
         ]
         for name in names:
             m = v["metrics"].get(name)
-            cells.append("–" if m is None else ("REGRESSED " if m["regressed"] else "") + _delta(m))
+            cells.append("–" if m is None else mark(m))
         rows.append(cells)
     overall = [
         "overall",
         _Raw(sparkline_line(trend["history"]["overall"], "accept rate")),
-        ("REGRESSED " if trend["accept_rate"]["regressed"] else "")
-        + _delta(trend["accept_rate"], "%"),
+        mark(trend["accept_rate"], " %"),
     ]
-    overall += [
-        "–"
-        if (m := trend["metrics"].get(n)) is None
-        else ("REGRESSED " if m["regressed"] else "") + _delta(m)
-        for n in names
-    ]
+    overall += ["–" if (m := trend["metrics"].get(n)) is None else mark(m) for n in names]
     rules = trend["rules"]
+    minimum = rules.get("min_attempts", rules["min_class_attempts"])
     return [
         "<section id='trend'><h2>Trend against the previous build</h2>",
         f"<p>Regression rules: accept rate down more than {rules['accept_rate_drop_points']} "
-        f"points (a class: at least {rules['min_class_attempts']} samples in both builds); a "
-        "metric moving the wrong way past its tolerance (0.05 for precision, recall, density, "
-        "coverage; 10&nbsp;% for Fréchet distance, KID, Vendi, pairwise distance); a gated "
-        "metric crossing its gate.</p>",
-        _table(["class", "accept rate history", "accept rate", *names], [overall, *rows]),
+        f"points, overall or in a class, when both builds attempted at least {minimum} "
+        "samples there; a metric moving the wrong way past its tolerance (0.05 for precision, "
+        "recall, density, coverage; 10&nbsp;% for Fréchet distance, KID, Vendi, pairwise "
+        "distance, never less than an absolute floor) when both builds measured it on at "
+        f"least {rules.get('min_metric_samples', minimum)} accepted samples; a gated metric "
+        "crossing its gate.</p>",
+        _table(["class", "accept rate history", "accept rate", *names], [overall, *rows], "trend"),
         "</section>",
     ]
+
+
+def _balance_section(report: dict[str, Any], charts: dict[str, str]) -> list[str]:
+    if "balance" not in charts and not report.get("balance_rounds"):
+        return []
+    parts = ["<section id='balance'><h2>Class histogram before and after balancing</h2>"]
+    if "balance" in charts:
+        parts.append(f"<div class='chart'>{charts['balance']}</div>")
+    bal = report.get("balance") or {}
+    if bal:
+        parts.append(
+            _table(
+                ["class", "before (real)", "target", "after (real + synthetic)"],
+                [
+                    [c, fmt_int(n), fmt_int(bal["target"].get(c)), fmt_int(bal["after"].get(c))]
+                    for c, n in bal["before"].items()
+                ],
+                "balance",
+            )
+        )
+    rounds = report.get("balance_rounds") or []
+    if rounds:
+        parts.append(
+            "<h3 id='balance-rounds'>Balancing rounds</h3><p>Each round plans new samples for "
+            "the classes still short: <i>requested</i> planned, <i>made</i> attempted, "
+            "<i>accepted</i> kept; <i>quality rejects</i> failed a check; <i>surplus</i> passed "
+            "every check but the class had reached its target (not a quality reject).</p>"
+        )
+        body = []
+        for r in rounds:
+            for cls, v in r["per_class"].items():
+                body.append(
+                    [
+                        r["round"],
+                        cls,
+                        fmt_int(v["requested"]),
+                        fmt_int(v["made"]),
+                        fmt_int(v["accepted"]),
+                        fmt_int(v["quality_rejects"]),
+                        fmt_int(v["surplus"]),
+                        fmt_int(v["failed"]),
+                    ]
+                )
+            t = r["total"]
+            body.append(
+                [
+                    r["round"],
+                    "all",
+                    *(
+                        fmt_int(t[k])
+                        for k in (
+                            "requested",
+                            "made",
+                            "accepted",
+                            "quality_rejects",
+                            "surplus",
+                            "failed",
+                        )
+                    ),
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    "round",
+                    "class",
+                    "requested",
+                    "made",
+                    "accepted",
+                    "quality rejects",
+                    "surplus",
+                    "failed",
+                ],
+                body,
+                "rounds",
+            )
+        )
+    parts.append("</section>")
+    return parts
+
+
+def _expectations_section(report: dict[str, Any]) -> list[str]:
+    exp = report["expectations"] or {}
+    table = report.get("expectations_table") or []
+    passed = sum(r["pass"] for r in table)
+    rows: list[list[Any]] = [
+        [
+            r["dataset"],
+            _Raw(
+                f"{html.escape(r['expectation'])} "
+                f"<small><code>{html.escape(r['type'])}</code></small>"
+            ),
+            r["column"],
+            r["bound"],
+            r["observed"],
+            _Raw("<span class='ok'>pass</span>" if r["pass"] else "<span class='bad'>FAIL</span>"),
+        ]
+        for r in table
+    ]
+    rows += [
+        ["corpus", "check", "", "", f, _Raw("<span class='bad'>FAIL</span>")]
+        for f in exp.get("failures", [])
+    ]
+    return [
+        "<section id='expectations'><h2>Expectations (great_expectations)</h2>",
+        f"<p>Overall: <span class='{'ok' if exp.get('success') else 'bad'}'>"
+        f"{'passed' if exp.get('success') else 'FAILED'}</span>: "
+        f"{fmt_int(passed)} of {fmt_int(len(table))} expectations passed.</p>",
+        _table(
+            ["dataset", "expectation", "column", "bound", "observed", "pass"], rows, "expectations"
+        ),
+        "</section>",
+    ]
+
+
+def _scores_section(report: dict[str, Any], charts: dict[str, str]) -> list[str]:
+    parts = ["<section id='scores'><h2>Score distributions per class</h2>"]
+    limits = report.get("thresholds") or []
+    for key, svg in charts.items():
+        if key[:7] != "scores:":
+            continue
+        column = key[7:]
+        mine = [t for t in limits if t["column"] == column]
+        for t in mine:
+            parts.append(
+                f"<p class='threshold' data-column='{html.escape(column)}'>Threshold: "
+                f"{html.escape(threshold_text(t))} (dashed line).</p>"
+            )
+        parts.append(f"<div class='chart'>{svg}</div>")
+    parts.append("</section>")
+    return parts
 
 
 def render_html(data: ReportData, report: dict[str, Any]) -> str:
@@ -1031,38 +1929,54 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
     charts = _charts(report, data.rows)
     counts = report["counts"]
     status_class = "ok" if report["status"] == "complete" else "bad"
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>synthgen report: {html.escape(report['recipe_name'])}</title>",
-        f"<style>{CSS}</style></head><body>",
-        f"<h1>Data-quality report: {html.escape(report['recipe_name'])}</h1>",
-        "<section id='summary'><h2>Summary</h2>",
-        f"<p>Status: <span class='{status_class}'>{html.escape(str(report['status']))}</span>. "
-        f"{counts['planned']} planned, {counts['accepted']} accepted, "
-        f"{counts['rejected']} rejected, {counts.get('failed', 0)} failed. "
-        f"Recipe hash <code>{report['recipe_hash'][:16]}</code>.</p>",
-        *_usage_card(report),
-        *_trend_card(report),
-        "</section>",
-        "<section id='counts'><h2>Planned vs accepted per class</h2>",
-        f"<div class='chart'>{charts['counts']}</div>",
-        _table(
-            ["class", "planned", "accepted"],
-            [[c, v["planned"], v["accepted"]] for c, v in counts["per_class"].items()],
-        ),
-        "</section>",
-    ]
-    if "balance" in charts:
-        parts += [
-            "<section id='balance'><h2>Class histogram before and after balancing</h2>",
-            f"<div class='chart'>{charts['balance']}</div>",
-            "</section>",
-        ]
-    parts.append("<section id='scores'><h2>Score distributions per class</h2>")
-    parts += [f"<div class='chart'>{svg}</div>" for k, svg in charts.items() if k[:7] == "scores:"]
-    parts.append("</section>")
+    body: list[tuple[str, str, list[str]]] = []  # (id, title, html) per section
+    body.append(
+        (
+            "summary",
+            "Summary",
+            [
+                "<section id='summary'><h2>Summary</h2>",
+                f"<p>Status: <span class='{status_class}'>{html.escape(str(report['status']))}"
+                f"</span>. {fmt_int(counts['planned'])} planned, {fmt_int(counts['accepted'])} "
+                f"accepted, {fmt_int(report['rejects']['quality'])} rejected by a check"
+                + (
+                    f", {fmt_int(report['rejects']['surplus'])} surplus"
+                    if report["rejects"]["surplus"]
+                    else ""
+                )
+                + f", {fmt_int(counts.get('failed', 0))} failed. Recipe hash "
+                f"<code>{report['recipe_hash'][:16]}</code>.</p>",
+                *_usage_card(report),
+                *_trend_card(report),
+                "</section>",
+            ],
+        )
+    )
+    body.append(
+        (
+            "counts",
+            "Planned vs accepted per class",
+            [
+                "<section id='counts'><h2>Planned vs accepted per class</h2>",
+                f"<div class='chart'>{charts['counts']}</div>",
+                _table(
+                    ["class", "planned", "accepted"],
+                    [
+                        [c, fmt_int(v["planned"]), fmt_int(v["accepted"])]
+                        for c, v in counts["per_class"].items()
+                    ],
+                    "per-class",
+                ),
+                "</section>",
+            ],
+        )
+    )
+    balance = _balance_section(report, charts)
+    if balance:
+        body.append(("balance", "Balancing", balance))
+    body.append(("scores", "Score distributions per class", _scores_section(report, charts)))
     if report["embedding_spread"]:
-        parts.append("<section id='embeddings'><h2>Embedding spread per class</h2>")
+        parts = ["<section id='embeddings'><h2>Embedding spread per class</h2>"]
         parts.append(
             "<p>Mean cosine distance of each sample's image embedding to its class centroid "
             "(all synthetic samples of the class), accepted vs rejected.</p>"
@@ -1077,69 +1991,112 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
                         [
                             c,
                             _fmt(v["accepted"]),
-                            v["n_accepted"],
+                            fmt_int(v["n_accepted"]),
                             _fmt(v["rejected"]),
-                            v["n_rejected"],
+                            fmt_int(v["n_rejected"]),
                         ]
                         for c in counts["per_class"]
                         if (v := spread.get(c)) is not None
                     ],
+                    "per-class",
                 )
             )
         parts.append("</section>")
-    parts += [
-        *_failure_section(report.get("failures") or {}),
+        body.append(("embeddings", "Embedding spread per class", parts))
+    failed = _failure_section(report.get("failures") or {})
+    if failed:
+        body.append(("failures", "Failed samples", failed))
+    split = report["rejects"]
+    parts = [
         "<section id='rejects'><h2>Rejects by reason</h2>",
+        f"<p>{fmt_int(split['quality'])} sample(s) failed a check (quality rejects)"
+        + (
+            f"; {fmt_int(split['surplus'])} more passed every check but were not needed "
+            "(<code>surplus</code>: their class had reached its target), not counted here"
+            if split["surplus"]
+            else ""
+        )
+        + ".</p>",
         f"<div class='chart'>{charts['rejects']}</div>",
-        _table(["reason", "samples"], [[k, v] for k, v in report["rejects_by_reason"].items()]),
+        _table(
+            ["reason", "samples"],
+            [[k, fmt_int(v)] for k, v in split["quality_by_reason"].items()],
+        ),
     ]
-    for reason in report["rejects_by_reason"]:
+    for reason in split["quality_by_reason"]:
         images = (data.reason_images or {}).get(reason, [])
-        parts.append(_strip(html.escape(reason), reason, images))
-    parts += ["</section>"]
-    parts += _reference_sections(data, report, charts)
-    parts += _trend_section(report)
-    parts += ["<section id='samples'><h2>Samples per class</h2>"]
+        keys = (data.reason_keys or {}).get(reason)
+        parts.append(_thumbs(html.escape(reason), reason, images, keys))
+    parts.append("</section>")
+    body.append(("rejects", "Rejects by reason", parts))
+    ref = _reference_sections(data, report, charts)
+    split_at = [i for i, p in enumerate(ref) if p.startswith("<section id=")]
+    titles = {
+        "metrics": "Distribution metrics",
+        "embedding-map": "Embedding map",
+        "nearest": "Nearest pairs and near copies",
+    }
+    for i, start in enumerate(split_at):
+        stop = split_at[i + 1] if i + 1 < len(split_at) else len(ref)
+        sid = ref[start].split("'")[1]
+        body.append((sid, titles.get(sid, sid), ref[start:stop]))
+    trend = _trend_section(report)
+    if trend:
+        body.append(("trend", "Trend against the previous build", trend))
+    body.append(("timing", "Build timing", _timing_section(report)))
+    parts = ["<section id='samples'><h2>Samples per class</h2>"]
     for cls in counts["per_class"]:
         parts.append(f"<h3>{html.escape(cls)}</h3>")
-        parts.append(_strip("accepted", cls, data.accepted_images.get(cls, [])))
+        parts.append(
+            _thumbs(
+                "accepted",
+                cls,
+                data.accepted_images.get(cls, []),
+                (data.accepted_keys or {}).get(cls),
+            )
+        )
         rejected = data.rejected_images.get(cls, [])
         reasons = ", ".join(sorted({reason for _, reason in rejected}))
-        parts.append(_strip("rejected", cls, [image for image, _ in rejected], reasons))
+        parts.append(
+            _thumbs(
+                "rejected",
+                cls,
+                [image for image, _ in rejected],
+                (data.rejected_keys or {}).get(cls),
+                reasons,
+            )
+        )
     parts.append("</section>")
-    exp = report["expectations"] or {}
-    parts += [
-        "<section id='expectations'><h2>Expectations (great_expectations)</h2>",
-        f"<p>Overall: <span class='{'ok' if exp.get('success') else 'bad'}'>"
-        f"{'passed' if exp.get('success') else 'FAILED'}</span></p>",
-        _table(
-            ["dataset", "expectation", "arguments", "result", "detail"],
-            [
-                [
-                    e["dataset"],
-                    e["expectation"],
-                    json.dumps(e["kwargs"], default=str),
-                    "pass" if e["success"] else "FAIL",
-                    e["detail"],
-                ]
-                for e in exp.get("expectations", [])
-            ]
-            + [["corpus", "check", "", "FAIL", f] for f in exp.get("failures", [])],
-        ),
-        "</section>",
-        "<section id='provenance'><h2>Provenance</h2>",
-    ]
+    body.append(("samples", "Samples per class", parts))
+    body.append(("expectations", "Expectations", _expectations_section(report)))
     prov = report["provenance"]
     flat = [
         [k, json.dumps(v, default=str) if isinstance(v, dict | list) else v]
         for k, v in prov.items()
     ]
     flat.insert(0, ["recipe hash", report["recipe_hash"]])
-    parts += [
-        _table(["field", "value"], flat),
-        "</section>",
-        f"<script>{LOADED_SCRIPT}</script></body></html>",
+    body.append(
+        (
+            "provenance",
+            "Provenance",
+            [
+                "<section id='provenance'><h2>Provenance</h2>",
+                _table(["field", "value"], flat),
+                "</section>",
+            ],
+        )
+    )
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>synthgen report: {html.escape(report['recipe_name'])}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Data-quality report: {html.escape(report['recipe_name'])}</h1>",
+        *_verdict_card(report),
+        *_contents([(sid, title) for sid, title, _ in body]),
     ]
+    for _, _, section in body:
+        parts += section
+    parts.append(f"<script>{LOADED_SCRIPT}</script></body></html>")
     return "\n".join(parts)
 
 
@@ -1151,10 +2108,12 @@ def write_report(
 ) -> tuple[Path, Path]:
     """Write report.json and report.html beside the manifest (read from `out` unless given);
     `reference` (an embedded set's cache file and its source) adds or replaces the metrics;
-    `previous` (the previously published build) adds the trend against its report."""
+    `previous` (the previously published build) adds the trend against its report; without
+    it, a report rewritten (`synthgen report`) keeps comparing with the build its earlier
+    report.json compared with, while that build's report is still there."""
     data = load_report_data(out, manifest, reference)
     report = report_json(data)
-    with_trend(report, data.manifest, previous)
+    with_trend(report, data.manifest, previous or earlier_previous(out))
     page = render_html(data, report)
     json_path, html_path = out / REPORT_JSON, out / REPORT_HTML
     write_bytes_atomic(json_path, json.dumps(report, indent=2, default=str).encode())

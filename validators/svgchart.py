@@ -28,6 +28,7 @@ AXIS = "#888"
 GRID = "#e6e6e6"
 ACCEPTED, REJECTED = "#4f81bd", "#c0504d"
 PLANNED = "#9bbb59"
+THRESHOLD = "#222"  # threshold lines on histograms (dashed)
 # the tab10 and tab20 palettes (the usual categorical colours)
 TAB10 = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -360,14 +361,27 @@ def histogram_grid(
     edges: Sequence[float],
     panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[int], str]]]],
     columns: int = 5,
+    thresholds: Sequence[float | None] | None = None,
+    threshold_label: str = "threshold",
 ) -> str:
     """Small multiples: one histogram panel per (panel title, [(series label, counts per
     bin, colour)]), every panel on the shared bin `edges`, series overlaid half-transparent;
-    `title` and one legend above the panels."""
+    `title` and one legend above the panels.
+
+    `thresholds` (one value or None per panel) draws a dashed vertical `line.threshold` at
+    that value in the panel (the x axis widened to show it), with a tooltip, and a legend
+    entry `threshold_label`."""
     svg = _Svg(name)
     n = max(len(panels), 1)
     cols = min(columns, n)
     lo, hi = float(edges[0]), float(edges[-1])
+    cuts = [
+        None if t is None or not math.isfinite(t) else float(t)
+        for t in (thresholds or [None] * len(panels))
+    ]
+    drawn = [t for t in cuts if t is not None]
+    if drawn:
+        lo, hi = min(lo, *drawn), max(hi, *drawn)
     xt = nice_ticks(lo, hi, 3)
     y_ticks = []
     for _, series in panels:
@@ -382,17 +396,27 @@ def histogram_grid(
     cell_w, cell_h = pad_l + pw + pad_r, pad_t + ph + pad_b
     head = 28.0
     labels = [(lbl, c) for lbl, _, c in (panels[0][1] if panels else ())]
+    if drawn:
+        labels.append((threshold_label, ""))
     legend_w = sum(26 + text_width(lbl, LABEL) for lbl, _ in labels)
     width = max(8 + cols * cell_w - pad_r + max(pad_r, x_half + 4), legend_w + 60)
     svg.text(8, 18, fit(title, width - legend_w - 24, TITLE), size=TITLE, full=title)
     svg.add("<g class='legend'>")
     x = width - legend_w - 4
     for lbl, colour in labels:
-        svg.add(f"<rect x='{num(x)}' y='9' width='10' height='10' fill='{colour}' opacity='0.7'/>")
+        if colour:
+            svg.add(
+                f"<rect x='{num(x)}' y='9' width='10' height='10' fill='{colour}' opacity='0.7'/>"
+            )
+        else:  # the threshold's swatch: a short dashed upright line
+            svg.add(
+                f"<line x1='{num(x + 5)}' y1='8' x2='{num(x + 5)}' y2='20' stroke='{THRESHOLD}' "
+                "stroke-width='1.5' stroke-dasharray='3 2'/>"
+            )
         svg.text(x + 14, 18, lbl)
         x += 26 + text_width(lbl, LABEL)
     svg.add("</g>")
-    for p, ((panel_title, series), yt) in enumerate(zip(panels, y_ticks, strict=True)):
+    for p, ((panel_title, series), yt, cut) in enumerate(zip(panels, y_ticks, cuts, strict=True)):
         cx, cy = 8 + (p % cols) * cell_w, head + (p // cols) * cell_h
         left, top = cx + pad_l, cy + pad_t
         total = ", ".join(f"{sum(c)} {lbl}" for lbl, c, _ in series)
@@ -414,6 +438,14 @@ def histogram_grid(
                     path.append(f"M{num(x0)} {num(top + ph)}V{num(y)}H{num(x1)}V{num(top + ph)}Z")
             if path:
                 svg.add(f"<path d='{''.join(path)}' fill='{colour}' opacity='0.7'/>")
+        if cut is not None:
+            x = sx(cut)
+            svg.add(
+                f"<line class='threshold' x1='{num(x)}' y1='{num(top)}' x2='{num(x)}' "
+                f"y2='{num(top + ph)}' stroke='{THRESHOLD}' stroke-width='1.5' "
+                f"stroke-dasharray='4 3'><title>{esc(threshold_label)}: {esc(f'{cut:.4g}')}"
+                "</title></line>"
+            )
         for t, tl in zip(xt, x_texts, strict=True):
             svg.line(sx(t), top + ph, sx(t), top + ph + 4)
             svg.text(sx(t), top + ph + X_TICKS, tl, size=TICK, anchor="middle")

@@ -2,16 +2,21 @@
 
 A published build lives at `ROOT/builds/<time>-<hash>/`; until it is swapped in, `ROOT/latest`
 points to the build before it. The report compares the two (counts, accept rate, every metric,
-overall and per class) and flags regressions by fixed rules (`RULES`, docs/metrics.md):
+overall and per class) and flags regressions by fixed rules (`RULES`, docs/metrics.md), and
+only where both builds have enough samples for the figure to mean something:
 
-- the accept rate (accepted / attempted) falls by more than 5 points, overall or in a class
-  (a class only when both builds attempted at least 10 of its samples);
-- a metric with a direction moves the wrong way by more than its tolerance: 0.05 absolute for
-  precision, recall, density and coverage; 10 % of the previous value for the Fréchet distance,
-  KID, Vendi and the mean pairwise distance. A metric the recipe gates is always flagged when
-  it crosses its gate's bound, whatever the tolerance.
+- the accept rate (accepted / attempted) falls by more than 5 points, overall or in a class,
+  and both builds attempted at least `MIN_ATTEMPTS` (20) samples in that scope;
+- a metric with a direction moves the wrong way by more than its tolerance, and both builds
+  measured it on at least `MIN_METRIC_SAMPLES` (20) accepted samples in that scope: 0.05
+  absolute for precision, recall, density and coverage; for the Fréchet distance, KID, Vendi
+  and the mean pairwise distance 10 % of the previous value, but never less than an absolute
+  floor (so that a figure near zero does not flag noise). A metric the recipe gates is flagged
+  when it crosses its gate's bound, whatever the tolerance (with the same minimum count).
 
-Reads only the previous build's report.json (no image, no Parquet).
+A change past its tolerance on too few samples is not a regression: it is listed in
+`held_back` with its sample counts. Reads only the previous build's report.json (no image,
+no Parquet).
 """
 
 from __future__ import annotations
@@ -25,23 +30,28 @@ TREND_VERSION = 1
 LATEST = "latest"
 HISTORY = 20  # builds kept in the per-class accept-rate history (sparklines)
 ACCEPT_RATE_DROP = 5.0  # points
-MIN_CLASS_ATTEMPTS = 10
-# metric -> (better direction, tolerance, tolerance kind)
-DIRECTIONS: dict[str, tuple[str, float, str]] = {
-    "precision": ("higher", 0.05, "absolute"),
-    "recall": ("higher", 0.05, "absolute"),
-    "density": ("higher", 0.05, "absolute"),
-    "coverage": ("higher", 0.05, "absolute"),
-    "frechet_distance": ("lower", 0.10, "relative"),
-    "kid": ("lower", 0.10, "relative"),
-    "vendi": ("higher", 0.10, "relative"),
-    "mean_pairwise_distance": ("higher", 0.10, "relative"),
+MIN_ATTEMPTS = 20  # samples attempted in a scope (overall, a class), in both builds
+MIN_CLASS_ATTEMPTS = MIN_ATTEMPTS  # the per-class minimum (the same number)
+MIN_METRIC_SAMPLES = 20  # accepted samples a metric was measured on, in both builds
+# metric -> (better direction, tolerance, tolerance kind, absolute floor of the tolerance)
+DIRECTIONS: dict[str, tuple[str, float, str, float]] = {
+    "precision": ("higher", 0.05, "absolute", 0.05),
+    "recall": ("higher", 0.05, "absolute", 0.05),
+    "density": ("higher", 0.05, "absolute", 0.05),
+    "coverage": ("higher", 0.05, "absolute", 0.05),
+    "frechet_distance": ("lower", 0.10, "relative", 0.02),
+    "kid": ("lower", 0.10, "relative", 0.002),
+    "vendi": ("higher", 0.10, "relative", 0.5),
+    "mean_pairwise_distance": ("higher", 0.10, "relative", 0.01),
 }
 RULES = {
     "accept_rate_drop_points": ACCEPT_RATE_DROP,
+    "min_attempts": MIN_ATTEMPTS,
     "min_class_attempts": MIN_CLASS_ATTEMPTS,
+    "min_metric_samples": MIN_METRIC_SAMPLES,
     "metrics": {
-        name: {"better": d, "tolerance": t, "kind": k} for name, (d, t, k) in DIRECTIONS.items()
+        name: {"better": d, "tolerance": t, "kind": k, "absolute_floor": f}
+        for name, (d, t, k, f) in DIRECTIONS.items()
     },
     "gated_metrics": "a gated metric is flagged when it crosses its gate's bound",
 }
@@ -74,6 +84,11 @@ def _rate(accepted: Any, attempted: Any) -> float | None:
     return None if a is None or not n else 100.0 * a / n
 
 
+def _int(value: Any) -> int | None:
+    n = _num(value)
+    return None if n is None else int(n)
+
+
 def _change(previous: Any, current: Any) -> dict[str, Any]:
     p, c = _num(previous), _num(current)
     return {"previous": p, "current": c, "delta": None if p is None or c is None else c - p}
@@ -100,7 +115,17 @@ def _overall_attempts(report: dict[str, Any]) -> int:
     )
 
 
+def tolerance(name: str, previous: float) -> float | None:
+    """How far metric `name` may move the wrong way from `previous` before it regresses
+    (None: a metric without a direction, never flagged by tolerance)."""
+    if name not in DIRECTIONS:
+        return None
+    _, tol, kind, floor = DIRECTIONS[name]
+    return tol if kind == "absolute" else max(tol * abs(previous), floor)
+
+
 def _metric_regressed(name: str, change: dict[str, Any], gate: dict[str, Any] | None) -> bool:
+    """Past tolerance (or across a gate), sample counts aside."""
     p, c, d = change["previous"], change["current"], change["delta"]
     if d is None or p is None or c is None:
         return False
@@ -108,12 +133,46 @@ def _metric_regressed(name: str, change: dict[str, Any], gate: dict[str, Any] | 
         lo, hi = gate.get("min"), gate.get("max")
         if (lo is not None and p >= lo > c) or (hi is not None and p <= hi < c):
             return True
-    if name not in DIRECTIONS:
+    limit = tolerance(name, p)
+    if limit is None:
         return False
-    better, tolerance, kind = DIRECTIONS[name]
-    worse = -d if better == "higher" else d
-    limit = tolerance if kind == "absolute" else tolerance * abs(p)
+    worse = -d if DIRECTIONS[name][0] == "higher" else d
     return worse > limit
+
+
+def _judge(
+    change: dict[str, Any],
+    past: bool,
+    samples: tuple[int | None, int | None],
+    minimum: int,
+    scope: str,
+    figure: str,
+    regressions: list[dict[str, Any]],
+    held_back: list[dict[str, Any]],
+) -> None:
+    """Set `change["regressed"]`: past its tolerance and both builds with at least `minimum`
+    samples (`samples`: previous, current; None: not known, too few). A change past its
+    tolerance on too few samples goes to `held_back` instead."""
+    enough = all(n is not None and n >= minimum for n in samples)
+    change["samples"] = {"previous": samples[0], "current": samples[1]}
+    change["regressed"] = bool(past and enough)
+    entry = {"scope": scope, "figure": figure, "previous": change["previous"]}
+    entry["current"] = change["current"]
+    if change["regressed"]:
+        regressions.append(entry)
+    elif past:
+        held_back.append(
+            {**entry, "n_previous": samples[0], "n_current": samples[1], "minimum": minimum}
+        )
+
+
+def _metric_samples(values: dict[str, Any], fallback: int | None) -> int | None:
+    """The accepted samples a scope's metrics were measured on: `n_synthetic` when the
+    metrics block says, else the scope's accepted count."""
+    n = _num(values.get("n_synthetic"))
+    if n is not None:
+        return int(n)
+    return fallback
 
 
 def _metric_changes(
@@ -122,8 +181,15 @@ def _metric_changes(
     gates: dict[str, dict[str, Any]],
     scope: str,
     regressions: list[dict[str, Any]],
+    held_back: list[dict[str, Any]] | None = None,
+    accepted: tuple[int | None, int | None] = (None, None),
 ) -> dict[str, Any]:
     previous, current = previous or {}, current or {}
+    held_back = [] if held_back is None else held_back
+    samples = (
+        _metric_samples(previous, accepted[0]),
+        _metric_samples(current, accepted[1]),
+    )
     out = {}
     for name in sorted(set(previous) | set(current)):
         if name.startswith("n_"):
@@ -132,12 +198,9 @@ def _metric_changes(
         gate = (
             gates.get(name) if scope == "overall" or gates.get(name, {}).get("per_class") else None
         )
-        change["regressed"] = _metric_regressed(name, change, gate)
+        past = _metric_regressed(name, change, gate)
+        _judge(change, past, samples, MIN_METRIC_SAMPLES, scope, name, regressions, held_back)
         change["better"] = DIRECTIONS[name][0] if name in DIRECTIONS else None
-        if change["regressed"]:
-            regressions.append(
-                {"scope": scope, "figure": name, **{k: change[k] for k in ("previous", "current")}}
-            )
         out[name] = change
     return out
 
@@ -152,6 +215,7 @@ def build_trend(
     previously published build's report.json); `gates`: the recipe's `validation.metrics`."""
     gates = gates or {}
     regressions: list[dict[str, Any]] = []
+    held_back: list[dict[str, Any]] = []
     cur_counts, prev_counts = current.get("counts", {}), previous.get("counts", {})
     counts = {
         k: _change(prev_counts.get(k), cur_counts.get(k))
@@ -161,19 +225,25 @@ def build_trend(
         _rate(prev_counts.get("accepted"), _overall_attempts(previous)),
         _rate(cur_counts.get("accepted"), _overall_attempts(current)),
     )
-    rate["regressed"] = rate["delta"] is not None and rate["delta"] < -ACCEPT_RATE_DROP
-    if rate["regressed"]:
-        regressions.append(
-            {
-                "scope": "overall",
-                "figure": "accept_rate",
-                "previous": rate["previous"],
-                "current": rate["current"],
-            }
-        )
+    _judge(
+        rate,
+        rate["delta"] is not None and rate["delta"] < -ACCEPT_RATE_DROP,
+        (_overall_attempts(previous), _overall_attempts(current)),
+        MIN_ATTEMPTS,
+        "overall",
+        "accept_rate",
+        regressions,
+        held_back,
+    )
     cur_m, prev_m = current.get("metrics") or {}, previous.get("metrics") or {}
     metrics = _metric_changes(
-        prev_m.get("overall"), cur_m.get("overall"), gates, "overall", regressions
+        prev_m.get("overall"),
+        cur_m.get("overall"),
+        gates,
+        "overall",
+        regressions,
+        held_back,
+        (_int(prev_counts.get("accepted")), _int(cur_counts.get("accepted"))),
     )
 
     cur_att, prev_att = _attempts(current), _attempts(previous)
@@ -185,19 +255,16 @@ def build_trend(
         c_acc = (cur_pc.get(cls) or {}).get("accepted")
         p_acc = (prev_pc.get(cls) or {}).get("accepted")
         crate = _change(_rate(p_acc, prev_att.get(cls)), _rate(c_acc, cur_att.get(cls)))
-        enough = min(cur_att.get(cls, 0), prev_att.get(cls, 0)) >= MIN_CLASS_ATTEMPTS
-        crate["regressed"] = bool(
-            enough and crate["delta"] is not None and crate["delta"] < -ACCEPT_RATE_DROP
+        _judge(
+            crate,
+            crate["delta"] is not None and crate["delta"] < -ACCEPT_RATE_DROP,
+            (prev_att.get(cls, 0), cur_att.get(cls, 0)),
+            MIN_CLASS_ATTEMPTS,
+            f"class:{cls}",
+            "accept_rate",
+            regressions,
+            held_back,
         )
-        if crate["regressed"]:
-            regressions.append(
-                {
-                    "scope": f"class:{cls}",
-                    "figure": "accept_rate",
-                    "previous": crate["previous"],
-                    "current": crate["current"],
-                }
-            )
         per_class[cls] = {
             "accepted": _change(p_acc, c_acc),
             "accept_rate": crate,
@@ -207,6 +274,8 @@ def build_trend(
                 gates,
                 f"class:{cls}",
                 regressions,
+                held_back,
+                (_int(p_acc), _int(c_acc)),
             ),
         }
     history: dict[str, list[float | None]] = {}
@@ -220,7 +289,7 @@ def build_trend(
     return {
         "trend_version": TREND_VERSION,
         "previous": {
-            "output": str(previous_dir),
+            "output": previous_dir.name,  # a sibling under builds/: no path of this machine
             "recipe_name": previous.get("recipe_name"),
             "recipe_hash": previous.get("recipe_hash"),
             "status": previous.get("status"),
@@ -233,6 +302,7 @@ def build_trend(
         "per_class": per_class,
         "history": {"overall": overall_history, "accept_rate": history},
         "regressions": regressions,
+        "held_back": held_back,
         "rules": RULES,
     }
 
@@ -243,3 +313,25 @@ def read_previous_report(previous_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def describe(regressions: list[dict[str, Any]]) -> str:
+    """Regressions as one line: `overall accept_rate 100 -> 44.4; class:one precision ...`."""
+
+    def short(v: Any) -> str:
+        return "–" if v is None else f"{v:.4g}"
+
+    return "; ".join(
+        f"{r['scope']} {r['figure']} {short(r.get('previous'))} -> {short(r.get('current'))}"
+        for r in regressions
+    )
+
+
+def report_regressions(out: Path) -> list[dict[str, Any]] | None:
+    """The regressions of the trend in `out`'s report.json ([] when none), or None when the
+    report has no trend (not a published build, or the first one)."""
+    report = read_previous_report(out)
+    trend = (report or {}).get("trend")
+    if not isinstance(trend, dict):
+        return None
+    return list(trend.get("regressions") or [])

@@ -28,12 +28,20 @@ from synthgen.pipelines.session import BuildSession, Finish, RoundOutcome
 from synthgen.pipelines.strategies.base import Strategy
 from synthgen.schemas.manifest import BalanceInfo, BalanceRound, FileInfo, PlanRound, shard_files
 from synthgen.schemas.recipe import BalanceSpec, Recipe
+from synthgen.schemas.records import public_path, public_reference
 from synthgen.storage.atomic import atomic_write
 from synthgen.storage.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
 
-BALANCED_NAME = "balanced.parquet"
+# The balanced index lives in its own folder, so that `BUILD/*.parquet` (duckdb, polars, a
+# glob handed to pyarrow) matches the shard files only; `_` keeps it out of pyarrow's (and
+# Spark's) directory discovery too. Older builds wrote it beside the shards as
+# `balanced.parquet`; the manifest's `balance.balanced_index` names where it is.
+BALANCED_NAME = "_index/balanced.parquet"
+LEGACY_BALANCED_NAME = "balanced.parquet"
+# `BalanceInfo.source` is the source's description: its kind, then where it was read.
+_SOURCE_KINDS = ("Parquet ", "image folder ", "WebDataset ")
 BALANCED_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),  # "real" | "synthetic"
@@ -60,7 +68,7 @@ class _RealRows:
                 "source": "real",
                 "label": class_id,
                 "class_name": self._names[class_id],
-                "reference": record.reference,
+                "reference": public_reference(record.reference),  # published: no local path
                 "key": None,
                 "shard": None,
             }
@@ -190,6 +198,7 @@ class Balance(Strategy):
         if self._need():
             raise BuildError(self._unfillable(self._need()))
         path = session.out / BALANCED_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
         rows = self._synthetic_rows(session)
         with atomic_write(path) as f:
             writer = pq.ParquetWriter(f, BALANCED_SCHEMA)
@@ -198,8 +207,10 @@ class Balance(Strategy):
             writer.write_table(pa.Table.from_pylist(rows, schema=BALANCED_SCHEMA))
             writer.close()
         names = self.names
+        kind = next((k for k in _SOURCE_KINDS if self.source.description.startswith(k)), "")
+        base = None if self.resolved.base_dir is None else str(self.resolved.base_dir)
         balance = BalanceInfo(
-            source=self.source.description,
+            source=kind + public_path(self._spec.source, base),  # as written, else by name
             target={names[c]: self.targets[c] for c in self.before},
             before={names[c]: self.before[c] for c in self.before},
             after={names[c]: self.before[c] + self.accepted[c] for c in self.before},
@@ -253,3 +264,11 @@ class Balance(Strategy):
         tmp = getattr(self, "_tmp", None)
         if tmp is not None:
             tmp.cleanup()
+
+
+def recorded_source(balance: BalanceInfo) -> str:
+    """Where a balancing build read its source (the path or pattern in `balance.source`)."""
+    for kind in _SOURCE_KINDS:
+        if balance.source.startswith(kind):
+            return balance.source[len(kind) :]
+    return balance.source

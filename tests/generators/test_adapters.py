@@ -21,7 +21,7 @@ from synthgen.generators.adapters import (
     check_adapter,
     dump_table,
 )
-from synthgen.generators.regenerate import find_provenance, regenerate
+from synthgen.generators.regenerate import Inputs, find_provenance, regenerate
 from synthgen.pipelines.build import run_build
 from synthgen.pipelines.resolve import resolve
 from synthgen.schemas.manifest import MANIFEST_NAME, Manifest
@@ -262,7 +262,8 @@ def test_build_with_templates_and_adapters_validates_and_regenerates(
     for cls in ("zero", "one", "two"):
         key = next((k for k in accepted if f"-{cls}-" in k), None)
         if key is not None:
-            assert regenerate(find_provenance(out, key)) == images[f"{key}.png"]
+            prov = find_provenance(out, key)
+            assert regenerate(prov, Inputs.for_build(out)) == images[f"{key}.png"]
 
 
 def test_balance_lora_trains_per_class_and_resume_reuses(
@@ -306,7 +307,7 @@ def test_balance_lora_trains_per_class_and_resume_reuses(
     prov = find_provenance(out, key)
     cls = str(prov["class_name"])
     assert prov["adapters"]["classes"][cls][0]["sha256"] == manifest.adapters[cls].sha256  # type: ignore[index]
-    assert regenerate(prov) == _images(out)[f"{key}.png"]
+    assert regenerate(prov, Inputs.for_build(out)) == _images(out)[f"{key}.png"]
     assert validate_dir(out).ok
     # a build stopped before its manifest resumes: its adapters are reused, not trained again
     first = _images(out)

@@ -26,7 +26,7 @@ import synthgen.generators.model_folder as model_folder
 from synthgen.generators.conditioning import ConditioningError, pick_source
 from synthgen.generators.handler import generate_batch
 from synthgen.generators.planning import plan
-from synthgen.generators.regenerate import find_provenance, regenerate
+from synthgen.generators.regenerate import Inputs, find_provenance, regenerate
 from synthgen.pipelines.build import run_build
 from synthgen.pipelines.resolve import generation_settings, resolve
 from synthgen.schemas.recipe import recipe_from_dict
@@ -142,7 +142,7 @@ def _check_corpus(
     for key in sorted(images):
         first.setdefault(rows[key]["class_name"], key)
     for key in first.values():
-        assert regenerate(find_provenance(out, key)) == images[key]
+        assert regenerate(find_provenance(out, key), Inputs.for_build(out)) == images[key]
     return rows
 
 
@@ -230,10 +230,10 @@ def test_inpaint_from_webdataset_beside_a_text_only_class(
             assert row["conditioning_source"] is None
             continue
         assert re.fullmatch(
-            rf".*/data-000\.tar#s{row['class_label']}[0-2]", row["conditioning_source"]
+            rf"data-000\.tar#s{row['class_label']}[0-2]", row["conditioning_source"]
         )
         params = json.loads(row["conditioning"])
-        assert params["mask"]["path"] == str(tmp_path / "mask.png")
+        assert params["mask"]["path"] == "mask.png"  # published by name
 
 
 def _controlnet(
@@ -294,7 +294,7 @@ def test_controlnet_with_canny_and_a_fixed_image(tmp_path: Path) -> None:
                 "low_threshold": 50,
                 "high_threshold": 100,
             }
-            assert nets[1]["image"]["path"] == str(fixed)
+            assert nets[1]["image"]["path"] == fixed.name  # published by name
         else:
             assert [n["conditioning_scale"] for n in nets] == [1.5]
             assert nets[0]["preprocessor"]["name"] == "identity"
@@ -543,7 +543,8 @@ def test_balance_mix_splits_top_ups_by_seed_and_key(tmp_path: Path) -> None:
     assert set(modes) == {None, "img2img"}  # both kinds in one class's top-up
     for key in modes.values():
         if key in images:
-            assert regenerate(find_provenance(result.output, key)) == images[key]
+            prov = find_provenance(result.output, key)
+            assert regenerate(prov, Inputs.for_build(result.output)) == images[key]
     assert result.manifest.balance is not None
     assert result.manifest.balance.after == {"zero": 4, "one": 4}
 
@@ -694,7 +695,7 @@ def test_ip_adapter_image_prompt_and_scale_per_class(tmp_path: Path) -> None:
             assert params["scale"] == 0.3
             assert row["conditioning_source"] is None
             assert params["image"] == {
-                "path": str(prompt),
+                "path": prompt.name,  # an absolute path in the recipe: published by name
                 "sha256": hashlib.sha256(prompt.read_bytes()).hexdigest(),
             }
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from synthgen.generators.regenerate import regenerate
+from synthgen.generators.regenerate import Inputs, regenerate
 from synthgen.pipelines.build import run_build
 from synthgen.schemas.recipe import RecipeError
 from synthgen.validators.corpus import validate_dir
@@ -78,7 +78,7 @@ def test_family_builds_validates_and_regenerates(
     pipeline_class, scheduler_class = FAMILIES[family]
     assert prov["pipeline_class"] == pipeline_class
     assert prov["scheduler_config"]["class"] == scheduler_class
-    assert regenerate(prov) == _image(out, prov["key"])
+    assert regenerate(prov, Inputs.for_build(out)) == _image(out, prov["key"])
     assert not marker.exists(), "a pickle was unpickled"
 
 

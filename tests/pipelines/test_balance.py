@@ -146,8 +146,8 @@ def test_balanced_build_reaches_exactly_the_target(balanced: Path) -> None:
     assert bal["before"] == COUNTS
     assert bal["after"] == {"zero": 6, "one": 6, "two": 6}
     assert len(bal["rounds"]) >= 2, "the CLIP threshold rejects some: top-up rounds needed"
-    df = pd.read_parquet(balanced / "balanced.parquet")
-    table = pq.read_table(balanced / "balanced.parquet")
+    df = pd.read_parquet(balanced / "_index" / "balanced.parquet")
+    table = pq.read_table(balanced / "_index" / "balanced.parquet")
     assert table.num_rows == len(df) == 18
     assert df.groupby("class_name").size().to_dict() == {"zero": 6, "one": 6, "two": 6}
     synthetic = df[df.source == "synthetic"]
@@ -178,8 +178,8 @@ def test_balanced_build_is_deterministic_and_validates(
         tmp_path / "again",
         show_progress=False,
     )
-    a = pd.read_parquet(balanced / "balanced.parquet")
-    b = pd.read_parquet(tmp_path / "again" / "balanced.parquet")
+    a = pd.read_parquet(balanced / "_index" / "balanced.parquet")
+    b = pd.read_parquet(tmp_path / "again" / "_index" / "balanced.parquet")
     assert list(a.key.fillna("")) == list(b.key.fillna(""))
 
 
@@ -236,7 +236,7 @@ def test_label_type_id_keeps_real_labels_and_tops_up_the_right_class(
     source = _int_labels(tmp_path / "d.parquet")
     recipe = _swapped_recipe(tmp_path, model_dir, source, label_type="id")
     run_build(recipe, tmp_path / "out", show_progress=False)
-    df = pd.read_parquet(tmp_path / "out" / "balanced.parquet")
+    df = pd.read_parquet(tmp_path / "out" / "_index" / "balanced.parquet")
     real = df[df.source == "real"].sort_values("reference")
     assert list(real.label) == [0, 0, 0, 0, 0, 1]
     assert list(real.class_name) == ["1", "1", "1", "1", "1", "0"]

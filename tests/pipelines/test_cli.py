@@ -66,16 +66,19 @@ def test_regenerate_matches_recorded_bytes(cli_build: Path, tmp_path: Path) -> N
         assert hashlib.sha256(out_png.read_bytes()).hexdigest() == row["image_sha256"]
 
 
-def test_regenerate_refuses_a_changed_model(cli_build: Path, tmp_path: Path) -> None:
+def test_regenerate_refuses_a_changed_model(
+    cli_build: Path, tmp_path: Path, model_dir: Path
+) -> None:
     import shutil
 
     from synthgen.schemas.records import read_build_constants
 
     constants = read_build_constants(pq.read_schema(cli_build / "00000.parquet"))
+    assert constants["model_path"] == "sd"  # an absolute path in the recipe: by name
     rows = pq.read_table(cli_build / "00000.parquet", columns=["key"]).to_pylist()
     moved = tmp_path / "copy"
     shutil.copytree(cli_build, moved)
-    model = Path(constants["model_path"])
+    model = model_dir / "sd"  # where the copy's private state says the build found it
     backup = (model / "scheduler" / "scheduler_config.json").read_text()
     try:
         (model / "scheduler" / "scheduler_config.json").write_text(

@@ -42,7 +42,7 @@ def test_extend_keeps_old_shards_and_adds_only_new_keys(
     assert old_keys < keys
     assert result.generated_now == len(keys) - len(old_keys) == 6
     lineage = result.manifest.lineage
-    assert lineage is not None and lineage.parent == str(parent)
+    assert lineage is not None and lineage.parent == parent.name  # by name: published
     assert lineage.recipe_hashes[-1] == result.manifest.recipe_hash
     assert lineage.inherited_shards == [s.shard for s in result.manifest.shards][:2]
     report = validate_dir(child)
@@ -75,4 +75,4 @@ def test_publish_extend_grows_latest_and_swaps_it(tmp_path: Path, model_dir: Pat
     assert (root / "latest").resolve() == second.output
     assert second.generated_now == 3
     assert second.manifest.lineage is not None
-    assert second.manifest.lineage.parent == str(first.output)
+    assert second.manifest.lineage.parent == first.output.name

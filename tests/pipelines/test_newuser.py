@@ -272,6 +272,7 @@ def test_a_missing_clip_folder_names_clip_model(
     manifest = json.loads((build / "manifest.json").read_text())
     manifest["model"]["path"] = str(tmp_path / "moved" / "sd")  # the models moved away
     (build / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(build / ".synthgen")  # and the build with them: no state of this machine
     from synthgen.pipelines.cli import _build_clip_folder
     from synthgen.pipelines.output import BuildError
 

@@ -14,7 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthgen.generators.planning import plan_shard, shard_ids
-from synthgen.generators.regenerate import ProvenanceNotFound, find_provenance, regenerate
+from synthgen.generators.regenerate import (
+    Inputs,
+    ProvenanceNotFound,
+    find_provenance,
+    regenerate,
+)
 from synthgen.pipelines.build import run_build
 from synthgen.pipelines.writer import shard_rank
 from synthgen.schemas.recipe import load_recipe
@@ -124,7 +129,7 @@ def test_a_rejected_sample_regenerates_from_parquet_and_constants(built: Path) -
     rows = [r for p in sorted(built.glob("0*.parquet")) for r in pq.read_table(p).to_pylist()]
     rejected = next(r for r in rows if r["status"] == "rejected")
     prov = find_provenance(built, rejected["key"])
-    assert regenerate(prov) == rejected["rejected_image"]["bytes"]
+    assert regenerate(prov, Inputs.for_build(built)) == rejected["rejected_image"]["bytes"]
     assert rejected["rejected_image"]["path"] == f"{rejected['key']}.png"
 
 
@@ -183,4 +188,6 @@ def test_dataset_card_parses_and_load_dataset_reads_the_build(built: Path, tmp_p
     ds = datasets.load_dataset(str(built), cache_dir=str(tmp_path))["train"]
     assert len(ds) == manifest["counts"]["accepted"]
     assert isinstance(ds.features["png"], datasets.Image)
-    assert {r["json"]["class_name"] for r in ds} <= {"zero", "one", "two"}
+    assert ds.features["cls"].names == ["zero", "one", "two"]
+    full = datasets.load_dataset(str(built), "provenance", cache_dir=str(tmp_path))["train"]
+    assert {r["json"]["class_name"] for r in full} <= {"zero", "one", "two"}
