@@ -229,6 +229,16 @@ def _cpu() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux the kernel's high-water mark of the
+    process's own memory (`VmHWM`): `ru_maxrss` keeps, across fork and exec, the peak of the
+    process that started this one, so a child started by a large parent would report the
+    parent's figure."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -307,7 +317,12 @@ def threads_check() -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument(
+        "--profiles",
+        nargs="+",
+        choices=list(PROFILES),
+        help="default: every profile, or none with --rss / --threads-check",
+    )
     parser.add_argument("--images", type=int, default=None, help="images per build")
     parser.add_argument("--c2pa", choices=("both", "off", "on"), default="both")
     parser.add_argument("--threads-check", action="store_true")
@@ -319,7 +334,10 @@ def main() -> None:
         rss_child(args.rss_child)
         return
     rows = []
-    for name in args.profiles:
+    names = args.profiles
+    if names is None:
+        names = [] if args.rss or args.threads_check else list(PROFILES)
+    for name in names:
         profile = PROFILES[name]
         for c2pa in {"both": (False, True), "off": (False,), "on": (True,)}[args.c2pa]:
             rows.append(run_profile(profile, args.images or profile.images, c2pa))
