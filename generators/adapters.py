@@ -244,7 +244,7 @@ def with_class_adapters(table: str, extra: dict[str, list[AdapterRef]]) -> str:
     return dump_table(common, merged)
 
 
-def table_identity(table: str) -> dict[str, str]:
+def table_identity(table: str | dict[str, Any]) -> dict[str, str]:
     """Content hashes of the table's files, for the build's identity (resume)."""
     common, per_class = load_table(table)
     out = {f"adapter_all_{i}_sha256": ref.sha256 for i, ref in enumerate(common)}

@@ -105,7 +105,7 @@ def check_inputs(recipe: Recipe, base_dir: Path, *, count_source: bool = False) 
 
 
 def _check_source(recipe: Recipe, spec: BalanceSpec, base_dir: Path, count: bool) -> Deficit | None:
-    from synthgen.generators.sources.base import SourceError
+    from synthgen.generators.sources.base import PixelLimit, SourceError
     from synthgen.generators.sources.open import open_source, read_histogram
 
     raw = spec.source  # located as pipelines.remote.source_location locates a local one
@@ -114,7 +114,8 @@ def _check_source(recipe: Recipe, spec: BalanceSpec, base_dir: Path, count: bool
     else:
         where = str(resolve_path(base_dir, raw))
     try:
-        source = open_source(spec, where)
+        s = recipe.sampling  # images declaring far more pixels are refused undecoded
+        source = open_source(spec, where, PixelLimit(s.width, s.height))
         if not count:
             next(iter(source.records()), None)  # the columns and the first image
             return None

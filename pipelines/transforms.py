@@ -504,6 +504,7 @@ def prepare_reference(
     weights and class mapping; later builds and rounds read it)."""
     import itertools
 
+    from synthgen.generators.sources.base import PixelLimit
     from synthgen.generators.sources.open import label_resolver, open_source
     from synthgen.validators.nearest import (
         cache_key,
@@ -527,7 +528,8 @@ def prepare_reference(
     )
 
     def make() -> ReferenceSet:
-        source = open_source(ref.spec, ref.location)
+        s = recipe.sampling  # images declaring far more pixels are refused undecoded
+        source = open_source(ref.spec, ref.location, PixelLimit(s.width, s.height))
         items = (
             (r, cid, data)
             for r, label, data in source_images(source)

@@ -235,7 +235,7 @@ class BalancedIndex:
         yield from self._synthetic([r for r in rows if r["source"] == "synthetic"])
 
     def _real(self, rows: list[dict[str, Any]]) -> Iterator[BalancedSample]:
-        from synthgen.generators.sources.base import SourceError
+        from synthgen.generators.sources.base import PixelLimit, SourceError
         from synthgen.generators.sources.open import open_source
         from synthgen.pipelines.output import BuildError
         from synthgen.schemas.recipe import BalanceSpec
@@ -245,7 +245,9 @@ class BalancedIndex:
             return
         spec = BalanceSpec.model_validate(self.corpus.manifest.recipe["balance"])
         try:
-            images = open_source(spec, self.source).iter_images()
+            s = self.corpus.manifest.recipe["sampling"]
+            limit = PixelLimit(int(s["width"]), int(s["height"]))
+            images = open_source(spec, self.source, limit).iter_images()
             at = 0
             for image in images:
                 if at == len(rows):

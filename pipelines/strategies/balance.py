@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synthgen.generators.sources.base import SourceRecord
+from synthgen.generators.sources.base import PixelLimit, SourceRecord
 from synthgen.generators.sources.open import open_source, read_histogram
 from synthgen.pipelines.estimate import targets_for
 from synthgen.pipelines.output import BuildError
@@ -111,7 +111,8 @@ class Balance(Strategy):
             from synthgen.pipelines.adapt import check_trainable
 
             check_trainable(self.resolved)
-        self.source = open_source(spec, self.resolved.balance_source)
+        s = self.recipe.sampling  # images declaring far more pixels are refused undecoded
+        self.source = open_source(spec, self.resolved.balance_source, PixelLimit(s.width, s.height))
         self.names = {c.id: c.name for c in self.recipe.classes}
         self._tmp = tempfile.TemporaryDirectory(prefix="synthgen-balance-")
         self._real_path = Path(self._tmp.name) / "real.parquet"

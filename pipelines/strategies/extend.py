@@ -104,7 +104,7 @@ class Extend(Strategy):
 
         recorded = recorded_identity(self.parent, self.manifest)
         if constants.get("adapters"):
-            recorded |= table_identity(str(constants["adapters"]))
+            recorded |= table_identity(constants["adapters"])  # decoded from JSON text
         changed = identity_changes(recorded, self.resolved.identity())
         if changed:
             what = ", ".join(f"{k} {a[:12]} -> {b[:12]}" for k, (a, b) in changed.items())

@@ -22,7 +22,7 @@ from synthgen.generators.adapters import (
     dump_table,
 )
 from synthgen.generators.regenerate import Inputs, find_provenance, regenerate
-from synthgen.pipelines.build import run_build
+from synthgen.pipelines.build import BuildError, run_build
 from synthgen.pipelines.resolve import resolve
 from synthgen.schemas.manifest import MANIFEST_NAME, Manifest
 from synthgen.schemas.recipe import AdapterSpec, RecipeError, load_recipe, recipe_from_dict
@@ -202,6 +202,22 @@ def test_adapter_content_is_part_of_the_identity(
 
 
 # -- end to end ----------------------------------------------------------------------------
+
+
+def test_a_build_with_a_lora_extends_and_a_changed_lora_is_refused(
+    tmp_path: Path, model_dir: Path, adapters: dict[str, Path]
+) -> None:
+    """The parent's adapter table (decoded from its shards' build constants) is part of the
+    identity --extend checks: the same LoRA extends, other weights under its path refuse."""
+    lora = Path(shutil.copy(adapters["lora"], tmp_path / "mine.safetensors"))
+    data = tiny_recipe_dict(model_dir, adapters=[{"path": str(lora)}], count_per_class=1)
+    run_build(data, tmp_path / "parent", show_progress=False)
+    grown = {**data, "count_per_class": 2}
+    child = run_build(grown, tmp_path / "child", extend=tmp_path / "parent", show_progress=False)
+    assert child.generated_now == 3 and child.manifest.counts.attempted == 6
+    make_lora(model_dir / "sd", lora, seed=1)  # same path, other weights
+    with pytest.raises(BuildError, match="adapter_all_0_sha256"):
+        run_build(grown, tmp_path / "again", extend=tmp_path / "parent", show_progress=False)
 
 
 def test_build_with_templates_and_adapters_validates_and_regenerates(

@@ -312,3 +312,43 @@ def test_tar_member_declaring_more_than_an_image_can_need_is_not_read(tmp_path: 
     src.limit = PixelLimit(16, 16)
     with pytest.raises(SourceError, match=r"member b\.png declares \d+ bytes.*not read"):
         list(src.records())
+
+
+def _digits_build(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """A 16x16 build of the default models over two classes."""
+    return {
+        "name": "bombs",
+        "model": {"path": str(DIGITS), "compute_batch": 2},
+        "sampling": {"steps": 2, "height": 16, "width": 16, "guidance_scale": 1.0},
+        "classes": [{"id": i, "name": n, "prompts": [f"a digit {i}"]} for i, n in enumerate(NAMES)],
+        "scoring": {"clip_model": str(ROOT / "models" / "digits-clip")},
+        "batch_size": 2,
+        **extra,
+    }
+
+
+def test_bomb_in_a_balancing_builds_source_is_refused_undecoded_before_generation(
+    tmp_path: Path, decoded: list[tuple[int, int]]
+) -> None:
+    from synthgen.pipelines.build import run_build
+
+    source = _folder(tmp_path / "src", bomb="one/bomb.png")
+    data = _digits_build(tmp_path, balance={"source": str(source), "target": 3})
+    with pytest.raises(SourceError, match=r"bomb\.png: 4200x4200 is more pixels"):
+        run_build(data, tmp_path / "out", show_progress=False)
+    assert BOMB not in decoded
+    assert not list((tmp_path / "out").glob("*.tar")), "refused before any shard"
+
+
+def test_bomb_in_a_reference_set_is_refused_undecoded_before_generation(
+    tmp_path: Path, decoded: list[tuple[int, int]]
+) -> None:
+    from synthgen.pipelines.build import run_build
+
+    source = _folder(tmp_path / "ref", bomb="zero/bomb.png")
+    data = _digits_build(tmp_path, count_per_class=2, reference={"source": str(source)})
+    data["scoring"]["scorers"] = [{"name": "clip"}, {"name": "clip_embedding"}]
+    with pytest.raises(Exception, match=r"bomb\.png: 4200x4200 is more pixels"):
+        run_build(data, tmp_path / "out", show_progress=False)
+    assert BOMB not in decoded
+    assert not list((tmp_path / "out").glob("*.tar")), "refused before any shard"
