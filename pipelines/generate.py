@@ -74,7 +74,7 @@ from synthgen.schemas.batches import padded_chunks
 from synthgen.schemas.failures import failed_copy, failed_sample
 from synthgen.schemas.manifest import PlanRound
 from synthgen.schemas.recipe import Recipe
-from synthgen.schemas.records import GenerationRequest, Sample
+from synthgen.schemas.records import BuildContext, GenerationRequest, Sample
 from synthgen.storage.faults import maybe_fault
 from synthgen.storage.images import LOSSLESS, decode_image
 from synthgen.validators.base import Check, record_pixel_checks
@@ -105,6 +105,7 @@ class StageSpec:
     out: str
     progress_dir: str | None = None
     host_threads: int = 0  # 0: as many as this process may use cores
+    ctx: BuildContext | None = None  # with it, a signing build signs with the host work
 
     @property
     def scoring_batch(self) -> int:
@@ -144,6 +145,7 @@ class ShardJob:
     score_splits: int = 0
     score_failed: int = 0
     error: BaseException | None = None
+    signed: dict[str, bytes] = field(default_factory=dict)  # key -> image with credentials
     staged: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -185,6 +187,7 @@ class Worker:
         self._progress_lock = threading.Lock()
         self._progress = _progress_file(spec.progress_dir)
         self._reported = False
+        self._signing = _signing(spec)
         self.feed: queue.Queue[tuple[ShardJob, ModelCall, Any] | None] = queue.Queue(FEED_DEPTH)
         threading.Thread(
             target=_feeder, args=(self.feed, weakref.ref(self)), name="synthgen-feed", daemon=True
@@ -288,6 +291,7 @@ class Worker:
                 pixels = np.asarray(image)
             sample = record_pixel_checks(sample, pixels, self.spec.checks)
             prepared = prepare_sample(self.scorers, sample, image)
+            self._sign(job, sample)
         except Exception as exc:
             logger.warning("sample %s failed: %s", request.key, type(exc).__name__)
             self.slots.release()
@@ -300,6 +304,22 @@ class Worker:
             complete = chunk.pending == 0
         if complete:
             self.ready.append((job, chunk))
+
+    def _sign(self, job: ShardJob, sample: Sample) -> None:
+        """A signing build: the image with its C2PA credentials, made now, beside the device
+        (whether it is accepted is decided later; the writer takes this copy if it is). A
+        failure leaves the signing to the writer, which reports it."""
+        if self._signing is None or self.spec.ctx is None:
+            return
+        from synthgen.storage.c2pa_sign import signed_sample
+
+        try:
+            data = signed_sample(sample, self.spec.ctx, self._signing)
+        except Exception as exc:
+            logger.debug("sample %s: signing left to the writer: %s", sample.request.key, exc)
+            return
+        with job.lock:
+            job.signed[sample.request.key] = data
 
     def _unprepared(self, job: ShardJob, key: str, failed: Sample) -> None:
         """A sample that failed before scoring: final now; its chunk goes on without it."""
@@ -358,8 +378,8 @@ class Worker:
     def _stage(self, job: ShardJob) -> None:
         try:
             maybe_fault("stage", f"{job.shard:05d}")
-            write_staged(Path(self.spec.out), job.shard, job.samples)
-            job.samples = []  # on disk now: the memory goes
+            write_staged(Path(self.spec.out), job.shard, job.samples, job.signed)
+            job.samples, job.signed = [], {}  # on disk now: the memory goes
         except BaseException as exc:
             job.fail(exc)
             return
@@ -392,6 +412,15 @@ class Worker:
         if self._progress is not None:
             with self._progress_lock:
                 self._progress.write(letter + "\n")
+
+
+def _signing(spec: StageSpec) -> Any:
+    """The build's signing config (written before generation), or None."""
+    if spec.ctx is None:
+        return None
+    from synthgen.storage.c2pa_sign import read_signing_config
+
+    return read_signing_config(Path(spec.out))
 
 
 def _feeder(

@@ -109,6 +109,7 @@ def run_shards(
                 checks=tuple(checks),
                 out=str(out),
                 progress_dir=progress_path,
+                ctx=ctx,
             )
             first = pipeline(generation_options(options))
             shards = first | "ShardIds" >> beam.Create(to_generate)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import apache_beam as beam
@@ -48,6 +48,8 @@ SCHEMA = pa.schema(
         pa.field("error_message", pa.string()),
         # outcomes decided with the image's host work (pixel checks: the watermark)
         pa.field("checks", pa.map_(pa.string(), pa.string())),
+        # the image with its C2PA credentials, signed with its host work (signing builds)
+        pa.field("signed_image", pa.binary()),
     ]
 )
 
@@ -60,7 +62,7 @@ def staging_path(out: Path, shard: int) -> Path:
     return staging_dir(out) / f"{shard:05d}.arrow"
 
 
-def _row(s: Sample) -> dict[str, object]:
+def _row(s: Sample, signed: bytes | None = None) -> dict[str, object]:
     scalars = {k: float(v) for k, v in s.scores.items() if not isinstance(v, tuple)}
     vectors = {k: [float(x) for x in v] for k, v in s.scores.items() if isinstance(v, tuple)}
     return {
@@ -76,17 +78,22 @@ def _row(s: Sample) -> dict[str, object]:
         "reject_reason": s.reject_reason,
         "error_message": s.error_message,
         "checks": list(s.checks.items()),
+        "signed_image": signed,
     }
 
 
-def write_staged(out: Path, shard: int, samples: Iterable[Sample]) -> int:
-    """Write a shard's scored samples (sorted by key, one per key) atomically; returns count."""
+def write_staged(
+    out: Path, shard: int, samples: Iterable[Sample], signed: Mapping[str, bytes] | None = None
+) -> int:
+    """Write a shard's scored samples (sorted by key, one per key) atomically, with the
+    signed image of each key in `signed`; returns the count."""
     by_key: dict[str, Sample] = {}
     for s in samples:  # a retried bundle repeats identical samples
         seen = by_key.get(s.request.key)
         if seen is None or (is_failed(seen) and not is_failed(s)):
             by_key[s.request.key] = s  # a failure that did not repeat loses to the success
-    rows = [_row(by_key[k]) for k in sorted(by_key)]
+    signed = signed or {}
+    rows = [_row(by_key[k], signed.get(k)) for k in sorted(by_key)]
     path = staging_path(out, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
@@ -101,7 +108,8 @@ def read_staged(out: Path, shard: int, *, images: bool = True) -> list[Sample]:
     with pa.memory_map(str(staging_path(out, shard))) as source:
         table = pa.ipc.open_file(source).read_all()
     if not images:
-        table = table.drop_columns(["image"])
+        heavy = [c for c in ("image", "signed_image") if c in table.column_names]
+        table = table.drop_columns(heavy)
     samples = []
     for row in table.to_pylist():
         scores: dict[str, float | tuple[float, ...]] = dict(row["scalars"])
@@ -122,6 +130,21 @@ def read_staged(out: Path, shard: int, *, images: bool = True) -> list[Sample]:
             )
         )
     return samples
+
+
+def read_signed(out: Path, shard: int) -> dict[str, bytes]:
+    """The images a staged shard holds signed (key -> bytes); none in a file made without."""
+    with pa.memory_map(str(staging_path(out, shard))) as source:
+        table = pa.ipc.open_file(source).read_all()
+    if "signed_image" not in table.column_names:
+        return {}
+    requests = table.column("request").to_pylist()
+    images = table.column("signed_image").to_pylist()
+    return {
+        json.loads(request)["key"]: data
+        for request, data in zip(requests, images, strict=True)
+        if data is not None
+    }
 
 
 def staged_shards(out: Path, shards: Iterable[int]) -> set[int]:

@@ -383,13 +383,14 @@ class WriteShardFn(beam.DoFn):
         self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_written")
 
     def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[ShardStats]:
-        from synthgen.pipelines.staging import read_staged
+        from synthgen.pipelines.staging import read_signed, read_staged
 
         shard, decided = element
         maybe_fault("write", f"{shard:05d}")
         out = Path(self._out_dir)
         samples = with_staged(decided, read_staged(out, shard))
-        yield write_shard(out, shard, samples, self._ctx, self._columns)
+        signed = read_signed(out, shard)
+        yield write_shard(out, shard, samples, self._ctx, self._columns, signed)
         self._shards.inc()
 
 

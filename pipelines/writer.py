@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -107,6 +107,7 @@ def write_shard(
     samples: Iterable[Sample],
     ctx: BuildContext,
     columns: Sequence[ScoreColumn],
+    presigned: Mapping[str, bytes] | None = None,
 ) -> ShardStats:
     """Write a shard's files under temporary names, rename each after close, stats last.
 
@@ -116,7 +117,8 @@ def write_shard(
     live in its file metadata. Both list samples in `shard_order`.
     """
     ordered = shard_order(unique_by_key(samples), ctx.recipe_hash, shard)
-    ordered = sign_accepted(out_dir, ordered, ctx)  # C2PA credentials, when the recipe asks
+    # C2PA credentials, when the recipe asks (most signed already, with their host work)
+    ordered = sign_accepted(out_dir, ordered, ctx, presigned)
     rows = [sample_row(s, ctx, columns) for s in ordered]
     constants = build_constants(ctx)
     ext = EXTENSIONS[ctx.image_format]

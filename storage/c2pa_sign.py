@@ -25,7 +25,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,13 @@ def _thread_signer(config: SigningConfig) -> Any:
     return mine[key]
 
 
+def signed_sample(s: Sample, ctx: BuildContext, config: SigningConfig) -> bytes:
+    """A sample's encoded image with its C2PA manifest (what its tar member will hold)."""
+    fmt = ctx.image_format
+    definition = manifest_definition(fmt, sample_provenance(s, ctx))
+    return sign_image(s.image, fmt, definition, _thread_signer(config))
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -249,27 +256,35 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def sign_accepted(out_dir: Path, samples: Sequence[Sample], ctx: BuildContext) -> list[Sample]:
+def sign_accepted(
+    out_dir: Path,
+    samples: Sequence[Sample],
+    ctx: BuildContext,
+    presigned: Mapping[str, bytes] | None = None,
+) -> list[Sample]:
     """Accepted, written samples signed when the build has a signing config; else unchanged.
 
     A signed sample's `image` and `image_sha256` are the signed file's; the assertion keeps
-    the sha256 of the encoding before signing. The images of a shard are signed on up to
-    SIGNING_THREADS threads (as many as cores), each with a signer of its own; the order of
-    the samples is kept.
+    the sha256 of the encoding before signing. An image in `presigned` (signed with its host
+    work during generation, `signed_sample`) is taken as it is; the others are signed here, on
+    up to SIGNING_THREADS threads (as many as cores), each with a signer of its own; the order
+    of the samples is kept.
     """
     config = read_signing_config(out_dir)
     if config is None:
         return list(samples)
-    fmt = ctx.image_format
+    ready = presigned or {}
 
     def sign(s: Sample) -> Sample:
         if s.status != ACCEPTED or withheld(s):
             return s
-        definition = manifest_definition(fmt, sample_provenance(s, ctx))
-        data = sign_image(s.image, fmt, definition, _thread_signer(config))
+        data = ready.get(s.request.key)
+        if data is None:
+            data = signed_sample(s, ctx, config)
         return replace(s, image=data, image_sha256=hashlib.sha256(data).hexdigest())
 
-    threads = min(SIGNING_THREADS, _cores(), len(samples))
+    todo = sum(1 for s in samples if s.request.key not in ready)
+    threads = min(SIGNING_THREADS, _cores(), todo)
     if threads <= 1:
         return [sign(s) for s in samples]
     from concurrent.futures import ThreadPoolExecutor

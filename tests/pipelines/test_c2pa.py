@@ -207,6 +207,39 @@ def test_every_accepted_image_carries_valid_credentials(build: CliBuild, pki: Pk
     assert not (build.out / ".synthgen" / "c2pa.json").read_text().count("PRIVATE KEY")
 
 
+def test_images_are_signed_with_their_host_work_not_after_generation(
+    model_dir: Path, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every accepted image is signed once, on a host thread beside the device, and the
+    shard writer takes that copy: no signing is left for after generation."""
+    import threading
+
+    import synthgen.storage.c2pa_sign as c2pa_sign
+
+    monkeypatch.setenv(KEY_ENV, pki.key_pem.decode())
+    signed_on: list[str] = []
+    real = c2pa_sign.sign_image
+
+    def sign_image(*args: Any, **kwargs: Any) -> bytes:
+        signed_on.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(c2pa_sign, "sign_image", sign_image)
+    data = signed_recipe(model_dir, pki)
+    data["count_per_class"] = 2
+    result = run_build(data, tmp_path / "out", show_progress=False)
+    images = tar_images(tmp_path / "out")
+    assert len(images) == result.manifest.counts.accepted == 6
+    generated = [n for n in signed_on if n.startswith("synthgen-host")]
+    assert len(generated) == 6, signed_on  # one per image, during generation
+    first = signed_on.index(generated[0])
+    assert signed_on[first:] == generated, "nothing signed after generation"
+    assert len(signed_on[:first]) <= 2, "the credentials' checks before the build, if any"
+    for data_ in images.values():
+        cred = read_credentials(data_, pki.ca.read_bytes())
+        assert cred.present and cred.valid and cred.hash_ok and cred.trusted, cred
+
+
 def test_verify_checks_credentials_trust_and_regenerates(
     build: CliBuild, pki: Pki, capsys: pytest.CaptureFixture[str]
 ) -> None:
