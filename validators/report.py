@@ -452,8 +452,8 @@ def build_runs(out: Path, manifest: Manifest) -> list[dict[str, Any]]:
     shards = _shard_times(out, manifest)
     runs = []
     for i, begin in enumerate(starts):
-        if i + 1 == len(starts):
-            end = max(finished, begin)
+        if i + 1 == len(starts):  # `finished_at` is to the second: a shard may be later
+            end = max([finished, begin, *(t for t in shards if t >= begin)])
         else:
             nxt = starts[i + 1]
             end = max([t for t in shards if begin <= t < nxt], default=begin)
@@ -473,6 +473,10 @@ def _timing(manifest: Manifest, out: Path | None = None) -> dict[str, Any]:
     start, end = _parse_time(manifest.created_at), _parse_time(manifest.finished_at)
     wall = (end - start).total_seconds() if start and end else None
     runs = build_runs(out, manifest) if out is not None else []
+    if runs and wall is not None:  # the last run may end after `finished_at`, kept to the second
+        last = _parse_time(runs[-1]["ended_at"])
+        if last is not None and start is not None:
+            wall = max(wall, (last - start).total_seconds())
     active = sum(r["seconds"] for r in runs) if runs else wall
     if active is not None and wall is not None:
         active = min(active, wall)

@@ -398,7 +398,7 @@ def test_a_resumed_build_counts_only_its_runs(tmp_path: Path, model_dir: Path) -
     run_build(recipe, out, resume=True, show_progress=False)
     timing = json.loads((out / "report.json").read_text())["timing"]
     assert len(timing["runs"]) == 2
-    assert timing["idle_seconds"] >= 3 and timing["runs"][0]["seconds"] > 0
+    assert timing["idle_seconds"] >= 3 and timing["runs"][0]["seconds"] > 0, timing
     assert timing["active_seconds"] == pytest.approx(sum(r["seconds"] for r in timing["runs"]))
     assert timing["active_seconds"] <= timing["wall_seconds"] - 3
     card = _page(out).find("div", id="verdict")
