@@ -74,7 +74,7 @@ from synthgen.schemas.batches import padded_chunks
 from synthgen.schemas.failures import failed_copy, failed_sample
 from synthgen.schemas.manifest import PlanRound
 from synthgen.schemas.recipe import Recipe
-from synthgen.schemas.records import BuildContext, GenerationRequest, Sample
+from synthgen.schemas.records import BuildContext, GenerationRequest, Sample, withheld
 from synthgen.storage.faults import maybe_fault
 from synthgen.storage.images import LOSSLESS, decode_image
 from synthgen.validators.base import Check, record_pixel_checks
@@ -239,11 +239,26 @@ class Worker:
         self.feed.put((job, call, images))  # waits while FEED_DEPTH calls are unfed
 
     # -- the feeder (one thread per worker) -----------------------------------------------------
-    def _feed(self, job: ShardJob, call: ModelCall, images: Any) -> None:
-        """A call's images: quantised, each handed to host work; then what is ready scored."""
+    def _feed(self, item: list[Any]) -> None:
+        """A call's images (`item`: job, call, images; emptied here, so that nothing else
+        holds the images): quantised, each handed to host work; then what is ready scored."""
+        job, call, images = item
+        item.clear()
+        if job.error is not None:
+            return  # the shard has failed: its remaining calls are not fed
         try:
             out = to_pixels(images)
+        except BaseException as exc:
             del images
+            if is_out_of_memory(exc):
+                job.fail(out_of_memory(self.settings, exc, "generation"))
+                return
+            for request in call.requests:  # each image of the call is a failed sample
+                logger.warning("sample %s failed: %s", request.key, type(exc).__name__)
+                self._unprepared(job, request.key, failed_sample(request, exc))
+            return
+        del images
+        try:
             for i, request in enumerate(call.requests):
                 self._take_slot()
                 self.host.submit(self._host_work, job, request, out.pixels[i], out.finite[i])
@@ -309,7 +324,7 @@ class Worker:
         """A signing build: the image with its C2PA credentials, made now, beside the device
         (whether it is accepted is decided later; the writer takes this copy if it is). A
         failure leaves the signing to the writer, which reports it."""
-        if self._signing is None or self.spec.ctx is None:
+        if self._signing is None or self.spec.ctx is None or withheld(sample):
             return
         from synthgen.storage.c2pa_sign import signed_sample
 
@@ -343,12 +358,16 @@ class Worker:
                 items = [(job, chunk.prepared[k]) for k in chunk.keys if k in chunk.prepared]
                 try:
                     scored = self._score(items)
-                except DeviceOutOfMemory as exc:
-                    job.fail(exc)
+                except BaseException as exc:
+                    job.fail(exc)  # the chunk's own shard, whichever thread scores it
                     raise
-            for sample in scored:
-                self.slots.release()
-                self._finished(job, sample)
+            try:
+                for sample in scored:
+                    self.slots.release()
+                    self._finished(job, sample)
+            except BaseException as exc:
+                job.fail(exc)
+                raise
 
     def _score(self, items: list[tuple[ShardJob, Prepared]]) -> list[Sample]:
         """The device scorers on one batch, or its halves after a failure."""
@@ -439,8 +458,10 @@ def _feeder(
         w = worker()
         if w is None:
             return
-        w._feed(*item)
-        del w, item
+        args = list(item)
+        del item
+        w._feed(args)  # empties args: the images are held by the feeder's call alone
+        del w, args
 
 
 _M_ARENA_MAX = -8  # glibc malloc.h
@@ -527,11 +548,11 @@ class GenerateShards(beam.DoFn):
         requests = plan_shard(self._spec.recipe, shard, **self._spec.plan_round.plan_kwargs())
         try:
             self._pending.append(self._worker.generate(shard, requests))
-        except DeviceOutOfMemory:
+            while len(self._pending) > 1:  # the previous shard's host work had these calls
+                self._collect(self._pending.pop(0))
+        except DeviceOutOfMemory:  # generating, or scoring a shard collected here
             self._keep_what_was_generated()
             raise
-        while len(self._pending) > 1:  # the previous shard's host work had this shard's calls
-            self._collect(self._pending.pop(0))
         return iter(())
 
     def _keep_what_was_generated(self) -> None:
@@ -544,8 +565,12 @@ class GenerateShards(beam.DoFn):
         self._pending = []
 
     def finish_bundle(self) -> None:
-        while self._pending:
-            self._collect(self._pending.pop(0))
+        try:
+            while self._pending:
+                self._collect(self._pending.pop(0))
+        except DeviceOutOfMemory:
+            self._keep_what_was_generated()
+            raise
 
     def _collect(self, job: ShardJob) -> None:
         assert self._worker is not None

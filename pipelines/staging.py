@@ -107,9 +107,8 @@ def read_staged(out: Path, shard: int, *, images: bool = True) -> list[Sample]:
     their image bytes stay on disk (`image` is empty): what build-wide decisions read."""
     with pa.memory_map(str(staging_path(out, shard))) as source:
         table = pa.ipc.open_file(source).read_all()
-    if not images:
-        heavy = [c for c in ("image", "signed_image") if c in table.column_names]
-        table = table.drop_columns(heavy)
+    heavy = ("image", "signed_image") if not images else ("signed_image",)  # read_signed
+    table = table.drop_columns([c for c in heavy if c in table.column_names])
     samples = []
     for row in table.to_pylist():
         scores: dict[str, float | tuple[float, ...]] = dict(row["scalars"])
