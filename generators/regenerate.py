@@ -200,23 +200,15 @@ def _localize_conditioning(params: dict[str, Any], ref: Any, inputs: Inputs) -> 
     if isinstance(mask, dict) and "path" in mask:
         mask["path"] = str(inputs.find(str(mask["path"]), "mask image", _file_is(mask["sha256"])))
     adapter = params.get("ip_adapter")
+    nets = [(n, "ControlNet folder", "ControlNet image") for n in params.get("controlnets") or []]
     if isinstance(adapter, dict):
-        adapter["path"] = str(
-            inputs.find(str(adapter["path"]), "IP-Adapter folder", _folder_is(adapter["sha256"]))
-        )
-        image = adapter.get("image")
+        nets.insert(0, (adapter, "IP-Adapter folder", "image prompt"))
+    for entry, folder, image_what in nets:  # a model folder and, maybe, its image
+        entry["path"] = str(inputs.find(str(entry["path"]), folder, _folder_is(entry["sha256"])))
+        image = entry.get("image")
         if isinstance(image, dict):
             image["path"] = str(
-                inputs.find(str(image["path"]), "image prompt", _file_is(image["sha256"]))
-            )
-    for net in params.get("controlnets") or []:
-        net["path"] = str(
-            inputs.find(str(net["path"]), "ControlNet folder", _folder_is(net["sha256"]))
-        )
-        image = net.get("image")
-        if isinstance(image, dict):
-            image["path"] = str(
-                inputs.find(str(image["path"]), "ControlNet image", _file_is(image["sha256"]))
+                inputs.find(str(image["path"]), image_what, _file_is(image["sha256"]))
             )
     return ref
 

@@ -230,7 +230,6 @@ def sign_image(data: bytes, fmt: str, definition: dict[str, Any], signer: Any) -
 
 
 _SIGNERS = threading.local()  # each thread's signers: they go with the thread
-SIGNING_THREADS = 4  # at most; the library signs outside the GIL
 
 
 def _thread_signer(config: SigningConfig) -> Any:
@@ -249,13 +248,6 @@ def signed_sample(s: Sample, ctx: BuildContext, config: SigningConfig) -> bytes:
     return sign_image(s.image, fmt, definition, _thread_signer(config))
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def sign_accepted(
     out_dir: Path,
     samples: Sequence[Sample],
@@ -266,31 +258,22 @@ def sign_accepted(
 
     A signed sample's `image` and `image_sha256` are the signed file's; the assertion keeps
     the sha256 of the encoding before signing. An image in `presigned` (signed with its host
-    work during generation, `signed_sample`) is taken as it is; the others are signed here, on
-    up to SIGNING_THREADS threads (as many as cores), each with a signer of its own; the order
-    of the samples is kept.
+    work during generation, `signed_sample`) is taken as it is; the others are signed here.
     """
     config = read_signing_config(out_dir)
     if config is None:
         return list(samples)
     ready = presigned or {}
-
-    def sign(s: Sample) -> Sample:
+    out = []
+    for s in samples:
         if s.status != ACCEPTED or withheld(s):
-            return s
+            out.append(s)
+            continue
         data = ready.get(s.request.key)
         if data is None:
             data = signed_sample(s, ctx, config)
-        return replace(s, image=data, image_sha256=hashlib.sha256(data).hexdigest())
-
-    todo = sum(1 for s in samples if s.request.key not in ready)
-    threads = min(SIGNING_THREADS, _cores(), todo)
-    if threads <= 1:
-        return [sign(s) for s in samples]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="synthgen-sign") as pool:
-        return list(pool.map(sign, samples))
+        out.append(replace(s, image=data, image_sha256=hashlib.sha256(data).hexdigest()))
+    return out
 
 
 # -- reading --------------------------------------------------------------------------------
