@@ -9,7 +9,7 @@ without our code; a test keeps it current.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,10 +29,17 @@ def shard_stem(shard: int) -> str:
     return f"{shard:05d}"
 
 
-def shard_files(shard: int) -> tuple[str, str]:
+class ShardFiles(NamedTuple):
+    """The data files of one shard, by role: the WebDataset tar and the Parquet table."""
+
+    tar: str
+    parquet: str
+
+
+def shard_files(shard: int) -> ShardFiles:
     """The data files of a shard: the tar and the Parquet."""
     stem = shard_stem(shard)
-    return f"{stem}.tar", f"{stem}.parquet"
+    return ShardFiles(f"{stem}.tar", f"{stem}.parquet")
 
 
 def stats_name(shard: int) -> str:

@@ -4,9 +4,14 @@ expectations, the Parquet schema and the manifest."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+IMAGE_EMBEDDING = "image_embedding"
+"""The role of a vector column holding each image's normalised embedding: near-copy and
+semantic-duplicate checks, metrics and the report find it by this role, not by a scorer."""
 
 
 class ScoreColumn(BaseModel):
@@ -28,6 +33,25 @@ class ScoreColumn(BaseModel):
         "that passes (e.g. brightness backs dark: above, light: below)",
     )
     description: str = ""
+    role: str | None = Field(
+        default=None,
+        description="what consumers find the column by (`image_embedding`: the vector that "
+        "near-copy checks, metrics and the report use)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_of_older_manifests(cls, data: Any) -> Any:
+        # Manifests written before columns declared a role: the `clip_embedding` vector was
+        # the image embedding.
+        if (
+            isinstance(data, dict)
+            and "role" not in data
+            and data.get("scorer") == "clip_embedding"
+            and data.get("dim") is not None
+        ):
+            return {**data, "role": IMAGE_EMBEDDING}
+        return data
 
     @property
     def is_vector(self) -> bool:
@@ -37,3 +61,8 @@ class ScoreColumn(BaseModel):
 def safe_name(model_name: str) -> str:
     """A model name made identifier-safe for column names (`ViT-B/32` -> `vit_b_32`)."""
     return re.sub(r"[^a-z0-9]+", "_", model_name.lower()).strip("_")
+
+
+def image_embedding_column(columns: Sequence[ScoreColumn]) -> str | None:
+    """The name of the image-embedding vector column (the one with that role), if any."""
+    return next((c.name for c in columns if c.is_vector and c.role == IMAGE_EMBEDDING), None)

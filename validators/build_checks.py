@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from synthgen.schemas.recipe import Recipe, Threshold
-from synthgen.schemas.scores import ScoreColumn
+from synthgen.schemas.scores import ScoreColumn, image_embedding_column
 from synthgen.storage.watermark import can_carry, watermark_payload
 from synthgen.validators.base import Check
 from synthgen.validators.checks.odd_size import OddSize
@@ -50,8 +50,8 @@ def check_columns(recipe: Recipe) -> list[ScoreColumn]:
 
 
 def embedding_column(columns: Sequence[ScoreColumn]) -> str | None:
-    """The image-embedding vector column (the `clip_embedding` scorer's), if any."""
-    return next((c.name for c in columns if c.is_vector and c.scorer == "clip_embedding"), None)
+    """The image-embedding vector column (the one declaring that role), if any."""
+    return image_embedding_column(columns)
 
 
 def named_checks(columns: Sequence[ScoreColumn]) -> dict[str, tuple[ScoreColumn, bool]]:

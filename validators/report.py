@@ -34,6 +34,7 @@ from synthgen.schemas.records import (
     read_build_constants,
     rejected_image_bytes,
 )
+from synthgen.schemas.scores import image_embedding_column
 from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators import svgchart
@@ -137,10 +138,7 @@ def load_report_data(
 
 
 def _embedding_column(manifest: Manifest) -> str | None:
-    return next(
-        (c.name for c in manifest.score_columns if c.is_vector and c.scorer == "clip_embedding"),
-        None,
-    )
+    return image_embedding_column(manifest.score_columns)
 
 
 def nearest_pairs(

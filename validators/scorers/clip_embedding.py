@@ -7,7 +7,7 @@ from typing import Any
 
 from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import Score
-from synthgen.schemas.scores import ScoreColumn
+from synthgen.schemas.scores import IMAGE_EMBEDDING, ScoreColumn
 from synthgen.validators.clip_folder import ClipBundle
 from synthgen.validators.clip_model import ClipRef, clip_ref
 from synthgen.validators.scorers.base import ScoreBatch, Scorer, ScorerIdentity, WorkerModels
@@ -43,6 +43,7 @@ class ClipEmbeddingScorer(Scorer):
                 maximum=1.0,
                 dim=self.clip.embed_dim,
                 description="normalised CLIP image embedding",
+                role=IMAGE_EMBEDDING,
             )
         ]
 
