@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import tarfile
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthgen.pipelines import runner
 from synthgen.pipelines.build import run_build
 from synthgen.pipelines.cli import main
 from synthgen.pipelines.verify import VerifyError, verify
@@ -31,24 +29,17 @@ def watermarked_recipe(model_dir: Path, seed: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def builds(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
-    """A 256x256 build whose images carry its watermark (three images: about 40 s here).
-
-    Stands in for the wiring in `pipelines/resolve.generation_settings` (the payload of the
-    recipe hash) until it lands: the handler then embeds exactly what it embeds here.
-    """
-    original = runner.generation_settings
-
-    def with_watermark(resolved: Any) -> Any:
-        payload = watermark_payload(resolved.recipe.hash).hex()
-        return dataclasses.replace(original(resolved), watermark=payload)
-
+    """A 256x256 build whose images carry its watermark, as every build embeds it (three
+    images: about 40 s here)."""
     root = tmp_path_factory.mktemp("verify")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(runner, "generation_settings", with_watermark)
-        outs = [
-            run_build(watermarked_recipe(model_dir, seed), root / f"b{seed}", show_progress=False)
-            for seed in (1,)
-        ]
+    outs = [
+        run_build(watermarked_recipe(model_dir, seed), root / f"b{seed}", show_progress=False)
+        for seed in (1,)
+    ]
+    for out in outs:
+        manifest = json.loads((out.output / "manifest.json").read_text())
+        mark = manifest["watermark"]
+        assert mark.get("skipped") is None and mark["payload"], mark
     yield [o.output for o in outs]
 
 
