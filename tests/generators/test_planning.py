@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -39,8 +40,10 @@ def test_keys_seeds_and_shards(recipe_file: Path) -> None:
     assert [r.shard for r in reqs] == [0] * 5 + [1] * 5 + [2] * 2
     assert {r.class_name for r in reqs if r.shard == 0} == {"zero", "one", "two"}
     for r in reqs:
-        assert r.seed == sample_seed(recipe.seed, r.key)
-        assert r.key == sample_key(recipe.name, r.class_name, r.index)
+        # the documented derivation, computed here independently of the planner's helpers
+        digest = hashlib.sha256(f"synthgen-seed:{recipe.seed}:{r.key}".encode()).digest()
+        assert r.seed == int.from_bytes(digest[:8], "little") & (2**63 - 1)
+        assert r.key == f"{recipe.name}-{r.class_name}-{r.index:06d}"
         assert r.prompt in recipe.class_by_id(r.class_label).prompts
         assert 0 <= r.seed < 2**63
 
