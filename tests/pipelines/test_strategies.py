@@ -1,0 +1,118 @@
+"""Strategies on their own: what each round plans given what earlier rounds produced.
+
+No Beam, no model call: a round's outcome is a Parquet file per shard with the columns a
+strategy reads (`class_label`, `status`), written here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from synthgen.pipelines.output import BuildError
+from synthgen.pipelines.resolve import resolve
+from synthgen.pipelines.session import RoundOutcome
+from synthgen.pipelines.strategies import Balance, FixedCount, strategy_for
+from synthgen.schemas.manifest import PlanRound, ShardStats, shard_files
+from synthgen.schemas.recipe import load_recipe
+from tests.pipelines.test_balance import _balance_recipe, make_folder
+
+# make_folder's source: zero 6, one 2, two 4 images -> target `max` = 6 each
+BEFORE = {0: 6, 1: 2, 2: 4}
+
+
+def _balance(tmp_path: Path, model_dir: Path, **balance: object) -> Balance:
+    source = str(make_folder(tmp_path / "source"))
+    recipe, base = load_recipe(_balance_recipe(tmp_path, model_dir, source, **balance))
+    strategy = strategy_for(resolve(recipe, base))
+    assert isinstance(strategy, Balance)
+    strategy.prepare()
+    return strategy
+
+
+def _outcome(out: Path, plan_round: PlanRound, shards: dict[int, list[tuple[int, str]]]) -> Any:
+    """A round that left `shards`: shard -> (class_label, status) per sample."""
+    out.mkdir(parents=True, exist_ok=True)
+    stats = []
+    for shard, rows in shards.items():
+        table = pa.table(
+            {
+                "class_label": pa.array([c for c, _ in rows], pa.int32()),
+                "status": [s for _, s in rows],
+            }
+        )
+        pq.write_table(table, out / shard_files(shard).parquet)
+        stats.append(ShardStats.model_construct(shard=shard))
+    return RoundOutcome(out, plan_round, stats, reused=[], generated_now=0, metrics={})
+
+
+def test_fixed_count_plans_one_round() -> None:
+    strategy = FixedCount.__new__(FixedCount)  # FixedCount reads nothing from its recipe
+    first = strategy.next_round()
+    assert first == PlanRound(round=0)
+    assert strategy.next_round() == first  # pure until something is observed
+    strategy.observe(RoundOutcome(Path("."), first, [], [], 0, {}))
+    assert strategy.next_round() is None
+
+
+def test_balance_plans_the_deficit_then_what_the_accept_rate_says(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    strategy = _balance(tmp_path, model_dir, overgenerate=1.0, max_rounds=4)
+    try:
+        assert strategy.before == BEFORE
+        assert strategy.deficit == {0: 0, 1: 4, 2: 2}
+        first = strategy.next_round()
+        assert first is not None and first.round == 0
+        # a class already at its target gets nothing; the others exactly their deficit
+        assert first.quota == {1: 4, 2: 2}
+        assert first.counts == {0: 0, 1: 4, 2: 2} and first.start == {0: 0, 1: 0, 2: 0}
+        assert strategy.next_round() == first  # pure: asking again plans the same round
+
+        # class one: 1 of 4 accepted (rate 0.25, 3 still needed -> 12 more); two: filled
+        rows = [(1, "accepted"), (1, "rejected"), (1, "rejected"), (1, "rejected")]
+        rows += [(2, "accepted"), (2, "accepted")]
+        strategy.observe(_outcome(tmp_path / "out", first, {0: rows[:3], 1: rows[3:]}))
+        second = strategy.next_round()
+        assert second is not None and second.round == 1
+        assert second.quota == {1: 3}
+        assert second.start == {0: 0, 1: 4, 2: 2}
+        assert second.counts == {0: 0, 1: 4 + 12, 2: 2}
+        assert second.shard_offset == 2  # new keys go into new shards
+
+        filled = [(1, "accepted")] * 3 + [(1, "rejected")] * 9
+        strategy.observe(_outcome(tmp_path / "out", second, {2: filled}))
+        assert strategy.next_round() is None
+        assert [r.accepted for r in strategy.history] == [{"one": 1, "two": 2}, {"one": 3}]
+    finally:
+        strategy.close()
+
+
+def test_balance_gives_up_on_a_class_below_the_minimum_accept_rate(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    strategy = _balance(tmp_path, model_dir, overgenerate=1.0, min_accept_rate=0.2)
+    try:
+        first = strategy.next_round()
+        assert first is not None
+        rows = [(1, "rejected")] * 4 + [(2, "accepted")] * 2
+        strategy.observe(_outcome(tmp_path / "out", first, {0: rows}))
+        with pytest.raises(BuildError, match=r"one \(short by 4: 0 of 4 generated"):
+            strategy.next_round()
+    finally:
+        strategy.close()
+
+
+def test_balance_stops_after_max_rounds(tmp_path: Path, model_dir: Path) -> None:
+    strategy = _balance(tmp_path, model_dir, overgenerate=1.0, max_rounds=1)
+    try:
+        first = strategy.next_round()
+        assert first is not None
+        strategy.observe(_outcome(tmp_path / "out", first, {0: [(1, "rejected")] * 4}))
+        assert strategy.next_round() is None  # one round allowed; finish reports the shortfall
+    finally:
+        strategy.close()
