@@ -27,6 +27,41 @@ os.environ["SYNTHGEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="synthgen-test-cache-
 from synthgen.generators.clip_layout import make_random_clip
 from synthgen.generators.sd_layout import SDLayoutConfig, make_random_pipeline
 
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "data" / "digits_golden.json"
+
+
+def shared_build(tmp_path_factory: pytest.TempPathFactory, name: str, make: Any) -> Path:
+    """A build that tests only read, made once per test session: under pytest-xdist the
+    first worker to ask builds it (under a file lock) and the others reuse the folder.
+    `make(out)` builds into `out`."""
+    import filelock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / f"shared-{name}"
+    with filelock.FileLock(str(out) + ".lock"):
+        if not (out / "manifest.json").exists():
+            make(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small digits build whose image hashes tests/data/digits_golden.json records
+    (30 samples of the default recipe); read by the golden test and the docs' code blocks."""
+    import json
+
+    from synthgen.pipelines.build import run_build
+
+    golden = json.loads(GOLDEN.read_text())
+
+    def make(out: Path) -> None:
+        run_build(ROOT / golden["recipe"], out, overrides=golden["overrides"], show_progress=False)
+
+    return shared_build(tmp_path_factory, "digits", make)
+
+
 TINY_SD = SDLayoutConfig(
     image_size=32,
     vae_channels=(8, 16),

@@ -39,17 +39,9 @@ def python_blocks() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def docs_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from synthgen.pipelines.build import run_build
-
-    out = tmp_path_factory.mktemp("docs") / "digits"
-    run_build(
-        ROOT / "recipes" / "digits.yaml",
-        out,
-        overrides=["count_per_class=3", "output.shard_size=10"],
-        show_progress=False,
-    )
-    return out
+def docs_build(digits_build: Path) -> Path:
+    """A complete digits build (the golden one, `count_per_class=3`); blocks only read it."""
+    return digits_build
 
 
 @pytest.mark.parametrize(("where", "code"), python_blocks(), ids=[b[0] for b in python_blocks()])
@@ -142,7 +134,7 @@ def recipe_reference() -> str:
     for model in _models(Recipe, []):
         lines += ["", f"## {model.__name__}", ""]
         doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        if doc and model.__module__ == Recipe.__module__:
+        if doc and model.__module__.startswith("synthgen.schemas.recipe"):
             lines += [doc, ""]
         lines += ["| field | type | default | meaning |", "|---|---|---|---|"]
         for name, info in model.model_fields.items():
