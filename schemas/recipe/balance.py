@@ -1,0 +1,139 @@
+"""Balancing: top up the classes of an existing labelled dataset to a target count."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from synthgen.schemas.recipe.common import MAX_COUNT_PER_CLASS, _Frozen
+from synthgen.schemas.recipe.fields import HashOmit
+from synthgen.schemas.recipe.sources import AtSource, LabelledSource
+
+
+class LoraTrainSpec(_Frozen):
+    """A small LoRA on the UNet's attention projections, fine-tuned on one class's real
+    images (seeded: the same images, recipe and model give the same adapter bytes)."""
+
+    steps: int = Field(default=200, ge=1, le=100_000)
+    rank: int = Field(default=4, ge=1, le=256)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    batch: int = Field(default=16, ge=1, le=1024)
+    scale: float = Field(default=1.0, ge=-10.0, le=10.0, description="weight when generating")
+    max_images: int = Field(
+        default=1000, ge=1, le=1_000_000, description="real images per class read at most"
+    )
+    threads: int = Field(default=1, ge=1, le=256, description="torch threads while training")
+
+
+# How balancing conditions its top-ups; one name per way (extend the Literal to add one).
+BalanceConditioning = Literal["text", "img2img", "lora"]
+# The per-sample modes a mix of top-ups may combine (`lora` applies to a whole class).
+BalanceMixMode = Literal["text", "img2img"]
+BALANCE_IMG2IMG_STRENGTH = 0.6
+
+
+class BalanceSpec(LabelledSource, AtSource):
+    """Top up the classes of an existing labelled dataset to a target count after filtering."""
+
+    target: Literal["max"] | int | dict[str, int] = Field(
+        default="max",
+        description="accepted images per class after balancing: `max` (the largest class's "
+        "count), a number, or per class name",
+    )
+    max_rounds: int = Field(default=4, ge=1, le=20)
+    overgenerate: float = Field(
+        default=1.1, ge=1.0, le=10.0, description="margin on top of the measured accept rate"
+    )
+    min_accept_rate: float = Field(
+        default=0.02, gt=0.0, le=1.0, description="a class accepting less cannot be filled"
+    )
+    conditioning: Annotated[
+        BalanceConditioning | dict[BalanceMixMode, float], HashOmit.IF_DEFAULT
+    ] = Field(
+        default="text",
+        description="how top-ups are conditioned: `text` (the class prompts), `img2img` (each "
+        "top-up starts from one of its class's real images, `strength`), `lora` (the class "
+        "prompts through a LoRA trained per class on its real images: `adapt: lora`), or a "
+        "mix `{text: w, img2img: w}` (or a list of modes, equal shares): each top-up's mode "
+        "drawn from (seed, key) with these weights",
+    )
+    strength: Annotated[float | None, HashOmit.IF_EMPTY] = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="conditioning img2img: how far a top-up moves from its real image (null: 0.6)",
+    )
+    adapt: Annotated[Literal["none", "lora"], HashOmit.IF_DEFAULT] = Field(
+        default="none",
+        description="`lora`: before a class's top-up, train a small LoRA on that class's real "
+        "images (settings in `lora`), save it under adapters/, generate with it",
+    )
+    lora: Annotated[LoraTrainSpec | None, HashOmit.IF_DEFAULT] = Field(
+        default=None, description="per-class LoRA training settings (null: the defaults)"
+    )
+
+    @field_validator("conditioning", mode="before")
+    @classmethod
+    def _mix(cls, v: object) -> object:
+        """A list of modes is an equal mix; weights become shares summing to 1 (so equal
+        mixes hash equal); a mix of one mode is that mode."""
+        if isinstance(v, list | tuple):
+            if not v or not all(isinstance(m, str) for m in v):
+                raise ValueError("a list of modes names at least one mode, e.g. [text, img2img]")
+            if len(set(v)) != len(v):
+                raise ValueError(f"a mode is listed twice in {list(v)}")
+            v = {m: 1.0 for m in v}
+        if not isinstance(v, dict):
+            return v
+        if "lora" in v:
+            raise ValueError(
+                "lora applies to a whole class, not to a share of its top-ups: mix text and "
+                "img2img, and add `adapt: lora` to generate both through the class's LoRA"
+            )
+        weights: dict[Any, Any] = dict(v)
+        for mode, w in weights.items():
+            if isinstance(w, bool) or not isinstance(w, int | float) or not w >= 0:
+                raise ValueError(f"mix weight of {mode!r}: a number >= 0, not {w!r}")
+        total = float(sum(weights.values()))
+        if total <= 0:
+            raise ValueError("a mix needs at least one mode of weight > 0")
+        shares = {m: float(w) / total for m, w in sorted(weights.items()) if w > 0}
+        if len(shares) == 1:
+            return next(iter(shares))
+        return shares
+
+    @property
+    def mix(self) -> dict[str, float]:
+        """Each per-sample mode's share of the top-ups (`lora` counts as `text`: the class's
+        prompts, through its LoRA)."""
+        c = self.conditioning
+        if isinstance(c, dict):
+            return {str(m): w for m, w in c.items()}
+        return {"img2img" if c == "img2img" else "text": 1.0}
+
+    @property
+    def uses_img2img(self) -> bool:
+        """Whether some top-ups start from the class's real images."""
+        return self.mix.get("img2img", 0.0) > 0.0
+
+    @property
+    def trains_lora(self) -> bool:
+        """Whether each topped-up class gets a LoRA trained on its real images."""
+        return self.adapt == "lora" or self.conditioning == "lora"
+
+    @property
+    def lora_settings(self) -> LoraTrainSpec:
+        return self.lora or LoraTrainSpec()
+
+    @field_validator("target")
+    @classmethod
+    def _positive_target(cls, v: object) -> object:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("target must be at least 1")
+        if isinstance(v, dict) and any(n < 0 for n in v.values()):
+            raise ValueError("per-class targets must not be negative")
+        values = [v] if isinstance(v, int) else list(v.values()) if isinstance(v, dict) else []
+        if any(n > MAX_COUNT_PER_CLASS for n in values):
+            raise ValueError(f"target: at most {MAX_COUNT_PER_CLASS} per class")
+        return v
