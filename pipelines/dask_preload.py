@@ -38,6 +38,7 @@ MODULES = (
     "PIL.Image",
     "synthgen.pipelines.runner",
     "synthgen.pipelines.transforms",
+    "synthgen.pipelines.decide",
     "synthgen.generators.handler",
     "synthgen.generators.model_folder",
     "synthgen.generators.conditioning",

@@ -1,25 +1,216 @@
-"""The check interface: a check answers keep (None) or drop with a reason."""
+"""The check interfaces: per-sample checks answer keep (None) or drop with a reason;
+build-wide checks tag the keys they drop, from features of every sample of the build.
+
+Both are plug-ins shaped like scorers (`validators.scorers.base`). On the driver,
+`from_recipe(recipe, columns)` reads the check's options from the recipe's `checks` block
+and the declared score columns, raises a RecipeError naming `checks.<name>` for a bad one,
+loads nothing, and returns the configured instance(s), or None when the recipe leaves the
+check off. The instances are small and travel to the workers, where `load()` runs once per
+worker before the first use. A built-in check reads its fields of `ChecksSpec`; a plug-in
+check's options are `recipe.checks.plugin_options()[name]`, validated by its
+`options_model` (`recipe_options`).
+
+Adding a check is one new module in `validators/checks/` with a `Check` or `BuildCheck`
+subclass that sets `name`: subclassing registers it, and `check_classes()` /
+`build_check_classes()` import every module of that package. Checks run in `order`, then
+by name (see `validators.build_checks.make_checks`); the first failing check is a sample's
+reject reason.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
 
-from synthgen.schemas.records import Sample
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from synthgen.schemas.recipe import Recipe, RecipeError
+from synthgen.schemas.records import Sample, SampleFeatures
+from synthgen.schemas.scores import ScoreColumn
 
 PASS = "pass"
+PLUGIN_ORDER = 100  # plug-ins run after every built-in check
+
+T = TypeVar("T", bound="CheckPlugin")
 
 
-class Check(ABC):
-    """One per-sample check. `name` is the key in the sample's `checks` provenance."""
+class NoOptions(BaseModel):
+    """Options model of a check that takes none: any option given is an error."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CheckPlugin:
+    """What both kinds of check share: the registry name, options and driver-side setup
+    (not subclassed directly: subclass `Check` or `BuildCheck`)."""
+
+    # The registry name; a plug-in's is also its key in the recipe's `checks` block.
+    # Instances may carry a more specific name (the outcome they record).
     name: str
+    # Where the check runs among the others (then by name): built-ins below PLUGIN_ORDER.
+    order: ClassVar[int] = PLUGIN_ORDER
+    # True for a check whose options are fields of ChecksSpec (not a plug-in key).
+    builtin: ClassVar[bool] = False
+    # pydantic model of the check's options (extra keys forbidden)
+    options_model: ClassVar[type[BaseModel]] = NoOptions
+
+    @classmethod
+    def recipe_options(cls, recipe: Recipe) -> Any:
+        """The options the recipe gives this plug-in (an `options_model`), or None when the
+        recipe does not name it. A bad option is a RecipeError naming `checks.<name>`."""
+        given = recipe.checks.plugin_options()
+        if cls.name not in given:
+            return None
+        try:
+            return cls.options_model.model_validate(given[cls.name] or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise RecipeError(f"checks.{cls.name}: {problems}") from None
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: Recipe, columns: Sequence[ScoreColumn]
+    ) -> CheckPlugin | Sequence[CheckPlugin] | None:
+        """The configured check(s), or None when the recipe leaves it off. Checks options
+        and columns (RecipeError naming the field); loads nothing. Default: `cls(options)`
+        when the recipe names the plug-in."""
+        options = cls.recipe_options(recipe)
+        return None if options is None else cls(options)  # type: ignore[call-arg]
+
+    def load(self) -> None:
+        """Load what the check needs, once per worker, before its first use. Default: none."""
+        return None
+
+
+_CHECKS: dict[str, type[Check]] = {}
+_BUILD_CHECKS: dict[str, type[BuildCheck]] = {}
+
+
+def _register(registry: dict[str, Any], cls: type) -> None:
+    name = cls.__dict__.get("name")
+    if name is None:
+        return  # an abstract intermediate class
+    known = registry.get(name)
+    if known is not None and _where(known) != _where(cls):
+        raise TypeError(f"check name {name!r} is taken by {_where(known)}")
+    registry[name] = cls
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Check(CheckPlugin, ABC):
+    """One per-sample check. An instance's `name` is the key of its outcome in the sample's
+    `checks` provenance."""
+
+    # True for a check whose outcome is decided by the build-wide check of the same name
+    # (a per-class quantile cut): the deciding step answers for it.
+    decided_build_wide: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(_CHECKS, cls)
 
     @abstractmethod
     def reason(self, sample: Sample) -> str | None:
         """None to keep the sample, else a short reject reason (e.g. `clip_score_below_0.2`)."""
+
+
+class Verdict(Check):
+    """A check whose outcome is already known (a build-wide check's, for one sample)."""
+
+    def __init__(self, name: str, outcome: str | None):
+        self.name = name
+        self.outcome = outcome
+
+    def reason(self, sample: Sample) -> str | None:
+        return self.outcome
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BuildFeatures(SampleFeatures):
+    """A sample's features as a build-wide check sees them: key, class, image sha256,
+    perceptual hash, the scalar scores and the vector columns (embeddings) it needs."""
+
+    vectors: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, features: SampleFeatures, vectors: dict[str, tuple[float, ...]] | None = None
+    ) -> BuildFeatures:
+        """`features` (a SampleFeatures) with `vectors`."""
+        shared = {f.name: getattr(features, f.name) for f in dataclasses.fields(SampleFeatures)}
+        return cls(**shared, vectors=dict(vectors or {}))
+
+    def only(self, columns: Iterable[str]) -> BuildFeatures:
+        """A copy carrying only `columns` of its scores and vectors."""
+        wanted = set(columns)
+        return dataclasses.replace(
+            self,
+            scores={k: v for k, v in self.scores.items() if k in wanted},
+            vectors={k: v for k, v in self.vectors.items() if k in wanted},
+        )
+
+
+class BuildCheck(CheckPlugin, ABC):
+    """One build-wide check: it sees the features of every sample of the build (this
+    round's and those of shards written earlier) and tags the keys it rejects.
+
+    The features are grouped (`groups`: the groups a sample joins; by default one group,
+    the whole build) and `tag` answers for one group at a time, so the check never needs the
+    whole build in one place. A sample's outcome is recorded under the check's `name`; with
+    `duplicate`, it joins the sample's `duplicate` outcome instead, which ranks before every
+    per-sample check (of several duplicate reasons, the smallest).
+    """
+
+    duplicate: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(_BUILD_CHECKS, cls)
+
+    def needs(self) -> tuple[str, ...]:
+        """The score columns (scalar or vector) its features must carry. Default: none."""
+        return ()
+
+    def groups(self, features: BuildFeatures) -> Iterable[Hashable]:
+        """The groups a sample's features join. Default: the one group of the whole build."""
+        return ((),)
+
+    @abstractmethod
+    def tag(self, features: Sequence[BuildFeatures]) -> Iterable[tuple[str, str]]:
+        """(key, reason) of each sample of one group that this check rejects."""
+
+
+def _import_checks() -> None:
+    package = importlib.import_module("synthgen.validators.checks")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def _ordered(registry: dict[str, type[T]]) -> dict[str, type[T]]:
+    return dict(sorted(registry.items(), key=lambda kv: (kv[1].order, kv[0])))
+
+
+def check_classes() -> dict[str, type[Check]]:
+    """Every registered per-sample check by name, in running order (`order`, then name),
+    after importing each module of `validators.checks`."""
+    _import_checks()
+    return _ordered(_CHECKS)
+
+
+def build_check_classes() -> dict[str, type[BuildCheck]]:
+    """Every registered build-wide check by name, in running order, likewise."""
+    _import_checks()
+    return _ordered(_BUILD_CHECKS)
 
 
 class PixelCheck(Check):
@@ -28,7 +219,7 @@ class PixelCheck(Check):
     It runs with each image's host work, on the pixels already in memory (no decoding; a
     lossy format is decoded once for it and the scorers), and its outcome is recorded in the
     sample's `checks`. `reason` then answers from the record; a sample with none (scored
-    outside a build) has its stored image decoded.
+    outside a build) has its stored image decoded. `pixel_reason` needs nothing `load`ed.
     """
 
     @abstractmethod

@@ -3,40 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import TypeVar, cast
 
-from synthgen.schemas.recipe import Recipe, Threshold
+from synthgen.schemas.recipe import Recipe, RecipeError
 from synthgen.schemas.scores import ScoreColumn, image_embedding_column
-from synthgen.storage.watermark import can_carry, watermark_payload
-from synthgen.validators.base import Check
-from synthgen.validators.checks.odd_size import OddSize
-from synthgen.validators.checks.threshold import ScoreThreshold
-from synthgen.validators.checks.watermark import WatermarkSurvives
-from synthgen.validators.nearest import NearCopy, nearest_columns
+from synthgen.validators.base import (
+    BuildCheck,
+    Check,
+    CheckPlugin,
+    build_check_classes,
+    check_classes,
+)
+from synthgen.validators.nearest import nearest_columns
 
 
-@dataclass(frozen=True)
-class GlobalChecks:
-    """Build-wide checks: duplicates across the whole build and per-class quantile cuts."""
-
-    exact_duplicate: bool
-    near_duplicate_distance: int | None
-    # check name -> (score column, quantile, keep_above); resolved into per-class thresholds.
-    quantiles: dict[str, tuple[str, float, bool]]
-    # semantic dedup within the build: (embedding column, min cosine similarity)
-    semantic_duplicate: tuple[str, float] | None = None
+def uses_embeddings(columns: Sequence[ScoreColumn]) -> bool:
+    """Whether the scorers' declared columns include the image embeddings (the vector
+    column with the image-embedding role)."""
+    return image_embedding_column(columns) is not None
 
 
-def uses_embeddings(recipe: Recipe) -> bool:
-    """Whether the recipe stores image embeddings (the `clip_embedding` scorer)."""
-    return any(s.name == "clip_embedding" for s in recipe.scoring.scorers)
-
-
-def reference_kinds(recipe: Recipe) -> list[str]:
+def reference_kinds(recipe: Recipe, columns: Sequence[ScoreColumn]) -> list[str]:
     """Which nearest-image lookups a build does: `reference` (the recipe's, else its balance
-    source when the recipe stores embeddings) and `eval_set`."""
+    source when the scorers store image embeddings, `columns`) and `eval_set`."""
     kinds = []
-    balance_as_reference = recipe.balance is not None and uses_embeddings(recipe)
+    balance_as_reference = recipe.balance is not None and uses_embeddings(columns)
     if recipe.reference is not None or balance_as_reference:
         kinds.append("reference")
     if recipe.eval_set is not None:
@@ -44,9 +35,10 @@ def reference_kinds(recipe: Recipe) -> list[str]:
     return kinds
 
 
-def check_columns(recipe: Recipe) -> list[ScoreColumn]:
-    """Score columns written by build-wide steps (nearest reference / eval-set image)."""
-    return [c for kind in reference_kinds(recipe) for c in nearest_columns(kind)]
+def check_columns(recipe: Recipe, columns: Sequence[ScoreColumn]) -> list[ScoreColumn]:
+    """Score columns written by build-wide steps (nearest reference / eval-set image), given
+    the scorers' declared `columns`."""
+    return [c for kind in reference_kinds(recipe, columns) for c in nearest_columns(kind)]
 
 
 def embedding_column(columns: Sequence[ScoreColumn]) -> str | None:
@@ -54,84 +46,76 @@ def embedding_column(columns: Sequence[ScoreColumn]) -> str | None:
     return image_embedding_column(columns)
 
 
-def named_checks(columns: Sequence[ScoreColumn]) -> dict[str, tuple[ScoreColumn, bool]]:
-    """Named recipe check -> (the column backing it, keep samples above the threshold?)."""
-    out: dict[str, tuple[ScoreColumn, bool]] = {}
-    for column in columns:
-        for name, keep in column.checks.items():
-            if name in out:
-                raise ValueError(
-                    f"checks.{name}: backed by two columns, {out[name][0].name!r} and "
-                    f"{column.name!r}"
-                )
-            out[name] = (column, keep == "above")
-    return out
+def make_checks(
+    recipe: Recipe, columns: Sequence[ScoreColumn]
+) -> tuple[list[Check], list[BuildCheck]]:
+    """The per-sample checks in running order, and the build-wide ones.
 
+    Every registered check class (`validators.base.check_classes`) is asked in its `order`,
+    then by name; the first failing check is a sample's reject reason. The built-ins run as:
+    `odd_size`, `watermark`, the named threshold checks (`clip_score`, `dark`, ...) in the
+    order of the columns backing them (scorer order), `checks.scores` in recipe order (each
+    named after its column), `near_copy`, `contaminated`; then plug-in checks by name.
+    Build-wide checks: `exact_duplicate`, `near_duplicate`, `semantic_duplicate` (their
+    verdict, the sample's `duplicate` outcome, ranks before every per-sample check), the
+    per-class quantile cuts (answering for the quantile threshold checks, in their place),
+    then plug-ins, whose outcomes follow the per-sample checks.
 
-def make_checks(recipe: Recipe, columns: Sequence[ScoreColumn]) -> tuple[list[Check], GlobalChecks]:
-    """Per-sample checks in reporting order, and the build-wide ones.
-
-    Order (the first failing check is a sample's reject reason): `odd_size`, then the named
-    checks (`clip_score`, `dark`, ...) in the order of the columns backing them (scorer order),
-    then `checks.scores` in recipe order, each named after its column. A named check the
-    recipe changes from its default but no listed scorer backs is an error; one at its default
-    is skipped. Thresholds apply to scalar columns only.
+    A `checks.<name>` key that names no plug-in check, a bad option, or a check needing a
+    column no listed scorer writes is a RecipeError naming it.
     """
-    spec = recipe.checks
-    by_name = {c.name: c for c in columns}
-    backed = named_checks(columns)
+    classes = check_classes()
+    build_classes = build_check_classes()
+    _refuse_unknown(recipe, [*classes.values(), *build_classes.values()])
     checks: list[Check] = []
-    if spec.odd_size:
-        checks.append(OddSize(recipe.sampling.width, recipe.sampling.height))
-    if can_carry(recipe.sampling.width, recipe.sampling.height):
-        checks.append(WatermarkSurvives(watermark_payload(recipe.hash)))
-    quantiles: dict[str, tuple[str, float, bool]] = {}
+    for cls in classes.values():
+        checks += _configured(cls, recipe, columns)
+    build: list[BuildCheck] = []
+    for build_cls in build_classes.values():
+        build += _configured(build_cls, recipe, columns)
+    _refuse_clashes(checks, build)
+    return checks, build
 
-    def add(name: str, column: ScoreColumn, threshold: Threshold, keep_above: bool) -> None:
-        if column.is_vector:
-            raise ValueError(f"checks.{name}: {column.name!r} is a vector column; no threshold")
-        q = threshold.per_class_quantile
-        checks.append(ScoreThreshold(name, column.name, threshold.absolute, keep_above, quantile=q))
-        if q is not None:
-            quantiles[name] = (column.name, q, keep_above)
 
-    for name in type(spec).model_fields:
-        threshold = getattr(spec, name)
-        if not isinstance(threshold, Threshold) or name in backed:
+T = TypeVar("T", bound=CheckPlugin)
+
+
+def _configured(cls: type[T], recipe: Recipe, columns: Sequence[ScoreColumn]) -> list[T]:
+    """What `cls.from_recipe` made, as a list (none, one or several instances)."""
+    made = cls.from_recipe(recipe, columns)
+    if made is None:
+        return []
+    return cast(list[T], [made] if isinstance(made, CheckPlugin) else list(made))
+
+
+def _refuse_unknown(recipe: Recipe, classes: Sequence[type[CheckPlugin]]) -> None:
+    """A `checks` key that is neither a built-in field nor a registered plug-in check."""
+    plugins = sorted(c.name for c in classes if not c.builtin)
+    for name in recipe.checks.plugin_options():
+        if name not in plugins:
+            known = ", ".join(plugins) or "none registered"
+            raise RecipeError(f"checks.{name}: no such check (plug-in checks: {known})")
+
+
+def _refuse_clashes(checks: Sequence[Check], build: Sequence[BuildCheck]) -> None:
+    """Outcome names are unique: a build-wide check with its own outcome may share its name
+    only with the per-sample check it answers for (`decided_build_wide`)."""
+    seen: dict[str, str] = {}
+    for check in checks:
+        if check.name in seen:
+            raise RecipeError(f"checks.{check.name}: two checks record this outcome")
+        seen[check.name] = "deferred" if check.decided_build_wide else "own"
+    for b in build:
+        if b.duplicate:
             continue
-        # Only a threshold the recipe changed from its default is an error: a recipe dumped
-        # and read back (extend, the Python API) sets every field, and must mean the same.
-        if threshold != type(spec).model_fields[name].default:
-            listed = ", ".join(s.name for s in recipe.scoring.scorers)
-            raise ValueError(
-                f"checks.{name}: no listed scorer writes the column it needs (scorers: {listed})"
-            )
-    for name, (column, keep_above) in backed.items():
-        threshold = getattr(spec, name, None)
-        if threshold is not None:
-            add(name, column, threshold, keep_above)
-    for column_name, threshold in spec.scores.items():
-        target = by_name.get(column_name)
-        if target is None:
-            raise ValueError(
-                f"checks.scores.{column_name}: no listed scorer writes this column "
-                f"(columns: {', '.join(by_name)})"
-            )
-        add(column_name, target, threshold, threshold.keep == "above")
-    kinds = reference_kinds(recipe)
-    needs_embedding = kinds or spec.semantic_duplicate is not None
-    embedding = embedding_column(columns)
-    if needs_embedding and embedding is None:
-        raise ValueError(
-            "reference / eval_set / checks.semantic_duplicate: need the image embeddings of "
-            "the `clip_embedding` scorer; add it to scoring.scorers"
-        )
-    if spec.near_copy is not None and "reference" in kinds:
-        checks.append(NearCopy("reference", spec.near_copy))
-    if spec.contaminated is not None and "eval_set" in kinds:
-        checks.append(NearCopy("eval_set", spec.contaminated))
-    near = spec.near_duplicate.max_distance if spec.near_duplicate else None
-    semantic = None
-    if spec.semantic_duplicate is not None and embedding is not None:
-        semantic = (embedding, spec.semantic_duplicate.min_similarity)
-    return checks, GlobalChecks(spec.exact_duplicate, near, quantiles, semantic)
+        if seen.get(b.name) == "own" or seen.get(b.name) == "build":
+            raise RecipeError(f"checks.{b.name}: two checks record this outcome")
+        seen[b.name] = "build"
+
+
+def recipe_checks(
+    recipe: Recipe, scorer_columns: Sequence[ScoreColumn]
+) -> tuple[list[Check], list[BuildCheck]]:
+    """`make_checks` over the scorers' declared columns and those the build-wide steps add:
+    on the driver, before any output, every `checks.*` option is checked."""
+    return make_checks(recipe, [*scorer_columns, *check_columns(recipe, scorer_columns)])

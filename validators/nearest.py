@@ -1,4 +1,5 @@
-"""Reference sets and nearest-neighbour lookups: memorization and contamination checks.
+"""Reference sets and nearest-neighbour lookups, for the memorization and contamination
+checks (`validators.checks.near_copy`).
 
 A reference set (the recipe's `reference:` or `eval_set:`, or a balance source) is embedded
 with the recipe's CLIP model and cached as one Parquet file (no pickles), named by a hash of
@@ -32,8 +33,8 @@ from synthgen.schemas.recipe import NearCopySpec
 from synthgen.schemas.records import Sample
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.atomic import atomic_write, write_bytes_atomic
+from synthgen.storage.cache import shared_cache
 from synthgen.storage.hashing import file_sha256
-from synthgen.validators.base import Check
 
 CACHE_VERSION = 3  # 3: the file carries its key and a digest of its content
 CACHE_METADATA = b"synthgen.reference"  # Parquet schema metadata: {"key", "content_sha256"}
@@ -185,7 +186,6 @@ def clip_encoder(clip: Any, device: str = "cpu", cpu_threads: int = 1) -> Callab
 
 # How reference images are turned into a cached set, beyond the CLIP model: part of the key.
 PREPROCESSING = {"thumbnail": THUMB_SIZE, "phash_shifts": SHIFTS, "phash": "imagehash.phash"}
-CACHE_ENV = "SYNTHGEN_CACHE_DIR"
 
 
 def cache_key(source_sha256: str, clip_sha256: str, labels: dict[str, Any]) -> str:
@@ -301,14 +301,9 @@ def _valid(path: Path, key: str) -> bool:
 
 
 def shared_cache_dir() -> Path | None:
-    """The cache shared across builds: `$SYNTHGEN_CACHE_DIR/references` (default
-    `~/.cache/synthgen`); `SYNTHGEN_CACHE_DIR=off` turns it off."""
-    import os
-
-    root = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "synthgen")
-    if root.strip().lower() in ("off", "none", "0"):
-        return None
-    return Path(root).expanduser() / "references"
+    """The cache shared across builds: `references/` under the cache root
+    (`synthgen.storage.cache`); None when `SYNTHGEN_CACHE_DIR=off` turns it off."""
+    return shared_cache("references")
 
 
 def _from_shared(shared: Path, key: str, dest: Path) -> bool:
@@ -441,23 +436,6 @@ def with_nearest(sample: Sample, kind: str, found: Nearest) -> Sample:
     return dataclasses.replace(sample, scores=scores, nearest_eval=found.ref)
 
 
-class NearCopy(Check):
-    """Rejects a sample too close to its nearest reference (`near_copy`) or eval-set
-    (`contaminated`) image, from the columns `with_nearest` filled in."""
-
-    def __init__(self, kind: str, spec: NearCopySpec):
-        self.kind = kind
-        self.prefix, self.name = KINDS[kind]
-        self.spec = spec
-
-    def reason(self, sample: Sample) -> str | None:
-        sim = sample.scores.get(f"{self.prefix}_sim")
-        dist = sample.scores.get(f"{self.prefix}_phash_dist")
-        if not isinstance(sim, float) or not isinstance(dist, float):
-            return None
-        return self.name if is_near_copy(self.spec, sim, dist) else None
-
-
 def semantic_duplicate_losers(
     members: Iterable[tuple[str, Sequence[float]]], min_similarity: float
 ) -> list[str]:
@@ -488,7 +466,7 @@ def build_nearest(
     rows: list[dict[str, Any]] = []
     for shard in shards:
         table = pq.read_table(
-            out / shard_files(shard)[1],
+            out / shard_files(shard).parquet,
             columns=["key", "class_name", "status", "reject_reason", "phash", column],
         )
         data = [r for r in table.to_pylist() if r[column] is not None]

@@ -15,14 +15,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from synthgen.generators.handler import GenerationSettings
 from synthgen.generators.planning import plan
+from synthgen.pipelines.decide import DecideFn, DecideSamples
 from synthgen.pipelines.generate import GenerateShards, StageSpec
 from synthgen.pipelines.staging import ReadStaged, read_staged
-from synthgen.pipelines.transforms import (
-    DecideFn,
-    DecideSamples,
-    WriteShards,
-    mark_surplus,
-)
+from synthgen.pipelines.transforms import WriteShards, mark_surplus
 from synthgen.pipelines.writer import reused_features, write_shard
 from synthgen.schemas.manifest import PlanRound, ShardStats, stats_name
 from synthgen.schemas.records import (
@@ -38,7 +34,7 @@ from synthgen.schemas.records import (
 )
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.tars import iter_tar_samples
-from synthgen.validators.build_checks import GlobalChecks
+from synthgen.validators.checks.exact_duplicate import ExactDuplicate
 from synthgen.validators.checks.odd_size import OddSize
 from synthgen.validators.checks.threshold import ScoreThreshold
 from synthgen.validators.scoring import build_scorers, score_columns
@@ -62,7 +58,9 @@ def context(**changes: object) -> BuildContext:
 def scored(samples: list[Sample]) -> list[Sample]:
     return [
         dataclasses.replace(
-            s, phash=f"{i:016x}", scores={"s": i / 10, "emb": (0.5, -0.75, float(i % 2))}
+            s,
+            media=s.media.with_fingerprint(f"{i:016x}"),
+            scores={"s": i / 10, "emb": (0.5, -0.75, float(i % 2))},
         )
         for i, s in enumerate(samples)
     ]
@@ -140,9 +138,7 @@ def test_decide_and_quota_never_change_their_input() -> None:
 
     with BeamTestPipeline() as p:
         raw = p | beam.Create(samples)
-        out = raw | DecideSamples(
-            checks, GlobalChecks(True, None, {}), [], None, quota={0: 1, 1: 1, 2: 1}
-        )
+        out = raw | DecideSamples(checks, build_checks=[ExactDuplicate()], quota={0: 1, 1: 1, 2: 1})
         assert_that(raw, undecided, label="Raw")
         assert_that(out, decided, label="Decided")
 
@@ -150,7 +146,7 @@ def test_decide_and_quota_never_change_their_input() -> None:
 def test_dofns_return_copies() -> None:
     (sample,) = scored(make_samples(1))
     fn = DecideFn([ScoreThreshold("low_s", "s", 0.5)], None)
-    (out,) = list(fn.process(sample, duplicates={}, cuts={}))
+    (out,) = list(fn.process(sample, verdicts={}))
     assert out.status == "rejected" and sample.status == "accepted" and sample.checks == {}
     accepted = dataclasses.replace(out, status="accepted", reject_reason=None)
     surplus = mark_surplus(accepted, {sample.request.key: True})

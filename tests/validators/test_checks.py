@@ -10,13 +10,17 @@ from apache_beam.testing.util import assert_that
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synthgen.pipelines.transforms import DecideSamples
+from synthgen.pipelines.decide import DecideSamples
+from synthgen.schemas.media import image_media
 from synthgen.schemas.recipe import Recipe, recipe_from_dict
 from synthgen.schemas.records import GenerationRequest, Sample, SampleFeatures
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.validators.apply import apply_checks
-from synthgen.validators.build_checks import GlobalChecks, make_checks
+from synthgen.validators.build_checks import make_checks
+from synthgen.validators.checks.exact_duplicate import ExactDuplicate
+from synthgen.validators.checks.near_duplicate import NearDuplicate
 from synthgen.validators.checks.odd_size import OddSize
+from synthgen.validators.checks.quantile import QuantileCut
 from synthgen.validators.checks.threshold import ScoreThreshold
 from synthgen.validators.dedup import (
     exact_duplicate_losers,
@@ -37,7 +41,8 @@ def _sample(
     phash: str = "0" * 16,
 ) -> Sample:
     req = GenerationRequest(key, 0, 0, cls, f"c{cls}", "p", "", 1)
-    return Sample(req, b"", sha, size, size, phash=phash, scores=dict(scores or {}))
+    media = image_media(b"", "png", size, size, phash)
+    return Sample(req, sha, media, scores=dict(scores or {}))
 
 
 def test_threshold_checks_absolute_per_class_and_direction() -> None:
@@ -82,7 +87,13 @@ def test_a_quantile_on_a_check_that_keeps_low_scores_rejects_the_highest_share()
     assert few == float("inf")  # nothing above it: none rejected
     assert quantile_threshold(values, 1.0, keep_above=False) == float("-inf")  # all of them
     recipe = _recipe(scores={"brightness": {"quantile": 0.2, "keep": "below"}})
-    assert make_checks(recipe, _columns())[1].quantiles["brightness"] == ("brightness", 0.2, False)
+    (cut,) = [b for b in make_checks(recipe, _columns())[1] if isinstance(b, QuantileCut)]
+    assert (cut.name, cut.column, cut.quantile, cut.keep_above) == (
+        "brightness",
+        "brightness",
+        0.2,
+        False,
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -136,7 +147,13 @@ def test_build_wide_checks_see_every_bundle_and_reused_shards() -> None:
             p
             | beam.Create(samples, reshuffle=True)
             | DecideSamples(
-                checks, GlobalChecks(True, 2, {"label_margin": ("m", 0.5, True)}), reused, None
+                checks,
+                build_checks=[
+                    ExactDuplicate(),
+                    NearDuplicate(2),
+                    QuantileCut("label_margin", "m", 0.5, True),
+                ],
+                reused=reused,
             )
         )
         assert_that(decided, check)
@@ -151,7 +168,9 @@ def _columns() -> list[ScoreColumn]:
         ),
         ScoreColumn(name="sharpness", scorer="image_stats", checks={"blurry": "above"}),
         ScoreColumn(name="entropy", scorer="image_stats", checks={"low_information": "above"}),
-        ScoreColumn(name="clip_m_embedding", scorer="clip_embedding", dim=4),
+        ScoreColumn(
+            name="clip_m_embedding", scorer="clip_embedding", dim=4, role="image_embedding"
+        ),
     ]
 
 
@@ -182,14 +201,15 @@ def test_make_checks_maps_named_checks_to_the_columns_backing_them() -> None:
         ("low_information", "entropy", 0.5, True, None),
         ("sharpness", "sharpness", None, True, 0.1),
     ]
-    assert global_checks == GlobalChecks(
-        True,
-        3,
-        {
-            "label_margin": ("clip_m_label_margin", pytest.approx(0.25), True),
-            "sharpness": ("sharpness", 0.1, True),
-        },
-    )
+    assert [(type(b), b.name) for b in global_checks] == [
+        (ExactDuplicate, "exact_duplicate"),
+        (NearDuplicate, "near_duplicate"),
+        (QuantileCut, "label_margin"),
+        (QuantileCut, "sharpness"),
+    ]
+    assert global_checks[1].max_distance == 3
+    cuts = [(b.column, b.quantile, b.keep_above) for b in global_checks[2:]]
+    assert cuts == [("clip_m_label_margin", pytest.approx(0.25), True), ("sharpness", 0.1, True)]
 
 
 def test_make_checks_refuses_what_no_scorer_backs() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import Sample
-from synthgen.storage.watermark import can_carry, read_watermark
+from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.watermark import can_carry, read_watermark, watermark_payload
 from synthgen.validators.base import PixelCheck
 
 
@@ -14,13 +17,24 @@ class WatermarkSurvives(PixelCheck):
     the build's payload.
 
     Images too small to carry a watermark pass (the manifest records, once, that they were
-    not watermarked); every other image must carry exactly `payload`.
+    not watermarked); every other image must carry exactly `payload`. On whenever the
+    recipe's images are large enough to carry one.
     """
 
     name = "watermark"
+    order = 20
+    builtin = True
 
     def __init__(self, payload: bytes):
         self.payload = payload
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: Recipe, columns: Sequence[ScoreColumn]
+    ) -> WatermarkSurvives | None:
+        if not can_carry(recipe.sampling.width, recipe.sampling.height):
+            return None
+        return cls(watermark_payload(recipe.hash))
 
     def pixel_reason(self, sample: Sample, pixels: Any) -> str | None:
         if not can_carry(sample.width, sample.height):
