@@ -13,10 +13,12 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 if TYPE_CHECKING:
     from synthgen.generators.conditioning import ConditioningSettings
+    from synthgen.generators.modes.worker import WorkerInputs
 
 from synthgen.schemas.failures import failed_sample
+from synthgen.schemas.media import Shape
 from synthgen.schemas.records import GenerationRequest, Sample
-from synthgen.storage.images import encode_image
+from synthgen.storage.codecs import image_codec
 from synthgen.storage.watermark import can_carry, embed_watermark
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ class GenerationSettings:
     vae_slicing: bool = False
     vae_tiling: bool = False
     max_sequence_length: int | None = None
+    # Few-step sampling: the scheduler's timestep spacing, explicit timesteps, TCD's eta.
+    timestep_spacing: str | None = None
+    timesteps: tuple[int, ...] | None = None
+    eta: float | None = None
     # The pipeline class, known before loading; a shared model copy is a proxy whose own
     # type says nothing about the pipeline behind it.
     pipeline_class: str | None = None
@@ -66,6 +72,14 @@ class GenerationSettings:
             "vae_slicing": self.vae_slicing,
             "vae_tiling": self.vae_tiling,
             "max_sequence_length": self.max_sequence_length,
+        } | {  # recorded only when set: older records keep their options as they were
+            k: v
+            for k, v in (
+                ("timestep_spacing", self.timestep_spacing),
+                ("timesteps", list(self.timesteps) if self.timesteps else None),
+                ("eta", self.eta),
+            )
+            if v is not None
         }
 
 
@@ -92,6 +106,28 @@ class CallOutput:
     finite: list[bool]
 
 
+class LoadedModel:
+    """What `DiffusersHandler.load_model` returns: one loaded pipeline and its conditioning
+    state (`WorkerInputs`: the pipelines each mode derived from it, the source images and
+    masks read for it), so nothing of one model lives in module globals."""
+
+    def __init__(self, pipe: Any, conditioning: ConditioningSettings | None = None):
+        from synthgen.generators.modes.worker import WorkerInputs
+
+        self.pipe = pipe
+        self.inputs: WorkerInputs = WorkerInputs(conditioning)
+
+
+def as_loaded(model: Any, settings: GenerationSettings) -> LoadedModel:
+    """`model` as a LoadedModel under `settings`' conditioning: itself, or a bare pipeline
+    with fresh conditioning state."""
+    if not isinstance(model, LoadedModel):
+        return LoadedModel(model, settings.conditioning)
+    if model.inputs.settings is not settings.conditioning:  # e.g. a copy with other steps
+        model.inputs.settings = settings.conditioning
+    return model
+
+
 def plan_calls(
     settings: GenerationSettings, requests: Sequence[GenerationRequest]
 ) -> list[ModelCall]:
@@ -110,7 +146,7 @@ def plan_calls(
     groups = [list(requests)]
     if settings.conditioning is not None:
         requests = assign_sources(settings.conditioning, requests)
-        groups = group_by_conditioning(requests)
+        groups = group_by_conditioning(settings.conditioning, requests)
     s = settings
     return [
         ModelCall(padded, real, params)
@@ -121,21 +157,24 @@ def plan_calls(
     ]
 
 
-def run_call(pipe: Any, settings: GenerationSettings, call: ModelCall) -> CallOutput:
-    """One pipeline call on `pipe` and its images as uint8 (`call_model`, then `to_pixels`)."""
-    return to_pixels(call_model(pipe, settings, call))
+def run_call(model: Any, settings: GenerationSettings, call: ModelCall) -> CallOutput:
+    """One pipeline call on `model` and its images as uint8 (`call_model`, then `to_pixels`)."""
+    return to_pixels(call_model(model, settings, call))
 
 
-def call_model(pipe: Any, settings: GenerationSettings, call: ModelCall) -> Any:
-    """One pipeline call on `pipe` (the caller holds the model copy: one call at a time); the
-    call's real images, (N, C, H, W) in [0, 1], still on the model's device."""
+def call_model(model: Any, settings: GenerationSettings, call: ModelCall) -> Any:
+    """One pipeline call on `model` (a LoadedModel, or a bare pipeline; the caller holds the
+    model copy: one call at a time); the call's real images, (N, C, H, W) in [0, 1], still on
+    the model's device."""
     import torch
 
+    from synthgen.generators import conditioning
     from synthgen.generators.adapters import EMPTY_TABLE, activate
-    from synthgen.generators.conditioning import conditioned_call
     from synthgen.generators.families import FAMILIES, call_kwargs
     from synthgen.storage.faults import maybe_fault
 
+    loaded = as_loaded(model, settings)
+    pipe = loaded.pipe
     family_name = settings.pipeline_class or type(pipe).__name__
     family = FAMILIES[family_name]
     for r in call.requests:
@@ -148,13 +187,14 @@ def call_model(pipe: Any, settings: GenerationSettings, call: ModelCall) -> Any:
     #    (Flux is guidance-distilled: its guidance_scale is an embedding, no negatives).
     use_cfg = call.params.guidance_scale > 1.0 and family.negative_prompt
     # 2. family options: T5 sequence length, PixArt's exact-size switches.
-    extra = call_kwargs(family, settings.max_sequence_length)
+    extra = call_kwargs(family, settings.max_sequence_length, settings.timesteps, settings.eta)
+    if use_cfg:  # a guidance-distilled call (SANA-Sprint) takes no negative_prompt at all
+        extra["negative_prompt"] = [r.negative_prompt for r in call.padded]
     # 3. image conditioning: the mode's pipeline (derived from `pipe`) and its images.
-    run, images = conditioned_call(pipe, family_name, call.padded)
+    run, images = conditioning.conditioned_call(loaded, family_name, call.padded)
     with torch.inference_mode():
         out = run(
             prompt=[r.prompt for r in call.padded],
-            negative_prompt=[r.negative_prompt for r in call.padded] if use_cfg else None,
             num_inference_steps=call.params.steps,
             guidance_scale=call.params.guidance_scale,
             height=settings.height,
@@ -196,15 +236,12 @@ def finish_image(
         raise FloatingPointError("non-finite pixel values in the decoded image")
     if settings.watermark is not None and can_carry(pixels.shape[1], pixels.shape[0]):
         pixels = embed_watermark(pixels, bytes.fromhex(settings.watermark))
-    data = encode_image(
-        pixels, settings.image_format, settings.png_compress_level, settings.quality
-    )
+    codec = image_codec(settings.image_format, settings.png_compress_level, settings.quality)
+    data = codec.encode(pixels)
     sample = Sample(
         request=request,
-        image=data,
         image_sha256=hashlib.sha256(data).hexdigest(),
-        width=int(pixels.shape[1]),
-        height=int(pixels.shape[0]),
+        media=codec.media(data, Shape(1, int(pixels.shape[0]), int(pixels.shape[1]))),
     )
     return sample, pixels
 
@@ -221,7 +258,7 @@ def finish_or_fail(
 
 
 def generate_batch(
-    pipe: Any, settings: GenerationSettings, requests: Sequence[GenerationRequest]
+    model: Any, settings: GenerationSettings, requests: Sequence[GenerationRequest]
 ) -> list[Sample]:
     """Generate and finish `requests` here, in order: `plan_calls`, `run_call`, `finish_image`.
 
@@ -229,9 +266,10 @@ def generate_batch(
     (pipelines.generate). One CPU `torch.Generator` per image makes its noise independent of
     batch and worker; fixed-shape calls make its rounding independent of its neighbours.
     """
+    loaded = as_loaded(model, settings)  # a bare pipeline: one conditioning state for all
     by_key: dict[str, Sample] = {}
     for call in plan_calls(settings, requests):
-        out = run_call(pipe, settings, call)
+        out = run_call(loaded, settings, call)
         for i, r in enumerate(call.requests):
             by_key[r.key] = finish_or_fail(r, out.pixels[i], out.finite[i], settings)
     return [by_key[r.key] for r in requests]
@@ -288,7 +326,7 @@ def optimize_for_device(pipe: Any, s: GenerationSettings) -> Any:
     return pipe
 
 
-class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
+class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, LoadedModel]):
     """Loads any diffusers text-to-image pipeline folder once per worker and generates.
 
     Each element is already a batch: a list of up to `batch_size` requests of one shard, made
@@ -302,7 +340,7 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
         self._settings = settings
         self._batch_size = batch_size
 
-    def load_model(self) -> Any:
+    def load_model(self) -> LoadedModel:
         from synthgen.generators.model_folder import load_pipeline
 
         s = self._settings
@@ -316,15 +354,17 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, Any]):
             offload=s.offload,
             vae_slicing=s.vae_slicing,
             vae_tiling=s.vae_tiling,
+            timestep_spacing=s.timestep_spacing,
         )
         from synthgen.generators.adapters import apply_adapters
 
-        return optimize_for_device(apply_adapters(pipe, s.adapters), s)
+        pipe = optimize_for_device(apply_adapters(pipe, s.adapters), s)
+        return LoadedModel(pipe, s.conditioning)
 
     def run_inference(
         self,
         batch: Sequence[GenerationRequest],
-        model: Any,
+        model: LoadedModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
         """`batch` is one planned batch; one result holds all of its samples."""

@@ -7,7 +7,6 @@ same conditioning image on every worker. Names are listed once, in
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,13 +21,12 @@ class PreprocessorError(ValueError):
 
 
 def decode_image(data: bytes, where: str, mode: str = "RGB") -> Any:
-    """Decode encoded image bytes to a PIL image in `mode`, or raise PreprocessorError."""
-    from PIL import Image
+    """Encoded image bytes as a PIL image in `mode` (the package's one decoder,
+    `storage.images.decode_image`), or PreprocessorError naming `where`."""
+    from synthgen.storage.images import decode_image as decode
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert(mode)
+        return decode(data, mode)
     except Exception as exc:
         raise PreprocessorError(f"{where}: unreadable image: {exc}") from None
 

@@ -25,6 +25,7 @@ from synthgen.generators.conditioning import conditioning_from_provenance
 from synthgen.generators.handler import GenerationSettings, generate_batch
 from synthgen.generators.model_folder import ModelFolderError, load_pipeline
 from synthgen.generators.provenance_bounds import check_provenance_bounds
+from synthgen.generators.sources.webdataset_source import is_pattern
 from synthgen.schemas.manifest import STATE_DIR, STATE_NAME, BuildState
 from synthgen.schemas.records import (
     REJECT_IMAGE_FIELD,
@@ -186,7 +187,7 @@ def _localize_conditioning(params: dict[str, Any], ref: Any, inputs: Inputs) -> 
     source = params.get("source")
     if isinstance(source, dict):
         location = str(source["location"])
-        if any(c in location for c in "{*?["):  # a shard pattern
+        if is_pattern(location):  # a shard pattern
             source["location"] = _find_pattern(location, inputs)
         else:
             source["location"] = str(inputs.find(location, "conditioning source", _present))
@@ -315,6 +316,9 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
         vae_slicing=bool(options.get("vae_slicing", False)),
         vae_tiling=bool(options.get("vae_tiling", False)),
         max_sequence_length=options.get("max_sequence_length"),
+        timestep_spacing=options.get("timestep_spacing"),
+        timesteps=tuple(int(t) for t in options["timesteps"]) if options.get("timesteps") else None,
+        eta=options.get("eta"),
         adapters=canonical_json(_loads(prov.get("adapters") or {}) or {}),
         conditioning=conditioning_from_provenance(prov),
     )

@@ -44,11 +44,11 @@ def class_images(
     source: Any, recipe: Recipe, classes: set[int], limit: int
 ) -> dict[int, list[bytes]]:
     """Encoded real images of `classes` from a balance source, at most `limit` per class."""
-    from synthgen.pipelines.transforms import source_images
 
     resolve = label_resolver(recipe)
     out: dict[int, list[bytes]] = {c: [] for c in classes}
-    for _, label, data in source_images(source):
+    for image in source.iter_images():
+        label, data = image.label, image.data
         class_id = resolve(label)
         if class_id in out and len(out[class_id]) < limit:
             out[class_id].append(data)

@@ -27,6 +27,7 @@ from synthgen.storage.hashing import folder_sha256
 from synthgen.storage.images import encoder_identity
 from synthgen.storage.model_card import license_info
 from synthgen.storage.watermark import can_carry, survives_encoding, watermark_payload
+from synthgen.validators.build_checks import recipe_checks
 from synthgen.validators.scorers.base import Scorer
 from synthgen.validators.scoring import build_scorers, score_columns, scorer_provenance
 
@@ -131,8 +132,8 @@ def check_model(recipe: Recipe, model_path: Path) -> tuple[ModelFolder, dict[str
     if m.offload != "none" and not m.device.startswith("cuda"):
         raise RecipeError(f"model.offload: {m.offload!r} offloads to a GPU; device is {m.device}")
     for steps in sorted({c.steps for c in recipe.classes if c.steps not in (None, s.steps)}):
-        check_sampling(folder, s.scheduler, steps)  # a class's own steps, dry-run too
-    return folder, check_sampling(folder, s.scheduler, s.steps)
+        check_sampling(folder, s.scheduler, steps, s)  # a class's own steps, dry-run too
+    return folder, check_sampling(folder, s.scheduler, s.steps, s)
 
 
 def _size_multiple(folder: ModelFolder) -> int:
@@ -167,16 +168,19 @@ def _resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
     model, sched = check_model(recipe, model_path)
     adapters = adapter_table(recipe, base_dir, model_path, model.class_name)
     scorers = tuple(build_scorers(recipe, base_dir))
+    recipe_checks(recipe, score_columns(scorers))  # every checks.* option, before any output
     _warn_about_padding(recipe)
+    _check_output_plugins(recipe)
     _check_watermark_survives(recipe)
     signing_config(recipe.output.c2pa, base_dir)  # C2PA credentials readable and accepted
     source = None
     if recipe.balance is not None:
-        from synthgen.generators.sources.open import open_source
+        from synthgen.generators.sources.open import SourceOptions, open_source
         from synthgen.pipelines.remote import source_location
 
         source = source_location(base_dir, recipe.balance.source)
-        open_source(recipe.balance, source)  # a missing or malformed source fails here
+        # a missing or malformed source fails here
+        open_source(source, SourceOptions.of(recipe.balance))
     # image conditioning: sources, masks, preprocessors, ControlNets checked before any output
     from synthgen.pipelines.remote import source_location
 
@@ -194,6 +198,23 @@ def _resolve(recipe: Recipe, base_dir: Path) -> ResolvedRecipe:
         adapters=adapters,
         conditioning=conditioning,
     )
+
+
+def _check_output_plugins(recipe: Recipe) -> None:
+    """The image codec and the shard writer the recipe names are registered (a codec or
+    writer plug-in is found by its name), before any work."""
+    from synthgen.pipelines.shard_writers import shard_writer_class
+    from synthgen.storage.codecs import codec_class
+
+    out = recipe.output
+    for field, find, name in (
+        ("image_format", codec_class, out.image_format),
+        ("writer", shard_writer_class, out.writer),
+    ):
+        try:
+            find(name)
+        except (KeyError, ValueError) as exc:
+            raise RecipeError(f"output.{field}: {exc}") from None
 
 
 def _check_watermark_survives(recipe: Recipe) -> None:
@@ -250,6 +271,7 @@ def make_context(resolved: ResolvedRecipe, created_at: str) -> BuildContext:
         dtype=r.model.dtype,
         device=device,
         image_format=r.output.image_format,
+        shard_writer=r.output.writer,
         image_encoding=canonical_json(
             {
                 "format": r.output.image_format,
@@ -289,6 +311,9 @@ def generation_settings(resolved: ResolvedRecipe) -> GenerationSettings:
         vae_slicing=r.model.vae_slicing,
         vae_tiling=r.model.vae_tiling,
         max_sequence_length=r.sampling.max_sequence_length,
+        timestep_spacing=r.sampling.timestep_spacing,
+        timesteps=tuple(r.sampling.timesteps) if r.sampling.timesteps else None,
+        eta=r.sampling.eta,
         pipeline_class=resolved.model.class_name if resolved.model else None,
         watermark=watermark_payload(r.hash).hex(),
         adapters=resolved.adapters,

@@ -1,18 +1,25 @@
-"""Labelled-dataset sources (balancing, conditioning, reference sets): one reader per format.
+"""Labelled-dataset sources (balancing, conditioning, reference sets): one plug-in per format.
 
 A source streams its samples' references, labels and encoded image bytes (`iter_images`)
 and reads one image back by its reference (`read`); `records()` is `iter_images()` without
 the bytes. Every caller reads through these, so labels and images always come from the same
 walk with the same key rule, and a reference always names the image it was listed with.
+
+Adding a format is one new module in this package with a `Source` subclass that sets
+`format`, `open` and `guess`: subclassing registers it, `source_classes()` imports every
+module of the package, and `format: auto` picks the format whose `guess` is surest.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
+import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 
 class SourceError(ValueError):
@@ -89,15 +96,15 @@ def image_size(data: bytes, where: str) -> tuple[int, int]:
 
 
 def check_image(data: bytes, where: str, limit: PixelLimit | None = None) -> None:
-    """Decode an image fully, or raise SourceError naming it. With `limit`, an image whose
-    header declares more pixels is refused before it is decoded."""
-    from PIL import Image
+    """Decode an image fully (the package's one decoder, `storage.images.decode_image`), or
+    raise SourceError naming it. With `limit`, an image whose header declares more pixels is
+    refused before it is decoded."""
+    from synthgen.storage.images import decode_image
 
     if limit is not None:
         limit.check(image_size(data, where), where)
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
+        decode_image(data)
     except Exception as exc:
         raise SourceError(f"{where}: unreadable image: {exc}") from None
 
@@ -107,15 +114,63 @@ def inside_root(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
+@dataclass(frozen=True, slots=True)
+class SourceOptions:
+    """How a labelled source is read, beside its location: the recipe's `format` (`auto`:
+    guessed from the location), the label and image columns (formats with columns)."""
+
+    format: str = "auto"
+    label_column: str = "label"
+    image_column: str = "image"
+
+    @classmethod
+    def of(cls, spec: Any) -> SourceOptions:
+        """The options of any recipe block shaped like a source (balance, reference,
+        eval set, conditioning source): its `format`, `label_column`, `image_column`."""
+        return cls(
+            format=str(getattr(spec, "format", "auto")),
+            label_column=str(getattr(spec, "label_column", "label")),
+            image_column=str(getattr(spec, "image_column", "image")),
+        )
+
+
+_REGISTRY: dict[str, type[Source]] = {}
+
+
 class Source(ABC):
     """One kind of labelled dataset. It streams; it never holds more than one sample's images.
 
-    `limit` (set by `open_source` from the recipe's sampling size): images declaring more
-    pixels are refused by name before they are decoded.
+    Subclasses set `format` (the recipe's `format:` name) and implement `open`, `guess`,
+    `iter_images` and `read`. `limit` (set by `open_source` from the recipe's sampling
+    size): images declaring more pixels are refused by name before they are decoded.
     """
 
+    format: ClassVar[str]
     description: str
     limit: PixelLimit | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("format")
+        if name is None:
+            return  # an abstract intermediate class
+        known = _REGISTRY.get(name)
+        if known is not None and _where(known) != _where(cls):
+            raise TypeError(f"source format {name!r} is taken by {_where(known)}")
+        _REGISTRY[name] = cls
+
+    @classmethod
+    @abstractmethod
+    def open(cls, location: str, options: SourceOptions) -> Source:
+        """The source at `location` (a resolved path or shard pattern), checked to exist and
+        to be of this format (SourceError naming it); nothing is read beyond that."""
+
+    @classmethod
+    def guess(cls, location: str) -> int:
+        """How surely this format reads `location`, for `format: auto`: 0 not at all; the
+        highest guess wins (a file's own suffix 30, a folder of such files 20, any folder
+        10)."""
+        return 0
 
     @abstractmethod
     def iter_images(self, mask: str | None = None) -> Iterator[SourceImage]:
@@ -137,3 +192,24 @@ class Source(ABC):
 
     def _check(self, data: bytes, where: str) -> None:
         check_image(data, where, self.limit)
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def source_classes() -> dict[str, type[Source]]:
+    """Every registered source format by name, after importing each module of this package."""
+    package = importlib.import_module("synthgen.generators.sources")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return dict(sorted(_REGISTRY.items()))
+
+
+def guess_format(location: str) -> str:
+    """The format whose `guess` of `location` is surest (ties: by format name), or
+    SourceError when none reads it."""
+    ranked = sorted((-cls.guess(location), name) for name, cls in source_classes().items())
+    if not ranked or ranked[0][0] >= 0:
+        raise SourceError(f"{location}: balance source not found")
+    return ranked[0][1]

@@ -10,10 +10,12 @@ from synthgen.generators.sources.base import (
     Source,
     SourceError,
     SourceImage,
+    SourceOptions,
     inside_root,
 )
+from synthgen.schemas.media import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+__all__ = ["IMAGE_SUFFIXES", "FolderSource"]
 
 
 class FolderSource(Source):
@@ -23,6 +25,16 @@ class FolderSource(Source):
     inside `root`; one that leads out of it is refused by name. Within a class, a folder
     reached twice through links is walked once, so a link loop ends.
     """
+
+    format = "folder"
+
+    @classmethod
+    def open(cls, location: str, options: SourceOptions) -> FolderSource:
+        return cls(Path(location))
+
+    @classmethod
+    def guess(cls, location: str) -> int:
+        return 10 if Path(location).is_dir() else 0
 
     def __init__(self, root: Path):
         self.root = root

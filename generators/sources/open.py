@@ -1,51 +1,44 @@
-"""Pick the reader for a balance source and read its label histogram."""
+"""Open a labelled source by its registered format and read its label histogram."""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
-from synthgen.generators.sources.base import PixelLimit, Source, SourceError, SourceRecord
-from synthgen.generators.sources.folder_source import FolderSource
-from synthgen.generators.sources.parquet_source import ParquetSource
-from synthgen.generators.sources.webdataset_source import WebDatasetSource
-from synthgen.schemas.recipe import BalanceSpec, Recipe
+from synthgen.generators.sources.base import (
+    PixelLimit,
+    Source,
+    SourceError,
+    SourceOptions,
+    SourceRecord,
+    guess_format,
+    source_classes,
+)
+from synthgen.schemas.recipe import Recipe
+
+__all__ = ["SourceOptions", "label_resolver", "open_source", "read_histogram"]
 
 
-def open_source(spec: BalanceSpec, source: str, limit: PixelLimit | None = None) -> Source:
-    """`source` is the resolved path or pattern; `format: auto` guesses from its shape.
+def open_source(
+    location: str, options: SourceOptions | None = None, limit: PixelLimit | None = None
+) -> Source:
+    """The source at `location` (a resolved path or shard pattern), read as `options` say
+    (`SourceOptions`: format, columns; default: `auto`, `label`, `image`); `format: auto`
+    picks the registered format whose `guess` is surest.
 
     `limit`: images declaring more pixels are refused before they are decoded (see
-    `PixelLimit`; callers that know the recipe pass `PixelLimit(width, height)`)."""
-    src = _open(spec, source)
+    `PixelLimit`; callers that know the recipe pass `PixelLimit(width, height)`).
+    """
+    opts = options or SourceOptions()
+    fmt = guess_format(location) if opts.format == "auto" else opts.format
+    formats = source_classes()
+    if fmt not in formats:
+        raise SourceError(f"{location}: unknown source format {fmt!r}; known: {', '.join(formats)}")
+    src = formats[fmt].open(location, opts)
     src.limit = limit
     return src
-
-
-def _open(spec: BalanceSpec, source: str) -> Source:
-    fmt = spec.format
-    path = Path(source)
-    if fmt == "auto":
-        if source.endswith(".tar") or any(c in source for c in "{*?["):
-            fmt = "webdataset"
-        elif source.endswith(".parquet") or (path.is_dir() and any(path.glob("*.parquet"))):
-            fmt = "parquet"
-        elif path.is_dir() and any(path.glob("*.tar")):
-            return WebDatasetSource(str(path / "*.tar"))
-        elif path.is_dir():
-            fmt = "folder"
-        else:
-            raise SourceError(f"{source}: balance source not found")
-    if fmt == "parquet":
-        if not path.exists():
-            raise SourceError(f"{source}: balance source not found")
-        return ParquetSource(path, spec.label_column, spec.image_column)
-    if fmt == "webdataset":
-        return WebDatasetSource(source)
-    return FolderSource(path)
 
 
 _ID = re.compile(r"[0-9]{1,18}")

@@ -10,6 +10,7 @@ from synthgen.generators.sources.base import (
     Source,
     SourceError,
     SourceImage,
+    SourceOptions,
     inside_root,
 )
 
@@ -20,6 +21,22 @@ class ParquetSource(Source):
     Images are read from the bytes in the image column only: a `path` beside them (the
     Hugging Face `Image` struct) is never opened, so rows cannot point at other files.
     """
+
+    format = "parquet"
+
+    @classmethod
+    def open(cls, location: str, options: SourceOptions) -> ParquetSource:
+        path = Path(location)
+        if not path.exists():
+            raise SourceError(f"{location}: balance source not found")
+        return cls(path, options.label_column, options.image_column)
+
+    @classmethod
+    def guess(cls, location: str) -> int:
+        path = Path(location)
+        if location.endswith(".parquet"):
+            return 30
+        return 20 if path.is_dir() and any(path.glob("*.parquet")) else 0
 
     def __init__(self, path: Path, label_column: str, image_column: str):
         self.path = path

@@ -18,10 +18,13 @@ from synthgen.generators.sources.base import (
     Source,
     SourceError,
     SourceImage,
+    SourceOptions,
     inside_root,
 )
+from synthgen.schemas.media import IMAGE_EXTENSIONS
+from synthgen.storage.tars import iter_tar_members
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+_PATTERN_CHARS = "{*?["
 
 # webdataset's `base_plus_ext` and meta-member rule (tariterators), so a sample's key here is
 # the key every WebDataset reader sees
@@ -49,11 +52,32 @@ def expand_pattern(pattern: str) -> list[str]:
     return urls
 
 
+def is_pattern(location: str) -> bool:
+    """Whether `location` is a shard pattern (glob or braces), not one path."""
+    return any(c in location for c in _PATTERN_CHARS)
+
+
 class WebDatasetSource(Source):
     """Local shards only. Each is handed to webdataset as an absolute path, so no name is
     ever read as a `pipe:` or other URL scheme; a shard that is a symbolic link must resolve
     inside its own folder (the folder the pattern names), or it is refused by name.
     """
+
+    format = "webdataset"
+
+    @classmethod
+    def open(cls, location: str, options: SourceOptions) -> WebDatasetSource:
+        """A shard pattern, one shard, or a folder (its `*.tar` shards)."""
+        if not is_pattern(location) and Path(location).is_dir():
+            return cls(str(Path(location) / "*.tar"))
+        return cls(location)
+
+    @classmethod
+    def guess(cls, location: str) -> int:
+        if location.endswith(".tar") or is_pattern(location):
+            return 30
+        path = Path(location)
+        return 15 if path.is_dir() and any(path.glob("*.tar")) else 0
 
     def __init__(self, pattern: str):
         self.pattern = pattern
@@ -81,40 +105,42 @@ class WebDatasetSource(Source):
         members of samples whose key is `wanted` are read. A key whose members are split
         apart, or a repeated member, is refused: a reference must name one image."""
         limit = self.limit
+        max_bytes = None if limit is None else limit.member_bytes
+
+        def read_member(name: str) -> bool:
+            split = split_member(name)
+            return split is not None and wanted(split[0])
+
         seen: set[str] = set()
         key: str | None = None
         members: dict[str, bytes] = {}
         try:
-            with tarfile.open(url, "r:*") as tf:
-                headers = getattr(tf, "members", None)  # TarFile keeps every header it read
-                while (m := tf.next()) is not None:
-                    if isinstance(headers, list):
-                        headers.clear()  # keep none behind: a shard can be long
-                    split = split_member(m.name) if m.isfile() else None
-                    if split is None:
-                        continue
-                    name, ext = split
-                    if name != key:
-                        if key is not None and wanted(key):
-                            yield key, members
-                        if name in seen:
-                            raise SourceError(
-                                f"{url}: sample {name!r} appears twice (its members are not "
-                                "next to each other)"
-                            )
-                        seen.add(name)
-                        key, members = name, {}
-                    if not wanted(name):
-                        continue
-                    if ext in members:
-                        raise SourceError(f"{url}: sample {name!r} has two .{ext} members")
-                    if limit is not None and m.size > limit.member_bytes:
+            for m in iter_tar_members(url, read_member, max_bytes=max_bytes, compressed=True):
+                split = split_member(m.name)
+                if split is None:
+                    continue
+                name, ext = split
+                if name != key:
+                    if key is not None and wanted(key):
+                        yield key, members
+                    if name in seen:
                         raise SourceError(
-                            f"{url}: member {m.name} declares {m.size} bytes, more than an "
-                            f"image of at most {limit.describe()} can need: not read"
+                            f"{url}: sample {name!r} appears twice (its members are not "
+                            "next to each other)"
                         )
-                    f = tf.extractfile(m)
-                    members[ext] = f.read() if f is not None else b""
+                    seen.add(name)
+                    key, members = name, {}
+                if not wanted(name):
+                    continue
+                if ext in members:
+                    raise SourceError(f"{url}: sample {name!r} has two .{ext} members")
+                if m.too_large:
+                    assert limit is not None
+                    raise SourceError(
+                        f"{url}: member {m.name} declares {m.size} bytes, more than an "
+                        f"image of at most {limit.describe()} can need: not read"
+                    )
+                members[ext] = m.data or b""
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise SourceError(f"{url}: unreadable shard: {exc}") from None
         if key is not None and wanted(key):
@@ -126,7 +152,7 @@ class WebDatasetSource(Source):
                 where = f"{url}#{key}"
                 if "cls" not in members:
                     raise SourceError(f"{where}: sample has no .cls label")
-                image_ext = next((e for e in IMAGE_EXTS if e in members), None)
+                image_ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
                 if image_ext is None:
                     raise SourceError(f"{where}: sample has no image member")
                 try:
@@ -152,7 +178,7 @@ class WebDatasetSource(Source):
                 if mask in members:
                     return members[mask]
                 raise SourceError(f"{reference}: the sample has no mask member .{mask}")
-            ext = next((e for e in IMAGE_EXTS if e in members), None)
+            ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
             if ext is not None:
                 return members[ext]
         raise SourceError(f"{reference}: no such sample")

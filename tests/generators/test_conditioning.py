@@ -626,7 +626,9 @@ def test_inpaint_with_per_sample_masks_from_a_mask_folder(tmp_path: Path) -> Non
 def test_per_sample_masks_from_parquet_and_webdataset_pair_with_their_images(
     tmp_path: Path,
 ) -> None:
-    from synthgen.generators.conditioning import assign_sources, read_source_mask
+    from synthgen.generators.conditioning import assign_sources
+    from synthgen.generators.modes.base import MaskRef
+    from synthgen.generators.modes.worker import read_mask
 
     rows = [
         {"label": c, "image": _png(10 * c + i), "mask": _mask_png(40 * c + i)}
@@ -658,9 +660,14 @@ def test_per_sample_masks_from_parquet_and_webdataset_pair_with_their_images(
         assert settings is not None
         for r in assign_sources(settings, plan(resolved.recipe)):
             assert r.conditioning is not None and r.conditioning_source is not None
-            params = json.loads(r.conditioning)
+            params = settings.params_for(r)
+            assert params is not None and params.source is not None
+            mask = getattr(params, "mask", None)
+            assert isinstance(mask, MaskRef)
             # the mask is the one stored beside the sample's own source image
-            assert params["mask"]["reference"] == r.conditioning_source
+            assert mask.reference == r.conditioning_source
+            # and provenance records exactly these settings
+            assert json.loads(r.conditioning) == params.record()
             ref = r.conditioning_source
             if "#row=" in ref:  # Parquet: row 3 * class + i
                 c, i = divmod(int(ref.split("#row=")[1]), 3)
@@ -668,8 +675,8 @@ def test_per_sample_masks_from_parquet_and_webdataset_pair_with_their_images(
                 c, i = int(ref[-2]), int(ref[-1])
             want = _mask_png(40 * c + i)
             assert c == r.class_label
-            assert read_source_mask(params["source"], params["mask"]["reference"]) == want
-            assert params["mask"]["sha256"] == hashlib.sha256(want).hexdigest()
+            assert read_mask(params.source, mask.reference) == want
+            assert mask.sha256 == hashlib.sha256(want).hexdigest()
 
 
 def test_ip_adapter_image_prompt_and_scale_per_class(tmp_path: Path) -> None:
@@ -775,3 +782,121 @@ def test_an_image_with_several_controlnets_does_not_depend_on_its_neighbours(
     together = generate_batch(pipe, settings, zeros)  # one call of both
     alone = [generate_batch(pipe, settings, [r])[0] for r in zeros]  # each padded with itself
     assert [s.image_sha256 for s in together] == [s.image_sha256 for s in alone]
+
+
+# -- the recorded settings -----------------------------------------------------------------
+
+_SOURCE = (
+    '"source":{"format":"folder","image_column":"image","label_column":"label",'
+    '"location":"{tmp}/src"{masks}}'
+)
+_PINNED = {
+    "inpaint": '{"height":16,"mask":{"reference":"zero/000.png","sha256":"{mask0}"},'
+    '"mode":"inpaint","resize":"center_crop",' + _SOURCE + ',"strength":1.0,"width":16}',
+    "controlnet": '{"controlnets":[{"conditioning_scale":1.0,"image":null,"path":"{tmp}/cn",'
+    '"preprocessor":{"high_threshold":200,"low_threshold":100,"name":"canny"},"sha256":"{cn}"},'
+    '{"conditioning_scale":0.5,"image":{"path":"{tmp}/p.png","sha256":"{p}"},"path":"{tmp}/cn",'
+    '"preprocessor":{"high_threshold":200,"low_threshold":100,"name":"identity"},'
+    '"sha256":"{cn}"}],"height":16,"mode":"controlnet","resize":"center_crop",'
+    + _SOURCE
+    + ',"width":16}',
+    "ip_adapter": '{"height":16,"ip_adapter":{"image":{"path":"{tmp}/p.png","sha256":"{p}"},'
+    '"path":"{tmp}/ip","scale":0.7,"sha256":"{ip}"},"mode":"ip_adapter",'
+    '"resize":"center_crop","source":null,"width":16}',
+}
+
+
+def test_recorded_settings_are_pinned_and_read_back_as_params(tmp_path: Path) -> None:
+    """What provenance stores for each mode, byte for byte (builds made before the modes
+    were plug-ins regenerate and resume), and the params objects it reads back as."""
+    import pickle
+
+    from synthgen.generators.conditioning import assign_sources, resolve_conditioning
+    from synthgen.generators.modes.base import MaskRef, params_from_record
+    from synthgen.storage.hashing import folder_sha256
+
+    _folder(tmp_path / "src", {"zero": 2, "one": 2})
+    for c in NAMES:
+        (tmp_path / "masks" / c).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "masks" / c / f"{i:03d}.png").write_bytes(_mask_png(40 * i))
+    (tmp_path / "p.png").write_bytes(_png(5))
+    values = {
+        "tmp": str(tmp_path),
+        "cn": folder_sha256(_controlnet(tmp_path / "cn")),
+        "ip": folder_sha256(_ip_adapter(tmp_path / "ip")),
+        "p": hashlib.sha256(_png(5)).hexdigest(),
+        "mask0": hashlib.sha256(_mask_png(0)).hexdigest(),
+    }
+    source = {"path": str(tmp_path / "src")}
+    conds = {
+        "inpaint": {
+            "mode": "inpaint",
+            "strength": 1.0,
+            "source": {**source, "mask_folder": str(tmp_path / "masks")},
+        },
+        "controlnet": {
+            "mode": "controlnet",
+            "source": source,
+            "controlnets": [
+                {"path": "cn", "preprocessor": {"name": "canny"}},
+                {"path": "cn", "image": "p.png", "conditioning_scale": 0.5},
+            ],
+        },
+        "ip_adapter": {
+            "mode": "ip_adapter",
+            "ip_adapter": {"path": "ip", "scale": 0.7, "image": "p.png"},
+        },
+    }
+    for mode, cond in conds.items():
+        recipe = recipe_from_dict(_recipe(conditioning=cond))
+        settings = resolve_conditioning(recipe, tmp_path, DIGITS, "StableDiffusionPipeline")
+        assert settings is not None
+        requests = assign_sources(settings, plan(recipe))
+        first = next(r for r in requests if r.conditioning_source in (None, "zero/000.png"))
+        masks = ',"mask_folder":"{tmp}/masks"' if mode == "inpaint" else ""
+        want = _PINNED[mode].replace("{masks}", masks)
+        for name, value in values.items():
+            want = want.replace("{" + name + "}", value)
+        assert first.conditioning == want
+        params = settings.params_for(first)
+        assert params is not None and json.loads(want) == params.record()
+        assert params_from_record(json.loads(want)) == params  # regeneration reads it back
+        assert pickle.loads(pickle.dumps(settings)) == settings  # travels as objects
+        if mode == "inpaint":  # a per-sample mask is its own, and no part of the call's key
+            assert getattr(params, "mask", None) == MaskRef("zero/000.png", values["mask0"])
+            assert getattr(params.group_key(), "mask", "") is None
+
+
+def test_what_a_worker_derives_and_reads_lives_on_its_loaded_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each loaded model keeps its own derived pipeline and the source images it read: a
+    second call on it reads nothing again, another model shares none of it."""
+    import synthgen.generators.conditioning as conditioning
+    from synthgen.generators.handler import DiffusersHandler
+    from synthgen.generators.sources.folder_source import FolderSource
+
+    reads: list[str] = []
+    real_read = FolderSource.read
+
+    def counting(self: FolderSource, reference: str, mask: str | None = None) -> bytes:
+        reads.append(reference)
+        return real_read(self, reference, mask)
+
+    monkeypatch.setattr(FolderSource, "read", counting)
+    source = _folder(tmp_path / "src", {"zero": 2, "one": 2})
+    cond = {"mode": "img2img", "strength": 0.5, "source": {"path": str(source)}}
+    resolved = resolve(recipe_from_dict(_recipe(conditioning=cond)), tmp_path)
+    settings = generation_settings(resolved)
+    handler = DiffusersHandler(settings, batch_size=2)
+    first, second = handler.load_model(), handler.load_model()
+    requests = plan(resolved.recipe)
+    made = generate_batch(first, settings, requests)
+    read_once = sorted(reads)
+    assert read_once == sorted({s.request.conditioning_source or "" for s in made})
+    assert [s.image for s in generate_batch(first, settings, requests)] == [s.image for s in made]
+    assert sorted(reads) == read_once  # the same model read nothing again
+    assert [s.image for s in generate_batch(second, settings, requests)] == [s.image for s in made]
+    assert sorted(reads) == sorted(read_once * 2)  # the other model read its own
+    assert not hasattr(conditioning, "_DERIVED") and not hasattr(conditioning, "_IMAGES")

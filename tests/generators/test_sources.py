@@ -16,7 +16,12 @@ from PIL import Image
 
 from synthgen.generators.sources.base import SourceError
 from synthgen.generators.sources.folder_source import FolderSource
-from synthgen.generators.sources.open import label_resolver, open_source, read_histogram
+from synthgen.generators.sources.open import (
+    SourceOptions,
+    label_resolver,
+    open_source,
+    read_histogram,
+)
 from synthgen.generators.sources.parquet_source import ParquetSource
 from synthgen.generators.sources.webdataset_source import WebDatasetSource
 from synthgen.schemas.recipe import Recipe, recipe_from_dict
@@ -55,7 +60,7 @@ def _parquet(path: Path, labels: list[Any]) -> Path:
 
 def _histogram(recipe: Recipe, source: Path | str) -> dict[int, int]:
     assert recipe.balance is not None
-    return read_histogram(open_source(recipe.balance, str(source)), recipe)
+    return read_histogram(open_source(str(source), SourceOptions.of(recipe.balance)), recipe)
 
 
 # -- labels --------------------------------------------------------------------------------

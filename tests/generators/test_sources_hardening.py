@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import struct
 import tarfile
 import zlib
@@ -18,16 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFile
 
-from synthgen.generators.conditioning import (
-    ConditioningError,
-    read_source_image,
-    read_source_mask,
-    resolve_conditioning,
-)
+from synthgen.generators.conditioning import ConditioningError, resolve_conditioning
+from synthgen.generators.modes.worker import open_described, read_mask
 from synthgen.generators.sources.base import MIN_LIMIT_PIXELS, PixelLimit, SourceError
-from synthgen.generators.sources.open import open_source, read_histogram
+from synthgen.generators.sources.open import SourceOptions, open_source, read_histogram
 from synthgen.generators.sources.webdataset_source import WebDatasetSource
-from synthgen.pipelines.transforms import source_images
 from synthgen.schemas.recipe import Recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,12 +119,13 @@ def test_conditioning_source_keeps_every_image_and_mask(tmp_path: Path, layout: 
         pooled.update(cc.pool)
         assert [m[0] for m in cc.masks] == [ref for ref, _ in cc.pool]
     # what a worker reads back by reference is the image (and mask) that was hashed
-    params = json.loads(settings.classes[0][1].params)
+    source = settings.classes[0][1].params.source
+    assert source is not None and source.format == "webdataset"
     for key, (_, image, mask) in written.items():
         ref = f"{url}#{key}"
         assert pooled[ref] == hashlib.sha256(image).hexdigest()
-        assert read_source_image(params["source"], ref) == image
-        assert read_source_mask(params["source"], ref) == mask
+        assert open_described(source).read(ref) == image
+        assert read_mask(source, ref) == mask
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -139,10 +134,10 @@ def test_balance_source_keeps_every_image(tmp_path: Path, layout: str) -> None:
     recipe = _recipe(balance={"source": url, "conditioning": "img2img", "strength": 0.5})
     assert recipe.balance is not None
     per_class = {c: sum(1 for v in written.values() if v[0] == c) for c in (0, 1)}
-    src = open_source(recipe.balance, url)
+    src = open_source(url, SourceOptions.of(recipe.balance))
     assert read_histogram(src, recipe) == per_class
     # reference sets and LoRA adaptation read the same images by the same keys
-    assert [(r, data) for r, _, data in source_images(src)] == [
+    assert [(i.reference, i.data) for i in src.iter_images()] == [
         (f"{url}#{k}", v[1]) for k, v in written.items()
     ]
     # and img2img top-ups start from every one of them
@@ -246,7 +241,7 @@ def test_bomb_in_a_balance_source_is_refused_undecoded(
     recipe = _recipe(balance={"source": str(source), "conditioning": "img2img"})
     _refused(recipe, tmp_path, decoded, "zero/bomb.png", str(MIN_LIMIT_PIXELS))
     assert recipe.balance is not None
-    limited = open_source(recipe.balance, str(source), PixelLimit(16, 16))
+    limited = open_source(str(source), SourceOptions.of(recipe.balance), PixelLimit(16, 16))
     with pytest.raises(SourceError, match=r"bomb\.png: 4200x4200 is more pixels"):
         read_histogram(limited, recipe)
     assert BOMB not in decoded

@@ -75,7 +75,7 @@ def _balance_recipe(tmp: Path, model_dir: Path, source: str, **balance: object) 
 
 @pytest.mark.parametrize("kind", ["folder", "parquet", "parquet-struct", "webdataset"])
 def test_readers_agree_on_the_histogram(tmp_path: Path, model_dir: Path, kind: str) -> None:
-    from synthgen.generators.sources.open import open_source, read_histogram
+    from synthgen.generators.sources.open import SourceOptions, open_source, read_histogram
     from synthgen.schemas.recipe import load_recipe
 
     source = {
@@ -87,7 +87,9 @@ def test_readers_agree_on_the_histogram(tmp_path: Path, model_dir: Path, kind: s
     recipe, _ = load_recipe(_balance_recipe(tmp_path, model_dir, source))
     refs = []
     hist = read_histogram(
-        open_source(recipe.balance, source), recipe, lambda rec, c: refs.append(rec.reference)
+        open_source(source, SourceOptions.of(recipe.balance)),
+        recipe,
+        lambda rec, c: refs.append(rec.reference),
     )
     assert hist == {0: 6, 1: 2, 2: 4}
     assert len(set(refs)) == 12

@@ -1,0 +1,2 @@
+"""Conditioning modes, one plug-in per module (see `base`): text, img2img, inpaint,
+ControlNet and IP-Adapter."""
