@@ -75,8 +75,9 @@ from synthgen.schemas.failures import failed_copy, failed_sample
 from synthgen.schemas.manifest import PlanRound
 from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import BuildContext, GenerationRequest, Sample, withheld
+from synthgen.storage.codecs import image_codec
 from synthgen.storage.faults import maybe_fault
-from synthgen.storage.images import LOSSLESS, decode_image
+from synthgen.storage.host import usable_cores
 from synthgen.validators.base import Check, record_pixel_checks
 from synthgen.validators.scorers.base import Scorer
 from synthgen.validators.scoring import LoadedScorers, Prepared, ScoreSamples, prepare_sample
@@ -112,12 +113,7 @@ class StageSpec:
         return scoring_batch(self.recipe)
 
     def threads(self) -> int:
-        if self.host_threads:
-            return self.host_threads
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
+        return self.host_threads or usable_cores()
 
 
 @dataclass
@@ -144,6 +140,7 @@ class ShardJob:
     scored_calls: int = 0
     score_splits: int = 0
     score_failed: int = 0
+    device_ms: float = 0.0  # time spent in this shard's model calls (compare's cost figure)
     error: BaseException | None = None
     signed: dict[str, bytes] = field(default_factory=dict)  # key -> image with credentials
     staged: threading.Event = field(default_factory=threading.Event)
@@ -227,14 +224,17 @@ class Worker:
         """One model call, or its halves after a failure; each image goes to host work."""
         job.calls += 1
         pipe = self.copies.get()
+        started = time.perf_counter()
         try:
             images = call_model(pipe, self.settings, call)
         except Exception as exc:
+            job.device_ms += (time.perf_counter() - started) * 1000
             self.copies.put(pipe)  # before the halves, which take a copy again
             if is_out_of_memory(exc):
                 raise out_of_memory(self.settings, exc, "generation") from exc
             self._split(job, call, exc)
             return
+        job.device_ms += (time.perf_counter() - started) * 1000
         self.copies.put(pipe)
         self.feed.put((job, call, images))  # waits while FEED_DEPTH calls are unfed
 
@@ -295,15 +295,16 @@ class Worker:
     def _host_work(self, job: ShardJob, request: GenerationRequest, pixels: Any, ok: bool) -> None:
         try:
             sample, pixels = finish_image(request, pixels, ok, self.settings)
-            if self.settings.image_format in LOSSLESS:
+            codec = image_codec(self.settings.image_format)
+            if codec.lossless:
                 from PIL import Image
 
                 image = Image.fromarray(pixels)  # what the file decodes to, without decoding
             else:
-                image = decode_image(sample.image)  # lossy: measure what is stored, once
+                image = codec.decode(sample.media.data)
                 import numpy as np
 
-                pixels = np.asarray(image)
+                pixels = np.asarray(image)  # lossy: measure what is stored, decoded once
             sample = record_pixel_checks(sample, pixels, self.spec.checks)
             prepared = prepare_sample(self.scorers, sample, image)
             self._sign(job, sample)
@@ -524,6 +525,7 @@ class GenerateShards(beam.DoFn):
                 "score_failed",
                 "staged",
                 "generated",
+                "device_ms",
             )
         }
 
@@ -586,6 +588,7 @@ class GenerateShards(beam.DoFn):
         c["score_failed"].inc(job.score_failed)
         c["staged"].inc(job.expected)
         c["generated"].inc(job.expected)
+        c["device_ms"].inc(round(job.device_ms))
         # where the work ran: each worker's device, and the device its scorers loaded on
         w = self._worker
         Metrics.counter(METRICS_NAMESPACE, f"calls_on_{_safe(w.device)}").inc(job.calls)

@@ -30,6 +30,7 @@ from synthgen.schemas.manifest import (
     ShardStats,
     published_recipe,
     shard_files,
+    shard_stem,
     stats_name,
 )
 from synthgen.schemas.recipe import Recipe, is_url, shown_url
@@ -271,7 +272,7 @@ def finished_shard(out: Path, shard: int, recipe_hash: str | Collection[str]) ->
         return None
     if stats.shard != shard or stats.recipe_hash not in hashes:
         return None
-    if set(stats.files) != set(shard_files(shard)):
+    if not _shard_names(shard, stats.files):
         return None
     if not all(_file_matches(out / name, info) for name, info in stats.files.items()):
         return None
@@ -297,9 +298,25 @@ def take_file(src: Path, dest: Path, info: FileInfo | None = None) -> None:
         raise BuildError(f"{src}: differs from its build's manifest (sha256 or size)")
 
 
+def _shard_names(shard: int, names: Collection[str]) -> bool:
+    """Whether `names` are a shard's data files: its `ShardFiles` (the tar and the Parquet)
+    and any other file its shard writer adds, each named `{shard:05d}.<ext>`."""
+    stem = shard_stem(shard)
+    ours = all(n.partition(".")[0] == stem and "/" not in n for n in names)
+    return ours and set(shard_files(shard)) <= set(names)
+
+
 def discard_shard(out: Path, shard: int) -> None:
-    (out / stats_name(shard)).unlink(missing_ok=True)
-    for name in shard_files(shard):
+    """Remove a shard's stats and data files (those its stats list, and its `ShardFiles`)."""
+    path = out / stats_name(shard)
+    names = set(shard_files(shard))
+    try:
+        listed = ShardStats.model_validate_json(path.read_bytes()).files
+        names |= {n for n in listed if _shard_names(shard, [n, *shard_files(shard)])}
+    except (ValidationError, ValueError, OSError):
+        pass
+    path.unlink(missing_ok=True)
+    for name in sorted(names):
         (out / name).unlink(missing_ok=True)
 
 

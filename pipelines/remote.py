@@ -43,11 +43,12 @@ from synthgen.schemas.manifest import (
     STATE_NAME,
     Manifest,
     ShardStats,
-    shard_files,
+    shard_stem,
 )
 from synthgen.schemas.names import name_problem
 from synthgen.schemas.recipe import is_url, resolve_path
 from synthgen.storage.atomic import write_bytes_atomic
+from synthgen.storage.cache import cache_root
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.store import (
     ConditionalWriteUnsupported,
@@ -60,7 +61,6 @@ from synthgen.storage.store import (
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "SYNTHGEN_CACHE_DIR"
 POINTER = "LATEST"
 LOCK_OBJECT = f"{STATE_DIR}/lock.json"
 LOCK_STALE_S = 600.0
@@ -76,12 +76,6 @@ LOCAL_ONLY = (
     f"{STATE_DIR}/staging/",
     LOCATION_NAME,
 )
-
-
-def cache_root() -> Path:
-    """`$SYNTHGEN_CACHE_DIR`, else `~/.cache/synthgen`."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "synthgen"
 
 
 def _url_key(url: str) -> str:
@@ -303,7 +297,9 @@ class Mirror:
         (self.local / STATE_DIR).mkdir(parents=True, exist_ok=True)
         self._download(STATE_OBJECT, listing[STATE_OBJECT])
         stats_names = sorted(n for n in listing if n.endswith("_stats.json") and "/" not in n)
-        shard_data = {f for n in stats_names for f in shard_files(int(n.split("_")[0]))}
+        # a shard's data files (its ShardFiles and any its writer adds): `{shard:05d}.<ext>`
+        stems = {shard_stem(int(n.split("_")[0])) for n in stats_names}
+        shard_data = {n for n in listing if "/" not in n and n.partition(".")[0] in stems}
         for name in stats_names:
             self._pull_shard(name, listing)
         for name, size in listing.items():

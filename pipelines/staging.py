@@ -21,12 +21,14 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 
 from synthgen.schemas.failures import is_failed
 from synthgen.schemas.manifest import STATE_DIR
+from synthgen.schemas.media import Media, Shape
 from synthgen.schemas.records import ACCEPTED, FAILED, GenerationRequest, Sample
 from synthgen.storage.atomic import atomic_write
 
@@ -41,6 +43,9 @@ SCHEMA = pa.schema(
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("phash", pa.string(), nullable=False),
+        pa.field("media_type", pa.string(), nullable=False),
+        pa.field("extension", pa.string(), nullable=False),
+        pa.field("frames", pa.int32(), nullable=False),
         pa.field("scalars", pa.map_(pa.string(), pa.float64()), nullable=False),
         pa.field("vectors", pa.map_(pa.string(), pa.list_(pa.float64())), nullable=False),
         pa.field("status", pa.string(), nullable=False),
@@ -67,11 +72,14 @@ def _row(s: Sample, signed: bytes | None = None) -> dict[str, object]:
     vectors = {k: [float(x) for x in v] for k, v in s.scores.items() if isinstance(v, tuple)}
     return {
         "request": json.dumps(dataclasses.asdict(s.request), sort_keys=True),
-        "image": s.image,
+        "image": s.media.data,
         "image_sha256": s.image_sha256,
-        "width": s.width,
-        "height": s.height,
-        "phash": s.phash,
+        "width": s.media.shape.width,
+        "height": s.media.shape.height,
+        "phash": s.media.fingerprint,
+        "media_type": s.media.media_type,
+        "extension": s.media.extension,
+        "frames": s.media.shape.frames,
         "scalars": list(scalars.items()),
         "vectors": list(vectors.items()),
         "status": s.status,
@@ -116,11 +124,8 @@ def read_staged(out: Path, shard: int, *, images: bool = True) -> list[Sample]:
         samples.append(
             Sample(
                 request=GenerationRequest(**json.loads(row["request"])),
-                image=row.get("image", b""),
                 image_sha256=row["image_sha256"],
-                width=row["width"],
-                height=row["height"],
-                phash=row["phash"],
+                media=_media(row),
                 scores=scores,
                 status=row.get("status") or ACCEPTED,
                 reject_reason=row.get("reject_reason"),
@@ -129,6 +134,12 @@ def read_staged(out: Path, shard: int, *, images: bool = True) -> list[Sample]:
             )
         )
     return samples
+
+
+def _media(row: Mapping[str, Any]) -> Media:
+    shape = Shape(row["frames"], row["height"], row["width"])
+    data = row.get("image", b"")
+    return Media(data, row["media_type"], row["extension"], shape, row["phash"])
 
 
 def read_signed(out: Path, shard: int) -> dict[str, bytes]:
@@ -159,8 +170,8 @@ def _has_failed(out: Path, shard: int) -> bool:
             table = pa.ipc.open_file(source).read_all()
     except (OSError, pa.ArrowException):
         return True  # unreadable: generate the shard again
-    if "checks" not in table.column_names:
-        return True  # staged by an older version: no pixel-check outcomes; generate again
+    if not {"checks", "media_type"} <= set(table.column_names):
+        return True  # staged by an older version (no pixel checks or media): generate again
     return FAILED in table.column("status").to_pylist()
 
 

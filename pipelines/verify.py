@@ -36,11 +36,10 @@ from synthgen.storage.c2pa_sign import (
     read_credentials,
     read_trust_list,
 )
+from synthgen.storage.codecs import readable_suffixes
 from synthgen.storage.hashing import bytes_sha256, file_sha256
 from synthgen.storage.tars import iter_tar_members, sample_member_limit
 from synthgen.storage.watermark import judge_payload, read_watermark_image, skip_reason
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 class VerifyError(ValueError):
@@ -260,7 +259,7 @@ def _check_regenerated(result: ImageResult, image: Any, cred: Credentials, build
 
 
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
+    return name.lower().endswith(readable_suffixes())
 
 
 # (name shown, the bytes or None when not read, the size the tar or file declares)
@@ -319,11 +318,11 @@ def verify(
     elif path.suffix == ".tar":
         images = _tar_images(path, limit)
         problems = [p for p in b.problems if p.startswith(path.name + ":")]
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
+    elif path.suffix.lower() in readable_suffixes():
         images = _image_file(path, limit)
         problems = []
     else:
-        kinds = ", ".join(IMAGE_SUFFIXES)
+        kinds = ", ".join(readable_suffixes())
         raise VerifyError(f"{path}: expected an image ({kinds}), a .tar or a build directory")
     results = [
         _check_image(name, data, b, trust_pem, regenerate, _member_key(name))
@@ -370,7 +369,7 @@ def recorded_encoding_sha256(build_dir: Path, prov: dict[str, Any]) -> str:
     recorded = str(prov["image_sha256"])
     if prov.get("status") not in (None, "accepted"):
         return recorded
-    tar = build_dir / shard_files(int(prov["shard"]))[0]
+    tar = build_dir / shard_files(int(prov["shard"])).tar
     try:
         limit = sample_member_limit(int(prov["width"]), int(prov["height"]))
     except (KeyError, TypeError, ValueError):

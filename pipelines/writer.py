@@ -1,5 +1,5 @@
-"""Shard writing: one tar (accepted samples), one Parquet (every attempt), then stats; and
-reading back what build-wide checks need of shards written earlier.
+"""Shard writing: a shard's files through its shard writer plug-in, then stats; and reading
+back what build-wide checks need of shards written earlier.
 
 Inside a shard, samples are in a seeded order (`shard_order`): a pure function of the recipe
 hash, the shard and the key, so the same recipe gives the same files, and any contiguous slice
@@ -9,23 +9,15 @@ of a shard mixes classes (an unshuffled loader's first batch is not one class).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
-from synthgen.schemas.manifest import (
-    STATE_DIR,
-    STATE_NAME,
-    FileInfo,
-    ShardStats,
-    shard_files,
-    stats_name,
-)
+from synthgen.pipelines.shard_writers import shard_writer_class
+from synthgen.schemas.manifest import ShardStats, shard_files, stats_name
 from synthgen.schemas.records import (
     ACCEPTED,
     FAILED,
@@ -33,23 +25,12 @@ from synthgen.schemas.records import (
     BuildContext,
     Sample,
     SampleFeatures,
-    build_constants,
-    ctx_class_names,
-    provenance_from_row,
-    sample_row,
-    sample_schema,
-    strict_json,
-    withheld,
 )
 from synthgen.schemas.scores import ScoreColumn
-from synthgen.storage.atomic import atomic_write, write_bytes_atomic
+from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.c2pa_sign import sign_accepted
-from synthgen.storage.hashing import file_sha256
-from synthgen.storage.images import EXTENSIONS
 
 logger = logging.getLogger(__name__)
-
-TAR_MTIME = 0  # fixed, so equal content gives equal tar bytes
 
 
 def unique_by_key(samples: Iterable[Sample]) -> list[Sample]:
@@ -87,20 +68,6 @@ def shard_rank(recipe_hash: str, shard: int, key: str) -> str:
     return hashlib.sha256(f"{recipe_hash}/{shard}/{key}".encode()).hexdigest()
 
 
-def _class_names(out_dir: Path, ctx: BuildContext) -> dict[int, str]:
-    """{class id: name} for the Parquet's ClassLabel: from the context, else from the recipe
-    in the output directory's state (written before any shard)."""
-    names = ctx_class_names(ctx)
-    if names:
-        return names
-    try:
-        state = json.loads((out_dir / STATE_DIR / STATE_NAME).read_text(encoding="utf-8"))
-        return {int(c["id"]): str(c["name"]) for c in state["recipe"]["classes"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        logger.debug("no class names for %s: class_label stays a plain integer", out_dir)
-        return {}
-
-
 def write_shard(
     out_dir: Path,
     shard: int,
@@ -109,55 +76,23 @@ def write_shard(
     columns: Sequence[ScoreColumn],
     presigned: Mapping[str, bytes] | None = None,
 ) -> ShardStats:
-    """Write a shard's files under temporary names, rename each after close, stats last.
-
-    The tar holds accepted samples (`key.<image>`, `key.json` full provenance with scalar
-    scores, `key.txt` prompt, `key.cls` class id); the Parquet holds every attempt with every
-    score column, vectors included, and the image of each rejected sample; build constants
-    live in its file metadata. Both list samples in `shard_order`.
+    """Write a shard's files with the build's shard writer (`ctx.shard_writer`: by default
+    the WebDataset tar and the Parquet, see pipelines.shard_writers.webdataset), each under a
+    temporary name and renamed when complete; the stats last. Samples go in `shard_order`.
     """
     ordered = shard_order(unique_by_key(samples), ctx.recipe_hash, shard)
     # C2PA credentials, when the recipe asks (most signed already, with their host work)
     ordered = sign_accepted(out_dir, ordered, ctx, presigned)
-    rows = [sample_row(s, ctx, columns) for s in ordered]
-    constants = build_constants(ctx)
-    ext = EXTENSIONS[ctx.image_format]
-    tar_name, parquet_name = shard_files(shard)
-
-    with atomic_write(out_dir / tar_name) as f:
-        writer = wds.TarWriter(f, encoder=False, mtime=TAR_MTIME, user="synthgen", group="synthgen")
-        for s, row in zip(ordered, rows, strict=True):
-            if s.status != ACCEPTED or withheld(s):
-                continue
-            prov = provenance_from_row({**row, "created_at": ctx.created_at}, columns, constants)
-            writer.write(
-                {
-                    "__key__": s.request.key,
-                    ext: s.image,
-                    "json": strict_json(prov, sort_keys=True, ensure_ascii=False).encode(),
-                    "txt": s.request.prompt.encode(),
-                    "cls": str(s.request.class_label).encode("ascii"),
-                }
-            )
-        writer.close()
-
-    schema = sample_schema(columns, ctx, _class_names(out_dir, ctx))
-    table = pa.Table.from_pylist(rows, schema=schema)
-    with atomic_write(out_dir / parquet_name) as f:
-        pq.write_table(table, f, compression="zstd")
-
-    accepted = sum(1 for s in ordered if s.status == ACCEPTED)
-    failed = sum(1 for s in ordered if s.status == FAILED)
-    files = {
-        name: FileInfo(sha256=file_sha256(out_dir / name), bytes=(out_dir / name).stat().st_size)
-        for name in (tar_name, parquet_name)
-    }
+    with shard_writer_class(ctx.shard_writer)(out_dir, shard, ctx, columns) as writer:
+        for s in ordered:
+            writer.write(s)
+    counts = Counter(s.status for s in ordered)
     stats = ShardStats(
         shard=shard,
-        files=files,
-        accepted=accepted,
-        rejected=sum(1 for s in ordered if s.status == REJECTED),
-        failed=failed,
+        files=writer.close(),
+        accepted=counts[ACCEPTED],
+        rejected=counts[REJECTED],
+        failed=counts[FAILED],
         recipe_hash=ctx.recipe_hash,
         keys=len(ordered),
     )
@@ -165,9 +100,9 @@ def write_shard(
     logger.info(
         "shard %05d written: %d accepted, %d rejected, %d failed",
         shard,
-        accepted,
+        stats.accepted,
         stats.rejected,
-        failed,
+        stats.failed,
     )
     return stats
 
@@ -184,7 +119,7 @@ def reused_features(
     feats: list[SampleFeatures] = []
     for shard in shards:
         table = pq.read_table(
-            out / shard_files(shard)[1],
+            out / shard_files(shard).parquet,
             columns=["key", "class_label", "image_sha256", "phash", "status", *scalars],
         )
         for row in table.to_pylist():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from synthgen.schemas.media import NO_MEDIA
 from synthgen.schemas.records import FAILED, GenerationRequest, Sample
 
 ERROR_PREFIX = "error:"
@@ -38,10 +39,8 @@ def failed_sample(request: GenerationRequest, exc: BaseException) -> Sample:
     """The failed row of a sample whose generation (or encoding) raised `exc`: no image."""
     return Sample(
         request=request,
-        image=b"",
         image_sha256="",
-        width=0,
-        height=0,
+        media=NO_MEDIA,
         status=FAILED,
         reject_reason=error_reason(exc),
         error_message=error_message(exc),
@@ -53,7 +52,7 @@ def failed_copy(sample: Sample, exc: BaseException) -> Sample:
     cleared; its sha256 and size are kept as a record of what was generated."""
     return dataclasses.replace(
         sample,
-        image=b"",
+        media=sample.media.with_data(b""),
         scores={},
         checks={},
         status=FAILED,

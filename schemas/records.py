@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from synthgen.schemas.media import Media, extension_of
 from synthgen.schemas.scores import ScoreColumn
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_-]+$")
@@ -209,6 +210,16 @@ class GenerationRequest:
     )
 
 
+# The Parquet columns a sample's media fills: (column, `Media` attribute, Arrow type). The
+# columns' names and order are the record's since schema version 1 (`width`, `height`, and
+# `phash`, an image's perceptual hash, after `image_sha256`).
+MEDIA_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("width", "width", pa.int32()),
+    ("height", "height", pa.int32()),
+    ("phash", "fingerprint", pa.string()),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """A generated, scored and checked sample as it crosses from scoring to writing.
@@ -219,11 +230,10 @@ class Sample:
     """
 
     request: GenerationRequest
-    image: bytes  # encoded; Parquet keeps it (as `rejected_image`) for rejected samples only
     image_sha256: str = field(metadata=_column(pa.string()))
-    width: int = field(metadata=_column(pa.int32()))
-    height: int = field(metadata=_column(pa.int32()))
-    phash: str = field(default="", metadata=_column(pa.string()))
+    # The encoded media (schemas.media): Parquet keeps its bytes (as `rejected_image`) for
+    # rejected samples only; its width, height and fingerprint (`phash`) are columns.
+    media: Media = field(metadata={"columns": MEDIA_COLUMNS})
     scores: dict[str, Score] = field(default_factory=dict)
     # A Parquet list of {name, outcome} structs; a {name: outcome} object in the sidecar.
     checks: dict[str, str] = field(default_factory=dict, metadata=_column(CHECKS_TYPE))
@@ -242,6 +252,24 @@ class Sample:
     error_message: str | None = field(
         default=None, metadata=_column(pa.string(), nullable=True, provenance=False)
     )
+
+    # Read-only views of `media`, for code that reads an image sample's fields by name.
+    @property
+    def image(self) -> bytes:
+        """The encoded bytes (empty for a failed sample, or a compact one without them)."""
+        return self.media.data
+
+    @property
+    def width(self) -> int:
+        return self.media.shape.width
+
+    @property
+    def height(self) -> int:
+        return self.media.shape.height
+
+    @property
+    def phash(self) -> str:
+        return self.media.fingerprint
 
 
 @dataclass(frozen=True)
@@ -283,9 +311,12 @@ class BuildContext:
     # {resolved local path: as published} JSON for the paths the recipe names (public_path):
     # what the writer records in their place; never written itself
     path_names: str = ""
+    # the shard writer plug-in that lays out each shard's files (pipelines.shard_writers);
+    # never written itself (the files it writes are in the manifest)
+    shard_writer: str = "webdataset"
 
 
-Origin = Literal["request", "sample", "build"]
+Origin = Literal["request", "sample", "media", "build"]
 
 
 @dataclass(frozen=True)
@@ -299,6 +330,7 @@ class RecordField:
     provenance: bool
     json_text: bool
     row: bool
+    attribute: str = ""  # the attribute of its origin that holds it; empty: `name`
 
     def arrow_field(self) -> pa.Field:
         return pa.field(self.name, self.arrow, nullable=self.nullable)
@@ -313,6 +345,8 @@ def _record_fields() -> tuple[RecordField, ...]:
     out = []
     for origin, cls in sources:
         for f in dataclasses.fields(cls):
+            for name, attribute, arrow in f.metadata.get("columns", ()):
+                out.append(RecordField(name, arrow, "media", False, True, False, True, attribute))
             if "arrow" in f.metadata:
                 m = f.metadata
                 out.append(
@@ -344,7 +378,6 @@ BUILD_CONSTANTS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if not f.
 # in the storage of a Hugging Face `datasets` Image: {bytes, path}, path = `<key>.<ext>`.
 IMAGE_STORAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 REJECT_IMAGE_FIELD = pa.field("rejected_image", IMAGE_STORAGE)
-IMAGE_EXTENSIONS = {"jpeg": "jpg"}  # file extensions that differ from the format's name
 
 # Checks whose failure withholds an image everywhere: never in a tar, never as
 # `rejected_image` bytes (only its sha256 and the reason are kept).
@@ -354,6 +387,12 @@ WITHHELD_CHECKS = frozenset({"unsafe", "nsfw"})
 def withheld(sample: Sample) -> bool:
     """Whether a sample's image must not be written anywhere (a withholding check failed)."""
     return any(sample.checks.get(name, "pass") != "pass" for name in WITHHELD_CHECKS)
+
+
+def missing_vector(value: Any) -> bool:
+    """Whether a vector cell read from Parquet holds no vector: null, or (as synthgen writes
+    a row without one) every element null (NaN once pandas has read it)."""
+    return value is None or all(v is None or v != v for v in value)  # pandas reads NaN
 
 
 def score_field(column: ScoreColumn) -> pa.Field:
@@ -480,10 +519,15 @@ def _timestamp(iso: str) -> datetime:
 
 def sample_row(sample: Sample, ctx: BuildContext, columns: Sequence[ScoreColumn]) -> dict[str, Any]:
     """The Parquet row of a sample (see `sample_schema`); a missing score is null."""
-    sources: dict[Origin, Any] = {"request": sample.request, "sample": sample, "build": ctx}
+    sources: dict[Origin, Any] = {
+        "request": sample.request,
+        "sample": sample,
+        "media": sample.media,
+        "build": ctx,
+    }
     row: dict[str, Any] = {}
     for f in ROW_FIELDS:
-        value = getattr(sources[f.origin], f.name)
+        value = getattr(sources[f.origin], f.attribute or f.name)
         if f.arrow == CHECKS_TYPE:
             value = [{"name": k, "outcome": v} for k, v in sorted(value.items())]
         elif f.arrow == TIMESTAMP_TYPE:
@@ -495,11 +539,15 @@ def sample_row(sample: Sample, ctx: BuildContext, columns: Sequence[ScoreColumn]
         row[f.name] = value
     for c in columns:
         value = sample.scores.get(c.name)
+        if c.is_vector and value is None:
+            # a row without the vector (a failed sample) holds nulls, not a null list:
+            # pyarrow's Parquet reader cannot read a null fixed-size list back
+            value = (None,) * (c.dim or 0)
         row[c.name] = list(value) if isinstance(value, tuple) else value
     keep = sample.status == REJECTED and not withheld(sample)
-    ext = IMAGE_EXTENSIONS.get(ctx.image_format, ctx.image_format)
+    ext = sample.media.extension or extension_of(ctx.image_format)
     row[REJECT_IMAGE_FIELD.name] = (
-        {"bytes": sample.image, "path": f"{sample.request.key}.{ext}"} if keep else None
+        {"bytes": sample.media.data, "path": f"{sample.request.key}.{ext}"} if keep else None
     )
     return row
 
@@ -566,6 +614,6 @@ def sample_features(sample: Sample) -> SampleFeatures:
         key=sample.request.key,
         class_label=sample.request.class_label,
         image_sha256=sample.image_sha256,
-        phash=sample.phash,
+        phash=sample.media.fingerprint,
         scores={k: v for k, v in sample.scores.items() if not isinstance(v, tuple)},
     )

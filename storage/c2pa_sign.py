@@ -272,7 +272,8 @@ def sign_accepted(
         data = ready.get(s.request.key)
         if data is None:
             data = signed_sample(s, ctx, config)
-        out.append(replace(s, image=data, image_sha256=hashlib.sha256(data).hexdigest()))
+        signed = s.media.with_data(data)
+        out.append(replace(s, media=signed, image_sha256=hashlib.sha256(data).hexdigest()))
     return out
 
 

@@ -49,12 +49,13 @@ def build(
     Raises `RecipeError`, `ModelFolderError` or `BuildError` naming the problem; a corpus
     that fails its expectations raises `ValidationFailed` (its `.result` has the manifest).
     """
+    from synthgen.pipelines.runcontext import RunContext
     from synthgen.schemas.recipe import load_recipe_source
-    from synthgen.validators.gate_process import prestart
 
+    run = RunContext()  # this call's clock, early gate and opened output
     source = recipe if isinstance(recipe, str | Path) else _as_dict(recipe)
     load_recipe_source(source, overrides)  # a bad recipe is reported before anything starts
-    prestart()  # a first build's gate loads great_expectations on another core meanwhile
+    run.prestart_gate()  # a first build's gate loads great_expectations on another core meanwhile
     with _quiet_beam_import():
         from synthgen.pipelines.build import run_build
 
@@ -66,6 +67,7 @@ def build(
         beam_args=beam_args,
         show_progress=progress,
         publish_root=publish,
+        run=run,
     )
 
 
@@ -109,18 +111,15 @@ class Corpus:
 
     @property
     def tars(self) -> list[str]:
-        return [
-            str(self.path / n) for s in self.manifest.shards for n in s.files if n.endswith(".tar")
-        ]
+        from synthgen.schemas.manifest import shard_files
+
+        return [str(self.path / shard_files(s.shard).tar) for s in self.manifest.shards]
 
     @property
     def parquets(self) -> list[str]:
-        return [
-            str(self.path / n)
-            for s in self.manifest.shards
-            for n in s.files
-            if n.endswith(".parquet")
-        ]
+        from synthgen.schemas.manifest import shard_files
+
+        return [str(self.path / shard_files(s.shard).parquet) for s in self.manifest.shards]
 
     def webdataset(self, **kwargs: Any) -> Any:
         """A `webdataset.WebDataset` over the shards (accepted samples: image, json, txt, cls)."""
@@ -236,7 +235,7 @@ class BalancedIndex:
 
     def _real(self, rows: list[dict[str, Any]]) -> Iterator[BalancedSample]:
         from synthgen.generators.sources.base import PixelLimit, SourceError
-        from synthgen.generators.sources.open import open_source
+        from synthgen.generators.sources.open import SourceOptions, open_source
         from synthgen.pipelines.output import BuildError
         from synthgen.schemas.recipe import BalanceSpec
         from synthgen.schemas.records import public_reference
@@ -247,7 +246,7 @@ class BalancedIndex:
         try:
             s = self.corpus.manifest.recipe["sampling"]
             limit = PixelLimit(int(s["width"]), int(s["height"]))
-            images = open_source(spec, self.source, limit).iter_images()
+            images = open_source(self.source, SourceOptions.of(spec), limit).iter_images()
             at = 0
             for image in images:
                 if at == len(rows):
@@ -277,16 +276,15 @@ class BalancedIndex:
 
     def _synthetic(self, rows: list[dict[str, Any]]) -> Iterator[BalancedSample]:
         from synthgen.pipelines.output import BuildError
-        from synthgen.schemas.records import IMAGE_EXTENSIONS
+        from synthgen.schemas.manifest import shard_files
+        from synthgen.storage.codecs import extension_for
         from synthgen.storage.tars import iter_tar_samples
 
         fmt = str(self.corpus.manifest.recipe.get("output", {}).get("image_format", "png"))
-        ext = IMAGE_EXTENSIONS.get(fmt, fmt)
+        ext = extension_for(fmt)
         tars = {
-            s.shard: self.corpus.path / n
+            s.shard: self.corpus.path / shard_files(s.shard).tar
             for s in self.corpus.manifest.shards
-            for n in s.files
-            if n.endswith(".tar")
         }
         by_shard: dict[int, list[dict[str, Any]]] = {}
         for r in rows:

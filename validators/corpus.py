@@ -29,6 +29,7 @@ from synthgen.schemas.manifest import (
 from synthgen.schemas.recipe import Recipe, RecipeError, recipe_from_dict
 from synthgen.schemas.records import ACCEPTED, FAILED, REJECTED, sample_schema
 from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.codecs import readable_extensions
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.tars import iter_tar_samples, sample_member_limit
 from synthgen.validators.expectations import (
@@ -37,7 +38,6 @@ from synthgen.validators.expectations import (
     metric_gate_results,
 )
 
-IMAGE_EXTS = ("png", "webp", "jpg")
 COUNTED = (ACCEPTED, REJECTED, FAILED)  # the manifest's per-shard and total counts, by status
 
 
@@ -85,7 +85,7 @@ def read_rows(
 ) -> pd.DataFrame:
     tables = []
     for shard in shards:
-        path = out / shard_files(shard)[1]
+        path = out / shard_files(shard).parquet
         table = pq.read_table(path)
         if not with_images and "rejected_image" in table.column_names:
             table = table.drop_columns(["rejected_image"])
@@ -172,7 +172,7 @@ def check_tar(
     Samples are checked as the tar is walked, one at a time. With the build's image size, a
     member over `sample_member_limit` is not read and an image declaring more pixels than the
     build's is not decoded (either is a failure)."""
-    tar_name = shard_files(shard)[0]
+    tar_name = shard_files(shard).tar
     failures: list[str] = []
     shard_rows = rows[rows["shard"] == shard] if len(rows) else rows
     accepted = shard_rows[shard_rows["status"] == "accepted"] if len(shard_rows) else shard_rows
@@ -209,7 +209,7 @@ def _check_sample(
 ) -> list[str]:
     """One tar sample: every member there, the image decodes (within `size`), its JSON
     names it, and it agrees with its accepted Parquet row."""
-    image_ext = next((e for e in IMAGE_EXTS if e in parts), None)
+    image_ext = next((e for e in readable_extensions() if e in parts), None)
     if image_ext is None or not {"json", "txt", "cls"} <= set(parts):
         return [f"{tar_name}: sample {key} lacks members (has {sorted(parts)})"]
     failures = []
@@ -284,10 +284,10 @@ def recount(out: Path, manifest: Manifest) -> list[str]:
     counted: dict[int, dict[str, int]] = {}
     failures = []
     for entry in manifest.shards:
-        tar_name, parquet_name = shard_files(entry.shard)
+        files = shard_files(entry.shard)
         try:
-            table = pq.read_table(out / parquet_name, columns=["shard", "status"])
-            tar_keys = {s.key for s in iter_tar_samples(out / tar_name, (), compressed=False)}
+            table = pq.read_table(out / files.parquet, columns=["shard", "status"])
+            tar_keys = {s.key for s in iter_tar_samples(out / files.tar, (), compressed=False)}
         except (OSError, EOFError, tarfile.TarError, pa.ArrowException) as exc:
             failures.append(f"shard {entry.shard}: unreadable: {exc}")
             continue

@@ -1,7 +1,8 @@
 """Distribution metrics of a synthetic set against a reference set, on stored embeddings.
 
 Every function takes two float arrays of shape (n, dim) — embeddings already computed once
-per build (the `clip_embedding` scorer's column, the reference cache) — and runs no model.
+per build (the image-embedding score column, found by its role; the reference cache) —
+and runs no model.
 
 - Fréchet distance (the formula behind FID, on whatever embedding is given) and KID (the
   unbiased squared MMD with the cubic polynomial kernel of Bińkowski et al. 2018).
@@ -187,7 +188,9 @@ def build_embeddings(
 
     parts: dict[str, list[np.ndarray]] = {}
     for shard in shards:
-        table = pq.read_table(out / shard_files(shard)[1], columns=["class_name", "status", column])
+        table = pq.read_table(
+            out / shard_files(shard).parquet, columns=["class_name", "status", column]
+        )
         vectors = table.column(column).combine_chunks()
         if vectors.null_count == len(vectors):
             continue

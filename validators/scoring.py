@@ -129,7 +129,12 @@ def prepare_sample(loaded: LoadedScorers, sample: Sample, image: Any) -> Prepare
             rows[i] = _checked(scorer, scorer.score(ScoreBatch([sample], [image]), state), 1)[0]
         else:
             scorer.prepare(image, state, inputs)
-    return Prepared(dataclasses.replace(sample, phash=phash(image)), image, rows, inputs)
+    return Prepared(
+        dataclasses.replace(sample, media=sample.media.with_fingerprint(phash(image))),
+        image,
+        rows,
+        inputs,
+    )
 
 
 def score_prepared(loaded: LoadedScorers, prepared: Sequence[Prepared]) -> list[Sample]:

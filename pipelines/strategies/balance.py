@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen.generators.sources.base import PixelLimit, SourceRecord
-from synthgen.generators.sources.open import open_source, read_histogram
+from synthgen.generators.sources.open import SourceOptions, open_source, read_histogram
 from synthgen.pipelines.estimate import targets_for
 from synthgen.pipelines.output import BuildError
 from synthgen.pipelines.session import BuildSession, Finish, RoundOutcome
@@ -90,7 +90,7 @@ def _accepted_by_class(out: Path, shards: list[int]) -> tuple[dict[int, int], di
     accepted: dict[int, int] = {}
     attempted: dict[int, int] = {}
     for shard in shards:
-        table = pq.read_table(out / shard_files(shard)[1], columns=["class_label", "status"])
+        table = pq.read_table(out / shard_files(shard).parquet, columns=["class_label", "status"])
         for label, status in zip(
             table.column("class_label").to_pylist(), table.column("status").to_pylist(), strict=True
         ):
@@ -112,7 +112,9 @@ class Balance(Strategy):
 
             check_trainable(self.resolved)
         s = self.recipe.sampling  # images declaring far more pixels are refused undecoded
-        self.source = open_source(spec, self.resolved.balance_source, PixelLimit(s.width, s.height))
+        self.source = open_source(
+            self.resolved.balance_source, SourceOptions.of(spec), PixelLimit(s.width, s.height)
+        )
         self.names = {c.id: c.name for c in self.recipe.classes}
         self._tmp = tempfile.TemporaryDirectory(prefix="synthgen-balance-")
         self._real_path = Path(self._tmp.name) / "real.parquet"
@@ -230,7 +232,7 @@ class Balance(Strategy):
         shards = sorted(s.shard for o in session.rounds for s in o.stats)
         for shard in shards:
             table = pq.read_table(
-                session.out / shard_files(shard)[1],
+                session.out / shard_files(shard).parquet,
                 columns=["key", "shard", "class_label", "status"],
             )
             # by key: the index does not depend on the seeded order of samples in a shard

@@ -11,6 +11,7 @@ from imwatermark.maxDct import EmbedMaxDct
 from PIL import Image
 
 from synthgen.generators.handler import GenerationSettings, finish_image
+from synthgen.schemas.media import image_media
 from synthgen.schemas.records import GenerationRequest, Sample
 from synthgen.storage.images import decode_image, encode_image
 from synthgen.storage.watermark import (
@@ -163,7 +164,7 @@ def test_check_rejects_a_watermark_that_lossy_encoding_erased() -> None:
     payload = watermark_payload(HASH_A)
     marked = embed_watermark(picture(256), payload)
     data = encode_image(marked, "jpeg", quality=5)
-    sample = Sample(REQUEST, data, "0" * 64, 256, 256)
+    sample = Sample(REQUEST, "0" * 64, image_media(data, "jpeg", 256, 256))
     assert read_watermark_image(decode_image(data)) != payload
     assert WatermarkSurvives(payload).reason(sample) == "watermark"
 

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from synthgen.schemas.media import image_media
 from synthgen.schemas.recipe import Recipe, recipe_from_dict
 from synthgen.schemas.records import GenerationRequest, Sample
-from tests.conftest import tiny_recipe_dict
+from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
 
 CLASSES = ("zero", "one", "two")
 
@@ -36,7 +38,8 @@ def make_samples(n: int, seed: int = 0, size: int = 32) -> list[Sample]:
         request = GenerationRequest(
             key, i // 5, i, cls, CLASSES[cls], f"a handwritten digit {cls}", "", 1000 + i
         )
-        out.append(Sample(request, data, hashlib.sha256(data).hexdigest(), size, size))
+        media = image_media(data, "png", size, size)
+        out.append(Sample(request, hashlib.sha256(data).hexdigest(), media))
     return out
 
 
@@ -50,3 +53,26 @@ def scoring(model_dir: Path, *names: str, batch_size: int = 4) -> dict[str, Any]
         "batch_size": batch_size,
         "scorers": [{"name": n} for n in names],
     }
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    """A tiny build with every bundled scorer, checks that split it, and its report; shared
+    by the corpus, report and gate tests, which read it or copy it first."""
+    from synthgen.pipelines.build import run_build
+
+    tmp = tmp_path_factory.mktemp("corpus")
+    data = tiny_recipe_dict(model_dir)
+    data["checks"] = {
+        "clip_score": {"absolute": SPLIT_THRESHOLD},
+        "near_duplicate": {"max_distance": 2},
+        "low_information": {"absolute": 0.5},
+    }
+    # every bundled scorer, so validation and the report cover a vector column too
+    data["scoring"]["scorers"] = [
+        {"name": "clip"},
+        {"name": "clip_embedding"},
+        {"name": "image_stats"},
+    ]
+    run_build(write_recipe(tmp / "recipe.yaml", data), tmp / "out", show_progress=False)
+    return tmp / "out"
