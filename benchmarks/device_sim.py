@@ -170,7 +170,8 @@ def run_profile(
     """One simulated build in this process; its figures."""
     from synthgen.generators import handler
     from synthgen.pipelines.build import run_build
-    from synthgen.validators.gate_process import ENV, prestart
+    from synthgen.pipelines.runcontext import RunContext
+    from synthgen.validators.gate_process import ENV
     from tests.conftest import write_recipe
 
     os.environ[ENV] = "1"  # every build its own gate process, as a command-line build has
@@ -191,8 +192,11 @@ def run_profile(
         try:
             cpu0 = _cpu()
             start = time.monotonic()
-            prestart()  # as `synthgen build` and `synthgen.build` do: the gate loads meanwhile
-            result = run_build(recipe, tmp / "out", show_progress=False, beam_args=beam_args)
+            run = RunContext()
+            run.prestart_gate()  # as `synthgen build` and `synthgen.build` do: it loads meanwhile
+            result = run_build(
+                recipe, tmp / "out", show_progress=False, beam_args=beam_args, run=run
+            )
             wall = time.monotonic() - start
             cpu = _cpu() - cpu0
         finally:

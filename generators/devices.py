@@ -48,11 +48,6 @@ class Device:
     identity: str  # e.g. the GPU's UUID; equal across processes that see it under other names
 
 
-# The claim this process holds: (requested, device, open lock file). Kept for the process's
-# life on purpose: closing the file would release the claim.
-_HELD: dict[str, tuple[Device, IO[str] | None]] = {}
-
-
 def claims_dir() -> Path:
     env = os.environ.get(CLAIMS_ENV)
     return Path(env) if env else Path(tempfile.gettempdir()) / "synthgen-device-claims"
@@ -79,34 +74,6 @@ def visible_devices(requested: str) -> list[Device]:
         uuid = getattr(torch.cuda.get_device_properties(i), "uuid", None)
         out.append(Device(f"cuda:{i}", f"gpu-{uuid}" if uuid is not None else f"cuda-{i}"))
     return out
-
-
-def claim_device(requested: str, devices: list[Device] | None = None) -> str:
-    """The device this worker process generates and scores on (see the module docstring).
-
-    The same answer for every call in one process. `devices` overrides the visible list.
-    """
-    held = _HELD.get(requested)
-    if held is not None:
-        return held[0].name
-    explicit = ":" in requested or requested in ("cpu", "mps")
-    if explicit and devices is None and not os.environ.get(DEVICES_ENV, "").strip():
-        return requested
-    candidates = devices if devices is not None else visible_devices(requested)
-    if not candidates:
-        raise RuntimeError(
-            f"model.device {requested!r}: this worker sees no such device "
-            "(CUDA_VISIBLE_DEVICES, drivers?)"
-        )
-    rank = os.environ.get("LOCAL_RANK", "").strip()
-    if rank.isdigit():
-        device = candidates[int(rank) % len(candidates)]
-        _HELD[requested] = (device, None)
-        logger.info("worker %d: LOCAL_RANK %s -> %s", os.getpid(), rank, device.name)
-        return device.name
-    device, lock = _take_free(candidates)
-    _HELD[requested] = (device, lock)
-    return device.name
 
 
 def _lock_path(device: Device) -> Path:
@@ -142,9 +109,61 @@ def _take_free(candidates: list[Device]) -> tuple[Device, IO[str] | None]:
     return device, None
 
 
+class DeviceClaims:
+    """The device claims this process holds, one per requested device (`cuda`): each with
+    its open lock file, kept open for the process's life on purpose (closing the file would
+    release the claim).
+
+    A registry: the process holds one, CLAIMS. It must be process-wide: the lock files it
+    holds are the claims other worker processes on this machine see."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[Device, IO[str] | None]] = {}
+
+    def claim(self, requested: str, devices: list[Device] | None = None) -> str:
+        """The device this worker process generates and scores on (the module docstring).
+
+        The same answer for every call in one process. `devices` overrides the visible list.
+        """
+        held = self.held.get(requested)
+        if held is not None:
+            return held[0].name
+        explicit = ":" in requested or requested in ("cpu", "mps")
+        if explicit and devices is None and not os.environ.get(DEVICES_ENV, "").strip():
+            return requested
+        candidates = devices if devices is not None else visible_devices(requested)
+        if not candidates:
+            raise RuntimeError(
+                f"model.device {requested!r}: this worker sees no such device "
+                "(CUDA_VISIBLE_DEVICES, drivers?)"
+            )
+        rank = os.environ.get("LOCAL_RANK", "").strip()
+        if rank.isdigit():
+            device = candidates[int(rank) % len(candidates)]
+            self.held[requested] = (device, None)
+            logger.info("worker %d: LOCAL_RANK %s -> %s", os.getpid(), rank, device.name)
+            return device.name
+        device, lock = _take_free(candidates)
+        self.held[requested] = (device, lock)
+        return device.name
+
+    def release(self) -> None:
+        """Give back every claim (tests; a process's exit does the same)."""
+        for _, lock in self.held.values():
+            if lock is not None:
+                lock.close()
+        self.held.clear()
+
+
+CLAIMS = DeviceClaims()
+
+
+def claim_device(requested: str, devices: list[Device] | None = None) -> str:
+    """The device this worker process generates and scores on: a claim in this process's
+    CLAIMS registry (`DeviceClaims.claim`)."""
+    return CLAIMS.claim(requested, devices)
+
+
 def release_claims() -> None:
     """Give back this process's claims (tests; a process's exit does the same)."""
-    for _, lock in _HELD.values():
-        if lock is not None:
-            lock.close()
-    _HELD.clear()
+    CLAIMS.release()

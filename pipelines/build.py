@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,8 @@ from synthgen.pipelines.output import (
     publish,
     versioned_output,
 )
-from synthgen.pipelines.progress import mark_build_start
 from synthgen.pipelines.resolve import ResolvedRecipe, resolve
+from synthgen.pipelines.runcontext import RunContext
 from synthgen.pipelines.runner import beam_options
 from synthgen.pipelines.session import BuildResult, BuildSession, ValidationFailed
 from synthgen.pipelines.strategies import Strategy, strategy_for
@@ -49,6 +50,18 @@ class _Root:
     latest: Path | None = None  # a local root: the build its `latest` link named
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A build's settled inputs, whichever way it is then run (a folder, a versioned build
+    under a publish root, an object store)."""
+
+    resolved: ResolvedRecipe
+    options: PipelineOptions
+    resume: bool
+    show_progress: bool
+    run: RunContext
+
+
 def run_build(
     recipe_path: str | Path | dict[str, Any],
     output: str | Path | None = None,
@@ -59,6 +72,7 @@ def run_build(
     publish_root: str | Path | None = None,
     extend: str | Path | None = None,
     started: float | None = None,
+    run: RunContext | None = None,
 ) -> BuildResult:
     """Build a corpus into `output`, or as a new version under `publish_root`.
 
@@ -79,68 +93,81 @@ def run_build(
     `extend` names a complete build to grow (with a publish root, "latest" is its latest):
     its shards are taken as they are and only new keys are generated, into a new build.
 
-    `started` (monotonic clock) is when the build began, if before this call (the command
-    line's start, so that its imports count); the live rate and the result's `seconds`
-    both run from it.
+    `run` is the calling command's run context (synthgen.pipelines.runcontext): its clock,
+    the gate process it started early (ended here if the build never takes it), and what
+    the build opened. Without one, one is made here, its clock started at `started`
+    (monotonic; the caller's start, so that its imports count) or now; the live rate and the
+    result's `seconds` both run from it.
     """
-    start = mark_build_start(started)
-    if (output is None) == (publish_root is None):
-        raise BuildError("give exactly one of an output directory or a publish root")
-    recipe, base_dir = load_recipe_source(recipe_path, overrides)
-    check_inputs(recipe, base_dir)  # the cheap refusals first: folders, device, source
-    if output is not None and not is_remote(output):
-        check_resumable(Path(output).resolve(), recipe, resume)
-    where = output if output is not None else publish_root
-    store = open_store(where) if where is not None and is_remote(where) else None
-    resolved = resolve(recipe, base_dir)
-    options = beam_options(beam_args or [])
+    if run is not None and started is not None:
+        raise ValueError("run_build: give `run` or `started`, not both (`run.started`)")
+    if run is None:
+        run = RunContext(started=time.monotonic() if started is None else started)
+    try:
+        if (output is None) == (publish_root is None):
+            raise BuildError("give exactly one of an output directory or a publish root")
+        recipe, base_dir = load_recipe_source(recipe_path, overrides)
+        check_inputs(recipe, base_dir)  # the cheap refusals first: folders, device, source
+        if output is not None and not is_remote(output):
+            check_resumable(Path(output).resolve(), recipe, resume)
+        where = output if output is not None else publish_root
+        store = open_store(where) if where is not None and is_remote(where) else None
+        job = _Job(
+            resolve(recipe, base_dir), beam_options(beam_args or []), resume, show_progress, run
+        )
+        quiet = not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args or [])
+        return _build_with_strategy(job, output, publish_root, extend, store, quiet)
+    finally:
+        run.close_gate()  # one started early that no session took: the build is over
+
+
+def _build_with_strategy(
+    job: _Job,
+    output: str | Path | None,
+    publish_root: str | Path | None,
+    extend: str | Path | None,
+    store: Store | None,
+    quiet_workers: bool,
+) -> BuildResult:
+    """Steps 3-6 of `run_build`: the root locked (before its latest is read when extending),
+    the strategy prepared, then the build where it goes."""
     with ExitStack() as stack:
-        if not any(a.startswith("--default_sdk_harness_log_level") for a in beam_args or []):
+        if quiet_workers:
             stack.enter_context(_without_harmless_worker_notices())
         root = None
         if publish_root is not None and extend is not None:
             root = _lock_root(stack, publish_root, store)  # before its latest is read
         parent = _parent(extend, root)
-        strategy = strategy_for(resolved, parent[0] if parent else None)
+        strategy = strategy_for(job.resolved, parent[0] if parent else None)
         stack.callback(strategy.close)
         strategy.prepare()
         if publish_root is not None and root is None:
             root = _lock_root(stack, publish_root, store)
         parent_location = parent[1] if parent else None
         if store is not None:
-            return _build_remote(
-                store,
-                root,
-                resolved,
-                strategy,
-                options,
-                resume,
-                show_progress,
-                start,
-                parent_location,
-            )
-        if root is None:
-            out = Path(output).resolve()  # type: ignore[arg-type]
-            return _build(
-                out,
-                resolved,
-                strategy,
-                options,
-                resume,
-                show_progress,
-                start,
-                None,
-                parent_location,
-            )
-        root_dir = Path(root.location)
-        out = versioned_output(root_dir, recipe, resume)
-        result = _build(
-            out, resolved, strategy, options, True, show_progress, start, None, parent_location
-        )
-        _check_latest_unmoved(root, out)
-        publish(root_dir, out)
-        return result
+            return _build_remote(store, root, job, strategy, parent_location)
+        return _build_local(output, root, job, strategy, parent_location)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _build_local(
+    output: str | Path | None,
+    root: _Root | None,
+    job: _Job,
+    strategy: Strategy,
+    parent_location: str | None,
+) -> BuildResult:
+    """A build into a local folder, or a new version under a local publish root, whose
+    `latest` is then swapped to it."""
+    if root is None:
+        assert output is not None
+        return _build(Path(output).resolve(), job, strategy, None, parent_location)
+    root_dir = Path(root.location)
+    out = versioned_output(root_dir, job.resolved.recipe, job.resume)
+    result = _build(out, replace(job, resume=True), strategy, None, parent_location)
+    _check_latest_unmoved(root, out)
+    publish(root_dir, out)
+    return result
 
 
 # What every DirectRunner worker process logs at start-up, forwarded to this process by
@@ -202,12 +229,8 @@ def _check_latest_unmoved(root: _Root, out: Path) -> None:
 def _build_remote(
     store: Store,
     root: _Root | None,
-    resolved: ResolvedRecipe,
+    job: _Job,
     strategy: Strategy,
-    options: PipelineOptions,
-    resume: bool,
-    show_progress: bool,
-    start: float,
     parent_location: str | None,
 ) -> BuildResult:
     """A build at an object-store URL, or a new version under an object-store publish root.
@@ -233,23 +256,13 @@ def _build_remote(
         else:
             assert root.lock is not None
             lock = root.lock
-            folder = versioned_build(store, resolved.recipe.hash, resume)
+            folder = versioned_build(store, job.resolved.recipe.hash, job.resume)
             build = store.child(f"builds/{folder}")
         mirror = Mirror(build, work_dir(build.url), lock)
         if root is not None:
             mirror.previous = previous_report(store, folder)  # for the report's trend
-        mirror.pull(resume or root is not None)
-        result = _build(
-            mirror.local,
-            resolved,
-            strategy,
-            options,
-            True,
-            show_progress,
-            start,
-            mirror,
-            parent_location,
-        )
+        mirror.pull(job.resume or root is not None)
+        result = _build(mirror.local, replace(job, resume=True), strategy, mirror, parent_location)
         if root is not None:
             publish_pointer(store, folder, result.manifest, root.pointer)
         return result
@@ -281,12 +294,8 @@ def _parent(extend: str | Path | None, root: _Root | None) -> tuple[Path, str] |
 
 def _build(
     out: Path,
-    resolved: ResolvedRecipe,
+    job: _Job,
     strategy: Strategy,
-    options: PipelineOptions,
-    resume: bool,
-    show_progress: bool,
-    start: float,
     mirror: Mirror | None = None,
     parent_location: str | None = None,
 ) -> BuildResult:
@@ -297,11 +306,11 @@ def _build(
     """
     session = BuildSession(
         out,
-        resolved,
-        options,
-        resume=resume,
-        show_progress=show_progress,
-        start=start,
+        job.resolved,
+        job.options,
+        resume=job.resume,
+        show_progress=job.show_progress,
+        run=job.run,
         mirror=mirror,
     )
     with session:

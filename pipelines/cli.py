@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from synthgen.pipelines.gcpolicy import exiting, loading, own_process
+from synthgen.pipelines.runcontext import RunContext
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,10 +37,26 @@ def _split_beam_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """`synthgen` and its subcommands (`_SUBCOMMANDS`, in the order `--help` lists them)."""
     from synthgen import __version__
 
-    # -v/-q are accepted before or after the subcommand (`synthgen -v build ...` or
-    # `synthgen build ... -v`); SUPPRESS keeps a subcommand's default from overwriting.
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="synthgen",
+        description="Build synthetic image corpora: recipe -> diffusion -> CLIP -> shards.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"synthgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, add_options, texts in _SUBCOMMANDS:
+        about = texts.get("description")  # else argparse shows none
+        add_options(sub.add_parser(name, parents=[common], help=texts["help"], description=about))
+    return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """-v/-q/--log-format, accepted before or after the subcommand (`synthgen -v build ...`
+    or `synthgen build ... -v`); SUPPRESS keeps a subcommand's default from overwriting."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-v",
@@ -57,48 +74,19 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="log lines on stderr as text (default) or one JSON object per line",
     )
-    parser = argparse.ArgumentParser(
-        prog="synthgen",
-        description="Build synthetic image corpora: recipe -> diffusion -> CLIP -> shards.",
-        parents=[common],
-    )
-    parser.add_argument("--version", action="version", version=f"synthgen {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    return common
 
-    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = sub.add_parser(name, parents=[common], **kw)
-        return parser
 
-    p = add(
-        "plan",
-        help="show what a recipe would build (classes, counts, shards, prompts); writes nothing",
-    )
+# -- option groups more than one subcommand shares --------------------------------------
+
+
+def _recipe_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe YAML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--examples", type=int, default=3, help="sample prompts shown per class")
-    _json_arg(p)
-    p.add_argument(
-        "--estimate",
-        action="store_true",
-        help="also check the model and time a short calibration on this machine (loads the "
-        "model and scorers, runs three short calls of the recipe's batch shape; writes nothing)",
-    )
 
-    b = add(
-        "build",
-        help="build a corpus from a recipe",
-        description="Build a corpus. Arguments after `--` go to Beam's PipelineOptions; "
-        "--workers / --devices stand for the common DirectRunner ones (docs/runners.md).",
-    )
-    b.add_argument("recipe", help="recipe YAML file")
-    where = b.add_mutually_exclusive_group(required=True)
-    where.add_argument("--output", "-o", help="output directory (refused if not empty)")
-    where.add_argument(
-        "--publish",
-        metavar="ROOT",
-        help="versioned build: ROOT/builds/<time>-<hash>/, then ROOT/latest swapped to it",
-    )
-    b.add_argument(
+
+def _overrides_arg(p: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE` (plan, build): recipe fields overridden before it validates."""
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -106,155 +94,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a recipe field, e.g. --set count_per_class=100 (repeatable)",
     )
-    b.add_argument("--resume", action="store_true", help="finish an interrupted build")
-    b.add_argument(
-        "--extend",
-        nargs="?",
-        const="latest",
-        metavar="BUILD",
-        help="grow a complete build (with --publish and no BUILD: its latest): its shards are "
-        "kept byte for byte, only new samples are generated",
-    )
-    b.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="N worker processes on this machine (DirectRunner multi_processing; "
-        "docs/runners.md); not with --direct_num_workers after --",
-    )
-    b.add_argument(
-        "--devices",
-        metavar="LIST|N",
-        help="GPU build (model.device: cuda): one worker process per GPU, N of them, or the "
-        "GPUs listed (0,2 or cuda:0,cuda:2)",
-    )
-    b.add_argument("--no-progress", action="store_true", help="no progress display")
-    _regression_arg(b)
-    _json_arg(b)
-    b.add_argument(
-        "--metrics-file",
-        metavar="PATH",
-        help="write the build's metrics here in the Prometheus text format (images/s, accept "
-        "rate, counters), on success and on failure",
-    )
 
-    v = add(
-        "validate",
-        help="re-run every corpus check on a build directory",
-        description="Hashes against the manifest, tar readability, tar/Parquet agreement and "
-        "the great_expectations suite. Exit 0 only when all pass.",
-    )
-    v.add_argument("dir", help="build output directory, or a publish root (its latest)")
-    _reference_args(v)
-    _json_arg(v)
 
-    st = add(
-        "status",
-        help="what a build directory or publish root holds: complete, shards written and "
-        "pending, the last error; reads only",
-    )
-    st.add_argument("dir", help="build output directory or publish root")
-    _json_arg(st)
-
-    vf = add(
-        "verify",
-        help="check images against their build: manifest sha256 and invisible watermark",
-        description="PATH is an image, a shard tar or a build directory. Exit 0 only when "
-        "every image is in its build's manifest and carries the build's watermark (or is too "
-        "small to carry one).",
-    )
-    vf.add_argument("path", help="image file, .tar shard, build directory or publish root")
-    vf.add_argument("--build", help="the build (directory or manifest.json) outside PATH")
-    vf.add_argument("--json", action="store_true", help="machine-readable output")
-    vf.add_argument(
-        "--trust-list",
-        metavar="PEM",
-        help="trusted C2PA signers (PEM certificates): a signed image's chain must anchor here",
-    )
-    vf.add_argument(
-        "--regenerate",
-        action="store_true",
-        help="also make each image again from its provenance and compare bytes and pixels",
-    )
-
-    r = add("report", help="(re)write report.html and report.json for a build")
-    r.add_argument("dir", help="build output directory, or a publish root (its latest)")
-    _reference_args(r)
-    _regression_arg(r)
-
-    g = add(
-        "regenerate",
-        help="rebuild one sample from its provenance alone and compare its bytes",
-        description="Rebuild one sample from its provenance and compare its bytes. Provenance "
-        "names the model folder and other inputs (adapters, conditioning sources and images, "
-        "ControlNet / IP-Adapter folders) as the recipe wrote them relative to its folder, "
-        "else by name, with their sha256. They are looked for with --model, where the build "
-        "found them (a build made on this machine), then by the recorded path or name in the "
-        "--inputs folders, the recipe's folder, the build's adapters/ folder and the current "
-        "directory; only what has the recorded sha256 is used.",
-    )
-    g.add_argument("dir", help="build output directory")
-    g.add_argument("key", help="sample key")
-    g.add_argument("--image-out", default=None, help="also write the regenerated image here")
-    g.add_argument(
-        "--model",
-        metavar="PATH",
-        default=None,
-        help="the model folder (needed where the build was made elsewhere); its sha256 "
-        "must be the recorded one",
-    )
-    g.add_argument(
-        "--inputs",
-        metavar="DIR",
-        action="append",
-        default=[],
-        help="a folder holding the sample's other inputs, by the path the provenance records "
-        "(relative to the recipe's folder) or by name; repeatable",
-    )
-
-    pr = add(
-        "prune",
-        help="remove all but the N newest builds under a publish root (never `latest`)",
-    )
-    pr.add_argument("root", help="publish root (holds builds/ and latest)")
-    pr.add_argument("--keep", type=int, required=True, metavar="N", help="builds to keep")
-    pr.add_argument("--dry-run", action="store_true", help="only say what would be removed")
-
-    ini = add(
-        "init",
-        help="write a commented recipe to start from: for a diffusers model folder, or to "
-        "balance a labelled dataset",
-        description="Write a recipe scaffold that `synthgen plan` accepts. --model DIR: a "
-        "fixed-count recipe for that diffusers folder; --from-dataset SRC: a balancing recipe "
-        "with one class per label of SRC (Parquet, WebDataset shards, class folders).",
-    )
-    ini.add_argument(
-        "--model",
-        metavar="MODEL_DIR",
-        help="diffusers pipeline folder (with --from-dataset: the one making the top-ups; "
-        "default the bundled digits model)",
-    )
-    ini.add_argument("--from-dataset", metavar="DIR_OR_PARQUET", help="labelled dataset to balance")
-    ini.add_argument("--label-column", default="label", help="the dataset's label column")
-    ini.add_argument("--image-column", default="image", help="the dataset's image column")
-    ini.add_argument(
-        "--clip-model",
-        metavar="DIR",
-        help="CLIP folder that scores the images (default the bundled digits CLIP)",
-    )
-    ini.add_argument(
-        "--classes", metavar="A,B,...", help="class names for a --model recipe (default cat,dog)"
-    )
-    ini.add_argument("--name", help="the recipe's name (default: from the folder)")
-    ini.add_argument("--output", "-o", default="recipe.yaml", help="file to write")
-    ini.add_argument("--force", action="store_true", help="replace an existing file")
-
-    t = add(
-        "train-default",
-        help="train the bundled digits models (diffusion + CLIP) on scikit-learn's digits",
-    )
-    t.add_argument("--output", "-o", default="models", help="folder for digits-ldm/, digits-clip/")
-    return parser
+def _build_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="build output directory, or a publish root (its latest)")
 
 
 def _json_arg(p: argparse.ArgumentParser) -> None:
@@ -287,6 +130,294 @@ def _reference_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+# -- each subcommand's own options ---------------------------------------------------------
+
+
+def _plan_options(p: argparse.ArgumentParser) -> None:
+    _recipe_arg(p)
+    _overrides_arg(p)
+    p.add_argument("--examples", type=int, default=3, help="sample prompts shown per class")
+    _json_arg(p)
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="also check the model and time a short calibration on this machine (loads the "
+        "model and scorers, runs three short calls of the recipe's batch shape; writes nothing)",
+    )
+
+
+def _build_options(p: argparse.ArgumentParser) -> None:
+    _recipe_arg(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", "-o", help="output directory (refused if not empty)")
+    where.add_argument(
+        "--publish",
+        metavar="ROOT",
+        help="versioned build: ROOT/builds/<time>-<hash>/, then ROOT/latest swapped to it",
+    )
+    _overrides_arg(p)
+    p.add_argument("--resume", action="store_true", help="finish an interrupted build")
+    p.add_argument(
+        "--extend",
+        nargs="?",
+        const="latest",
+        metavar="BUILD",
+        help="grow a complete build (with --publish and no BUILD: its latest): its shards are "
+        "kept byte for byte, only new samples are generated",
+    )
+    _worker_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    _regression_arg(p)
+    _json_arg(p)
+    p.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write the build's metrics here in the Prometheus text format (images/s, accept "
+        "rate, counters), on success and on failure",
+    )
+
+
+def _worker_options(p: argparse.ArgumentParser) -> None:
+    """--workers / --devices: what they stand for is in pipelines.init.runner_args."""
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N worker processes on this machine (DirectRunner multi_processing; "
+        "docs/runners.md); not with --direct_num_workers after --",
+    )
+    p.add_argument(
+        "--devices",
+        metavar="LIST|N",
+        help="GPU build (model.device: cuda): one worker process per GPU, N of them, or the "
+        "GPUs listed (0,2 or cuda:0,cuda:2)",
+    )
+
+
+def _validate_options(p: argparse.ArgumentParser) -> None:
+    _build_dir_arg(p)
+    _reference_args(p)
+    _json_arg(p)
+
+
+def _status_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="build output directory or publish root")
+    _json_arg(p)
+
+
+def _verify_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="image file, .tar shard, build directory or publish root")
+    p.add_argument("--build", help="the build (directory or manifest.json) outside PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--trust-list",
+        metavar="PEM",
+        help="trusted C2PA signers (PEM certificates): a signed image's chain must anchor here",
+    )
+    p.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="also make each image again from its provenance and compare bytes and pixels",
+    )
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    _build_dir_arg(p)
+    _reference_args(p)
+    _regression_arg(p)
+
+
+def _regenerate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="build output directory")
+    p.add_argument("key", help="sample key")
+    p.add_argument("--image-out", default=None, help="also write the regenerated image here")
+    p.add_argument(
+        "--model",
+        metavar="PATH",
+        default=None,
+        help="the model folder (needed where the build was made elsewhere); its sha256 "
+        "must be the recorded one",
+    )
+    p.add_argument(
+        "--inputs",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="a folder holding the sample's other inputs, by the path the provenance records "
+        "(relative to the recipe's folder) or by name; repeatable",
+    )
+
+
+def _prune_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="publish root (holds builds/ and latest)")
+    p.add_argument("--keep", type=int, required=True, metavar="N", help="builds to keep")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
+
+def _init_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        metavar="MODEL_DIR",
+        help="diffusers pipeline folder (with --from-dataset: the one making the top-ups; "
+        "default the bundled digits model)",
+    )
+    p.add_argument("--from-dataset", metavar="DIR_OR_PARQUET", help="labelled dataset to balance")
+    p.add_argument("--label-column", default="label", help="the dataset's label column")
+    p.add_argument("--image-column", default="image", help="the dataset's image column")
+    p.add_argument(
+        "--clip-model",
+        metavar="DIR",
+        help="CLIP folder that scores the images (default the bundled digits CLIP)",
+    )
+    p.add_argument(
+        "--classes", metavar="A,B,...", help="class names for a --model recipe (default cat,dog)"
+    )
+    p.add_argument("--name", help="the recipe's name (default: from the folder)")
+    p.add_argument("--output", "-o", default="recipe.yaml", help="file to write")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+
+
+def _compare_options(p: argparse.ArgumentParser) -> None:
+    _recipe_arg(p)
+    _overrides_arg(p)
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a candidate: the recipe with this model folder (repeatable)",
+    )
+    p.add_argument(
+        "--candidate",
+        dest="candidates",
+        action="append",
+        default=[],
+        metavar="'NAME: KEY=VALUE ...'",
+        help="a candidate: the recipe with these overrides, e.g. 'fast: sampling.steps=4 "
+        "sampling.scheduler=lcm'; 'NAME:' alone is the recipe as it is (repeatable)",
+    )
+    p.add_argument(
+        "--scratch",
+        help="folder for the calibration builds (default: compare-<recipe name>/ here)",
+    )
+    p.add_argument(
+        "--count-per-class",
+        type=int,
+        default=20,
+        help="images per class in each calibration build (default 20)",
+    )
+    p.add_argument(
+        "--price-per-hour", type=float, help="device price per hour: adds a price per 1,000"
+    )
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
+
+
+def _train_default_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", default="models", help="folder for digits-ldm/, digits-clip/")
+
+
+# Every subcommand: (name, its options, its help texts), in the order `--help` lists them.
+_SUBCOMMANDS: tuple[tuple[str, Callable[[argparse.ArgumentParser], None], dict[str, str]], ...] = (
+    (
+        "plan",
+        _plan_options,
+        {
+            "help": "show what a recipe would build (classes, counts, shards, prompts); "
+            "writes nothing"
+        },
+    ),
+    (
+        "build",
+        _build_options,
+        {
+            "help": "build a corpus from a recipe",
+            "description": "Build a corpus. Arguments after `--` go to Beam's PipelineOptions; "
+            "--workers / --devices stand for the common DirectRunner ones (docs/runners.md).",
+        },
+    ),
+    (
+        "validate",
+        _validate_options,
+        {
+            "help": "re-run every corpus check on a build directory",
+            "description": "Hashes against the manifest, tar readability, tar/Parquet agreement "
+            "and the great_expectations suite. Exit 0 only when all pass.",
+        },
+    ),
+    (
+        "status",
+        _status_options,
+        {
+            "help": "what a build directory or publish root holds: complete, shards written "
+            "and pending, the last error; reads only"
+        },
+    ),
+    (
+        "verify",
+        _verify_options,
+        {
+            "help": "check images against their build: manifest sha256 and invisible watermark",
+            "description": "PATH is an image, a shard tar or a build directory. Exit 0 only "
+            "when every image is in its build's manifest and carries the build's watermark (or "
+            "is too small to carry one).",
+        },
+    ),
+    ("report", _report_options, {"help": "(re)write report.html and report.json for a build"}),
+    (
+        "regenerate",
+        _regenerate_options,
+        {
+            "help": "rebuild one sample from its provenance alone and compare its bytes",
+            "description": "Rebuild one sample from its provenance and compare its bytes. "
+            "Provenance names the model folder and other inputs (adapters, conditioning "
+            "sources and images, ControlNet / IP-Adapter folders) as the recipe wrote them "
+            "relative to its folder, else by name, with their sha256. They are looked for with "
+            "--model, where the build found them (a build made on this machine), then by the "
+            "recorded path or name in the --inputs folders, the recipe's folder, the build's "
+            "adapters/ folder and the current directory; only what has the recorded sha256 is "
+            "used.",
+        },
+    ),
+    (
+        "prune",
+        _prune_options,
+        {"help": "remove all but the N newest builds under a publish root (never `latest`)"},
+    ),
+    (
+        "init",
+        _init_options,
+        {
+            "help": "write a commented recipe to start from: for a diffusers model folder, or "
+            "to balance a labelled dataset",
+            "description": "Write a recipe scaffold that `synthgen plan` accepts. --model DIR: "
+            "a fixed-count recipe for that diffusers folder; --from-dataset SRC: a balancing "
+            "recipe with one class per label of SRC (Parquet, WebDataset shards, class "
+            "folders).",
+        },
+    ),
+    (
+        "compare",
+        _compare_options,
+        {
+            "help": "calibrate candidate models or samplers on one recipe and compare their "
+            "cost per 1,000 accepted images and the usefulness of their images",
+            "description": "Each candidate (--model, --candidate) is built once, as an "
+            "ordinary build of the same classes and seeds under --scratch (reused by a later "
+            "compare), then one table compares images/s, device-seconds (and price) per 1,000 "
+            "accepted images, acceptance, CLIP score, label margin, FD and coverage against the "
+            "recipe's reference, and a probe classifier's accuracy on its real labelled images. "
+            "Nothing is published.",
+        },
+    ),
+    (
+        "train-default",
+        _train_default_options,
+        {"help": "train the bundled digits models (diffusion + CLIP) on scikit-learn's digits"},
+    ),
+)
+
+
 class _JsonFormatter(logging.Formatter):
     """One JSON object per log line: time (UTC, ISO 8601), level, logger, message."""
 
@@ -305,7 +436,14 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
-def _setup_logging(verbose: bool, quiet: bool = False, log_format: str = "text") -> None:
+def _setup_logging(
+    verbose: bool,
+    quiet: bool = False,
+    log_format: str = "text",
+    run: RunContext | None = None,
+) -> None:
+    """Log lines on stderr; libraries kept to warnings (`verbose`) or errors. With the
+    command's `run`, what libraries log after a signal it received is dropped."""
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -328,16 +466,25 @@ def _setup_logging(verbose: bool, quiet: bool = False, log_format: str = "text")
     for handler in logging.getLogger().handlers:
         # Beam's import logs this on the root logger; it concerns only GCP connectors.
         handler.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
-        handler.addFilter(_not_the_signal)
+        if run is not None:
+            for old in [f for f in handler.filters if isinstance(f, _AfterSignal)]:
+                handler.removeFilter(old)  # an earlier command's, in the same process
+            handler.addFilter(_AfterSignal(run))
 
 
-def _not_the_signal(record: logging.LogRecord) -> bool:
-    """Drop what libraries log about our own unwinding after SIGINT / SIGTERM (Beam logs the
-    interrupt with its traceback at ERROR): the one line `_signal_exit` prints says it all.
-    On the signal path, so it imports nothing."""
-    if record.exc_info and isinstance(record.exc_info[1], Terminated | KeyboardInterrupt):
-        return False
-    return not (_RECEIVED and not record.name.startswith("synthgen"))
+class _AfterSignal(logging.Filter):
+    """Drops what libraries log about our own unwinding after SIGINT / SIGTERM (Beam logs
+    the interrupt with its traceback at ERROR): the one line `_signal_exit` prints says it
+    all. On the signal path, so it imports nothing."""
+
+    def __init__(self, run: RunContext):
+        super().__init__()
+        self._run = run
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Terminated | KeyboardInterrupt):
+            return False
+        return not (self._run.signals and not record.name.startswith("synthgen"))
 
 
 def _quiet_environment() -> None:
@@ -354,7 +501,6 @@ def _quiet_environment() -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     """The plan of a recipe and every check that needs no model: nothing is loaded (without
     --estimate) and nothing is written; a failed check exits non-zero, as the build would."""
-    from synthgen.generators.planning import count_planned, plan_shard, shard_ids
     from synthgen.pipelines.estimate import check_inputs
     from synthgen.schemas.recipe import load_recipe
 
@@ -369,56 +515,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     }
     lines = [f"recipe {recipe.name} (hash {recipe.hash[:12]}), seed {recipe.seed}"]
     if recipe.balance is not None:
-        lines.append(
-            f"balancing build: the source {recipe.balance.source} decides the counts "
-            f"(target {recipe.balance.target}, up to {recipe.balance.max_rounds} round(s))"
-        )
-        if deficit is not None:
-            out["balance"] = {
-                "before": deficit.before,
-                "target": deficit.target,
-                "deficit": deficit.missing,
-                "deficit_total": deficit.total,
-            }
-            width = max(len(n) for n in deficit.before) if deficit.before else 0
-            for name, n in deficit.before.items():
-                lines.append(
-                    f"  {name:<{width}}  {n} in the source, target {deficit.target[name]}: "
-                    f"{deficit.missing[name]} to make"
-                )
-            lines.append(
-                f"deficit: {deficit.total} accepted synthetic image(s) to make in total "
-                "(more are generated: rejects and the overgenerate factor)"
-            )
+        lines += _balance_plan(recipe, deficit, out)
     else:
-        shards = shard_ids(recipe)
-        out |= {"samples": count_planned(recipe), "shards": len(shards)}
-        lines.append(
-            f"{count_planned(recipe)} samples in {len(shards)} shard(s) of up to "
-            f"{recipe.output.shard_size}; {recipe.sampling.width}x{recipe.sampling.height}, "
-            f"{recipe.sampling.steps} steps, scheduler {recipe.sampling.scheduler}"
-        )
-        shown: dict[int, int] = {}
-        for r in plan_shard(recipe, shards[0]) if shards else []:
-            if shown.get(r.class_label, 0) < args.examples:
-                if not shown.get(r.class_label):
-                    lines.append(
-                        f"class {r.class_label} {r.class_name}: {recipe.count_per_class} samples"
-                    )
-                # the expanded prompt; steps / guidance where a class or jitter changes them
-                own = [
-                    f"{what} {value}"
-                    for what, value, default in (
-                        ("steps", r.sample_steps, recipe.sampling.steps),
-                        ("guidance", r.sample_guidance_scale, recipe.sampling.guidance_scale),
-                    )
-                    if value is not None and value != default
-                ]
-                lines.append(
-                    f"  {r.key}  seed {r.seed}  {r.prompt!r}"
-                    + (f"  ({', '.join(own)})" * bool(own))
-                )
-                shown[r.class_label] = shown.get(r.class_label, 0) + 1
+        lines += _fixed_plan(recipe, args.examples, out)
     if args.estimate:
         estimate = _estimate_lines(recipe, base_dir)
         lines += estimate
@@ -433,6 +532,74 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for line in lines:
             print(line)
     return EXIT_OK
+
+
+def _balance_plan(recipe: Any, deficit: Any, out: dict[str, Any]) -> list[str]:
+    """A balancing build's plan: the source decides the counts; each class's deficit (also
+    into `out`, the --json summary)."""
+    b = recipe.balance
+    lines = [
+        f"balancing build: the source {b.source} decides the counts "
+        f"(target {b.target}, up to {b.max_rounds} round(s))"
+    ]
+    if deficit is None:  # an object-store source: counted when the build reads it
+        return lines
+    out["balance"] = {
+        "before": deficit.before,
+        "target": deficit.target,
+        "deficit": deficit.missing,
+        "deficit_total": deficit.total,
+    }
+    width = max(len(n) for n in deficit.before) if deficit.before else 0
+    for name, n in deficit.before.items():
+        lines.append(
+            f"  {name:<{width}}  {n} in the source, target {deficit.target[name]}: "
+            f"{deficit.missing[name]} to make"
+        )
+    lines.append(
+        f"deficit: {deficit.total} accepted synthetic image(s) to make in total "
+        "(more are generated: rejects and the overgenerate factor)"
+    )
+    return lines
+
+
+def _fixed_plan(recipe: Any, examples: int, out: dict[str, Any]) -> list[str]:
+    """A fixed-count build's plan: samples, shards and sampling, then up to `examples` of
+    the first shard's samples per class (counts also into `out`, the --json summary)."""
+    from synthgen.generators.planning import count_planned, plan_shard, shard_ids
+
+    shards = shard_ids(recipe)
+    out |= {"samples": count_planned(recipe), "shards": len(shards)}
+    s = recipe.sampling
+    lines = [
+        f"{count_planned(recipe)} samples in {len(shards)} shard(s) of up to "
+        f"{recipe.output.shard_size}; {s.width}x{s.height}, {s.steps} steps, "
+        f"scheduler {s.scheduler}"
+    ]
+    shown: dict[int, int] = {}
+    for r in plan_shard(recipe, shards[0]) if shards else []:
+        if shown.get(r.class_label, 0) < examples:
+            if not shown.get(r.class_label):
+                lines.append(
+                    f"class {r.class_label} {r.class_name}: {recipe.count_per_class} samples"
+                )
+            lines.append(_example_line(recipe, r))
+            shown[r.class_label] = shown.get(r.class_label, 0) + 1
+    return lines
+
+
+def _example_line(recipe: Any, r: Any) -> str:
+    """One planned sample: key, seed, the expanded prompt; steps / guidance where a class
+    or jitter changes them."""
+    own = [
+        f"{what} {value}"
+        for what, value, default in (
+            ("steps", r.sample_steps, recipe.sampling.steps),
+            ("guidance", r.sample_guidance_scale, recipe.sampling.guidance_scale),
+        )
+        if value is not None and value != default
+    ]
+    return f"  {r.key}  seed {r.seed}  {r.prompt!r}" + (f"  ({', '.join(own)})" * bool(own))
 
 
 def _estimate_lines(recipe: Any, base_dir: Path) -> list[str]:
@@ -457,11 +624,12 @@ def _estimate_lines(recipe: Any, base_dir: Path) -> list[str]:
     return lines
 
 
-def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from synthgen.pipelines.progress import mark_build_start
+def cmd_build(args: argparse.Namespace, beam_args: list[str], run: RunContext) -> int:
+    """Build a corpus (pipelines.build) with the command's run context: its clock is the
+    live rate's and the summary's, its early gate process gates the build."""
     from synthgen.schemas.recipe import load_recipe
 
-    started = mark_build_start()  # the clock of the live rate and of the summary's
+    started = run.started
 
     # A bad recipe, a bad input or an output that cannot be written is reported before the
     # heavy imports (torch, diffusers, Beam, open_clip); a build with nothing left to do
@@ -480,9 +648,7 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
     from synthgen.pipelines.progress import start_line
 
     logger.info("%s", start_line(recipe, args.output or args.publish, args.resume))
-    from synthgen.validators.gate_process import prestart
-
-    prestart()  # the gate's process imports great_expectations while this one imports the rest
+    run.prestart_gate()  # its process imports great_expectations while this one imports the rest
     with loading():
         from synthgen.pipelines.build import run_build
 
@@ -495,7 +661,7 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str]) -> int:
         extend=args.extend,
         beam_args=beam_args,
         show_progress=not args.no_progress,
-        started=started,
+        run=run,
     )
     summary = _build_summary(
         result.location,
@@ -663,29 +829,10 @@ def _print_json(data: dict[str, Any]) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-
-    from synthgen.validators.corpus import validate_dir
-
+    """Every corpus check on a build (and with --reference, against real images); exit 0
+    only when all pass."""
     out = _build_dir(args.dir)
-    report = validate_dir(out)
-    notes: list[str] = []
-    if args.reference and report.ok:
-        from synthgen.pipelines.transforms import check_against_reference
-
-        clip = _build_clip_folder(out, args.clip_model)
-        failures, gates = check_against_reference(out, args.reference, clip)
-        report.failures += failures
-        report.expectations += gates
-    else:
-        from synthgen.validators.expectations import stored_metric_gates
-
-        gates = stored_metric_gates(out)  # as the build's gate ran them
-        report.expectations += gates
-        if args.reference and gates:
-            notes.append(
-                f"metric gates evaluated on the build's stored metrics, not against "
-                f"{args.reference}: the corpus failed validation first"
-            )
+    report, notes = _validation(out, args.reference, args.clip_model)
     skipped = _not_run(out, report.expectations)
     if skipped:
         notes.append(
@@ -693,6 +840,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"them; validate reads only the corpus): {', '.join(skipped)}"
         )
     passed = sum(e.success for e in report.expectations)
+    code = EXIT_OK if report.ok else EXIT_FAILED
+    failed = [
+        f"{e.dataset}: {e.expectation} {e.kwargs} {e.detail}" for e in report.failed_expectations()
+    ]
     if args.json:
         _print_json(
             {
@@ -702,19 +853,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 "expectations": len(report.expectations),
                 "expectations_passed": passed,
                 "failures": list(report.failures),
-                "failed_expectations": [
-                    f"{e.dataset}: {e.expectation} {e.kwargs} {e.detail}"
-                    for e in report.failed_expectations()
-                ],
+                "failed_expectations": failed,
                 "skipped_expectations": skipped,
                 "notes": notes,
             }
         )
-        return EXIT_OK if report.ok else EXIT_FAILED
+        return code
     for failure in report.failures:
         print(f"FAIL {failure}")
-    for e in report.failed_expectations():
-        print(f"FAIL expectation {e.dataset}: {e.expectation} {e.kwargs} {e.detail}")
+    for line in failed:
+        print(f"FAIL expectation {line}")
     for note in notes:
         print(f"synthgen: note: {note}")
     print(
@@ -722,7 +870,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"({passed}/{len(report.expectations)} expectations passed, "
         f"{len(report.failures)} other failure(s))"
     )
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return code
+
+
+def _validation(out: Path, reference: str | None, clip_model: str | None) -> tuple[Any, list[str]]:
+    """The corpus report of `out` with its metric gates: against `reference` when given and
+    the corpus passed, else as the build's gate ran them (its stored metrics); and notes."""
+    from synthgen.validators.corpus import validate_dir
+
+    report = validate_dir(out)
+    notes: list[str] = []
+    if reference and report.ok:
+        from synthgen.pipelines.reference_commands import check_against_reference
+
+        clip = _build_clip_folder(out, clip_model)
+        failures, gates = check_against_reference(out, reference, clip)
+        report.failures += failures
+        report.expectations += gates
+        return report, notes
+    from synthgen.validators.expectations import stored_metric_gates
+
+    gates = stored_metric_gates(out)  # as the build's gate ran them
+    report.expectations += gates
+    if reference and gates:
+        notes.append(
+            f"metric gates evaluated on the build's stored metrics, not against "
+            f"{reference}: the corpus failed validation first"
+        )
+    return report, notes
 
 
 def _not_run(out: Path, ran: list[Any]) -> list[str]:
@@ -847,7 +1022,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     reference = None
     if args.reference:
-        from synthgen.pipelines.transforms import reference_for_build
+        from synthgen.pipelines.reference_commands import reference_for_build
         from synthgen.validators.corpus import read_manifest
 
         clip = _build_clip_folder(out, args.clip_model)
@@ -926,43 +1101,46 @@ def cmd_train_default(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_RECEIVED: list[int] = []
-
-
 # The signal path (the handlers, `_signal_exit`, `_output_state`) imports nothing: a signal
 # can arrive while a module (torch, Beam) is half imported, and importing it again from here
 # would run it a second time: a traceback or a crash instead of the exit status.
-def _terminate(signum: int, frame: object) -> None:
-    _RECEIVED.append(signum)
-    raise Terminated(signum)
+def _handle_signals(run: RunContext) -> None:
+    """SIGTERM and SIGINT recorded in `run` and unwound as `Terminated` / `Interrupted`."""
+
+    def terminate(signum: int, frame: object) -> None:
+        run.receive(signum)
+        raise Terminated(signum)
+
+    def interrupt(signum: int, frame: object) -> None:
+        run.receive(signum)
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, interrupt)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    _RECEIVED.append(signum)
-    raise Interrupted(signum)
-
-
-def _signal_exit() -> int | None:
+def _signal_exit(run: RunContext) -> int | None:
     """The exit status for a signal received during the run, even if a runner wrapped it."""
-    if not _RECEIVED:
+    first = run.first_signal
+    if first is None:
         return None
-    what = "terminated" if _RECEIVED[0] == signal.SIGTERM else "interrupted"
-    print(f"synthgen: {what}; {_output_state()}", file=sys.stderr)
-    return EXIT_TERMINATED if _RECEIVED[0] == signal.SIGTERM else EXIT_INTERRUPTED
+    what = "terminated" if first == signal.SIGTERM else "interrupted"
+    print(f"synthgen: {what}; {_output_state(run)}", file=sys.stderr)
+    return EXIT_TERMINATED if first == signal.SIGTERM else EXIT_INTERRUPTED
 
 
-def _output_state() -> str:
+def _output_state(run: RunContext) -> str:
     """What the interrupted build left: complete (manifest written) or not, and what to run.
 
-    Read from the modules already loaded, never importing one: no session module loaded
-    means no build was opened. A build on an object store is named by its store location
-    (recorded in its working copy by synthgen.pipelines.remote), not the cache folder.
+    From the output directory the run opened last (none: nothing was written), reading only
+    modules already loaded, never importing one. A build on an object store is named by its
+    store location (recorded in its working copy by synthgen.pipelines.remote), not the
+    cache folder.
     """
-    opened = getattr(sys.modules.get("synthgen.pipelines.session"), "OPENED", None)
+    out = run.last_opened
     manifest = getattr(sys.modules.get("synthgen.schemas.manifest"), "MANIFEST_NAME", None)
-    if not opened or manifest is None:
+    if out is None or manifest is None:
         return "nothing was written"
-    out = opened[-1]
     where = str(out)
     record = getattr(sys.modules.get("synthgen.pipelines.remote"), "LOCATION_NAME", None)
     if record is not None:
@@ -1014,13 +1192,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status. A SIGINT or SIGTERM at any moment, imports
-    included, ends it with 130 or 143 and one line saying what the build left."""
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _interrupt)
+    included, ends it with 130 or 143 and one line saying what the build left.
+
+    The command's run context (synthgen.pipelines.runcontext) is made here, first: its clock
+    starts now and it records the signals received and the output the build opened."""
+    run = RunContext()
+    _handle_signals(run)
     try:
-        return _main(argv)
+        return _main(argv, run)
     except (KeyboardInterrupt, Terminated):  # KeyboardInterrupt: raised by a library
-        code = _signal_exit()
+        code = _signal_exit(run)
         return code if code is not None else EXIT_INTERRUPTED
     except BrokenPipeError:
         return _stdout_closed()
@@ -1034,13 +1215,14 @@ def _stdout_closed() -> int:
     return EXIT_BROKEN_PIPE
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str] | None, run: RunContext) -> int:
     own, beam_args = _split_beam_args(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(own)
     _setup_logging(
         getattr(args, "verbose", False),
         getattr(args, "quiet", False),
         getattr(args, "log_format", "text"),
+        run,
     )
     _quiet_environment()
     from synthgen.pipelines.output import BuildError
@@ -1049,49 +1231,32 @@ def _main(argv: Sequence[str] | None) -> int:
     from synthgen.storage.store import StoreError
 
     try:
-        if args.command == "plan":
-            return cmd_plan(args)
         if args.command == "build":
-            return cmd_build(args, beam_args)
-        if args.command == "prune":
-            return cmd_prune(args)
-        if args.command == "train-default":
-            return cmd_train_default(args)
-        if args.command == "regenerate":
-            return cmd_regenerate(args)
-        if args.command == "validate":
-            return cmd_validate(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "verify":
-            return cmd_verify(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "init":
-            return cmd_init(args)
+            return cmd_build(args, beam_args, run)
+        command = _COMMANDS.get(args.command)
+        return EXIT_USAGE if command is None else command(args)
     except BrokenPipeError:
         raise
     except (RecipeError, ModelFolderError, BuildError, StoreError) as exc:
-        code = _signal_exit()
+        code = _signal_exit(run)
         if code is not None:  # an interrupt turned into one of these on its way out
             return code
-        return _fail(args, str(exc))
+        return _fail(args, str(exc), run)
     except Exception as exc:
-        code = _signal_exit()
+        code = _signal_exit(run)
         if code is not None:  # a runner re-raised the interrupt as its own error
             return code
         logger.debug("failure", exc_info=True)
-        return _fail(args, f"{type(exc).__name__}: {exc}")
-    return EXIT_USAGE
+        return _fail(args, f"{type(exc).__name__}: {exc}", run)
 
 
-def _fail(args: argparse.Namespace, message: str) -> int:
+def _fail(args: argparse.Namespace, message: str, run: RunContext) -> int:
     """Say why a command failed (stderr; with --json also one object on stdout); a build
     also records it for `synthgen status` and writes its metrics file."""
     message += _set_path_note(message, getattr(args, "overrides", []))
     print(f"synthgen: error: {message}", file=sys.stderr)
     if args.command == "build":
-        _record_build_error(message)
+        _record_build_error(run, message)
         if getattr(args, "metrics_file", None):
             from synthgen.pipelines.status import write_metrics
 
@@ -1120,16 +1285,47 @@ def _set_path_note(message: str, overrides: list[str]) -> str:
     return ""
 
 
-def _record_build_error(message: str) -> None:
-    """The error, in the build directory this process opened (if it opened one)."""
-    opened = getattr(sys.modules.get("synthgen.pipelines.session"), "OPENED", None)
-    if not opened:
+def _record_build_error(run: RunContext, message: str) -> None:
+    """The error, in the build directory this command opened last (if it opened one)."""
+    out = run.last_opened
+    if out is None:
         return
     from synthgen.pipelines.output import utc_now
     from synthgen.pipelines.status import record_error
 
     with contextlib.suppress(OSError):
-        record_error(opened[-1], "build", message, utc_now())
+        record_error(out, "build", message, utc_now())
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from synthgen.pipelines.compare import Candidate, run_compare, table_lines
+    from synthgen.schemas.recipe import RecipeError, load_recipe
+
+    if args.count_per_class < 1:
+        raise RecipeError("--count-per-class: must be at least 1")
+    candidates = [Candidate.for_model(m) for m in args.models]
+    candidates += [Candidate.parse(c) for c in args.candidates]
+    scratch = args.scratch
+    if scratch is None:
+        scratch = f"compare-{load_recipe(args.recipe, args.overrides)[0].name}"
+    rows = run_compare(
+        args.recipe,
+        candidates,
+        Path(scratch),
+        overrides=args.overrides,
+        count_per_class=args.count_per_class,
+        price_per_hour=args.price_per_hour,
+    )
+    if args.json:
+        _print_json({"command": "compare", "ok": True, "candidates": [asdict(r) for r in rows]})
+        return EXIT_OK
+    for line in table_lines(rows):
+        print(line)
+    print(f"calibration builds and compare.html: {scratch}")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -1148,6 +1344,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in format_status(status):
             print(line)
     return EXIT_OK
+
+
+# The subcommands other than `build` (which also takes Beam's arguments and the run context).
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "plan": cmd_plan,
+    "prune": cmd_prune,
+    "train-default": cmd_train_default,
+    "regenerate": cmd_regenerate,
+    "validate": cmd_validate,
+    "report": cmd_report,
+    "verify": cmd_verify,
+    "status": cmd_status,
+    "init": cmd_init,
+    "compare": cmd_compare,
+}
 
 
 def run() -> int:

@@ -106,7 +106,7 @@ def check_inputs(recipe: Recipe, base_dir: Path, *, count_source: bool = False) 
 
 def _check_source(recipe: Recipe, spec: BalanceSpec, base_dir: Path, count: bool) -> Deficit | None:
     from synthgen.generators.sources.base import PixelLimit, SourceError
-    from synthgen.generators.sources.open import open_source, read_histogram
+    from synthgen.generators.sources.open import SourceOptions, open_source, read_histogram
 
     raw = spec.source  # located as pipelines.remote.source_location locates a local one
     if any(c in raw for c in "{*?["):  # a shard pattern
@@ -115,7 +115,7 @@ def _check_source(recipe: Recipe, spec: BalanceSpec, base_dir: Path, count: bool
         where = str(resolve_path(base_dir, raw))
     try:
         s = recipe.sampling  # images declaring far more pixels are refused undecoded
-        source = open_source(spec, where, PixelLimit(s.width, s.height))
+        source = open_source(where, SourceOptions.of(spec), PixelLimit(s.width, s.height))
         if not count:
             next(iter(source.records()), None)  # the columns and the first image
             return None

@@ -20,36 +20,56 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
-_OWNED: list[bool] = []
+
+class GcPolicy:
+    """Whether the command line owns this process (`own_process`), so that the collector
+    policy of the module docstring applies.
+
+    A registry: the process holds one, POLICY. It must be process-wide: the collector it
+    governs is the process's, and model loading deep in any layer consults it."""
+
+    def __init__(self) -> None:
+        self.owned = False
+
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        """Collector paused while the block loads modules or models, its survivors frozen
+        after; nothing in a process not owned (or where the collector is already off)."""
+        if not self.owned or not gc.isenabled():
+            yield
+            return
+        gc.disable()
+        try:
+            yield
+        finally:
+            gc.freeze()
+            gc.enable()
+
+    def exiting(self) -> None:
+        """The command has returned and the process is about to exit."""
+        if self.owned:
+            gc.freeze()
+
+
+POLICY = GcPolicy()
 
 
 def own_process() -> None:
     """Apply this policy: the command line's entry point calls it for its own process."""
-    _OWNED[:] = [True]
+    POLICY.owned = True
 
 
 def owned() -> bool:
-    return bool(_OWNED)
+    return POLICY.owned
 
 
-@contextmanager
-def loading() -> Iterator[None]:
-    """Collector paused while the block loads modules or models, its survivors frozen after;
-    nothing in a process this policy does not own (or where the collector is already off)."""
-    if not _OWNED or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
+def loading() -> AbstractContextManager[None]:
+    """`GcPolicy.loading` of this process's POLICY."""
+    return POLICY.loading()
 
 
 def exiting() -> None:
     """The command has returned and the process is about to exit."""
-    if _OWNED:
-        gc.freeze()
+    POLICY.exiting()

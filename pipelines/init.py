@@ -50,6 +50,10 @@ FAMILY_DEFAULTS: dict[str, tuple[int, float, int]] = {
     "sd3": (28, 7.0, 1024),
     "flux": (28, 3.5, 1024),
     "pixart-sigma": (20, 4.5, 1024),
+    "pixart-alpha": (20, 4.5, 1024),
+    "lcm": (4, 8.0, 512),
+    "sana": (20, 4.5, 1024),
+    "sana-sprint": (2, 4.5, 1024),
 }
 # Schedulers a folder may ship that sample well at those steps: kept (`native`). Any other
 # epsilon scheduler (DDPM, PNDM, LMS...) is replaced by DPM-Solver++.
@@ -59,6 +63,9 @@ GOOD_NATIVE = (
     "EulerAncestralDiscreteScheduler",
     "UniPCMultistepScheduler",
     "DDIMScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+    "SCMScheduler",
 )
 
 
@@ -315,28 +322,18 @@ def _a(words: str) -> str:
 
 def _labels(location: str, label_column: str, image_column: str) -> tuple[str, Counter[str]]:
     """(the source's format, count per label), read as a build reads the source."""
-    from synthgen.generators.sources.base import SourceError
-    from synthgen.generators.sources.folder_source import FolderSource
+    from synthgen.generators.sources.base import SourceError, SourceOptions
     from synthgen.generators.sources.open import open_source
-    from synthgen.generators.sources.parquet_source import ParquetSource
-    from synthgen.schemas.recipe import BalanceSpec
 
-    spec = BalanceSpec(source=location, label_column=label_column, image_column=image_column)
+    options = SourceOptions(label_column=label_column, image_column=image_column)
     try:
-        source = open_source(spec, location)
+        source = open_source(location, options)
         counts = Counter(r.label for r in source.records())
     except SourceError as exc:
         raise BuildError(f"--from-dataset: {exc}") from None
     if not counts:
         raise BuildError(f"--from-dataset: {source.description}: the source is empty")
-    kind = (
-        "parquet"
-        if isinstance(source, ParquetSource)
-        else "folder"
-        if isinstance(source, FolderSource)
-        else "webdataset"
-    )
-    return kind, counts
+    return source.format, counts
 
 
 def balance_scaffold(
@@ -351,49 +348,20 @@ def balance_scaffold(
 ) -> Scaffold:
     """A balancing recipe for a labelled dataset (module doc): one class per label."""
     notes: list[str] = []
-    if model_dir is None:
-        if not BUNDLED_MODEL.is_dir():
-            raise BuildError("--model MODEL_DIR: name the diffusers folder that makes the top-ups")
-        model_dir = BUNDLED_MODEL
-        notes.append(f"model.path is the bundled {BUNDLED_MODEL.name}: pass --model for yours")
+    model_dir = _top_up_model(model_dir, notes)
     model = _read_model(model_dir)
     clip = _clip_folder(clip_model, model_dir, notes)
     if "://" in source:
         raise BuildError(f"--from-dataset {source}: init reads a local dataset (a path)")
     location = str(Path(source).resolve())  # a shard pattern's braces and globs are kept
     kind, counts = _labels(location, label_column, image_column)
-    labels = sorted(counts)
-    recipe_dir = out.parent
-    if all(re.fullmatch(r"[0-9]{1,18}", lab) for lab in labels):
-        label_type = "id"
-        by_id = {int(lab): lab for lab in labels}
-        if len(by_id) != len(labels):
-            raise BuildError(
-                f"--from-dataset: labels {', '.join(map(repr, labels))} name the same class "
-                "id more than once (leading zeros?): relabel the source"
-            )
-        classes = [(i, f"class-{i}", f"class {i}", by_id[i]) for i in sorted(by_id)]
-        prompt = "an image of "  # + "class 3"
-        class_note = "the labels are class ids: give each class a name and describe it"
-    else:
-        bad = [lab for lab in labels if not re.fullmatch(SLUG_PATTERN, lab) or len(lab) > 64]
-        if bad:
-            shown = ", ".join(repr(b) for b in bad[:8]) + (" ..." if len(bad) > 8 else "")
-            raise BuildError(
-                f"--from-dataset: label(s) {shown} are not class names a recipe can hold "
-                "(lower-case letters, digits, _ and -, starting with a letter or digit, at "
-                "most 64): relabel the source, or write the recipe's classes by hand"
-            )
-        label_type = "name"
-        classes = [(i, lab, _a(_words(lab)), lab) for i, lab in enumerate(labels)]
-        prompt = "a photo of "
-        class_note = "one per label of the source; describe each in its prompts"
+    label_type, classes, class_note = _label_classes(sorted(counts))
     class_lines = "".join(
-        f"  - {{id: {cid}, name: {cname}, prompts: [{_q(prompt + words)}]}}"
+        f"  - {{id: {cid}, name: {cname}, prompts: [{_q(prompt)}]}}"
         f"   # {counts[label]} in the source\n"
-        for cid, cname, words, label in classes
+        for cid, cname, prompt, label in classes
     )
-    where = _rel(Path(location), recipe_dir)
+    recipe_dir = out.parent
     base = name or _slug(Path(source.rstrip("/")).stem, "dataset") + "-balance"
     text = (
         f"# Balance {Path(source).name} by its labels: the smaller classes are topped up with\n"
@@ -407,22 +375,66 @@ def balance_scaffold(
         + _sampling_block(model)
         + _line("classes:", class_note)
         + class_lines
-        + _line("balance:")
-        + _line(f"  source: {_q(where)}", kind)
-        + _line(f"  format: {kind}")
-        + (
-            _line(f"  label_column: {_q(label_column)}")
-            + _line(f"  image_column: {_q(image_column)}")
-            if kind == "parquet"
-            else ""
+        + _balance_block(
+            _rel(Path(location), recipe_dir), kind, label_type, label_column, image_column
         )
+        + _scoring_block(clip, recipe_dir)
+    )
+    return _finish(text, out, notes, count_source=True)
+
+
+def _top_up_model(model_dir: Path | None, notes: list[str]) -> Path:
+    """The folder making a balancing recipe's top-ups: the one named, else the bundled one."""
+    if model_dir is not None:
+        return model_dir
+    if not BUNDLED_MODEL.is_dir():
+        raise BuildError("--model MODEL_DIR: name the diffusers folder that makes the top-ups")
+    notes.append(f"model.path is the bundled {BUNDLED_MODEL.name}: pass --model for yours")
+    return BUNDLED_MODEL
+
+
+def _label_classes(
+    labels: list[str],
+) -> tuple[str, list[tuple[int, str, str, str]], str]:
+    """A source's labels as recipe classes: (label_type, [(id, name, prompt, label)], the
+    classes' comment). Labels that are all numbers are class ids (named `class-<id>`); else
+    each label is a class name, refused by name where a recipe cannot hold it."""
+    if all(re.fullmatch(r"[0-9]{1,18}", lab) for lab in labels):
+        by_id = {int(lab): lab for lab in labels}
+        if len(by_id) != len(labels):
+            raise BuildError(
+                f"--from-dataset: labels {', '.join(map(repr, labels))} name the same class "
+                "id more than once (leading zeros?): relabel the source"
+            )
+        classes = [(i, f"class-{i}", f"an image of class {i}", by_id[i]) for i in sorted(by_id)]
+        return "id", classes, "the labels are class ids: give each class a name and describe it"
+    bad = [lab for lab in labels if not re.fullmatch(SLUG_PATTERN, lab) or len(lab) > 64]
+    if bad:
+        shown = ", ".join(repr(b) for b in bad[:8]) + (" ..." if len(bad) > 8 else "")
+        raise BuildError(
+            f"--from-dataset: label(s) {shown} are not class names a recipe can hold "
+            "(lower-case letters, digits, _ and -, starting with a letter or digit, at "
+            "most 64): relabel the source, or write the recipe's classes by hand"
+        )
+    classes = [(i, lab, "a photo of " + _a(_words(lab)), lab) for i, lab in enumerate(labels)]
+    return "name", classes, "one per label of the source; describe each in its prompts"
+
+
+def _balance_block(
+    where: str, kind: str, label_type: str, label_column: str, image_column: str
+) -> str:
+    """The recipe's `balance` block: the source (`where`, of format `kind`) and the target."""
+    out = _line("balance:") + _line(f"  source: {_q(where)}", kind) + _line(f"  format: {kind}")
+    if kind == "parquet":
+        out += _line(f"  label_column: {_q(label_column)}")
+        out += _line(f"  image_column: {_q(image_column)}")
+    return (
+        out
         + _line(f"  label_type: {label_type}", f"labels read as class {label_type}s")
         + _line("  target: max", "max (the largest class's count), a number, or {class: n}")
         + _line("  max_rounds: 4", "rounds of top-ups while rejects leave a deficit")
         + _line("  overgenerate: 1.1", "margin on the measured accept rate")
-        + _scoring_block(clip, recipe_dir)
     )
-    return _finish(text, out, notes, count_source=True)
 
 
 def init_recipe(
@@ -566,53 +578,67 @@ def runner_args(
         raise BuildError(f"--workers {workers}: at least 1 worker")
     count, named = workers, f"--workers {workers}"
     if devices is not None:
-        if model_device != "cuda":
-            pinned = model_device.startswith("cuda:")
-            raise BuildError(
-                f"--devices {devices}: "
-                + (
-                    f"model.device {model_device!r} pins every worker to that one GPU; "
-                    "set model.device: cuda"
-                    if pinned
-                    else f"the recipe's model.device is {model_device!r}; --devices is for GPU "
-                    "builds (--set model.device=cuda), --workers N for CPU worker processes"
-                )
-            )
-        if env.get("LOCAL_RANK", "").strip():
-            raise BuildError(
-                f"--devices {devices} with LOCAL_RANK={env['LOCAL_RANK']} set: the launcher "
-                "(torchrun, accelerate) already gives each process its GPU; drop --devices"
-            )
-        n, updates = _device_list(devices, env)
-        if workers is not None and workers != n:
-            raise BuildError(
-                f"--workers {workers} and --devices {devices}: one worker process per device "
-                f"({n}); give one of them"
-            )
-        count, named = n, f"--devices {devices}"
+        count, updates = _device_workers(devices, workers, model_device, env)
+        named = f"--devices {devices}"
     if count is not None:
-        runner = _flag(args, "runner")
-        if runner is not None and runner not in DIRECT_RUNNERS:
-            raise BuildError(
-                f"{named} sets DirectRunner's worker processes on this machine; "
-                f"--runner={runner} sizes its own workers (Dask: the cluster's workers; "
-                "Dataflow: --num_workers / --max_num_workers)"
-            )
-        given = _flag(args, "direct_num_workers")
-        if given is not None:
-            raise BuildError(
-                f"{named} and --direct_num_workers={given} after `--` both set the number of "
-                "workers: give one"
-            )
-        mode = _flag(args, "direct_running_mode")
-        if mode == "in_memory" and count > 1:
-            raise BuildError(
-                f"{named} and --direct_running_mode=in_memory after `--`: in_memory runs one "
-                "worker in this process; drop one of them"
-            )
-        if mode is None and count > 1:
-            args.append("--direct_running_mode=multi_processing")
-        args.append(f"--direct_num_workers={count}")
+        args += _direct_workers(args, count, named)
     if _flag(args, "default_sdk_harness_log_level") is None:
         args.append(f"--default_sdk_harness_log_level={'WARNING' if verbose else 'ERROR'}")
     return args, updates
+
+
+def _device_workers(
+    devices: str, workers: int | None, model_device: str, env: Mapping[str, str]
+) -> tuple[int, dict[str, str]]:
+    """`--devices`: (worker count, environment), refused for a CPU recipe or one pinned to
+    one GPU, under a launcher (LOCAL_RANK), or beside a differing `--workers`."""
+    if model_device != "cuda":
+        pinned = model_device.startswith("cuda:")
+        raise BuildError(
+            f"--devices {devices}: "
+            + (
+                f"model.device {model_device!r} pins every worker to that one GPU; "
+                "set model.device: cuda"
+                if pinned
+                else f"the recipe's model.device is {model_device!r}; --devices is for GPU "
+                "builds (--set model.device=cuda), --workers N for CPU worker processes"
+            )
+        )
+    if env.get("LOCAL_RANK", "").strip():
+        raise BuildError(
+            f"--devices {devices} with LOCAL_RANK={env['LOCAL_RANK']} set: the launcher "
+            "(torchrun, accelerate) already gives each process its GPU; drop --devices"
+        )
+    n, updates = _device_list(devices, env)
+    if workers is not None and workers != n:
+        raise BuildError(
+            f"--workers {workers} and --devices {devices}: one worker process per device "
+            f"({n}); give one of them"
+        )
+    return n, updates
+
+
+def _direct_workers(args: Sequence[str], count: int, named: str) -> list[str]:
+    """The DirectRunner arguments for `count` workers (`named`: the option that asked), to
+    add to `args`; refused beside another runner or a worker count or mode that contradicts."""
+    runner = _flag(args, "runner")
+    if runner is not None and runner not in DIRECT_RUNNERS:
+        raise BuildError(
+            f"{named} sets DirectRunner's worker processes on this machine; "
+            f"--runner={runner} sizes its own workers (Dask: the cluster's workers; "
+            "Dataflow: --num_workers / --max_num_workers)"
+        )
+    given = _flag(args, "direct_num_workers")
+    if given is not None:
+        raise BuildError(
+            f"{named} and --direct_num_workers={given} after `--` both set the number of "
+            "workers: give one"
+        )
+    mode = _flag(args, "direct_running_mode")
+    if mode == "in_memory" and count > 1:
+        raise BuildError(
+            f"{named} and --direct_running_mode=in_memory after `--`: in_memory runs one "
+            "worker in this process; drop one of them"
+        )
+    added = ["--direct_running_mode=multi_processing"] if mode is None and count > 1 else []
+    return [*added, f"--direct_num_workers={count}"]

@@ -10,27 +10,25 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from synthgen.generators.planning import padding_waste
 from synthgen.pipelines.context import BuildContext
+from synthgen.pipelines.decide import DecideSamples, reused_build_features
 from synthgen.pipelines.generate import GenerateShards, StageSpec
 from synthgen.pipelines.output import BuildError
 from synthgen.pipelines.progress import Progress
 from synthgen.pipelines.resolve import ResolvedRecipe, generation_settings
 from synthgen.pipelines.staging import ReadStaged, staged_shards
-from synthgen.pipelines.transforms import (
-    METRICS_NAMESPACE,
-    DecideSamples,
-    WriteShards,
-    reused_embeddings,
-)
-from synthgen.pipelines.writer import reused_features
+from synthgen.pipelines.transforms import METRICS_NAMESPACE, WriteShards
 from synthgen.schemas.manifest import PlanRound
 from synthgen.validators.build_checks import check_columns, embedding_column, make_checks
+
+if TYPE_CHECKING:
+    from synthgen.validators.base import Check
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +68,7 @@ def run_shards(
     total: int,
     done_counts: tuple[int, int],
     references: dict[str, str] | None = None,
+    started: float | None = None,
 ) -> dict[str, int]:
     """Generate, score, check and write `shard_ids` of one round; returns Beam's counters.
 
@@ -82,67 +81,97 @@ def run_shards(
        work, and each worker's memory allocator is set for model work first
     3. pipeline two: staging files (without image bytes) -> decided samples -> shard files
        (each writer reads its shard's images from staging)
-    Each runs with the progress display; a runner that does not finish DONE is a failure.
+    Each runs with the progress display (its clock from `started`, the build's start); a
+    runner that does not finish DONE is a failure.
     """
     r = resolved.recipe
     for note in padding_waste(r):
         logger.warning("%s", note)
-    columns = (*resolved.score_columns, *check_columns(r))
-    checks, global_checks = make_checks(r, columns)
-    reused = reused_features(out, earlier_shards, columns)
+    columns = (*resolved.score_columns, *check_columns(r, resolved.score_columns))
+    checks, build_checks = make_checks(r, columns)
+    reused = reused_build_features(out, earlier_shards, columns, build_checks)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    progress_path = str(progress_dir)
-    to_generate = [s for s in shard_ids if s not in staged_shards(out, shard_ids)]
-    if len(to_generate) < len(shard_ids):
-        logger.info("%d shard(s) already generated and staged", len(shard_ids) - len(to_generate))
+    to_generate = _not_staged(out, shard_ids)
     metrics: dict[str, int] = {}
-    progress = Progress(progress_dir, total, *done_counts) if show_progress else None
-    if progress:
-        progress.__enter__()
-    try:
+    shown = Progress(progress_dir, total, *done_counts, started=started) if show_progress else None
+    with shown or contextlib.nullcontext():
         if to_generate:
-            spec = StageSpec(
-                recipe=r,
-                plan_round=plan_round,
-                settings=generation_settings(resolved),
-                scorers=tuple(resolved.scorers),
-                checks=tuple(checks),
-                out=str(out),
-                progress_dir=progress_path,
-                ctx=ctx,
-            )
-            first = pipeline(generation_options(options))
-            shards = first | "ShardIds" >> beam.Create(to_generate)
-            if on_dask(options):
-                shards = shards | "PrepareWorker" >> beam.ParDo(PrepareDaskWorker())
-            generate: beam.PTransform = beam.ParDo(GenerateShards(spec))
-            if r.model.accelerator:  # only the model step asks for a GPU worker
-                generate = generate.with_resource_hints(accelerator=r.model.accelerator)
-            _ = shards | "Spread" >> beam.Reshuffle() | "GenerateShards" >> generate
-            _add(metrics, _run(first))
-        second = pipeline(options)
-        _ = (
-            second
-            | "ShardIds" >> beam.Create(shard_ids)
-            | "Read" >> ReadStaged(str(out), images=False)
-            | "Check"
-            >> DecideSamples(
-                checks,
-                global_checks,
-                reused,
-                progress_path,
-                plan_round.quota,
-                nearest=references,
-                embedding_column=embedding_column(columns),
-                reused_embeddings=reused_embeddings(out, earlier_shards, global_checks),
-            )
-            | "Write" >> WriteShards(str(out), ctx, columns)
+            spec = _stage_spec(resolved, ctx, plan_round, checks, out, progress_dir)
+            _add(metrics, _run(_generating(spec, to_generate, options)))
+        decide = DecideSamples(
+            checks,
+            build_checks=build_checks,
+            reused=reused,
+            progress_dir=str(progress_dir),
+            quota=plan_round.quota,
+            nearest=references,
+            embedding_column=embedding_column(columns),
         )
-        _add(metrics, _run(second))
-    finally:
-        if progress:
-            progress.__exit__(None, None, None)
+        write = WriteShards(str(out), ctx, columns)
+        _add(metrics, _run(_deciding(options, shard_ids, out, decide, write)))
     return metrics
+
+
+def _stage_spec(
+    resolved: ResolvedRecipe,
+    ctx: BuildContext,
+    plan_round: PlanRound,
+    checks: list[Check],
+    out: Path,
+    progress_dir: Path,
+) -> StageSpec:
+    """What every generating worker needs, small enough to ship."""
+    return StageSpec(
+        recipe=resolved.recipe,
+        plan_round=plan_round,
+        settings=generation_settings(resolved),
+        scorers=tuple(resolved.scorers),
+        checks=tuple(checks),
+        out=str(out),
+        progress_dir=str(progress_dir),
+        ctx=ctx,
+    )
+
+
+def _not_staged(out: Path, shard_ids: list[int]) -> list[int]:
+    """The shards still to generate: those without a staging file."""
+    staged = staged_shards(out, shard_ids)
+    todo = [s for s in shard_ids if s not in staged]
+    if len(todo) < len(shard_ids):
+        logger.info("%d shard(s) already generated and staged", len(shard_ids) - len(todo))
+    return todo
+
+
+def _generating(spec: StageSpec, shards: list[int], options: PipelineOptions) -> beam.Pipeline:
+    """Pipeline one: shard ids spread over the workers, each shard generated and staged."""
+    first = pipeline(generation_options(options))
+    ids = first | "ShardIds" >> beam.Create(shards)
+    if on_dask(options):
+        ids = ids | "PrepareWorker" >> beam.ParDo(PrepareDaskWorker())
+    generate: beam.PTransform = beam.ParDo(GenerateShards(spec))
+    if spec.recipe.model.accelerator:  # only the model step asks for a GPU worker
+        generate = generate.with_resource_hints(accelerator=spec.recipe.model.accelerator)
+    _ = ids | "Spread" >> beam.Reshuffle() | "GenerateShards" >> generate
+    return first
+
+
+def _deciding(
+    options: PipelineOptions,
+    shard_ids: list[int],
+    out: Path,
+    decide: DecideSamples,
+    write: WriteShards,
+) -> beam.Pipeline:
+    """Pipeline two: each shard's staged samples (no image bytes) decided, then written."""
+    second = pipeline(options)
+    _ = (
+        second
+        | "ShardIds" >> beam.Create(shard_ids)
+        | "Read" >> ReadStaged(str(out), images=False)
+        | "Check" >> decide
+        | "Write" >> write
+    )
+    return second
 
 
 SAFE_PATH_ENV = "PYTHONSAFEPATH"
@@ -271,42 +300,63 @@ class PrepareDaskWorker(beam.DoFn):
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 32 << 20  # glibc's own upper bound for its adaptive threshold
-_prepared: list[bool] = []
 
 
-def prepare_dask_worker() -> bool:
-    """Undo, in this process, what `MALLOC_TRIM_THRESHOLD_` costs model work; True if done.
+class MallocTuning:
+    """Whether this process's malloc thresholds were set for model work (`prepare`): None
+    until it ran, then its answer.
 
-    dask.distributed's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536
-    (`distributed.nanny.pre-spawn-environ`). Setting it switches off glibc's adaptive mmap
-    threshold, so every allocation over 128 KiB (each tensor of a diffusion step) is a
-    fresh mmap, zero-filled page by page, and unmapped again: measured on the default
-    recipe, 3 million page faults and twice the CPU time per image on a worker. The
-    thresholds are set to where glibc's adaptive ones end up (a 32 MiB mmap threshold, twice
-    that for trimming). Once per process; nothing is done without the variable, where a
-    MALLOC_MMAP_THRESHOLD_ was chosen, or off glibc. Only speed and resident memory change,
-    never a computed value.
-    """
-    if _prepared:
-        return _prepared[0]
-    done = False
-    if (
+    A registry: the process holds one, MALLOC. It must be process-wide: the allocator it
+    sets is the process's, set once whichever DoFn instance of the process asks first."""
+
+    def __init__(self) -> None:
+        self.done: bool | None = None
+
+    def prepare(self) -> bool:
+        """Undo, in this process, what `MALLOC_TRIM_THRESHOLD_` costs model work; True if
+        done.
+
+        dask.distributed's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536
+        (`distributed.nanny.pre-spawn-environ`). Setting it switches off glibc's adaptive
+        mmap threshold, so every allocation over 128 KiB (each tensor of a diffusion step)
+        is a fresh mmap, zero-filled page by page, and unmapped again: measured on the
+        default recipe, 3 million page faults and twice the CPU time per image on a worker.
+        The thresholds are set to where glibc's adaptive ones end up (a 32 MiB mmap
+        threshold, twice that for trimming). Once per process; nothing is done without the
+        variable, where a MALLOC_MMAP_THRESHOLD_ was chosen, or off glibc. Only speed and
+        resident memory change, never a computed value.
+        """
+        if self.done is not None:
+            return self.done
+        self.done = _set_malloc_thresholds()
+        if self.done:
+            logger.info("worker %d: malloc thresholds set for model work", os.getpid())
+        return self.done
+
+
+MALLOC = MallocTuning()
+
+
+def _set_malloc_thresholds() -> bool:
+    if not (
         sys.platform.startswith("linux")
         and "MALLOC_TRIM_THRESHOLD_" in os.environ
         and "MALLOC_MMAP_THRESHOLD_" not in os.environ
     ):
-        try:
-            mallopt = ctypes.CDLL("libc.so.6").mallopt
-        except (OSError, AttributeError):
-            mallopt = None
-        if mallopt is not None:
-            done = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
-                mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD)
-            )
-    _prepared.append(done)
-    if done:
-        logger.info("worker %d: malloc thresholds set for model work", os.getpid())
-    return done
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD)
+    )
+
+
+def prepare_dask_worker() -> bool:
+    """`MallocTuning.prepare` on this process's MALLOC registry: a Dask worker's allocator
+    set for model work, once per process; True if done."""
+    return MALLOC.prepare()
 
 
 def _add(total: dict[str, int], more: dict[str, int]) -> None:

@@ -1,7 +1,7 @@
 """The build session: one object owns an output directory for the life of a build.
 
-    session = BuildSession(out, resolved, options, resume=..., show_progress=..., start=...)
-    with session:                        # lock the directory
+    session = BuildSession(out, resolved, options, resume=..., show_progress=..., run=...)
+    with session:                        # lock the directory, take the run's gate
         done = session.open()            # create or reopen; a verified complete build?
         while (r := strategy.next_round()) is not None:
             strategy.observe(session.run_round(r))
@@ -39,14 +39,14 @@ from synthgen.pipelines.output import (
     utc_now,
     verified_manifest,
 )
-from synthgen.pipelines.resolve import ResolvedRecipe, make_context
-from synthgen.pipelines.runner import run_shards
-from synthgen.pipelines.staging import clear_staged
-from synthgen.pipelines.transforms import (
+from synthgen.pipelines.references import (
     prepare_references,
     reference_inputs,
     with_metrics,
 )
+from synthgen.pipelines.resolve import ResolvedRecipe, make_context
+from synthgen.pipelines.runner import run_shards
+from synthgen.pipelines.staging import clear_staged
 from synthgen.schemas.manifest import (
     MANIFEST_NAME,
     REPORT_HTML,
@@ -71,12 +71,13 @@ from synthgen.storage.hashing import file_sha256
 from synthgen.storage.model_card import license_info
 from synthgen.storage.watermark import watermark_info
 from synthgen.validators.build_checks import check_columns
-from synthgen.validators.gate_process import GateProcess, take
+from synthgen.validators.gate_process import GateProcess
 from synthgen.validators.report import record_run_start, write_report
 from synthgen.validators.trend import previous_build
 
 if TYPE_CHECKING:
     from synthgen.pipelines.remote import Mirror
+    from synthgen.pipelines.runcontext import RunContext
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +124,11 @@ class Finish:
     extra: dict[str, Any] = field(default_factory=dict)  # Manifest fields: files, balance
 
 
-# Output directories opened by this process, newest last: the CLI reports their state
-# when a signal ends the build.
-OPENED: list[Path] = []
-
-
 class BuildSession:
-    """Owns `out` for one build: state, lock, rounds of shards, and the steps after them."""
+    """Owns `out` for one build: state, lock, rounds of shards, and the steps after them.
+
+    `run` is the command's run context (synthgen.pipelines.runcontext): its clock times the
+    build, its early gate process gates it, and it records `out` as opened."""
 
     def __init__(
         self,
@@ -139,7 +138,7 @@ class BuildSession:
         *,
         resume: bool,
         show_progress: bool,
-        start: float,
+        run: RunContext,
         mirror: Mirror | None = None,
     ):
         self.out = out
@@ -148,7 +147,7 @@ class BuildSession:
         self.options = options
         self.resume = resume
         self.show_progress = show_progress
-        self.start = start
+        self.run = run
         self.rounds: list[RoundOutcome] = []
         self._planned_per_class: dict[str, int] = {}
         self._stack = ExitStack()
@@ -158,15 +157,17 @@ class BuildSession:
         self.lineage: Lineage | None = None
         self.recipe_hashes = [resolved.recipe.hash]  # an extended build's lineage: more
         # reference / eval sets: opened (checked) now, before the directory is touched
-        self.references = reference_inputs(resolved.recipe, resolved.base_dir)
+        self.references = reference_inputs(
+            resolved.recipe, resolved.base_dir, resolved.score_columns
+        )
         self.reference_paths: dict[str, str] = {}
 
     def __enter__(self) -> BuildSession:
         check_output_dir(self.out, self.resume)  # before the lock file exists
         self.out.mkdir(parents=True, exist_ok=True)
-        OPENED.append(self.out)
+        self.run.open_output(self.out)  # what an interrupt reports, where an error is kept
         self._stack.enter_context(exclusive_lock(self.out, "output directory"))
-        self._gate = take()  # started with the command, if it was (validators.gate_process)
+        self._gate = self.run.take_gate()  # started with the command, if it was
         self._stack.callback(self._gate.close)
         return self
 
@@ -356,6 +357,7 @@ class BuildSession:
                 sum(s.rejected for s in done.values()),
             ),
             references=self.reference_paths,
+            started=self.run.started,
         )
 
     def finalize(self, finish: Finish) -> BuildResult:
@@ -410,7 +412,7 @@ class BuildSession:
         return BuildResult(
             output=self.out,
             manifest=manifest,
-            seconds=time.monotonic() - self.start,
+            seconds=time.monotonic() - self.run.started,
             generated_now=sum(o.generated_now for o in self.rounds),
             reused_shards=reused if self.rounds else manifest.shard_ids,
             metrics=metrics,
@@ -437,7 +439,10 @@ class BuildSession:
                 {"path": ctx.model_path, "sha256": ctx.model_sha256, "class": ctx.pipeline_class}
             ),
             scorers=json.loads(ctx.scorers),
-            score_columns=[*self.resolved.score_columns, *check_columns(self.recipe)],
+            score_columns=[
+                *self.resolved.score_columns,
+                *check_columns(self.recipe, self.resolved.score_columns),
+            ],
             counts=Counts(
                 planned=sum(self._planned_per_class.values()),
                 attempted=accepted + rejected + failed,

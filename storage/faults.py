@@ -31,36 +31,50 @@ class InjectedFault(RuntimeError):
     pass
 
 
-_REACHED: dict[str, int] = {}  # point -> times reached in this process (for `#N` matches)
+class FaultPoints:
+    """How often each fault point was reached, for `#N` matches.
+
+    A registry: the process holds one, FAULTS. It must be process-wide, since a `#N` match
+    counts every time the point is reached in the process, by whichever caller."""
+
+    def __init__(self) -> None:
+        self.reached: dict[str, int] = {}
+
+    def maybe_fault(self, point: str, name: str) -> None:
+        """Fire the SYNTHGEN_FAULT specs that match (`point`, `name`); nothing when unset."""
+        specs = os.environ.get(ENV)
+        if not specs:
+            return
+        self.reached[point] = self.reached.get(point, 0) + 1
+        for spec in specs.split(","):
+            self._fire(spec, point, name)
+
+    def _fire(self, spec: str, point: str, name: str) -> None:
+        parts = spec.strip().split(":", 3)
+        if len(parts) < 3:
+            return
+        want_point, match, action = parts[:3]
+        if want_point != point:
+            return
+        if match.startswith("#"):
+            if not match[1:].isdigit() or self.reached.get(point, 0) != int(match[1:]):
+                return
+        elif match != "*" and match != name:
+            return
+        if len(parts) == 4:
+            marker = Path(parts[3])
+            try:
+                marker.touch(exist_ok=False)
+            except FileExistsError:
+                return
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise InjectedFault(f"injected fault at {point} {name}")
+
+
+FAULTS = FaultPoints()
 
 
 def maybe_fault(point: str, name: str) -> None:
-    specs = os.environ.get(ENV)
-    if not specs:
-        return
-    _REACHED[point] = _REACHED.get(point, 0) + 1
-    for spec in specs.split(","):
-        _fire(spec, point, name)
-
-
-def _fire(spec: str, point: str, name: str) -> None:
-    parts = spec.strip().split(":", 3)
-    if len(parts) < 3:
-        return
-    want_point, match, action = parts[:3]
-    if want_point != point:
-        return
-    if match.startswith("#"):
-        if not match[1:].isdigit() or _REACHED.get(point, 0) != int(match[1:]):
-            return
-    elif match != "*" and match != name:
-        return
-    if len(parts) == 4:
-        marker = Path(parts[3])
-        try:
-            marker.touch(exist_ok=False)
-        except FileExistsError:
-            return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    raise InjectedFault(f"injected fault at {point} {name}")
+    """`FaultPoints.maybe_fault` on this process's FAULTS registry."""
+    FAULTS.maybe_fault(point, name)

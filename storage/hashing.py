@@ -21,25 +21,46 @@ def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_FOLDER_CACHE: dict[tuple[object, ...], str] = {}
+DEFAULT_PATTERNS = ("*.safetensors", "*.json", "*.txt")
 
 
-def folder_sha256(
-    path: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.json", "*.txt")
-) -> str:
-    """A content fingerprint of a folder: sha256 over sorted (relative path, file sha256) pairs.
+class FolderHashes:
+    """Folder fingerprints already computed, keyed by the folder and every file's size and
+    modification time: a multi-gigabyte model folder is hashed once, not once per caller.
 
-    Remembered per process while no file's size or modification time changes, so a
-    multi-gigabyte model folder is hashed once per build, not once per caller.
-    """
-    files = sorted({p for pat in patterns for p in path.rglob(pat) if p.is_file()})
-    stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    key = (str(path.resolve()), patterns, tuple(stats))
-    if key in _FOLDER_CACHE:
-        return _FOLDER_CACHE[key]
-    h = hashlib.sha256()
-    for p in files:
-        h.update(str(p.relative_to(path)).encode())
-        h.update(file_sha256(p).encode())
-    _FOLDER_CACHE[key] = h.hexdigest()
-    return _FOLDER_CACHE[key]
+    A registry: the process holds one, FOLDER_HASHES, shared by every layer that
+    fingerprints a folder (resolving, provenance, regeneration)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[object, ...], str] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def sha256(self, path: Path, patterns: tuple[str, ...] = DEFAULT_PATTERNS) -> str:
+        """sha256 over sorted (relative path, file sha256) pairs of the files matching
+        `patterns`; remembered while no file's size or modification time changes."""
+        files = sorted({p for pat in patterns for p in path.rglob(pat) if p.is_file()})
+        stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+        key = (str(path.resolve()), patterns, tuple(stats))
+        known = self._known.get(key)
+        if known is not None:
+            return known
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(path)).encode())
+            h.update(file_sha256(p).encode())
+        self._known[key] = h.hexdigest()
+        return self._known[key]
+
+    def clear(self) -> None:
+        self._known.clear()
+
+
+FOLDER_HASHES = FolderHashes()
+
+
+def folder_sha256(path: Path, patterns: tuple[str, ...] = DEFAULT_PATTERNS) -> str:
+    """A content fingerprint of a folder (`FolderHashes.sha256`), remembered per process in
+    the FOLDER_HASHES registry."""
+    return FOLDER_HASHES.sha256(path, patterns)

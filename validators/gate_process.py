@@ -2,7 +2,8 @@
 
 Loading great_expectations and what it pulls in takes seconds; a build needs it only at the
 end, for the gate. The command line (and `synthgen.build`) starts this process as soon as the
-recipe has validated (`prestart`), so it pays that import on a second core while the build
+recipe has validated (`prestart`; its run context hands it to the build:
+synthgen.pipelines.runcontext), so it pays that import on a second core while the build
 itself imports Beam, torch and diffusers, one core busy; then it waits for one request: the
 gate's arguments as JSON (the build folder, the manifest as it is about to be written, the
 recipe), answered with its `CorpusReport` as JSON, or the name of the error the gate raised,
@@ -38,6 +39,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthgen.storage.host import usable_cores
+
 if TYPE_CHECKING:
     from synthgen.schemas.manifest import Manifest
     from synthgen.schemas.recipe import Recipe
@@ -53,8 +56,17 @@ HEARTBEAT_SECONDS = 1.0  # the process's sign of life on its answer pipe
 STALL_SECONDS = 30.0  # silence after which the build gives up on the process
 
 
-_STARTED: list[int] = []  # gate processes this process started
-_PRESTARTED: list[GateProcess] = []  # started by `prestart`, not yet taken by a build
+class GateLaunches:
+    """The gate processes this process started (their pids).
+
+    A registry: the process holds one, LAUNCHES. It must be process-wide: only a process's
+    first gate is worth a process of its own (`worth_a_process`), whoever asks for it."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+
+
+LAUNCHES = GateLaunches()
 
 
 def worth_a_process() -> bool:
@@ -63,34 +75,30 @@ def worth_a_process() -> bool:
     choice = os.environ.get(ENV, "auto").strip().lower()
     if choice in ("0", "1"):
         return choice == "1"
-    return _cores() > 1 and not _STARTED and HEAVY_MODULE not in sys.modules
+    return usable_cores() > 1 and not LAUNCHES.pids and HEAVY_MODULE not in sys.modules
 
 
-def _cores() -> int:
-    """The cores this process may run on (a `taskset` narrows them)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def prestart() -> GateProcess | None:
+    """The gate's process, started now if it is worth one (see `worth_a_process`), for the
+    build the caller starts next to `take`; it is ended when this process exits if no build
+    does. None where it is not worth one or could not start."""
+    if not worth_a_process():
+        return None
+    gate = GateProcess(start=True)
+    if gate.proc is None:
+        return None
+    logger.debug("gate process (pid %d) started before the build's imports", gate.proc.pid)
+    atexit.register(gate.close)
+    return gate
 
 
-def prestart() -> None:
-    """Start the gate's process now, if it is worth one (see `worth_a_process`), for the next
-    build of this process to `take`; it is ended when this process exits if no build does."""
-    if not _PRESTARTED and worth_a_process():
-        gate = GateProcess(start=True)
-        if gate.proc is not None:
-            logger.debug("gate process (pid %d) started before the build's imports", gate.proc.pid)
-            _PRESTARTED.append(gate)
-            atexit.register(gate.close)
-
-
-def take() -> GateProcess:
-    """The gate for a build starting now: the process `prestart` started, if there is one; else
-    one started now where `SYNTHGEN_GATE_PROCESS=1` asks for it; else the gate runs here
-    (a process started this late would overlap only generation, which uses every core)."""
-    if _PRESTARTED:
-        return _PRESTARTED.pop()
+def take(prestarted: GateProcess | None = None) -> GateProcess:
+    """The gate for a build starting now: the process `prestart` started, if the build was
+    given one; else one started now where `SYNTHGEN_GATE_PROCESS=1` asks for it; else the
+    gate runs here (a process started this late would overlap only generation, which uses
+    every core)."""
+    if prestarted is not None:
+        return prestarted
     return GateProcess(start=os.environ.get(ENV, "").strip() == "1")
 
 
@@ -111,7 +119,7 @@ class GateProcess:
                     stderr=subprocess.DEVNULL,
                     start_new_session=True,
                 )
-                _STARTED.append(self.proc.pid)
+                LAUNCHES.pids.append(self.proc.pid)
             except OSError as exc:
                 logger.debug("gate process not started (%s): the gate runs in-process", exc)
 

@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from synthgen.pipelines.build import BuildError, run_build
-from synthgen.pipelines.progress import build_start
+from synthgen.pipelines.runcontext import RunContext
 from synthgen.schemas.recipe import RecipeError
 from synthgen.storage.faults import InjectedFault, maybe_fault
 from tests.conftest import SPLIT_THRESHOLD, read_rows, tiny_recipe_dict, write_recipe
@@ -103,16 +103,16 @@ def test_same_recipe_other_batch_size_and_two_worker_processes(
     data["batch_size"] = 3
     data["scoring"]["batch_size"] = 4  # the built recipe's scorer shape: only batching differs
     recipe = write_recipe(tmp_path / "recipe.yaml", data)
-    started = time.monotonic() - 1000.0  # as if the command line had started long ago
+    run = RunContext(started=time.monotonic() - 1000.0)  # a command line started long ago
     result = run_build(
         recipe,
         tmp_path / "mp",
         beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
         show_progress=False,
-        started=started,
+        run=run,
     )
     # one clock for the live rate and the summary: both run from the command line's start
-    assert build_start() == started and 1000.0 <= result.seconds < 1600.0
+    assert run.opened == [(tmp_path / "mp").resolve()] and 1000.0 <= result.seconds < 1600.0
     a = read_rows(built).to_pylist()
     b = read_rows(tmp_path / "mp").to_pylist()
     fields = ("key", "seed", "image_sha256", "status", "prompt")

@@ -58,8 +58,8 @@ def test_dask_build_equals_direct_runner_build(cluster, tmp_path: Path, model_di
         from dask.distributed import Client
 
         with Client(cluster.scheduler_address) as client:
-            prepared = client.run(lambda: list(runner._prepared))
-        assert list(prepared.values()) == [[True], [True]], prepared
+            prepared = client.run(lambda: runner.MALLOC.done)
+        assert list(prepared.values()) == [True, True], prepared
     fields = ("key", "shard", "seed", "image_sha256", "status", "reject_reason", "prompt")
     a = [tuple(r[f] for f in fields) for r in read_rows(tmp_path / "direct").to_pylist()]
     b = [tuple(r[f] for f in fields) for r in read_rows(tmp_path / "dask").to_pylist()]
@@ -141,5 +141,5 @@ def test_preload_warms_workers_before_their_first_task() -> None:
         assert len(states) == 2
         assert all(state == ([], 0) for state in states.values()), states
         if sys.platform.startswith("linux"):  # the nanny's MALLOC_TRIM_THRESHOLD_ undone
-            prepared = client.run(lambda: list(runner._prepared))
-            assert list(prepared.values()) == [[True], [True]], prepared
+            prepared = client.run(lambda: runner.MALLOC.done)
+            assert list(prepared.values()) == [True, True], prepared

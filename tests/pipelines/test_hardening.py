@@ -185,17 +185,15 @@ def test_a_crash_after_generation_resumes_without_model_work(
 
 
 def test_the_interrupt_message_says_whether_the_manifest_was_written(tmp_path: Path) -> None:
-    from synthgen.pipelines import cli, session
+    from synthgen.pipelines import cli
+    from synthgen.pipelines.runcontext import RunContext
 
     done, half = tmp_path / "done", tmp_path / "half"
     for d in (done, half):
         d.mkdir()
     (done / "manifest.json").write_text("{}")
-    session.OPENED[:] = [half]
-    assert "incomplete (no manifest)" in cli._output_state()
-    assert "--resume to continue it" in cli._output_state()
-    session.OPENED[:] = [done]
-    assert "is complete (manifest written)" in cli._output_state()
-    assert "--resume to finish its report" in cli._output_state()
-    session.OPENED[:] = []
-    assert cli._output_state() == "nothing was written"
+    assert "incomplete (no manifest)" in cli._output_state(RunContext(opened=[half]))
+    assert "--resume to continue it" in cli._output_state(RunContext(opened=[half]))
+    assert "is complete (manifest written)" in cli._output_state(RunContext(opened=[half, done]))
+    assert "--resume to finish its report" in cli._output_state(RunContext(opened=[done]))
+    assert cli._output_state(RunContext()) == "nothing was written"

@@ -27,6 +27,7 @@ from synthgen.pipelines.remote import (
     pull_build,
     source_location,
 )
+from synthgen.pipelines.runcontext import RunContext
 from synthgen.schemas.recipe import RecipeError, apply_overrides
 from synthgen.storage.store import Store, StoreError, open_store
 from tests.conftest import S3_BUCKET, tiny_recipe_dict, write_recipe
@@ -145,8 +146,9 @@ def test_an_extension_locks_the_root_first_and_never_moves_latest_back(
         return parent_copy
 
     monkeypatch.setattr(remote, "pull_build", pull_while_others_publish)
+    run = RunContext()
     with pytest.raises(BuildError, match="LATEST: moved while this build ran") as refused:
-        run_build(grown, publish_root=root, extend="latest", show_progress=False)
+        run_build(grown, publish_root=root, extend="latest", show_progress=False, run=run)
     assert events == ["another build was refused"]
     assert _pointer(root)["build"] == "builds/moved-meanwhile"  # not moved back
     folders = {n.split("/")[1] for n in store.listing("builds")} - {parent}
@@ -158,7 +160,7 @@ def test_an_extension_locks_the_root_first_and_never_moves_latest_back(
     manifest = json.loads(store.read_bytes(f"builds/{child}/manifest.json"))
     assert manifest["lineage"]["parent"] == f"{root}/builds/{parent}"
     # ...and so does the line an interrupt would print for this build
-    state = cli._output_state()
+    state = cli._output_state(run)
     assert f"{root}/builds/{child}" in state and str(cache_root()) not in state
 
     # published later (--resume finds it complete): the line names the store's folder

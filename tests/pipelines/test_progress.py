@@ -81,3 +81,13 @@ def test_without_a_terminal_progress_is_logged(
         time.sleep(0.1)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress:")]
     assert lines and "generated 2/4" in lines[-1] and "ETA" in lines[-1]
+
+
+def test_the_rate_runs_from_the_clock_it_is_given(tmp_path: Path) -> None:
+    _progress_files(tmp_path, 10, 0, 0)
+    long_ago = Progress(tmp_path, 20, stream=io.StringIO(), started=time.monotonic() - 100.0)
+    now = Progress(tmp_path, 20, stream=io.StringIO())  # no build clock: its own start
+    early, late = long_ago.snapshot(), now.snapshot()
+    assert early["elapsed"] >= 100.0 and late["elapsed"] < 5.0
+    assert early["rate"] == pytest.approx(10 / early["elapsed"], rel=0.01)
+    assert late["rate"] > early["rate"]

@@ -148,3 +148,35 @@ def test_a_batch_build_on_the_direct_runner_runs_on_the_fn_api_runner() -> None:
     # streaming is left to Beam's own DirectRunner, which picks a runner that streams
     streaming = pipeline(beam_options(["--runner=DirectRunner", "--streaming"]))
     assert isinstance(streaming.runner, SwitchingDirectRunner)
+
+
+def test_the_progress_display_runs_from_the_builds_clock(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe, base = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(model_dir)))
+    resolved = resolve(recipe, base)
+    shown: list[float | None] = []
+
+    class Shown(runner.Progress):
+        def __init__(self, *args, started: float | None = None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            shown.append(started)
+            super().__init__(*args, started=started, **kwargs)
+
+    monkeypatch.setattr(runner, "_run", lambda p: {})  # the graphs are built, never run
+    monkeypatch.setattr(runner, "Progress", Shown)
+    (tmp_path / "progress").mkdir()
+    runner.run_shards(
+        resolved,
+        make_context(resolved, "2024-01-01T00:00:00Z"),
+        PlanRound(),
+        [0],
+        earlier_shards=[],
+        out=tmp_path / "out",
+        progress_dir=tmp_path / "progress",
+        show_progress=True,
+        options=beam_options([]),
+        total=1,
+        done_counts=(0, 0),
+        started=123.0,
+    )
+    assert shown == [123.0]  # one display for both pipelines, on the build's clock
