@@ -59,6 +59,119 @@ def _pixels(images: Sequence[bytes], height: int, width: int) -> Any:
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
+@dataclass(frozen=True)
+class _Encoded:
+    """The frozen parts' outputs, computed once: each image's latent mean and std, each
+    prompt's text-encoder hidden states, the VAE's latent scaling factor."""
+
+    means: Any
+    stds: Any
+    hidden: Any
+    scale: float
+
+
+def _encode(
+    pipe: Any, images: Sequence[bytes], prompts: Sequence[str], height: int, width: int
+) -> _Encoded:
+    import torch
+
+    vae, text_encoder, tokenizer = pipe.vae, pipe.text_encoder, pipe.tokenizer
+    device = pipe.unet.device
+    pixels = _pixels(images, height, width).to(device, vae.dtype)
+    with torch.no_grad():
+        dist = vae.encode(pixels).latent_dist
+        ids = tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        hidden = text_encoder(ids.to(device))[0]
+    return _Encoded(dist.mean, dist.std, hidden, float(vae.config.scaling_factor))
+
+
+def _add_lora(unet: Any, spec: LoraTrainSpec, name: str) -> list[Any]:
+    """The LoRA adapter `name` on the UNet's attention projections; its trainable weights
+    (in float32 even on a float16 model, as diffusers' example)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.rank,
+        init_lora_weights="gaussian",
+        target_modules=list(TARGET_MODULES),
+    )
+    with warnings.catch_warnings():  # a pipe that trained an earlier class keeps peft_config
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        unet.add_adapter(config, adapter_name=name)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+def _fine_tune(
+    unet: Any,
+    noise_scheduler: Any,
+    encoded: _Encoded,
+    params: list[Any],
+    spec: LoraTrainSpec,
+    g: Any,
+) -> float:
+    """`spec.steps` AdamW steps of the denoising loss on random images, prompts, noise and
+    timesteps (all drawn from `g` on the CPU, then moved); the loss's running mean."""
+    import torch
+
+    device, dtype = unet.device, unet.dtype
+    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=1e-2)
+    prediction = noise_scheduler.config.prediction_type
+    n_train = noise_scheduler.config.num_train_timesteps
+    unet.train()
+    running = 0.0
+    for step in range(spec.steps):
+        idx = torch.randint(0, len(encoded.means), (spec.batch,), generator=g)
+        which = torch.randint(0, len(encoded.hidden), (spec.batch,), generator=g)
+        mean, std = encoded.means[idx], encoded.stds[idx]
+        eps = torch.randn(mean.shape, generator=g).to(device, mean.dtype)
+        latents = ((mean + std * eps) * encoded.scale).to(dtype)
+        noise = torch.randn(latents.shape, generator=g).to(device, dtype)
+        t = torch.randint(0, n_train, (spec.batch,), generator=g).to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        target = (
+            noise_scheduler.get_velocity(latents, noise, t)
+            if prediction == "v_prediction"
+            else noise
+        )
+        pred = unet(noisy, t, encoder_hidden_states=encoded.hidden[which]).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        value = float(loss.detach())
+        running = 0.9 * running + 0.1 * value if step else value
+    unet.eval()
+    return running
+
+
+def _save_lora(pipe: Any, name: str, out: Path) -> None:
+    """The adapter's layers as diffusers' `save_lora_weights` writes them, to `out`
+    (atomically)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(
+        get_peft_model_state_dict(pipe.unet, adapter_name=name)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".lora-") as tmp:
+        type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, weight_name="lora.safetensors")
+        data = (Path(tmp) / "lora.safetensors").read_bytes()
+    with atomic_write(out) as f:
+        f.write(data)
+
+
 def train_lora(
     pipe: Any,
     images: Sequence[bytes],
@@ -76,86 +189,22 @@ def train_lora(
     """
     import torch
     from diffusers import DDPMScheduler
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
 
     if not images:
         raise ValueError("no real images to train a LoRA on")
     torch.set_num_threads(spec.threads)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # peft's Gaussian LoRA init draws from the global generator
-    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    unet = pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    # random numbers are drawn on the CPU (the same on every device), then moved
-    device, dtype = unet.device, unet.dtype
-    pixels = _pixels(images, height, width).to(device, vae.dtype)
-    with torch.no_grad():
-        dist = vae.encode(pixels).latent_dist
-        means, stds = dist.mean, dist.std
-        ids = tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        hidden = text_encoder(ids.to(device))[0]
-    scale = float(vae.config.scaling_factor)
-
-    for module in (vae, unet, text_encoder):
+    encoded = _encode(pipe, images, prompts, height, width)
+    for module in (pipe.vae, unet, pipe.text_encoder):
         module.requires_grad_(False)
     name = "synthgen_train"
-    config = LoraConfig(
-        r=spec.rank,
-        lora_alpha=spec.rank,
-        init_lora_weights="gaussian",
-        target_modules=list(TARGET_MODULES),
-    )
-    with warnings.catch_warnings():  # a pipe that trained an earlier class keeps peft_config
-        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        unet.add_adapter(config, adapter_name=name)
-    params = [p for p in unet.parameters() if p.requires_grad]
-    for p in params:  # trainable weights in float32 even on a float16 model (as the example)
-        p.data = p.data.float()
-    opt = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=1e-2)
-    prediction = noise_scheduler.config.prediction_type
-    n_train = noise_scheduler.config.num_train_timesteps
-    unet.train()
-    running = 0.0
+    params = _add_lora(unet, spec, name)
     try:
-        for step in range(spec.steps):
-            idx = torch.randint(0, len(pixels), (spec.batch,), generator=g)
-            which = torch.randint(0, len(prompts), (spec.batch,), generator=g)
-            mean, std = means[idx], stds[idx]
-            eps = torch.randn(mean.shape, generator=g).to(device, mean.dtype)
-            latents = ((mean + std * eps) * scale).to(dtype)
-            noise = torch.randn(latents.shape, generator=g).to(device, dtype)
-            t = torch.randint(0, n_train, (spec.batch,), generator=g).to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            target = (
-                noise_scheduler.get_velocity(latents, noise, t)
-                if prediction == "v_prediction"
-                else noise
-            )
-            pred = unet(noisy, t, encoder_hidden_states=hidden[which]).sample
-            loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            value = float(loss.detach())
-            running = 0.9 * running + 0.1 * value if step else value
-        unet.eval()
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".lora-") as tmp:
-            type(pipe).save_lora_weights(
-                tmp, unet_lora_layers=layers, weight_name="lora.safetensors"
-            )
-            data = (Path(tmp) / "lora.safetensors").read_bytes()
-        with atomic_write(out) as f:
-            f.write(data)
+        running = _fine_tune(unet, noise_scheduler, encoded, params, spec, g)
+        _save_lora(pipe, name, out)
     finally:
         unet.delete_adapters(name)
         unet.requires_grad_(False)

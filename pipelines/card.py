@@ -21,7 +21,8 @@ from typing import Any
 import yaml
 
 from synthgen.schemas.manifest import REPORT_JSON, Manifest
-from synthgen.schemas.records import IMAGE_EXTENSIONS, class_label_names
+from synthgen.schemas.media import extension_of
+from synthgen.schemas.records import class_label_names
 from synthgen.storage.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
 def image_member(manifest: Manifest) -> str:
     """The tar member extension of a build's images (`png`, `jpg`, `webp`)."""
     fmt = str((manifest.recipe.get("output") or {}).get("image_format") or "png")
-    return IMAGE_EXTENSIONS.get(fmt, fmt)
+    return extension_of(fmt)
 
 
 def default_features(manifest: Manifest) -> list[dict[str, Any]]:
@@ -186,25 +187,23 @@ a domain it never saw and loses most of what the synthetic images add.
 """
 
 
-def card_text(out: Path, manifest: Manifest) -> str:
-    """The whole card: front matter, then what the corpus is and how it was made."""
-    meta = {k: v for k, v in card_metadata(manifest).items() if v is not None}
-    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+def _intro(manifest: Manifest) -> str:
+    """The title and what the corpus is."""
     names = _class_names(manifest)
-    per_class = manifest.counts.planned_per_class
-    classes = "\n".join(f"| {i} | {n} | {per_class.get(n, 0)} |" for i, n in sorted(names.items()))
-    sampling = manifest.recipe.get("sampling", {})
-    ext = image_member(manifest)
-    balanced = _balanced_files(manifest)
-    domain = _rendering_domain(manifest, out)
-    body = f"""
+    return f"""
 # synthgen {manifest.recipe_name}
 
 A synthetic image corpus made by [synthgen](https://pypi.org/project/synthgen-corpus/) from a
 diffusion model: {_count(manifest.counts.accepted, "accepted image")} of
 {_count(len(names), "class", "classes")} ({_rejected(manifest)}, kept with the reason in the
 Parquet metadata only).
+"""
 
+
+def _source(manifest: Manifest) -> str:
+    """The model, recipe, sampling settings and build times it came from."""
+    sampling = manifest.recipe.get("sampling", {})
+    return f"""
 ## Source
 
 - model: `{manifest.model.path}` ({manifest.model.class_}, sha256 `{manifest.model.sha256}`)
@@ -214,13 +213,28 @@ Parquet metadata only).
   {sampling.get("guidance_scale")}, {sampling.get("width")}x{sampling.get("height")}
 - built {manifest.created_at} to {manifest.finished_at} with synthgen
   {manifest.versions.get("synthgen-corpus", "?")}
+"""
 
+
+def _classes(manifest: Manifest) -> str:
+    """The classes as a table: id, name, planned samples."""
+    names = _class_names(manifest)
+    per_class = manifest.counts.planned_per_class
+    classes = "\n".join(f"| {i} | {n} | {per_class.get(n, 0)} |" for i, n in sorted(names.items()))
+    return f"""
 ## Classes
 
 | id | name | planned |
 |---|---|---|
 {classes}
+"""
 
+
+def _files(manifest: Manifest) -> str:
+    """Each kind of file of the build and how to read it (with `datasets`)."""
+    ext = image_member(manifest)
+    balanced = _balanced_files(manifest)
+    return f"""
 ## Files and how to read them
 
 - `*.tar`: WebDataset shards of accepted samples: `KEY.{ext}` (image), `KEY.cls` (class id),
@@ -244,18 +258,31 @@ The `default` config is the training view: `ds.with_format("torch")` goes straig
 `torch.utils.data.DataLoader`. Join it to the metadata on `__key__` = Parquet `key`. Parquet
 `class_label` is a `ClassLabel` with the class names above; `rejected_image` an `Image`; the
 layout is `synthgen.sample` v4 (docs/output.md of synthgen).
-{domain}
+"""
+
+
+HOW_IT_WAS_MADE = """
 ## How it was made
 
 Each sample's key, prompt and seed are pure functions of the recipe; the image was generated
 with one seeded generator per image, scored with the recipe's scorers and checked
 (per-sample checks and build-wide duplicate checks); the corpus passed the recipe's
 great_expectations gate before `manifest.json` was written.
+"""
 
+
+def _headline_section(out: Path) -> str:
+    """The report's headline figures (or how to make the report)."""
+    return f"""
 ## Headline figures (from report.json)
 
 {chr(10).join(_headline(out))}
+"""
 
+
+def _limitations(manifest: Manifest) -> str:
+    """What the corpus cannot be trusted for, and its licence."""
+    return f"""
 ## Known limitations
 
 - Synthetic images: they carry the source model's biases and artefacts, and labels are the
@@ -265,6 +292,24 @@ great_expectations gate before `manifest.json` was written.
 - Licence: the corpus inherits the source model's licence (`{_license(manifest.recipe)}` here);
   check it before use.
 """
+
+
+def card_text(out: Path, manifest: Manifest) -> str:
+    """The whole card: front matter, then what the corpus is and how it was made."""
+    meta = {k: v for k, v in card_metadata(manifest).items() if v is not None}
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    body = "".join(
+        [
+            _intro(manifest),
+            _source(manifest),
+            _classes(manifest),
+            _files(manifest),
+            _rendering_domain(manifest, out),
+            HOW_IT_WAS_MADE,
+            _headline_section(out),
+            _limitations(manifest),
+        ]
+    )
     return f"---\n{front}---\n{body}"
 
 

@@ -104,6 +104,115 @@ def _vector_summary(rows: pd.DataFrame, name: str) -> tuple[pd.Series, pd.Series
     )
 
 
+def _context() -> Any:
+    """An ephemeral great_expectations context: no analytics, no progress bars, its
+    loggers quiet but for errors."""
+    import os
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _sample_suite(recipe_hash: str | list[str], min_accepted_fraction: float) -> list[Any]:
+    """Every row: a unique, well-formed key, a known status, the build's recipe hash, the
+    required provenance; at least `min_accepted_fraction` of the rows accepted."""
+    import great_expectations.expectations as gxe
+
+    suite: list[Any] = [
+        gxe.ExpectColumnValuesToBeUnique(column="key"),
+        gxe.ExpectColumnValuesToMatchRegex(column="key", regex=KEY_PATTERN.pattern),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(STATUSES)),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="recipe_hash",
+            value_set=[recipe_hash] if isinstance(recipe_hash, str) else list(recipe_hash),
+        ),
+    ]
+    for name in REQUIRED_FIELDS:  # build constants live in file metadata
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
+    if min_accepted_fraction > 0:
+        suite.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="status", value_set=["accepted"], mostly=min_accepted_fraction
+            )
+        )
+    return suite
+
+
+def _score_suite(rows: pd.DataFrame, column: ScoreColumn) -> list[Any]:
+    """A scalar column within its declared range; a vector column on every row, `dim`
+    long, each element within the range (checked on derived columns added to `rows`:
+    gx has no list-valued expectations)."""
+    import great_expectations.expectations as gxe
+
+    lo, hi = column.minimum, column.maximum
+    if column.dim is None:
+        if lo is None and hi is None:
+            return []
+        return [gxe.ExpectColumnValuesToBeBetween(column=column.name, min_value=lo, max_value=hi)]
+    length, low, high = (f"{column.name}__{part}" for part in ("length", "min", "max"))
+    rows[length], rows[low], rows[high] = _vector_summary(rows, column.name)
+    suite: list[Any] = [
+        gxe.ExpectColumnValuesToNotBeNull(column=column.name),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=length, min_value=column.dim, max_value=column.dim
+        ),
+    ]
+    if lo is not None:
+        suite.append(gxe.ExpectColumnValuesToBeBetween(column=low, min_value=lo))
+    if hi is not None:
+        suite.append(gxe.ExpectColumnValuesToBeBetween(column=high, max_value=hi))
+    return suite
+
+
+def _image_suite(
+    rows: pd.DataFrame, width: int, height: int, score_columns: Sequence[ScoreColumn]
+) -> tuple[pd.DataFrame, list[Any]]:
+    """The samples with an image (a failed one has none), with any derived columns, and
+    their size and score expectations."""
+    import great_expectations.expectations as gxe
+
+    rows = rows[rows["status"] != FAILED].copy() if len(rows) else rows.copy()
+    suite: list[Any] = [
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=width, max_value=width),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=height, max_value=height),
+    ]
+    for column in score_columns:
+        suite += _score_suite(rows, column)
+    return rows, suite
+
+
+def _classes_suite() -> list[Any]:
+    """Every class attempted as planned and accepted as its target requires."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="planned", column_B="attempted"),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="accepted_or_untargeted", column_B="target_accepted"
+        ),
+    ]
+
+
+def _files_suite() -> list[Any]:
+    """Every shard file there, with the sha256 and size the manifest records."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="actual_sha256"),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="manifest_sha256", column_B="actual_sha256"),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="manifest_bytes", column_B="actual_bytes"),
+    ]
+
+
 def corpus_expectations(
     rows: pd.DataFrame,
     files: pd.DataFrame,
@@ -126,92 +235,13 @@ def corpus_expectations(
     Image expectations (size, scores) apply to samples with an image, failed ones aside;
     the failed fraction of all rows must stay within `max_failed_fraction`.
     """
-    import os
-
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    import great_expectations as gx
-    import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("great_expectations"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    all_rows = rows
-    sample_expectations: list[Any] = [
-        gxe.ExpectColumnValuesToBeUnique(column="key"),
-        gxe.ExpectColumnValuesToMatchRegex(column="key", regex=KEY_PATTERN.pattern),
-        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(STATUSES)),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="recipe_hash",
-            value_set=[recipe_hash] if isinstance(recipe_hash, str) else list(recipe_hash),
-        ),
-    ]
-    for name in REQUIRED_FIELDS:  # build constants live in file metadata
-        sample_expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name))
-    if min_accepted_fraction > 0:
-        sample_expectations.append(
-            gxe.ExpectColumnValuesToBeInSet(
-                column="status", value_set=["accepted"], mostly=min_accepted_fraction
-            )
-        )
-    results = _validate(context, "samples", rows, sample_expectations)
-    # A failed sample has no image: size and score expectations read the others.
-    rows = rows[rows["status"] != FAILED].copy() if len(rows) else rows.copy()
-    sample_expectations = [
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=width, max_value=width),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=height, max_value=height),
-    ]
-    for column in score_columns:
-        lo, hi = column.minimum, column.maximum
-        if column.dim is None:
-            if lo is not None or hi is not None:
-                sample_expectations.append(
-                    gxe.ExpectColumnValuesToBeBetween(
-                        column=column.name, min_value=lo, max_value=hi
-                    )
-                )
-            continue
-        # gx has no list-valued expectations: check derived scalar columns instead.
-        length, low, high = (f"{column.name}__{part}" for part in ("length", "min", "max"))
-        rows[length], rows[low], rows[high] = _vector_summary(rows, column.name)
-        sample_expectations += [
-            gxe.ExpectColumnValuesToNotBeNull(column=column.name),
-            gxe.ExpectColumnValuesToBeBetween(
-                column=length, min_value=column.dim, max_value=column.dim
-            ),
-        ]
-        if lo is not None:
-            sample_expectations.append(gxe.ExpectColumnValuesToBeBetween(column=low, min_value=lo))
-        if hi is not None:
-            sample_expectations.append(gxe.ExpectColumnValuesToBeBetween(column=high, max_value=hi))
-    results += _validate(context, "samples", rows, sample_expectations, part="_images")
-    results += _validate(
-        context,
-        "classes",
-        classes,
-        [
-            gxe.ExpectColumnPairValuesToBeEqual(column_A="planned", column_B="attempted"),
-            gxe.ExpectColumnPairValuesToBeEqual(
-                column_A="accepted_or_untargeted", column_B="target_accepted"
-            ),
-        ],
-    )
-    results += _validate(
-        context,
-        "files",
-        files,
-        [
-            gxe.ExpectColumnValuesToNotBeNull(column="actual_sha256"),
-            gxe.ExpectColumnPairValuesToBeEqual(
-                column_A="manifest_sha256", column_B="actual_sha256"
-            ),
-            gxe.ExpectColumnPairValuesToBeEqual(column_A="manifest_bytes", column_B="actual_bytes"),
-        ],
-    )
-    results += failure_budget(context, all_rows, max_failed_fraction)
+    context = _context()
+    results = _validate(context, "samples", rows, _sample_suite(recipe_hash, min_accepted_fraction))
+    imaged, suite = _image_suite(rows, width, height, score_columns)
+    results += _validate(context, "samples", imaged, suite, part="_images")
+    results += _validate(context, "classes", classes, _classes_suite())
+    results += _validate(context, "files", files, _files_suite())
+    results += failure_budget(context, rows, max_failed_fraction)
     return results
 
 

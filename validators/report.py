@@ -31,14 +31,16 @@ from synthgen.schemas.manifest import (
 from synthgen.schemas.recipe import METRIC_NAMES
 from synthgen.schemas.records import (
     REJECT_IMAGE_FIELD,
+    missing_vector,
     read_build_constants,
     rejected_image_bytes,
 )
 from synthgen.schemas.scores import image_embedding_column
 from synthgen.storage.atomic import write_bytes_atomic
+from synthgen.storage.codecs import readable_extensions
 from synthgen.storage.tars import iter_tar_samples
 from synthgen.validators import svgchart
-from synthgen.validators.corpus import IMAGE_EXTS, empty_rows, read_manifest
+from synthgen.validators.corpus import empty_rows, read_manifest
 from synthgen.validators.nearest import ReferenceSet, nearest, read_reference
 from synthgen.validators.trend import build_trend, read_previous_report
 
@@ -96,7 +98,7 @@ def load_report_data(
     by_reason: dict[str, list[bytes]] = {}
     reason_keys: dict[str, list[str]] = {}
     for shard in shards:
-        table = pq.read_table(out / shard_files(shard)[1])
+        table = pq.read_table(out / shard_files(shard).parquet)
         picked = table.select(
             ["key", "class_name", "status", "reject_reason", REJECT_IMAGE_FIELD.name]
         )
@@ -135,6 +137,11 @@ def load_report_data(
         rejected_keys,
         reason_keys,
     )
+
+
+def has_vector(value: Any) -> bool:
+    """Whether a vector cell holds a vector (a failed row's holds nulls)."""
+    return not missing_vector(value)
 
 
 def _embedding_column(manifest: Manifest) -> str | None:
@@ -180,7 +187,7 @@ def accepted_nearest(
     class_name, nearest_ref, index, similarity, phash_distance."""
     if ref is None or column is None or column not in rows or not len(rows):
         return []
-    mine = rows[(rows["status"] == "accepted") & rows[column].map(lambda v: v is not None)]
+    mine = rows[(rows["status"] == "accepted") & rows[column].map(has_vector)]
     if mine.empty:
         return []
     found = nearest(list(mine[column]), list(mine["phash"]), ref)
@@ -215,10 +222,11 @@ def _accepted_images(
         full = classes and all(len(found.get(c, [])) >= per_class for c in classes)
         if full and not (keyed and any(not v for v in keyed.values())):
             break
-        tar = out / shard_files(shard)[0]
-        for sample in iter_tar_samples(tar, extensions={*IMAGE_EXTS, "json"}):
+        tar = out / shard_files(shard).tar
+        image_exts = readable_extensions()  # a codec plug-in's images show too
+        for sample in iter_tar_samples(tar, extensions={*image_exts, "json"}):
             parts = sample.members
-            image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+            image = next((parts[e] for e in image_exts if e in parts), None)
             if image is None or "json" not in parts:
                 continue
             if keyed is not None and sample.key in keyed:
@@ -269,7 +277,7 @@ def embedding_spread(rows: pd.DataFrame, column: str) -> dict[str, dict[str, Any
     if column not in rows:
         return out
     for cls, group in rows.groupby("class_name"):
-        present = group[group[column].map(lambda v: v is not None)]
+        present = group[group[column].map(has_vector)]
         if present.empty:
             continue
         emb = np.stack([np.asarray(v, dtype=np.float64) for v in present[column]])
@@ -300,9 +308,7 @@ def _metrics(data: ReportData) -> dict[str, Any] | None:
         return None
     from synthgen.validators.metrics import DEFAULT_K, corpus_metrics
 
-    accepted = data.rows[
-        (data.rows["status"] == "accepted") & data.rows[column].map(lambda v: v is not None)
-    ]
+    accepted = data.rows[(data.rows["status"] == "accepted") & data.rows[column].map(has_vector)]
     synthetic = {
         str(cls): np.stack([np.asarray(v, dtype=np.float32) for v in group[column]])
         for cls, group in accepted.groupby("class_name")
@@ -337,7 +343,7 @@ def embedding_map(data: ReportData) -> dict[str, Any] | None:
     rows = data.rows
     if column is None or column not in rows or not len(rows):
         return None
-    mine = rows[rows[column].map(lambda v: v is not None)]
+    mine = rows[rows[column].map(has_vector)]
     if mine.empty:
         return None
     synth = np.stack([np.asarray(v, dtype=np.float64) for v in mine[column]])
@@ -518,9 +524,9 @@ def check_thresholds(manifest: Manifest, rows: pd.DataFrame) -> list[dict[str, A
     build-wide step does, over every sample with an image)."""
     from synthgen.schemas.recipe import recipe_from_dict
     from synthgen.validators.build_checks import make_checks
+    from synthgen.validators.checks.near_copy import NearCopy
     from synthgen.validators.checks.threshold import ScoreThreshold
     from synthgen.validators.dedup import quantile_threshold
-    from synthgen.validators.nearest import NearCopy
 
     try:
         recipe = recipe_from_dict(manifest.recipe, "manifest.json")
@@ -587,6 +593,10 @@ def near_copy_verdicts(manifest: Manifest, found: list[dict[str, Any]]) -> dict[
     }
 
 
+# what `balance_rounds` counts per round and class, in its tables' column order
+ROUND_FIELDS = ("requested", "made", "accepted", "quality_rejects", "surplus", "failed")
+
+
 def balance_rounds(manifest: Manifest, rows: pd.DataFrame) -> list[dict[str, Any]] | None:
     """Per round of a balancing build, per class: `requested` (planned), `made` (samples
     attempted), `accepted`, `quality_rejects` (a check rejected it), `surplus` (passed every
@@ -621,10 +631,7 @@ def balance_rounds(manifest: Manifest, rows: pd.DataFrame) -> list[dict[str, Any
                 "failed": int((mine["status"] == "failed").sum()) if len(mine) else 0,
             }
         per_class = _ordered(per_class, order)
-        total = {
-            k: sum(v[k] for v in per_class.values())
-            for k in ("requested", "made", "accepted", "quality_rejects", "surplus", "failed")
-        }
+        total = {k: sum(v[k] for v in per_class.values()) for k in ROUND_FIELDS}
         out.append({"round": r.round, "per_class": per_class, "total": total})
     return out
 
@@ -643,58 +650,66 @@ def reject_split(rejects_by_reason: dict[str, int]) -> dict[str, Any]:
     }
 
 
+def _bound_row(
+    name: str, scope: str, value: Any, lo: Any, hi: Any, kind: str = "number"
+) -> dict[str, Any]:
+    """One bound of the verdict card: the build's value and whether it is within."""
+    within = None
+    if value is not None:
+        within = (lo is None or value >= lo) and (hi is None or value <= hi)
+    return {
+        "name": name,
+        "scope": scope,
+        "value": value,
+        "min": lo,
+        "max": hi,
+        "within": within,
+        "kind": kind,
+    }
+
+
+def _bounds(report: dict[str, Any], manifest: Manifest) -> list[dict[str, Any]]:
+    """Each bound the recipe sets: accepted and failed fractions, then every gated metric
+    (overall, and per class unless the gate says not)."""
+    counts = report["counts"]
+    attempted = int(manifest.counts.attempted)
+    recipe_validation = manifest.recipe.get("validation") or {}
+    rate = int(counts["accepted"]) / attempted if attempted else None
+    rows = [
+        _bound_row(
+            "accepted fraction",
+            "overall",
+            rate,
+            recipe_validation.get("min_accepted_fraction") or None,
+            None,
+            "fraction",
+        ),
+        _bound_row(
+            "failed fraction",
+            "overall",
+            int(counts.get("failed") or 0) / attempted if attempted else None,
+            None,
+            recipe_validation.get("max_failed_fraction", 0.001),
+            "fraction",
+        ),
+    ]
+    metrics = report.get("metrics") or {}
+    for name, gate in sorted((recipe_validation.get("metrics") or {}).items()):
+        lo, hi = gate.get("min"), gate.get("max")
+        rows.append(_bound_row(name, "overall", (metrics.get("overall") or {}).get(name), lo, hi))
+        if gate.get("per_class", True):
+            for cls, values in (metrics.get("per_class") or {}).items():
+                if values.get(name) is not None:
+                    rows.append(_bound_row(name, f"class:{cls}", values[name], lo, hi))
+    return rows
+
+
 def verdict(report: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
     """The card at the top of the page: the gate's outcome, accepted / attempted, and each
     bound the recipe sets (accepted and failed fractions, every gated metric) with the
     build's value and whether it is within; the build's active time."""
-    counts = report["counts"]
     attempted = int(manifest.counts.attempted)
-    accepted = int(counts["accepted"])
-    recipe_validation = manifest.recipe.get("validation") or {}
-    rows: list[dict[str, Any]] = []
-
-    def add(name: str, scope: str, value: Any, lo: Any, hi: Any, kind: str = "number") -> None:
-        within = None
-        if value is not None:
-            within = (lo is None or value >= lo) and (hi is None or value <= hi)
-        rows.append(
-            {
-                "name": name,
-                "scope": scope,
-                "value": value,
-                "min": lo,
-                "max": hi,
-                "within": within,
-                "kind": kind,
-            }
-        )
-
-    rate = accepted / attempted if attempted else None
-    add(
-        "accepted fraction",
-        "overall",
-        rate,
-        recipe_validation.get("min_accepted_fraction") or None,
-        None,
-        "fraction",
-    )
-    failed_budget = recipe_validation.get("max_failed_fraction", 0.001)
-    add(
-        "failed fraction",
-        "overall",
-        int(counts.get("failed") or 0) / attempted if attempted else None,
-        None,
-        failed_budget,
-        "fraction",
-    )
-    metrics = report.get("metrics") or {}
-    for name, gate in sorted((recipe_validation.get("metrics") or {}).items()):
-        lo, hi = gate.get("min"), gate.get("max")
-        add(name, "overall", (metrics.get("overall") or {}).get(name), lo, hi)
-        if gate.get("per_class", True):
-            for cls, values in (metrics.get("per_class") or {}).items():
-                if values.get(name) is not None:
-                    add(name, f"class:{cls}", values[name], lo, hi)
+    accepted = int(report["counts"]["accepted"])
     validation = manifest.validation
     split = reject_split(report["rejects_by_reason"])
     return {
@@ -702,9 +717,9 @@ def verdict(report: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
         "status": manifest.status,
         "accepted": accepted,
         "attempted": attempted,
-        "accept_rate": rate,
+        "accept_rate": accepted / attempted if attempted else None,
         "passed_checks_rate": (accepted + split["surplus"]) / attempted if attempted else None,
-        "bounds": rows,
+        "bounds": _bounds(report, manifest),
         "active_seconds": report["timing"].get("active_seconds"),
         "idle_seconds": report["timing"].get("idle_seconds"),
     }
@@ -837,14 +852,78 @@ def fmt_duration(seconds: Any) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
+def _counts(manifest: Manifest, rows: pd.DataFrame) -> dict[str, Any]:
+    """The manifest's counts, and per class the planned and the accepted samples."""
+    counts = manifest.counts
+    accepted = rows[rows["status"] == "accepted"].groupby("class_name").size().to_dict()
+    return {
+        "planned": counts.planned,
+        "accepted": counts.accepted,
+        "rejected": counts.rejected,
+        "failed": counts.failed,
+        "per_class": {
+            c: {"planned": n, "accepted": int(accepted.get(c, 0))}
+            for c, n in counts.planned_per_class.items()
+        },
+    }
+
+
+def _rejects(rows: pd.DataFrame) -> dict[str, Any]:
+    """Rejected samples per reason, and per class and reason (`class/reason`)."""
+    rejected = rows[rows["status"] == "rejected"]
+    return {
+        "rejects_by_reason": {
+            str(k): int(v) for k, v in rejected["reject_reason"].value_counts().items()
+        },
+        "rejects_by_class_and_reason": {
+            f"{c}/{r}": int(n)
+            for (c, r), n in rejected.groupby(["class_name", "reject_reason"]).size().items()
+        },
+    }
+
+
+def _provenance(data: ReportData) -> dict[str, Any]:
+    """The model, the generation settings of the first sample with an image (over the
+    build constants), scorers, versions and the build's times."""
+    manifest, rows = data.manifest, data.rows
+    imaged = rows[rows["status"] != "failed"] if len(rows) else rows  # failed: no image
+    first = {**(data.constants or {}), **(imaged.iloc[0].to_dict() if len(imaged) else {})}
+    return {
+        "model": manifest.model.to_dict(),
+        "pipeline_class": first.get("pipeline_class"),
+        "scheduler": first.get("scheduler"),
+        "steps": first.get("steps"),
+        "guidance_scale": first.get("guidance_scale"),
+        "resolution": f"{first.get('width')}x{first.get('height')}",
+        "dtype": first.get("dtype"),
+        "device": first.get("device"),
+        "scorers": manifest.scorers,
+        "versions": manifest.versions,
+        "created_at": manifest.created_at,
+        "finished_at": manifest.finished_at,
+    }
+
+
+def _reference_blocks(data: ReportData) -> dict[str, Any]:
+    """What the reference set adds: the metrics, the nearest pairs (each marked when a near
+    copy) and the near-copy verdicts."""
+    column = _embedding_column(data.manifest)
+    metrics = _metrics(data)
+    found = accepted_nearest(data.rows, data.reference, column)
+    pairs = nearest_pairs(data.rows, data.reference, column, found=found)
+    copies = (
+        near_copy_verdicts(data.manifest, found) if data.reference is not None and found else None
+    )
+    if copies is not None:
+        flagged = {p["key"] for p in copies["samples"]}
+        for pair in pairs:
+            pair["near_copy"] = pair["key"] in flagged
+    return {"metrics": metrics, "nearest_pairs": pairs, "near_copies": copies}
+
+
 def report_json(data: ReportData) -> dict[str, Any]:
     """Everything the report shows, as JSON-ready data (the content of report.json)."""
     manifest, rows = data.manifest, data.rows
-    counts = manifest.counts
-    accepted = rows[rows["status"] == "accepted"].groupby("class_name").size().to_dict()
-    rejected = rows[rows["status"] == "rejected"]
-    imaged = rows[rows["status"] != "failed"] if len(rows) else rows  # failed: no image
-    first = {**(data.constants or {}), **(imaged.iloc[0].to_dict() if len(imaged) else {})}
     scalars = [c.name for c in manifest.score_columns if not c.is_vector]
     vectors = [c.name for c in manifest.score_columns if c.is_vector]
     report: dict[str, Any] = {
@@ -853,57 +932,19 @@ def report_json(data: ReportData) -> dict[str, Any]:
         "status": manifest.status,
         "recipe_name": manifest.recipe_name,
         "recipe_hash": manifest.recipe_hash,
-        "counts": {
-            "planned": counts.planned,
-            "accepted": counts.accepted,
-            "rejected": counts.rejected,
-            "failed": counts.failed,
-            "per_class": {
-                c: {"planned": n, "accepted": int(accepted.get(c, 0))}
-                for c, n in counts.planned_per_class.items()
-            },
-        },
-        "rejects_by_reason": {
-            str(k): int(v) for k, v in rejected["reject_reason"].value_counts().items()
-        },
-        "rejects_by_class_and_reason": {
-            f"{c}/{r}": int(n)
-            for (c, r), n in rejected.groupby(["class_name", "reject_reason"]).size().items()
-        },
+        "counts": _counts(manifest, rows),
+        **_rejects(rows),
         "score_columns": [c.model_dump(mode="json") for c in manifest.score_columns],
         "scores": _score_stats(rows, scalars),
         "embedding_spread": {name: embedding_spread(rows, name) for name in vectors},
         "expectations": manifest.validation.model_dump(mode="json") if manifest.validation else {},
-        "provenance": {
-            "model": manifest.model.to_dict(),
-            "pipeline_class": first.get("pipeline_class"),
-            "scheduler": first.get("scheduler"),
-            "steps": first.get("steps"),
-            "guidance_scale": first.get("guidance_scale"),
-            "resolution": f"{first.get('width')}x{first.get('height')}",
-            "dtype": first.get("dtype"),
-            "device": first.get("device"),
-            "scorers": manifest.scorers,
-            "versions": manifest.versions,
-            "created_at": manifest.created_at,
-            "finished_at": manifest.finished_at,
-        },
+        "provenance": _provenance(data),
     }
     if manifest.balance is not None:
         report["balance"] = manifest.balance.model_dump(mode="json")
     report["usage"] = _usage(manifest)
     report["content_credentials"] = _content_credentials(manifest)
-    column = _embedding_column(manifest)
-    report["metrics"] = _metrics(data)
-    found = accepted_nearest(rows, data.reference, column)
-    report["nearest_pairs"] = nearest_pairs(rows, data.reference, column, found=found)
-    report["near_copies"] = (
-        near_copy_verdicts(manifest, found) if data.reference is not None and found else None
-    )
-    if report["near_copies"] is not None:
-        flagged = {p["key"] for p in report["near_copies"]["samples"]}
-        for pair in report["nearest_pairs"]:
-            pair["near_copy"] = pair["key"] in flagged
+    report.update(_reference_blocks(data))
     report["embedding_map"] = embedding_map(data)
     report["timing"] = _timing(manifest, data.out)
     report["failures"] = failures(rows)
@@ -1063,14 +1104,9 @@ MAP_DRAWN = 3000  # synthetic points of each status drawn on the map at most (fi
 HIST_BINS = 19  # shared bins of the score histograms
 
 
-def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
-    """Every chart of the page as inline SVG (svgchart: string building, no plotting
-    library), keyed counts, rejects, scores:COLUMN, embeddings:COLUMN, balance,
-    embedding_map."""
-    charts = {}
-    per_class = report["counts"]["per_class"]
+def _counts_chart(per_class: dict[str, dict[str, Any]]) -> str:
     names = list(per_class)
-    charts["counts"] = svgchart.grouped_bars(
+    return svgchart.grouped_bars(
         "planned vs accepted per class",
         names,
         [
@@ -1079,8 +1115,12 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         ],
         ylabel=["samples"],
     )
-    reasons = {k: v for k, v in report["rejects_by_reason"].items() if k != SURPLUS}
-    charts["rejects"] = svgchart.hbars(
+
+
+def _rejects_chart(rejects_by_reason: dict[str, int]) -> str:
+    """The quality rejects by reason (`surplus` is no quality reject: left out)."""
+    reasons = {k: v for k, v in rejects_by_reason.items() if k != SURPLUS}
+    return svgchart.hbars(
         "rejects by reason",
         list(reasons),
         list(reasons.values()),
@@ -1088,6 +1128,50 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
         "rejected samples",
         empty="no rejects",
     )
+
+
+def _spread_chart(column: str, spread: dict[str, Any], classes: list[str]) -> str:
+    return svgchart.grouped_bars(
+        f"embedding spread per class: {column}",
+        classes,
+        [
+            (status, [spread[c][status] for c in classes], colour)
+            for status, colour in (
+                ("accepted", svgchart.ACCEPTED),
+                ("rejected", svgchart.REJECTED),
+            )
+        ],
+        ylabel=["mean cosine distance", "to class centroid"],
+        title=column,
+    )
+
+
+def _balance_chart(balance: dict[str, Any]) -> str:
+    classes = list(balance["before"])
+    return svgchart.grouped_bars(
+        "class histogram before and after balancing",
+        classes,
+        [
+            ("before (real)", [balance["before"][c] for c in classes], svgchart.TAB10[0]),
+            (
+                "after (real + synthetic)",
+                [balance["after"].get(c) for c in classes],
+                svgchart.TAB10[1],
+            ),
+        ],
+        ylabel=["images"],
+    )
+
+
+def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
+    """Every chart of the page as inline SVG (svgchart: string building, no plotting
+    library), keyed counts, rejects, scores:COLUMN, embeddings:COLUMN, balance,
+    embedding_map."""
+    charts = {}
+    per_class = report["counts"]["per_class"]
+    names = list(per_class)
+    charts["counts"] = _counts_chart(per_class)
+    charts["rejects"] = _rejects_chart(report["rejects_by_reason"])
     for column in report["scores"]:
         limit = next((t for t in report.get("thresholds") or [] if t["column"] == column), None)
         chart = _score_histograms(rows, column, names, limit)
@@ -1095,37 +1179,10 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
             charts[f"scores:{column}"] = chart
     for column, spread in report["embedding_spread"].items():
         classes = [n for n in names if n in spread]
-        if not classes:
-            continue
-        charts[f"embeddings:{column}"] = svgchart.grouped_bars(
-            f"embedding spread per class: {column}",
-            classes,
-            [
-                (status, [spread[c][status] for c in classes], colour)
-                for status, colour in (
-                    ("accepted", svgchart.ACCEPTED),
-                    ("rejected", svgchart.REJECTED),
-                )
-            ],
-            ylabel=["mean cosine distance", "to class centroid"],
-            title=column,
-        )
+        if classes:
+            charts[f"embeddings:{column}"] = _spread_chart(column, spread, classes)
     if "balance" in report:
-        bal = report["balance"]
-        classes = list(bal["before"])
-        charts["balance"] = svgchart.grouped_bars(
-            "class histogram before and after balancing",
-            classes,
-            [
-                ("before (real)", [bal["before"][c] for c in classes], svgchart.TAB10[0]),
-                (
-                    "after (real + synthetic)",
-                    [bal["after"].get(c) for c in classes],
-                    svgchart.TAB10[1],
-                ),
-            ],
-            ylabel=["images"],
-        )
+        charts["balance"] = _balance_chart(report["balance"])
     emap = report.get("embedding_map")
     if emap and emap["points"]:
         charts["embedding_map"] = _embedding_map_chart(emap, names)
@@ -1516,14 +1573,11 @@ def _contents(sections: list[tuple[str, str]]) -> list[str]:
     return [f"<nav id='contents'><h2>Contents</h2><ol>{items}</ol></nav>"]
 
 
-def _reference_sections(
-    data: ReportData, report: dict[str, Any], charts: dict[str, str]
-) -> list[str]:
-    """Metrics per class, the embedding map, nearest synthetic<->real pairs with the
-    near-copy verdicts."""
-    parts: list[str] = []
+def _metrics_section(data: ReportData, report: dict[str, Any]) -> list[str]:
+    """The distribution metrics against the reference, overall and per class (with a
+    sparkline of a score per class), or how to add a reference set."""
     metrics = report.get("metrics")
-    parts.append("<section id='metrics'><h2>Distribution metrics against the reference</h2>")
+    parts = ["<section id='metrics'><h2>Distribution metrics against the reference</h2>"]
     if metrics:
         parts.append(
             f"<p>Accepted samples' embeddings (<code>{html.escape(metrics['embedding_column'])}"
@@ -1547,7 +1601,11 @@ def _reference_sections(
             "or run <code>synthgen report DIR --reference SRC</code>.</p>"
         )
     parts.append("</section>")
-    parts.append("<section id='embedding-map'><h2>Embedding map</h2>")
+    return parts
+
+
+def _map_section(charts: dict[str, str]) -> list[str]:
+    parts = ["<section id='embedding-map'><h2>Embedding map</h2>"]
     if "embedding_map" in charts:
         parts.append(
             "<p>PCA of the image embeddings of every synthetic sample and the reference "
@@ -1557,67 +1615,88 @@ def _reference_sections(
     else:
         parts.append("<p>No stored embeddings (list the <code>clip_embedding</code> scorer).</p>")
     parts.append("</section>")
-    parts.append("<section id='nearest'><h2>Nearest synthetic ↔ real pairs</h2>")
+    return parts
+
+
+def _near_copy_card(copies: dict[str, Any]) -> list[str]:
+    """The near-copy verdicts as `synthgen validate --reference` prints them, the flagged
+    samples in a table."""
+    rule = copies["rule"]
+    how = f"similarity ≥ {fmt_set(rule['min_similarity'])}"
+    if rule.get("max_phash_distance") is not None:
+        how += f" or pHash distance ≤ {rule['max_phash_distance']}"
+    verdict = (
+        f"<span class='bad'>{fmt_int(copies['count'])} near cop"
+        f"{'y' if copies['count'] == 1 else 'ies'}</span>"
+        if copies["count"]
+        else "<span class='ok'>no near copy</span>"
+    )
+    parts = [
+        f"<div class='card' id='near-copies'><p><b>Near copies</b> ({how}, as "
+        f"<code>synthgen validate --reference</code> judges them): {verdict} among "
+        f"{fmt_int(copies['checked'])} accepted samples.</p>"
+    ]
+    if copies["count"]:
+        parts.append(
+            _table(
+                ["key", "class", "nearest reference", "similarity", "pHash distance"],
+                [
+                    [
+                        r["key"],
+                        r["class_name"],
+                        r["nearest_ref"],
+                        f"{r['similarity']:.4f}",
+                        r["phash_distance"],
+                    ]
+                    for r in copies["samples"]
+                ],
+                "near-copies",
+            )
+        )
+    parts.append("</div>")
+    return parts
+
+
+def _pair_thumbs(data: ReportData, reference: ReferenceSet, pair: dict[str, Any]) -> str:
+    """One nearest pair: the synthetic sample (when its image was read) and its nearest
+    real image, captioned with their keys, the similarity and hash distance beside."""
+    synthetic = (data.sample_images or {}).get(pair["key"], b"")
+    real = reference.thumbnails[pair["index"]]
+    images = [synthetic, real] if synthetic else [real]
+    keys = [pair["key"], str(pair["nearest_ref"])] if synthetic else [str(pair["nearest_ref"])]
+    flag = " NEAR COPY" if pair.get("near_copy") else ""
+    note = f"similarity {pair['similarity']:.4f}, phash distance {pair['phash_distance']}{flag}"
+    return _thumbs(html.escape(pair["class_name"]), pair["class_name"], images, keys, note)
+
+
+def _nearest_section(data: ReportData, report: dict[str, Any]) -> list[str]:
+    parts = ["<section id='nearest'><h2>Nearest synthetic ↔ real pairs</h2>"]
     pairs = report.get("nearest_pairs") or []
     copies = report.get("near_copies")
     if copies is not None:
-        rule = copies["rule"]
-        how = f"similarity ≥ {fmt_set(rule['min_similarity'])}"
-        if rule.get("max_phash_distance") is not None:
-            how += f" or pHash distance ≤ {rule['max_phash_distance']}"
-        verdict = (
-            f"<span class='bad'>{fmt_int(copies['count'])} near cop"
-            f"{'y' if copies['count'] == 1 else 'ies'}</span>"
-            if copies["count"]
-            else "<span class='ok'>no near copy</span>"
-        )
-        parts.append(
-            f"<div class='card' id='near-copies'><p><b>Near copies</b> ({how}, as "
-            f"<code>synthgen validate --reference</code> judges them): {verdict} among "
-            f"{fmt_int(copies['checked'])} accepted samples.</p>"
-        )
-        if copies["count"]:
-            parts.append(
-                _table(
-                    ["key", "class", "nearest reference", "similarity", "pHash distance"],
-                    [
-                        [
-                            r["key"],
-                            r["class_name"],
-                            r["nearest_ref"],
-                            f"{r['similarity']:.4f}",
-                            r["phash_distance"],
-                        ]
-                        for r in copies["samples"]
-                    ],
-                    "near-copies",
-                )
-            )
-        parts.append("</div>")
+        parts += _near_copy_card(copies)
     if pairs and data.reference is not None:
         parts.append(
             "<p>Per class, the accepted samples most similar to a reference image "
             "(memorization review): synthetic left, its nearest real image right.</p>"
         )
-        for pair in pairs:
-            synthetic = (data.sample_images or {}).get(pair["key"], b"")
-            real = data.reference.thumbnails[pair["index"]]
-            images = [synthetic, real] if synthetic else [real]
-            keys = (
-                [pair["key"], str(pair["nearest_ref"])] if synthetic else [str(pair["nearest_ref"])]
-            )
-            flag = " NEAR COPY" if pair.get("near_copy") else ""
-            note = (
-                f"similarity {pair['similarity']:.4f}, "
-                f"phash distance {pair['phash_distance']}{flag}"
-            )
-            parts.append(
-                _thumbs(html.escape(pair["class_name"]), pair["class_name"], images, keys, note)
-            )
+        parts += [_pair_thumbs(data, data.reference, pair) for pair in pairs]
     else:
         parts.append("<p>No reference set.</p>")
     parts.append("</section>")
     return parts
+
+
+def _reference_sections(
+    data: ReportData, report: dict[str, Any], charts: dict[str, str]
+) -> list[str]:
+    """Metrics per class, the embedding map, nearest synthetic<->real pairs with the
+    near-copy verdicts."""
+    return [
+        *_metrics_section(data, report),
+        *_map_section(charts),
+        *_nearest_section(data, report),
+    ]
 
 
 def _timing_section(report: dict[str, Any]) -> list[str]:
@@ -1795,6 +1874,37 @@ def _trend_section(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _balance_table(balance: dict[str, Any]) -> str:
+    return _table(
+        ["class", "before (real)", "target", "after (real + synthetic)"],
+        [
+            [c, fmt_int(n), fmt_int(balance["target"].get(c)), fmt_int(balance["after"].get(c))]
+            for c, n in balance["before"].items()
+        ],
+        "balance",
+    )
+
+
+def _rounds_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """The balancing rounds, a row per round and class and the round's total."""
+    body = []
+    for r in rounds:
+        for cls, v in r["per_class"].items():
+            body.append([r["round"], cls, *(fmt_int(v[k]) for k in ROUND_FIELDS)])
+        body.append([r["round"], "all", *(fmt_int(r["total"][k]) for k in ROUND_FIELDS)])
+    return [
+        "<h3 id='balance-rounds'>Balancing rounds</h3><p>Each round plans new samples for "
+        "the classes still short: <i>requested</i> planned, <i>made</i> attempted, "
+        "<i>accepted</i> kept; <i>quality rejects</i> failed a check; <i>surplus</i> passed "
+        "every check but the class had reached its target (not a quality reject).</p>",
+        _table(
+            ["round", "class", *(k.replace("_", " ") for k in ROUND_FIELDS)],
+            body,
+            "rounds",
+        ),
+    ]
+
+
 def _balance_section(report: dict[str, Any], charts: dict[str, str]) -> list[str]:
     if "balance" not in charts and not report.get("balance_rounds"):
         return []
@@ -1803,73 +1913,10 @@ def _balance_section(report: dict[str, Any], charts: dict[str, str]) -> list[str
         parts.append(f"<div class='chart'>{charts['balance']}</div>")
     bal = report.get("balance") or {}
     if bal:
-        parts.append(
-            _table(
-                ["class", "before (real)", "target", "after (real + synthetic)"],
-                [
-                    [c, fmt_int(n), fmt_int(bal["target"].get(c)), fmt_int(bal["after"].get(c))]
-                    for c, n in bal["before"].items()
-                ],
-                "balance",
-            )
-        )
+        parts.append(_balance_table(bal))
     rounds = report.get("balance_rounds") or []
     if rounds:
-        parts.append(
-            "<h3 id='balance-rounds'>Balancing rounds</h3><p>Each round plans new samples for "
-            "the classes still short: <i>requested</i> planned, <i>made</i> attempted, "
-            "<i>accepted</i> kept; <i>quality rejects</i> failed a check; <i>surplus</i> passed "
-            "every check but the class had reached its target (not a quality reject).</p>"
-        )
-        body = []
-        for r in rounds:
-            for cls, v in r["per_class"].items():
-                body.append(
-                    [
-                        r["round"],
-                        cls,
-                        fmt_int(v["requested"]),
-                        fmt_int(v["made"]),
-                        fmt_int(v["accepted"]),
-                        fmt_int(v["quality_rejects"]),
-                        fmt_int(v["surplus"]),
-                        fmt_int(v["failed"]),
-                    ]
-                )
-            t = r["total"]
-            body.append(
-                [
-                    r["round"],
-                    "all",
-                    *(
-                        fmt_int(t[k])
-                        for k in (
-                            "requested",
-                            "made",
-                            "accepted",
-                            "quality_rejects",
-                            "surplus",
-                            "failed",
-                        )
-                    ),
-                ]
-            )
-        parts.append(
-            _table(
-                [
-                    "round",
-                    "class",
-                    "requested",
-                    "made",
-                    "accepted",
-                    "quality rejects",
-                    "surplus",
-                    "failed",
-                ],
-                body,
-                "rounds",
-            )
-        )
+        parts += _rounds_table(rounds)
     parts.append("</section>")
     return parts
 
@@ -1926,88 +1973,79 @@ def _scores_section(report: dict[str, Any], charts: dict[str, str]) -> list[str]
     return parts
 
 
-def render_html(data: ReportData, report: dict[str, Any]) -> str:
-    """The report page from loaded data and its report.json content; reads no file."""
-    charts = _charts(report, data.rows)
+def _summary_section(report: dict[str, Any]) -> list[str]:
+    """Status and counts, the licence and usage card, the trend card."""
     counts = report["counts"]
     status_class = "ok" if report["status"] == "complete" else "bad"
-    body: list[tuple[str, str, list[str]]] = []  # (id, title, html) per section
-    body.append(
-        (
-            "summary",
-            "Summary",
-            [
-                "<section id='summary'><h2>Summary</h2>",
-                f"<p>Status: <span class='{status_class}'>{html.escape(str(report['status']))}"
-                f"</span>. {fmt_int(counts['planned'])} planned, {fmt_int(counts['accepted'])} "
-                f"accepted, {fmt_int(report['rejects']['quality'])} rejected by a check"
-                + (
-                    f", {fmt_int(report['rejects']['surplus'])} surplus"
-                    if report["rejects"]["surplus"]
-                    else ""
-                )
-                + f", {fmt_int(counts.get('failed', 0))} failed. Recipe hash "
-                f"<code>{report['recipe_hash'][:16]}</code>.</p>",
-                *_usage_card(report),
-                *_trend_card(report),
-                "</section>",
-            ],
+    return [
+        "<section id='summary'><h2>Summary</h2>",
+        f"<p>Status: <span class='{status_class}'>{html.escape(str(report['status']))}"
+        f"</span>. {fmt_int(counts['planned'])} planned, {fmt_int(counts['accepted'])} "
+        f"accepted, {fmt_int(report['rejects']['quality'])} rejected by a check"
+        + (
+            f", {fmt_int(report['rejects']['surplus'])} surplus"
+            if report["rejects"]["surplus"]
+            else ""
         )
-    )
-    body.append(
-        (
-            "counts",
-            "Planned vs accepted per class",
+        + f", {fmt_int(counts.get('failed', 0))} failed. Recipe hash "
+        f"<code>{report['recipe_hash'][:16]}</code>.</p>",
+        *_usage_card(report),
+        *_trend_card(report),
+        "</section>",
+    ]
+
+
+def _counts_section(report: dict[str, Any], charts: dict[str, str]) -> list[str]:
+    return [
+        "<section id='counts'><h2>Planned vs accepted per class</h2>",
+        f"<div class='chart'>{charts['counts']}</div>",
+        _table(
+            ["class", "planned", "accepted"],
             [
-                "<section id='counts'><h2>Planned vs accepted per class</h2>",
-                f"<div class='chart'>{charts['counts']}</div>",
-                _table(
-                    ["class", "planned", "accepted"],
-                    [
-                        [c, fmt_int(v["planned"]), fmt_int(v["accepted"])]
-                        for c, v in counts["per_class"].items()
-                    ],
-                    "per-class",
-                ),
-                "</section>",
+                [c, fmt_int(v["planned"]), fmt_int(v["accepted"])]
+                for c, v in report["counts"]["per_class"].items()
             ],
-        )
-    )
-    balance = _balance_section(report, charts)
-    if balance:
-        body.append(("balance", "Balancing", balance))
-    body.append(("scores", "Score distributions per class", _scores_section(report, charts)))
-    if report["embedding_spread"]:
-        parts = ["<section id='embeddings'><h2>Embedding spread per class</h2>"]
+            "per-class",
+        ),
+        "</section>",
+    ]
+
+
+def _embeddings_section(report: dict[str, Any], charts: dict[str, str]) -> list[str]:
+    """Per embedding column: its spread chart and the table of distances per class."""
+    if not report["embedding_spread"]:
+        return []
+    parts = [
+        "<section id='embeddings'><h2>Embedding spread per class</h2>",
+        "<p>Mean cosine distance of each sample's image embedding to its class centroid "
+        "(all synthetic samples of the class), accepted vs rejected.</p>",
+    ]
+    for column, spread in report["embedding_spread"].items():
+        if f"embeddings:{column}" in charts:
+            parts.append(f"<div class='chart'>{charts[f'embeddings:{column}']}</div>")
         parts.append(
-            "<p>Mean cosine distance of each sample's image embedding to its class centroid "
-            "(all synthetic samples of the class), accepted vs rejected.</p>"
-        )
-        for column, spread in report["embedding_spread"].items():
-            if f"embeddings:{column}" in charts:
-                parts.append(f"<div class='chart'>{charts[f'embeddings:{column}']}</div>")
-            parts.append(
-                _table(
-                    ["class", "accepted", "n", "rejected", "n"],
+            _table(
+                ["class", "accepted", "n", "rejected", "n"],
+                [
                     [
-                        [
-                            c,
-                            _fmt(v["accepted"]),
-                            fmt_int(v["n_accepted"]),
-                            _fmt(v["rejected"]),
-                            fmt_int(v["n_rejected"]),
-                        ]
-                        for c in counts["per_class"]
-                        if (v := spread.get(c)) is not None
-                    ],
-                    "per-class",
-                )
+                        c,
+                        _fmt(v["accepted"]),
+                        fmt_int(v["n_accepted"]),
+                        _fmt(v["rejected"]),
+                        fmt_int(v["n_rejected"]),
+                    ]
+                    for c in report["counts"]["per_class"]
+                    if (v := spread.get(c)) is not None
+                ],
+                "per-class",
             )
-        parts.append("</section>")
-        body.append(("embeddings", "Embedding spread per class", parts))
-    failed = _failure_section(report.get("failures") or {})
-    if failed:
-        body.append(("failures", "Failed samples", failed))
+        )
+    parts.append("</section>")
+    return parts
+
+
+def _rejects_section(data: ReportData, report: dict[str, Any], charts: dict[str, str]) -> list[str]:
+    """Quality rejects by reason (surplus said apart): chart, table, a few images each."""
     split = report["rejects"]
     parts = [
         "<section id='rejects'><h2>Rejects by reason</h2>",
@@ -2030,24 +2068,34 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
         keys = (data.reason_keys or {}).get(reason)
         parts.append(_thumbs(html.escape(reason), reason, images, keys))
     parts.append("</section>")
-    body.append(("rejects", "Rejects by reason", parts))
+    return parts
+
+
+REFERENCE_TITLES = {
+    "metrics": "Distribution metrics",
+    "embedding-map": "Embedding map",
+    "nearest": "Nearest pairs and near copies",
+}
+
+
+def _reference_entries(
+    data: ReportData, report: dict[str, Any], charts: dict[str, str]
+) -> list[tuple[str, str, list[str]]]:
+    """The reference sections as (id, title, html) contents entries."""
     ref = _reference_sections(data, report, charts)
     split_at = [i for i, p in enumerate(ref) if p.startswith("<section id=")]
-    titles = {
-        "metrics": "Distribution metrics",
-        "embedding-map": "Embedding map",
-        "nearest": "Nearest pairs and near copies",
-    }
+    out = []
     for i, start in enumerate(split_at):
         stop = split_at[i + 1] if i + 1 < len(split_at) else len(ref)
         sid = ref[start].split("'")[1]
-        body.append((sid, titles.get(sid, sid), ref[start:stop]))
-    trend = _trend_section(report)
-    if trend:
-        body.append(("trend", "Trend against the previous build", trend))
-    body.append(("timing", "Build timing", _timing_section(report)))
+        out.append((sid, REFERENCE_TITLES.get(sid, sid), ref[start:stop]))
+    return out
+
+
+def _samples_section(data: ReportData, report: dict[str, Any]) -> list[str]:
+    """Per class, accepted and rejected thumbnails (the rejects' reasons beside)."""
     parts = ["<section id='samples'><h2>Samples per class</h2>"]
-    for cls in counts["per_class"]:
+    for cls in report["counts"]["per_class"]:
         parts.append(f"<h3>{html.escape(cls)}</h3>")
         parts.append(
             _thumbs(
@@ -2069,25 +2117,46 @@ def render_html(data: ReportData, report: dict[str, Any]) -> str:
             )
         )
     parts.append("</section>")
-    body.append(("samples", "Samples per class", parts))
-    body.append(("expectations", "Expectations", _expectations_section(report)))
-    prov = report["provenance"]
+    return parts
+
+
+def _provenance_section(report: dict[str, Any]) -> list[str]:
     flat = [
         [k, json.dumps(v, default=str) if isinstance(v, dict | list) else v]
-        for k, v in prov.items()
+        for k, v in report["provenance"].items()
     ]
     flat.insert(0, ["recipe hash", report["recipe_hash"]])
-    body.append(
-        (
-            "provenance",
-            "Provenance",
-            [
-                "<section id='provenance'><h2>Provenance</h2>",
-                _table(["field", "value"], flat),
-                "</section>",
-            ],
-        )
-    )
+    return [
+        "<section id='provenance'><h2>Provenance</h2>",
+        _table(["field", "value"], flat),
+        "</section>",
+    ]
+
+
+def _sections(data: ReportData, report: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """The page's sections in order, as (id, title, html); empty ones left out."""
+    charts = _charts(report, data.rows)
+    body: list[tuple[str, str, list[str]]] = [
+        ("summary", "Summary", _summary_section(report)),
+        ("counts", "Planned vs accepted per class", _counts_section(report, charts)),
+        ("balance", "Balancing", _balance_section(report, charts)),
+        ("scores", "Score distributions per class", _scores_section(report, charts)),
+        ("embeddings", "Embedding spread per class", _embeddings_section(report, charts)),
+        ("failures", "Failed samples", _failure_section(report.get("failures") or {})),
+        ("rejects", "Rejects by reason", _rejects_section(data, report, charts)),
+        *_reference_entries(data, report, charts),
+        ("trend", "Trend against the previous build", _trend_section(report)),
+        ("timing", "Build timing", _timing_section(report)),
+        ("samples", "Samples per class", _samples_section(data, report)),
+        ("expectations", "Expectations", _expectations_section(report)),
+        ("provenance", "Provenance", _provenance_section(report)),
+    ]
+    return [entry for entry in body if entry[2]]
+
+
+def render_html(data: ReportData, report: dict[str, Any]) -> str:
+    """The report page from loaded data and its report.json content; reads no file."""
+    body = _sections(data, report)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>synthgen report: {html.escape(report['recipe_name'])}</title>",

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 FONT = "DejaVu Sans,Verdana,Arial,sans-serif"
 TICK = 10  # tick label font size (px)
@@ -235,6 +236,38 @@ def _value_y(v: float, ticks: list[float], top: float, height: float) -> float:
     return top + height - (v - ticks[0]) / (ticks[-1] - ticks[0]) * height
 
 
+def _category_axis(
+    svg: _Svg,
+    categories: Sequence[str],
+    shown: Sequence[str],
+    left: float,
+    slot: float,
+    base: float,
+    flat: bool,
+) -> None:
+    """A tick and a label under each category's slot: side by side when `flat`, else
+    turned upright (the full name a tooltip)."""
+    for i, (cat, s_) in enumerate(zip(categories, shown, strict=True)):
+        x = left + (i + 0.5) * slot
+        svg.line(x, base, x, base + 4)
+        if flat:
+            svg.text(x, base + 6 + LABEL, s_, anchor="middle", full=cat)
+        else:
+            svg.text(x + 0.35 * LABEL, base + 7, s_, anchor="end", rotate=True, full=cat)
+
+
+def _x_axis(
+    svg: _Svg, ticks: list[float], sx: Callable[[float], float], top: float, w: float, h: float
+) -> None:
+    """Grid lines, tick marks and (thinned) tick labels of a horizontal value axis under a
+    plot area `w` x `h` px with its top at `top`; `sx` maps a value to x."""
+    texts = _thin(tick_labels(ticks), w / max(len(ticks) - 1, 1), TICK)
+    for t, tl in zip(ticks, texts, strict=True):
+        svg.line(sx(t), top, sx(t), top + h, GRID)
+        svg.line(sx(t), top + h, sx(t), top + h + 4)
+        svg.text(sx(t), top + h + X_TICKS, tl, size=TICK, anchor="middle")
+
+
 def grouped_bars(
     name: str,
     categories: Sequence[str],
@@ -288,13 +321,7 @@ def grouped_bars(
         svg.add("</g>")
     svg.frame(left, top, plot_w, plot_h)
     base = top + plot_h
-    for i, (cat, s_) in enumerate(zip(categories, shown, strict=True)):
-        x = left + (i + 0.5) * slot
-        svg.line(x, base, x, base + 4)
-        if flat:
-            svg.text(x, base + 6 + LABEL, s_, anchor="middle", full=cat)
-        else:
-            svg.text(x + 0.35 * LABEL, base + 7, s_, anchor="end", rotate=True, full=cat)
+    _category_axis(svg, categories, shown, left, slot, base, flat)
     lw, lh = _legend(svg, left + plot_w + 14, top, [(lbl, c) for lbl, _, c in series])
     return svg.done(left + plot_w + 14 + lw + 8, max(base + below, top + lh) + 4)
 
@@ -330,11 +357,7 @@ def hbars(
     def sx(v: float) -> float:
         return left + (v - lo) / (hi - lo) * plot_w
 
-    texts = _thin(tick_labels(ticks), plot_w / max(len(ticks) - 1, 1), TICK)
-    for t, tl in zip(ticks, texts, strict=True):
-        svg.line(sx(t), top, sx(t), top + plot_h, GRID)
-        svg.line(sx(t), top + plot_h, sx(t), top + plot_h + 4)
-        svg.text(sx(t), top + plot_h + X_TICKS, tl, size=TICK, anchor="middle")
+    _x_axis(svg, ticks, sx, top, plot_w, plot_h)
     svg.add(f"<g fill='{colour}'>")
     for i, (lbl, v) in enumerate(zip(labels, values, strict=True)):
         y = top + 3 + i * row + 2
@@ -355,25 +378,39 @@ def hbars(
     return svg.done(left + plot_w + 16, bottom + LABEL + 6)
 
 
-def histogram_grid(
-    name: str,
-    title: str,
-    edges: Sequence[float],
-    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[int], str]]]],
-    columns: int = 5,
-    thresholds: Sequence[float | None] | None = None,
-    threshold_label: str = "threshold",
-) -> str:
-    """Small multiples: one histogram panel per (panel title, [(series label, counts per
-    bin, colour)]), every panel on the shared bin `edges`, series overlaid half-transparent;
-    `title` and one legend above the panels.
+Panel = tuple[str, Sequence[tuple[str, Sequence[int], str]]]  # title, [(label, counts, colour)]
 
-    `thresholds` (one value or None per panel) draws a dashed vertical `line.threshold` at
-    that value in the panel (the x axis widened to show it), with a tooltip, and a legend
-    entry `threshold_label`."""
-    svg = _Svg(name)
-    n = max(len(panels), 1)
-    cols = min(columns, n)
+
+@dataclass(frozen=True)
+class _GridLayout:
+    """Where a histogram grid's panels go: shared x ticks, each panel's y ticks and
+    threshold, the padding around a panel's plot area."""
+
+    cols: int
+    xt: list[float]
+    x_texts: list[str]
+    y_ticks: list[list[float]]
+    cuts: list[float | None]
+    pad_l: float
+    pad_t: float
+    pad_r: float
+    cell_w: float
+    cell_h: float
+    x_half: float
+    pw: float = 150.0  # plot area of a panel
+    ph: float = 80.0
+    head: float = 28.0  # the title and legend above the panels
+
+
+def _grid_layout(
+    edges: Sequence[float],
+    panels: Sequence[Panel],
+    columns: int,
+    thresholds: Sequence[float | None] | None,
+) -> _GridLayout:
+    """Ticks shared by every panel (widened to show each threshold), each panel's count
+    ticks, and paddings that keep every tick label clear of its neighbours."""
+    cols = min(columns, max(len(panels), 1))
     lo, hi = float(edges[0]), float(edges[-1])
     cuts = [
         None if t is None or not math.isfinite(t) else float(t)
@@ -388,21 +425,30 @@ def histogram_grid(
         top_count = max((max(c, default=0) for _, c, _ in series), default=0)
         y_ticks.append(nice_ticks(0, max(int(top_count), 1), 3, integer=True))
     tick_w = max(text_width(s, TICK) for t in y_ticks for s in tick_labels(t))
-    pw, ph = 150.0, 80.0  # plot area of a panel
+    pw, ph = _GridLayout.pw, _GridLayout.ph
     x_texts = _thin(tick_labels(xt), pw / max(len(xt) - 1, 1), TICK)
     x_half = max(text_width(s, TICK) for s in x_texts) / 2  # x labels reach past the plot
     pad_l, pad_t, pad_b = max(tick_w + 10, x_half), 18.0, X_TICKS + 7
     pad_r = max(12.0, 2 * x_half + 6 - pad_l)  # room for both neighbours' edge labels
-    cell_w, cell_h = pad_l + pw + pad_r, pad_t + ph + pad_b
-    head = 28.0
-    labels = [(lbl, c) for lbl, _, c in (panels[0][1] if panels else ())]
-    if drawn:
-        labels.append((threshold_label, ""))
-    legend_w = sum(26 + text_width(lbl, LABEL) for lbl, _ in labels)
-    width = max(8 + cols * cell_w - pad_r + max(pad_r, x_half + 4), legend_w + 60)
-    svg.text(8, 18, fit(title, width - legend_w - 24, TITLE), size=TITLE, full=title)
+    return _GridLayout(
+        cols=cols,
+        xt=xt,
+        x_texts=x_texts,
+        y_ticks=y_ticks,
+        cuts=cuts,
+        pad_l=pad_l,
+        pad_t=pad_t,
+        pad_r=pad_r,
+        cell_w=pad_l + pw + pad_r,
+        cell_h=pad_t + ph + pad_b,
+        x_half=x_half,
+    )
+
+
+def _grid_legend(svg: _Svg, x: float, labels: Sequence[tuple[str, str]]) -> None:
+    """One row of swatches from `x`: a series' colour, or (colour "") the threshold's
+    short dashed line."""
     svg.add("<g class='legend'>")
-    x = width - legend_w - 4
     for lbl, colour in labels:
         if colour:
             svg.add(
@@ -416,43 +462,132 @@ def histogram_grid(
         svg.text(x + 14, 18, lbl)
         x += 26 + text_width(lbl, LABEL)
     svg.add("</g>")
-    for p, ((panel_title, series), yt, cut) in enumerate(zip(panels, y_ticks, cuts, strict=True)):
-        cx, cy = 8 + (p % cols) * cell_w, head + (p // cols) * cell_h
-        left, top = cx + pad_l, cy + pad_t
-        total = ", ".join(f"{sum(c)} {lbl}" for lbl, c, _ in series)
-        svg.add(f"<g><title>{esc(panel_title)}: {esc(total)}</title>")
-        svg.text(
-            left + pw / 2, cy + 13, fit(panel_title, pw, LABEL), anchor="middle", full=panel_title
+
+
+def _grid_panel(
+    svg: _Svg,
+    g: _GridLayout,
+    p: int,
+    panel: Panel,
+    edges: Sequence[float],
+    threshold_label: str,
+) -> None:
+    """Panel `p`: its title, count axis, the series' bars overlaid, its threshold line,
+    the shared x axis and its frame; the counts per series as a tooltip."""
+    panel_title, series = panel
+    yt, cut, pw, ph = g.y_ticks[p], g.cuts[p], g.pw, g.ph
+    cx, cy = 8 + (p % g.cols) * g.cell_w, g.head + (p // g.cols) * g.cell_h
+    left, top = cx + g.pad_l, cy + g.pad_t
+    total = ", ".join(f"{sum(c)} {lbl}" for lbl, c, _ in series)
+    svg.add(f"<g><title>{esc(panel_title)}: {esc(total)}</title>")
+    svg.text(left + pw / 2, cy + 13, fit(panel_title, pw, LABEL), anchor="middle", full=panel_title)
+    _y_axis(svg, left, top, pw, ph, yt)
+
+    def sx(v: float) -> float:
+        return left + (v - g.xt[0]) / (g.xt[-1] - g.xt[0]) * pw
+
+    for _, counts, colour in series:
+        path = []
+        for b, c in enumerate(counts):
+            if c:
+                x0, x1 = sx(edges[b]), sx(edges[b + 1])
+                y = _value_y(c, yt, top, ph)
+                path.append(f"M{num(x0)} {num(top + ph)}V{num(y)}H{num(x1)}V{num(top + ph)}Z")
+        if path:
+            svg.add(f"<path d='{''.join(path)}' fill='{colour}' opacity='0.7'/>")
+    if cut is not None:
+        x = sx(cut)
+        svg.add(
+            f"<line class='threshold' x1='{num(x)}' y1='{num(top)}' x2='{num(x)}' "
+            f"y2='{num(top + ph)}' stroke='{THRESHOLD}' stroke-width='1.5' "
+            f"stroke-dasharray='4 3'><title>{esc(threshold_label)}: {esc(f'{cut:.4g}')}"
+            "</title></line>"
         )
-        _y_axis(svg, left, top, pw, ph, yt)
+    for t, tl in zip(g.xt, g.x_texts, strict=True):
+        svg.line(sx(t), top + ph, sx(t), top + ph + 4)
+        svg.text(sx(t), top + ph + X_TICKS, tl, size=TICK, anchor="middle")
+    svg.frame(left, top, pw, ph)
+    svg.add("</g>")
 
-        def sx(v: float, left: float = left) -> float:
-            return left + (v - xt[0]) / (xt[-1] - xt[0]) * pw
 
-        for _, counts, colour in series:
-            path = []
-            for b, c in enumerate(counts):
-                if c:
-                    x0, x1 = sx(edges[b]), sx(edges[b + 1])
-                    y = _value_y(c, yt, top, ph)
-                    path.append(f"M{num(x0)} {num(top + ph)}V{num(y)}H{num(x1)}V{num(top + ph)}Z")
-            if path:
-                svg.add(f"<path d='{''.join(path)}' fill='{colour}' opacity='0.7'/>")
-        if cut is not None:
-            x = sx(cut)
-            svg.add(
-                f"<line class='threshold' x1='{num(x)}' y1='{num(top)}' x2='{num(x)}' "
-                f"y2='{num(top + ph)}' stroke='{THRESHOLD}' stroke-width='1.5' "
-                f"stroke-dasharray='4 3'><title>{esc(threshold_label)}: {esc(f'{cut:.4g}')}"
-                "</title></line>"
-            )
-        for t, tl in zip(xt, x_texts, strict=True):
-            svg.line(sx(t), top + ph, sx(t), top + ph + 4)
-            svg.text(sx(t), top + ph + X_TICKS, tl, size=TICK, anchor="middle")
-        svg.frame(left, top, pw, ph)
-        svg.add("</g>")
-    rows = math.ceil(len(panels) / cols)
-    return svg.done(width, head + rows * cell_h + 4)
+def histogram_grid(
+    name: str,
+    title: str,
+    edges: Sequence[float],
+    panels: Sequence[Panel],
+    columns: int = 5,
+    thresholds: Sequence[float | None] | None = None,
+    threshold_label: str = "threshold",
+) -> str:
+    """Small multiples: one histogram panel per (panel title, [(series label, counts per
+    bin, colour)]), every panel on the shared bin `edges`, series overlaid half-transparent;
+    `title` and one legend above the panels.
+
+    `thresholds` (one value or None per panel) draws a dashed vertical `line.threshold` at
+    that value in the panel (the x axis widened to show it), with a tooltip, and a legend
+    entry `threshold_label`."""
+    svg = _Svg(name)
+    g = _grid_layout(edges, panels, columns, thresholds)
+    labels = [(lbl, c) for lbl, _, c in (panels[0][1] if panels else ())]
+    if any(t is not None for t in g.cuts):
+        labels.append((threshold_label, ""))
+    legend_w = sum(26 + text_width(lbl, LABEL) for lbl, _ in labels)
+    width = max(8 + g.cols * g.cell_w - g.pad_r + max(g.pad_r, g.x_half + 4), legend_w + 60)
+    svg.text(8, 18, fit(title, width - legend_w - 24, TITLE), size=TITLE, full=title)
+    _grid_legend(svg, width - legend_w - 4, labels)
+    for p, (panel, _) in enumerate(zip(panels, g.cuts, strict=True)):
+        _grid_panel(svg, g, p, panel, edges, threshold_label)
+    rows = math.ceil(len(panels) / g.cols)
+    return svg.done(width, g.head + rows * g.cell_h + 4)
+
+
+def _scatter_marks(
+    svg: _Svg,
+    points: Sequence[tuple[float, float, str, str]],
+    colours: dict[str, str],
+    markers: Sequence[tuple[str, str, str]],
+    place: Callable[[float, float], tuple[float, float]],
+) -> None:
+    """The points as one path per (marker kind, group): kinds in `markers` order, groups
+    in legend order; `place` maps a point to the page."""
+    order = {kind: i for i, (kind, _, _) in enumerate(markers)}
+    shapes = [shape for _, _, shape in markers]
+    groups: dict[tuple[int, str], list[str]] = {}
+    for x, y, group, kind in points:
+        if kind in order:
+            px, py = place(x, y)
+            groups.setdefault((order[kind], group), []).append(_mark(shapes[order[kind]], px, py))
+    rank = {g: i for i, g in enumerate(colours)}
+    for (o, group), marks in sorted(groups.items(), key=lambda g: (g[0][0], rank.get(g[0][1], -1))):
+        svg.add(
+            f"<path d='{''.join(marks)}' fill='none' stroke='{colours.get(group, AXIS)}' "
+            f"{_MARKER_STYLE[shapes[o]]}/>"
+        )
+
+
+def _scatter_legend(
+    svg: _Svg,
+    lx: float,
+    top: float,
+    colours: dict[str, str],
+    markers: Sequence[tuple[str, str, str]],
+) -> tuple[float, float]:
+    """The groups' colours, then one grey sample of each marker kind; returns the legend's
+    width and the y under it."""
+    lw, lh = _legend(svg, lx, top, list(colours.items()))
+    svg.add("<g class='legend'>")
+    y = top + lh + 8
+    for _, label, shape in markers:
+        shown = fit(label, 170, LABEL)
+        svg.add(
+            f"<path d='{_mark(shape, lx + 5, y + 7)}' fill='none' stroke='#555' "
+            f"{_MARKER_STYLE[shape]}/>"
+        )
+        svg.text(lx + 14, y + 11, shown, full=label)
+        lw = max(lw, 14 + text_width(shown, LABEL))
+        y += 16
+    svg.add("</g>")
+    return lw, y
 
 
 def scatter(
@@ -480,24 +615,8 @@ def scatter(
     def sx(v: float) -> float:
         return left + (v - xt[0]) / (xt[-1] - xt[0]) * pw
 
-    x_texts = _thin(tick_labels(xt), pw / max(len(xt) - 1, 1), TICK)
-    for t, tl in zip(xt, x_texts, strict=True):
-        svg.line(sx(t), top, sx(t), top + ph, GRID)
-        svg.line(sx(t), top + ph, sx(t), top + ph + 4)
-        svg.text(sx(t), top + ph + X_TICKS, tl, size=TICK, anchor="middle")
-    order = {kind: i for i, (kind, _, _) in enumerate(markers)}
-    shapes = [shape for _, _, shape in markers]
-    groups: dict[tuple[int, str], list[str]] = {}
-    for x, y, group, kind in points:
-        if kind in order:
-            px, py = sx(x), _value_y(y, yt, top, ph)
-            groups.setdefault((order[kind], group), []).append(_mark(shapes[order[kind]], px, py))
-    rank = {g: i for i, g in enumerate(colours)}
-    for (o, group), marks in sorted(groups.items(), key=lambda g: (g[0][0], rank.get(g[0][1], -1))):
-        svg.add(
-            f"<path d='{''.join(marks)}' fill='none' stroke='{colours.get(group, AXIS)}' "
-            f"{_MARKER_STYLE[shapes[o]]}/>"
-        )
+    _x_axis(svg, xt, sx, top, pw, ph)
+    _scatter_marks(svg, points, colours, markers, lambda x, y: (sx(x), _value_y(y, yt, top, ph)))
     svg.frame(left, top, pw, ph)
     svg.text(left + pw / 2, top + ph + X_TICKS + 8 + LABEL, xlabel, anchor="middle")
     svg.text(8 + LABEL, top + ph / 2, ylabel, anchor="middle", rotate=True)
@@ -505,21 +624,8 @@ def scatter(
     if note:
         svg.text(left, bottom + TICK + 2, note, size=TICK, fill="#555")
         bottom += TICK + 8
-    # legend: the groups' colours, then one grey sample of each marker kind
     lx = left + pw + 14
-    lw, lh = _legend(svg, lx, top, list(colours.items()))
-    svg.add("<g class='legend'>")
-    y = top + lh + 8
-    for _, label, shape in markers:
-        shown = fit(label, 170, LABEL)
-        svg.add(
-            f"<path d='{_mark(shape, lx + 5, y + 7)}' fill='none' stroke='#555' "
-            f"{_MARKER_STYLE[shape]}/>"
-        )
-        svg.text(lx + 14, y + 11, shown, full=label)
-        lw = max(lw, 14 + text_width(shown, LABEL))
-        y += 16
-    svg.add("</g>")
+    lw, y = _scatter_legend(svg, lx, top, colours, markers)
     return svg.done(lx + lw + 8, max(bottom, y + 4))
 
 

@@ -205,6 +205,87 @@ def _metric_changes(
     return out
 
 
+class _Verdicts:
+    """The regressions found so far and the changes held back (too few samples)."""
+
+    def __init__(self) -> None:
+        self.regressions: list[dict[str, Any]] = []
+        self.held_back: list[dict[str, Any]] = []
+
+    def rate(
+        self, change: dict[str, Any], samples: tuple[int, int], minimum: int, scope: str
+    ) -> None:
+        """Judge an accept-rate change: a drop past ACCEPT_RATE_DROP points."""
+        past = change["delta"] is not None and change["delta"] < -ACCEPT_RATE_DROP
+        _judge(
+            change, past, samples, minimum, scope, "accept_rate", self.regressions, self.held_back
+        )
+
+    def metrics(
+        self,
+        previous: dict[str, Any] | None,
+        current: dict[str, Any] | None,
+        gates: dict[str, dict[str, Any]],
+        scope: str,
+        accepted: tuple[int | None, int | None],
+    ) -> dict[str, Any]:
+        return _metric_changes(
+            previous, current, gates, scope, self.regressions, self.held_back, accepted
+        )
+
+
+def _class_trends(
+    current: dict[str, Any],
+    previous: dict[str, Any],
+    gates: dict[str, dict[str, Any]],
+    verdicts: _Verdicts,
+) -> dict[str, Any]:
+    """Per class (this build's, then those only the previous build had): accepted, accept
+    rate and every metric against the previous build."""
+    cur_att, prev_att = _attempts(current), _attempts(previous)
+    cur_pc = current.get("counts", {}).get("per_class", {})
+    prev_pc = previous.get("counts", {}).get("per_class", {})
+    cur_m, prev_m = current.get("metrics") or {}, previous.get("metrics") or {}
+    per_class: dict[str, Any] = {}
+    for cls in list(cur_pc) + [c for c in prev_pc if c not in cur_pc]:
+        c_acc = (cur_pc.get(cls) or {}).get("accepted")
+        p_acc = (prev_pc.get(cls) or {}).get("accepted")
+        crate = _change(_rate(p_acc, prev_att.get(cls)), _rate(c_acc, cur_att.get(cls)))
+        verdicts.rate(
+            crate, (prev_att.get(cls, 0), cur_att.get(cls, 0)), MIN_CLASS_ATTEMPTS, f"class:{cls}"
+        )
+        per_class[cls] = {
+            "accepted": _change(p_acc, c_acc),
+            "accept_rate": crate,
+            "metrics": verdicts.metrics(
+                (prev_m.get("per_class") or {}).get(cls),
+                (cur_m.get("per_class") or {}).get(cls),
+                gates,
+                f"class:{cls}",
+                (_int(p_acc), _int(c_acc)),
+            ),
+        }
+    return per_class
+
+
+def _history(
+    previous: dict[str, Any], per_class: dict[str, Any], rate: dict[str, Any]
+) -> dict[str, Any]:
+    """The accept rates of the last HISTORY builds, overall and per class: the previous
+    build's history (else its own rate), then this build's."""
+    past_history = (previous.get("trend") or {}).get("history") or {}
+    history_prev = past_history.get("accept_rate", {})
+    history: dict[str, list[float | None]] = {}
+    for cls in per_class:
+        past = list(history_prev.get(cls) or [])
+        if not past:
+            past = [per_class[cls]["accept_rate"]["previous"]]
+        history[cls] = ([*past, per_class[cls]["accept_rate"]["current"]])[-HISTORY:]
+    overall_past = list(past_history.get("overall") or [])
+    overall_history = ((overall_past or [rate["previous"]]) + [rate["current"]])[-HISTORY:]
+    return {"overall": overall_history, "accept_rate": history}
+
+
 def build_trend(
     current: dict[str, Any],
     previous: dict[str, Any],
@@ -214,8 +295,7 @@ def build_trend(
     """The trend block of report.json: `current` (this report) against `previous` (the
     previously published build's report.json); `gates`: the recipe's `validation.metrics`."""
     gates = gates or {}
-    regressions: list[dict[str, Any]] = []
-    held_back: list[dict[str, Any]] = []
+    verdicts = _Verdicts()
     cur_counts, prev_counts = current.get("counts", {}), previous.get("counts", {})
     counts = {
         k: _change(prev_counts.get(k), cur_counts.get(k))
@@ -225,67 +305,17 @@ def build_trend(
         _rate(prev_counts.get("accepted"), _overall_attempts(previous)),
         _rate(cur_counts.get("accepted"), _overall_attempts(current)),
     )
-    _judge(
-        rate,
-        rate["delta"] is not None and rate["delta"] < -ACCEPT_RATE_DROP,
-        (_overall_attempts(previous), _overall_attempts(current)),
-        MIN_ATTEMPTS,
-        "overall",
-        "accept_rate",
-        regressions,
-        held_back,
+    verdicts.rate(
+        rate, (_overall_attempts(previous), _overall_attempts(current)), MIN_ATTEMPTS, "overall"
     )
-    cur_m, prev_m = current.get("metrics") or {}, previous.get("metrics") or {}
-    metrics = _metric_changes(
-        prev_m.get("overall"),
-        cur_m.get("overall"),
+    metrics = verdicts.metrics(
+        (previous.get("metrics") or {}).get("overall"),
+        (current.get("metrics") or {}).get("overall"),
         gates,
         "overall",
-        regressions,
-        held_back,
         (_int(prev_counts.get("accepted")), _int(cur_counts.get("accepted"))),
     )
-
-    cur_att, prev_att = _attempts(current), _attempts(previous)
-    cur_pc = cur_counts.get("per_class", {})
-    prev_pc = prev_counts.get("per_class", {})
-    history_prev = ((previous.get("trend") or {}).get("history") or {}).get("accept_rate", {})
-    per_class: dict[str, Any] = {}
-    for cls in list(cur_pc) + [c for c in prev_pc if c not in cur_pc]:
-        c_acc = (cur_pc.get(cls) or {}).get("accepted")
-        p_acc = (prev_pc.get(cls) or {}).get("accepted")
-        crate = _change(_rate(p_acc, prev_att.get(cls)), _rate(c_acc, cur_att.get(cls)))
-        _judge(
-            crate,
-            crate["delta"] is not None and crate["delta"] < -ACCEPT_RATE_DROP,
-            (prev_att.get(cls, 0), cur_att.get(cls, 0)),
-            MIN_CLASS_ATTEMPTS,
-            f"class:{cls}",
-            "accept_rate",
-            regressions,
-            held_back,
-        )
-        per_class[cls] = {
-            "accepted": _change(p_acc, c_acc),
-            "accept_rate": crate,
-            "metrics": _metric_changes(
-                (prev_m.get("per_class") or {}).get(cls),
-                (cur_m.get("per_class") or {}).get(cls),
-                gates,
-                f"class:{cls}",
-                regressions,
-                held_back,
-                (_int(p_acc), _int(c_acc)),
-            ),
-        }
-    history: dict[str, list[float | None]] = {}
-    for cls in per_class:
-        past = list(history_prev.get(cls) or [])
-        if not past:
-            past = [per_class[cls]["accept_rate"]["previous"]]
-        history[cls] = ([*past, per_class[cls]["accept_rate"]["current"]])[-HISTORY:]
-    overall_past = list(((previous.get("trend") or {}).get("history") or {}).get("overall") or [])
-    overall_history = ((overall_past or [rate["previous"]]) + [rate["current"]])[-HISTORY:]
+    per_class = _class_trends(current, previous, gates, verdicts)
     return {
         "trend_version": TREND_VERSION,
         "previous": {
@@ -300,9 +330,9 @@ def build_trend(
         "accept_rate": rate,
         "metrics": metrics,
         "per_class": per_class,
-        "history": {"overall": overall_history, "accept_rate": history},
-        "regressions": regressions,
-        "held_back": held_back,
+        "history": _history(previous, per_class, rate),
+        "regressions": verdicts.regressions,
+        "held_back": verdicts.held_back,
         "rules": RULES,
     }
 

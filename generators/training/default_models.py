@@ -14,7 +14,7 @@ from typing import Any
 
 from synthgen.generators.sd_layout import SDLayoutConfig, assemble_pipeline, save_pipeline
 from synthgen.generators.training.clip import ClipTrainConfig, train_clip, zero_shot
-from synthgen.generators.training.data import load_split, to_images
+from synthgen.generators.training.data import DigitsSplit, load_split, to_images
 from synthgen.generators.training.diffusion import DiffusionTrainConfig, train_diffusion
 
 logger = logging.getLogger(__name__)
@@ -118,48 +118,65 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def train_default(output: Path, cfg: DefaultModelsConfig | None = None) -> dict[str, Any]:
-    """Train both models on the digits train split and save them under `output`."""
-    import open_clip
-    import torch
+def _train_ldm(
+    cfg: DefaultModelsConfig, split: DigitsSplit, tmp: Path, report: ProgressReport
+) -> dict[str, Any]:
+    """Phase 1: the VAE, then text encoder + UNet, assembled as a StableDiffusionPipeline
+    and saved under `tmp`; returns the training figures."""
     from transformers import CLIPTokenizer
 
-    from synthgen.generators.clip_layout import build_clip, save_clip
     from synthgen.generators.sd_layout import write_clip_tokenizer
+
+    layout = cfg.diffusion.layout
+    images = to_images(split.x_train, layout.image_size)
+    write_clip_tokenizer(tmp / "tok", layout.max_text_tokens)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tmp / "tok"), local_files_only=True)
+    components, figures = train_diffusion(cfg.diffusion, images, split.y_train, tokenizer, report)
+    pipe = assemble_pipeline(components, tmp / "tok")
+    save_pipeline(pipe, tmp / LDM_DIR, layout)
+    return figures
+
+
+def _train_default_clip(
+    cfg: ClipTrainConfig, split: DigitsSplit, tmp: Path, report: ProgressReport
+) -> tuple[float, dict[str, float]]:
+    """Phase 2: CLIP from our own config JSON (registered with open_clip), trained, saved
+    under `tmp` and scored zero-shot on the test split; returns its final loss and the
+    test-split figures."""
+    import open_clip
+    import torch
+
+    from synthgen.generators.clip_layout import build_clip, save_clip
+
+    torch.manual_seed(cfg.seed)
+    clip_model = build_clip(cfg.name, cfg.config, tmp / CLIP_DIR)
+    clip_tok = open_clip.get_tokenizer(cfg.name)
+    size = cfg.config["vision_cfg"]["image_size"]
+    clip_images = to_images(split.x_train, size)
+    clip_loss = train_clip(clip_model, clip_tok, clip_images, split.y_train, cfg, report)
+    save_clip(clip_model, cfg.name, tmp / CLIP_DIR)
+    test_images = to_images(split.x_test, size)
+    return clip_loss, zero_shot(clip_model, clip_tok, test_images, split.y_test)
+
+
+def train_default(output: Path, cfg: DefaultModelsConfig | None = None) -> dict[str, Any]:
+    """Train both models on the digits train split and save them under `output`."""
+    import torch
 
     cfg = cfg or DefaultModelsConfig()
     torch.set_num_threads(cfg.threads)
     output.mkdir(parents=True, exist_ok=True)
     split = load_split()
-    layout = cfg.diffusion.layout
-    images = to_images(split.x_train, layout.image_size)
     report = ProgressReport()
     t0 = time.monotonic()
 
     with tempfile.TemporaryDirectory(dir=output) as tmp_root:
         tmp = Path(tmp_root)
-        # 1. diffusion: VAE, then text encoder + UNet, assembled as a StableDiffusionPipeline.
-        write_clip_tokenizer(tmp / "tok", layout.max_text_tokens)
-        tokenizer = CLIPTokenizer.from_pretrained(str(tmp / "tok"), local_files_only=True)
-        components, diffusion_figures = train_diffusion(
-            cfg.diffusion, images, split.y_train, tokenizer, report
-        )
-        pipe = assemble_pipeline(components, tmp / "tok")
-        save_pipeline(pipe, tmp / LDM_DIR, layout)
+        diffusion_figures = _train_ldm(cfg, split, tmp, report)
         t_diffusion = time.monotonic() - t0
-
-        # 2. CLIP from our own config JSON, registered with open_clip.
         t1 = time.monotonic()
-        torch.manual_seed(cfg.clip.seed)
-        clip_model = build_clip(cfg.clip.name, cfg.clip.config, tmp / CLIP_DIR)
-        clip_tok = open_clip.get_tokenizer(cfg.clip.name)
-        clip_images = to_images(split.x_train, cfg.clip.config["vision_cfg"]["image_size"])
-        clip_loss = train_clip(clip_model, clip_tok, clip_images, split.y_train, cfg.clip, report)
-        save_clip(clip_model, cfg.clip.name, tmp / CLIP_DIR)
-        test_images = to_images(split.x_test, cfg.clip.config["vision_cfg"]["image_size"])
-        clip_metrics = zero_shot(clip_model, clip_tok, test_images, split.y_test)
+        clip_loss, clip_metrics = _train_default_clip(cfg.clip, split, tmp, report)
         t_clip = time.monotonic() - t1
-
         summary = {
             "data": "scikit-learn load_digits; train_test_split(test_size=0.25, random_state=0, "
             "stratify=y); trained on the 1347-image train split only",

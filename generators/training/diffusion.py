@@ -95,6 +95,51 @@ def _shifted_latent_stats(vae: Any, images: Any, max_shift: int = 1) -> tuple[An
     return torch.stack(means), torch.stack(stds)
 
 
+def _caption_batch(
+    g: Any,
+    means: Any,
+    stds: Any,
+    n_images: int,
+    labels: np.ndarray,
+    tokenizer: Any,
+    cfg: DiffusionTrainConfig,
+    scale: float,
+) -> tuple[Any, Any]:
+    """One training batch drawn from `g`: random images under random shifts, their latents
+    sampled from the stored mean/std, and their token ids (a random caption template each,
+    dropped to "" with `cfg.caption_dropout`)."""
+    import torch
+
+    idx = torch.randint(0, n_images, (cfg.unet_batch,), generator=g)
+    shift = torch.randint(0, len(means), (cfg.unet_batch,), generator=g)
+    mean, std = means[shift, idx], stds[shift, idx]
+    latents = (mean + std * torch.randn(mean.shape, generator=g)) * scale
+    templates = torch.randint(0, 1000, (cfg.unet_batch,), generator=g).tolist()
+    drop = torch.rand(cfg.unet_batch, generator=g) < cfg.caption_dropout
+    captions = [
+        "" if d else caption(int(labels[i]), t)
+        for i, t, d in zip(idx.tolist(), templates, drop.tolist(), strict=True)
+    ]
+    ids = tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return latents, ids
+
+
+def _target(scheduler: Any, latents: Any, noise: Any, t: Any) -> Any:
+    """What the UNet learns to predict: the noise, or the velocity for v-prediction."""
+    if scheduler.config.prediction_type == "v_prediction":
+        alphas = scheduler.alphas_cumprod
+        a = alphas[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+        return a * noise - s * latents
+    return noise
+
+
 def train_unet_and_text(
     components: dict[str, Any],
     tokenizer: Any,
@@ -110,7 +155,6 @@ def train_unet_and_text(
     vae, unet, text_encoder = components["vae"], components["unet"], components["text_encoder"]
     scheduler = components["scheduler"]
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    scale = vae.config.scaling_factor
     # The VAE is frozen: encode every one-pixel shift of every image once, sample per step.
     means, stds = _shifted_latent_stats(vae, images)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -119,34 +163,17 @@ def train_unet_and_text(
     ema_text = EMAModel(text_encoder.parameters(), decay=cfg.ema_decay)
     unet.train()
     text_encoder.train()
-    max_len = tokenizer.model_max_length
-    alphas = scheduler.alphas_cumprod
     running = 0.0
     for step in range(cfg.unet_steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, cfg.unet_steps, cfg.unet_lr)
-        idx = torch.randint(0, len(images), (cfg.unet_batch,), generator=g)
-        shift = torch.randint(0, len(means), (cfg.unet_batch,), generator=g)
-        mean, std = means[shift, idx], stds[shift, idx]
-        latents = (mean + std * torch.randn(mean.shape, generator=g)) * scale
-        templates = torch.randint(0, 1000, (cfg.unet_batch,), generator=g).tolist()
-        drop = torch.rand(cfg.unet_batch, generator=g) < cfg.caption_dropout
-        captions = [
-            "" if d else caption(int(labels[i]), t)
-            for i, t, d in zip(idx.tolist(), templates, drop.tolist(), strict=True)
-        ]
-        ids = tokenizer(
-            captions, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
-        ).input_ids
+        latents, ids = _caption_batch(
+            g, means, stds, len(images), labels, tokenizer, cfg, vae.config.scaling_factor
+        )
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=g)
         noisy = scheduler.add_noise(latents, noise, t)
-        if scheduler.config.prediction_type == "v_prediction":
-            a = alphas[t].sqrt().view(-1, 1, 1, 1)
-            s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-            target = a * noise - s * latents
-        else:
-            target = noise
+        target = _target(scheduler, latents, noise, t)
         hidden = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         loss = torch.nn.functional.mse_loss(pred, target)

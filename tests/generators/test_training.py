@@ -76,3 +76,60 @@ def test_training_is_seeded(trained: tuple[Path, dict], tmp_path: Path) -> None:
         a, b = load_file(str(out / rel)), load_file(str(tmp_path / rel))
         assert a.keys() == b.keys()
         assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# sha256 (its first 16 hex digits) of every file `train_default(quick_config(steps=3))` writes
+# but training.json, by path
+QUICK_MODEL_FILES = {
+    "digits-clip/digits-clip.json": "191387d031bcd857",
+    "digits-clip/digits-clip.safetensors": "13bad80bccf17a67",
+    "digits-ldm/model_index.json": "bbd75dd0f2fd4557",
+    "digits-ldm/scheduler/scheduler_config.json": "f21b19e4ff75c02f",
+    "digits-ldm/synthgen_layout.json": "04504263fe76f80c",
+    "digits-ldm/text_encoder/config.json": "f918ecb8407ae619",
+    "digits-ldm/text_encoder/model.safetensors": "10d97dab82936831",
+    "digits-ldm/tokenizer/tokenizer.json": "3800df9a38f5abc0",
+    "digits-ldm/tokenizer/tokenizer_config.json": "fe1e1ca33c6e75e4",
+    "digits-ldm/unet/config.json": "c212df65313a1dc9",
+    "digits-ldm/unet/diffusion_pytorch_model.safetensors": "4c7aec8a929a8d7e",
+    "digits-ldm/vae/config.json": "20f16b1bf6670c22",
+    "digits-ldm/vae/diffusion_pytorch_model.safetensors": "1b620f64ca6d8ecd",
+}
+QUICK_FIGURES = {
+    "latent_scaling_factor": 3.4877703189849854,
+    "unet_loss": 1.067416929912567,
+    "vae_recon_mse": 0.6419044824123382,
+    "clip_final_loss": 3.8927266638755795,
+    "zero_shot_accuracy": 0.1,
+    "right_prompt_wins": 0.1,
+    "mean_right_similarity": -0.22168487310409546,
+    "mean_best_wrong_similarity": -0.19438958168029785,
+}
+
+
+def test_trained_models_are_pinned(trained: tuple[Path, dict]) -> None:
+    """The quick training's files and figures, byte for byte (CPU, this torch build): a change
+    to how training is put together must not change what it trains."""
+    import hashlib
+    import json
+
+    out, summary = trained
+    files = {
+        str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+        for f in sorted(out.rglob("*"))
+        if f.is_file() and f.name != "training.json"
+    }
+    assert files == QUICK_MODEL_FILES
+    figures = summary["diffusion"]["figures"]
+    clip = summary["clip"]
+    got = {
+        "latent_scaling_factor": figures["latent_scaling_factor"],
+        "unet_loss": figures["unet_loss"],
+        "vae_recon_mse": figures["vae_recon_mse"],
+        "clip_final_loss": clip["final_loss"],
+        **clip["test_split"],
+    }
+    assert got == QUICK_FIGURES
+    written = json.loads((out / LDM_DIR / "training.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert sorted(written) == ["clip", "data", "diffusion", "threads", "torch"]

@@ -18,25 +18,6 @@ from synthgen.validators.corpus import validate_dir
 from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    tmp = tmp_path_factory.mktemp("corpus")
-    data = tiny_recipe_dict(model_dir)
-    data["checks"] = {
-        "clip_score": {"absolute": SPLIT_THRESHOLD},
-        "near_duplicate": {"max_distance": 2},
-        "low_information": {"absolute": 0.5},
-    }
-    # every bundled scorer, so validation and the report cover a vector column too
-    data["scoring"]["scorers"] = [
-        {"name": "clip"},
-        {"name": "clip_embedding"},
-        {"name": "image_stats"},
-    ]
-    run_build(write_recipe(tmp / "recipe.yaml", data), tmp / "out", show_progress=False)
-    return tmp / "out"
-
-
 def _rehash_manifest(out: Path) -> None:
     """Rewrite manifest hashes to match whatever is on disk now (a forged manifest)."""
     manifest = json.loads((out / "manifest.json").read_text())

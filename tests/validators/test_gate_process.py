@@ -16,7 +16,6 @@ from synthgen.schemas.recipe import RecipeError, recipe_from_dict
 from synthgen.validators.corpus import CorpusReport, gate_corpus, validate_corpus
 from synthgen.validators.gate_process import GateProcess
 from tests.conftest import run_cli
-from tests.validators.test_corpus import corpus  # noqa: F401  (module fixture: a tiny build)
 
 
 def _verdict(report: CorpusReport) -> tuple[object, ...]:
@@ -32,7 +31,7 @@ def _inputs(out: Path) -> tuple[Manifest, object]:
     return manifest, recipe_from_dict(manifest.recipe, "manifest.json")
 
 
-def test_the_gate_in_its_own_process_gives_the_same_verdict(corpus: Path) -> None:  # noqa: F811
+def test_the_gate_in_its_own_process_gives_the_same_verdict(corpus: Path) -> None:
     manifest, recipe = _inputs(corpus)
     here = gate_corpus(corpus, manifest, recipe)  # type: ignore[arg-type]
     gate = GateProcess(start=True)
@@ -42,7 +41,7 @@ def test_the_gate_in_its_own_process_gives_the_same_verdict(corpus: Path) -> Non
     assert len(there.expectations) > 10
 
 
-def test_a_dead_gate_process_means_the_gate_runs_here(corpus: Path) -> None:  # noqa: F811
+def test_a_dead_gate_process_means_the_gate_runs_here(corpus: Path) -> None:
     manifest, recipe = _inputs(corpus)
     gate = GateProcess(start=True)
     assert gate.proc is not None
@@ -53,7 +52,7 @@ def test_a_dead_gate_process_means_the_gate_runs_here(corpus: Path) -> None:  # 
     assert _verdict(report) == _verdict(gate_corpus(corpus, manifest, recipe))  # type: ignore[arg-type]
 
 
-def test_the_gate_process_raises_what_the_gate_raises(corpus: Path) -> None:  # noqa: F811
+def test_the_gate_process_raises_what_the_gate_raises(corpus: Path) -> None:
     manifest, _ = _inputs(corpus)
     broken = manifest.model_copy(update={"recipe": {**manifest.recipe, "colour": "red"}})
     with pytest.raises(RecipeError, match="colour"):
@@ -95,7 +94,7 @@ def test_a_command_line_build_gates_in_the_process_it_started_first(
     assert manifest.validation.success and len(manifest.validation.expectations) > 10
 
 
-def test_a_failing_verdict_is_the_same_in_both_places(corpus: Path) -> None:  # noqa: F811
+def test_a_failing_verdict_is_the_same_in_both_places(corpus: Path) -> None:
     manifest, recipe = _inputs(corpus)
     counts = manifest.counts
     planned = {name: n + 1 for name, n in counts.planned_per_class.items()}  # one never made

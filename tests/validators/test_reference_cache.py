@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from synthgen.storage.cache import CACHE_ENV
 from synthgen.validators import nearest
 from tests.conftest import tiny_recipe_dict
 from tests.validators.conftest import png
@@ -35,7 +36,7 @@ def recipe(model_dir: Path, reference: Path) -> dict[str, Any]:
 def test_a_changed_shared_file_is_never_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(nearest.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     ref = nearest.ReferenceSet(
         ["r0", "r1"], [0, 1], ["0" * 16, "f" * 16], np.eye(2, dtype=np.float32), [b"", b""]
     )
@@ -56,6 +57,6 @@ def test_a_changed_shared_file_is_never_used(
     # the cache was repaired: its record matches again
     nearest.cached_reference(tmp_path / "b4", "reference", key, make)
     assert len(made) == 2
-    monkeypatch.setenv(nearest.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     nearest.cached_reference(tmp_path / "b5", "reference", key, make)
     assert len(made) == 3

@@ -11,8 +11,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tests.validators.test_corpus import corpus  # noqa: F401  (module fixture)
-
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -33,7 +31,7 @@ def _chromium() -> str:
     raise AssertionError("no chromium on PATH: `make test` installs Debian's chromium")
 
 
-def test_report_json_has_every_section(corpus: Path) -> None:  # noqa: F811
+def test_report_json_has_every_section(corpus: Path) -> None:
     report = json.loads((corpus / "report.json").read_text())
     assert report["counts"]["planned"] == 12
     assert set(report["counts"]["per_class"]) == {"zero", "one", "two"}
@@ -45,7 +43,7 @@ def test_report_json_has_every_section(corpus: Path) -> None:  # noqa: F811
     assert report["provenance"]["scheduler"] == "dpm-solver++"
 
 
-def test_report_html_is_self_contained(corpus: Path) -> None:  # noqa: F811
+def test_report_html_is_self_contained(corpus: Path) -> None:
     page = (corpus / "report.html").read_text()
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", page), "no network references"
     for section in (
@@ -63,7 +61,7 @@ def test_report_html_is_self_contained(corpus: Path) -> None:  # noqa: F811
     assert "<svg" in page
 
 
-def test_report_renders_in_headless_chromium(corpus: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_report_renders_in_headless_chromium(corpus: Path, tmp_path: Path) -> None:
     chromium = _chromium()
     url = (corpus / "report.html").resolve().as_uri()
     shot = tmp_path / "report.png"
@@ -225,7 +223,7 @@ def crowded_charts() -> list[str]:
     return list(report_module._charts(crowded, rows).values())
 
 
-def test_report_charts_have_no_overlapping_text(corpus: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_report_charts_have_no_overlapping_text(corpus: Path, tmp_path: Path) -> None:
     """Every chart text of the report page, and of every chart kind crowded with classes and
     long names, measured in headless Chromium: no overlap, nothing clipped, none on a plot."""
     page = (corpus / "report.html").read_text()

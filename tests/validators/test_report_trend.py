@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from synthgen.pipelines.build import run_build
+from synthgen.storage.cache import CACHE_ENV
 from synthgen.validators import nearest, svgchart
 from synthgen.validators import report as report_module
 from synthgen.validators.report import sparkline_bars, sparkline_line
@@ -44,7 +45,7 @@ def published(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Publ
     outs, embedded = [], []
     original = nearest.embed_reference
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(nearest.CACHE_ENV, str(root / "cache"))
+        mp.setenv(CACHE_ENV, str(root / "cache"))
         for i, threshold in enumerate((None, {"absolute": SPLIT_THRESHOLD})):
 
             def counted(*args: Any, _i: int = i, **kwargs: Any) -> nearest.ReferenceSet:
