@@ -5,7 +5,13 @@ a balancing build with `adapt: lora` adds one trained LoRA per topped-up class. 
 one table, recorded as a build constant (`adapters` in provenance):
 
     {"all": [ref, ...], "classes": {"<class name>": [ref, ...]}}
-    ref = {kind, name, path, sha256, scale, token}
+    ref = {kind, name, path, sha256, scale, token[, sampler, timestep_spacing]}
+
+A distillation LoRA (LCM-LoRA, TCD-LoRA, Hyper-SD) samples well only with the sampler it was
+distilled for: its file declares it in the safetensors metadata (`sampler`: a recipe sampler
+name such as `lcm` or `tcd`; optionally `timestep_spacing`, e.g. `trailing`), and the recipe's
+sampler (or, with `native`, the model folder's own scheduler) must match, else the build is
+refused naming the file and the sampler it needs. The declaration travels in the table.
 
 `check_adapter` opens only safetensors files (tensors, never code: nothing executes) and
 refuses, naming the file: a missing file, anything but safetensors, a LoRA whose modules or
@@ -59,9 +65,15 @@ class AdapterRef:
     sha256: str
     scale: float = 1.0
     token: str | None = None
+    sampler: str | None = None  # the sampler a distillation LoRA declares it needs
+    timestep_spacing: str | None = None  # and the timestep spacing
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for name in ("sampler", "timestep_spacing"):  # only when declared: tables stay as
+            if out[name] is None:  # they were for every other adapter
+                out.pop(name)
+        return out
 
 
 def adapter_name(sha256: str) -> str:
@@ -182,13 +194,67 @@ def check_adapter(
     if not header:
         raise AdapterError(f"{path}: holds no tensors")
     token = None
+    declared: dict[str, str | None] = {}
     if spec.kind == "lora":
         _require_peft(path)
         check_lora(path, model_path, pipeline_class)
+        declared = declared_sampling(path)
     else:
         token = check_embedding(path, model_path, spec.token)
     sha = file_sha256(path)
-    return AdapterRef(spec.kind, adapter_name(sha), str(path), sha, spec.scale, token)
+    return AdapterRef(spec.kind, adapter_name(sha), str(path), sha, spec.scale, token, **declared)
+
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def declared_sampling(path: Path) -> dict[str, str | None]:
+    """The sampler (and timestep spacing) a LoRA file declares in its safetensors metadata."""
+    from safetensors import safe_open
+
+    from synthgen.generators.families import SCHEDULER_CLASSES
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    sampler, spacing = meta.get("sampler"), meta.get("timestep_spacing")
+    if sampler is not None and sampler not in SCHEDULER_CLASSES:
+        raise AdapterError(
+            f"{path}: declares sampler {sampler!r}; known samplers: {', '.join(SCHEDULER_CLASSES)}"
+        )
+    if spacing is not None and spacing not in SPACINGS:
+        raise AdapterError(
+            f"{path}: declares timestep_spacing {spacing!r}; one of {', '.join(SPACINGS)}"
+        )
+    return {"sampler": sampler, "timestep_spacing": spacing}
+
+
+def check_adapter_sampling(recipe: Recipe, refs: Sequence[AdapterRef], model_path: Path) -> None:
+    """Each distillation LoRA's declared sampler and spacing against the recipe's effective
+    ones (`native`: the model folder's own scheduler); refused naming the file."""
+    from synthgen.generators.families import SCHEDULER_CLASSES
+
+    s = recipe.sampling
+    config: dict[str, Any] = {}
+    own = model_path / "scheduler" / "scheduler_config.json"
+    if own.is_file():
+        config = json.loads(own.read_text(encoding="utf-8"))
+    by_class = {cls: name for name, (cls, _) in SCHEDULER_CLASSES.items()}
+    own_class = str(config.get("_class_name"))
+    sampler = by_class.get(own_class, "native") if s.scheduler == "native" else s.scheduler
+    shown = f"'native' ({own_class})" if s.scheduler == "native" else repr(sampler)
+    spacing = s.timestep_spacing or config.get("timestep_spacing")
+    for ref in refs:
+        if ref.sampler is not None and ref.sampler != sampler:
+            raise AdapterError(
+                f"{ref.path}: a distillation LoRA for the {ref.sampler!r} sampler; the recipe "
+                f"samples with {shown} (set sampling.scheduler: {ref.sampler})"
+            )
+        if ref.timestep_spacing is not None and ref.timestep_spacing != spacing:
+            raise AdapterError(
+                f"{ref.path}: samples with {ref.timestep_spacing!r} timestep spacing; the "
+                f"recipe's is {spacing!r} (set sampling.timestep_spacing: "
+                f"{ref.timestep_spacing})"
+            )
 
 
 def _require_peft(path: Path) -> None:
@@ -208,6 +274,9 @@ def adapter_table(recipe: Recipe, base_dir: Path, model_path: Path, pipeline_cla
         for c in recipe.classes
         if c.adapters
     }
+    check_adapter_sampling(
+        recipe, [*common, *(r for v in per_class.values() for r in v)], model_path
+    )
     tokens = [r.token for refs in (common, *per_class.values()) for r in refs if r.token]
     dupes = sorted({t for t in tokens if tokens.count(t) > 1})
     if dupes:

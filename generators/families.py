@@ -1,9 +1,11 @@
 """The diffusers text-to-image families synthgen loads, and what each one's call accepts.
 
 One row per pipeline class: its family name, whether it samples by epsilon/v-prediction
-(`diffusion`) or flow matching (`flow`, SD3/Flux), which component denoises, and the recipe
-options its `__call__` supports. A recipe option a family does not support is refused by
-`check_recipe_options` before any model loads. Sampler names and their kind live in
+(`diffusion`), flow matching (`flow`, SD3/Flux/SANA) or TrigFlow consistency (`trigflow`,
+SANA-Sprint), which component denoises, and the recipe options its `__call__` supports. A
+recipe option a family does not support is refused by `check_recipe_options` before any model
+loads, and so is a convention a distilled family was trained for (its step range, its guidance
+embedding, its prompt length). Sampler names and their kind live in
 `synthgen.schemas.recipe.SCHEDULERS`; the diffusers classes behind them are here.
 """
 
@@ -16,6 +18,7 @@ from synthgen.schemas.recipe import SCHEDULERS, Recipe, RecipeError
 
 __all__ = [
     "FAMILIES",
+    "FEW_STEP_SAMPLERS",
     "SCHEDULER_CLASSES",
     "Family",
     "call_kwargs",
@@ -27,19 +30,31 @@ __all__ = [
 @dataclass(frozen=True)
 class Family:
     name: str
-    kind: str  # "diffusion" (epsilon / v-prediction) or "flow" (flow matching)
+    kind: str  # "diffusion" (epsilon / v-prediction), "flow" or "trigflow" (sCM)
     denoiser: str  # the pipeline attribute that holds the UNet or the transformer
     negative_prompt: bool = True  # classifier-free guidance with a negative prompt
-    max_sequence_length: bool = False  # the call takes a T5 sequence length
+    max_sequence_length: bool = False  # the call takes a T5 / Gemma sequence length
     latent_pack: int = 1  # Flux packs 2x2 latent patches: sizes are a multiple of vae * 2
-    # the scheduler's set_timesteps arguments the pipeline passes (flow pipelines)
+    # the scheduler's set_timesteps arguments the pipeline passes (flow pipelines, LCM)
     timestep_args: tuple[str, ...] = ()
     extra_call: dict[str, Any] = field(default_factory=dict)
     # `from_pretrained` arguments: SDXL's own invisible watermark is switched off (synthgen's
     # watermark is the only one; diffusers' would run inside the GPU call, on the thread that
     # drives the device, and leave every image with a second payload)
     extra_load: dict[str, Any] = field(default_factory=dict)
+    # conventions of the model: the longest text sequence it was trained with, the most
+    # steps a distilled student samples well (refused above), sides the pipeline requires
+    max_tokens: int | None = None
+    max_steps: int | None = None
+    size_multiple: int = 8
+    # samplers the pipeline's denoising loop works with (empty: every sampler of its kind)
+    samplers: tuple[str, ...] = ()
+    # the guidance scale is an embedding of the distilled denoiser, not classifier-free
+    # guidance: what it means, for messages
+    embedded_guidance: str | None = None
 
+
+_EXACT = {"use_resolution_binning": False, "clean_caption": False}
 
 FAMILIES: dict[str, Family] = {
     "StableDiffusionPipeline": Family("sd", "diffusion", "unet"),
@@ -47,7 +62,12 @@ FAMILIES: dict[str, Family] = {
         "sdxl", "diffusion", "unet", extra_load={"add_watermarker": False}
     ),
     "StableDiffusion3Pipeline": Family(
-        "sd3", "flow", "transformer", max_sequence_length=True, timestep_args=("mu",)
+        "sd3",
+        "flow",
+        "transformer",
+        max_sequence_length=True,
+        timestep_args=("mu",),
+        max_tokens=512,
     ),
     "FluxPipeline": Family(
         "flux",
@@ -57,6 +77,8 @@ FAMILIES: dict[str, Family] = {
         max_sequence_length=True,
         latent_pack=2,
         timestep_args=("sigmas", "mu"),
+        max_tokens=512,
+        embedded_guidance="Flux's guidance embedding",
     ),
     "PixArtSigmaPipeline": Family(
         "pixart-sigma",
@@ -65,7 +87,47 @@ FAMILIES: dict[str, Family] = {
         max_sequence_length=True,
         # the image is made at exactly the recipe's size (no aspect-ratio bins + resize), and
         # captions are not "cleaned" (that needs bs4/ftfy and changes the prompt silently)
-        extra_call={"use_resolution_binning": False, "clean_caption": False},
+        extra_call=_EXACT,
+        max_tokens=300,
+    ),
+    "PixArtAlphaPipeline": Family(
+        "pixart-alpha",
+        "diffusion",
+        "transformer",
+        max_sequence_length=True,
+        extra_call=_EXACT,
+        max_tokens=120,
+    ),
+    "LatentConsistencyModelPipeline": Family(
+        "lcm",
+        "diffusion",
+        "unet",
+        negative_prompt=False,
+        timestep_args=("original_inference_steps",),
+        max_steps=8,
+        samplers=("lcm",),
+        embedded_guidance="the LCM student's guidance embedding (w)",
+    ),
+    "SanaPipeline": Family(
+        "sana",
+        "flow",
+        "transformer",
+        max_sequence_length=True,
+        extra_call=_EXACT,
+        max_tokens=300,
+        size_multiple=32,
+    ),
+    "SanaSprintPipeline": Family(
+        "sana-sprint",
+        "trigflow",
+        "transformer",
+        negative_prompt=False,
+        max_sequence_length=True,
+        extra_call=_EXACT,
+        max_tokens=300,
+        max_steps=4,
+        size_multiple=32,
+        embedded_guidance="SANA-Sprint's distilled guidance embedding",
     ),
 }
 
@@ -79,7 +141,12 @@ SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "flow-match-euler": ("FlowMatchEulerDiscreteScheduler", {}),
     "flow-match-heun": ("FlowMatchHeunDiscreteScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+    "tcd": ("TCDScheduler", {}),
+    "scm": ("SCMScheduler", {}),
 }
+# Samplers of distilled students (few steps, little or no classifier-free guidance).
+FEW_STEP_SAMPLERS = ("lcm", "tcd", "scm")
 assert set(SCHEDULER_CLASSES) == set(SCHEDULERS) - {"native"}, "one list of sampler names"
 
 
@@ -91,13 +158,7 @@ def check_recipe_options(recipe: Recipe, class_name: str, family: Family) -> Non
     """Refuse a recipe option the family does not support, naming family and option."""
     s = recipe.sampling
     who = f"{class_name} ({family.name}, {family.kind})"
-    wanted = SCHEDULERS.get(s.scheduler, "any")
-    if wanted not in ("any", family.kind):
-        kinds = ", ".join(n for n, k in SCHEDULERS.items() if k == family.kind)
-        raise RecipeError(
-            f"sampling.scheduler: {s.scheduler!r} is a {wanted} sampler; {who} needs "
-            f"`native` or one of: {kinds}"
-        )
+    _check_sampler(s.scheduler, who, family)
     if s.negative_prompt and not family.negative_prompt:
         raise RecipeError(
             f"sampling.negative_prompt: {who} is guidance-distilled and takes no negative "
@@ -108,11 +169,99 @@ def check_recipe_options(recipe: Recipe, class_name: str, family: Family) -> Non
         raise RecipeError(
             f"sampling.max_sequence_length: {who} has no T5 text encoder; remove the option"
         )
+    if max_len is not None and family.max_tokens is not None and max_len > family.max_tokens:
+        raise RecipeError(
+            f"sampling.max_sequence_length: {who} was trained with prompts of at most "
+            f"{family.max_tokens} tokens; got {max_len}"
+        )
+    if s.height % family.size_multiple or s.width % family.size_multiple:
+        raise RecipeError(
+            f"sampling.height/width: {who} needs sides that are multiples of "
+            f"{family.size_multiple}; got {s.height}x{s.width}"
+        )
+    _check_steps(recipe, who, family)
+    _check_timesteps(recipe, class_name, who, family)
 
 
-def call_kwargs(family: Family, max_sequence_length: int | None) -> dict[str, Any]:
+def _check_sampler(name: str, who: str, family: Family) -> None:
+    wanted = SCHEDULERS.get(name, "any")
+    if wanted not in ("any", family.kind):
+        kinds = ", ".join(n for n, k in SCHEDULERS.items() if k == family.kind)
+        raise RecipeError(
+            f"sampling.scheduler: {name!r} is a {wanted} sampler; {who} needs "
+            f"`native` or one of: {kinds}"
+        )
+    if family.samplers and name not in ("native", *family.samplers):
+        raise RecipeError(
+            f"sampling.scheduler: {name!r} does not work with {who}'s denoising loop; use "
+            f"`native` or one of: {', '.join(family.samplers)}"
+        )
+
+
+def _check_steps(recipe: Recipe, who: str, family: Family) -> None:
+    """A distilled student samples well only in the step range it was trained for."""
+    if family.max_steps is None:
+        return
+    steps = [("sampling.steps", recipe.sampling.steps)]
+    steps += [(f"classes[{c.name}].steps", c.steps) for c in recipe.classes if c.steps]
+    for where, n in steps:
+        if n > family.max_steps:
+            raise RecipeError(
+                f"{where}: {who} is a few-step distilled model trained for 1-"
+                f"{family.max_steps} steps; got {n}"
+            )
+
+
+def _check_timesteps(recipe: Recipe, class_name: str, who: str, family: Family) -> None:
+    """Explicit timesteps: the pipeline's call must take them, and they fix the step count."""
+    s = recipe.sampling
+    timesteps = getattr(s, "timesteps", None)
+    eta = getattr(s, "eta", None)
+    if eta is not None and s.scheduler not in ("tcd", "native"):
+        raise RecipeError(
+            f"sampling.eta: the stochasticity of the tcd sampler; {s.scheduler!r} takes none"
+        )
+    if eta is not None and "eta" not in _call_parameters(class_name):
+        raise RecipeError(f"sampling.eta: {who}'s call takes no eta; remove it")
+    if not timesteps:
+        return
+    if "sigmas" in family.timestep_args or "timesteps" not in _call_parameters(class_name):
+        raise RecipeError(
+            f"sampling.timesteps: {who} takes no explicit timesteps; use sampling.steps"
+        )
+    if s.steps != len(timesteps):
+        raise RecipeError(
+            f"sampling.timesteps: {len(timesteps)} timesteps are {len(timesteps)} steps; "
+            f"sampling.steps is {s.steps} (set it to {len(timesteps)})"
+        )
+    own = [c.name for c in recipe.classes if c.steps not in (None, s.steps)]
+    if own:
+        raise RecipeError(
+            f"classes[{own[0]}].steps: with sampling.timesteps every class samples those "
+            "timesteps; remove the class's steps"
+        )
+
+
+def _call_parameters(class_name: str) -> set[str]:
+    import inspect
+
+    import diffusers
+
+    return set(inspect.signature(getattr(diffusers, class_name).__call__).parameters)
+
+
+def call_kwargs(
+    family: Family,
+    max_sequence_length: int | None,
+    timesteps: tuple[int, ...] | None = None,
+    eta: float | None = None,
+) -> dict[str, Any]:
     """Family-specific keyword arguments for the pipeline call (besides prompt, size, steps)."""
     kwargs: dict[str, Any] = dict(family.extra_call)
     if max_sequence_length is not None and family.max_sequence_length:
         kwargs["max_sequence_length"] = max_sequence_length
+    if timesteps:
+        kwargs["timesteps"] = list(timesteps)
+    if eta is not None:
+        kwargs["eta"] = eta
     return kwargs

@@ -355,11 +355,15 @@ def _check_scheduler_config(path: Path, config: dict[str, Any]) -> None:
             raise ModelFolderError(f"{path}: {key} must be a finite non-negative number, got {v!r}")
 
 
-def make_scheduler(name: str, base_config: Any) -> Any:
+def make_scheduler(name: str, base_config: Any, timestep_spacing: str | None = None) -> Any:
     """A diffusers scheduler chosen by recipe name from a scheduler config; `native` keeps
-    the config's own class."""
+    the config's own class. `timestep_spacing` (leading / trailing / linspace) overrides the
+    config's spacing."""
     import diffusers
 
+    extra: dict[str, Any] = {}
+    if timestep_spacing is not None:
+        extra["timestep_spacing"] = timestep_spacing
     if name == "native":
         config = dict(base_config)
         cls = getattr(diffusers, str(config.get("_class_name")), None)
@@ -367,11 +371,11 @@ def make_scheduler(name: str, base_config: Any) -> Any:
             raise ModelFolderError(
                 f"scheduler class {config.get('_class_name')!r} is not a diffusers scheduler"
             )
-        return cls.from_config(config)
+        return cls.from_config(config, **extra)
     if name not in SCHEDULER_CLASSES:
         raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    class_name, extra = SCHEDULER_CLASSES[name]
-    return getattr(diffusers, class_name).from_config(base_config, **extra)
+    class_name, overrides = SCHEDULER_CLASSES[name]
+    return getattr(diffusers, class_name).from_config(base_config, **overrides, **extra)
 
 
 def _config_dict(sched: Any) -> dict[str, Any]:
@@ -384,23 +388,54 @@ def scheduler_config(model_path: Path, name: str) -> dict[str, Any]:
     return _config_dict(make_scheduler(name, base))
 
 
-def check_sampling(folder: ModelFolder, scheduler: str, steps: int) -> dict[str, Any]:
+def check_sampling(
+    folder: ModelFolder, scheduler: str, steps: int, sampling: Any = None
+) -> dict[str, Any]:
     """Build the effective scheduler (no model) and dry-run its timesteps for `steps`.
 
     Refuses a scheduler whose `set_timesteps` cannot take what the family's pipeline passes
-    (Flux passes flow sigmas and `mu`) and a step count the scheduler cannot sample (more
-    steps than training timesteps, or timesteps outside the trained range). Returns the
-    effective config (recorded in provenance).
+    (Flux passes flow sigmas and `mu`, LCM `original_inference_steps`) and a step count the
+    scheduler cannot sample (more steps than training timesteps, or timesteps outside the
+    trained range). `sampling` (the recipe's `SamplingSpec`) adds its `timestep_spacing`,
+    explicit `timesteps` and `eta`, each checked against the effective scheduler. Returns
+    the effective config (recorded in provenance).
     """
+    where = f"{folder.path}/scheduler/scheduler_config.json"
+    spacing = getattr(sampling, "timestep_spacing", None)
+    timesteps = getattr(sampling, "timesteps", None)
+    try:
+        sched = make_scheduler(scheduler, folder.scheduler, spacing)
+    except (ValueError, TypeError) as exc:
+        raise ModelFolderError(f"{where}: cannot make scheduler {scheduler!r}: {exc}") from None
+    who = f"{scheduler!r} ({type(sched).__name__})"
+    _check_spacing(sched, who, spacing)
+    if getattr(sampling, "eta", None) is not None and type(sched).__name__ != "TCDScheduler":
+        from synthgen.schemas.recipe import RecipeError
+
+        raise RecipeError(f"sampling.eta: is the tcd sampler's; {who} takes none")
+    kwargs = _timestep_kwargs(folder, sched, scheduler, steps)
+    if timesteps:
+        _check_explicit_timesteps(sched, who)
+        kwargs = {"num_inference_steps": None, "timesteps": list(timesteps)}
+    try:
+        sched.set_timesteps(**kwargs)
+    except Exception as exc:
+        raise ModelFolderError(
+            f"{where}: {type(sched).__name__} cannot sample {steps} steps: {exc}"
+        ) from None
+    if folder.family.kind == "diffusion":
+        _check_timestep_range(where, sched, steps, timesteps)
+    _check_student(folder, sched, sampling)
+    return _config_dict(sched)
+
+
+def _timestep_kwargs(folder: ModelFolder, sched: Any, scheduler: str, steps: int) -> dict[str, Any]:
+    """What the family's pipeline passes to `set_timesteps` besides the step count (flow
+    sigmas, `mu`); refuses a scheduler that takes no such argument."""
     import inspect
 
     import numpy as np
 
-    where = f"{folder.path}/scheduler/scheduler_config.json"
-    try:
-        sched = make_scheduler(scheduler, folder.scheduler)
-    except (ValueError, TypeError) as exc:
-        raise ModelFolderError(f"{where}: cannot make scheduler {scheduler!r}: {exc}") from None
     family = folder.family
     params = set(inspect.signature(sched.set_timesteps).parameters)
     needed = [
@@ -413,29 +448,93 @@ def check_sampling(folder: ModelFolder, scheduler: str, steps: int) -> dict[str,
         raise RecipeError(
             f"sampling.scheduler: {scheduler!r} ({type(sched).__name__}) cannot be used with "
             f"{folder.class_name} ({family.name}): its set_timesteps takes no "
-            f"{', '.join(missing)}, which the pipeline passes; use `native` or flow-match-euler"
+            f"{', '.join(missing)}, which the pipeline passes; use `native`"
+            + (" or flow-match-euler" if family.kind == "flow" else "")
         )
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"num_inference_steps": None if "sigmas" in needed else steps}
     if "sigmas" in needed:
         kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
     if "mu" in needed:
         kwargs["mu"] = 1.0
-    n_train = int(sched.config.get("num_train_timesteps", 1000))
+    return kwargs
+
+
+def _check_spacing(sched: Any, who: str, spacing: str | None) -> None:
+    """A spacing only for a scheduler whose `set_timesteps` reads it (LCM / TCD / sCM keep
+    a config field they never read: the option would be silently ignored)."""
+    import inspect
+
+    if spacing is None:
+        return
     try:
-        sched.set_timesteps(num_inference_steps=None if "sigmas" in kwargs else steps, **kwargs)
-    except Exception as exc:
+        honoured = "timestep_spacing" in inspect.getsource(type(sched).set_timesteps)
+    except (OSError, TypeError):
+        honoured = False
+    if not honoured:
+        from synthgen.schemas.recipe import RecipeError
+
+        raise RecipeError(
+            f"sampling.timestep_spacing: {who} does not space its timesteps by "
+            "`timestep_spacing`; remove the option"
+        )
+
+
+def _check_explicit_timesteps(sched: Any, who: str) -> None:
+    import inspect
+
+    takes = "timesteps" in inspect.signature(sched.set_timesteps).parameters
+    if not takes or type(sched).__name__ == "SCMScheduler":  # sCM's are TrigFlow angles
+        from synthgen.schemas.recipe import RecipeError
+
+        raise RecipeError(
+            f"sampling.timesteps: {who} takes no explicit training timesteps; use "
+            "sampling.steps, or a sampler that does (lcm, tcd, ddpm, euler, unipc, ...)"
+        )
+
+
+def _check_timestep_range(
+    where: str, sched: Any, steps: int, timesteps: tuple[int, ...] | None
+) -> None:
+    n_train = int(sched.config.get("num_train_timesteps", 1000))
+    ts = sched.timesteps
+    if len(ts) and (float(ts.max()) >= n_train or float(ts.min()) < 0):
+        what = f"sampling.timesteps {list(timesteps)}" if timesteps else f"sampling.steps {steps}"
         raise ModelFolderError(
-            f"{where}: {type(sched).__name__} cannot sample {steps} steps: {exc}"
-        ) from None
-    if family.kind == "diffusion":
-        ts = sched.timesteps
-        if len(ts) and (float(ts.max()) >= n_train or float(ts.min()) < 0):
-            raise ModelFolderError(
-                f"{where}: sampling.steps {steps} gives timesteps outside the trained range "
-                f"[0, {n_train}) with {type(sched).__name__} "
-                f"(num_train_timesteps {n_train}); use fewer steps"
+            f"{where}: {what} gives timesteps outside the trained range "
+            f"[0, {n_train}) with {type(sched).__name__} "
+            f"(num_train_timesteps {n_train}); use fewer steps"
+        )
+
+
+def _check_student(folder: ModelFolder, sched: Any, sampling: Any) -> None:
+    """Conventions of a distilled model, read from its configs: warned by name."""
+    if sampling is None:
+        return
+    guidance = float(sampling.guidance_scale)
+    config = folder.path / folder.family.denoiser / "config.json"
+    denoiser = read_json_object(config, "denoiser") if config.is_file() else {}
+    if folder.family.name == "flux" and denoiser.get("guidance_embeds") is False:
+        if guidance not in (0.0, 1.0):
+            logger.warning(
+                "sampling.guidance_scale %s: %s's transformer has no guidance embedding (a "
+                "timestep-distilled model such as FLUX.1-schnell): the scale is ignored; set 0",
+                guidance,
+                folder.path,
             )
-    return _config_dict(sched)
+        if sampling.steps > 4:
+            logger.warning(
+                "sampling.steps %d: a timestep-distilled Flux (schnell) samples in 1-4 steps",
+                sampling.steps,
+            )
+    few_step = type(sched).__name__ in ("LCMScheduler", "TCDScheduler")
+    if few_step and folder.family.embedded_guidance is None and guidance > 2.0:
+        logger.warning(
+            "sampling.guidance_scale %s with %s on %s: LCM / TCD students take guidance_scale "
+            "0-2 (the guidance is distilled into the model)",
+            guidance,
+            type(sched).__name__,
+            folder.class_name,
+        )
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -482,12 +581,15 @@ def load_pipeline(
     offload: str = "none",
     vae_slicing: bool = False,
     vae_tiling: bool = False,
+    timestep_spacing: str | None = None,
 ) -> Any:
     """Load a checked pipeline folder: safetensors only, local files only, no remote code.
 
     The folder's safety checker is not part of the pipeline (diffusers would black out
     flagged images); `load_safety_checker` loads it separately. `offload` is diffusers'
     CPU offload (`model`: whole components, `sequential`: layer by layer), for GPUs.
+    `scheduler` (a recipe sampler name, or `native`) and `timestep_spacing` make the
+    sampler from the folder's scheduler config.
     """
     import torch
     from diffusers import DiffusionPipeline
@@ -512,8 +614,8 @@ def load_pipeline(
             variant=variant,
             **extra,
         )
-    if scheduler != "native":
-        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    if scheduler != "native" or timestep_spacing is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config, timestep_spacing)
     pipe.set_progress_bar_config(disable=True)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)

@@ -4,7 +4,10 @@ Each builder makes the components the way diffusers' own fast tests do (`get_dum
 and returns an assembled pipeline; `save_snapshot` writes it as a standard diffusers folder
 (safetensors only). Sizes are parameters: tests use tiny ones, benchmarks the published ones.
 The tokenizers are made here too: CLIP's from open_clip's bundled BPE vocabulary
-(`sd_layout.write_clip_tokenizer`), T5's trained on a few words with the `tokenizers` library.
+(`sd_layout.write_clip_tokenizer`), T5's and Gemma's trained on a few words with the
+`tokenizers` library. Few-step students are here as well: an LCM-distilled SD
+(`LatentConsistencyModelPipeline`, guidance embedded in the UNet), SD with an LCM scheduler,
+SANA and SANA-Sprint (Gemma 2 text encoder, DC-AE, sCM scheduler) and PixArt-α.
 """
 
 from __future__ import annotations
@@ -21,14 +24,21 @@ __all__ = [
     "BUILDERS",
     "TinySizes",
     "build_flux",
+    "build_lcm",
+    "build_pixart_alpha",
     "build_pixart_sigma",
+    "build_sana",
+    "build_sana_sprint",
     "build_sd",
     "build_sd3",
+    "build_sd_lcm",
     "build_sdxl",
     "save_snapshot",
+    "write_gemma_tokenizer",
     "write_t5_tokenizer",
 ]
 
+GEMMA_VOCAB = 96
 _T5_WORDS = (
     "a an the of photo picture handwritten digit number zero one two three four five six "
     "seven eight nine cat dog car tree red green blue blurry sharp 0 1 2 3 4 5 6 7 8 9 "
@@ -70,6 +80,32 @@ def write_t5_tokenizer(folder: Path) -> None:
     wrapped.save_pretrained(str(folder))
 
 
+def write_gemma_tokenizer(folder: Path) -> None:
+    """A tiny Gemma tokenizer (`tokenizer.json` only, BPE) trained offline on a fixed word list."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = BpeTrainer(vocab_size=GEMMA_VOCAB, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator([_T5_WORDS] * 8, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+    )
+    wrapped = GemmaTokenizer(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="right",
+    )
+    wrapped.save_pretrained(str(folder))
+
+
 def _clip_tokenizer(max_length: int) -> Any:
     from transformers import CLIPTokenizer
 
@@ -84,6 +120,14 @@ def _t5_tokenizer() -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         write_t5_tokenizer(Path(tmp))
         return T5Tokenizer.from_pretrained(tmp, local_files_only=True)
+
+
+def _gemma_tokenizer() -> Any:
+    from transformers import GemmaTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_gemma_tokenizer(Path(tmp))
+        return GemmaTokenizer.from_pretrained(tmp, local_files_only=True)
 
 
 def _clip_text(s: TinySizes, projection: bool = False, projection_dim: int = 32) -> Any:
@@ -334,15 +378,83 @@ def build_flux(s: TinySizes = TinySizes()) -> Any:
 
 def build_pixart_sigma(s: TinySizes = TinySizes()) -> Any:
     """PixArt-Σ (`PixArtSigmaPipeline`): a DiT with a T5 text encoder."""
-    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
 
-    transformer = PixArtTransformer2DModel(
+    transformer = _pixart_transformer()  # first: the seeded weights follow creation order
+    return PixArtSigmaPipeline(
+        tokenizer=_t5_tokenizer(),
+        text_encoder=_t5(s),
+        vae=_vae((8, 16), 4),
+        transformer=transformer,
+        scheduler=DPMSolverMultistepScheduler(),
+    )
+
+
+def _sd_unet(s: TinySizes, time_cond_proj_dim: int | None = None) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=s.text_hidden,
+        norm_num_groups=8,
+        attention_head_dim=8,
+        time_cond_proj_dim=time_cond_proj_dim,
+    )
+
+
+def _lcm_scheduler() -> Any:
+    from diffusers import LCMScheduler
+
+    return LCMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+
+
+def build_sd_lcm(s: TinySizes = TinySizes()) -> Any:
+    """An LCM-distilled SD 1.5 saved as a `StableDiffusionPipeline` whose scheduler is
+    `LCMScheduler` (what an LCM-LoRA fused into SD, or a distilled checkpoint, ships)."""
+    pipe = build_sd(safety_checker=False, s=s)
+    pipe.scheduler = _lcm_scheduler()
+    return pipe
+
+
+def build_lcm(s: TinySizes = TinySizes()) -> Any:
+    """An LCM student (`LatentConsistencyModelPipeline`): the guidance scale is an embedding
+    of the UNet (`time_cond_proj_dim`), so the call has no negative prompt."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    return LatentConsistencyModelPipeline(
+        vae=_vae((8, 16), 4),
+        text_encoder=_clip_text(s),
+        tokenizer=_clip_tokenizer(s.max_text_tokens),
+        unet=_sd_unet(s, time_cond_proj_dim=32),
+        scheduler=_lcm_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _pixart_transformer(caption_channels: int = 32) -> Any:
+    from diffusers import PixArtTransformer2DModel
+
+    return PixArtTransformer2DModel(
         sample_size=8,
         num_layers=2,
         patch_size=2,
         attention_head_dim=8,
         num_attention_heads=3,
-        caption_channels=32,
+        caption_channels=caption_channels,
         in_channels=4,
         cross_attention_dim=24,
         out_channels=8,
@@ -353,12 +465,113 @@ def build_pixart_sigma(s: TinySizes = TinySizes()) -> Any:
         norm_elementwise_affine=False,
         norm_eps=1e-6,
     )
-    return PixArtSigmaPipeline(
+
+
+def build_pixart_alpha(s: TinySizes = TinySizes()) -> Any:
+    """PixArt-α (`PixArtAlphaPipeline`): a DiT with a T5 text encoder (120 tokens)."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline
+
+    return PixArtAlphaPipeline(
         tokenizer=_t5_tokenizer(),
         text_encoder=_t5(s),
         vae=_vae((8, 16), 4),
-        transformer=transformer,
+        transformer=_pixart_transformer(),
         scheduler=DPMSolverMultistepScheduler(),
+    )
+
+
+def _gemma(hidden: int = 8) -> Any:
+    from transformers import Gemma2Config, Gemma2Model
+
+    eager: dict[str, Any] = {"attn_implementation": "eager"}  # a config kwarg, not a field
+    return Gemma2Model(
+        Gemma2Config(
+            head_dim=16,
+            hidden_size=hidden,
+            initializer_range=0.02,
+            intermediate_size=64,
+            max_position_embeddings=8192,
+            num_attention_heads=2,
+            num_hidden_layers=1,
+            num_key_value_heads=2,
+            vocab_size=GEMMA_VOCAB,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
+            **eager,
+        )
+    )
+
+
+def _dc_ae() -> Any:
+    from diffusers import AutoencoderDC
+
+    return AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
+
+
+def _sana_transformer(guidance_embeds: bool = False) -> Any:
+    from diffusers import SanaTransformer2DModel
+
+    extra: dict[str, Any] = {}
+    if guidance_embeds:
+        extra = {"qk_norm": "rms_norm_across_heads", "guidance_embeds": True}
+    return SanaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        num_attention_heads=2,
+        attention_head_dim=4,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=4,
+        cross_attention_dim=8,
+        caption_channels=8,
+        sample_size=32,
+        **extra,
+    )
+
+
+def build_sana() -> Any:
+    """SANA (`SanaPipeline`): a linear DiT, a Gemma 2 text encoder, a DC-AE; flow matching."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaPipeline
+
+    return SanaPipeline(
+        tokenizer=_gemma_tokenizer(),
+        text_encoder=_gemma(),
+        vae=_dc_ae(),
+        transformer=_sana_transformer(),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+
+
+def build_sana_sprint() -> Any:
+    """SANA-Sprint (`SanaSprintPipeline`): SANA distilled by sCM (TrigFlow) for 1-4 steps,
+    the guidance scale embedded in the transformer (no negative prompt)."""
+    from diffusers import SanaSprintPipeline, SCMScheduler
+
+    return SanaSprintPipeline(
+        tokenizer=_gemma_tokenizer(),
+        text_encoder=_gemma(),
+        vae=_dc_ae(),
+        transformer=_sana_transformer(guidance_embeds=True),
+        scheduler=SCMScheduler(),
     )
 
 
@@ -369,6 +582,11 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "sd3": build_sd3,
     "flux": build_flux,
     "pixart-sigma": build_pixart_sigma,
+    "pixart-alpha": build_pixart_alpha,
+    "sd-lcm": build_sd_lcm,
+    "lcm": build_lcm,
+    "sana": build_sana,
+    "sana-sprint": build_sana_sprint,
 }
 
 
