@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from synthgen.pipelines import build
+from synthgen.pipelines import build, cli
 from synthgen.pipelines.compare import (
     COMPARE_HTML,
     COMPARE_JSON,
@@ -48,7 +48,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_compare_calibrates_each_candidate_once_and_tables_them(
-    tmp_path: Path, counted: list[Any]
+    tmp_path: Path, counted: list[Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     scratch = tmp_path / "compare"
     rows = run_compare(
@@ -85,6 +85,18 @@ def test_compare_calibrates_each_candidate_once_and_tables_them(
     )
     assert [r.generated_now for r in counted] == [0, 0]
     assert again == rows
+
+    # the command line: the same candidates, the same scratch root, the same table
+    counted.clear()
+    argv = ["compare", str(DIGITS), "--scratch", str(scratch), "--count-per-class", "4"]
+    argv += ["--price-per-hour", "2", "--candidate", "default:"]
+    argv += ["--candidate", "fast: sampling.steps=4 sampling.scheduler=ddim"]
+    for item in SMALL:
+        argv += ["--set", item]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[: len(lines)] == lines
+    assert [r.generated_now for r in counted] == [0, 0]
 
 
 def test_probe_accuracy_separates_informative_from_shuffled_labels() -> None:

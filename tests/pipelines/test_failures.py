@@ -337,3 +337,33 @@ def test_the_default_budget_leaves_the_recipe_hash_as_it_was(model_dir: Path) ->
     default = recipe_from_dict({**data, "validation": {"max_failed_fraction": 0.001}}, "recipe")
     other = recipe_from_dict({**data, "validation": {"max_failed_fraction": 0.2}}, "recipe")
     assert default.hash == plain != other.hash
+
+
+def test_a_failed_sample_in_a_build_storing_embeddings_reads_back_everywhere(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed row has no embedding; every reader still reads the whole shard table (a
+    null fixed-size list is unreadable by pyarrow's Parquet reader), and the row reads as
+    "no vector", never as a vector."""
+    import pyarrow.parquet as pq
+
+    from synthgen.pipelines.decide import _stored_vectors
+
+    data = tiny_recipe_dict(model_dir, count_per_class=2)
+    data["validation"] = {"max_failed_fraction": 0.5}
+    data["scoring"]["scorers"] = [{"name": "clip"}, {"name": "clip_embedding"}]
+    data["checks"] = {"clip_score": None, "semantic_duplicate": {"min_similarity": 0.9999}}
+    bad = "tiny-two-000000"
+    monkeypatch.setenv("SYNTHGEN_FAULT", f"generate:{bad}:raise")
+    result = run_build(
+        write_recipe(tmp_path / "r.yaml", data), tmp_path / "out", show_progress=False
+    )
+    tables = [pq.read_table(p) for p in sorted(result.output.glob("*.parquet"))]  # whole tables
+    rows = {r["key"]: r for t in tables for r in t.to_pylist()}
+    assert rows[bad]["status"] == FAILED
+    column = next(c.name for c in result.manifest.score_columns if c.is_vector)
+    assert all(v is None for v in rows[bad][column])
+    assert all(v is not None for k, r in rows.items() if k != bad for v in r[column])
+    stored = _stored_vectors(result.output, result.manifest.shard_ids, [column])
+    assert bad not in stored and len(stored) == len(rows) - 1
+    assert validate_dir(result.output).ok

@@ -33,6 +33,7 @@ from synthgen.pipelines.build import BuildError, ValidationFailed, run_build
 from synthgen.pipelines.verify import VerifyError, verify
 from synthgen.schemas.manifest import Manifest
 from synthgen.schemas.recipe import recipe_from_dict
+from synthgen.storage.cache import CACHE_ENV
 from synthgen.validators import gate_process, nearest
 from synthgen.validators.corpus import gate_corpus, validate_dir
 from tests.conftest import run_cli, tiny_recipe_dict, write_recipe
@@ -141,7 +142,7 @@ def _tamper_embeddings(path: Path) -> None:
 def test_a_tampered_build_cache_file_is_rebuilt_and_never_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(nearest.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     made: list[int] = []
 
     def make() -> nearest.ReferenceSet:
@@ -161,7 +162,7 @@ def test_a_tampered_build_cache_file_is_rebuilt_and_never_read(
 def test_a_cache_file_made_for_another_key_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(nearest.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     made: list[str] = []
     key_a = nearest.cache_key("source-a", "clip", {"classes": {}})
     key_b = nearest.cache_key("source-b", "clip", {"classes": {}})
@@ -182,7 +183,7 @@ def test_a_cache_file_made_for_another_key_is_not_used(
 def test_a_shared_cache_file_tampered_with_its_record_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(nearest.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     made: list[int] = []
 
     def make() -> nearest.ReferenceSet:
