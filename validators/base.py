@@ -20,14 +20,13 @@ reject reason.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from synthgen.schemas.plugins import Registry
 from synthgen.schemas.recipe import Recipe, RecipeError
 from synthgen.schemas.records import Sample, SampleFeatures
 from synthgen.schemas.scores import ScoreColumn
@@ -89,22 +88,17 @@ class CheckPlugin:
         return None
 
 
-_CHECKS: dict[str, type[Check]] = {}
-_BUILD_CHECKS: dict[str, type[BuildCheck]] = {}
+def _running_order(item: tuple[str, type[CheckPlugin]]) -> tuple[int, str]:
+    return (item[1].order, item[0])
 
 
-def _register(registry: dict[str, Any], cls: type) -> None:
-    name = cls.__dict__.get("name")
-    if name is None:
-        return  # an abstract intermediate class
-    known = registry.get(name)
-    if known is not None and _where(known) != _where(cls):
-        raise TypeError(f"check name {name!r} is taken by {_where(known)}")
-    registry[name] = cls
-
-
-def _where(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+CHECKS: Registry[Check] = Registry("check", "synthgen.validators.checks", order=_running_order)
+"""Every registered per-sample check by name, in running order (a registry:
+`synthgen.schemas.plugins`)."""
+BUILD_CHECKS: Registry[BuildCheck] = Registry(
+    "build-wide check", "synthgen.validators.checks", order=_running_order
+)
+"""Every registered build-wide check by name, in running order."""
 
 
 class Check(CheckPlugin, ABC):
@@ -117,7 +111,7 @@ class Check(CheckPlugin, ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _register(_CHECKS, cls)
+        CHECKS.add(cls)
 
     @abstractmethod
     def reason(self, sample: Sample) -> str | None:
@@ -175,7 +169,7 @@ class BuildCheck(CheckPlugin, ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _register(_BUILD_CHECKS, cls)
+        BUILD_CHECKS.add(cls)
 
     def needs(self) -> tuple[str, ...]:
         """The score columns (scalar or vector) its features must carry. Default: none."""
@@ -190,27 +184,15 @@ class BuildCheck(CheckPlugin, ABC):
         """(key, reason) of each sample of one group that this check rejects."""
 
 
-def _import_checks() -> None:
-    package = importlib.import_module("synthgen.validators.checks")
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-
-
-def _ordered(registry: dict[str, type[T]]) -> dict[str, type[T]]:
-    return dict(sorted(registry.items(), key=lambda kv: (kv[1].order, kv[0])))
-
-
 def check_classes() -> dict[str, type[Check]]:
     """Every registered per-sample check by name, in running order (`order`, then name),
     after importing each module of `validators.checks`."""
-    _import_checks()
-    return _ordered(_CHECKS)
+    return CHECKS.classes()
 
 
 def build_check_classes() -> dict[str, type[BuildCheck]]:
     """Every registered build-wide check by name, in running order, likewise."""
-    _import_checks()
-    return _ordered(_BUILD_CHECKS)
+    return BUILD_CHECKS.classes()
 
 
 class PixelCheck(Check):

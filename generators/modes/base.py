@@ -16,13 +16,12 @@ package.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from synthgen.schemas.plugins import Registry
 from synthgen.schemas.recipe import ConditioningSpec, Recipe, RecipeError
 from synthgen.schemas.records import GenerationRequest
 
@@ -156,7 +155,8 @@ class ModeParams:
 
 # -- the plug-in ---------------------------------------------------------------------------
 
-_REGISTRY: dict[str, type[Mode]] = {}
+MODES: Registry[Mode] = Registry("conditioning mode", "synthgen.generators.modes")
+"""Every registered conditioning mode by its name (a registry: `synthgen.schemas.plugins`)."""
 
 
 class Mode(ABC):
@@ -174,13 +174,7 @@ class Mode(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("name")
-        if name is None:
-            return  # an abstract intermediate class
-        known = _REGISTRY.get(name)
-        if known is not None and _where(known) != _where(cls):
-            raise TypeError(f"conditioning mode {name!r} is taken by {_where(known)}")
-        _REGISTRY[name] = cls
+        MODES.add(cls)
 
     # -- driver --------------------------------------------------------------------------
     def validate(
@@ -262,21 +256,14 @@ class Mode(ABC):
         return accepting(derived)
 
 
-def _where(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def mode_classes() -> dict[str, type[Mode]]:
     """Every registered mode by name, after importing each module of this package."""
-    package = importlib.import_module("synthgen.generators.modes")
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    return dict(sorted(_REGISTRY.items()))
+    return MODES.classes()
 
 
 def get_mode(name: str) -> Mode:
     """The registered mode `name`, or ConditioningError listing the known ones."""
-    modes = _REGISTRY if name in _REGISTRY else mode_classes()
+    modes = MODES.classes()
     if name not in modes:
         raise ConditioningError(
             f"conditioning.mode: unknown mode {name!r}; known: {', '.join(modes)}"

@@ -12,14 +12,14 @@ module of the package, and `format: auto` picks the format whose `guess` is sure
 
 from __future__ import annotations
 
-import importlib
 import io
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+from synthgen.schemas.plugins import Registry
 
 
 class SourceError(ValueError):
@@ -134,7 +134,10 @@ class SourceOptions:
         )
 
 
-_REGISTRY: dict[str, type[Source]] = {}
+SOURCES: Registry[Source] = Registry(
+    "source format", "synthgen.generators.sources", attribute="format"
+)
+"""Every registered source format by its name (a registry: `synthgen.schemas.plugins`)."""
 
 
 class Source(ABC):
@@ -151,13 +154,7 @@ class Source(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("format")
-        if name is None:
-            return  # an abstract intermediate class
-        known = _REGISTRY.get(name)
-        if known is not None and _where(known) != _where(cls):
-            raise TypeError(f"source format {name!r} is taken by {_where(known)}")
-        _REGISTRY[name] = cls
+        SOURCES.add(cls)
 
     @classmethod
     @abstractmethod
@@ -194,16 +191,9 @@ class Source(ABC):
         check_image(data, where, self.limit)
 
 
-def _where(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def source_classes() -> dict[str, type[Source]]:
     """Every registered source format by name, after importing each module of this package."""
-    package = importlib.import_module("synthgen.generators.sources")
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    return dict(sorted(_REGISTRY.items()))
+    return SOURCES.classes()
 
 
 def guess_format(location: str) -> str:

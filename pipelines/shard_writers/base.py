@@ -16,10 +16,8 @@ uses (`BuildContext.shard_writer`), and `shard_writer_class` finds it.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
-import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import IO, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from synthgen.schemas.manifest import STATE_DIR, STATE_NAME, FileInfo, shard_stem
+from synthgen.schemas.plugins import Registry
 from synthgen.schemas.records import BuildContext, Sample, ctx_class_names, sample_row
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.atomic import atomic_write
@@ -50,7 +49,8 @@ class UnknownWriter(ValueError):
     """A shard writer name no registered writer has."""
 
 
-_REGISTRY: dict[str, type[ShardWriter]] = {}
+SHARD_WRITERS: Registry[ShardWriter] = Registry("shard writer", "synthgen.pipelines.shard_writers")
+"""Every registered shard writer by its name (a registry: `synthgen.schemas.plugins`)."""
 
 
 class ShardWriter(ABC):
@@ -62,13 +62,7 @@ class ShardWriter(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("name")
-        if name is None:
-            return  # an abstract intermediate class
-        known = _REGISTRY.get(name)
-        if known is not None and _where(known) != _where(cls):
-            raise TypeError(f"shard writer name {name!r} is taken by {_where(known)}")
-        _REGISTRY[name] = cls
+        SHARD_WRITERS.add(cls)
 
     def __init__(
         self,
@@ -175,21 +169,14 @@ def class_names(out_dir: Path, ctx: BuildContext) -> dict[int, str]:
         return {}
 
 
-def _where(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def shard_writer_classes() -> dict[str, type[ShardWriter]]:
     """Every registered shard writer by name, after importing each module of this package."""
-    package = importlib.import_module("synthgen.pipelines.shard_writers")
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    return dict(sorted(_REGISTRY.items()))
+    return SHARD_WRITERS.classes()
 
 
 def shard_writer_class(name: str) -> type[ShardWriter]:
     """The shard writer registered as `name`; UnknownWriter names the known ones."""
-    found = _REGISTRY.get(name) or shard_writer_classes().get(name)
+    found = SHARD_WRITERS.get(name)
     if found is None:
         known = ", ".join(shard_writer_classes())
         raise UnknownWriter(f"unknown shard writer {name!r} (writers: {known})")

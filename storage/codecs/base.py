@@ -15,8 +15,6 @@ looked up here by name (`codec_class`) and the formats a reader recognises by ex
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -29,6 +27,7 @@ from synthgen.schemas.media import (
     Shape,
     extension_of,
 )
+from synthgen.schemas.plugins import Registry
 
 
 class ImageEncoding(BaseModel):
@@ -44,7 +43,8 @@ class UnknownFormat(ValueError):
     """A format (or extension) no registered codec makes."""
 
 
-_REGISTRY: dict[str, type[Codec]] = {}
+CODECS: Registry[Codec] = Registry("codec", "synthgen.storage.codecs")
+"""Every registered codec by its name (a registry: `synthgen.schemas.plugins`)."""
 
 
 class Codec(ABC):
@@ -61,13 +61,7 @@ class Codec(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("name")
-        if name is None:
-            return  # an abstract intermediate class
-        known = _REGISTRY.get(name)
-        if known is not None and _where(known) != _where(cls):
-            raise TypeError(f"codec name {name!r} is taken by {_where(known)}")
-        _REGISTRY[name] = cls
+        CODECS.add(cls)
 
     def __init__(self, options: BaseModel | None = None):
         self.options: Any = options if options is not None else self.options_model()
@@ -114,20 +108,12 @@ def _where(cls: type) -> str:
 
 def codec_classes() -> dict[str, type[Codec]]:
     """Every registered codec by name, after importing each module of this package."""
-    if not _IMPORTED:
-        package = importlib.import_module("synthgen.storage.codecs")
-        for module in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{package.__name__}.{module.name}")
-        _IMPORTED.append(True)
-    return dict(sorted(_REGISTRY.items()))
-
-
-_IMPORTED: list[bool] = []  # whether this package's modules were imported
+    return CODECS.classes()
 
 
 def codec_class(fmt: str) -> type[Codec]:
     """The codec registered for format `fmt`; UnknownFormat names the known ones."""
-    found = _REGISTRY.get(fmt) or codec_classes().get(fmt)
+    found = CODECS.get(fmt)
     if found is None:
         known = ", ".join(codec_classes())
         raise UnknownFormat(f"unknown output format {fmt!r} (codecs: {known})")
@@ -159,7 +145,7 @@ def readable_suffixes() -> tuple[str, ...]:
 def extension_for(fmt: str) -> str:
     """The file extension of format `fmt`: its codec's, or (a format whose codec is not
     registered in this process) the table's (`schemas.media.extension_of`)."""
-    found = _REGISTRY.get(fmt) or codec_classes().get(fmt)
+    found = CODECS.get(fmt)
     return found.extension if found is not None else extension_of(fmt)
 
 

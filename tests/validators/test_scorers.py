@@ -81,7 +81,7 @@ def test_a_new_scorer_needs_only_its_own_class(model_dir: Path) -> None:
         (scored,) = score_samples(loaded, make_samples(1))
         assert scored.scores["constant"] == 0.5
     finally:
-        base._REGISTRY.pop("test_constant", None)
+        base.SCORERS.remove("test_constant")
 
 
 def test_default_scorers_declare_todays_columns_and_checks(model_dir: Path) -> None:

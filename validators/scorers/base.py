@@ -13,8 +13,6 @@ subclassing registers it, and `scorer_classes()` imports every module of the pac
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
@@ -24,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from synthgen.schemas.plugins import Registry
 from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import Sample, Score
 from synthgen.schemas.scores import ScoreColumn
@@ -108,7 +107,8 @@ class ScoreBatch:
         return value
 
 
-_REGISTRY: dict[str, type[Scorer]] = {}
+SCORERS: Registry[Scorer] = Registry("scorer", "synthgen.validators.scorers")
+"""Every registered scorer by its name (a registry: `synthgen.schemas.plugins`)."""
 
 
 class Scorer(ABC):
@@ -125,13 +125,7 @@ class Scorer(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        name = cls.__dict__.get("name")
-        if name is None:
-            return  # an abstract intermediate class
-        known = _REGISTRY.get(name)
-        if known is not None and _where(known) != _where(cls):
-            raise TypeError(f"scorer name {name!r} is taken by {known.__module__}.{known.__name__}")
-        _REGISTRY[name] = cls
+        SCORERS.add(cls)
 
     @classmethod
     @abstractmethod
@@ -164,13 +158,6 @@ class Scorer(ABC):
         """One new dict per sample of `batch`, in order, with exactly this scorer's columns."""
 
 
-def _where(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def scorer_classes() -> dict[str, type[Scorer]]:
     """Every registered scorer by name, after importing each module of this package."""
-    package = importlib.import_module("synthgen.validators.scorers")
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    return dict(sorted(_REGISTRY.items()))
+    return SCORERS.classes()
