@@ -64,7 +64,8 @@ class Recipe(_Frozen):
     )
     conditioning: Annotated[ConditioningSpec | None, HashOmit.IF_EMPTY] = Field(
         default=None,
-        description="image conditioning (img2img, inpaint, ControlNet); null: text only",
+        description="image conditioning (img2img, inpaint, ControlNet, IP-Adapter, or a mode "
+        "plug-in); null: text only",
     )
     output: OutputSpec = OutputSpec()
     safety: SafetySpec = SafetySpec()
