@@ -105,16 +105,24 @@ def check_candidates(candidates: Sequence[Candidate]) -> None:
 def _accepted_table(out: Path, manifest: Manifest) -> dict[str, list[Any]]:
     """The accepted rows' scalar scores, labels and embeddings, every shard."""
     embedding = image_embedding_column(manifest.score_columns)
-    names = set(manifest.score_column_names)
-    wanted = ["class_label", "status", *(c for c in ("clip_score", "label_margin") if c in names)]
-    if embedding:
-        wanted.append(embedding)
+    # the columns backing the named checks (`clip_score`, `label_margin`), by the checks
+    # they declare: their names carry the CLIP model's
+    backing = {
+        check: c.name
+        for c in manifest.score_columns
+        if not c.is_vector
+        for check in c.checks
+        if check in ("clip_score", "label_margin")
+    }
+    wanted = ["class_label", "status", *backing.values(), *([embedding] if embedding else [])]
     rows: dict[str, list[Any]] = {name: [] for name in wanted}
     for shard in manifest.shard_ids:
         table = pq.read_table(out / shard_files(shard).parquet, columns=wanted).to_pydict()
         keep = [i for i, s in enumerate(table["status"]) if s == "accepted"]
         for name in wanted:
             rows[name] += [table[name][i] for i in keep]
+    for check, column in backing.items():
+        rows[check] = rows.pop(column)
     rows["embedding"] = rows.pop(embedding) if embedding else []
     return rows
 

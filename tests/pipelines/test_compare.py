@@ -56,6 +56,7 @@ def test_compare_calibrates_each_candidate_once_and_tables_them(
     )
     assert [r.candidate for r in rows] == ["default", "fast"]
     assert rows[0].accepted > 0 and rows[0].probe_accuracy is not None
+    assert all(r.clip_score is not None and r.label_margin is not None for r in rows if r.accepted)
     assert [r.generated_now for r in counted] == [8, 8]  # one calibration build each
     for row in rows:
         assert row.generated == 8 and 0 <= row.accepted <= 8
