@@ -8,6 +8,7 @@ fields rather than repeated here, so they cannot drift from what a build accepts
 
 from __future__ import annotations
 
+import json
 import numbers
 from functools import cache
 from typing import Annotated, Any
@@ -67,6 +68,7 @@ def check_provenance_bounds(prov: dict[str, Any]) -> None:
             raise ValueError(
                 f"provenance {field}: {value!r} is outside the recipe's limits: {msg}"
             ) from None
+    _check_timesteps(prov)
     for field in TEXT_FIELDS:
         value = prov.get(field)
         if not isinstance(value, str):
@@ -74,3 +76,28 @@ def check_provenance_bounds(prov: dict[str, Any]) -> None:
         problem = utf8_problem(value)
         if problem:
             raise ValueError(f"provenance {field}: {problem}")
+
+
+def _check_timesteps(prov: dict[str, Any]) -> None:
+    """Explicit timesteps in the generation options: as the recipe schema accepts them
+    (its field and validator), and exactly one per recorded step, so an edited record
+    cannot ask for more model calls than its `steps` says."""
+    options = prov.get("generation_options")
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except ValueError:
+            raise ValueError("provenance generation_options: not JSON") from None
+    timesteps = options.get("timesteps") if isinstance(options, dict) else None
+    if timesteps is None:
+        return
+    try:
+        SamplingSpec.model_validate({"steps": len(timesteps), "timesteps": timesteps})
+    except (ValidationError, TypeError) as exc:
+        raise ValueError(
+            f"provenance timesteps: {timesteps!r} is outside the recipe's limits"
+        ) from exc
+    if len(timesteps) != prov.get("steps"):
+        raise ValueError(
+            f"provenance timesteps: {len(timesteps)} timesteps for {prov.get('steps')!r} steps"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -72,3 +73,22 @@ def test_limits_follow_the_schema() -> None:
     check_provenance_bounds({**GOOD, "compute_batch": top})
     with pytest.raises(ValueError, match=rf"less than or equal to {top}"):
         check_provenance_bounds({**GOOD, "compute_batch": top + 1})
+
+
+@pytest.mark.parametrize(
+    ("timesteps", "steps", "message"),
+    [
+        (list(range(999, -1, -1)), 2, "1000 timesteps for 2 steps"),  # more calls than steps
+        ([999, 999], 2, "outside the recipe's limits"),  # not strictly decreasing
+        ([5000, 10], 2, "outside the recipe's limits"),  # beyond the training range
+        (["a"], 1, "outside the recipe's limits"),
+    ],
+)
+def test_recorded_timesteps_are_bounded_and_match_the_steps(
+    timesteps: list[Any], steps: int, message: str
+) -> None:
+    options = json.dumps({"timesteps": timesteps})
+    with pytest.raises(ValueError, match=rf"provenance timesteps: .*{message}|{message}"):
+        check_provenance_bounds({**GOOD, "steps": steps, "generation_options": options})
+    good = json.dumps({"timesteps": [999, 499]})
+    check_provenance_bounds({**GOOD, "steps": 2, "generation_options": good})
