@@ -149,7 +149,9 @@ def _size_multiple(folder: ModelFolder) -> int:
 
     names = {c.name for c in folder.components}
     vae = config("vae") if "vae" in names else {}
-    blocks = vae.get("block_out_channels") or [0] * 4  # no VAE config: assume SD's 8
+    # AutoencoderKL: block_out_channels; SANA's deep-compression AutoencoderDC: its encoder's
+    # (2 ** (blocks - 1) either way); no VAE config: assume SD's 8
+    blocks = vae.get("block_out_channels") or vae.get("encoder_block_out_channels") or [0] * 4
     factor = 2 ** (len(blocks) - 1)
     patch = 1
     if folder.family.denoiser == "transformer" and "transformer" in names:
