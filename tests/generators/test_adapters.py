@@ -237,6 +237,7 @@ def test_build_with_templates_and_adapters_validates_and_regenerates(
         guidance_scale=4.0,
         negative_prompt="smudged",
     )
+    data["checks"] = {"clip_score": None}  # every class keeps a sample to regenerate
     result = run_build(data, tmp_path / "out", show_progress=False)
     out = result.output
     report = validate_dir(out)
@@ -275,11 +276,14 @@ def test_build_with_templates_and_adapters_validates_and_regenerates(
     assert {"prompt_slots", "sample_steps", "sample_guidance_scale", "adapters"} <= set(sidecar)
     # one sample per class regenerates byte for byte (LoRA on, embedding, jitter)
     accepted = sorted(k for k, r in rows.items() if r["status"] == "accepted")
+    regenerated = 0
     for cls in ("zero", "one", "two"):
         key = next((k for k in accepted if f"-{cls}-" in k), None)
         if key is not None:
             prov = find_provenance(out, key)
             assert regenerate(prov, Inputs.for_build(out)) == images[f"{key}.png"]
+            regenerated += 1
+    assert regenerated == 3, "an accepted sample of every class regenerated"
 
 
 def test_balance_lora_trains_per_class_and_resume_reuses(

@@ -191,6 +191,9 @@ def test_img2img_from_parquet_builds_validates_and_regenerates(
         assert row["conditioning_source_sha256"] == hashlib.sha256(data).hexdigest()
         assert json.loads(row["conditioning"])["strength"] == 0.5
         # the pick is a pure function of (recipe seed, key)
+        # the documented draw, computed here: sha256("synthgen-conditioning:<seed>:<key>")
+        draw = hashlib.sha256(f"synthgen-conditioning:3:{row['key']}".encode()).digest()
+        assert pick_source(3, row["key"], 3) == int.from_bytes(draw[:8], "little") % 3
         assert int(ref.split("=")[1]) == 3 * label + pick_source(3, row["key"], 3)
     assert len(loads) == 1  # one model load for the build
     _same_bytes_whatever_the_batches(tmp_path, cond, result.output)
@@ -533,7 +536,9 @@ def test_balance_mix_splits_top_ups_by_seed_and_key(tmp_path: Path) -> None:
     modes: dict[str | None, str] = {}
     for key, row in rows.items():
         # the split is a pure function of (recipe seed, key): half of the draws are text
-        text = pick_mode(3, key, 0.5)
+        draw = hashlib.sha256(f"synthgen-conditioning-mix:3:{key}".encode()).digest()
+        text = int.from_bytes(draw[:8], "little") / 2.0**64 < 0.5
+        assert pick_mode(3, key, 0.5) == text
         assert row["conditioning_mode"] == (None if text else "img2img")
         assert (row["conditioning_source"] is None) == text
         if not text:

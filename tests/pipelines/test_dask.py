@@ -130,7 +130,9 @@ def test_preload_warms_workers_before_their_first_task() -> None:
 
     with _local_cluster() as plain, Client(plain.scheduler_address) as client:
         # without it, a fresh worker has all of this still to do (inside its first tasks)
-        for missing, tasks in client.run(worker_state).values():
+        plain = client.run(worker_state)
+        assert len(plain) == 2  # both workers answered
+        for missing, tasks in plain.values():
             assert tasks == 0
             assert {"torch", "diffusers", "open_clip", "synthgen.pipelines.runner"} <= set(missing)
     with (

@@ -103,7 +103,8 @@ REQUEST = GenerationRequest("k-000000", 0, 0, 0, "zero", "p", "", 1)
 
 
 def test_payload_is_magic_and_recipe_hash_prefix() -> None:
-    assert watermark_payload(HASH_A) == MAGIC + bytes.fromhex("ab12cd34")
+    assert watermark_payload(HASH_A) == bytes.fromhex("5347ab12cd34")  # "SG" + the hash prefix
+    assert MAGIC == b"SG"
     assert len(watermark_payload(HASH_A)) == 6
 
 

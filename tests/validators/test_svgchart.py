@@ -138,17 +138,20 @@ def test_every_chart_is_escaped_well_formed_and_deterministic() -> None:
 
 def test_legends_are_outside_the_plot_area() -> None:
     report, rows = _crowded(3)
+    with_legend = []
     for key, svg in report_module._charts(report, rows).items():
         root = _tree(svg)
         legend = root.find(f"{SVG}g[@class='legend']")
         if legend is None:
             continue
+        with_legend.append(key)
         frame = root.find(f".//{SVG}rect[@class='frame']")
         assert frame is not None
         right = float(frame.get("x")) + float(frame.get("width"))
         top = float(frame.get("y"))
         for t in legend.iter(f"{SVG}text"):
             assert float(t.get("x")) > right or float(t.get("y")) < top, key
+    assert with_legend, "the crowded report draws charts with legends"
 
 
 def test_histograms_bin_every_value_per_class_and_status() -> None:
