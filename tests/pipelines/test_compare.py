@@ -20,10 +20,10 @@ from synthgen.schemas.recipe import RecipeError
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "recipes" / "digits.yaml"
-# the default at 20 steps, and the same model at 4 steps with another sampler
+# the default at 20 steps, and the same model at 4 steps with a few-step sampler (LCM)
 CANDIDATES = [
     Candidate.parse("default:"),
-    Candidate.parse("fast: sampling.steps=4 sampling.scheduler=ddim"),
+    Candidate.parse("fast: sampling.steps=4 sampling.scheduler=lcm sampling.guidance_scale=1.5"),
 ]
 SMALL = [
     "classes=[{id: 0, name: zero, prompts: [a handwritten digit 0]}, "
@@ -71,7 +71,7 @@ def test_compare_calibrates_each_candidate_once_and_tables_them(
         assert (scratch / row.candidate / "manifest.json").is_file()  # an ordinary build
     manifest = json.loads((scratch / "fast" / "manifest.json").read_text())
     assert manifest["recipe"]["sampling"]["steps"] == 4
-    assert manifest["recipe"]["sampling"]["scheduler"] == "ddim"
+    assert manifest["recipe"]["sampling"]["scheduler"] == "lcm"
     saved = json.loads((scratch / COMPARE_JSON).read_text())
     assert [c["candidate"] for c in saved["candidates"]] == ["default", "fast"]
     page = (scratch / COMPARE_HTML).read_text()
@@ -91,7 +91,10 @@ def test_compare_calibrates_each_candidate_once_and_tables_them(
     counted.clear()
     argv = ["compare", str(DIGITS), "--scratch", str(scratch), "--count-per-class", "4"]
     argv += ["--price-per-hour", "2", "--candidate", "default:"]
-    argv += ["--candidate", "fast: sampling.steps=4 sampling.scheduler=ddim"]
+    argv += [
+        "--candidate",
+        "fast: sampling.steps=4 sampling.scheduler=lcm sampling.guidance_scale=1.5",
+    ]
     for item in SMALL:
         argv += ["--set", item]
     assert cli.main(argv) == 0
