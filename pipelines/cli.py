@@ -141,8 +141,15 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--estimate",
         action="store_true",
-        help="also check the model and time a short calibration on this machine (loads the "
-        "model and scorers, runs three short calls of the recipe's batch shape; writes nothing)",
+        help="also check the model and time a short calibration on this machine: the build's "
+        "time and device-seconds per 1,000 images (loads the model and scorers, runs a few "
+        "short calls of the recipe's batch shape; writes nothing)",
+    )
+    p.add_argument(
+        "--price-per-hour",
+        type=float,
+        metavar="X",
+        help="device price per hour, with --estimate: adds the price per 1,000 images",
     )
 
 
@@ -501,9 +508,10 @@ def _quiet_environment() -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     """The plan of a recipe and every check that needs no model: nothing is loaded (without
     --estimate) and nothing is written; a failed check exits non-zero, as the build would."""
-    from synthgen.pipelines.estimate import check_inputs
+    from synthgen.pipelines.estimate import check_inputs, check_price, plan_estimate
     from synthgen.schemas.recipe import load_recipe
 
+    check_price(args.price_per_hour, args.estimate)
     recipe, base_dir = load_recipe(args.recipe, args.overrides)
     deficit = check_inputs(recipe, base_dir, count_source=True)
     out: dict[str, Any] = {
@@ -519,9 +527,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         lines += _fixed_plan(recipe, args.examples, out)
     if args.estimate:
-        estimate = _estimate_lines(recipe, base_dir)
+        estimate, figures = plan_estimate(recipe, base_dir, args.price_per_hour)
         lines += estimate
-        out["estimate"] = estimate
+        out |= {"estimate": estimate, "estimate_figures": figures}
     elif recipe.balance is None:
         lines.append(
             "estimated time: add --estimate (loads the model and times a short calibration)"
@@ -600,28 +608,6 @@ def _example_line(recipe: Any, r: Any) -> str:
         if value is not None and value != default
     ]
     return f"  {r.key}  seed {r.seed}  {r.prompt!r}" + (f"  ({', '.join(own)})" * bool(own))
-
-
-def _estimate_lines(recipe: Any, base_dir: Path) -> list[str]:
-    """The calibration's estimate for a plan; for a balancing build, its price per image."""
-    from synthgen.generators.planning import plan
-    from synthgen.pipelines.estimate import calibrate, price
-    from synthgen.pipelines.resolve import resolve
-
-    resolved = resolve(recipe, base_dir)
-    calibration = calibrate(resolved)
-    if recipe.balance is None:
-        lines = price(calibration, resolved, list(plan(recipe))).lines()
-    else:
-        c = calibration
-        per_call = c.call_fixed_seconds + recipe.sampling.steps * c.step_seconds
-        per_image = per_call / c.compute_batch + c.score_seconds_per_image
-        lines = [
-            f"estimated time on {c.device} (one worker): {per_image:.3f} s per synthetic image "
-            f"(calls of {c.compute_batch} at {recipe.sampling.steps} steps: {per_call:.2f} s; "
-            f"{c.load_seconds:.1f} s loading models)"
-        ]
-    return lines
 
 
 def cmd_build(args: argparse.Namespace, beam_args: list[str], run: RunContext) -> int:
