@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import shlex
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +35,8 @@ from synthgen.schemas.manifest import STATE_DIR, Manifest, shard_files
 from synthgen.schemas.recipe import RecipeError
 from synthgen.schemas.scores import image_embedding_column
 from synthgen.storage.atomic import write_bytes_atomic
+
+logger = logging.getLogger(__name__)
 
 COMPARE_JSON = "compare.json"
 COMPARE_HTML = "compare.html"
@@ -132,15 +136,17 @@ def _mean(values: list[Any]) -> float | None:
 
 
 def _real_set(out: Path, manifest: Manifest) -> tuple[Any, str] | None:
-    """The embedded real images to score the probe on: the eval set's cache file (never seen
-    by the model) if the build has one, else the reference's."""
+    """The embedded real images to score the probe on: the eval set's (never seen by the
+    model) if the build has one, else the reference the manifest's metrics name."""
     from synthgen.validators.nearest import read_reference
 
     references = out / STATE_DIR / "references"
-    for kind in ("eval_set", "reference"):
-        found = sorted(references.glob(f"{kind}-*.parquet")) if references.is_dir() else []
-        if found:
-            return read_reference(found[0]), kind
+    evals = sorted(references.glob("eval_set-*.parquet")) if references.is_dir() else []
+    if len(evals) == 1:  # a calibration build embeds its one eval set
+        return read_reference(evals[0]), "eval_set"
+    cache = manifest.metrics.reference_cache if manifest.metrics else None
+    if cache and (out / cache).is_file():
+        return read_reference(out / cache), "reference"
     return None
 
 
@@ -186,7 +192,9 @@ def measure(
         images_per_second=generated / device_seconds if device_seconds > 0 else None,
         device_seconds_per_1k_accepted=per_1k,
         price_per_1k_accepted=(
-            per_1k / 3600 * price_per_hour if per_1k is not None and price_per_hour else None
+            per_1k / 3600 * price_per_hour
+            if per_1k is not None and price_per_hour is not None
+            else None
         ),
         clip_score=_mean(rows.get("clip_score", [])),
         label_margin=_mean(rows.get("label_margin", [])),
@@ -266,19 +274,37 @@ def write_results(scratch: Path, rows: Sequence[Row], recipe_name: str) -> None:
 TIMING_NAME = "compare-timing.json"  # under a calibration build's .synthgen/
 
 
-def _calibrate(recipe: str | Path, candidate: Candidate, out: Path, overrides: list[str]) -> float:
-    """Build one candidate (resumed, so a second `compare` reuses a finished calibration and
-    makes no model call); the device-seconds its model calls took, kept beside the build."""
+def _finished(out: Path, recipe_hash: str) -> bool:
+    """Whether `out` holds this candidate's finished calibration and its timing."""
+    from synthgen.validators.corpus import read_manifest
+
+    if not (out / "manifest.json").is_file() or not (out / STATE_DIR / TIMING_NAME).is_file():
+        return False
+    try:
+        return read_manifest(out).recipe_hash == recipe_hash
+    except (OSError, ValueError):
+        return False
+
+
+def _calibrate(
+    recipe: str | Path, candidate: Candidate, out: Path, overrides: list[str], recipe_hash: str
+) -> float:
+    """The device-seconds of one candidate's calibration build: a finished one under `out`
+    (same recipe) is reused with no model call; anything else there (a build cut short, whose
+    shards made before would go uncounted, or another recipe's) is made again from nothing,
+    so every figure counts every model call of the build it describes."""
     from synthgen.pipelines.build import ValidationFailed, run_build
 
     timing = out / STATE_DIR / TIMING_NAME
-    resume = (out / STATE_DIR).is_dir()
-    try:
-        result = run_build(recipe, out, overrides=overrides, resume=resume, show_progress=False)
-    except ValidationFailed as failed:  # a poor candidate is a row of the table, not an error
-        result = failed.result
-    if result.generated_now or not timing.is_file():
-        seconds = result.metrics.get("device_ms", 0) / 1000 or result.seconds
+    if not _finished(out, recipe_hash):
+        if (out / STATE_DIR).is_dir():
+            logger.warning("compare: %s: calibrating again (unfinished or changed)", out)
+            shutil.rmtree(out)
+        try:
+            result = run_build(recipe, out, overrides=overrides, show_progress=False)
+        except ValidationFailed as failed:  # a poor candidate is a row of the table
+            result = failed.result
+        seconds = result.metrics.get("device_ms", 0) / 1000
         write_bytes_atomic(timing, json.dumps({"device_seconds": seconds}).encode())
     return float(json.loads(timing.read_bytes())["device_seconds"])
 
@@ -298,16 +324,17 @@ def run_compare(
     check_candidates(candidates)
     if price_per_hour is not None and price_per_hour < 0:
         raise RecipeError("--price-per-hour: must be at least 0")
-    common = list(overrides)
-    if count_per_class is not None:
-        common.append(f"count_per_class={count_per_class}")
+    # the calibration size first, so the user's own `--set count_per_class=` wins
+    common = [f"count_per_class={count_per_class}"] if count_per_class is not None else []
+    common += list(overrides)
     # every candidate's recipe is read and checked before the first calibration starts
     loaded = [load_recipe(recipe, common + list(c.overrides))[0] for c in candidates]
     scratch.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for candidate in candidates:
+    rows: list[Row] = []
+    for candidate, checked in zip(candidates, loaded, strict=True):
         out = scratch / candidate.name
-        seconds = _calibrate(recipe, candidate, out, common + list(candidate.overrides))
+        overridden = common + list(candidate.overrides)
+        seconds = _calibrate(recipe, candidate, out, overridden, checked.hash)
         rows.append(measure(candidate, out, seconds, price_per_hour))
     write_results(scratch, rows, loaded[0].name)
     return rows

@@ -73,6 +73,7 @@ from synthgen.pipelines.staging import write_staged
 from synthgen.schemas.batches import padded_chunks
 from synthgen.schemas.failures import failed_copy, failed_sample
 from synthgen.schemas.manifest import PlanRound
+from synthgen.schemas.plugins import outside_plugins, register_carried
 from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import BuildContext, GenerationRequest, Sample, withheld
 from synthgen.storage.codecs import image_codec
@@ -107,6 +108,9 @@ class StageSpec:
     progress_dir: str | None = None
     host_threads: int = 0  # 0: as many as this process may use cores
     ctx: BuildContext | None = None  # with it, a signing build signs with the host work
+    # plug-in classes from outside their packages (a user's codec, source, mode): carried so
+    # that a worker process registers them before it looks one up by name
+    plugins: tuple[type, ...] = field(default_factory=outside_plugins)
 
     @property
     def scoring_batch(self) -> int:
@@ -538,6 +542,7 @@ class GenerateShards(beam.DoFn):
 
     def setup(self) -> None:
         spec = self._spec
+        register_carried(spec.plugins)  # a user's codec / source / mode, by name here too
         # every thread's copy of this DoFn shares one Worker; holding the handle keeps it
         self._handle = self._shared.acquire(lambda: _SharedWorker(spec))
         self._worker = self._handle.worker

@@ -25,6 +25,7 @@ from synthgen.pipelines.resolve import ResolvedRecipe, generation_settings
 from synthgen.pipelines.staging import ReadStaged, staged_shards
 from synthgen.pipelines.transforms import METRICS_NAMESPACE, WriteShards
 from synthgen.schemas.manifest import PlanRound
+from synthgen.schemas.plugins import outside_plugins
 from synthgen.validators.build_checks import check_columns, embedding_column, make_checks
 
 if TYPE_CHECKING:
@@ -52,6 +53,26 @@ def beam_options(beam_args: list[str]) -> PipelineOptions:
     except (ValueError, ImportError) as exc:
         raise BuildError(f"Beam runner {std.runner!r}: {exc}") from None
     return options
+
+
+def carry_plugins_by_value() -> None:
+    """Plug-in classes defined outside synthgen (a user's module, a test file) are pickled by
+    value into the work Beam (and Dask) ship to worker processes, which may not be able to
+    import that module: re-created there, each class registers itself by name, as on the
+    driver (`schemas.plugins.outside_plugins`)."""
+    from apache_beam.internal.cloudpickle import cloudpickle as beam_cloudpickle
+
+    picklers = [beam_cloudpickle]
+    with contextlib.suppress(ImportError):
+        import cloudpickle
+
+        picklers.append(cloudpickle)
+    for name in sorted({cls.__module__ for cls in outside_plugins()}):
+        module = sys.modules.get(name)
+        if module is None or name == "__main__" or name.startswith("synthgen."):
+            continue  # __main__ is pickled by value already
+        for pickler in picklers:
+            pickler.register_pickle_by_value(module)
 
 
 def run_shards(
@@ -91,6 +112,7 @@ def run_shards(
     checks, build_checks = make_checks(r, columns)
     reused = reused_build_features(out, earlier_shards, columns, build_checks)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    carry_plugins_by_value()
     to_generate = _not_staged(out, shard_ids)
     metrics: dict[str, int] = {}
     shown = Progress(progress_dir, total, *done_counts, started=started) if show_progress else None

@@ -12,6 +12,7 @@ from apache_beam.metrics import Metrics
 
 from synthgen.pipelines.writer import write_shard
 from synthgen.schemas.manifest import ShardStats
+from synthgen.schemas.plugins import outside_plugins, register_carried
 from synthgen.schemas.records import ACCEPTED, REJECTED, BuildContext, Sample, Score
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.faults import maybe_fault
@@ -99,6 +100,12 @@ class WriteShardFn(beam.DoFn):
         self._ctx = ctx
         self._columns = columns
         self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_written")
+        # a writer or codec plug-in from outside its package travels with the DoFn, and
+        # registers on the worker when it is unpickled (`schemas.plugins.outside_plugins`)
+        self._plugins = outside_plugins()
+
+    def setup(self) -> None:
+        register_carried(self._plugins)  # a writer or codec plug-in, by name here too
 
     def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[ShardStats]:
         from synthgen.pipelines.staging import read_signed, read_staged

@@ -21,6 +21,32 @@ def _where(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+_REGISTRIES: list[Registry[Any]] = []  # every registry made (a registry of registries)
+
+
+def outside_plugins() -> tuple[type, ...]:
+    """Every registered plug-in class defined outside its kind's package (a user's module, a
+    test file). Work that runs in other processes carries these classes with it: unpickling
+    one imports its module (or, for a class pickled by value, re-creates it), and defining
+    the class registers it there too, so a worker finds the plug-in by name as the driver
+    did."""
+    return tuple(
+        cls
+        for registry in _REGISTRIES
+        for cls in registry._classes.values()
+        if not cls.__module__.startswith(registry.package + ".")
+    )
+
+
+def register_carried(classes: tuple[type, ...]) -> None:
+    """Register plug-in classes that arrived in a worker process with its work. A class
+    pickled by value is re-created before its attributes are set, so the registering
+    `__init_subclass__` saw no name then; run it again now (it resolves to the kind's base
+    class, which adds the class to its registry)."""
+    for cls in classes:
+        cls.__init_subclass__()
+
+
 class Registry(Generic[T]):
     """The plug-ins of one kind by name.
 
@@ -42,6 +68,7 @@ class Registry(Generic[T]):
         self._order = order or (lambda item: item[0])
         self._classes: dict[str, type[T]] = {}
         self._imported = False
+        _REGISTRIES.append(self)
 
     def add(self, cls: type[T]) -> None:
         """Register `cls` under its own name attribute; a class without one of its own is an

@@ -39,7 +39,11 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     original = build.run_build
 
     def run_build(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
+        try:
+            result = original(*args, **kwargs)
+        except build.ValidationFailed as failed:  # a calibration that failed its gate
+            results.append(failed.result)
+            raise
         results.append(result)
         return result
 
@@ -79,12 +83,12 @@ def test_compare_calibrates_each_candidate_once_and_tables_them(
     lines = table_lines(rows)
     assert lines[0].startswith("| candidate | images/s") and len(lines) == 4
 
-    # a second compare reuses both calibrations: no model call, the same figures
+    # a second compare reuses both calibrations: no build, no model call, the same figures
     counted.clear()
     again = run_compare(
         DIGITS, CANDIDATES, scratch, overrides=SMALL, count_per_class=4, price_per_hour=2.0
     )
-    assert [r.generated_now for r in counted] == [0, 0]
+    assert counted == []
     assert again == rows
 
     # the command line: the same candidates, the same scratch root, the same table
@@ -100,7 +104,7 @@ def test_compare_calibrates_each_candidate_once_and_tables_them(
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[: len(lines)] == lines
-    assert [r.generated_now for r in counted] == [0, 0]
+    assert counted == []
 
 
 def test_probe_accuracy_separates_informative_from_shuffled_labels() -> None:
@@ -159,3 +163,30 @@ def test_candidate_syntax() -> None:
     for bad in ("no colon", ": x=1", "a b: x=1", "a: steps"):
         with pytest.raises(RecipeError):
             Candidate.parse(bad)
+
+
+def test_a_cut_short_or_changed_calibration_is_made_again(
+    tmp_path: Path, counted: list[Any]
+) -> None:
+    """A calibration whose build did not finish (its earlier shards' model time was never
+    counted) or whose candidate changed is rebuilt from nothing; a failed-validation
+    candidate is a row, also when compare runs again; the user's count_per_class wins."""
+    scratch = tmp_path / "c"
+    strict = [*SMALL, "validation.min_accepted_fraction=1.0", "checks.clip_score.absolute=0.99"]
+    pair = [Candidate.parse("a:"), Candidate.parse("b: sampling.steps=2")]
+    rows = run_compare(
+        DIGITS, pair, scratch, overrides=[*strict, "count_per_class=1"], count_per_class=4
+    )
+    assert [r.generated for r in rows] == [2, 2]  # --set count_per_class=1 beat the default
+    assert all(r.acceptance == 0 for r in rows)  # failed validation: still rows
+    again = run_compare(
+        DIGITS, pair, scratch, overrides=[*strict, "count_per_class=1"], count_per_class=4
+    )
+    assert again == rows and [r.generated_now for r in counted[2:]] == []  # nothing rebuilt
+    (scratch / "b" / "manifest.json").unlink()  # as if cut short before its manifest
+    changed = [pair[0], Candidate.parse("b: sampling.steps=3")]
+    counted.clear()
+    run_compare(
+        DIGITS, changed, scratch, overrides=[*strict, "count_per_class=1"], count_per_class=4
+    )
+    assert [r.generated_now for r in counted] == [2]  # only b, made again from nothing

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -227,3 +228,27 @@ def test_an_unknown_codec_or_writer_fails_before_any_output(
     with pytest.raises(RecipeError, match=rf"output\.{field}: unknown .*{value!r}"):
         run_build(write_recipe(tmp_path / "recipe.yaml", data), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_plugins_from_a_test_file_reach_worker_processes(tmp_path: Path, model_dir: Path) -> None:
+    """Two worker processes know nothing of this file: the codec and writer classes travel
+    with the work and register there, so the build finds them by name as the driver did."""
+    from synthgen.pipelines.build import run_build
+
+    data = tiny_recipe_dict(model_dir, count_per_class=2)
+    data["output"] = {"shard_size": 3, "image_format": "bmp", "writer": "webdataset-jsonl"}
+    data["checks"] = {"clip_score": None}  # every sample accepted: each is in a tar
+    result = run_build(
+        write_recipe(tmp_path / "recipe.yaml", data),
+        tmp_path / "out",
+        show_progress=False,
+        beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    )
+    out = result.output
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["00000.jsonl", "00001.jsonl"]
+    members = []
+    for tar in sorted(out.glob("0*.tar")):
+        with tarfile.open(tar) as tf:
+            members += tf.getnames()
+    assert members and all(n.split(".")[-1] in ("bmp", "cls", "json", "txt") for n in members)
+    assert sum(n.endswith(".bmp") for n in members) == 6
