@@ -11,10 +11,13 @@ embedding, its prompt length). Sampler names and their kind live in
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from synthgen.schemas.recipe import SCHEDULERS, Recipe, RecipeError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FAMILIES",
@@ -45,6 +48,9 @@ class Family:
     # conventions of the model: the longest text sequence it was trained with, the most
     # steps a distilled student samples well (refused above), sides the pipeline requires
     max_tokens: int | None = None
+    # False: a longer prompt is warned about, not refused (a family whose recipes built with
+    # longer ones before the limit was checked, and whose pipeline accepts them)
+    refuse_long_prompts: bool = True
     max_steps: int | None = None
     size_multiple: int = 8
     # samplers the pipeline's denoising loop works with (empty: every sampler of its kind)
@@ -89,6 +95,7 @@ FAMILIES: dict[str, Family] = {
         # captions are not "cleaned" (that needs bs4/ftfy and changes the prompt silently)
         extra_call=_EXACT,
         max_tokens=300,
+        refuse_long_prompts=False,
     ),
     "PixArtAlphaPipeline": Family(
         "pixart-alpha",
@@ -170,10 +177,13 @@ def check_recipe_options(recipe: Recipe, class_name: str, family: Family) -> Non
             f"sampling.max_sequence_length: {who} has no T5 text encoder; remove the option"
         )
     if max_len is not None and family.max_tokens is not None and max_len > family.max_tokens:
-        raise RecipeError(
+        message = (
             f"sampling.max_sequence_length: {who} was trained with prompts of at most "
             f"{family.max_tokens} tokens; got {max_len}"
         )
+        if family.refuse_long_prompts:
+            raise RecipeError(message)
+        logger.warning("%s (the tokens past it are noise to the model)", message)
     if s.height % family.size_multiple or s.width % family.size_multiple:
         raise RecipeError(
             f"sampling.height/width: {who} needs sides that are multiples of "

@@ -114,7 +114,7 @@ def read_staged(out: Path, shard: int, *, images: bool = True) -> list[Sample]:
     """The scored samples of a staged shard, exactly as they were written; without `images`
     their image bytes stay on disk (`image` is empty): what build-wide decisions read."""
     with pa.memory_map(str(staging_path(out, shard))) as source:
-        table = pa.ipc.open_file(source).read_all()
+        table = _with_media_columns(pa.ipc.open_file(source).read_all())
     heavy = ("image", "signed_image") if not images else ("signed_image",)  # read_signed
     table = table.drop_columns([c for c in heavy if c in table.column_names])
     samples = []
@@ -134,6 +134,26 @@ def read_staged(out: Path, shard: int, *, images: bool = True) -> list[Sample]:
             )
         )
     return samples
+
+
+# an image's format by its first bytes (staging files of older versions name none)
+_SIGNATURES = ((b"\x89PNG", "png"), (b"RIFF", "webp"), (b"\xff\xd8", "jpg"))
+
+
+def _with_media_columns(table: pa.Table) -> pa.Table:
+    """A staging table as this version writes it: one staged by an older version (no media
+    columns) gets its media type and extension from its images' own bytes (a build writes
+    one format) and one frame each, so its shards are not generated again."""
+    if "media_type" in table.column_names:
+        return table
+    from synthgen.schemas.media import media_type_of
+
+    data = next((d for d in table.column("image").to_pylist() if d), b"")
+    ext = next((e for magic, e in _SIGNATURES if data.startswith(magic)), "png")
+    n = table.num_rows
+    table = table.append_column("media_type", pa.array([media_type_of(ext)] * n, pa.string()))
+    table = table.append_column("extension", pa.array([ext] * n, pa.string()))
+    return table.append_column("frames", pa.array([1] * n, pa.int32()))
 
 
 def _media(row: Mapping[str, Any]) -> Media:
@@ -170,8 +190,8 @@ def _has_failed(out: Path, shard: int) -> bool:
             table = pa.ipc.open_file(source).read_all()
     except (OSError, pa.ArrowException):
         return True  # unreadable: generate the shard again
-    if not {"checks", "media_type"} <= set(table.column_names):
-        return True  # staged by an older version (no pixel checks or media): generate again
+    if "checks" not in table.column_names:
+        return True  # staged by a much older version (no pixel checks): generate again
     return FAILED in table.column("status").to_pylist()
 
 

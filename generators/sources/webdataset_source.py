@@ -24,6 +24,11 @@ from synthgen.generators.sources.base import (
 from synthgen.schemas.media import IMAGE_EXTENSIONS
 from synthgen.storage.tars import iter_tar_members
 
+# Which member a sample's image is read from when it has several: the order readers used
+# before bmp and gif were read (png, jpg, jpeg, webp), then those — so a source with both a
+# .jpg and a .webp member keeps giving the same image (and conditioning identity).
+MEMBER_ORDER = tuple(dict.fromkeys(("png", "jpg", "jpeg", "webp", *IMAGE_EXTENSIONS)))
+
 _PATTERN_CHARS = "{*?["
 
 # webdataset's `base_plus_ext` and meta-member rule (tariterators), so a sample's key here is
@@ -152,7 +157,7 @@ class WebDatasetSource(Source):
                 where = f"{url}#{key}"
                 if "cls" not in members:
                     raise SourceError(f"{where}: sample has no .cls label")
-                image_ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+                image_ext = next((e for e in MEMBER_ORDER if e in members), None)
                 if image_ext is None:
                     raise SourceError(f"{where}: sample has no image member")
                 try:
@@ -178,7 +183,7 @@ class WebDatasetSource(Source):
                 if mask in members:
                     return members[mask]
                 raise SourceError(f"{reference}: the sample has no mask member .{mask}")
-            ext = next((e for e in IMAGE_EXTENSIONS if e in members), None)
+            ext = next((e for e in MEMBER_ORDER if e in members), None)
             if ext is not None:
                 return members[ext]
         raise SourceError(f"{reference}: no such sample")

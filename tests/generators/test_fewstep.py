@@ -280,3 +280,22 @@ def test_cfg_above_a_few_step_students_range_is_warned_by_name(
     with caplog.at_level("WARNING", logger="synthgen.generators.model_folder"):
         _resolved(calm)
     assert "LCMScheduler" not in caplog.text
+
+
+def test_a_long_prompt_for_pixart_sigma_is_warned_about_not_refused(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PixArt-Sigma recipes with prompts past its trained 300 tokens built before the limit
+    was checked: they still build (and resume), with a warning; PixArt-alpha's is refused."""
+    from synthgen.generators.families import FAMILIES, check_recipe_options
+    from synthgen.schemas.recipe import RecipeError, recipe_from_dict
+    from tests.conftest import tiny_recipe_dict
+
+    data = tiny_recipe_dict(model_dir)
+    data["sampling"] = {**data["sampling"], "max_sequence_length": 512, "height": 32, "width": 32}
+    recipe = recipe_from_dict(data)
+    with caplog.at_level("WARNING"):
+        check_recipe_options(recipe, "PixArtSigmaPipeline", FAMILIES["PixArtSigmaPipeline"])
+    assert "at most 300 tokens; got 512" in caplog.text
+    with pytest.raises(RecipeError, match="at most 120 tokens; got 512"):
+        check_recipe_options(recipe, "PixArtAlphaPipeline", FAMILIES["PixArtAlphaPipeline"])

@@ -192,3 +192,32 @@ def test_webdataset_names_are_never_commands(
     assert records[0].reference == f"{tmp_path / name}#s0"
     assert not (tmp_path / "pwned").exists()
     assert os.path.isfile(tmp_path / name)
+
+
+def test_a_webdataset_sample_with_two_images_is_read_from_the_same_member_as_before(
+    tmp_path: Path,
+) -> None:
+    """jpg before webp (the order readers had before bmp and gif were read), so sources
+    with both keep their images, and builds conditioned on them keep their identity."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from synthgen.generators.sources.open import open_source
+
+    def encoded(fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 40, np.uint8)).save(buf, format=fmt)
+        return buf.getvalue()
+
+    jpg, webp = encoded("JPEG"), encoded("WEBP")
+    path = tmp_path / "two.tar"
+    with tarfile.open(path, "w") as tf:
+        for ext, payload in (("webp", webp), ("jpg", jpg), ("cls", b"0")):
+            info = tarfile.TarInfo(f"s0.{ext}")
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    (image,) = list(open_source(str(path)).iter_images())
+    assert image.data == jpg
