@@ -106,7 +106,7 @@ class ShardWriter(ABC):
         error = exc or RuntimeError("shard writer aborted")
         for name in list(self._open):
             stack = self._open.pop(name)
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):  # cleanup; an interrupt still stops it
                 stack.__exit__(type(error), error, error.__traceback__)
 
     # -- helpers for implementations --------------------------------------------------------

@@ -54,13 +54,14 @@ class WebDatasetWriter(ShardWriter):
         self.files = shard_files(shard)
         self._constants = build_constants(ctx)
         self._rows: list[dict[str, Any]] = []
-        self._tar = wds.TarWriter(
-            self.open_file(self.files.tar),
-            encoder=False,
-            mtime=TAR_MTIME,
-            user="synthgen",
-            group="synthgen",
-        )
+        tar = self.open_file(self.files.tar)
+        try:
+            self._tar = wds.TarWriter(
+                tar, encoder=False, mtime=TAR_MTIME, user="synthgen", group="synthgen"
+            )
+        except BaseException as exc:  # no `with` block runs for a writer never made
+            self.abort(exc)
+            raise
 
     def write(self, sample: Sample) -> None:
         row = self.row(sample)
