@@ -12,9 +12,9 @@ images alone — the figure that says which candidate makes better training data
 
 Device-seconds are the time the thread that drives the device spends in model calls (the
 `device_ms` counter). On CUDA a call returns once its work is queued and its images are
-still on the device, so the tail of its last kernels is counted in the next step's wait
-instead; with several model copies on one device their overlapping calls each count. Both
-bias every candidate the same way on one machine, which is what the comparison needs.
+still on the device, so the tail of its last kernels (often the VAE decode) is not counted;
+with several model copies on one device their overlapping calls each count. Compare
+candidates with one copy per device; on CUDA, read the figures as a lower bound.
 
 The probe: a multinomial logistic regression (scikit-learn, fixed seed) on the stored image
 embeddings of the accepted samples, scored on the real images' embeddings (the recipe's
