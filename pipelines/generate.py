@@ -73,7 +73,7 @@ from synthgen.pipelines.staging import write_staged
 from synthgen.schemas.batches import padded_chunks
 from synthgen.schemas.failures import failed_copy, failed_sample
 from synthgen.schemas.manifest import PlanRound
-from synthgen.schemas.plugins import outside_plugins, register_carried
+from synthgen.schemas.plugins import register_carried
 from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import BuildContext, GenerationRequest, Sample, withheld
 from synthgen.storage.codecs import image_codec
@@ -110,7 +110,7 @@ class StageSpec:
     ctx: BuildContext | None = None  # with it, a signing build signs with the host work
     # plug-in classes from outside their packages (a user's codec, source, mode): carried so
     # that a worker process registers them before it looks one up by name
-    plugins: tuple[type, ...] = field(default_factory=outside_plugins)
+    plugins: tuple[type, ...] = ()
 
     @property
     def scoring_batch(self) -> int:

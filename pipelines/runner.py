@@ -26,6 +26,7 @@ from synthgen.pipelines.staging import ReadStaged, staged_shards
 from synthgen.pipelines.transforms import METRICS_NAMESPACE, WriteShards
 from synthgen.schemas.manifest import PlanRound
 from synthgen.schemas.plugins import outside_plugins
+from synthgen.schemas.recipe import Recipe
 from synthgen.validators.build_checks import check_columns, embedding_column, make_checks
 
 if TYPE_CHECKING:
@@ -55,24 +56,58 @@ def beam_options(beam_args: list[str]) -> PipelineOptions:
     return options
 
 
-def carry_plugins_by_value() -> None:
-    """Plug-in classes defined outside synthgen (a user's module, a test file) are pickled by
-    value into the work Beam (and Dask) ship to worker processes, which may not be able to
-    import that module: re-created there, each class registers itself by name, as on the
-    driver (`schemas.plugins.outside_plugins`)."""
+def recipe_names(recipe: Recipe) -> set[str]:
+    """Every string the recipe gives (plug-in names among them: a codec, a writer, a mode,
+    a source format)."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    walk(recipe.model_dump(mode="json"))
+    return found
+
+
+@contextlib.contextmanager
+def carried_plugins(recipe: Recipe) -> Iterator[tuple[type, ...]]:
+    """The plug-in classes from outside synthgen (a user's module, a test file) that the
+    recipe names, for the work shipped to worker processes. While the build runs, their
+    modules are pickled by value into that work (Beam's and Dask's cloudpickle), so a worker
+    that cannot import the module re-creates the classes (`register_carried` registers them
+    there); afterwards the modules pickle by reference again."""
     from apache_beam.internal.cloudpickle import cloudpickle as beam_cloudpickle
 
-    picklers = [beam_cloudpickle]
+    classes = outside_plugins(recipe_names(recipe))
+    picklers: list[Any] = [beam_cloudpickle]
     with contextlib.suppress(ImportError):
         import cloudpickle
 
         picklers.append(cloudpickle)
-    for name in sorted({cls.__module__ for cls in outside_plugins()}):
-        module = sys.modules.get(name)
-        if module is None or name == "__main__" or name.startswith("synthgen."):
-            continue  # __main__ is pickled by value already
-        for pickler in picklers:
-            pickler.register_pickle_by_value(module)
+    modules = [
+        sys.modules[name]
+        for name in sorted({c.__module__ for c in classes})
+        if name in sys.modules and name != "__main__"  # __main__ is pickled by value already
+    ]
+    added = [
+        (p, m)
+        for p in picklers
+        for m in modules
+        if m.__name__ not in p.list_registry_pickle_by_value()
+    ]
+    for pickler, module in added:
+        pickler.register_pickle_by_value(module)
+    try:
+        yield classes
+    finally:
+        for pickler, module in added:
+            pickler.unregister_pickle_by_value(module)
 
 
 def run_shards(
@@ -112,13 +147,12 @@ def run_shards(
     checks, build_checks = make_checks(r, columns)
     reused = reused_build_features(out, earlier_shards, columns, build_checks)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    carry_plugins_by_value()
     to_generate = _not_staged(out, shard_ids)
     metrics: dict[str, int] = {}
     shown = Progress(progress_dir, total, *done_counts, started=started) if show_progress else None
-    with shown or contextlib.nullcontext():
+    with shown or contextlib.nullcontext(), carried_plugins(r) as plugins:
         if to_generate:
-            spec = _stage_spec(resolved, ctx, plan_round, checks, out, progress_dir)
+            spec = _stage_spec(resolved, ctx, plan_round, checks, out, progress_dir, plugins)
             _add(metrics, _run(_generating(spec, to_generate, options)))
         decide = DecideSamples(
             checks,
@@ -129,7 +163,7 @@ def run_shards(
             nearest=references,
             embedding_column=embedding_column(columns),
         )
-        write = WriteShards(str(out), ctx, columns)
+        write = WriteShards(str(out), ctx, columns, plugins)
         _add(metrics, _run(_deciding(options, shard_ids, out, decide, write)))
     return metrics
 
@@ -141,6 +175,7 @@ def _stage_spec(
     checks: list[Check],
     out: Path,
     progress_dir: Path,
+    plugins: tuple[type, ...] = (),
 ) -> StageSpec:
     """What every generating worker needs, small enough to ship."""
     return StageSpec(
@@ -152,6 +187,7 @@ def _stage_spec(
         out=str(out),
         progress_dir=str(progress_dir),
         ctx=ctx,
+        plugins=plugins,
     )
 
 

@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 
 from synthgen.pipelines.writer import write_shard
 from synthgen.schemas.manifest import ShardStats
-from synthgen.schemas.plugins import outside_plugins, register_carried
+from synthgen.schemas.plugins import register_carried
 from synthgen.schemas.records import ACCEPTED, REJECTED, BuildContext, Sample, Score
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.faults import maybe_fault
@@ -95,14 +95,20 @@ def with_staged(decided: Iterable[Sample], staged: Iterable[Sample]) -> list[Sam
 class WriteShardFn(beam.DoFn):
     """(shard, its decided compact samples) -> the shard's files, images read from staging."""
 
-    def __init__(self, out_dir: str, ctx: BuildContext, columns: tuple[ScoreColumn, ...]):
+    def __init__(
+        self,
+        out_dir: str,
+        ctx: BuildContext,
+        columns: tuple[ScoreColumn, ...],
+        plugins: tuple[type, ...] = (),
+    ):
         self._out_dir = out_dir
         self._ctx = ctx
         self._columns = columns
         self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_written")
         # a writer or codec plug-in from outside its package travels with the DoFn, and
-        # registers on the worker when it is unpickled (`schemas.plugins.outside_plugins`)
-        self._plugins = outside_plugins()
+        # registers on the worker (`schemas.plugins.register_carried`)
+        self._plugins = plugins
 
     def setup(self) -> None:
         register_carried(self._plugins)  # a writer or codec plug-in, by name here too
@@ -126,16 +132,24 @@ class WriteShards(beam.PTransform):
     images and vectors from the staging file, so no step holds more than one shard's images.
     """
 
-    def __init__(self, out_dir: str, ctx: BuildContext, columns: tuple[ScoreColumn, ...]):
+    def __init__(
+        self,
+        out_dir: str,
+        ctx: BuildContext,
+        columns: tuple[ScoreColumn, ...],
+        plugins: tuple[type, ...] = (),
+    ):
         super().__init__()
         self._out_dir = out_dir
         self._ctx = ctx
         self._columns = tuple(columns)
+        self._plugins = plugins
 
     def expand(self, samples: beam.PCollection) -> beam.PCollection:
         return (
             samples
             | "KeyByShard" >> beam.Map(lambda s: (s.request.shard, compact(s)))
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(WriteShardFn(self._out_dir, self._ctx, self._columns))
+            | "WriteShard"
+            >> beam.ParDo(WriteShardFn(self._out_dir, self._ctx, self._columns, self._plugins))
         )

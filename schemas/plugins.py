@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -24,17 +24,18 @@ def _where(cls: type) -> str:
 _REGISTRIES: list[Registry[Any]] = []  # every registry made (a registry of registries)
 
 
-def outside_plugins() -> tuple[type, ...]:
-    """Every registered plug-in class defined outside its kind's package (a user's module, a
-    test file). Work that runs in other processes carries these classes with it: unpickling
-    one imports its module (or, for a class pickled by value, re-creates it), and defining
-    the class registers it there too, so a worker finds the plug-in by name as the driver
-    did."""
+def outside_plugins(names: Iterable[str] | None = None) -> tuple[type, ...]:
+    """The registered plug-in classes defined outside their kind's package (a user's module,
+    a test file) — of those registered under one of `names` (the names a recipe gives), or
+    all with None. Work that runs in other processes carries them with it (see
+    `register_carried`), so a worker finds them by name as the driver did."""
+    wanted = None if names is None else set(names)
     return tuple(
         cls
         for registry in _REGISTRIES
-        for cls in registry._classes.values()
+        for name, cls in registry._classes.items()
         if not cls.__module__.startswith(registry.package + ".")
+        and (wanted is None or name in wanted)
     )
 
 
