@@ -31,17 +31,19 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "data" / "digits_golden.json"
 
 
-def shared_build(tmp_path_factory: pytest.TempPathFactory, name: str, make: Any) -> Path:
+def shared_build(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Any, done: str = "manifest.json"
+) -> Path:
     """A build that tests only read, made once per test session: under pytest-xdist the
     first worker to ask builds it (under a file lock) and the others reuse the folder.
-    `make(out)` builds into `out`."""
+    `make(out)` builds into `out`; the folder is complete once `out / done` exists."""
     import filelock
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     out = shared / f"shared-{name}"
     with filelock.FileLock(str(out) + ".lock"):
-        if not (out / "manifest.json").exists():
+        if not (out / done).exists():
             make(out)
     return out
 
@@ -82,11 +84,16 @@ TINY_CLIP = {
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding `sd/` (diffusers pipeline) and `clip/` (open_clip config + weights)."""
-    root = tmp_path_factory.mktemp("models")
-    make_random_pipeline(root / "sd", TINY_SD, seed=0)
-    make_random_clip(root / "clip", name="tiny-clip", config=TINY_CLIP, seed=0)
-    return root
+    """A folder holding `sd/` (diffusers pipeline) and `clip/` (open_clip config + weights).
+    One folder for every xdist worker: a recipe's hash holds its model path, so builds that
+    tests share across workers match the builds each test makes itself."""
+
+    def make(root: Path) -> None:
+        make_random_pipeline(root / "sd", TINY_SD, seed=0)
+        make_random_clip(root / "clip", name="tiny-clip", config=TINY_CLIP, seed=0)
+        (root.parent / f"{root.name}.done").touch()
+
+    return shared_build(tmp_path_factory, "models", make, done="../shared-models.done")
 
 
 def tiny_recipe_dict(model_dir: Path, **overrides: Any) -> dict[str, Any]:

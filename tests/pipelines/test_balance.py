@@ -132,13 +132,11 @@ def test_empty_and_missing_sources(tmp_path: Path, model_dir: Path) -> None:
     _bad(tmp_path, model_dir, str(tmp_path / "none-{000..001}.tar"), "not found")
 
 
-@pytest.fixture(scope="module")
-def balanced(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    tmp = tmp_path_factory.mktemp("balanced")
-    source = make_folder(tmp / "source")
-    recipe = _balance_recipe(tmp, model_dir, str(source), overgenerate=1.0, max_rounds=6)
-    run_build(recipe, tmp / "out", show_progress=False)
-    return tmp / "out"
+@pytest.fixture
+def balanced(balanced_build: Path) -> Path:
+    """The build balancing make_folder's source (overgenerate 1.0, at most 6 rounds), shared
+    with other modules: read it, never change it."""
+    return balanced_build
 
 
 def test_balanced_build_reaches_exactly_the_target(balanced: Path) -> None:

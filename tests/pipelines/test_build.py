@@ -30,15 +30,11 @@ def _images_by_key(out: Path) -> dict[str, str]:
     return {r["key"]: r["image_sha256"] for r in t}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    """One tiny build with some rejects (threshold at about the median tiny-CLIP score)."""
-    tmp = tmp_path_factory.mktemp("built")
-    data = tiny_recipe_dict(model_dir)
-    data["checks"]["clip_score"] = {"absolute": SPLIT_THRESHOLD}
-    recipe = write_recipe(tmp / "recipe.yaml", data)
-    run_build(recipe, tmp / "out", show_progress=False)
-    return tmp / "out"
+@pytest.fixture
+def built(split_build: Path) -> Path:
+    """One tiny build with some rejects (threshold at about the median tiny-CLIP score),
+    shared with other modules: read it, or copy it before changing it."""
+    return split_build
 
 
 def test_layout_and_manifest(built: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -62,10 +63,12 @@ def _batch_of(recipe: Path, key: str) -> list[str]:
     raise AssertionError(f"{key} is not planned")
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Any:
-    tmp = tmp_path_factory.mktemp("clean")
-    return run_build(_recipe(tmp, model_dir), tmp / "out", show_progress=False)
+@pytest.fixture
+def clean(default_build: Path) -> Any:
+    """The clean build: `_recipe` without the failure budget, which changes the recipe hash
+    but no image, status or call count. Shared with other modules: read it, never change it."""
+    metrics = json.loads((default_build.parent / "metrics.json").read_text(encoding="utf-8"))
+    return SimpleNamespace(output=default_build, metrics=metrics)
 
 
 # -- the generating stage: calls split in half, one failed row per failing sample -----------

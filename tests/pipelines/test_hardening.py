@@ -30,11 +30,10 @@ def _images(out: Path) -> dict[str, str]:
     return {r["key"]: r["image_sha256"] for r in read_rows(out).to_pylist()}
 
 
-@pytest.fixture(scope="module")
-def complete(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    tmp = tmp_path_factory.mktemp("complete")
-    run_build(_recipe(tmp, model_dir), tmp / "out", show_progress=False)
-    return tmp / "out"
+@pytest.fixture
+def complete(default_build: Path) -> Path:
+    """The complete build of `_recipe`, shared with other modules: copy it before changing it."""
+    return default_build
 
 
 def _copy(build: Path, dest: Path) -> Path:
@@ -62,7 +61,7 @@ def test_resume_does_not_trust_another_builds_manifest(
 ) -> None:
     other = tmp_path / "other"
     other.mkdir()
-    recipe = _recipe(other, model_dir, seed=99)
+    recipe = _recipe(other, model_dir, seed=99, count_per_class=2)  # two shards: 5 and 1
     env = {**os.environ, "SYNTHGEN_FAULT": "write:00001:kill"}
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -83,9 +82,10 @@ def test_resume_refuses_a_model_folder_whose_content_changed(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     models = _copy(model_dir, tmp_path / "models")
-    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(models))
+    # one sample a class: a single shard, interrupted before it is written
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(models, count_per_class=1))
     out = tmp_path / "out"
-    monkeypatch.setenv("SYNTHGEN_FAULT", "write:00001:raise")
+    monkeypatch.setenv("SYNTHGEN_FAULT", "write:00000:raise")
     with pytest.raises(Exception, match="injected fault"):
         run_build(recipe, out, show_progress=False)
     monkeypatch.delenv("SYNTHGEN_FAULT")
@@ -133,7 +133,7 @@ def test_latest_that_is_a_real_directory_is_refused_before_building(
 def test_kill_while_writing_the_report_resumes_without_rebuilding(
     tmp_path: Path, model_dir: Path
 ) -> None:
-    recipe = _recipe(tmp_path, model_dir)
+    recipe = _recipe(tmp_path, model_dir, count_per_class=1)
     root = tmp_path / "pub"
     env = {**os.environ, "SYNTHGEN_FAULT": "rename:report.json:kill"}
     cmd = [sys.executable, "-m", "synthgen.pipelines.cli", "build", str(recipe)]

@@ -30,7 +30,6 @@ from synthgen.schemas.records import (
     read_build_constants,
 )
 from synthgen.storage.tars import iter_tar_samples
-from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "recipes" / "digits.yaml"
@@ -45,14 +44,11 @@ def strict_loads(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    """A tiny build with rejects (threshold at about the median tiny-CLIP score)."""
-    tmp = tmp_path_factory.mktemp("fmt")
-    data = tiny_recipe_dict(model_dir)
-    data["checks"]["clip_score"] = {"absolute": SPLIT_THRESHOLD}
-    run_build(write_recipe(tmp / "recipe.yaml", data), tmp / "out", show_progress=False)
-    return tmp / "out"
+@pytest.fixture
+def built(split_build: Path) -> Path:
+    """A tiny build with rejects (threshold at about the median tiny-CLIP score), shared with
+    other modules: read it, never change it."""
+    return split_build
 
 
 def _sidecars(out: Path) -> dict[str, dict[str, Any]]:
@@ -159,7 +155,14 @@ def test_a_digits_build_mixes_classes_in_every_slice_of_20(tmp_path: Path) -> No
     result = run_build(
         DIGITS,
         tmp_path / "out",
-        overrides=["count_per_class=4", "output.shard_size=40"],
+        # one shard of 20 (2 per class, every one accepted), model calls without padding
+        overrides=[
+            "count_per_class=2",
+            "output.shard_size=20",
+            "model.compute_batch=20",
+            "batch_size=20",
+            "scoring.batch_size=20",
+        ],
         show_progress=False,
     )
     for tar in sorted(result.output.glob("*.tar")):

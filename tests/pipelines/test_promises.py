@@ -48,11 +48,11 @@ def _tar_keys(out: Path) -> list[str]:
     return keys
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    tmp = tmp_path_factory.mktemp("clean")
-    run_build(_recipe(tmp, model_dir), tmp / "out", show_progress=False)
-    return tmp / "out"
+@pytest.fixture
+def clean(split_build: Path) -> Path:
+    """The clean build of `_recipe` (near_duplicate None is the default, so the same recipe
+    hash as the shared split build): read it, never change it."""
+    return split_build
 
 
 def _cli(args: list[str], env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen:
@@ -115,7 +115,7 @@ def test_repeated_bundles_give_the_same_corpus(
 
 
 def test_exhausted_retries_fail_truthfully(tmp_path: Path, model_dir: Path) -> None:
-    recipe = _recipe(tmp_path, model_dir)
+    recipe = _recipe(tmp_path, model_dir, count_per_class=1)  # one shard, tiny-two-000000 in it
     proc = _cli(
         [
             "build",
@@ -170,7 +170,7 @@ def test_sigkill_leaves_no_partial_file_and_resume_equals_clean(
 
 
 def test_changed_recipe_refuses_to_resume(tmp_path: Path, model_dir: Path) -> None:
-    recipe = _recipe(tmp_path, model_dir)
+    recipe = _recipe(tmp_path, model_dir, count_per_class=2)  # two shards: 5 and 1 samples
     proc = _cli(
         ["build", str(recipe), "-o", str(tmp_path / "out"), "--no-progress"],
         env={"SYNTHGEN_FAULT": "write:00001:kill"},
@@ -188,7 +188,7 @@ def test_changed_recipe_refuses_to_resume(tmp_path: Path, model_dir: Path) -> No
 
 
 def test_publish_never_clobbers_a_complete_build(tmp_path: Path, model_dir: Path) -> None:
-    recipe = _recipe(tmp_path, model_dir)
+    recipe = _recipe(tmp_path, model_dir, count_per_class=2)  # two shards: 5 and 1 samples
     root = tmp_path / "pub"
     first = run_build(recipe, publish_root=root, show_progress=False)
     assert (root / "latest").resolve() == first.output
@@ -300,7 +300,9 @@ def test_hostile_model_folders_are_refused_before_anything_is_written(
 
 def test_tokens_never_reach_outputs_or_logs(tmp_path: Path, model_dir: Path) -> None:
     env_secret, arg_secret = "hf_envSECRETtoken1234567", "hf_argSECRETtoken7654321"
-    recipe = _recipe(tmp_path, model_dir)
+    # one sample a class, every one scored and accepted: shard 0 has a sidecar to read
+    checks = {"clip_score": {"absolute": -1.0}}
+    recipe = _recipe(tmp_path, model_dir, count_per_class=1, checks=checks)
     out = tmp_path / "out"
     proc = _cli(
         [

@@ -23,7 +23,6 @@ from synthgen.pipelines.output import BuildError
 from synthgen.schemas.manifest import Manifest
 from synthgen.storage.tars import iter_tar_samples
 from tests.conftest import run_cli, tiny_recipe_dict, write_recipe
-from tests.pipelines.test_balance import _balance_recipe, make_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["zero", "one", "two"]
@@ -53,13 +52,11 @@ def build(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
     return tmp / "out"
 
 
-@pytest.fixture(scope="module")
-def balanced(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    tmp = tmp_path_factory.mktemp("trainer-balanced")
-    source = make_folder(tmp / "source")
-    recipe = _balance_recipe(tmp, model_dir, str(source), overgenerate=1.0, max_rounds=6)
-    run_build(recipe, tmp / "out", show_progress=False)
-    return tmp / "out"
+@pytest.fixture
+def balanced(balanced_build: Path) -> Path:
+    """The build balancing make_folder's source (its `source/` beside it), shared with other
+    modules: read it, or copy it before changing it."""
+    return balanced_build
 
 
 def _load(out: Path, tmp_path: Path, *args: str, **kwargs: Any) -> Any:

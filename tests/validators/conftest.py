@@ -14,7 +14,7 @@ from PIL import Image
 from synthgen.schemas.media import image_media
 from synthgen.schemas.recipe import Recipe, recipe_from_dict
 from synthgen.schemas.records import GenerationRequest, Sample
-from tests.conftest import SPLIT_THRESHOLD, tiny_recipe_dict, write_recipe
+from tests.conftest import SPLIT_THRESHOLD, shared_build, tiny_recipe_dict, write_recipe
 
 CLASSES = ("zero", "one", "two")
 
@@ -57,11 +57,11 @@ def scoring(model_dir: Path, *names: str, batch_size: int = 4) -> dict[str, Any]
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
-    """A tiny build with every bundled scorer, checks that split it, and its report; shared
-    by the corpus, report and gate tests, which read it or copy it first."""
+    """A tiny build with every bundled scorer, checks that split it, and its report; made
+    once for every xdist worker and shared by the corpus, report and gate tests, which read
+    it or copy it first."""
     from synthgen.pipelines.build import run_build
 
-    tmp = tmp_path_factory.mktemp("corpus")
     data = tiny_recipe_dict(model_dir)
     data["checks"] = {
         "clip_score": {"absolute": SPLIT_THRESHOLD},
@@ -74,5 +74,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
         {"name": "clip_embedding"},
         {"name": "image_stats"},
     ]
-    run_build(write_recipe(tmp / "recipe.yaml", data), tmp / "out", show_progress=False)
-    return tmp / "out"
+
+    def make(tmp: Path) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        run_build(write_recipe(tmp / "recipe.yaml", data), tmp / "out", show_progress=False)
+
+    return shared_build(tmp_path_factory, "corpus", make, done="out/manifest.json") / "out"

@@ -15,7 +15,7 @@ from synthgen.schemas.manifest import Manifest
 from synthgen.schemas.recipe import RecipeError, recipe_from_dict
 from synthgen.validators.corpus import CorpusReport, gate_corpus, validate_corpus
 from synthgen.validators.gate_process import GateProcess
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_recipe_dict, write_recipe
 
 
 def _verdict(report: CorpusReport) -> tuple[object, ...]:
@@ -24,6 +24,11 @@ def _verdict(report: CorpusReport) -> tuple[object, ...]:
         report.failures,
         [(e.dataset, e.expectation, e.kwargs, e.success, e.detail) for e in report.expectations],
     )
+
+
+def _small_recipe(tmp_path: Path, model_dir: Path) -> Path:
+    """The tiny recipe with one sample a class: a single shard."""
+    return write_recipe(tmp_path / "recipe.yaml", tiny_recipe_dict(model_dir, count_per_class=1))
 
 
 def _inputs(out: Path) -> tuple[Manifest, object]:
@@ -72,12 +77,12 @@ def test_an_unused_gate_process_ends_with_its_build() -> None:
 
 
 def test_a_command_line_build_gates_in_the_process_it_started_first(
-    recipe_file: Path, tmp_path: Path
+    model_dir: Path, tmp_path: Path
 ) -> None:
     done = run_cli(
         "-v",
         "build",
-        str(recipe_file),
+        str(_small_recipe(tmp_path, model_dir)),
         "-o",
         str(tmp_path / "out"),
         "--no-progress",
@@ -122,12 +127,12 @@ def _processes_tagged(tag: str) -> list[int]:
 
 @pytest.mark.parametrize("action", ["raise", "kill"])
 def test_a_build_that_dies_leaves_no_gate_process(
-    recipe_file: Path, tmp_path: Path, action: str
+    model_dir: Path, tmp_path: Path, action: str
 ) -> None:
     tag = f"SYNTHGEN_TEST_TAG={uuid.uuid4().hex}"
     done = run_cli(
         "build",
-        str(recipe_file),
+        str(_small_recipe(tmp_path, model_dir)),
         "-o",
         str(tmp_path / "out"),
         "--no-progress",

@@ -387,7 +387,10 @@ def test_build_time_leaves_out_the_idle_time_between_runs(built: Built, tmp_path
 
 def test_a_resumed_build_counts_only_its_runs(tmp_path: Path, model_dir: Path) -> None:
     """Killed after two shards, resumed 3 s later: two runs, the pause left out."""
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict(model_dir))
+    # one sample a class, one a shard, one a model call: three shards
+    data = tiny_recipe_dict(model_dir, count_per_class=1, output={"shard_size": 1}, batch_size=1)
+    data["model"]["compute_batch"] = 1
+    recipe = write_recipe(tmp_path / "r.yaml", data)
     out = tmp_path / "out"
     proc = run_cli(
         "build", str(recipe), "-o", str(out), "--no-progress",

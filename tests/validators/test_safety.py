@@ -74,7 +74,10 @@ def test_scorer_columns_per_family_and_unsafe_check(model_dir: Path) -> None:
 
 def test_flagged_images_are_nowhere_in_the_output(tmp_path: Path, model_dir: Path) -> None:
     # 1. a build where nothing is flagged (threshold 1): every image, and its similarity
-    first = run_build(safety_recipe(model_dir, 1.0), tmp_path / "a", show_progress=False)
+    small = {"count_per_class": 2}  # six samples: some flagged, some not
+    first = run_build(
+        {**safety_recipe(model_dir, 1.0), **small}, tmp_path / "a", show_progress=False
+    )
     rows = read_rows(first.output).select(["key", UNSAFE]).to_pylist()
     similarity = {r["key"]: r[UNSAFE] + 1.0 for r in rows}
     images = all_images(first.output)
@@ -84,7 +87,9 @@ def test_flagged_images_are_nowhere_in_the_output(tmp_path: Path, model_dir: Pat
     mid = len(ordered) // 2
     threshold = (ordered[mid - 1] + ordered[mid]) / 2
     assert ordered[mid - 1] < threshold < ordered[mid]
-    second = run_build(safety_recipe(model_dir, threshold), tmp_path / "b", show_progress=False)
+    second = run_build(
+        {**safety_recipe(model_dir, threshold), **small}, tmp_path / "b", show_progress=False
+    )
     table = read_rows(second.output).to_pylist()
     flagged = {r["key"] for r in table if outcome(r["checks"], "unsafe") == "unsafe"}
     assert flagged == {k for k, v in similarity.items() if v > threshold}
@@ -206,7 +211,9 @@ def test_the_folders_own_checker_runs_by_default_and_withholds_what_it_flags(
     def recipe(folder: Path) -> dict[str, Any]:
         # no scorer lists `safety_checker`: a folder that ships one has it run by default
         model = {"path": str(folder), "compute_batch": 4, "license_ack": "other"}
-        return tiny_recipe_dict(model_dir, model=model, checks={"clip_score": None})
+        return tiny_recipe_dict(
+            model_dir, model=model, checks={"clip_score": None}, count_per_class=1
+        )
 
     clean = run_build(recipe(plain), tmp_path / "plain", show_progress=False)
     assert "nsfw" in clean.manifest.score_column_names
