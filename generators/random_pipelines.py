@@ -234,20 +234,9 @@ def build_sd(
     prediction_type: str = "epsilon", safety_checker: bool = True, s: TinySizes = TinySizes()
 ) -> Any:
     """Stable Diffusion 1.x/2.x (`StableDiffusionPipeline`), optionally with its safety checker."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=s.text_hidden,
-        norm_num_groups=8,
-        attention_head_dim=8,
-    )
+    unet = _sd_unet(s)
     # A stock SD 1.5 snapshot ships PNDM; SD 2.x (v-prediction) DDIM-style configs.
     scheduler = PNDMScheduler(
         beta_start=0.00085,
@@ -391,8 +380,11 @@ def build_pixart_sigma(s: TinySizes = TinySizes()) -> Any:
 
 
 def _sd_unet(s: TinySizes, time_cond_proj_dim: int | None = None) -> Any:
+    """The tiny SD UNet; `time_cond_proj_dim` (the LCM student's guidance embedding) only
+    when given, so every other folder's config is what it always was."""
     from diffusers import UNet2DConditionModel
 
+    student = {} if time_cond_proj_dim is None else {"time_cond_proj_dim": time_cond_proj_dim}
     return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -404,7 +396,7 @@ def _sd_unet(s: TinySizes, time_cond_proj_dim: int | None = None) -> Any:
         cross_attention_dim=s.text_hidden,
         norm_num_groups=8,
         attention_head_dim=8,
-        time_cond_proj_dim=time_cond_proj_dim,
+        **student,
     )
 
 

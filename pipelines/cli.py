@@ -317,7 +317,7 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--price-per-hour", type=float, help="device price per hour: adds a price per 1,000"
     )
-    p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
+    _json_arg(p)
 
 
 def _train_default_options(p: argparse.ArgumentParser) -> None:
