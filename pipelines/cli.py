@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from synthgen.pipelines.gcpolicy import exiting, loading, own_process
+from synthgen.pipelines.gcpolicy import exiting, loading, own_process, owned
 from synthgen.pipelines.runcontext import RunContext
 
 if TYPE_CHECKING:
@@ -623,6 +623,7 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str], run: RunContext) -
     recipe, base_dir = load_recipe(args.recipe, args.overrides)
     beam_args = _worker_args(args, recipe, beam_args)
     done = _before_heavy_imports(args, recipe, base_dir)
+    _unwind_if_signalled(run)
     if done is not None:
         out, manifest = done
         import time
@@ -637,7 +638,7 @@ def cmd_build(args: argparse.Namespace, beam_args: list[str], run: RunContext) -
     run.prestart_gate()  # its process imports great_expectations while this one imports the rest
     with loading():
         from synthgen.pipelines.build import run_build
-
+    _unwind_if_signalled(run)  # one these imports swallowed: the build never starts
     result = run_build(
         args.recipe,
         args.output,
@@ -1090,33 +1091,84 @@ def cmd_train_default(args: argparse.Namespace) -> int:
 # The signal path (the handlers, `_signal_exit`, `_output_state`) imports nothing: a signal
 # can arrive while a module (torch, Beam) is half imported, and importing it again from here
 # would run it a second time: a traceback or a crash instead of the exit status.
-def _handle_signals(run: RunContext) -> None:
+class _Signals:
+    """One command's SIGTERM / SIGINT handlers: each signal is recorded in `run`, and while
+    the command runs (`raising`) unwound as `Terminated` / `Interrupted`; once it has
+    returned or unwound, later signals are only recorded, so the exit path cannot be
+    interrupted again. Library code may swallow the unwinding (a finalizer, where Python
+    prints "Exception ignored" and goes on: dropped here; a C extension's catch-all) or
+    turn it into an error of its own: the signal is recorded all the same, and the
+    command's checkpoints (`_unwind_if_signalled`) and `main` act on the record."""
+
+    def __init__(self, run: RunContext):
+        self.run = run
+        self.raising = True
+        self._before = (
+            signal.getsignal(signal.SIGTERM),
+            signal.getsignal(signal.SIGINT),
+            sys.unraisablehook,
+        )
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.received)
+        signal.signal(signal.SIGINT, self.received)
+        sys.unraisablehook = self._unraisable
+
+    def received(self, signum: int, frame: object) -> None:
+        self.run.receive(signum)
+        if self.raising:
+            raise _unwinding(signum)
+
+    def _unraisable(self, unraisable: Any) -> None:
+        if not (isinstance(unraisable.exc_value, Terminated) and self.run.signals):
+            self._before[2](unraisable)
+
+    def restore(self) -> None:
+        """The handlers before `install` again (a program that called `main` keeps its
+        own); in a process the command line owns, later signals stay recorded only."""
+        self.raising = False
+        if owned():
+            return
+        for signum, before in zip((signal.SIGTERM, signal.SIGINT), self._before[:2], strict=True):
+            if before is not None:  # None: not set from Python, nothing to put back
+                signal.signal(signum, before)
+        sys.unraisablehook = self._before[2]
+
+
+def _handle_signals(run: RunContext) -> _Signals:
     """SIGTERM and SIGINT recorded in `run` and unwound as `Terminated` / `Interrupted`."""
-
-    def terminate(signum: int, frame: object) -> None:
-        run.receive(signum)
-        raise Terminated(signum)
-
-    def interrupt(signum: int, frame: object) -> None:
-        run.receive(signum)
-        raise Interrupted(signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, interrupt)
+    signals = _Signals(run)
+    signals.install()
+    return signals
 
 
-def _signal_exit(run: RunContext) -> int | None:
-    """The exit status for a signal received during the run, even if a runner wrapped it."""
+def _unwinding(signum: int) -> Terminated:
+    return Interrupted(signum) if signum == signal.SIGINT else Terminated(signum)
+
+
+def _unwind_if_signalled(run: RunContext) -> None:
+    """A checkpoint between the command's steps: a signal already received whose unwinding
+    a library swallowed unwinds here, before the next step starts."""
+    first = run.first_signal
+    if first is not None:
+        raise _unwinding(first)
+
+
+def _signal_exit(run: RunContext, *, finished: bool = False) -> int | None:
+    """The exit status for a signal received during the run, even if a runner wrapped it;
+    `finished`: the command returned all the same (its output is complete)."""
     first = run.first_signal
     if first is None:
         return None
     what = "terminated" if first == signal.SIGTERM else "interrupted"
-    print(f"synthgen: {what}; {_output_state(run)}", file=sys.stderr)
+    when = " as the command finished" if finished else ""
+    print(f"synthgen: {what}{when}; {_output_state(run, finished)}", file=sys.stderr)
     return EXIT_TERMINATED if first == signal.SIGTERM else EXIT_INTERRUPTED
 
 
-def _output_state(run: RunContext) -> str:
-    """What the interrupted build left: complete (manifest written) or not, and what to run.
+def _output_state(run: RunContext, finished: bool = False) -> str:
+    """What the interrupted build left: complete (manifest written) or not, and what to run
+    (nothing, when the command had `finished`).
 
     From the output directory the run opened last (none: nothing was written), reading only
     modules already loaded, never importing one. A build on an object store is named by its
@@ -1133,6 +1185,8 @@ def _output_state(run: RunContext) -> str:
         with contextlib.suppress(OSError, UnicodeDecodeError):
             where = (out / record).read_text(encoding="utf-8")
     if (out / manifest).is_file():
+        if finished:
+            return f"the build in {where} is complete (manifest written)"
         return (
             f"the build in {where} is complete (manifest written); rerun the same command "
             "with --resume to finish its report and publishing"
@@ -1177,20 +1231,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; its exit status. A SIGINT or SIGTERM at any moment, imports
-    included, ends it with 130 or 143 and one line saying what the build left.
+    """Run one command; its exit status. A SIGINT or SIGTERM from the moment this installs
+    its handlers until it returns, imports included, ends it with 130 or 143 and one line
+    saying what the build left, never a traceback: also when a library swallowed the
+    unwinding or turned it into an error of its own, and when the command finished all the
+    same (the line then says the build is complete). A signal after it returned (the
+    interpreter's exit) is recorded and ignored: the status stands. Before the handlers
+    (the interpreter's start and this module's imports), Python's defaults apply.
 
     The command's run context (synthgen.pipelines.runcontext) is made here, first: its clock
     starts now and it records the signals received and the output the build opened."""
     run = RunContext()
-    _handle_signals(run)
+    signals = _Signals(run)
     try:
-        return _main(argv, run)
-    except (KeyboardInterrupt, Terminated):  # KeyboardInterrupt: raised by a library
-        code = _signal_exit(run)
-        return code if code is not None else EXIT_INTERRUPTED
-    except BrokenPipeError:
+        try:
+            signals.install()
+            code = _main(argv, run)
+            signals.raising = False
+        except BaseException as exc:
+            signals.raising = False  # first, before any call: the exit path is not unwound
+            unwound = _unwound(run, exc)
+            if unwound is None:
+                raise
+            return unwound
+        after = _signal_exit(run, finished=True)  # swallowed, or received as it finished
+        return code if after is None else after
+    finally:
+        signals.restore()
+
+
+def _unwound(run: RunContext, exc: BaseException) -> int | None:
+    """The exit status for what ended the command early: any exception once a signal was
+    received (how it unwound: its own exception, a runner's error, a KeyboardInterrupt), a
+    KeyboardInterrupt without one (Python's handler: one a library put back), a closed
+    stdout; None for anything else (raised on: a bug's traceback, argparse's exit)."""
+    if isinstance(exc, KeyboardInterrupt) and run.first_signal is None:
+        run.receive(signal.SIGINT)
+    code = _signal_exit(run)
+    if code is not None:
+        return code
+    if isinstance(exc, BrokenPipeError):
         return _stdout_closed()
+    return None
 
 
 def _stdout_closed() -> int:
@@ -1216,6 +1298,7 @@ def _main(argv: Sequence[str] | None, run: RunContext) -> int:
     from synthgen.schemas.recipe import RecipeError
     from synthgen.storage.store import StoreError
 
+    _unwind_if_signalled(run)
     try:
         if args.command == "build":
             return cmd_build(args, beam_args, run)
@@ -1224,14 +1307,10 @@ def _main(argv: Sequence[str] | None, run: RunContext) -> int:
     except BrokenPipeError:
         raise
     except (RecipeError, ModelFolderError, BuildError, StoreError) as exc:
-        code = _signal_exit(run)
-        if code is not None:  # an interrupt turned into one of these on its way out
-            return code
+        _unwind_if_signalled(run)  # an interrupt turned into one of these on its way out
         return _fail(args, str(exc), run)
     except Exception as exc:
-        code = _signal_exit(run)
-        if code is not None:  # a runner re-raised the interrupt as its own error
-            return code
+        _unwind_if_signalled(run)  # a runner re-raised the interrupt as its own error
         logger.debug("failure", exc_info=True)
         return _fail(args, f"{type(exc).__name__}: {exc}", run)
 

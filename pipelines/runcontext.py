@@ -10,7 +10,9 @@ hands it to its session:
   by the build's session (`take_gate`) and ended with the build if it never was;
 - `opened`: the output directories the build opened, newest last: what an interrupted
   command reports and where a failed build records its error;
-- `signals`: the SIGINT / SIGTERM the command received, recorded by its signal handlers.
+- `signals`: the SIGINT / SIGTERM the command received, recorded by its signal handlers
+  before they unwind it: the record, not the unwinding (which library code can swallow
+  or turn into an error of its own), decides the exit status (synthgen.pipelines.cli).
 
 Made and read on the signal path, so this module imports nothing heavy and its methods
 that the signal path calls import nothing.

@@ -245,12 +245,29 @@ def test_credentials_and_queries_in_urls_are_refused_and_never_echoed(
         assert "reference.source" in message  # the field, named
     assert not (tmp_path / "out").exists()
     # the readers' entry point refuses them too, by a name without the secret
-    with pytest.raises(StoreError) as exc:
+    with pytest.raises(StoreError) as refused:
         source_location(tmp_path, url)
-    assert SIG not in str(exc.value) and KEY not in str(exc.value)
+    assert SIG not in str(refused.value) and KEY not in str(refused.value)
 
 
 # -- item 10: an early SIGINT / SIGTERM ends with 130 / 143, never a traceback ------------
+def _handlers_installed(proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    """Wait until `proc` catches SIGTERM: `cli.main` has installed its handlers (before
+    them, the interpreter's defaults apply; see `cli.main`). Linux: /proc's SigCgt mask."""
+    status = Path(f"/proc/{proc.pid}/status")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            fields = dict(
+                line.split(":", 1) for line in status.read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            return  # no /proc here: the delay alone
+        if int(fields["SigCgt"], 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.002)
+
+
 @pytest.mark.parametrize(
     ("signum", "delay", "code"),
     [
@@ -281,9 +298,118 @@ def test_an_early_signal_ends_the_build_with_its_status_and_no_traceback(
         stderr=subprocess.PIPE,
         text=True,
     )
+    _handlers_installed(proc)  # the delay counts from there, however loaded the machine
     time.sleep(delay)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert "Traceback" not in err, err
     assert ("interrupted" if code == 130 else "terminated") in err.splitlines()[-1]
+
+
+# Each window a signal can land in, made to happen at a known point: the program below runs
+# `synthgen ARGS` in a fresh process with one step of the command line wrapped (`where`) so
+# that the step sends the signal to its own process and does what a library might with the
+# unwinding (`how`).
+_AT_A_POINT = """
+import os, signal, sys, time
+from synthgen.pipelines import cli
+
+def deliver(signum):
+    os.kill(os.getpid(), signum)
+    time.sleep(5)  # the handler runs (and raises) before this ends
+    sys.exit("the signal never arrived")
+
+class Finalized:
+    def __del__(self):
+        deliver(signal.SIGINT)
+
+def swallowed(signum):  # a library's catch-all (C++ catch (...), a bare except)
+    try:
+        deliver(signum)
+    except BaseException:
+        pass
+
+def converted(signum):  # turned into an error of the library's own (pydantic-core's)
+    try:
+        deliver(signum)
+    except BaseException as exc:
+        raise RuntimeError("Error building validator") from exc
+
+def finalizer(signum):  # raised where Python can only print it ("Exception ignored in")
+    Finalized()
+
+def recorded(signum):  # once the command has returned, nothing raises
+    os.kill(os.getpid(), signum)
+    time.sleep(0.2)
+
+if {where!r} == "_output_state":  # the first signal, from the step before the build
+    before_build = cli._worker_args
+
+    def first(*args, **kwargs):
+        before_build(*args, **kwargs)
+        deliver(signal.SIGINT)
+
+    cli._worker_args = first
+
+real = getattr(cli, {where!r})
+
+def step(*args, **kwargs):
+    result = real(*args, **kwargs)
+    {how}(signal.{signal})
+    return result
+
+setattr(cli, {where!r}, step)
+if {where!r} == "cmd_plan":
+    cli._COMMANDS["plan"] = step
+sys.argv = ["synthgen", *sys.argv[1:]]
+sys.exit(cli.run())
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "where", "how", "signum", "code", "last"),
+    [
+        # swallowed during the imports before the build: the next checkpoint unwinds
+        ("build", "_worker_args", "swallowed", "SIGINT", 130, "interrupted; nothing was"),
+        ("build", "_worker_args", "finalizer", "SIGINT", 130, "interrupted; nothing was"),
+        # turned into an ordinary error outside the command's own error handling
+        ("build", "_setup_logging", "converted", "SIGTERM", 143, "terminated; nothing was"),
+        ("build", "_worker_args", "converted", "SIGINT", 130, "interrupted; nothing was"),
+        # the command went on and finished: the signal still decides the status
+        ("plan", "cmd_plan", "swallowed", "SIGTERM", 143, "terminated as the command finished"),
+        # a second signal while the first unwinds: one line, the first signal's status
+        ("build", "_output_state", "recorded", "SIGTERM", 130, "interrupted; nothing was"),
+        # after the command returned, as the interpreter exits: recorded, the status stands
+        ("plan", "exiting", "recorded", "SIGINT", 0, None),
+    ],
+)
+def test_a_signal_at_any_point_ends_with_its_status_and_no_traceback(
+    command: str,
+    where: str,
+    how: str,
+    signum: str,
+    code: int,
+    last: str | None,
+    recipe: Path,
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    program = _AT_A_POINT.format(where=where, how=how, signal=signum)
+    argv = [command, str(recipe)] + (["-o", str(out), "-q"] if command == "build" else [])
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", program, *argv], capture_output=True, text=True, timeout=120
+    )
+    err = done.stderr
+    assert done.returncode == code, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("synthgen: ")]
+    if last is None:
+        assert lines == [], err
+    else:
+        assert len(lines) == 1 and last in lines[0], err
+    assert not out.exists()  # the build never started: nothing was written
+    assert time.monotonic() - started < 60  # no build ran to its end
+    if command == "plan":
+        assert "2 samples in 1 shard(s)" in done.stdout  # the command did finish

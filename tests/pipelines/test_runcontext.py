@@ -6,7 +6,9 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -42,24 +44,57 @@ def test_each_run_has_its_own_clock_and_records() -> None:
 def test_a_signal_is_recorded_in_the_run_whose_handlers_got_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook
     earlier, run = RunContext(), RunContext()
+    first = cli._handle_signals(earlier)
     try:
-        cli._handle_signals(earlier)
-        cli._handle_signals(run)  # a later command in the same process
-        with pytest.raises(cli.Terminated):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler raises before this ends
-        with pytest.raises(cli.Interrupted):
+        later = cli._handle_signals(run)  # a later command in the same process
+        try:
+            with pytest.raises(cli.Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises before this ends
+            with pytest.raises(cli.Interrupted):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            later.raising = False  # the command has returned: recorded only
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)
+            time.sleep(0.1)
+        finally:
+            later.restore()
     finally:
-        signal.signal(signal.SIGTERM, saved[0])
-        signal.signal(signal.SIGINT, saved[1])
-    assert run.signals == [signal.SIGTERM, signal.SIGINT] and earlier.signals == []
+        first.restore()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == saved[:2]
+    assert sys.unraisablehook is saved[2]
+    assert run.signals == [signal.SIGTERM, signal.SIGINT, signal.SIGINT]
+    assert earlier.signals == []
     assert cli._signal_exit(earlier) is None  # a run that got no signal exits as it would
     assert cli._signal_exit(run) == cli.EXIT_TERMINATED  # the first signal decides
     assert "synthgen: terminated; nothing was written" in capsys.readouterr().err
+
+
+def test_a_program_that_calls_main_keeps_its_own_handlers(tmp_path: Path) -> None:
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook
+    assert cli.main(["plan", str(tmp_path / "missing.yaml")]) == cli.EXIT_FAILED
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == saved[:2]
+    assert sys.unraisablehook is saved[2]
+
+
+def test_only_this_runs_swallowed_unwinding_is_dropped_as_unraisable() -> None:
+    seen: list[object] = []
+    saved = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: seen.append(unraisable.exc_value)
+    quiet, signalled = RunContext(), RunContext()
+    signalled.receive(signal.SIGINT)
+    try:
+        for run in (quiet, signalled):
+            signals = cli._handle_signals(run)
+            signals.restore()  # the hook stays callable: what `install` put in place
+            for exc in (cli.Interrupted(signal.SIGINT), ValueError("a finalizer's own")):
+                signals._unraisable(types.SimpleNamespace(exc_value=exc))
+    finally:
+        sys.unraisablehook = saved
+    # a run without a signal passes everything on; one with a signal drops only its own
+    assert [type(e).__name__ for e in seen] == ["Interrupted", "ValueError", "ValueError"]
 
 
 def test_library_records_are_dropped_only_after_this_runs_signal() -> None:
