@@ -12,11 +12,15 @@ import bisect
 import hashlib
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
-from synthgen.generators.templates import resolve_sample
+from synthgen.generators.templates import pick, resolve_sample
+from synthgen.schemas.manifest import ClassFocus
 from synthgen.schemas.recipe import MAX_PLANNED_SAMPLES, ClassSpec, Recipe
 from synthgen.schemas.records import KEY_PATTERN, GenerationRequest
+
+# A round's focus (`PlanRound.focus`): class id -> where its samples are drawn.
+Focus = Mapping[int, ClassFocus]
 
 
 def sample_key(recipe_name: str, class_name: str, index: int) -> str:
@@ -154,16 +158,59 @@ def shard_ids(
     counts: dict[int, int] | None = None,
     start: dict[int, int] | None = None,
     shard_offset: int = 0,
+    focus: Focus | None = None,
 ) -> range:
     """The shard ids the plan fills, in order (empty when nothing is planned)."""
     total = count_planned(recipe, counts, start)
     return range(shard_offset, shard_offset + math.ceil(total / recipe.output.shard_size))
 
 
-def _request(recipe: Recipe, class_id: int, index: int, shard: int) -> GenerationRequest:
+def _weighted(recipe_seed: int, key: str, weights: Sequence[float]) -> int:
+    """A stable choice in range(len(weights)), each index with its weight's share."""
+    digest = hashlib.sha256(f"synthgen-focus-prompt:{recipe_seed}:{key}".encode()).digest()
+    draw = int.from_bytes(digest[:8], "little") / 2.0**64 * sum(weights)
+    for i, total in enumerate(itertools.accumulate(weights)):
+        if draw < total:
+            return i
+    return max(i for i, w in enumerate(weights) if w > 0)
+
+
+def _text_share(recipe: Recipe) -> float | None:
+    """The share of a balancing build's samples left text-only; None when none starts from
+    a real image."""
+    balance = recipe.balance
+    if balance is None or not balance.uses_img2img:
+        return None
+    return balance.mix.get("text", 0.0)
+
+
+def _focused(
+    recipe: Recipe, cls: ClassSpec, key: str, focus: ClassFocus
+) -> tuple[ClassSpec, tuple[str, str] | None]:
+    """The class as this sample sees it (its prompt template chosen by the focus weights)
+    and the real image it starts from (a focus source, when the sample is image-conditioned:
+    the draw `generators.conditioning.pick_mode` makes on the worker)."""
+    from synthgen.generators.conditioning import pick_mode
+
+    if focus.prompt_weights is not None and len(focus.prompt_weights) == len(cls.prompts):
+        chosen = cls.prompts[_weighted(recipe.seed, key, focus.prompt_weights)]
+        cls = cls.model_copy(update={"prompts": [chosen]})  # `resolve_sample` takes it
+    text_share = _text_share(recipe)
+    if not focus.sources or text_share is None or pick_mode(recipe.seed, key, text_share):
+        return cls, None
+    ref, sha = focus.sources[pick(recipe.seed, key, "focus-source", len(focus.sources))]
+    return cls, (ref, sha)
+
+
+def _request(
+    recipe: Recipe, class_id: int, index: int, shard: int, focus: Focus | None = None
+) -> GenerationRequest:
     cls = recipe.class_by_id(class_id)
     key = sample_key(recipe.name, cls.name, index)
     seed = sample_seed(recipe.seed, key)
+    source = None
+    if focus is not None and class_id in focus:
+        cls, source = _focused(recipe, cls, key, focus[class_id])
     resolved = resolve_sample(recipe, cls, key, seed)  # template, slots, per-class settings
     return GenerationRequest(
         key=key,
@@ -178,6 +225,10 @@ def _request(recipe: Recipe, class_id: int, index: int, shard: int) -> Generatio
         prompt_slots=resolved.slots_json,
         sample_steps=resolved.steps,
         sample_guidance_scale=resolved.guidance_scale,
+        # a focused image-conditioned sample names its source; the worker's
+        # `assign_sources` keeps a named source and fills in the mode and its settings
+        conditioning_source=None if source is None else source[0],
+        conditioning_source_sha256=None if source is None else source[1],
     )
 
 
@@ -187,6 +238,7 @@ def plan_shard(
     counts: dict[int, int] | None = None,
     start: dict[int, int] | None = None,
     shard_offset: int = 0,
+    focus: Focus | None = None,
 ) -> list[GenerationRequest]:
     """The requests of one shard, computed from its id alone (an empty list past the end).
 
@@ -198,7 +250,7 @@ def plan_shard(
     if first < 0:
         return []
     pairs = itertools.islice(layout.walk(first), size)
-    return [_request(recipe, c, i, shard) for c, i in pairs]
+    return [_request(recipe, c, i, shard, focus) for c, i in pairs]
 
 
 def iter_plan(
@@ -206,6 +258,7 @@ def iter_plan(
     counts: dict[int, int] | None = None,
     start: dict[int, int] | None = None,
     shard_offset: int = 0,
+    focus: Focus | None = None,
 ) -> Iterator[GenerationRequest]:
     """Every sample of the build (or of one balancing round), in shard order, streamed.
 
@@ -213,11 +266,13 @@ def iter_plan(
     `start` up to `counts` into new shards numbered from `shard_offset`, so earlier rounds'
     keys, seeds and shards never change. Order: index-major, class-minor (by id), so each
     shard, a consecutive slice of `output.shard_size` requests, mixes classes evenly.
+    `focus` (a feedback round's) chooses a class's prompt templates and source images from
+    (recipe seed, key) among what a probe found hard.
     """
     layout = _layout(recipe, counts, start)
     size = recipe.output.shard_size
     for position, (class_id, index) in enumerate(layout.walk(0)):
-        yield _request(recipe, class_id, index, shard_offset + position // size)
+        yield _request(recipe, class_id, index, shard_offset + position // size, focus)
 
 
 def plan(
@@ -225,9 +280,10 @@ def plan(
     counts: dict[int, int] | None = None,
     start: dict[int, int] | None = None,
     shard_offset: int = 0,
+    focus: Focus | None = None,
 ) -> list[GenerationRequest]:
     """`list(iter_plan(...))`, for callers that want the whole (bounded) list."""
-    return list(iter_plan(recipe, counts, start, shard_offset))
+    return list(iter_plan(recipe, counts, start, shard_offset, focus))
 
 
 def check_unique_keys(requests: Sequence[GenerationRequest]) -> None:

@@ -25,8 +25,8 @@ def _source_sha256(location: str) -> str:
     path = Path(location)
     if path.is_file():
         return file_sha256(path)
-    if path.is_dir():
-        return folder_sha256(path)
+    if path.is_dir():  # an image folder: every file counts (not only model files)
+        return folder_sha256(path, ("*",))
     h = hashlib.sha256()
     for url in expand_pattern(location):
         h.update(file_sha256(Path(url)).encode())

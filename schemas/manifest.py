@@ -147,12 +147,38 @@ class BuildState(_Contract):
         return published_recipe(self.recipe, self.recipe_dir)
 
 
+class ClassFocus(_Contract):
+    """Where a round draws one class's samples (`strategy: feedback`): the planner picks, from
+    (recipe seed, key), a source image among `sources` for an image-conditioned sample and a
+    prompt template by `prompt_weights` (one per class prompt, in order)."""
+
+    sources: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="(reference, sha256) of real images of the class, hardest first",
+    )
+    prompt_weights: list[float] | None = None
+
+
+class RoundGuidance(_Contract):
+    """Sampling-time guidance of one round by a saved probe (`feedback.guidance`): the
+    probe file (relative to the build, checked by its sha256) and how it steers; each
+    sample is steered toward its own `class_label`."""
+
+    probe: RelativeName
+    probe_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    criterion: Literal["loss", "entropy"]
+    scale: float
+    every: int = Field(ge=1)
+
+
 class PlanRound(_Contract):
     """What one round of a build plans: a pure description, shipped to every worker.
 
     `counts` (class id -> end index, exclusive) is None for a fixed-count build, which plans
     `count_per_class` for every class; `start` (class id -> first index) and `shard_offset`
-    let a later round plan new keys into new shards; `quota` caps accepted samples per class.
+    let a later round plan new keys into new shards; `quota` caps accepted samples per class;
+    `focus` (class id -> ClassFocus) draws a class's samples toward what a probe found hard,
+    and `guidance` steers the round's sampling with that probe.
     """
 
     round: int = Field(default=0, ge=0)
@@ -160,9 +186,19 @@ class PlanRound(_Contract):
     start: dict[int, int] = Field(default_factory=dict)
     shard_offset: int = Field(default=0, ge=0)
     quota: dict[int, int] | None = None
+    focus: dict[int, ClassFocus] | None = None
+    guidance: RoundGuidance | None = None
 
     def plan_kwargs(self) -> dict[str, Any]:
-        return {"counts": self.counts, "start": self.start, "shard_offset": self.shard_offset}
+        """The planner's keyword arguments (`generators.planning.plan_shard`)."""
+        kw: dict[str, Any] = {
+            "counts": self.counts,
+            "start": self.start,
+            "shard_offset": self.shard_offset,
+        }
+        if self.focus is not None:
+            kw["focus"] = self.focus
+        return kw
 
 
 class ModelInfo(_Contract):
@@ -209,6 +245,52 @@ class AdapterInfo(_Contract):
     scale: float = Field(description="its weight when generating")
 
 
+class ProbeMetrics(_Contract):
+    """A probe's held-out (cross-validated) results on the real images."""
+
+    error: float = Field(ge=0.0, le=1.0, description="1 - accuracy over every real image")
+    macro_error: float = Field(ge=0.0, le=1.0, description="mean of the per-class errors")
+    macro_f1: float = Field(ge=0.0, le=1.0)
+    minority_recall: float = Field(
+        ge=0.0, le=1.0, description="mean recall over the classes that started short"
+    )
+    per_class_error: dict[str, float]
+    per_cluster_error: dict[str, list[float]] = Field(
+        description="class name -> error per k-means cluster of its real embeddings"
+    )
+    macro_soft_error: float = Field(
+        ge=0.0,
+        le=1.0,
+        description="mean over classes of 1 - the true class's held-out probability: what "
+        "the allocation and the plateau test read (it ranks classes when none is misread)",
+    )
+    per_class_soft_error: dict[str, float]
+
+
+class FeedbackRound(_Contract):
+    """One probe of a feedback build and what it planned next."""
+
+    round: int = Field(ge=0)
+    synthetic_so_far: int = Field(ge=0, description="accepted synthetic images it trained on")
+    metrics: ProbeMetrics
+    allocation: dict[str, int] = Field(description="class name -> samples planned next")
+    reason: str
+    probe: str | None = Field(default=None, description="the saved probe, relative to the build")
+    probe_sha256: str | None = None
+
+
+class FeedbackInfo(_Contract):
+    """`strategy: feedback`: every round's probe, and the baselines it is measured against."""
+
+    rounds: list[FeedbackRound]
+    stop: Literal["budget", "plateau", "targets", "max_rounds"]
+    baseline: ProbeMetrics = Field(
+        description="the probe on the real images, minority classes oversampled and augmented"
+    )
+    real_only: ProbeMetrics = Field(description="the probe on the real images alone")
+    baseline_method: str = Field(description="what the baseline did, in one sentence")
+
+
 class BalanceInfo(_Contract):
     source: str
     target: dict[str, int]
@@ -216,6 +298,7 @@ class BalanceInfo(_Contract):
     after: dict[str, int]
     rounds: list[BalanceRound]
     balanced_index: str
+    feedback: FeedbackInfo | None = None
 
 
 class ExpectationInfo(_Contract):

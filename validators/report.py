@@ -39,7 +39,7 @@ from synthgen.schemas.scores import image_embedding_column
 from synthgen.storage.atomic import write_bytes_atomic
 from synthgen.storage.codecs import readable_extensions
 from synthgen.storage.tars import iter_tar_samples
-from synthgen.validators import svgchart
+from synthgen.validators import svgchart, svgline
 from synthgen.validators.corpus import empty_rows, read_manifest
 from synthgen.validators.nearest import ReferenceSet, nearest, read_reference
 from synthgen.validators.trend import build_trend, read_previous_report
@@ -941,7 +941,9 @@ def report_json(data: ReportData) -> dict[str, Any]:
         "provenance": _provenance(data),
     }
     if manifest.balance is not None:
-        report["balance"] = manifest.balance.model_dump(mode="json")
+        # a balance block without closed-loop rounds reads as it did before they existed
+        unset = {"feedback"} if manifest.balance.feedback is None else None
+        report["balance"] = manifest.balance.model_dump(mode="json", exclude=unset)
     report["usage"] = _usage(manifest)
     report["content_credentials"] = _content_credentials(manifest)
     report.update(_reference_blocks(data))
@@ -1082,10 +1084,12 @@ def _thumbnail(image: Any) -> Any:
 
 
 def _png_data_uri(images: list[bytes]) -> str | None:
-    """A horizontal strip of thumbnails as a PNG data URI."""
+    """A horizontal strip of thumbnails as a PNG data URI (a clip: a strip of its frames)."""
     from PIL import Image
 
-    decoded = [_thumbnail(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]
+    from synthgen.storage.codecs import preview_image
+
+    decoded = [_thumbnail(preview_image(b).convert("RGB")) for b in images]
     if not decoded:
         return None
     h = max(im.height for im in decoded)
@@ -1163,6 +1167,58 @@ def _balance_chart(balance: dict[str, Any]) -> str:
     )
 
 
+def feedback_block(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The closed-loop balancing record (`balance.feedback` of the manifest), or None for a
+    build balanced otherwise (or not at all)."""
+    feedback = (report.get("balance") or {}).get("feedback")
+    return feedback if isinstance(feedback, dict) else None
+
+
+# the learning curve's metrics: (ProbeMetrics field, legend name, colour)
+CURVE_METRICS = (
+    ("error", "held-out error", svgchart.TAB10[3]),
+    ("minority_recall", "minority recall", svgchart.TAB10[0]),
+)
+# the curve's reference probes: (FeedbackInfo field, legend name, dash)
+CURVE_REFERENCES = (
+    ("baseline", "oversampling baseline", svgline.DASHED),
+    ("real_only", "real only", svgline.DOTTED),
+)
+
+
+def feedback_curve(feedback: dict[str, Any]) -> dict[str, list[tuple[float, float]]]:
+    """Per curve metric, the (synthetic images so far, value) point of every round."""
+    return {
+        field: [
+            (float(r["synthetic_so_far"]), float(r["metrics"][field]))
+            for r in feedback["rounds"]
+            if r["metrics"].get(field) is not None
+        ]
+        for field, _, _ in CURVE_METRICS
+    }
+
+
+def _feedback_chart(feedback: dict[str, Any]) -> str:
+    """The learning curve: each round's probe, held-out error and minority recall against
+    the synthetic images it trained on; the baseline and real-only probes as lines."""
+    points = feedback_curve(feedback)
+    curves = [svgline.Curve(f"{name} (probe)", points[f], c) for f, name, c in CURVE_METRICS]
+    refs = [
+        svgline.Reference(f"{ref_name}: {name}", float(probe[f]), colour, dash)
+        for key, ref_name, dash in CURVE_REFERENCES
+        if isinstance(probe := feedback.get(key), dict)
+        for f, name, colour in CURVE_METRICS
+        if probe.get(f) is not None
+    ]
+    return svgline.lines(
+        "closed-loop balancing: learning curve",
+        curves,
+        refs,
+        xlabel="synthetic images so far",
+        ylabel="held-out (cross-validated)",
+    )
+
+
 def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
     """Every chart of the page as inline SVG (svgchart: string building, no plotting
     library), keyed counts, rejects, scores:COLUMN, embeddings:COLUMN, balance,
@@ -1183,6 +1239,9 @@ def _charts(report: dict[str, Any], rows: pd.DataFrame) -> dict[str, str]:
             charts[f"embeddings:{column}"] = _spread_chart(column, spread, classes)
     if "balance" in report:
         charts["balance"] = _balance_chart(report["balance"])
+    feedback = feedback_block(report)
+    if feedback is not None and feedback.get("rounds"):
+        charts["feedback"] = _feedback_chart(feedback)
     emap = report.get("embedding_map")
     if emap and emap["points"]:
         charts["embedding_map"] = _embedding_map_chart(emap, names)
@@ -1905,6 +1964,126 @@ def _rounds_table(rounds: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+STOP_REASONS = {
+    "budget": "the synthetic budget (max_synthetic) was spent",
+    "plateau": "the held-out error stopped improving (patience rounds within min_delta)",
+    "targets": "every class reached its target",
+    "max_rounds": "the round limit (max_rounds) was reached",
+}
+
+
+def _in_order(names: set[str], order: list[str]) -> list[str]:
+    rank = {c: i for i, c in enumerate(order)}
+    return sorted(names, key=lambda c: (rank.get(c, len(rank)), c))
+
+
+def _feedback_rounds_table(feedback: dict[str, Any], order: list[str]) -> str:
+    """A row per round: its probe's held-out metrics, the samples it planned per class for
+    the next round, and why."""
+    rounds = feedback.get("rounds") or []
+    classes = _in_order({c for r in rounds for c in r.get("allocation") or {}}, order)
+    metrics = _probe_columns([r["metrics"] for r in rounds])
+    body = [
+        [
+            r["round"],
+            fmt_int(r["synthetic_so_far"]),
+            *(_fmt(r["metrics"].get(k)) for k, _ in metrics),
+            *(fmt_int((r.get("allocation") or {}).get(c, 0)) for c in classes),
+            r.get("reason") or "",
+        ]
+        for r in rounds
+    ]
+    headers = ["round", "synthetic so far", *(name for _, name in metrics)]
+    return _table([*headers, *(f"next: {c}" for c in classes), "reason"], body, "feedback")
+
+
+# ProbeMetrics fields the tables show, when the records have them
+PROBE_COLUMNS = (
+    ("error", "held-out error"),
+    ("macro_soft_error", "soft error (mean 1 - p(true class))"),
+    ("macro_f1", "macro-F1"),
+    ("minority_recall", "minority recall"),
+)
+
+
+def _probe_columns(probes: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(k, name) for k, name in PROBE_COLUMNS if any(k in p for p in probes)]
+
+
+def _feedback_probes_table(feedback: dict[str, Any], order: list[str]) -> str:
+    """Held-out error per class (and per cluster of the real images, worst first) of the
+    real-only probe, the oversampling baseline and the last round's probe."""
+    rounds = feedback.get("rounds") or []
+    probes = [("real only", feedback.get("real_only")), ("baseline", feedback.get("baseline"))]
+    if rounds:
+        probes.append((f"round {rounds[-1]['round']}", rounds[-1]["metrics"]))
+    shown = [(name, p) for name, p in probes if isinstance(p, dict)]
+    classes = _in_order({c for _, p in shown for c in p.get("per_class_error") or {}}, order)
+    body = []
+    for c in classes:
+        row: list[Any] = [c]
+        for _, p in shown:
+            clusters = sorted((p.get("per_cluster_error") or {}).get(c) or [], reverse=True)
+            cell = _fmt((p.get("per_class_error") or {}).get(c))
+            row.append(
+                cell + (f" ({' / '.join(fmt_num(e) for e in clusters)})" if clusters else "")
+            )
+        body.append(row)
+    return _table(
+        ["class", *(f"{name}: error (per cluster)" for name, _ in shown)], body, "feedback-classes"
+    )
+
+
+def _feedback_references(feedback: dict[str, Any]) -> str:
+    probes = [
+        (name, p) for key, name, _ in CURVE_REFERENCES if isinstance(p := feedback.get(key), dict)
+    ]
+    columns = _probe_columns([p for _, p in probes])
+    rows = [[name, *(_fmt(p.get(k)) for k, _ in columns)] for name, p in probes]
+    return _table(["probe", *(n for _, n in columns)], rows, "feedback-references")
+
+
+def _feedback_section(
+    feedback: dict[str, Any], charts: dict[str, str], order: list[str]
+) -> list[str]:
+    """Closed-loop balancing: the learning curve, the rounds' allocations and reasons, the
+    reference probes, the per-class errors and why it stopped."""
+    stop = str(feedback.get("stop") or "")
+    parts = [
+        "<h3 id='balance-feedback'>Closed-loop balancing</h3><p>Each round a probe (a small "
+        "classifier on the CLIP image embeddings) is trained on the real images and the "
+        "synthetic ones accepted so far, and measured by cross-validation on real images it "
+        "did not train on; the next round's samples go where it errs. The <i>oversampling "
+        "baseline</i> is the same probe on the real images alone, the minority classes "
+        "repeated and augmented: synthetic images earn their place by beating it.</p>",
+    ]
+    if "feedback" in charts:
+        parts.append(f"<div class='chart'>{charts['feedback']}</div>")
+    parts += [
+        "<p>Per round: its probe's held-out metrics, the samples it planned for each class "
+        "in the next round (<i>next: class</i>) and why.</p>",
+        _feedback_rounds_table(feedback, order),
+        "<p>The reference probes, trained on no synthetic image:</p>",
+        _feedback_references(feedback),
+        *(
+            [f"<p>Oversampling baseline: {html.escape(str(feedback['baseline_method']))}</p>"]
+            if feedback.get("baseline_method")
+            else []
+        ),
+        "<p>Held-out error per class, and in brackets per cluster of the class's real "
+        "images (k-means of their embeddings), worst first:</p>",
+        _feedback_probes_table(feedback, order),
+    ]
+    if stop:
+        why = STOP_REASONS.get(stop)
+        parts.append(
+            f"<p data-stop='{html.escape(stop)}'>Stopped: <b>{html.escape(stop)}</b>"
+            + (f" ({html.escape(why)})" if why else "")
+            + ".</p>"
+        )
+    return parts
+
+
 def _balance_section(report: dict[str, Any], charts: dict[str, str]) -> list[str]:
     if "balance" not in charts and not report.get("balance_rounds"):
         return []
@@ -1917,6 +2096,9 @@ def _balance_section(report: dict[str, Any], charts: dict[str, str]) -> list[str
     rounds = report.get("balance_rounds") or []
     if rounds:
         parts += _rounds_table(rounds)
+    feedback = feedback_block(report)
+    if feedback is not None:
+        parts += _feedback_section(feedback, charts, report.get("class_order") or [])
     parts.append("</section>")
     return parts
 

@@ -11,15 +11,18 @@ from synthgen.pipelines.resolve import ResolvedRecipe
 from synthgen.pipelines.strategies.balance import Balance
 from synthgen.pipelines.strategies.base import Strategy
 from synthgen.pipelines.strategies.extend import Extend
+from synthgen.pipelines.strategies.feedback import Feedback
 from synthgen.pipelines.strategies.fixed import FixedCount
 
-__all__ = ["Balance", "Extend", "FixedCount", "Strategy", "strategy_for"]
+__all__ = ["Balance", "Extend", "Feedback", "FixedCount", "Strategy", "strategy_for"]
 
 
 def strategy_for(resolved: ResolvedRecipe, extend: Path | None = None) -> Strategy:
-    """Extending a parent build, balancing (a `balance` block), or a fixed-count build."""
+    """Extending a parent build, balancing (a `balance` block: topping up, or feedback
+    rounds), or a fixed-count build."""
     if extend is not None:
         return Extend(resolved, extend)
-    if resolved.recipe.balance is not None:
-        return Balance(resolved)
+    balance = resolved.recipe.balance
+    if balance is not None:
+        return Feedback(resolved) if balance.strategy == "feedback" else Balance(resolved)
     return FixedCount(resolved)

@@ -1,10 +1,11 @@
-"""Balancing: top up the classes of an existing labelled dataset to a target count."""
+"""Balancing: top up the classes of an existing labelled dataset to a target count, open
+loop (`strategy: topup`) or where a probe classifier finds the data hard (`feedback`)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from synthgen.schemas.recipe.common import MAX_COUNT_PER_CLASS, _Frozen
 from synthgen.schemas.recipe.fields import HashOmit
@@ -26,6 +27,95 @@ class LoraTrainSpec(_Frozen):
     threads: int = Field(default=1, ge=1, le=256, description="torch threads while training")
 
 
+class FeedbackSpec(_Frozen):
+    """Closed-loop balancing (`strategy: feedback`): each round a probe classifier on the CLIP
+    image embeddings, trained on the real images and the synthetic ones accepted so far, is
+    cross-validated on the real images; the next round's samples go to the short classes
+    (and, within a class, the regions) it gets wrong."""
+
+    probe: Literal["linear", "mlp"] = Field(
+        default="linear", description="multinomial logistic regression, or a one-layer MLP"
+    )
+    folds: int = Field(
+        default=3,
+        ge=2,
+        le=20,
+        description="stratified cross-validation folds over the real images (fewer when a "
+        "class has fewer images, at least 2)",
+    )
+    clusters: int = Field(
+        default=3, ge=1, le=64, description="k-means clusters of a class's real embeddings"
+    )
+    floor: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="share of a round's budget every short class gets at least",
+    )
+    round_budget: int = Field(
+        default=200, ge=1, le=MAX_COUNT_PER_CLASS, description="samples planned per round"
+    )
+    max_synthetic: int = Field(
+        default=1000,
+        ge=1,
+        le=MAX_COUNT_PER_CLASS,
+        description="samples planned over all rounds at most (the build's budget)",
+    )
+    patience: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="rounds without a held-out improvement of `min_delta` before stopping",
+    )
+    min_delta: float = Field(
+        default=0.005,
+        ge=0.0,
+        le=1.0,
+        description="how far the probe's held-out macro soft error (1 - the true class's "
+        "probability, averaged per class) must fall to count as an improvement",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, description="probe, k-means and fold seed (null: the recipe's)"
+    )
+    guidance: Literal["none", "feedback"] = Field(
+        default="none",
+        description="`feedback`: steer sampling with the round's probe (its criterion's "
+        "gradient on the predicted clean image)",
+    )
+    criterion: Literal["loss", "entropy"] = Field(
+        default="loss",
+        description="what the guidance lowers: the probe's cross-entropy for the sample's "
+        "class (`loss`), or the entropy of its prediction",
+    )
+    scale: float = Field(
+        default=0.1,
+        ge=-10.0,
+        le=10.0,
+        description="guidance step in latent units (the RMS change of a latent value): "
+        "positive lowers the criterion (samples the probe finds typical of their class), "
+        "negative raises it (samples it finds hard)",
+    )
+    every: int = Field(default=2, ge=1, le=1000, description="guide every k denoising steps")
+
+    @model_validator(mode="after")
+    def _budget(self) -> FeedbackSpec:
+        if self.round_budget > self.max_synthetic:
+            raise ValueError(
+                f"feedback.round_budget ({self.round_budget}) is over feedback.max_synthetic "
+                f"({self.max_synthetic}): a round plans at most the whole budget"
+            )
+        if self.scale == 0.0:
+            raise ValueError("feedback.scale 0 guides nothing: use `guidance: none`")
+        if self.guidance == "none" and (
+            self.criterion != "loss" or self.scale != 0.1 or self.every != 2
+        ):
+            raise ValueError(
+                "feedback.criterion / scale / every set the sampling guidance: add "
+                "`guidance: feedback`, or leave them out"
+            )
+        return self
+
+
 # How balancing conditions its top-ups; one name per way (extend the Literal to add one).
 BalanceConditioning = Literal["text", "img2img", "lora"]
 # The per-sample modes a mix of top-ups may combine (`lora` applies to a whole class).
@@ -34,7 +124,8 @@ BALANCE_IMG2IMG_STRENGTH = 0.6
 
 
 class BalanceSpec(LabelledSource, AtSource):
-    """Top up the classes of an existing labelled dataset to a target count after filtering."""
+    """Top up the classes of an existing labelled dataset to a target count after filtering
+    (`strategy: topup`), or where a probe classifier errs, within a budget (`feedback`)."""
 
     target: Literal["max"] | int | dict[str, int] = Field(
         default="max",
@@ -72,6 +163,25 @@ class BalanceSpec(LabelledSource, AtSource):
     lora: Annotated[LoraTrainSpec | None, HashOmit.IF_DEFAULT] = Field(
         default=None, description="per-class LoRA training settings (null: the defaults)"
     )
+    strategy: Annotated[Literal["topup", "feedback"], HashOmit.IF_DEFAULT] = Field(
+        default="topup",
+        description="`topup`: every short class up to its target (open loop); `feedback`: "
+        "rounds planned where a probe classifier errs, within `feedback.max_synthetic`",
+    )
+    feedback: Annotated[FeedbackSpec | None, HashOmit.IF_EMPTY] = Field(
+        default=None, description="strategy feedback: its settings (null: the defaults)"
+    )
+
+    @model_validator(mode="after")
+    def _feedback_only_with_its_strategy(self) -> BalanceSpec:
+        if self.feedback is not None and self.strategy != "feedback":
+            raise ValueError("balance.feedback is for `strategy: feedback`; add it or remove it")
+        return self
+
+    @property
+    def feedback_settings(self) -> FeedbackSpec:
+        """The feedback strategy's settings (the defaults when the block is left out)."""
+        return self.feedback or FeedbackSpec()
 
     @field_validator("conditioning", mode="before")
     @classmethod

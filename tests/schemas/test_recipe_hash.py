@@ -22,6 +22,9 @@ PINNED_RECIPES = {
     "digits-balance-img2img.yaml": (
         "0dd26114b2d7b34e72b87f1574dfdc14af2d18d632edee74b62837badc25b556"
     ),
+    "digits-balance-feedback.yaml": (
+        "413ee6a061e75c1ac7cafd8f4cad9a5256afab168fab4c0a83c46bef01bcca80"
+    ),
     "digits-balance-lora.yaml": "c5a17f6e1ebc2b3b366dcc97b94e508afd109022064b68953373804ef72f1022",
     "digits-balance.yaml": "079139cd289913426a51adf3e729c72549f904655a8a8fe43fee29a52c8cd660",
     "digits.yaml": "105a7d9d29454247b861e1b63900f907ed6fd37e67e4b26aa7dc0c90cec202b7",

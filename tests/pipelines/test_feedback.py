@@ -1,0 +1,386 @@
+"""Closed-loop balancing (`balance.strategy: feedback`): the allocation follows the probe,
+the focus reaches the planner, the rounds replay on resume, bad options are refused first."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from synthgen.generators.planning import plan_shard
+from synthgen.pipelines.build import run_build
+from synthgen.pipelines.strategies.feedback import (
+    Feedback,
+    allocate,
+    allocation_errors,
+    plateaued,
+    prompt_weights,
+)
+from synthgen.schemas.manifest import ClassFocus
+from synthgen.schemas.recipe import RecipeError, recipe_from_dict
+from synthgen.validators.probe import Extra, class_clusters, cross_validate
+from tests.conftest import SPLIT_THRESHOLD, shared_build, tiny_recipe_dict, write_recipe
+from tests.pipelines.test_balance import make_folder
+
+FEEDBACK = {
+    "folds": 3,
+    "clusters": 2,
+    "floor": 0.25,
+    "round_budget": 4,
+    "max_synthetic": 8,
+    "patience": 3,  # random images: the budget, not a plateau, ends the rounds
+}
+
+
+def _recipe_dict(model_dir: Path, source: str, **feedback: Any) -> dict[str, Any]:
+    data = tiny_recipe_dict(model_dir)
+    del data["count_per_class"]
+    data["output"] = {"shard_size": 4}
+    data["checks"] = {"clip_score": {"absolute": SPLIT_THRESHOLD}}
+    data["scoring"]["scorers"] = [{"name": "clip"}, {"name": "clip_embedding"}]
+    data["balance"] = {
+        "source": source,
+        "target": "max",
+        "strategy": "feedback",
+        "feedback": {**FEEDBACK, **feedback},
+    }
+    return data
+
+
+@pytest.fixture(scope="module")
+def feedback_build(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    """A feedback build of test_balance.make_folder's source (zero 6, one 2, two 4): rounds of
+    4 samples, 8 at most; its recipe is `out.parent / "recipe.yaml"`."""
+
+    def make(root: Path) -> None:
+        source = make_folder(root / "source")
+        root.mkdir(parents=True, exist_ok=True)
+        recipe = write_recipe(root / "recipe.yaml", _recipe_dict(model_dir, str(source)))
+        run_build(recipe, root / "out", show_progress=False)
+
+    return shared_build(tmp_path_factory, "feedback", make, done="out/manifest.json") / "out"
+
+
+# -- the allocation ------------------------------------------------------------------------
+
+
+def test_a_class_the_probe_gets_right_gets_its_floor_and_the_hard_one_the_most() -> None:
+    errors = {0: 0.0, 1: 0.6, 2: 0.2, 3: 0.0}
+    caps = {0: 100, 1: 100, 2: 100, 3: 100}
+    alloc = allocate(errors, caps, budget=100, floor=0.1)
+    assert sum(alloc.values()) == 100
+    assert alloc[0] == alloc[3] == 10  # right: the floor, no more
+    assert alloc[1] > alloc[2] > 10
+    assert alloc[1] - 10 == pytest.approx(3 * (alloc[2] - 10), abs=1)  # in proportion
+    assert allocate(errors, caps, budget=100, floor=0.1) == alloc  # deterministic
+
+
+def test_floors_shrink_to_fit_and_a_capped_class_gives_its_spare_to_the_others() -> None:
+    alloc = allocate({0: 0.5, 1: 0.5, 2: 0.0}, {0: 3, 1: 50, 2: 50}, budget=20, floor=0.5)
+    assert alloc == {0: 3, 1: 11, 2: 6}  # floors of 6 (20 // 3), class 0 capped at 3
+    assert allocate({0: 0.0, 1: 0.0}, {0: 9, 1: 9}, budget=10, floor=0.2) == {0: 2, 1: 2}
+    assert allocate({0: 1.0}, {0: 0, 1: 0}, budget=10, floor=0.2) == {}
+
+
+def test_a_planted_hard_class_gets_the_most_of_the_round() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(8)[:3] * 3
+    centres[2] = centres[0] * 0.95 + np.eye(8)[3] * 0.6  # class 2 sits beside class 0
+    x = np.concatenate(
+        [centres[c] + 0.5 * rng.normal(size=(n, 8)) for c, n in enumerate((40, 8, 8))]
+    )
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    y = np.repeat([0, 1, 2], [40, 8, 8])
+    ev = cross_validate(
+        x,
+        y,
+        Extra.none(8),
+        [0, 1, 2],
+        kind="linear",
+        folds=3,
+        seed=0,
+        clusters=class_clusters(x, y, 2, 0),
+        minority=[1, 2],
+    )
+    short = {1: 32, 2: 32}
+    errors, what = allocation_errors(ev, short)
+    assert what == "held-out error" and errors[2] > 0 and errors[1] == 0.0
+    alloc = allocate(errors, {1: 40, 2: 40}, budget=40, floor=0.1)
+    assert alloc == {1: 4, 2: 36}
+
+
+def test_when_no_short_class_is_misread_the_soft_error_ranks_them() -> None:
+    ev = SimpleNamespace(
+        per_class_error={0: 0.1, 1: 0.0, 2: 0.0}, per_class_soft_error={0: 0.2, 1: 0.05, 2: 0.3}
+    )
+    errors, what = allocation_errors(ev, {1: 5, 2: 5})  # type: ignore[arg-type]
+    assert "soft" in what and errors[2] > errors[1]
+    assert allocation_errors(ev, {0: 5})[0] == ev.per_class_error  # type: ignore[arg-type]
+
+
+def test_plateau_after_patience_rounds_without_min_delta() -> None:
+    assert not plateaued([0.5], 1, 0.01)
+    assert not plateaued([0.5, 0.4], 1, 0.01)
+    assert plateaued([0.5, 0.495], 1, 0.01)
+    assert not plateaued([0.5, 0.495, 0.3], 2, 0.01)
+    assert plateaued([0.5, 0.495, 0.499], 2, 0.01)
+
+
+def test_prompts_near_the_error_cluster_weigh_more() -> None:
+    texts = np.array([[1.0, 0.0], [0.0, 1.0], [0.7071, 0.7071]])
+    centroids = {0: np.array([1.0, 0.0]), 1: np.array([0.0, 1.0])}
+    weights = prompt_weights(texts, centroids, [0.0, 0.8])
+    assert weights is not None and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert weights[1] > weights[2] > weights[0] >= 0.5 / 3 - 1e-6  # every prompt keeps a share
+    assert prompt_weights(texts, centroids, [0.0, 0.0]) is None
+    assert prompt_weights(texts[:1], centroids, [0.5, 0.5]) is None
+
+
+# -- the focus in the planner --------------------------------------------------------------
+
+
+def _planning_recipe(model_dir: Path, **balance: Any) -> Any:
+    data = _recipe_dict(model_dir, "unused")
+    data["balance"] |= balance
+    return recipe_from_dict(data)
+
+
+def test_prompt_weights_choose_the_templates(model_dir: Path) -> None:
+    recipe = _planning_recipe(model_dir)
+    counts, start = {0: 40}, {0: 0}
+    plain = [r.prompt_template for s in range(10) for r in plan_shard(recipe, s, counts, start)]
+    assert set(plain) == {"a handwritten digit 0", "the number zero"}
+    focus = {0: ClassFocus(prompt_weights=[0.0, 1.0])}
+    focused = [r for s in range(10) for r in plan_shard(recipe, s, counts, start, focus=focus)]
+    assert {r.prompt_template for r in focused} == {"the number zero"}
+    assert [r.seed for r in focused] == [
+        r.seed for s in range(10) for r in plan_shard(recipe, s, counts, start)
+    ], "keys and seeds do not move"
+    assert all(r.conditioning_source is None for r in focused)  # a text build: no source
+
+
+def test_img2img_samples_start_from_the_focus_sources(model_dir: Path) -> None:
+    recipe = _planning_recipe(model_dir, conditioning={"text": 1, "img2img": 1})
+    hard = [("one/006.png", "a" * 64), ("one/007.png", "b" * 64)]
+    focus = {1: ClassFocus(sources=hard)}
+    requests = [r for s in range(10) for r in plan_shard(recipe, s, {1: 40}, {1: 0}, focus=focus)]
+    from synthgen.generators.conditioning import pick_mode
+
+    named = [r for r in requests if r.conditioning_source is not None]
+    assert 0 < len(named) < len(requests)
+    for r in requests:  # exactly the samples the worker conditions on an image
+        assert (r.conditioning_source is None) == pick_mode(recipe.seed, r.key, 0.5)
+    assert {(r.conditioning_source, r.conditioning_source_sha256) for r in named} == set(hard)
+
+
+# -- bad options ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"strategy": "topup"}, "balance.feedback is for `strategy: feedback`"),
+        ({"feedback": {"round_budget": 50, "max_synthetic": 10}}, "round_budget"),
+        ({"feedback": {"criterion": "entropy"}}, "add `guidance: feedback`"),
+        ({"feedback": {"probe": "svm"}}, "probe"),
+        ({"feedback": {"folds": 1}}, "folds"),
+        ({"feedback": {"guidance": "feedback", "scale": 0.0}}, "use `guidance: none`"),
+        ({"strategy": "closed-loop"}, "strategy"),
+    ],
+)
+def test_bad_feedback_options_are_refused_by_name(
+    model_dir: Path, change: dict[str, Any], message: str
+) -> None:
+    data = _recipe_dict(model_dir, "unused")
+    data["balance"] |= change
+    with pytest.raises((RecipeError, ValueError), match=message):
+        recipe_from_dict(data)
+
+
+def test_feedback_without_stored_embeddings_is_refused_before_any_output(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    data = _recipe_dict(model_dir, str(make_folder(tmp_path / "src")))
+    data["scoring"]["scorers"] = [{"name": "clip"}]
+    with pytest.raises(RecipeError, match=r"add `\{name: clip_embedding\}`"):
+        run_build(write_recipe(tmp_path / "r.yaml", data), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_guidance_without_its_module_is_refused_by_name(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "synthgen.generators.guidance" else real(name, *a),
+    )
+    data = _recipe_dict(model_dir, str(make_folder(tmp_path / "src")), guidance="feedback")
+    with pytest.raises(RecipeError, match=r"balance\.feedback\.guidance: feedback"):
+        run_build(write_recipe(tmp_path / "r.yaml", data), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_guided_round_names_its_probe_for_the_workers(tmp_path: Path, model_dir: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("synthgen.generators.guidance") is None:
+        pytest.fail("the guidance module is part of the package")
+    data = _recipe_dict(model_dir, str(make_folder(tmp_path / "src")), guidance="feedback")
+    data["balance"]["feedback"] |= {"criterion": "entropy", "scale": -0.5, "every": 3}
+    _, plan = _first_round(tmp_path, data)
+    assert plan is not None and plan.guidance is not None
+    g = plan.guidance
+    assert (g.probe, g.criterion, g.scale, g.every) == (
+        "_feedback/probe-0.safetensors",
+        "entropy",
+        -0.5,
+        3,
+    )
+    saved = (tmp_path / "out" / g.probe).read_bytes()
+    assert hashlib.sha256(saved).hexdigest() == g.probe_sha256
+    assert sum(plan.counts[c] - plan.start[c] for c in plan.counts) == 4  # type: ignore[index]
+
+
+def _first_round(tmp_path: Path, data: dict[str, Any]) -> tuple[Feedback, Any]:
+    """A feedback strategy's first round, planned without a build (nothing generated)."""
+    from synthgen.pipelines.resolve import resolve
+    from synthgen.schemas.recipe import load_recipe
+
+    recipe, base = load_recipe(write_recipe(tmp_path / "r.yaml", data))
+    strategy = Feedback(resolve(recipe, base))
+    strategy.prepare()
+    try:
+        strategy.begin(SimpleNamespace(out=tmp_path / "out", rounds=[]))  # type: ignore[arg-type]
+        return strategy, strategy.next_round()
+    finally:
+        strategy.close()
+
+
+def test_an_img2img_round_starts_from_the_images_the_probe_finds_hard(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    from synthgen.pipelines.strategies.feedback import FOCUS_SOURCES
+
+    data = _recipe_dict(model_dir, str(make_folder(tmp_path / "src")))
+    data["balance"] |= {"conditioning": "img2img", "strength": 0.5}
+    strategy, plan = _first_round(tmp_path, data)
+    assert plan is not None and plan.focus is not None
+    conditioning = strategy.resolved.conditioning
+    assert conditioning is not None
+    ev = strategy.evaluation
+    for c, focus in plan.focus.items():
+        pool = dict(conditioning.for_class(c).pool)  # type: ignore[union-attr]
+        mine = [i for i, ref in enumerate(strategy.real.refs) if strategy.real.y[i] == c]
+        by_margin = sorted(mine, key=lambda i: (ev.margin[i], strategy.real.refs[i]))
+        misread = [i for i in by_margin if ev.predicted[i] != c]
+        n = min(FOCUS_SOURCES, len(mine))
+        expected = misread if len(misread) >= n else by_margin[:n]
+        assert focus.sources == [
+            (strategy.real.refs[i], pool[strategy.real.refs[i]]) for i in expected
+        ]
+    requests = [
+        r
+        for s in range(plan.shard_offset, plan.shard_offset + 2)
+        for r in plan_shard(strategy.recipe, s, **plan.plan_kwargs())
+    ]
+    assert requests and all(
+        (r.conditioning_source, r.conditioning_source_sha256) in plan.focus[r.class_label].sources
+        for r in requests
+    )
+
+
+# -- builds --------------------------------------------------------------------------------
+
+
+def test_a_feedback_build_records_every_round_and_its_probes(feedback_build: Path) -> None:
+    from synthgen.validators.probe import Probe
+
+    manifest = json.loads((feedback_build / "manifest.json").read_text())
+    fb = manifest["balance"]["feedback"]
+    rounds = fb["rounds"]
+    generated = manifest["balance"]["rounds"]
+    assert len(rounds) == len(generated) + 1 >= 3  # a probe before every round, and after
+    assert fb["stop"] in ("budget", "targets")
+    planned = 0
+    for r, gen in zip(rounds, generated, strict=False):
+        alloc = r["allocation"]
+        assert alloc == gen["planned"]  # what the probe allocated is what the round planned
+        assert sum(alloc.values()) == min(4, 8 - planned)
+        planned += sum(alloc.values())
+        errors = r["metrics"]["per_class_error"]
+        soft = r["metrics"]["per_class_soft_error"]
+        weight = errors if any(errors[c] > 0 for c in alloc) else soft
+        hardest = max(alloc, key=lambda c: (weight[c], c))
+        assert alloc[hardest] == max(alloc.values()) or alloc[hardest] >= 3  # most, or capped
+    synthetic = [r["synthetic_so_far"] for r in rounds]
+    assert synthetic[0] == 0 and synthetic == sorted(synthetic)
+    assert synthetic[-1] == sum(sum(g["accepted"].values()) for g in generated)
+    for r in rounds:
+        path = feedback_build / r["probe"]
+        assert manifest["files"][r["probe"]]["sha256"] == r["probe_sha256"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == r["probe_sha256"]
+        assert Probe.load(path).classes == (0, 1, 2)
+    assert fb["real_only"] == rounds[0]["metrics"]
+    assert "no flips" in fb["baseline_method"]
+    assert set(fb["baseline"]["per_class_error"]) == {"zero", "one", "two"}
+
+
+def test_resume_after_an_interrupted_round_replays_the_rounds_exactly(
+    tmp_path: Path, feedback_build: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clean build's folder as a run killed during its second round leaves it (round 0's
+    shard finished, nothing after it), interrupted once more there, then resumed: every file
+    is byte for byte the clean build's (created_at comes from the build's state)."""
+    import shutil
+
+    from synthgen.schemas.manifest import shard_files, stats_name
+
+    recipe = feedback_build.parent / "recipe.yaml"
+    out = tmp_path / "out"
+    shutil.copytree(feedback_build, out)
+    clean = json.loads((out / "manifest.json").read_text())
+    later = [s["shard"] for s in clean["shards"] if s["shard"] > 0]
+    assert later, "the build has a second round"
+    for name in ["manifest.json", "report.json", "report.html", "README.md", "_index"]:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    for shard in later:
+        for name in [*shard_files(shard), stats_name(shard)]:
+            (out / name).unlink()
+    for probe in sorted((out / "_feedback").iterdir())[1:]:
+        probe.unlink()  # only round 0's probe was saved before round 0 ran
+    monkeypatch.setenv("SYNTHGEN_FAULT", f"write:{later[0]:05d}:raise")
+    with pytest.raises(Exception, match="injected fault"):
+        run_build(recipe, out, resume=True, show_progress=False)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.delenv("SYNTHGEN_FAULT")
+    result = run_build(recipe, out, resume=True, show_progress=False)
+    assert result.reused_shards == [0]
+    again = json.loads((out / "manifest.json").read_text())
+    assert again["balance"]["feedback"] == clean["balance"]["feedback"]
+    assert again["balance"] == clean["balance"] and again["files"] == clean["files"]
+    for shard in clean["shards"]:
+        for name in shard_files(shard["shard"]):
+            assert (out / name).read_bytes() == (feedback_build / name).read_bytes(), name
+    for name in clean["files"]:
+        assert (out / name).read_bytes() == (feedback_build / name).read_bytes(), name
+
+
+def test_existing_recipes_keep_the_topup_strategy(model_dir: Path) -> None:
+    data = _recipe_dict(model_dir, "unused")
+    del data["balance"]["strategy"], data["balance"]["feedback"]
+    recipe = recipe_from_dict(copy.deepcopy(data))
+    assert recipe.balance is not None and recipe.balance.strategy == "topup"
+    spelled = copy.deepcopy(data)
+    spelled["balance"]["strategy"] = "topup"
+    assert recipe_from_dict(spelled).hash == recipe.hash  # the default is left out of the hash
