@@ -1,8 +1,10 @@
-"""The diffusers text-to-image families synthgen loads, and what each one's call accepts.
+"""The diffusers text-to-image and text-to-video families synthgen loads, and what each
+one's call accepts.
 
 One row per pipeline class: its family name, whether it samples by epsilon/v-prediction
-(`diffusion`), flow matching (`flow`, SD3/Flux/SANA) or TrigFlow consistency (`trigflow`,
-SANA-Sprint), which component denoises, and the recipe options its `__call__` supports. A
+(`diffusion`), flow matching (`flow`, SD3/Flux/SANA/Wan/LTX) or TrigFlow consistency
+(`trigflow`, SANA-Sprint), which component denoises, whether it makes clips (`video`, with
+the frame counts it makes exactly) and the recipe options its `__call__` supports. A
 recipe option a family does not support is refused by `check_recipe_options` before any model
 loads, and so is a convention a distilled family was trained for (its step range, its guidance
 embedding, its prompt length). Sampler names and their kind live in
@@ -23,11 +25,40 @@ __all__ = [
     "FAMILIES",
     "FEW_STEP_SAMPLERS",
     "SCHEDULER_CLASSES",
+    "VIDEO_FAMILIES",
     "Family",
+    "FrameRule",
     "call_kwargs",
+    "check_frames",
     "check_recipe_options",
     "family_for",
 ]
+
+
+@dataclass(frozen=True)
+class FrameRule:
+    """The clip lengths a video family makes exactly: `step * k + offset` frames (k >= 0,
+    at least `minimum`, at most `maximum` when the model has a limit). Any other count is
+    silently rounded by the pipeline (Wan), or decoded to another length (LTX, CogVideoX)."""
+
+    step: int = 1
+    offset: int = 0
+    minimum: int = 1
+    maximum: int | None = None
+    why: str = ""  # the reason, for messages
+
+    def allows(self, n: int) -> bool:
+        if n < self.minimum or (self.maximum is not None and n > self.maximum):
+            return False
+        return n % self.step == self.offset % self.step
+
+    def describe(self) -> str:
+        limit = f", at most {self.maximum}" if self.maximum is not None else ""
+        if self.step == 1:
+            return f"any number of frames (at least {self.minimum}{limit})"
+        form = f"{self.step}k+{self.offset}" if self.offset else f"{self.step}k"
+        near = ", ".join(str(self.step * k + self.offset) for k in range(1, 4))
+        return f"{form} frames (e.g. {near}; at least {self.minimum}{limit})"
 
 
 @dataclass(frozen=True)
@@ -58,6 +89,15 @@ class Family:
     # the guidance scale is an embedding of the distilled denoiser, not classifier-free
     # guidance: what it means, for messages
     embedded_guidance: str | None = None
+    # a text-to-video pipeline: the call takes `num_frames` and returns `.frames`; None: an
+    # image family (a recipe with `sampling.num_frames` is refused)
+    frames: FrameRule | None = None
+    # the call also takes the clip's frame rate (LTX conditions on it): its argument name
+    fps_argument: str | None = None
+
+    @property
+    def video(self) -> bool:
+        return self.frames is not None
 
 
 _EXACT = {"use_resolution_binning": False, "clean_caption": False}
@@ -138,6 +178,51 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
+# Video families: every sampler of their kind runs their denoising loop (each one tried on the
+# tiny builds), except flow-match-heun on LTX, whose set_timesteps takes no flow sigmas.
+VIDEO_FAMILIES: dict[str, Family] = {
+    "WanPipeline": Family(
+        "wan",
+        "flow",
+        "transformer",
+        max_sequence_length=True,
+        max_tokens=512,
+        size_multiple=16,  # the VAE's 8 x the transformer's 2x2 patches
+        frames=FrameRule(4, 1, why="Wan's VAE compresses time 4x; the pipeline rounds others"),
+    ),
+    "LTXPipeline": Family(
+        "ltx",
+        "flow",
+        "transformer",
+        max_sequence_length=True,
+        timestep_args=("sigmas", "mu"),
+        max_tokens=128,
+        size_multiple=32,
+        samplers=("flow-match-euler",),
+        frames=FrameRule(8, 1, why="LTX-Video's VAE compresses time 8x"),
+        fps_argument="frame_rate",
+    ),
+    "CogVideoXPipeline": Family(
+        "cogvideox",
+        "diffusion",
+        "transformer",
+        max_sequence_length=True,
+        max_tokens=226,
+        size_multiple=16,  # the VAE's 8 x the transformer's 2x2 patches
+        frames=FrameRule(
+            8, 1, why="CogVideoX's VAE compresses time 4x and decodes latent frames in pairs"
+        ),
+    ),
+    "AnimateDiffPipeline": Family(
+        "animatediff",
+        "diffusion",
+        "unet",
+        # the length limit is the folder's motion module's (`model_folder.check_frames`)
+        frames=FrameRule(1, 0, why="the motion module attends over any number of frames"),
+    ),
+}
+FAMILIES.update(VIDEO_FAMILIES)
+
 # recipe sampler name -> (diffusers class, config overrides)
 SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
     "ddpm": ("DDPMScheduler", {}),
@@ -166,6 +251,7 @@ def check_recipe_options(recipe: Recipe, class_name: str, family: Family) -> Non
     s = recipe.sampling
     who = f"{class_name} ({family.name}, {family.kind})"
     _check_sampler(s.scheduler, who, family)
+    check_frames(s.num_frames, who, family)
     if s.negative_prompt and not family.negative_prompt:
         raise RecipeError(
             f"sampling.negative_prompt: {who} is guidance-distilled and takes no negative "
@@ -191,6 +277,29 @@ def check_recipe_options(recipe: Recipe, class_name: str, family: Family) -> Non
         )
     _check_steps(recipe, who, family)
     _check_timesteps(recipe, class_name, who, family)
+
+
+def check_frames(num_frames: int | None, who: str, family: Family) -> None:
+    """A video family needs `sampling.num_frames` in its frame rule; an image family none."""
+    if family.frames is None:
+        if num_frames is not None:
+            videos = ", ".join(VIDEO_FAMILIES)
+            raise RecipeError(
+                f"sampling.num_frames: {who} is an image model and makes no clips; remove "
+                f"num_frames (and fps), or use a text-to-video model ({videos})"
+            )
+        return
+    rule = family.frames
+    if num_frames is None:
+        raise RecipeError(
+            f"sampling.num_frames: {who} is a text-to-video model; a video recipe gives "
+            f"num_frames: {rule.describe()}"
+        )
+    if not rule.allows(num_frames):
+        raise RecipeError(
+            f"sampling.num_frames: {who} makes clips of exactly {rule.describe()} "
+            f"({rule.why}); got {num_frames}"
+        )
 
 
 def _check_sampler(name: str, who: str, family: Family) -> None:

@@ -1,4 +1,5 @@
-"""The Beam ModelHandler that turns GenerationRequests into encoded images with diffusers."""
+"""The Beam ModelHandler that turns GenerationRequests into encoded images (or clips, with a
+text-to-video family: `generators.video`) with diffusers."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 if TYPE_CHECKING:
     from synthgen.generators.conditioning import ConditioningSettings
+    from synthgen.generators.families import Family
     from synthgen.generators.modes.worker import WorkerInputs
 
 from synthgen.schemas.failures import failed_sample
-from synthgen.schemas.media import Shape
+from synthgen.schemas.media import DEFAULT_VIDEO_FORMAT, Shape
+from synthgen.schemas.recipe.sampling import DEFAULT_FPS
 from synthgen.schemas.records import GenerationRequest, Sample
 from synthgen.storage.codecs import image_codec
 from synthgen.storage.watermark import can_carry, embed_watermark
@@ -64,10 +67,19 @@ class GenerationSettings:
     # Image conditioning (`generators.conditioning`): modes, settings and source images per
     # class; None: text only.
     conditioning: ConditioningSettings | None = None
+    # A video build (a text-to-video family): frames per clip, their rate and the clip's
+    # codec (`output.video_format`); None: images.
+    num_frames: int | None = None
+    fps: int = DEFAULT_FPS
+    video_format: str = DEFAULT_VIDEO_FORMAT
+
+    @property
+    def video(self) -> bool:
+        return self.num_frames is not None
 
     def generation_options(self) -> dict[str, Any]:
         """The settings beyond the classic ones that change what is computed (provenance)."""
-        return {
+        options = {
             "variant": self.variant,
             "vae_slicing": self.vae_slicing,
             "vae_tiling": self.vae_tiling,
@@ -80,6 +92,13 @@ class GenerationSettings:
                 ("eta", self.eta),
             )
             if v is not None
+        }
+        if not self.video:  # an image build records no clip options
+            return options
+        return options | {
+            "num_frames": self.num_frames,
+            "fps": self.fps,
+            "video_format": self.video_format,
         }
 
 
@@ -100,7 +119,8 @@ class ModelCall:
 @dataclass
 class CallOutput:
     """What one model call leaves on the host: uint8 pixels (N, H, W, C) of its real requests
-    and, per image, whether every value the pipeline produced was finite."""
+    (clips: (N, F, H, W, C)) and, per image, whether every value the pipeline produced was
+    finite."""
 
     pixels: Any  # numpy uint8 array
     finite: list[bool]
@@ -158,14 +178,24 @@ def plan_calls(
 
 
 def run_call(model: Any, settings: GenerationSettings, call: ModelCall) -> CallOutput:
-    """One pipeline call on `model` and its images as uint8 (`call_model`, then `to_pixels`)."""
-    return to_pixels(call_model(model, settings, call))
+    """One pipeline call on `model` and its images as uint8 (`call_model`, then `to_host`)."""
+    return to_host(call_model(model, settings, call), settings)
+
+
+def to_host(images: Any, settings: GenerationSettings) -> CallOutput:
+    """A call's output on the host: images through `to_pixels`, clips through
+    `generators.video.to_frames`."""
+    if settings.video:
+        from synthgen.generators.video import to_frames
+
+        return to_frames(images)
+    return to_pixels(images)
 
 
 def call_model(model: Any, settings: GenerationSettings, call: ModelCall) -> Any:
     """One pipeline call on `model` (a LoadedModel, or a bare pipeline; the caller holds the
     model copy: one call at a time); the call's real images, (N, C, H, W) in [0, 1], still on
-    the model's device."""
+    the model's device (a video family: clips, (N, F, C, H, W))."""
     import torch
 
     from synthgen.generators import conditioning
@@ -190,6 +220,8 @@ def call_model(model: Any, settings: GenerationSettings, call: ModelCall) -> Any
     extra = call_kwargs(family, settings.max_sequence_length, settings.timesteps, settings.eta)
     if use_cfg:  # a guidance-distilled call (SANA-Sprint) takes no negative_prompt at all
         extra["negative_prompt"] = [r.negative_prompt for r in call.padded]
+    if family.video:  # 2b. clips: their length, and their rate where the model takes it
+        extra |= video_kwargs(family, settings)
     # 3. image conditioning: the mode's pipeline (derived from `pipe`) and its images.
     run, images = conditioning.conditioned_call(loaded, family_name, call.padded)
     with torch.inference_mode():
@@ -204,7 +236,17 @@ def call_model(model: Any, settings: GenerationSettings, call: ModelCall) -> Any
             **extra,
             **images,
         )
-    return out.images[: call.real]
+    return (out.frames if family.video else out.images)[: call.real]
+
+
+def video_kwargs(family: Family, settings: GenerationSettings) -> dict[str, Any]:
+    """A video family's call arguments: `num_frames`, and the frame rate if it takes one."""
+    if settings.num_frames is None:
+        raise ValueError(f"{family.name} makes clips: the settings give no num_frames")
+    kwargs: dict[str, Any] = {"num_frames": settings.num_frames}
+    if family.fps_argument is not None:
+        kwargs[family.fps_argument] = settings.fps
+    return kwargs
 
 
 def to_pixels(images: Any) -> CallOutput:
@@ -231,7 +273,12 @@ def finish_image(
     """A generated image's host work: watermark (when the settings carry a payload and the
     image is large enough), encode and hash; returns the Sample and the pixels it encodes
     (what a lossless file decodes to). An image with non-finite values (NaN latents) raises
-    FloatingPointError, which makes it a `failed` sample."""
+    FloatingPointError, which makes it a `failed` sample. A clip (a video build) is finished
+    by `generators.video.finish_clip`: the pixels it returns are the stored frames."""
+    if settings.video:
+        from synthgen.generators.video import finish_clip
+
+        return finish_clip(request, pixels, finite, settings)
     if not finite:
         raise FloatingPointError("non-finite pixel values in the decoded image")
     if settings.watermark is not None and can_carry(pixels.shape[1], pixels.shape[0]):
@@ -326,6 +373,20 @@ def optimize_for_device(pipe: Any, s: GenerationSettings) -> Any:
     return pipe
 
 
+def check_media_kind(class_name: str, settings: GenerationSettings) -> None:
+    """Settings for clips (`num_frames`) exactly when the pipeline makes clips: a worker
+    stops here, before any call, rather than failing every sample."""
+    from synthgen.generators.families import FAMILIES
+
+    family = FAMILIES[class_name]
+    if family.video != settings.video:
+        makes = "clips" if family.video else "images"
+        raise ValueError(
+            f"{class_name} ({family.name}) makes {makes}; the generation settings give "
+            f"num_frames {settings.num_frames}"
+        )
+
+
 class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, LoadedModel]):
     """Loads any diffusers text-to-image pipeline folder once per worker and generates.
 
@@ -359,6 +420,7 @@ class DiffusersHandler(ModelHandler[GenerationRequest, PredictionResult, LoadedM
         from synthgen.generators.adapters import apply_adapters
 
         pipe = optimize_for_device(apply_adapters(pipe, s.adapters), s)
+        check_media_kind(s.pipeline_class or type(pipe).__name__, s)
         return LoadedModel(pipe, s.conditioning)
 
     def run_inference(

@@ -37,6 +37,7 @@ from synthgen.storage.model_files import (
 __all__ = [
     "ModelFolder",
     "ModelFolderError",
+    "check_clip_length",
     "check_diffusers_folder",
     "check_sampling",
     "inspect_folder",
@@ -426,7 +427,26 @@ def check_sampling(
     if folder.family.kind == "diffusion":
         _check_timestep_range(where, sched, steps, timesteps)
     _check_student(folder, sched, sampling)
+    check_clip_length(folder, getattr(sampling, "num_frames", None))
     return _config_dict(sched)
+
+
+def check_clip_length(folder: ModelFolder, num_frames: int | None) -> None:
+    """A clip no longer than the folder's model can make: an AnimateDiff motion module
+    attends over at most its positional embedding's `motion_max_seq_length` frames."""
+    if num_frames is None or folder.family.name != "animatediff":
+        return
+    config = folder.path / folder.family.denoiser / "config.json"
+    denoiser = read_json_object(config, "denoiser") if config.is_file() else {}
+    limit = denoiser.get("motion_max_seq_length", 32)
+    if isinstance(limit, int) and num_frames > limit:
+        from synthgen.schemas.recipe import RecipeError
+
+        raise RecipeError(
+            f"sampling.num_frames: {folder.class_name} ({folder.family.name}) at "
+            f"{folder.path}: its motion module makes clips of at most {limit} frames "
+            f"(motion_max_seq_length); got {num_frames}"
+        )
 
 
 def _timestep_kwargs(folder: ModelFolder, sched: Any, scheduler: str, steps: int) -> dict[str, Any]:

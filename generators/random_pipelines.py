@@ -7,7 +7,9 @@ The tokenizers are made here too: CLIP's from open_clip's bundled BPE vocabulary
 (`sd_layout.write_clip_tokenizer`), T5's and Gemma's trained on a few words with the
 `tokenizers` library. Few-step students are here as well: an LCM-distilled SD
 (`LatentConsistencyModelPipeline`, guidance embedded in the UNet), SD with an LCM scheduler,
-SANA and SANA-Sprint (Gemma 2 text encoder, DC-AE, sCM scheduler) and PixArt-α.
+SANA and SANA-Sprint (Gemma 2 text encoder, DC-AE, sCM scheduler) and PixArt-α. The
+text-to-video families are here too: Wan 2.1, LTX-Video and CogVideoX (a T5 text encoder, a
+3-D VAE, a video transformer) and AnimateDiff (an SD 1.x UNet with a `MotionAdapter`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ from synthgen.generators.sd_layout import write_clip_tokenizer
 
 __all__ = [
     "BUILDERS",
+    "VIDEO_BUILDERS",
     "TinySizes",
+    "build_animatediff",
+    "build_cogvideox",
     "build_flux",
     "build_lcm",
+    "build_ltx",
     "build_pixart_alpha",
     "build_pixart_sigma",
     "build_sana",
@@ -33,6 +39,7 @@ __all__ = [
     "build_sd3",
     "build_sd_lcm",
     "build_sdxl",
+    "build_wan",
     "save_snapshot",
     "write_gemma_tokenizer",
     "write_t5_tokenizer",
@@ -567,6 +574,202 @@ def build_sana_sprint() -> Any:
     )
 
 
+def _video_t5(s: TinySizes) -> Any:
+    """The tiny T5 of the video families, in eval mode (no dropout: a pipeline built here and
+    called at once is as deterministic as one loaded from its folder)."""
+    return _t5(s).eval()
+
+
+def build_wan(s: TinySizes = TinySizes()) -> Any:
+    """Wan 2.1 text-to-video (`WanPipeline`): a T5 encoder, Wan's causal 3-D VAE (4x temporal,
+    8x spatial), a flow-matching video transformer (2x2 patches)."""
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+
+    vae = AutoencoderKLWan(
+        base_dim=3,
+        z_dim=16,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=s.text_hidden,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    return WanPipeline(
+        tokenizer=_t5_tokenizer(),
+        text_encoder=_video_t5(s),
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+
+
+def build_ltx(s: TinySizes = TinySizes()) -> Any:
+    """LTX-Video (`LTXPipeline`): a T5 encoder, LTX's video VAE (here 4x spatial and temporal),
+    a flow-matching video transformer conditioned on the frame rate."""
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=s.text_hidden,
+    )
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1),
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
+    return LTXPipeline(
+        tokenizer=_t5_tokenizer(),
+        text_encoder=_video_t5(s),
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+
+
+def build_cogvideox(s: TinySizes = TinySizes()) -> Any:
+    """CogVideoX (`CogVideoXPipeline`): a T5 encoder, CogVideoX's 3-D VAE (4x temporal, 8x
+    spatial), an expert transformer (2x2 patches); v-prediction DDIM."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+        DDIMScheduler,
+    )
+
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4,
+        attention_head_dim=8,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=2,
+        text_embed_dim=s.text_hidden,
+        num_layers=1,
+        sample_width=2,
+        sample_height=2,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=COGVIDEOX_TEXT_TOKENS,
+    )
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=2,
+        temporal_compression_ratio=4,
+    )
+    return CogVideoXPipeline(
+        tokenizer=_t5_tokenizer(),
+        text_encoder=_video_t5(s),
+        vae=vae,
+        transformer=transformer,
+        scheduler=DDIMScheduler(prediction_type="v_prediction", clip_sample=False),
+    )
+
+
+def tiny_motion_adapter(block_out_channels: tuple[int, ...] = (8, 8)) -> Any:
+    """A tiny AnimateDiff `MotionAdapter` for a UNet with these block widths."""
+    from diffusers import MotionAdapter
+
+    return MotionAdapter(
+        block_out_channels=block_out_channels,
+        motion_layers_per_block=2,
+        motion_norm_num_groups=2,
+        motion_num_attention_heads=4,
+    )
+
+
+def build_animatediff(s: TinySizes = TinySizes()) -> Any:
+    """AnimateDiff (`AnimateDiffPipeline`): an SD 1.x UNet with a `MotionAdapter`'s temporal
+    layers (the pipeline holds them together as a `UNetMotionModel`); saved, the folder has
+    `unet` (the motion UNet) and `motion_adapter` subfolders."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, UNet2DConditionModel
+
+    blocks = (8, 8)
+    unet = UNet2DConditionModel(
+        block_out_channels=blocks,
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=s.text_hidden,
+        norm_num_groups=2,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False
+    )
+    return AnimateDiffPipeline(
+        vae=_vae((8, 8), 4),
+        text_encoder=_clip_text(s),
+        tokenizer=_clip_tokenizer(s.max_text_tokens),
+        unet=unet,
+        motion_adapter=tiny_motion_adapter(blocks),
+        scheduler=scheduler,
+        feature_extractor=None,
+        image_encoder=None,
+    )
+
+
+# The tiny CogVideoX transformer's text length: the pipeline's default prompt length, so a
+# recipe without `max_sequence_length` samples it as a published CogVideoX folder does.
+COGVIDEOX_TEXT_TOKENS = 226
+
+VIDEO_BUILDERS: dict[str, Callable[[], Any]] = {
+    "wan": build_wan,
+    "ltx": build_ltx,
+    "cogvideox": build_cogvideox,
+    "animatediff": build_animatediff,
+}
+
 BUILDERS: dict[str, Callable[[], Any]] = {
     "sd": build_sd,
     "sd-v": lambda: build_sd(prediction_type="v_prediction", safety_checker=False),
@@ -579,6 +782,7 @@ BUILDERS: dict[str, Callable[[], Any]] = {
     "lcm": build_lcm,
     "sana": build_sana,
     "sana-sprint": build_sana_sprint,
+    **VIDEO_BUILDERS,
 }
 
 

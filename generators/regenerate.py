@@ -27,6 +27,8 @@ from synthgen.generators.model_folder import ModelFolderError, load_pipeline
 from synthgen.generators.provenance_bounds import check_provenance_bounds
 from synthgen.generators.sources.webdataset_source import is_pattern
 from synthgen.schemas.manifest import STATE_DIR, STATE_NAME, BuildState
+from synthgen.schemas.media import DEFAULT_VIDEO_FORMAT
+from synthgen.schemas.recipe.sampling import DEFAULT_FPS
 from synthgen.schemas.records import (
     REJECT_IMAGE_FIELD,
     GenerationRequest,
@@ -319,6 +321,9 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
         timestep_spacing=options.get("timestep_spacing"),
         timesteps=tuple(int(t) for t in options["timesteps"]) if options.get("timesteps") else None,
         eta=options.get("eta"),
+        num_frames=int(options["num_frames"]) if options.get("num_frames") else None,
+        fps=int(options.get("fps") or DEFAULT_FPS),
+        video_format=str(options.get("video_format") or DEFAULT_VIDEO_FORMAT),
         adapters=canonical_json(_loads(prov.get("adapters") or {}) or {}),
         conditioning=conditioning_from_provenance(prov),
     )

@@ -9,6 +9,10 @@ attempt, rejects included, `ClassLabel` names in their schema) read with
 `load_dataset("parquet", data_files="DIR/*.parquet")`: one Hub dataset cannot mix tar and
 Parquet configs (`datasets` picks one builder, from the first config's files, for all). The
 body says how the corpus was made, from what, and what it cannot be trusted for.
+
+A video build's card declares its clips (`KEY.mp4`) as a `datasets` `Video` feature (which
+decodes with torchcodec; `Video(decode=False)` gives the MP4 bytes) and says how many frames,
+at what rate, each clip holds.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from synthgen.schemas.manifest import REPORT_JSON, Manifest
-from synthgen.schemas.media import extension_of
+from synthgen.schemas.media import DEFAULT_VIDEO_FORMAT
 from synthgen.schemas.records import class_label_names
 from synthgen.storage.atomic import write_bytes_atomic
 
@@ -63,20 +67,50 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
-def image_member(manifest: Manifest) -> str:
-    """The tar member extension of a build's images (`png`, `jpg`, `webp`)."""
+class Clips(NamedTuple):
+    """What a video build's clips are: frames each, their rate, their format."""
+
+    frames: int
+    fps: int
+    video_format: str  # `output.video_format`: `mp4`, `mp4-lossless`
+
+
+def clips(manifest: Manifest) -> Clips | None:
+    """The clips of a video build (`sampling.num_frames` set); None: an image build."""
+    sampling = manifest.recipe.get("sampling") or {}
+    if sampling.get("num_frames") is None:
+        return None
+    fmt = (manifest.recipe.get("output") or {}).get("video_format") or DEFAULT_VIDEO_FORMAT
+    return Clips(int(sampling["num_frames"]), int(sampling.get("fps") or 8), str(fmt))
+
+
+def _noun(manifest: Manifest) -> str:
+    """What one sample of the build is: `image`, or `clip` in a video build."""
+    return "image" if clips(manifest) is None else "clip"
+
+
+def media_member(manifest: Manifest) -> str:
+    """The tar member extension of a build's media: images (`png`, `jpg`, `webp`), or a
+    video build's clips (`mp4`)."""
+    from synthgen.storage.codecs import extension_for
+
+    video = clips(manifest)
+    if video is not None:
+        return extension_for(video.video_format)
     fmt = str((manifest.recipe.get("output") or {}).get("image_format") or "png")
-    return extension_of(fmt)
+    return extension_for(fmt)
 
 
 def default_features(manifest: Manifest) -> list[dict[str, Any]]:
-    """The `default` config's `datasets` features (the Hub's YAML form): the image, the class
-    id as a `ClassLabel` named in label order, the key. `datasets` keeps only the declared
-    members, so the nested provenance JSON, which default collate cannot batch, stays out."""
+    """The `default` config's `datasets` features (the Hub's YAML form): the image (a video
+    build's clip: a `Video`), the class id as a `ClassLabel` named in label order, the key.
+    `datasets` keeps only the declared members, so the nested provenance JSON, which default
+    collate cannot batch, stays out."""
     names = class_label_names(_class_names(manifest))
     label: dict[str, Any] = {"class_label": {"names": {str(i): n for i, n in enumerate(names)}}}
+    dtype = "image" if clips(manifest) is None else "video"
     return [
-        {"name": image_member(manifest), "dtype": "image"},
+        {"name": media_member(manifest), "dtype": dtype},
         {"name": "cls", "dtype": label if names else "int64"},
         {"name": "__key__", "dtype": "string"},
     ]
@@ -90,12 +124,13 @@ def card_metadata(manifest: Manifest) -> dict[str, Any]:
     def data_files() -> list[dict[str, Any]]:  # one list per config: no YAML anchors
         return [{"split": "train", "path": list(tars)}]
 
+    video = clips(manifest) is not None
     return {
         "license": _license(manifest.recipe),
         "pretty_name": f"synthgen {manifest.recipe_name}",
         "size_categories": [size_category(manifest.counts.accepted)],
-        "task_categories": ["image-classification"],
-        "tags": ["synthetic", "synthgen", "webdataset"],
+        "task_categories": ["video-classification" if video else "image-classification"],
+        "tags": ["synthetic", "synthgen", "webdataset", *(["video"] if video else [])],
         "configs": [
             {"config_name": "default", "data_files": data_files(), "default": True},
             {"config_name": "provenance", "data_files": data_files()},
@@ -133,7 +168,8 @@ def _headline(out: Path) -> list[str]:
 
 def _rejected(manifest: Manifest) -> str:
     n, failed = manifest.counts.rejected, manifest.counts.failed
-    text = f"{_count(n, 'generated image')} {'was' if n == 1 else 'were'} rejected by its checks"
+    noun = f"generated {_noun(manifest)}"
+    text = f"{_count(n, noun)} {'was' if n == 1 else 'were'} rejected by its checks"
     if failed:
         text += f", {failed} failed to generate"
     return text
@@ -190,13 +226,20 @@ a domain it never saw and loses most of what the synthetic images add.
 def _intro(manifest: Manifest) -> str:
     """The title and what the corpus is."""
     names = _class_names(manifest)
+    video = clips(manifest)
+    kind = "image" if video is None else "video"
+    each = (
+        ""
+        if video is None
+        else f" Each clip is {_count(video.frames, 'frame')} at {video.fps} fps."
+    )
     return f"""
 # synthgen {manifest.recipe_name}
 
-A synthetic image corpus made by [synthgen](https://pypi.org/project/synthgen-corpus/) from a
-diffusion model: {_count(manifest.counts.accepted, "accepted image")} of
+A synthetic {kind} corpus made by [synthgen](https://pypi.org/project/synthgen-corpus/) from a
+diffusion model: {_count(manifest.counts.accepted, "accepted " + _noun(manifest))} of
 {_count(len(names), "class", "classes")} ({_rejected(manifest)}, kept with the reason in the
-Parquet metadata only).
+Parquet metadata only).{each}
 """
 
 
@@ -232,7 +275,9 @@ def _classes(manifest: Manifest) -> str:
 
 def _files(manifest: Manifest) -> str:
     """Each kind of file of the build and how to read it (with `datasets`)."""
-    ext = image_member(manifest)
+    if clips(manifest) is not None:
+        return _clip_files(manifest)
+    ext = media_member(manifest)
     balanced = _balanced_files(manifest)
     return f"""
 ## Files and how to read them
@@ -261,12 +306,60 @@ layout is `synthgen.sample` v4 (docs/output.md of synthgen).
 """
 
 
+def _clip_files(manifest: Manifest) -> str:
+    """A video build's files and how to read its clips."""
+    video = clips(manifest)
+    assert video is not None
+    codec = (
+        "H.264 RGB at qp 0: decodes to exactly the frames generated"
+        if video.video_format == "mp4-lossless"
+        else "H.264 4:2:0, lossy"
+    )
+    return f"""
+## Files and how to read them
+
+- `*.tar`: WebDataset shards of accepted samples, laid out as video2dataset writes them:
+  `KEY.mp4` (the clip: {_count(video.frames, "frame")} at {video.fps} fps, {codec}),
+  `KEY.cls` (class id), `KEY.txt` (caption: the prompt), `KEY.json` (full provenance: enough
+  to regenerate the clip). Samples inside a shard are in a seeded, class-mixed order.
+- `*.parquet`: the shards' metadata, one row per attempted sample (status, reject reason,
+  scores, embeddings, `frames`, `fps`, `duration_s`, `codec`; rejected clips in
+  `rejected_image`); build-wide provenance in each file's metadata.
+- `manifest.json`: every file with its sha256; trust the build only through it.
+- `report.html` / `report.json`: the data-quality report.
+
+```
+ds = datasets.load_dataset(DIR, split="train")   # mp4 (Video), cls (ClassLabel), __key__
+ds = ds.cast_column("mp4", datasets.Video(decode=False))   # {{"bytes", "path"}}: no torchcodec
+clip = next(iter(synthgen.load(DIR).clips()))    # .frames: uint8 (F, H, W, 3), .label, .key
+datasets.load_dataset("parquet", data_files=f"{{DIR}}/*.parquet")   # every attempt's row
+```
+
+`datasets` decodes a `Video` with torchcodec (a `VideoDecoder` per clip) when it is installed;
+without it, read the bytes (`decode=False`) and decode them with PyAV, or use
+`synthgen.load(DIR).clips()`, which decodes each clip to its frames. Join the clips to the
+metadata on `__key__` = Parquet `key`. The layout is `synthgen.sample` v4 (docs/output.md of
+synthgen).
+"""
+
+
 HOW_IT_WAS_MADE = """
 ## How it was made
 
 Each sample's key, prompt and seed are pure functions of the recipe; the image was generated
 with one seeded generator per image, scored with the recipe's scorers and checked
 (per-sample checks and build-wide duplicate checks); the corpus passed the recipe's
+great_expectations gate before `manifest.json` was written.
+"""
+
+HOW_CLIPS_WERE_MADE = """
+## How it was made
+
+Each sample's key, prompt and seed are pure functions of the recipe; the clip was generated
+with one seeded generator per clip, encoded with fixed settings (one encoder thread, fixed
+quality and key-frame interval, timestamps from the frame index: the same recipe gives the
+same bytes), scored on evenly spaced frames with the recipe's scorers and checked (per-sample
+checks, temporal checks and build-wide duplicate checks); the corpus passed the recipe's
 great_expectations gate before `manifest.json` was written.
 """
 
@@ -282,11 +375,12 @@ def _headline_section(out: Path) -> str:
 
 def _limitations(manifest: Manifest) -> str:
     """What the corpus cannot be trusted for, and its licence."""
+    noun = _noun(manifest)
     return f"""
 ## Known limitations
 
-- Synthetic images: they carry the source model's biases and artefacts, and labels are the
-  prompts' classes, checked only by the recipe's scorers (an image can pass and still be wrong).
+- Synthetic {noun}s: they carry the source model's biases and artefacts, and labels are the
+  prompts' classes, checked only by the recipe's scorers (an {noun} can pass and still be wrong).
 - The scores come from the recipe's own scoring models; their thresholds are not a measure of
   real-world accuracy.
 - Licence: the corpus inherits the source model's licence (`{_license(manifest.recipe)}` here);
@@ -305,7 +399,7 @@ def card_text(out: Path, manifest: Manifest) -> str:
             _classes(manifest),
             _files(manifest),
             _rendering_domain(manifest, out),
-            HOW_IT_WAS_MADE,
+            HOW_IT_WAS_MADE if clips(manifest) is None else HOW_CLIPS_WERE_MADE,
             _headline_section(out),
             _limitations(manifest),
         ]

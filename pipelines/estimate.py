@@ -458,7 +458,9 @@ def calibrate(resolved: ResolvedRecipe) -> Calibration:
     settings = generation_settings(resolved)
     start = time.perf_counter()
     pipe = DiffusersHandler(settings, batch_size=r.batch_size).load_model()
-    loaded = ScoreSamples(list(resolved.scorers), r.model.device, r.model.cpu_threads).load_model()
+    loaded = ScoreSamples(
+        list(resolved.scorers), r.model.device, r.model.cpu_threads, frames=r.scoring.frames
+    ).load_model()
     load = time.perf_counter() - start
     seconds: dict[int, float] = {}
     samples = []

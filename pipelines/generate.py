@@ -65,7 +65,7 @@ from synthgen.generators.handler import (
     is_out_of_memory,
     out_of_memory,
     plan_calls,
-    to_pixels,
+    to_host,
 )
 from synthgen.generators.planning import plan_shard
 from synthgen.pipelines.progress import generation_mark
@@ -251,7 +251,7 @@ class Worker:
         if job.error is not None:
             return  # the shard has failed: its remaining calls are not fed
         try:
-            out = to_pixels(images)
+            out = to_host(images, self.settings)
         except BaseException as exc:
             del images
             if is_out_of_memory(exc):
@@ -299,16 +299,9 @@ class Worker:
     def _host_work(self, job: ShardJob, request: GenerationRequest, pixels: Any, ok: bool) -> None:
         try:
             sample, pixels = finish_image(request, pixels, ok, self.settings)
-            codec = image_codec(self.settings.image_format)
-            if codec.lossless:
-                from PIL import Image
-
-                image = Image.fromarray(pixels)  # what the file decodes to, without decoding
-            else:
-                image = codec.decode(sample.media.data)
-                import numpy as np
-
-                pixels = np.asarray(image)  # lossy: measure what is stored, decoded once
+            image = pixels  # a clip: the frames it stores, (F, H, W, C)
+            if not self.settings.video:
+                image, pixels = self._as_stored(sample, pixels)
             sample = record_pixel_checks(sample, pixels, self.spec.checks)
             prepared = prepare_sample(self.scorers, sample, image)
             self._sign(job, sample)
@@ -324,6 +317,19 @@ class Worker:
             complete = chunk.pending == 0
         if complete:
             self.ready.append((job, chunk))
+
+    def _as_stored(self, sample: Sample, pixels: Any) -> tuple[Any, Any]:
+        """An image as its file decodes, and its pixels: the pixels themselves (a lossless
+        codec), or the file decoded once (lossy: measure what is stored)."""
+        codec = image_codec(self.settings.image_format)
+        if codec.lossless:
+            from PIL import Image
+
+            return Image.fromarray(pixels), pixels  # what the file decodes to, not decoded
+        import numpy as np
+
+        image = codec.decode(sample.media.data)
+        return image, np.asarray(image)
 
     def _sign(self, job: ShardJob, sample: Sample) -> None:
         """A signing build: the image with its C2PA credentials, made now, beside the device

@@ -155,7 +155,8 @@ def _size_multiple(folder: ModelFolder) -> int:
     factor = 2 ** (len(blocks) - 1)
     patch = 1
     if folder.family.denoiser == "transformer" and "transformer" in names:
-        patch = int(config("transformer").get("patch_size") or 1)
+        p = config("transformer").get("patch_size") or 1  # Wan: (frames, height, width)
+        patch = int(p[-1] if isinstance(p, list) else p)
     return factor * patch * folder.family.latent_pack
 
 
@@ -323,4 +324,7 @@ def generation_settings(resolved: ResolvedRecipe) -> GenerationSettings:
         image_format=r.output.image_format,
         png_compress_level=r.output.png_compress_level,
         quality=r.output.quality,
+        num_frames=r.sampling.num_frames,
+        fps=r.sampling.fps,
+        video_format=r.output.video_format,
     )

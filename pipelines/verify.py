@@ -102,10 +102,16 @@ class _Build:
         except (KeyError, TypeError, ValueError):
             raise VerifyError(f"{self.root / MANIFEST_NAME}: no sampling width / height") from None
 
+    def manifest_frames(self) -> int:
+        """Frames of each of the build's clips (1: an image build), from its recipe."""
+        sampling = self.manifest.recipe.get("sampling") or {}
+        frames = sampling.get("num_frames")
+        return int(frames) if isinstance(frames, int) and frames > 0 else 1
+
     @property
     def member_limit(self) -> int:
-        """The most bytes an image of this build can be (`sample_member_limit`)."""
-        return sample_member_limit(*self.size)
+        """The most bytes an image (a clip) of this build can be (`sample_member_limit`)."""
+        return sample_member_limit(*self.size, self.manifest_frames())
 
 
 def _find_build(path: Path, build: Path | None) -> Path:
@@ -165,6 +171,8 @@ def _check_image(
     cred = _check_credentials(result, data, build, trust_pem)
     if result.key is None and cred.provenance:
         result.key = str(cred.provenance.get("key"))
+    if _is_clip(name):
+        return _check_clip(result, data, build)
     try:
         image = open_bounded(data, build.size).convert("RGB")
     except TooManyPixels as exc:
@@ -185,6 +193,50 @@ def _check_image(
             result.problems.append(f"watermark: {verdict.reason}")
     if regenerate:
         _check_regenerated(result, image, cred, build)
+    result.ok = not result.problems
+    return result
+
+
+def _is_clip(name: str) -> bool:
+    from synthgen.storage.codecs import UnknownFormat, codec_for_extension
+
+    try:
+        return codec_for_extension(name.rsplit(".", 1)[-1]).kind == "video"
+    except UnknownFormat:
+        return False
+
+
+def _check_clip(result: ImageResult, data: bytes, build: _Build) -> ImageResult:
+    """A clip: it decodes within the build's size and frame count (its sha256 and credentials
+    were checked by the caller); a lossy clip carries no watermark, a lossless one carries it
+    in every frame."""
+    from synthgen.schemas.media import Shape
+    from synthgen.storage.codecs import codec_for_extension
+
+    codec = codec_for_extension(result.name.rsplit(".", 1)[-1])()
+    w, h = build.size
+    limit = Shape(build.manifest_frames(), h, w)
+    try:
+        clip = codec.decode(data, limit)  # type: ignore[call-arg]
+    except Exception as exc:
+        result.watermark = "unreadable clip"
+        result.problems.append(f"cannot decode the clip: {exc}")
+        return result
+    if not codec.lossless:
+        result.watermark = "not carried (lossy video)"
+    else:
+        from PIL import Image
+
+        for frame in clip:
+            verdict = judge_payload(
+                read_watermark_image(Image.fromarray(frame)), build.manifest.recipe_hashes
+            )
+            if not verdict.ok:
+                result.watermark = str(verdict.reason)
+                result.problems.append(f"watermark: {verdict.reason} (a frame of the clip)")
+                break
+        else:
+            result.watermark = "ok"
     result.ok = not result.problems
     return result
 

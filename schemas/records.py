@@ -12,6 +12,8 @@ metadata under `synthgen` (and in the manifest), never repeated per row. The tar
 sidecar keeps the full provenance of its sample, so a sample can be regenerated from it alone.
 The Parquet schema also carries Hugging Face `datasets` features (`huggingface` metadata):
 `class_label` is a `ClassLabel` with the build's class names.
+A video build's rows (and sidecars) have four columns more, after the base ones: `frames`,
+`fps`, `duration_s` and `codec` (`VIDEO_COLUMNS`); an image build's schema is as it was.
 JSON written anywhere is strict: a non-finite float (NaN, +-Infinity) is written as null.
 """
 
@@ -31,7 +33,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from synthgen.schemas.media import Media, extension_of
+from synthgen.schemas.media import Media, extension_of, is_video_format
 from synthgen.schemas.scores import ScoreColumn
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_-]+$")
@@ -280,6 +282,8 @@ class BuildContext:
     canonical JSON text. Only `recipe_hash` and `created_at` are Parquet columns (they vary
     across an extended build's lineage); the rest are written once per file (`build_constants`).
     `class_names` ({id: name} JSON) names the `ClassLabel` of the Parquet features.
+    A video build is one whose `generation_options` give `num_frames` (with `fps` and
+    `video_format`): its rows gain `VIDEO_COLUMNS` (`ctx_video`).
     """
 
     recipe_name: str = field(metadata=_column(pa.string(), row=False))
@@ -379,6 +383,59 @@ BUILD_CONSTANTS: tuple[str, ...] = tuple(f.name for f in RECORD_FIELDS if not f.
 IMAGE_STORAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 REJECT_IMAGE_FIELD = pa.field("rejected_image", IMAGE_STORAGE)
 
+# The columns a video build's rows add after the base ones (and its sidecars carry):
+# (column, Arrow type). `frames` the clip's frame count (0: a failed sample's, no clip),
+# `fps` its frame rate, `duration_s` frames / fps, `codec` its `output.video_format`.
+VIDEO_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("frames", pa.int32()),
+    ("fps", pa.int32()),
+    ("duration_s", pa.float64()),
+    ("codec", pa.string()),
+)
+VIDEO_FIELDS: tuple[pa.Field, ...] = tuple(
+    pa.field(name, arrow, nullable=False) for name, arrow in VIDEO_COLUMNS
+)
+
+
+@dataclass(frozen=True)
+class VideoBuild:
+    """What makes a build a video build: its clip codec and frame rate."""
+
+    video_format: str  # `output.video_format`: `mp4`, `mp4-lossless`
+    fps: int
+
+
+def ctx_video(ctx: BuildContext | None) -> VideoBuild | None:
+    """The video settings of a build (None: an image build), as its generation options
+    record them (`num_frames`, `fps`, `video_format`: set only in a video build)."""
+    return None if ctx is None else _video_of(ctx.generation_options)
+
+
+@functools.lru_cache(maxsize=8)
+def _video_of(generation_options: str) -> VideoBuild | None:
+    try:
+        options = json.loads(generation_options) if generation_options else {}
+    except ValueError:
+        return None
+    if not isinstance(options, dict) or options.get("num_frames") is None:
+        return None
+    fmt = str(options.get("video_format") or "mp4")
+    if not is_video_format(fmt):
+        raise ValueError(f"generation options name an unknown video format {fmt!r}")
+    return VideoBuild(fmt, int(options.get("fps") or 8))
+
+
+def video_row(sample: Sample, video: VideoBuild) -> dict[str, Any]:
+    """The video columns of a sample's row (`VIDEO_COLUMNS`)."""
+    frames = sample.media.shape.frames
+    return {
+        "frames": frames,
+        "fps": video.fps,
+        "duration_s": frames / video.fps,
+        "codec": video.video_format,
+    }
+
+
 # Checks whose failure withholds an image everywhere: never in a tar, never as
 # `rejected_image` bytes (only its sha256 and the reason are kept).
 WITHHELD_CHECKS = frozenset({"unsafe", "nsfw"})
@@ -407,13 +464,17 @@ def sample_schema(
     ctx: BuildContext | None = None,
     class_names: Mapping[int, str] | None = None,
 ) -> pa.Schema:
-    """The Parquet schema of a build: row fields, score columns by name, rejected image last.
+    """The Parquet schema of a build: row fields (a video build's `VIDEO_COLUMNS` after them),
+    score columns by name, rejected image last.
 
     With `ctx`, the schema carries its file metadata: `synthgen` (schema name and version,
-    the build constants) and `huggingface` (`datasets` features, `class_names` as ClassLabel).
+    the build constants) and `huggingface` (`datasets` features, `class_names` as ClassLabel;
+    a video build's `rejected_image` is a `Video`).
     """
     scores = [score_field(c) for c in sorted(columns, key=lambda c: c.name)]
-    schema = pa.schema([*(f.arrow_field() for f in ROW_FIELDS), *scores, REJECT_IMAGE_FIELD])
+    video = ctx_video(ctx)
+    base = [f.arrow_field() for f in ROW_FIELDS]
+    schema = pa.schema([*base, *(VIDEO_FIELDS if video else ()), *scores, REJECT_IMAGE_FIELD])
     if ctx is None:
         return schema
     names = dict(class_names) if class_names is not None else ctx_class_names(ctx)
@@ -426,7 +487,7 @@ def sample_schema(
         {
             SYNTHGEN_METADATA_KEY: strict_json(meta, sort_keys=True).encode(),
             HF_METADATA_KEY: strict_json(
-                {"info": {"features": hf_features(schema, names)}}
+                {"info": {"features": hf_features(schema, names, video=video is not None)}}
             ).encode(),
         }
     )
@@ -458,16 +519,20 @@ def _hf_type(t: pa.DataType) -> dict[str, Any]:
     return {"dtype": dtype or str(t), "_type": "Value"}
 
 
-def hf_features(schema: pa.Schema, class_names: Mapping[int, str]) -> dict[str, Any]:
+def hf_features(
+    schema: pa.Schema, class_names: Mapping[int, str], *, video: bool = False
+) -> dict[str, Any]:
     """Hugging Face `datasets` features (their `to_dict` form) for a shard's Parquet schema:
-    `class_label` a ClassLabel (when class names are known). `datasets` takes a feature from
-    this metadata only where the file's field equals the feature's own Arrow field."""
+    `class_label` a ClassLabel (when class names are known), `rejected_image` an Image (a
+    video build's: a Video, same storage). `datasets` takes a feature from this metadata only
+    where the file's field equals the feature's own Arrow field."""
     out: dict[str, Any] = {}
     for f in schema:
         if f.name == "class_label" and class_names:
             out[f.name] = {"names": class_label_names(class_names), "_type": "ClassLabel"}
         elif f.name == REJECT_IMAGE_FIELD.name and f.type == IMAGE_STORAGE:
-            out[f.name] = {"_type": "Image"}  # `datasets` applies Image only to this storage
+            # `datasets` applies Image (and Video) only to this storage
+            out[f.name] = {"_type": "Video" if video else "Image"}
         else:
             out[f.name] = _hf_type(f.type)
     return out
@@ -544,8 +609,12 @@ def sample_row(sample: Sample, ctx: BuildContext, columns: Sequence[ScoreColumn]
             # pyarrow's Parquet reader cannot read a null fixed-size list back
             value = (None,) * (c.dim or 0)
         row[c.name] = list(value) if isinstance(value, tuple) else value
+    video = ctx_video(ctx)
+    if video is not None:
+        row.update(video_row(sample, video))
     keep = sample.status == REJECTED and not withheld(sample)
-    ext = sample.media.extension or extension_of(ctx.image_format)
+    fmt = ctx.image_format if video is None else video.video_format
+    ext = sample.media.extension or extension_of(fmt)
     row[REJECT_IMAGE_FIELD.name] = (
         {"bytes": sample.media.data, "path": f"{sample.request.key}.{ext}"} if keep else None
     )
@@ -591,6 +660,9 @@ def provenance_from_row(
         elif isinstance(value, datetime):
             value = value.isoformat().replace("+00:00", "Z")
         out[name] = value
+    for name, _ in VIDEO_COLUMNS:  # a video build's rows have them
+        if name in merged:
+            out[name] = merged[name]
     out["scores"] = {c.name: merged.get(c.name) for c in columns if not c.is_vector}
     return finite(out)  # type: ignore[no-any-return]
 

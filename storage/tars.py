@@ -1,5 +1,8 @@
 """Reading WebDataset tars: one walk over a shard's members, grouped into samples.
 
+A sample's members are `key.<ext>`: its media (an image, `key.png`; a clip, `key.mp4`: see
+`media_member`), `key.json`, `key.txt`, `key.cls`.
+
 Members are read one at a time, never a whole tar at once; with a size bound, a member
 whose header declares more bytes is not read at all (a sparse member of a few kilobytes on
 disk can declare gigabytes).
@@ -15,10 +18,11 @@ from pathlib import Path
 METADATA_BYTES = 2**20  # beside the pixels: C2PA credentials, provenance JSON, chunk headers
 
 
-def sample_member_limit(width: int, height: int) -> int:
+def sample_member_limit(width: int, height: int, frames: int = 1) -> int:
     """The most bytes one member of a `width` x `height` build's sample can need: the image
-    uncompressed at 4 bytes a pixel (no encoding is larger), plus METADATA_BYTES."""
-    return 4 * width * height + METADATA_BYTES
+    (a clip: its `frames` frames) uncompressed at 4 bytes a pixel (no encoding is larger),
+    plus METADATA_BYTES (an MP4's headers and per-frame tables among them)."""
+    return 4 * width * height * max(1, frames) + METADATA_BYTES
 
 
 class TarMemberTooLarge(tarfile.TarError):
@@ -81,6 +85,15 @@ class TarSample:
     @property
     def members(self) -> dict[str, bytes]:
         return dict(self.parts)
+
+    def media_member(self) -> tuple[str, bytes] | None:
+        """(extension, bytes) of this sample's media member (an image or a clip: the first
+        extension of `storage.codecs.readable_extensions` it has); None: it has none."""
+        from synthgen.storage.codecs import readable_extensions
+
+        members = self.members
+        ext = next((e for e in readable_extensions() if e in members), None)
+        return None if ext is None else (ext, members[ext])
 
     @property
     def repeated(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""synthgen: build synthetic image corpora for training.
+"""synthgen: build synthetic image (and video clip) corpora for training.
 
 The installed namespace: `synthgen.schemas` (data contracts), `synthgen.storage` (files),
 `synthgen.generators` (planning, models, conditioning), `synthgen.validators` (scorers,
@@ -35,7 +35,7 @@ __all__ = ["__version__", "build", "load"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("build", "load", "Corpus", "BalancedIndex", "BalancedSample"):
+    if name in ("build", "load", "Corpus", "BalancedIndex", "BalancedSample", "Clip"):
         from synthgen import api
 
         return getattr(api, name)

@@ -11,12 +11,16 @@ table = corpus.arrow().to_table(columns=["key", "class_name", "status"])
 balanced = synthgen.load("out/digits-balance").balanced()   # a balancing build
 balanced.table                                # the index: real + synthetic rows
 for image, label in balanced: ...             # real images from the source, synthetic from tars
+
+for clip in synthgen.load("out/moving-digits").clips():   # a video build
+    clip.frames, clip.label, clip.fps         # uint8 (F, H, W, 3) decoded frames, class id, rate
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import pyarrow as pa
     from PIL import Image
 
@@ -134,6 +139,43 @@ class Corpus:
 
         return ds.dataset(self.parquets, format="parquet")
 
+    @property
+    def is_video(self) -> bool:
+        """Whether the build made clips (`sampling.num_frames` set) rather than images."""
+        from synthgen.pipelines.card import clips
+
+        return clips(self.manifest) is not None
+
+    def clips(self) -> Iterator[Clip]:
+        """The accepted clips of a video build, shard by shard in tar order, each decoded
+        (PyAV) to its frames as it is reached: `Clip.frames` is uint8 (F, H, W, 3).
+        Raises `BuildError` for an image build."""
+        from synthgen.pipelines.card import clips, media_member
+        from synthgen.pipelines.output import BuildError
+        from synthgen.storage.codecs import codec_for_extension
+        from synthgen.storage.tars import iter_tar_samples
+
+        video = clips(self.manifest)
+        if video is None:
+            raise BuildError(f"{self.path}: an image build (no sampling.num_frames): no clips")
+        ext = media_member(self.manifest)
+        codec = codec_for_extension(ext)()
+        for tar in self.tars:
+            for sample in iter_tar_samples(tar, extensions={ext, "cls", "txt", "json"}):
+                parts = sample.members
+                if ext not in parts:
+                    continue
+                prov = json.loads(parts["json"]) if "json" in parts else {}
+                yield Clip(
+                    key=sample.key,
+                    label=int(parts["cls"]),
+                    class_name=str(prov.get("class_name", "")),
+                    prompt=parts.get("txt", b"").decode("utf-8"),
+                    fps=int(prov.get("fps") or video.fps),
+                    data=parts[ext],
+                    frames=codec.decode(parts[ext]),
+                )
+
     def balanced(self, source: str | Path | None = None) -> BalancedIndex:
         """The balanced training set of a balancing build: real and synthetic samples together.
 
@@ -151,6 +193,23 @@ class Corpus:
                 "it has no balanced index"
             )
         return BalancedIndex(self, None if source is None else str(source))
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One accepted clip of a video build: its decoded frames and its encoded MP4 (`data`)."""
+
+    key: str
+    label: int
+    class_name: str
+    prompt: str  # the caption (`KEY.txt`)
+    fps: int
+    data: bytes
+    frames: np.ndarray  # uint8 (F, H, W, 3)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.frames) / self.fps
 
 
 @dataclass(frozen=True)
@@ -275,13 +334,12 @@ class BalancedIndex:
             )
 
     def _synthetic(self, rows: list[dict[str, Any]]) -> Iterator[BalancedSample]:
+        from synthgen.pipelines.card import media_member
         from synthgen.pipelines.output import BuildError
         from synthgen.schemas.manifest import shard_files
-        from synthgen.storage.codecs import extension_for
         from synthgen.storage.tars import iter_tar_samples
 
-        fmt = str(self.corpus.manifest.recipe.get("output", {}).get("image_format", "png"))
-        ext = extension_for(fmt)
+        ext = media_member(self.corpus.manifest)
         tars = {
             s.shard: self.corpus.path / shard_files(s.shard).tar
             for s in self.corpus.manifest.shards

@@ -30,6 +30,7 @@ from synthgen.schemas.plugins import Registry
 from synthgen.schemas.recipe import Recipe, RecipeError
 from synthgen.schemas.records import Sample, SampleFeatures
 from synthgen.schemas.scores import ScoreColumn
+from synthgen.validators.frames import decode_media, is_video
 
 PASS = "pass"
 PLUGIN_ORDER = 100  # plug-ins run after every built-in check
@@ -195,6 +196,37 @@ def build_check_classes() -> dict[str, type[BuildCheck]]:
     return BUILD_CHECKS.classes()
 
 
+class ClipCheck(Check):
+    """A per-sample check of clips (`frozen_clip`, `flicker`): a plug-in key of the recipe's
+    `checks`, on in every video build with its options' defaults unless the recipe changes
+    them, off with `null` (as a built-in check); refused by name in a build of images."""
+
+    @classmethod
+    def clip_options(cls, recipe: Recipe, columns: Sequence[ScoreColumn], *needs: str) -> Any:
+        """The check's options in a video build (the defaults when the recipe does not name
+        it), None when it is off (an image build, or `null`). RecipeError: named in an image
+        build, or a column in `needs` that no scorer writes."""
+        given = recipe.checks.plugin_options()
+        if not is_video(recipe):
+            if cls.name in given:
+                raise RecipeError(
+                    f"checks.{cls.name}: checks clips, and this recipe makes images "
+                    "(sampling.num_frames is not set); remove it"
+                )
+            return None
+        if cls.name in given and given[cls.name] is None:
+            return None
+        options = cls.recipe_options(recipe)
+        have = {c.name for c in columns}
+        missing = [n for n in needs if n not in have]
+        if missing:
+            raise RecipeError(
+                f"checks.{cls.name}: needs the `temporal` scorer's {', '.join(missing)} "
+                "column(s); add it to scoring.scorers"
+            )
+        return options if options is not None else cls.options_model()
+
+
 class PixelCheck(Check):
     """A check that reads an image's pixels.
 
@@ -206,7 +238,8 @@ class PixelCheck(Check):
 
     @abstractmethod
     def pixel_reason(self, sample: Sample, pixels: Any) -> str | None:
-        """None to keep, else the reject reason, from uint8 (H, W, 3) `pixels`."""
+        """None to keep, else the reject reason, from uint8 (H, W, 3) `pixels` (a clip's:
+        (F, H, W, 3))."""
 
     def reason(self, sample: Sample) -> str | None:
         recorded = sample.checks.get(self.name)
@@ -214,9 +247,7 @@ class PixelCheck(Check):
             return None if recorded == PASS else recorded
         import numpy as np
 
-        from synthgen.storage.images import decode_image
-
-        return self.pixel_reason(sample, np.asarray(decode_image(sample.image)))
+        return self.pixel_reason(sample, np.asarray(decode_media(sample)))
 
 
 def record_pixel_checks(sample: Sample, pixels: Any, checks: Sequence[Check]) -> Sample:

@@ -29,7 +29,7 @@ from synthgen.schemas.manifest import (
 from synthgen.schemas.recipe import Recipe, RecipeError, recipe_from_dict
 from synthgen.schemas.records import ACCEPTED, FAILED, REJECTED, sample_schema
 from synthgen.schemas.scores import ScoreColumn
-from synthgen.storage.codecs import readable_extensions
+from synthgen.storage.codecs import codec_for_extension, readable_extensions
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.tars import iter_tar_samples, sample_member_limit
 from synthgen.validators.expectations import (
@@ -164,21 +164,41 @@ def open_bounded(data: bytes, size: tuple[int, int] | None) -> Any:
     return image
 
 
+def _decode_bounded(
+    extension: str, data: bytes, size: tuple[int, int] | None, frames: int | None
+) -> Any:
+    """A member's media decoded within the build's bounds: an image by `open_bounded`, a clip
+    by its codec (no more than `frames` frames of `size`)."""
+    codec = codec_for_extension(extension)
+    if codec.kind != "video":
+        return open_bounded(data, size)
+    from synthgen.schemas.media import Shape
+
+    limit = None if size is None else Shape(frames or 1, size[1], size[0])
+    return codec().decode(data, limit)  # type: ignore[call-arg]
+
+
 def check_tar(
-    out: Path, shard: int, rows: pd.DataFrame, width: int | None = None, height: int | None = None
+    out: Path,
+    shard: int,
+    rows: pd.DataFrame,
+    width: int | None = None,
+    height: int | None = None,
+    frames: int | None = None,
 ) -> list[str]:
     """Readable, contiguous samples with every member; agrees with the shard's Parquet rows.
 
-    Samples are checked as the tar is walked, one at a time. With the build's image size, a
-    member over `sample_member_limit` is not read and an image declaring more pixels than the
-    build's is not decoded (either is a failure)."""
+    Samples are checked as the tar is walked, one at a time. With the build's image size (and
+    a video build's `frames`), a member over `sample_member_limit` is not read and an image
+    declaring more pixels than the build's (a clip: more frames or larger ones) is not
+    decoded (either is a failure)."""
     tar_name = shard_files(shard).tar
     failures: list[str] = []
     shard_rows = rows[rows["shard"] == shard] if len(rows) else rows
     accepted = shard_rows[shard_rows["status"] == "accepted"] if len(shard_rows) else shard_rows
     by_key = {r["key"]: r for r in accepted.to_dict("records")}
     size = (width, height) if width and height else None
-    limit = sample_member_limit(*size) if size else None
+    limit = sample_member_limit(*size, frames or 1) if size else None
     seen: set[str] = set()
     try:
         for sample in iter_tar_samples(out / tar_name, max_member_bytes=limit, compressed=False):
@@ -187,7 +207,7 @@ def check_tar(
                 failures.append(f"{tar_name}: key {sample.key} is not contiguous or repeats")
                 continue
             seen.add(sample.key)
-            failures += _check_sample(tar_name, sample.key, sample.members, by_key, size)
+            failures += _check_sample(tar_name, sample.key, sample.members, by_key, size, frames)
     except (tarfile.TarError, OSError, EOFError) as exc:
         return [f"{tar_name}: unreadable tar: {exc}"]
     if seen != set(by_key):
@@ -206,15 +226,16 @@ def _check_sample(
     parts: dict[str, bytes],
     by_key: dict[str, dict[str, Any]],
     size: tuple[int, int] | None,
+    frames: int | None = None,
 ) -> list[str]:
-    """One tar sample: every member there, the image decodes (within `size`), its JSON
-    names it, and it agrees with its accepted Parquet row."""
+    """One tar sample: every member there, the image (or clip) decodes (within `size`, and
+    `frames`), its JSON names it, and it agrees with its accepted Parquet row."""
     image_ext = next((e for e in readable_extensions() if e in parts), None)
     if image_ext is None or not {"json", "txt", "cls"} <= set(parts):
         return [f"{tar_name}: sample {key} lacks members (has {sorted(parts)})"]
     failures = []
     try:
-        open_bounded(parts[image_ext], size)
+        _decode_bounded(image_ext, parts[image_ext], size, frames)
     except Exception as exc:
         failures.append(f"{tar_name}: {key}.{image_ext} does not decode: {exc}")
     try:
@@ -357,7 +378,7 @@ def validate_corpus(
     if tars:
         w, h = recipe.sampling.width, recipe.sampling.height
         for shard in shards:
-            report.failures += check_tar(out, shard, rows, w, h)
+            report.failures += check_tar(out, shard, rows, w, h, recipe.sampling.num_frames)
     counts = manifest.counts
     report.expectations = corpus_expectations(
         rows,

@@ -16,13 +16,23 @@ from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import Recipe, ScorerSpec, resolve_path
 from synthgen.schemas.records import Sample, Score
 from synthgen.schemas.scores import ScoreColumn
-from synthgen.storage.images import decode_image
+from synthgen.validators.frames import (
+    DEFAULT_FRAMES,
+    clip_fingerprint,
+    decode_media,
+    frame_images,
+    is_clip,
+    is_video,
+)
 from synthgen.validators.scorers.base import ScoreBatch, Scorer, WorkerModels, scorer_classes
 from synthgen.validators.scorers.safety_checker import folder_checker
 
+TEMPORAL = "temporal"
+
 
 def build_scorers(recipe: Recipe, base_dir: Path) -> list[Scorer]:
-    """The recipe's `scoring.scorers`, in order, with folders and options checked.
+    """The recipe's `scoring.scorers`, in order, with folders and options checked; a video
+    build also gets the `temporal` scorer (last) unless it lists it.
 
     Raises ModelFolderError (a bad model folder) or ValueError (an unknown scorer, a bad
     option, two scorers writing one column), naming the scorer; no model is loaded.
@@ -38,6 +48,8 @@ def build_scorers(recipe: Recipe, base_dir: Path) -> list[Scorer]:
         # A folder that ships a safety checker has it run on every image, unless the
         # recipe switches it off (`model.safety_checker: false`).
         specs.append(ScorerSpec(name="safety_checker"))
+    if is_video(recipe) and TEMPORAL not in {s.name for s in specs}:
+        specs.append(ScorerSpec(name=TEMPORAL))  # every clip's motion and flicker
     for spec in specs:
         cls = classes.get(spec.name)
         where = f"scoring.scorers: scorer {spec.name!r}"
@@ -96,17 +108,30 @@ class LoadedScorers:
     scorers: tuple[Scorer, ...]
     states: tuple[Any, ...]
     models: WorkerModels
+    frames: int = DEFAULT_FRAMES  # the frames of each clip the scorers measure
 
 
 @dataclass
 class Prepared:
-    """One sample after its host work: phash, host-only scorers' columns, and the inputs its
-    device scorers need (e.g. CLIP's pixels), made from its in-memory image."""
+    """One sample after its host work: fingerprint, host-only scorers' columns, and the
+    inputs its device scorers need (e.g. CLIP's pixels), made from its in-memory image.
+
+    A clip's `frames` are its sampled frames (PIL images) and `frame_inputs` each frame's
+    device inputs; `image` is then the clip itself and `inputs` is empty."""
 
     sample: Sample
-    image: Any  # the decoded (PIL, RGB) image the scorers measure
+    image: Any  # the decoded (PIL, RGB) image the scorers measure; a clip's pixels
     rows: dict[int, dict[str, Score]]  # scorer index -> its columns (host-only scorers)
     inputs: dict[Hashable, Any]
+    frames: tuple[Any, ...] = ()
+    frame_inputs: tuple[dict[Hashable, Any], ...] = ()
+
+    def units(self) -> tuple[list[Any], list[dict[Hashable, Any]]]:
+        """The images the device scorers see for this sample, with their inputs: the image
+        itself, or a clip's sampled frames."""
+        if self.frames:
+            return list(self.frames), list(self.frame_inputs)
+        return [self.image], [self.inputs]
 
 
 def _checked(scorer: Scorer, rows: list[dict[str, Score]], n: int) -> list[dict[str, Score]]:
@@ -119,9 +144,18 @@ def _checked(scorer: Scorer, rows: list[dict[str, Score]], n: int) -> list[dict[
     return rows
 
 
+def _aggregated(scorer: Scorer, frames: list[dict[str, Score]]) -> dict[str, Score]:
+    """One clip's row of `scorer` from its frames' rows (checked)."""
+    return _checked(scorer, [scorer.aggregate(frames)], 1)[0]
+
+
 def prepare_sample(loaded: LoadedScorers, sample: Sample, image: Any) -> Prepared:
     """Host work for one image (any thread, off the device's critical path): its perceptual
-    hash, the host-only scorers' columns, and the device scorers' inputs."""
+    hash, the host-only scorers' columns, and the device scorers' inputs.
+
+    `image` is a decoded PIL image, or a clip: uint8 (F, H, W, 3) pixels (`prepare_clip`)."""
+    if is_clip(image):
+        return prepare_clip(loaded, sample, image)
     rows: dict[int, dict[str, Score]] = {}
     inputs: dict[Hashable, Any] = {}
     for i, (scorer, state) in enumerate(zip(loaded.scorers, loaded.states, strict=True)):
@@ -137,18 +171,54 @@ def prepare_sample(loaded: LoadedScorers, sample: Sample, image: Any) -> Prepare
     )
 
 
+def prepare_clip(loaded: LoadedScorers, sample: Sample, clip: Any) -> Prepared:
+    """Host work for one clip: `loaded.frames` frames sampled (`frame_indices`), the
+    host-only scorers' columns (of the sampled frames, aggregated; a `clips_only` scorer's
+    of every frame) and each frame's device inputs. The fingerprint the codec gave the
+    media is kept; one without is fingerprinted here (`clip_fingerprint`)."""
+    frames = frame_images(clip, loaded.frames)
+    rows: dict[int, dict[str, Score]] = {}
+    frame_inputs: tuple[dict[Hashable, Any], ...] = tuple({} for _ in frames)
+    for i, (scorer, state) in enumerate(zip(loaded.scorers, loaded.states, strict=True)):
+        if scorer.clips_only:
+            rows[i] = _checked(scorer, [scorer.score_clip(sample, clip, state)], 1)[0]
+        elif scorer.host_only:
+            batch = ScoreBatch([sample] * len(frames), frames)
+            rows[i] = _aggregated(scorer, _checked(scorer, scorer.score(batch, state), len(frames)))
+        else:
+            for frame, inputs in zip(frames, frame_inputs, strict=True):
+                scorer.prepare(frame, state, inputs)
+    media = sample.media
+    if not media.fingerprint:
+        media = media.with_fingerprint(clip_fingerprint(clip))
+    return Prepared(
+        dataclasses.replace(sample, media=media), clip, rows, {}, tuple(frames), frame_inputs
+    )
+
+
 def score_prepared(loaded: LoadedScorers, prepared: Sequence[Prepared]) -> list[Sample]:
     """The device scorers on prepared samples (one batch, fixed-shape model calls inside):
-    new Samples with every scorer's columns merged into `scores`, in scorer order."""
-    batch = ScoreBatch(
-        [p.sample for p in prepared], [p.image for p in prepared], [p.inputs for p in prepared]
-    )
+    new Samples with every scorer's columns merged into `scores`, in scorer order.
+
+    A clip's sampled frames join the batch as images (N clips of K frames: N * K images,
+    in the scorers' fixed-shape batches) and each scorer's rows of them are aggregated."""
+    samples: list[Sample] = []
+    images: list[Any] = []
+    inputs: list[dict[Hashable, Any]] = []
+    spans: list[tuple[int, int]] = []
+    for p in prepared:
+        units, unit_inputs = p.units()
+        spans.append((len(images), len(images) + len(units)))
+        samples += [p.sample] * len(units)
+        images += units
+        inputs += unit_inputs
+    batch = ScoreBatch(samples, images, inputs)
     rows: list[dict[int, dict[str, Score]]] = [dict(p.rows) for p in prepared]
     for i, (scorer, state) in enumerate(zip(loaded.scorers, loaded.states, strict=True)):
         if not scorer.host_only:
             found = _checked(scorer, scorer.score(batch, state), len(batch))
-            for mine, row in zip(rows, found, strict=True):
-                mine[i] = row
+            for p, mine, (start, end) in zip(prepared, rows, spans, strict=True):
+                mine[i] = _aggregated(scorer, found[start:end]) if p.frames else found[start]
     out = []
     for p, by_scorer in zip(prepared, rows, strict=True):
         scores: dict[str, Score] = dict(p.sample.scores)
@@ -161,12 +231,11 @@ def score_prepared(loaded: LoadedScorers, prepared: Sequence[Prepared]) -> list[
 def score_samples(loaded: LoadedScorers, samples: Sequence[Sample]) -> list[Sample]:
     """New Samples with every scorer's columns merged into `scores` and `phash` set.
 
-    Each image is decoded once for all scorers; the input samples are left untouched. The
-    same steps a build streams (`prepare_sample` per image, then `score_prepared`).
+    Each image (or clip) is decoded once for all scorers; the input samples are left
+    untouched. The same steps a build streams (`prepare_sample` per image, then
+    `score_prepared`).
     """
-    return score_prepared(
-        loaded, [prepare_sample(loaded, s, decode_image(s.image)) for s in samples]
-    )
+    return score_prepared(loaded, [prepare_sample(loaded, s, decode_media(s)) for s in samples])
 
 
 class ScoreSamples(ModelHandler[Sample, PredictionResult, LoadedScorers]):
@@ -176,16 +245,23 @@ class ScoreSamples(ModelHandler[Sample, PredictionResult, LoadedScorers]):
     `inference` is the list of new, scored Samples. Scorers add columns; they never drop.
     """
 
-    def __init__(self, scorers: Sequence[Scorer], device: str, cpu_threads: int = 1):
+    def __init__(
+        self,
+        scorers: Sequence[Scorer],
+        device: str,
+        cpu_threads: int = 1,
+        frames: int = DEFAULT_FRAMES,
+    ):
         super().__init__()
         self._scorers = tuple(scorers)
         self._device = device
         self._cpu_threads = cpu_threads
+        self._frames = frames  # of each clip, the frames scored (`recipe_frames`)
 
     def load_model(self) -> LoadedScorers:
         models = WorkerModels(self._device, self._cpu_threads)
         states = tuple(s.load(models) for s in self._scorers)
-        return LoadedScorers(self._scorers, states, models)
+        return LoadedScorers(self._scorers, states, models, self._frames)
 
     def run_inference(
         self,

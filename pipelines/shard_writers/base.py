@@ -28,10 +28,16 @@ from pydantic import BaseModel, ConfigDict
 
 from synthgen.schemas.manifest import STATE_DIR, STATE_NAME, FileInfo, shard_stem
 from synthgen.schemas.plugins import Registry
-from synthgen.schemas.records import BuildContext, Sample, ctx_class_names, sample_row
+from synthgen.schemas.records import (
+    BuildContext,
+    Sample,
+    ctx_class_names,
+    ctx_video,
+    sample_row,
+)
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.atomic import atomic_write
-from synthgen.storage.codecs import Codec, image_codec
+from synthgen.storage.codecs import Codec, image_codec, video_codec
 from synthgen.storage.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -77,7 +83,12 @@ class ShardWriter(ABC):
         self.ctx = ctx
         self.columns = tuple(columns)
         self.options: Any = options if options is not None else self.options_model()
-        self.codec: Codec = image_codec(ctx.image_format)
+        video = ctx_video(ctx)  # a video build's clips, else images
+        self.codec: Codec = (
+            image_codec(ctx.image_format)
+            if video is None
+            else video_codec(video.video_format, video.fps)
+        )
         self._open: dict[str, contextlib.ExitStack] = {}
         self._names: list[str] = []  # every file opened, in order
         self._files: dict[str, FileInfo] | None = None

@@ -2,10 +2,12 @@
 with every attempt.
 
 The tar holds accepted samples (`key.<image>`, `key.json` full provenance with scalar scores,
-`key.txt` prompt, `key.cls` class id); the Parquet holds every attempt with every score
-column, vectors included, and the image of each rejected sample; build constants live in its
-file metadata. Both list samples in the order they are written (shard order). A withheld
-image (a failed safety check) is in neither.
+`key.txt` prompt, `key.cls` class id); a video build's samples are laid out as video2dataset
+writes them, the clip as `key.mp4` beside the same `key.json`, `key.txt` (caption = prompt)
+and `key.cls`. The Parquet holds every attempt with every score column, vectors included
+(a video build's also `frames`, `fps`, `duration_s`, `codec`), and the image or clip of
+each rejected sample; build constants live in its file metadata. Both list samples in the
+order they are written (shard order). A withheld image (a failed safety check) is in neither.
 """
 
 from __future__ import annotations

@@ -55,7 +55,11 @@ class ColumnThreshold(Threshold):
 
 class NearDuplicateSpec(_Frozen):
     max_distance: int = Field(
-        default=2, ge=0, le=15, description="perceptual-hash Hamming distance"
+        default=2,
+        ge=0,
+        le=15,
+        description="perceptual-hash Hamming distance; in a video build, bits per frame hash "
+        "of the clips' fingerprints",
     )
 
 
@@ -79,7 +83,9 @@ class ChecksSpec(_Frozen):
     """Per-image checks; `null` disables one. Names follow cleanvision's vocabulary.
 
     Any other key names a check plug-in: `{check_name: {options} or null}`; its options are
-    checked by the plug-in itself (`plugin_options()`).
+    checked by the plug-in itself (`plugin_options()`). The clip checks `frozen_clip` and
+    `flicker` are such plug-ins: on in every video build with their defaults, refused by name
+    in a build of images.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow", strict=False)

@@ -25,7 +25,7 @@ from synthgen.schemas.recipe.conditioning import ConditioningSpec
 from synthgen.schemas.recipe.fields import HashOmit
 from synthgen.schemas.recipe.hashing import digest, hashed_fields
 from synthgen.schemas.recipe.model import AdapterSpec, ModelSpec
-from synthgen.schemas.recipe.output import OutputSpec
+from synthgen.schemas.recipe.output import OutputSpec, output_media_problem
 from synthgen.schemas.recipe.safety import SafetySpec, blocklist_match
 from synthgen.schemas.recipe.sampling import SamplingSpec
 from synthgen.schemas.recipe.scoring import ScoringSpec
@@ -101,6 +101,18 @@ class Recipe(_Frozen):
     def _count_or_balance(self) -> Recipe:
         if self.count_per_class is None and self.balance is None:
             raise ValueError("count_per_class: required unless the recipe has a balance block")
+        return self
+
+    @model_validator(mode="after")
+    def _media_fits_output(self) -> Recipe:
+        """A video format only for clips, sizes the format can encode, scoring frames (other
+        than the default 4) only for clips."""
+        s = self.sampling
+        problem = output_media_problem(self.output, s.num_frames, s.width, s.height)
+        if problem:
+            raise ValueError(problem)
+        if s.num_frames is None and self.scoring.frames != 4:
+            raise ValueError("scoring.frames: only for clips (sampling.num_frames is not set)")
         return self
 
     @model_validator(mode="after")

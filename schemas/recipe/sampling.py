@@ -1,4 +1,5 @@
-"""How each image is sampled: scheduler, steps, guidance (and its per-sample jitter), size."""
+"""How each image is sampled: scheduler, steps, guidance (and its per-sample jitter), size;
+for a video model, the clip's length and frame rate."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ SCHEDULERS: dict[str, str] = {
     "scm": "trigflow",
 }
 MAX_TRAIN_TIMESTEP = 999
+DEFAULT_FPS = 8  # a clip's frame rate when the recipe gives none
 
 
 class GuidanceJitter(_Frozen):
@@ -111,6 +113,27 @@ class SamplingSpec(_Frozen):
         le=1.0,
         description="the tcd sampler's stochasticity (gamma); null keeps the pipeline's",
     )
+
+    num_frames: Annotated[int | None, HashOmit.IF_DEFAULT] = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="frames per clip: a video build (a text-to-video model: Wan 4k+1, LTX and "
+        "CogVideoX 8k+1, AnimateDiff any); null: an image build",
+    )
+    fps: Annotated[int, HashOmit.IF_DEFAULT] = Field(
+        default=DEFAULT_FPS,
+        ge=1,
+        le=120,
+        description="frames per second of each clip (only with num_frames); LTX conditions "
+        "on it, every clip's container records it",
+    )
+
+    @model_validator(mode="after")
+    def _fps_needs_frames(self) -> SamplingSpec:
+        if self.num_frames is None and self.fps != DEFAULT_FPS:
+            raise ValueError("fps: the frame rate of clips; set num_frames too, or remove fps")
+        return self
 
     @field_validator("scheduler")
     @classmethod

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 
 from synthgen.schemas.recipe.common import Slug, _Frozen
-from synthgen.schemas.recipe.fields import RecipePath
+from synthgen.schemas.recipe.fields import HashOmit, RecipePath
 
 
 class ScorerSpec(_Frozen):
@@ -33,6 +33,13 @@ class ScoringSpec(_Frozen):
         default_factory=lambda: [ScorerSpec(name="clip"), ScorerSpec(name="image_stats")],
         min_length=1,
         description="scorer plug-ins in order; each writes the columns it declares",
+    )
+    frames: Annotated[int, HashOmit.IF_DEFAULT] = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="video builds: frames of each clip the scorers measure, evenly spaced, "
+        "first and last included",
     )
 
     @field_validator("scorers")

@@ -1,4 +1,4 @@
-"""Codecs: one plug-in per encoded format (`png`, `webp`, `jpeg`, ...), by media type.
+"""Codecs: one plug-in per encoded format (`png`, `webp`, `jpeg`, `mp4`, ...), by media type.
 
 A codec encodes pixels to bytes, decodes bytes, fingerprints and thumbnails what it decoded.
 Adding one is a new module in this package with a `Codec` subclass that sets `name` (the
@@ -10,24 +10,30 @@ from synthgen.storage.codecs.base import (
     Codec,
     ImageEncoding,
     UnknownFormat,
+    VideoCodec,
     codec_class,
     codec_classes,
     codec_for_extension,
     extension_for,
     image_codec,
+    preview_image,
     readable_extensions,
     readable_suffixes,
+    video_codec,
 )
 
 __all__ = [
     "Codec",
     "ImageEncoding",
     "UnknownFormat",
+    "VideoCodec",
     "codec_class",
     "codec_classes",
     "codec_for_extension",
     "extension_for",
     "image_codec",
+    "preview_image",
     "readable_extensions",
     "readable_suffixes",
+    "video_codec",
 ]

@@ -1,8 +1,12 @@
 """The codec interface: a plug-in that turns pixels into one format's bytes and back.
 
+A codec makes one media kind (`kind`: `image`, or `video` for the clip codecs of `mp4`):
+an image codec encodes (H, W, C) pixels and decodes to a PIL image; a video codec encodes
+(F, H, W, C) frames and decodes to such an array.
+
 A codec lives where the scorer lives. On the driver, `from_recipe` checks its options (the
 recipe's `output` encoding settings) and loads nothing; the instance is small and travels to
-every worker. On a worker, `load` runs once (nothing, for the image codecs). Per image,
+every worker. On a worker, `load` runs once (nothing, for the built-in codecs). Per sample,
 `encode` makes the bytes a shard holds; `decode`, `fingerprint` and `thumbnail` read them.
 
 Adding a codec is one new module in this package (or anywhere imported before a build) with
@@ -56,6 +60,8 @@ class Codec(ABC):
     extension: ClassVar[str]
     # whether the bytes decode to exactly the pixels encoded (no decode needed to know them)
     lossless: ClassVar[bool] = False
+    # the media kind it makes: `image` ((H, W, C) pixels) or `video` ((F, H, W, C) frames)
+    kind: ClassVar[str] = "image"
     # pydantic model of the options this codec reads from the recipe's `output` section
     options_model: ClassVar[type[BaseModel]] = ImageEncoding
 
@@ -91,15 +97,53 @@ class Codec(ABC):
 
     @abstractmethod
     def thumbnail(self, decoded: Any, size: int) -> Any:
-        """A small copy of the decoded media, at most `size` pixels on its long side."""
+        """A small copy of the decoded media, at most `size` pixels on its long side (a clip
+        codec: a strip of a few frames, each that small)."""
 
     def identity(self) -> str:
         """Which encoder (and its library's version) makes this codec's bytes, for provenance."""
         return _where(type(self))
 
+    def preview(self, decoded: Any) -> Any:
+        """The decoded media as one RGB PIL image to look at (the report's thumbnails): an
+        image as it is; a clip codec shows a strip of frames."""
+        return decoded
+
+    @classmethod
+    def recognises(cls, data: bytes) -> bool:
+        """Whether `data` looks like this codec's bytes (its file signature). Only codecs
+        Pillow cannot read need say yes: `preview_image` gives the rest to Pillow."""
+        return False
+
     def media(self, data: bytes, shape: Shape, fingerprint: str = "") -> Media:
         """`data` (this codec's bytes) as the `Media` a sample carries."""
         return Media(data, self.media_type, self.extension, shape, fingerprint)
+
+
+class VideoCodec(Codec):
+    """A clip codec (abstract): encodes uint8 (F, H, W, C) frames at a frame rate, decodes
+    to such an array; its fingerprint and thumbnail cover a few evenly spaced frames."""
+
+    kind = "video"
+
+    @abstractmethod
+    def encode(self, pixels: Any, fps: int | None = None) -> bytes:
+        """Encode uint8 (F, H, W, C) frames at `fps` frames a second (None: the codec's
+        `options.fps`): the same frames give the same bytes."""
+
+    @abstractmethod
+    def decode(self, data: bytes, limit: Shape | None = None) -> Any:
+        """The clip's frames, uint8 (F, H, W, C). With `limit` (bytes from elsewhere: a
+        shard being checked), more frames or larger ones than it raise ValueError before
+        more is decoded."""
+
+    @abstractmethod
+    def check_size(self, width: int, height: int) -> None:
+        """Raise ValueError naming the problem when frames of this size cannot be written."""
+
+    @abstractmethod
+    def provenance(self) -> dict[str, Any]:
+        """The encoding settings as a build records them (what regenerating a clip needs)."""
 
 
 def _where(cls: type) -> str:
@@ -115,8 +159,12 @@ def codec_class(fmt: str) -> type[Codec]:
     """The codec registered for format `fmt`; UnknownFormat names the known ones."""
     found = CODECS.get(fmt)
     if found is None:
-        known = ", ".join(codec_classes())
-        raise UnknownFormat(f"unknown output format {fmt!r} (codecs: {known})")
+        kinds: dict[str, list[str]] = {}
+        for name, cls in codec_classes().items():
+            kinds.setdefault(cls.kind, []).append(name)
+        image = ", ".join(kinds.pop("image", []))
+        rest = "".join(f"; {k} codecs: {', '.join(v)}" for k, v in sorted(kinds.items()))
+        raise UnknownFormat(f"unknown output format {fmt!r} (codecs: {image}{rest})")
     return found
 
 
@@ -130,8 +178,9 @@ def codec_for_extension(extension: str) -> type[Codec]:
 
 
 def readable_extensions() -> tuple[str, ...]:
-    """The image member extensions a shard may hold, in the order a reader looks for them:
-    the built-in formats' (`WRITTEN_IMAGE_EXTENSIONS`), then every other registered codec's."""
+    """The media member extensions a shard may hold, in the order a reader looks for them:
+    the built-in image formats' (`WRITTEN_IMAGE_EXTENSIONS`), then every other registered
+    codec's (a clip's `mp4` among them: decode it with `codec_for_extension`)."""
     found = (c.extension for c in codec_classes().values())
     return tuple(dict.fromkeys((*WRITTEN_IMAGE_EXTENSIONS, *found)))
 
@@ -149,6 +198,19 @@ def extension_for(fmt: str) -> str:
     return found.extension if found is not None else extension_of(fmt)
 
 
+def preview_image(data: bytes) -> Any:
+    """Encoded media as one RGB PIL image to show (a report thumbnail): a clip (bytes a
+    registered codec `recognises`) as its codec's strip of frames, anything else decoded by
+    Pillow."""
+    for cls in codec_classes().values():
+        if cls.recognises(data):
+            codec = cls()
+            return codec.preview(codec.decode(data))
+    from synthgen.storage.images import decode_image
+
+    return decode_image(data)
+
+
 @functools.lru_cache(maxsize=32)
 def image_codec(fmt: str, png_compress_level: int = 1, quality: int = 95) -> Codec:
     """The codec of format `fmt` with these encoding options (one instance per setting)."""
@@ -156,3 +218,13 @@ def image_codec(fmt: str, png_compress_level: int = 1, quality: int = 95) -> Cod
     options = {"png_compress_level": png_compress_level, "quality": quality}
     names = cls.options_model.model_fields
     return cls(cls.options_model(**{k: v for k, v in options.items() if k in names}))
+
+
+@functools.lru_cache(maxsize=32)
+def video_codec(fmt: str, fps: int = 8) -> VideoCodec:
+    """The clip codec of format `fmt` (`mp4`, `mp4-lossless`) encoding at `fps` frames a
+    second, with its other options at their defaults (one instance per setting)."""
+    cls = codec_class(fmt)
+    if not issubclass(cls, VideoCodec):
+        raise UnknownFormat(f"{fmt!r} is an {cls.kind} format, not a video format")
+    return cls(cls.options_model(fps=fps))

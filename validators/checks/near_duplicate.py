@@ -8,12 +8,14 @@ from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.validators.base import BuildCheck, BuildFeatures
 from synthgen.validators.dedup import hash_bands, near_duplicate_losers
+from synthgen.validators.frames import is_video
 
 
 class NearDuplicate(BuildCheck):
     """`checks.near_duplicate`: of samples within `max_distance` bits (perceptual hash), all
     but the smallest key. Samples are grouped by hash band (pigeonhole: two hashes that
-    close share a band), so each group is small."""
+    close share a band), so each group is small. In a video build `near_duplicate_clip`
+    answers for `checks.near_duplicate` instead."""
 
     name = "near_duplicate"
     order = 20
@@ -26,7 +28,7 @@ class NearDuplicate(BuildCheck):
     @classmethod
     def from_recipe(cls, recipe: Recipe, columns: Sequence[ScoreColumn]) -> NearDuplicate | None:
         spec = recipe.checks.near_duplicate
-        return None if spec is None else cls(spec.max_distance)
+        return None if spec is None or is_video(recipe) else cls(spec.max_distance)
 
     def groups(self, features: BuildFeatures) -> Iterable[Hashable]:
         return hash_bands(features.phash, self.max_distance)

@@ -7,12 +7,18 @@ copy) and returns the scorer's loaded state. Per batch, `score` receives the dec
 of one fixed batch and returns one NEW dict of scores per sample, holding exactly the
 columns the scorer declares; it never edits a sample and never drops one.
 
+Clips: a build of clips scores `scoring.frames` sampled frames of each clip as images (one
+batch of every clip's frames) and `aggregate` makes each clip's columns from its frames' rows;
+a `clips_only` scorer (temporal measures) instead sees every frame of one clip at a time
+(`score_clip`).
+
 Adding a scorer is one new module in this package with a `Scorer` subclass that sets `name`:
 subclassing registers it, and `scorer_classes()` imports every module of the package.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
@@ -120,6 +126,9 @@ class Scorer(ABC):
     # host work, one image at a time, never on the device's critical path. Its scores must
     # not depend on which images share a batch.
     host_only: ClassVar[bool] = False
+    # True for a scorer of whole clips (motion, flicker): host-only, it runs on all frames
+    # of each clip (`score_clip`), in video builds only.
+    clips_only: ClassVar[bool] = False
     # pydantic model of the recipe's `options` for this scorer (extra keys forbidden)
     options_model: ClassVar[type[BaseModel]] = NoOptions
 
@@ -156,6 +165,36 @@ class Scorer(ABC):
     @abstractmethod
     def score(self, batch: ScoreBatch, state: Any) -> list[dict[str, Score]]:
         """One new dict per sample of `batch`, in order, with exactly this scorer's columns."""
+
+    def aggregate(self, frames: Sequence[dict[str, Score]]) -> dict[str, Score]:
+        """One clip's columns from the rows of its sampled frames (in order). Default: the
+        mean of each column (element by element for a vector)."""
+        return {name: mean_score([row[name] for row in frames]) for name in frames[0]}
+
+    def score_clip(self, sample: Sample, clip: Any, state: Any) -> dict[str, Score]:
+        """A `clips_only` scorer's columns for one clip: uint8 (F, H, W, 3), every frame."""
+        raise NotImplementedError(f"scorer {self.name!r} does not score whole clips")
+
+
+def mean_score(values: Sequence[Score]) -> Score:
+    """The mean of scalar scores, or of vectors element by element (NaN stays NaN)."""
+    first = values[0]
+    if isinstance(first, tuple):
+        columns = zip(*(v for v in values if isinstance(v, tuple)), strict=True)
+        return tuple(sum(c) / len(values) for c in columns)
+    return sum(float(v) for v in values if not isinstance(v, tuple)) / len(values)
+
+
+def max_score(values: Sequence[Score]) -> float:
+    """The largest of scalar scores (NaN if any is NaN: an unknown frame is not dropped)."""
+    scalars = [float(v) for v in values if not isinstance(v, tuple)]
+    return float("nan") if any(math.isnan(v) for v in scalars) else max(scalars)
+
+
+def min_score(values: Sequence[Score]) -> float:
+    """The smallest of scalar scores (NaN if any is NaN)."""
+    scalars = [float(v) for v in values if not isinstance(v, tuple)]
+    return float("nan") if any(math.isnan(v) for v in scalars) else min(scalars)
 
 
 def scorer_classes() -> dict[str, type[Scorer]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,15 @@ from synthgen.schemas.records import Score
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.validators.clip_folder import ClipBundle
 from synthgen.validators.clip_model import ClipRef, clip_ref, encode_texts
-from synthgen.validators.scorers.base import ScoreBatch, Scorer, ScorerIdentity, WorkerModels
+from synthgen.validators.frames import is_video
+from synthgen.validators.scorers.base import (
+    ScoreBatch,
+    Scorer,
+    ScorerIdentity,
+    WorkerModels,
+    mean_score,
+    min_score,
+)
 
 
 @dataclass(frozen=True)
@@ -28,17 +37,23 @@ class ClipScorer(Scorer):
 
     Images and prompts go through the model in fixed-shape padded batches of
     `scoring.batch_size`, so a score does not depend on how Beam batched the work.
+
+    A clip (`clips`: a video build) scores as the mean over its sampled frames, and also
+    writes `clip_<model>_score_min`, its worst frame's score; its margin is the frames' mean.
+    Each clip's prompt is encoded once, whatever its number of frames.
     """
 
     name = "clip"
 
-    def __init__(self, clip: ClipRef, class_prompts: dict[int, str]):
+    def __init__(self, clip: ClipRef, class_prompts: dict[int, str], clips: bool = False):
         self.clip = clip
         self.class_prompts = dict(sorted(class_prompts.items()))
+        self.clips = clips
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, base_dir: Path, options: Any) -> ClipScorer:
-        return cls(clip_ref(recipe, base_dir), {c.id: c.prompts[0] for c in recipe.classes})
+        prompts = {c.id: c.prompts[0] for c in recipe.classes}
+        return cls(clip_ref(recipe, base_dir), prompts, clips=is_video(recipe))
 
     @property
     def score_column(self) -> str:
@@ -48,8 +63,12 @@ class ClipScorer(Scorer):
     def margin_column(self) -> str:
         return f"{self.clip.column_prefix}_label_margin"
 
+    @property
+    def min_column(self) -> str:
+        return f"{self.clip.column_prefix}_score_min"
+
     def columns(self) -> list[ScoreColumn]:
-        return [
+        out = [
             ScoreColumn(
                 name=self.score_column,
                 scorer=self.name,
@@ -67,6 +86,17 @@ class ClipScorer(Scorer):
                 description="similarity to its own class minus the best other class",
             ),
         ]
+        if self.clips:
+            out.append(
+                ScoreColumn(
+                    name=self.min_column,
+                    scorer=self.name,
+                    minimum=-1.0,
+                    maximum=1.0,
+                    description="the lowest similarity of a sampled frame and the prompt",
+                )
+            )
+        return out
 
     def identity(self) -> ScorerIdentity:
         return ScorerIdentity(
@@ -86,8 +116,7 @@ class ClipScorer(Scorer):
         import torch
 
         img = self.clip.image_embeddings(batch, state.bundle)
-        prompts = [s.request.prompt for s in batch.samples]
-        txt = encode_texts(state.bundle, prompts, self.clip.compute_batch)
+        txt = self._prompt_embeddings(batch, state)
         similarity = (img * txt).sum(dim=-1).tolist()
         class_ids = list(self.class_prompts)
         class_sims = img @ state.class_embeddings.T if state.class_embeddings is not None else None
@@ -98,5 +127,32 @@ class ClipScorer(Scorer):
                 own = class_ids.index(sample.request.class_label)
                 others = torch.cat([class_sims[i, :own], class_sims[i, own + 1 :]])
                 margin = float(class_sims[i, own] - others.max())
-            out.append({self.score_column: float(similarity[i]), self.margin_column: margin})
+            row: dict[str, Score] = {
+                self.score_column: float(similarity[i]),
+                self.margin_column: margin,
+            }
+            if self.clips:
+                row[self.min_column] = row[self.score_column]
+            out.append(row)
+        return out
+
+    def _prompt_embeddings(self, batch: ScoreBatch, state: _Loaded) -> Any:
+        """Each image's prompt embedding; in a video build, one text pass per sample (a
+        clip's frames share their sample)."""
+        if not self.clips:
+            prompts = [s.request.prompt for s in batch.samples]
+            return encode_texts(state.bundle, prompts, self.clip.compute_batch)
+        by_key = {s.request.key: s.request.prompt for s in batch.samples}
+        unique = encode_texts(state.bundle, list(by_key.values()), self.clip.compute_batch)
+        index = {k: i for i, k in enumerate(by_key)}
+        return unique[[index[s.request.key] for s in batch.samples]]
+
+    def aggregate(self, frames: Sequence[dict[str, Score]]) -> dict[str, Score]:
+        """A clip: the frames' mean score and margin, and (video builds) the lowest score."""
+        out: dict[str, Score] = {
+            self.score_column: mean_score([f[self.score_column] for f in frames]),
+            self.margin_column: mean_score([f[self.margin_column] for f in frames]),
+        }
+        if self.clips:
+            out[self.min_column] = min_score([f[self.min_column] for f in frames])
         return out

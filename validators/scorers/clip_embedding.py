@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,13 @@ from synthgen.schemas.records import Score
 from synthgen.schemas.scores import IMAGE_EMBEDDING, ScoreColumn
 from synthgen.validators.clip_folder import ClipBundle
 from synthgen.validators.clip_model import ClipRef, clip_ref
-from synthgen.validators.scorers.base import ScoreBatch, Scorer, ScorerIdentity, WorkerModels
+from synthgen.validators.scorers.base import (
+    ScoreBatch,
+    Scorer,
+    ScorerIdentity,
+    WorkerModels,
+    mean_score,
+)
 
 
 class ClipEmbeddingScorer(Scorer):
@@ -18,7 +26,8 @@ class ClipEmbeddingScorer(Scorer):
     of the recipe's `scoring.clip_model`, for corpus metrics and embedding dedup.
 
     It shares the worker's CLIP model and the batch's image embeddings with the `clip`
-    scorer: listing both costs one model load and one image pass.
+    scorer: listing both costs one model load and one image pass. A clip's embedding is the
+    mean of its sampled frames' embeddings, normalised to unit length.
     """
 
     name = "clip_embedding"
@@ -61,3 +70,9 @@ class ClipEmbeddingScorer(Scorer):
     def score(self, batch: ScoreBatch, state: ClipBundle) -> list[dict[str, Score]]:
         img = self.clip.image_embeddings(batch, state)
         return [{self.column: tuple(float(x) for x in row)} for row in img.tolist()]
+
+    def aggregate(self, frames: Sequence[dict[str, Score]]) -> dict[str, Score]:
+        mean = mean_score([f[self.column] for f in frames])
+        vector = mean if isinstance(mean, tuple) else (mean,)
+        norm = math.sqrt(sum(x * x for x in vector))
+        return {self.column: tuple(x / norm if norm > 0 else 0.0 for x in vector)}

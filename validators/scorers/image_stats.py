@@ -31,7 +31,8 @@ def image_stats(image: Any) -> dict[str, float]:
 
 class ImageStatsScorer(Scorer):
     """cleanvision-style measurements: `brightness` backs `dark` (keep above) and `light`
-    (keep below), `sharpness` backs `blurry`, `entropy` backs `low_information`."""
+    (keep below), `sharpness` backs `blurry`, `entropy` backs `low_information`. A clip
+    scores the mean of its sampled frames."""
 
     name = "image_stats"
     host_only = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,13 @@ from synthgen.schemas.records import Score
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.model_files import safetensors_header
-from synthgen.validators.scorers.base import ScoreBatch, Scorer, ScorerIdentity, WorkerModels
+from synthgen.validators.scorers.base import (
+    ScoreBatch,
+    Scorer,
+    ScorerIdentity,
+    WorkerModels,
+    max_score,
+)
 
 CHECKER_CLASS = ["stable_diffusion", "StableDiffusionSafetyChecker"]
 CHECKER_FILES = ("config.json", "model.safetensors")
@@ -129,7 +135,7 @@ class SafetyChecker(Scorer):
     `nsfw` check (rejects above 0, the checker's own verdict); a rejected image is withheld.
 
     Listed in `scoring.scorers`; refused when the folder has no checker or the recipe turned
-    it off (`model.safety_checker: false`).
+    it off (`model.safety_checker: false`). A clip scores its most flagged sampled frame.
     """
 
     name = "safety_checker"
@@ -190,6 +196,10 @@ class SafetyChecker(Scorer):
             parts.append(concept_scores(state.checker, values)[:real])
         scores = torch.cat(parts).tolist()
         return [{"nsfw": float(v)} for v in scores]
+
+    def aggregate(self, frames: Sequence[dict[str, Score]]) -> dict[str, Score]:
+        """A clip: its most flagged frame."""
+        return {"nsfw": max_score([f["nsfw"] for f in frames])}
 
 
 def _extract(extractor: Any, image: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,13 @@ from synthgen.schemas.records import Score
 from synthgen.schemas.scores import ScoreColumn
 from synthgen.validators.clip_folder import ClipBundle
 from synthgen.validators.clip_model import ClipRef, clip_ref, encode_texts
-from synthgen.validators.scorers.base import ScoreBatch, Scorer, ScorerIdentity, WorkerModels
+from synthgen.validators.scorers.base import (
+    ScoreBatch,
+    Scorer,
+    ScorerIdentity,
+    WorkerModels,
+    max_score,
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,8 @@ class SafetyConcepts(Scorer):
     `clip_<model>_unsafe_<family>`: the largest such margin among a family's concepts, in
     [-2, 2]. `clip_<model>_unsafe`: the largest over all families, backing the `unsafe`
     check (rejects above 0 by default); an image failing `unsafe` is withheld: never written
-    to a tar, nor kept as rejected image bytes.
+    to a tar, nor kept as rejected image bytes. A clip scores the largest margin of its
+    sampled frames, column by column.
     """
 
     name = "safety_concepts"
@@ -114,3 +122,7 @@ class SafetyConcepts(Scorer):
             scores[self.unsafe_column] = float(row.max())
             out.append(scores)
         return out
+
+    def aggregate(self, frames: Sequence[dict[str, Score]]) -> dict[str, Score]:
+        """A clip: each column's largest margin over its sampled frames."""
+        return {name: max_score([f[name] for f in frames]) for name in frames[0]}
