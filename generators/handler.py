@@ -72,6 +72,15 @@ class GenerationSettings:
     num_frames: int | None = None
     fps: int = DEFAULT_FPS
     video_format: str = DEFAULT_VIDEO_FORMAT
+    # Feedback guidance of this round (`generators.guidance.FeedbackGuidance`, the probe's
+    # bytes with it), where its probe file is (relative to the build: the record), the CLIP
+    # folder it differentiates through (local path, recorded path, sha256) and the loader
+    # that reads that folder (`validators.clip_folder.load_clip`: generators do not import
+    # validators); None: no guidance.
+    guidance: Any = None
+    guidance_probe: str | None = None
+    guidance_clip: tuple[str, str, str] | None = None
+    clip_loader: Any = None
 
     @property
     def video(self) -> bool:
@@ -93,6 +102,13 @@ class GenerationSettings:
             )
             if v is not None
         }
+        if self.guidance is not None:  # a guided round: its probe and the CLIP it steers by
+            assert self.guidance_clip is not None
+            _, clip_recorded, clip_sha = self.guidance_clip
+            options["guidance"] = self.guidance.describe(self.guidance_probe) | {
+                "clip": clip_recorded,
+                "clip_sha256": clip_sha,
+            }
         if not self.video:  # an image build records no clip options
             return options
         return options | {
@@ -136,6 +152,16 @@ class LoadedModel:
 
         self.pipe = pipe
         self.inputs: WorkerInputs = WorkerInputs(conditioning)
+        self.guidance_clip: Any = None  # feedback guidance's CLIP, loaded on first guided call
+
+
+def guidance_clip(loaded: LoadedModel, settings: GenerationSettings) -> Any:
+    """The CLIP model feedback guidance differentiates through: one per model copy."""
+    if loaded.guidance_clip is None:
+        assert settings.clip_loader is not None and settings.guidance_clip is not None
+        path = Path(settings.guidance_clip[0])
+        loaded.guidance_clip = settings.clip_loader(path, settings.device)
+    return loaded.guidance_clip
 
 
 def as_loaded(model: Any, settings: GenerationSettings) -> LoadedModel:
@@ -201,6 +227,7 @@ def call_model(model: Any, settings: GenerationSettings, call: ModelCall) -> Any
     from synthgen.generators import conditioning
     from synthgen.generators.adapters import EMPTY_TABLE, activate
     from synthgen.generators.families import FAMILIES, call_kwargs
+    from synthgen.generators.guidance import guided
     from synthgen.storage.faults import maybe_fault
 
     loaded = as_loaded(model, settings)
@@ -224,7 +251,11 @@ def call_model(model: Any, settings: GenerationSettings, call: ModelCall) -> Any
         extra |= video_kwargs(family, settings)
     # 3. image conditioning: the mode's pipeline (derived from `pipe`) and its images.
     run, images = conditioning.conditioned_call(loaded, family_name, call.padded)
-    with torch.inference_mode():
+    # 4. feedback guidance: each sample steered toward its own class by the round's probe
+    #    (a hook on the shared denoiser, for this call only).
+    clip = guidance_clip(loaded, settings) if settings.guidance is not None else None
+    labels = [r.class_label for r in call.padded]
+    with guided(pipe, settings.guidance, labels, clip) as steer, torch.inference_mode():
         out = run(
             prompt=[r.prompt for r in call.padded],
             num_inference_steps=call.params.steps,
@@ -235,6 +266,7 @@ def call_model(model: Any, settings: GenerationSettings, call: ModelCall) -> Any
             output_type="pt",
             **extra,
             **images,
+            **steer,
         )
     return (out.frames if family.video else out.images)[: call.real]
 

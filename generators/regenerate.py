@@ -13,6 +13,7 @@ paths were relative hold absolute paths: those are tried as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -86,7 +87,7 @@ class Inputs:
         dirs = [*inputs]
         if state is not None and state.recipe_dir:
             dirs.append(Path(state.recipe_dir))
-        dirs += [build_dir / "adapters", Path.cwd()]
+        dirs += [build_dir / "adapters", build_dir, Path.cwd()]
         places = state.paths if state is not None else {}
         return cls(model, places, tuple(dirs))
 
@@ -329,18 +330,57 @@ def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
     )
 
 
-def regenerate(prov: dict[str, Any], inputs: Inputs | None = None) -> bytes:
+def _weights_are(sha256: str) -> Callable[[Path], bool]:
+    """A CLIP folder holding a weights file with this sha256."""
+    return lambda p: (
+        p.is_dir() and any(file_sha256(w) == sha256 for w in sorted(p.glob("*.safetensors")))
+    )
+
+
+def with_recorded_guidance(
+    settings: GenerationSettings, prov: dict[str, Any], inputs: Inputs, clip_loader: Any
+) -> GenerationSettings:
+    """`settings` with the feedback guidance the record names (its probe file, by sha256,
+    and its CLIP folder, by its weights' sha256); unchanged for an unguided sample."""
+    options = _loads(prov.get("generation_options") or {}) or {}
+    g = options.get("guidance")
+    if not g:
+        return settings
+    from synthgen.generators.guidance import FeedbackGuidance
+
+    if clip_loader is None:
+        raise ValueError("a guided sample: regenerate it with a clip_loader (synthgen regenerate)")
+    probe = inputs.find(str(g["probe"]), "feedback probe", _file_is(str(g["probe_sha256"])))
+    clip = inputs.find(str(g["clip"]), "CLIP model (guidance)", _weights_are(g["clip_sha256"]))
+    guidance = FeedbackGuidance.from_file(
+        probe, str(g["criterion"]), float(g["scale"]), int(g["every"]), g["probe_sha256"]
+    )
+    return dataclasses.replace(
+        settings,
+        guidance=guidance,
+        guidance_probe=str(g["probe"]),
+        guidance_clip=(str(clip), str(g["clip"]), str(g["clip_sha256"])),
+        clip_loader=clip_loader,
+    )
+
+
+def regenerate(
+    prov: dict[str, Any], inputs: Inputs | None = None, clip_loader: Any = None
+) -> bytes:
     """The encoded image the provenance describes, from the same content: every input is
     found by `inputs` (default: relative to the current directory) and must have the
-    recorded sha256 (InputNotFound names the one that has not).
+    recorded sha256 (InputNotFound names the one that has not). A sample of a guided
+    feedback round also needs its probe file (found in the build) and the CLIP folder the
+    guidance ran through, read by `clip_loader` (`validators.clip_folder.load_clip`).
 
     The sampler is rebuilt from the recorded effective scheduler config (class included),
     so `native` and named schedulers regenerate alike.
     """
     from synthgen.generators.model_folder import make_scheduler
 
-    prov = localize(prov, inputs if inputs is not None else Inputs(dirs=(Path.cwd(),)))
-    settings = settings_from_provenance(prov)
+    inputs = inputs if inputs is not None else Inputs(dirs=(Path.cwd(),))
+    prov = localize(prov, inputs)
+    settings = with_recorded_guidance(settings_from_provenance(prov), prov, inputs, clip_loader)
     model_path = Path(settings.model_path)  # found with the recorded sha256
     pipe = load_pipeline(
         model_path,

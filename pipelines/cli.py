@@ -1039,7 +1039,11 @@ def cmd_regenerate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     model = Path(args.model) if args.model else None
     inputs = Inputs.for_build(Path(args.dir), model, [Path(d) for d in args.inputs])
-    data = regenerate(prov, inputs)  # InputNotFound (a ModelFolderError) names what is missing
+    from synthgen.validators.clip_folder import load_clip
+
+    # InputNotFound (a ModelFolderError) names what is missing; a guided feedback sample
+    # also runs its CLIP model (load_clip)
+    data = regenerate(prov, inputs, clip_loader=load_clip)
     digest = hashlib.sha256(data).hexdigest()
     if args.image_out:
         Path(args.image_out).write_bytes(data)

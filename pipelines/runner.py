@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from synthgen.generators.handler import GenerationSettings
 from synthgen.generators.planning import padding_waste
 from synthgen.pipelines.context import BuildContext
 from synthgen.pipelines.decide import DecideSamples, reused_build_features
 from synthgen.pipelines.generate import GenerateShards, StageSpec
+from synthgen.pipelines.guided import guided_round
 from synthgen.pipelines.output import BuildError
 from synthgen.pipelines.progress import Progress
 from synthgen.pipelines.resolve import ResolvedRecipe, generation_settings
@@ -147,12 +149,16 @@ def run_shards(
     checks, build_checks = make_checks(r, columns)
     reused = reused_build_features(out, earlier_shards, columns, build_checks)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # a guided feedback round: its probe in the settings and in every sample's record
+    settings, ctx = guided_round(resolved, generation_settings(resolved), ctx, plan_round, out)
     to_generate = _not_staged(out, shard_ids)
     metrics: dict[str, int] = {}
     shown = Progress(progress_dir, total, *done_counts, started=started) if show_progress else None
     with shown or contextlib.nullcontext(), carried_plugins(r) as plugins:
         if to_generate:
-            spec = _stage_spec(resolved, ctx, plan_round, checks, out, progress_dir, plugins)
+            spec = _stage_spec(
+                resolved, ctx, plan_round, checks, out, progress_dir, plugins, settings
+            )
             _add(metrics, _run(_generating(spec, to_generate, options)))
         decide = DecideSamples(
             checks,
@@ -176,12 +182,13 @@ def _stage_spec(
     out: Path,
     progress_dir: Path,
     plugins: tuple[type, ...] = (),
+    settings: GenerationSettings | None = None,
 ) -> StageSpec:
     """What every generating worker needs, small enough to ship."""
     return StageSpec(
         recipe=resolved.recipe,
         plan_round=plan_round,
-        settings=generation_settings(resolved),
+        settings=settings if settings is not None else generation_settings(resolved),
         scorers=tuple(resolved.scorers),
         checks=tuple(checks),
         out=str(out),

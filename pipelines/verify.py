@@ -293,7 +293,10 @@ def _check_regenerated(result: ImageResult, image: Any, cred: Credentials, build
     else:
         try:
             prov = find_provenance(build.root, result.key)
-            again = regenerate(prov, Inputs.for_build(build.root))  # inputs found as built
+            from synthgen.validators.clip_folder import load_clip
+
+            # inputs found as built; a guided sample's CLIP model read by load_clip
+            again = regenerate(prov, Inputs.for_build(build.root), clip_loader=load_clip)
         except (ProvenanceNotFound, ValueError, OSError) as exc:
             result.regenerated = f"cannot regenerate {result.key}: {exc}"
         else:

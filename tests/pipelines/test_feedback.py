@@ -384,3 +384,48 @@ def test_existing_recipes_keep_the_topup_strategy(model_dir: Path) -> None:
     spelled = copy.deepcopy(data)
     spelled["balance"]["strategy"] = "topup"
     assert recipe_from_dict(spelled).hash == recipe.hash  # the default is left out of the hash
+
+
+def test_a_guided_build_changes_the_images_and_regenerates_them_byte_for_byte(
+    tmp_path: Path, feedback_build: Path, model_dir: Path
+) -> None:
+    """`guidance: feedback`: the same plan as the unguided build (same keys, seeds, round 0
+    probe), other pixels; each sample records its round's probe and CLIP model, and
+    `regenerate` (with the CLIP loader, as `synthgen regenerate` passes it) makes the same
+    bytes again."""
+    import tarfile
+
+    from synthgen.generators.regenerate import Inputs, regenerate
+    from synthgen.validators.clip_folder import load_clip
+    from tests.conftest import read_rows
+
+    source = feedback_build.parent / "source"
+    data = _recipe_dict(model_dir, str(source), guidance="feedback", scale=0.3, every=1)
+    data["balance"]["max_rounds"] = 1
+    out = tmp_path / "guided"
+    run_build(write_recipe(tmp_path / "recipe.yaml", data), out, show_progress=False)
+    guided = {r["key"]: r for r in read_rows(out).to_pylist()}
+    plain = {r["key"]: r for r in read_rows(feedback_build).to_pylist() if r["shard"] == 0}
+    assert set(guided) == set(plain)  # round 0 planned the same samples
+    changed = [k for k in guided if guided[k]["image_sha256"] != plain[k]["image_sha256"]]
+    assert len(changed) == len(guided)
+    with tarfile.open(out / "00000.tar") as tf:
+        sidecars = {
+            m.name.split(".")[0]: json.loads(tf.extractfile(m).read())  # type: ignore[union-attr]
+            for m in tf
+            if m.name.endswith(".json")
+        }
+        images = {
+            m.name.split(".")[0]: tf.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tf
+            if m.name.endswith(".png")
+        }
+    key = sorted(images)[0]
+    options = sidecars[key]["generation_options"]
+    options = json.loads(options) if isinstance(options, str) else options
+    recorded = options["guidance"]
+    assert recorded["probe"] == "_feedback/probe-0.safetensors" and recorded["every"] == 1
+    again = regenerate(sidecars[key], Inputs.for_build(out), clip_loader=load_clip)
+    assert again == images[key]
+    with pytest.raises(ValueError, match="clip_loader"):
+        regenerate(sidecars[key], Inputs.for_build(out))
