@@ -5,13 +5,17 @@ BIN := $(VENV)/bin
 OUT ?= out/digits
 BEAM_ARGS ?=
 
-.PHONY: setup build test lint typecheck pytest train-default benchmark clean
+.PHONY: setup build build-video test lint typecheck pytest train-default train-video benchmark clean
 
 setup:
 	@scripts/setup.sh
 
 build: setup
 	$(BIN)/synthgen build recipes/digits.yaml --publish $(OUT) --resume -- $(BEAM_ARGS)
+
+# The default video corpus: 8-frame clips of the digits moving (models/digits-motion).
+build-video: setup
+	$(BIN)/synthgen build recipes/moving-digits.yaml --publish out/moving-digits --resume -- $(BEAM_ARGS)
 
 test: setup
 	@scripts/setup.sh --test
@@ -22,6 +26,9 @@ test: setup
 
 train-default: setup
 	$(BIN)/synthgen train-default --output models
+
+train-video: setup
+	$(BIN)/synthgen train-default --video --output models
 
 benchmark: setup
 	$(BIN)/python benchmarks/default_models.py

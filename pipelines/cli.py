@@ -322,6 +322,11 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
 
 def _train_default_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", default="models", help="folder for digits-ldm/, digits-clip/")
+    p.add_argument(
+        "--video",
+        action="store_true",
+        help="train only the motion model (digits-motion/) over <output>/digits-ldm",
+    )
 
 
 # Every subcommand: (name, its options, its help texts), in the order `--help` lists them.
@@ -564,6 +569,15 @@ def _balance_plan(recipe: Any, deficit: Any, out: dict[str, Any]) -> list[str]:
             f"  {name:<{width}}  {n} in the source, target {deficit.target[name]}: "
             f"{deficit.missing[name]} to make"
         )
+    if b.strategy == "feedback":  # the probe decides the counts, within the budget
+        fb = b.feedback_settings
+        out["balance"]["max_synthetic"] = fb.max_synthetic
+        lines.append(
+            f"strategy feedback: at most {fb.max_synthetic} synthetic sample(s), in rounds of "
+            f"{fb.round_budget} placed where a probe's held-out error is (the deficit above "
+            "caps each class); it stops at the budget, on a plateau or at the targets"
+        )
+        return lines
     lines.append(
         f"deficit: {deficit.total} accepted synthetic image(s) to make in total "
         "(more are generated: rejects and the overgenerate factor)"
@@ -1082,6 +1096,15 @@ def cmd_train_default(args: argparse.Namespace) -> int:
 
     from synthgen.generators.training.default_models import train_default
 
+    if args.video:
+        from synthgen.generators.training.motion import MOTION_DIR, train_motion_default
+
+        fig = train_motion_default(Path(args.output))["motion"]["figures"]
+        print(
+            f"synthgen: trained {args.output}/{MOTION_DIR} in {fig['motion_seconds']:.0f}s; "
+            f"final loss {fig['motion_loss']:.4f}"
+        )
+        return EXIT_OK
     summary = train_default(Path(args.output))
     clip = summary["clip"]["test_split"]
     wall = summary["diffusion"]["wall_seconds"] + summary["clip"]["wall_seconds"]

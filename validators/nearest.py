@@ -378,7 +378,9 @@ class Nearest:
 
 
 def _hash_ints(hashes: Sequence[str]) -> np.ndarray:
-    return np.array([int(h, 16) if h else 0 for h in hashes], dtype=np.uint64)
+    """64-bit perceptual hashes as integers; a clip's fingerprint (one hash per sampled
+    frame, concatenated) counts by its first frame's."""
+    return np.array([int(h[:16], 16) if h else 0 for h in hashes], dtype=np.uint64)
 
 
 def _shifted_ints(ref: ReferenceSet) -> np.ndarray:

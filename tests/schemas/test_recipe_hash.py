@@ -27,6 +27,7 @@ PINNED_RECIPES = {
     ),
     "digits-balance-lora.yaml": "c5a17f6e1ebc2b3b366dcc97b94e508afd109022064b68953373804ef72f1022",
     "digits-balance.yaml": "079139cd289913426a51adf3e729c72549f904655a8a8fe43fee29a52c8cd660",
+    "moving-digits.yaml": "4ac8a352a59bb36b14f30b6bf9a76b4b452a3c08535f0adf7b51fb8b4e5e1589",
     "digits.yaml": "105a7d9d29454247b861e1b63900f907ed6fd37e67e4b26aa7dc0c90cec202b7",
 }
 
