@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +172,7 @@ def _check_image(
     if result.key is None and cred.provenance:
         result.key = str(cred.provenance.get("key"))
     if _is_clip(name):
-        return _check_clip(result, data, build)
+        return _check_clip(result, data, build, cred if regenerate else None)
     try:
         image = open_bounded(data, build.size).convert("RGB")
     except TooManyPixels as exc:
@@ -206,10 +206,13 @@ def _is_clip(name: str) -> bool:
         return False
 
 
-def _check_clip(result: ImageResult, data: bytes, build: _Build) -> ImageResult:
+def _check_clip(
+    result: ImageResult, data: bytes, build: _Build, regenerate_cred: Credentials | None = None
+) -> ImageResult:
     """A clip: it decodes within the build's size and frame count (its sha256 and credentials
     were checked by the caller); a lossy clip carries no watermark, a lossless one carries it
-    in every frame."""
+    in every frame. With `regenerate_cred` (verify --regenerate): made again from its
+    provenance, the same bytes and frames."""
     from synthgen.schemas.media import Shape
     from synthgen.storage.codecs import codec_for_extension
 
@@ -237,6 +240,8 @@ def _check_clip(result: ImageResult, data: bytes, build: _Build) -> ImageResult:
                 break
         else:
             result.watermark = "ok"
+    if regenerate_cred is not None:
+        _check_regenerated(result, clip, regenerate_cred, build, decode=codec.decode)
     result.ok = not result.problems
     return result
 
@@ -276,8 +281,15 @@ def _check_credentials(
     return cred
 
 
-def _check_regenerated(result: ImageResult, image: Any, cred: Credentials, build: _Build) -> None:
-    """Make the sample again from its provenance; the same encoding and the same pixels?"""
+def _check_regenerated(
+    result: ImageResult,
+    image: Any,
+    cred: Credentials,
+    build: _Build,
+    decode: Callable[[bytes], Any] | None = None,
+) -> None:
+    """Make the sample again from its provenance; the same encoding and the same pixels
+    (`decode`: how its bytes decode; default an image's)?"""
     import numpy as np
 
     from synthgen.generators.regenerate import (
@@ -302,7 +314,8 @@ def _check_regenerated(result: ImageResult, image: Any, cred: Credentials, build
         else:
             signed = cred.provenance.get("encoded_sha256") if cred.provenance else None
             expected = signed or result.sha256
-            same_pixels = np.array_equal(np.asarray(decode_image(again)), np.asarray(image))
+            decoded = (decode or decode_image)(again)
+            same_pixels = np.array_equal(np.asarray(decoded), np.asarray(image))
             if bytes_sha256(again) != expected:
                 result.regenerated = f"regenerated sha256 {bytes_sha256(again)} != {expected}"
             elif not same_pixels:
@@ -426,7 +439,8 @@ def recorded_encoding_sha256(build_dir: Path, prov: dict[str, Any]) -> str:
         return recorded
     tar = build_dir / shard_files(int(prov["shard"])).tar
     try:
-        limit = sample_member_limit(int(prov["width"]), int(prov["height"]))
+        frames = int(prov.get("frames") or 1)  # a clip's frames (its row's `frames`)
+        limit = sample_member_limit(int(prov["width"]), int(prov["height"]), frames)
     except (KeyError, TypeError, ValueError):
         return recorded
 

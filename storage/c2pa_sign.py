@@ -1,11 +1,15 @@
-"""C2PA content credentials: sign accepted images, and read a signed image's credentials back.
+"""C2PA content credentials: sign accepted images and clips, and read their credentials back.
 
-Each accepted image of a build whose recipe has `output.c2pa` carries a C2PA manifest (PNG,
-JPEG, WebP; `c2pa-python`) with one `c2pa.created` action of digital source type
+Each accepted image (PNG, JPEG, WebP) or clip (MP4) of a build whose recipe has `output.c2pa`
+carries a C2PA manifest (`c2pa-python`) with one `c2pa.created` action of digital source type
 `trainedAlgorithmicMedia`, and a `org.synthgen.provenance` assertion: the model (name,
-sha256), the recipe (name, hash), the sample key and seed, and the sha256 of the image as it
+sha256), the recipe (name, hash), the sample key and seed, and the sha256 of the file as it
 was encoded before signing (what `synthgen verify --regenerate` compares a regenerated image
-with). The manifest is embedded in the file; its hash binding covers every other byte.
+with). The manifest is embedded in the file; its hash binding covers every other byte of an
+image (a data hash) and, in an MP4 (a BMFF hash), every top-level box but the manifest's own
+`uuid` box and those C2PA leaves out by default: the file type box `ftyp`, `free` and `skip`
+padding, and the fragment index `mfra` (the frames, `mdat`, and their tables, `moov`, are
+covered).
 
 The signing certificate chain and private key are read where they are used (the writer), from
 a file or from an environment variable named by the recipe. Neither their text nor the
@@ -14,7 +18,8 @@ paths and the variable *names* go to `.synthgen/c2pa.json` (what the writer read
 
 Signed bytes are not reproducible byte for byte (the claim carries fresh identifiers and the
 signature a fresh nonce); the image inside them is: the pixels and the pre-signing encoding
-are a function of the recipe, as for an unsigned image.
+are a function of the recipe, as for an unsigned image; a signed clip decodes to the same
+frames as the clip before signing.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ from synthgen.storage.atomic import write_bytes_atomic
 CONFIG_NAME = "c2pa.json"  # under the build's STATE_DIR: paths and variable names only
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 ASSERTION = "org.synthgen.provenance"
-MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# The formats signed and read, by the name `sign_image` takes: a recipe's image format, or
+# `mp4` for a clip (either video format: both are H.264 in MP4).
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
+FORMAT_OF_MEDIA_TYPE = {v: k for k, v in MIME.items()}
 # Failure codes that say the bytes are no longer the ones signed (C2PA 2.x validation codes).
 HASH_CODES = ("dataHash.mismatch", "bmffHash.mismatch", "boxesHash.mismatch", "hashedURI")
 UNTRUSTED = "signingCredential.untrusted"
@@ -141,7 +149,8 @@ def _version() -> str:
 
 
 def manifest_definition(fmt: str, provenance: dict[str, Any]) -> dict[str, Any]:
-    """The C2PA manifest of one image: created by a trained model, with synthgen's record."""
+    """The C2PA manifest of one image or clip (`fmt`, a name of `MIME`): created by a trained
+    model, with synthgen's record."""
     return {
         "claim_generator_info": [{"name": "synthgen", "version": _version()}],
         "title": f"{provenance.get('key', 'image')}.{fmt}",
@@ -217,7 +226,8 @@ def _context() -> Any:
 
 
 def sign_image(data: bytes, fmt: str, definition: dict[str, Any], signer: Any) -> bytes:
-    """`data` (an encoded PNG, JPEG or WebP) with a C2PA manifest embedded."""
+    """`data` (an encoded PNG, JPEG, WebP or MP4: `fmt`, a name of `MIME`) with a C2PA
+    manifest embedded."""
     import c2pa
 
     out = io.BytesIO()
@@ -241,9 +251,19 @@ def _thread_signer(config: SigningConfig) -> Any:
     return mine[key]
 
 
+def signing_format(s: Sample, ctx: BuildContext) -> str:
+    """The format a sample is signed as (a name of `MIME`): its media's type (a clip: `mp4`),
+    else the build's image format."""
+    fmt = FORMAT_OF_MEDIA_TYPE.get(s.media.media_type)
+    if fmt is None and s.media.is_video:
+        raise SigningError(f"c2pa: cannot sign {s.media.media_type} (signed: MP4 clips)")
+    return fmt or ctx.image_format
+
+
 def signed_sample(s: Sample, ctx: BuildContext, config: SigningConfig) -> bytes:
-    """A sample's encoded image with its C2PA manifest (what its tar member will hold)."""
-    fmt = ctx.image_format
+    """A sample's encoded image or clip with its C2PA manifest (what its tar member will
+    hold)."""
+    fmt = signing_format(s, ctx)
     definition = manifest_definition(fmt, sample_provenance(s, ctx))
     return sign_image(s.image, fmt, definition, _thread_signer(config))
 
@@ -281,19 +301,27 @@ def sign_accepted(
 
 
 def sniff_format(data: bytes) -> str | None:
-    """png / jpeg / webp from the first bytes, or None."""
+    """png / jpeg / webp / mp4 from the first bytes, or None."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8"):
         return "jpeg"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
+    if data[4:8] == b"ftyp":  # an ISO BMFF file (MP4) opens with its file type box
+        return "mp4"
     return None
+
+
+def _kind(fmt: str) -> str:
+    """How a message names a file of `fmt`: `a PNG image`, `an MP4 clip`."""
+    noun = "clip" if MIME[fmt].startswith("video/") else "image"
+    return f"{'an' if fmt == 'mp4' else 'a'} {fmt.upper()} {noun}"
 
 
 @dataclass
 class Credentials:
-    """What an image's C2PA manifest says, and whether it holds.
+    """What an image's (a clip's) C2PA manifest says, and whether it holds.
 
     `error`: the file, or the manifest in it, could not be read at all, so nothing was
     checked: not evidence that bytes changed after signing (`hash_ok` says that)."""
@@ -370,7 +398,7 @@ def trust_settings(trust_pem: bytes) -> dict[str, Any]:
 
 
 def read_credentials(data: bytes, trust_pem: bytes | None = None) -> Credentials:
-    """Read and validate an image's embedded C2PA manifest.
+    """Read and validate an image's (an MP4 clip's) embedded C2PA manifest.
 
     `valid`: the claim signature checks and no hash binding failed. With `trust_pem`
     (PEM trust anchors, see `check_trust_pem`), `trusted` says whether the signing chain
@@ -381,7 +409,7 @@ def read_credentials(data: bytes, trust_pem: bytes | None = None) -> Credentials
 
     fmt = sniff_format(data)
     if fmt is None:
-        return Credentials(present=False, failures=["not a PNG, JPEG or WebP image"])
+        return Credentials(present=False, failures=["not a PNG, JPEG or WebP image or MP4 clip"])
     settings: dict[str, Any] = {"builder": {"thumbnail": {"enabled": False}}}
     if trust_pem is not None:
         settings |= trust_settings(trust_pem)
@@ -398,7 +426,7 @@ def read_credentials(data: bytes, trust_pem: bytes | None = None) -> Credentials
         if "ManifestNotFound" in text or "JumbfNotFound" in text or "not found" in text.lower():
             return Credentials(present=False)
         if "asset could not be parsed" in text.lower():  # the image itself does not read
-            reason = f"the file does not read as a {fmt.upper()} image ({_short(exc)})"
+            reason = f"the file does not read as {_kind(fmt)} ({_short(exc)})"
             return Credentials(present=False, error=reason)
         reason = f"unreadable manifest ({_short(exc)})"
         return Credentials(present=True, failures=[reason], error=reason)

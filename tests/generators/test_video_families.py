@@ -276,10 +276,10 @@ def _pyav(data: bytes) -> tuple[Any, int]:
     """An independent reader's view of an mp4: its frames (rgb24) and frame rate."""
     import av
 
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return np.stack(frames), int(stream.average_rate)
+        return np.stack(frames), int(stream.average_rate or 0)
 
 
 def test_a_non_finite_clip_fails(video_root: Path) -> None:
