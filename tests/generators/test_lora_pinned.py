@@ -28,6 +28,19 @@ PINNED: dict[str, tuple[str, float]] = {
     ),
 }
 
+# The same training on a second x86 machine (AMD EPYC, torch CPU capability AVX512), whose
+# kernels round differently.
+PINNED_AVX512: dict[str, tuple[str, float]] = {
+    "epsilon": (
+        "8198f449a59aecf289c7e89b16a466cb08a3a2e1827794d00fc603131a3179fc",
+        1.0991300749778747,
+    ),
+    "v_prediction": (
+        "8bc6cb4da3800bd65f073bc2c80ee4cae8b293034980949253b4d45ef8fec96d",
+        0.4533088150620461,
+    ),
+}
+
 
 def _png(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
@@ -47,7 +60,8 @@ def test_train_lora_is_pinned(prediction: str, model_dir: Path, tmp_path: Path) 
     trained = train_lora(
         pipe, [_png(1), _png(2), _png(3)], ["a digit 1", "the number one"], spec, 11, 32, 32, out
     )
-    assert (trained.sha256, trained.final_loss) == PINNED[prediction]
+    got = (trained.sha256, trained.final_loss)
+    assert got in (PINNED[prediction], PINNED_AVX512[prediction]), got
     assert trained.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
     assert (trained.images, trained.steps, trained.path) == (3, 3, out)
     assert not any(p.requires_grad for p in pipe.unet.parameters())
