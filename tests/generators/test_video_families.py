@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,8 @@ from synthgen.schemas.records import GenerationRequest
 from synthgen.storage.codecs import video_codec
 from synthgen.storage.watermark import read_watermark, watermark_payload
 from tests.conftest import tiny_recipe_dict, write_recipe
+from tests.video import clip_recipe
+from tests.video import pyav_frames as _pyav
 
 # family -> (pipeline class, height, width, frames): the smallest clip each tiny model makes
 CLIPS = {
@@ -272,16 +273,6 @@ def test_a_lossy_clip_is_not_watermarked_and_scored_as_stored(video_root: Path) 
     assert again.media.data == sample.media.data  # deterministic bytes
 
 
-def _pyav(data: bytes) -> tuple[Any, int]:
-    """An independent reader's view of an mp4: its frames (rgb24) and frame rate."""
-    import av
-
-    with av.open(io.BytesIO(data), mode="r") as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return np.stack(frames), int(stream.average_rate or 0)
-
-
 def test_a_non_finite_clip_fails(video_root: Path) -> None:
     (request,) = _requests(7)
     settings = _settings(video_root, "wan")
@@ -302,21 +293,8 @@ def test_a_tiny_video_build_writes_clips_pyav_reads_as_the_parquet_states(
     from tests.conftest import read_rows
 
     folder, _ = _model(video_root, "animatediff")
-    data = tiny_recipe_dict(model_dir)
-    data["model"] = {"path": str(folder), "compute_batch": 2}
-    data["sampling"] = {
-        "scheduler": "native",
-        "steps": 2,
-        "guidance_scale": 2.0,
-        "height": 16,
-        "width": 16,
-        "negative_prompt": "blurry",
-        "num_frames": 6,
-        "fps": 12,
-    }
-    data["classes"] = data["classes"][:2]
-    data["count_per_class"] = 2
-    data["checks"] = {"clip_score": None}
+    data = clip_recipe(folder, "animatediff", model_dir, fps=12)
+    data["output"] = tiny_recipe_dict(model_dir)["output"]
     out = tmp_path / "out"
     run_build(write_recipe(tmp_path / "recipe.yaml", data), out, show_progress=False)
     rows = read_rows(out).to_pylist()

@@ -27,6 +27,7 @@ from synthgen.storage.c2pa_sign import (
 from synthgen.storage.codecs import video_codec
 from tests.conftest import read_rows, tiny_recipe_dict, write_recipe
 from tests.pipelines.test_c2pa import Pki, make_pki
+from tests.video import clip_recipe
 
 PROVENANCE = {"key": "clip-7", "seed": 7, "recipe_hash": "ab" * 32, "encoded_sha256": "cd" * 32}
 
@@ -109,22 +110,11 @@ def _clips(out: Path) -> dict[str, bytes]:
 
 
 def _video_recipe(model_dir: Path, folder: Path, pki: Pki) -> dict[str, Any]:
-    data = tiny_recipe_dict(model_dir, seed=3)
-    data["model"] = {"path": str(folder), "compute_batch": 2}
-    data["sampling"] = {
-        "scheduler": "native",
-        "steps": 2,
-        "guidance_scale": 2.0,
-        "height": 16,
-        "width": 16,
-        "negative_prompt": "blurry",
-        "num_frames": 6,
-        "fps": 12,
-    }
-    data["classes"] = data["classes"][:2]
+    data = clip_recipe(folder, "animatediff", model_dir, fps=12)
+    data["seed"] = 3
     data["count_per_class"] = 1
-    data["checks"] = {"clip_score": None}
-    data["output"] = {**data["output"], "c2pa": {"cert_chain": str(pki.chain), "key": str(pki.key)}}
+    c2pa = {"cert_chain": str(pki.chain), "key": str(pki.key)}
+    data["output"] = {**tiny_recipe_dict(model_dir)["output"], "c2pa": c2pa}
     return data
 
 

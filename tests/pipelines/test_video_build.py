@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -18,22 +17,15 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from synthgen.generators.random_pipelines import save_snapshot
 from synthgen.pipelines.build import run_build
 from synthgen.validators.corpus import validate_dir
-from tests.conftest import read_rows, tiny_recipe_dict, write_recipe
+from tests.conftest import read_rows, write_recipe
+from tests.video import CLIPS, FPS, clip_recipe
+from tests.video import pyav_frames as _pyav
 
-# family -> (pipeline class, height, width, frames): the smallest clip each tiny model makes
-CLIPS = {
-    "wan": ("WanPipeline", 16, 16, 5),
-    "ltx": ("LTXPipeline", 32, 32, 9),
-    "cogvideox": ("CogVideoXPipeline", 16, 16, 9),
-    "animatediff": ("AnimateDiffPipeline", 16, 16, 6),
-}
-FPS = 8
 # the manifest's fields that say when a build ran, not what it made
 WHEN = {"created_at", "finished_at"}
 
@@ -48,28 +40,6 @@ def _folder(models: dict[str, Path], family: str) -> Path:
     if family not in models:
         models[family] = save_snapshot(family, models["root"] / family, seed=0)
     return models[family]
-
-
-def clip_recipe(folder: Path, family: str, model_dir: Path) -> dict[str, Any]:
-    """Four clips of two classes in two shards of two, two steps, two clips a call."""
-    _, height, width, frames = CLIPS[family]
-    data = tiny_recipe_dict(model_dir)
-    data["model"] = {"path": str(folder), "compute_batch": 2}
-    data["sampling"] = {
-        "scheduler": "native",
-        "steps": 2,
-        "guidance_scale": 2.0,
-        "height": height,
-        "width": width,
-        "negative_prompt": "blurry",
-        "num_frames": frames,
-        "fps": FPS,
-    }
-    data["classes"] = data["classes"][:2]
-    data["count_per_class"] = 2
-    data["checks"] = {"clip_score": None}
-    data["output"] = {"shard_size": 2}
-    return data
 
 
 _BUILT: dict[str, Path] = {}
@@ -101,16 +71,6 @@ def _members(out: Path) -> dict[str, bytes]:
 
 def _clips(out: Path) -> dict[str, bytes]:
     return {n.partition(".")[0]: d for n, d in _members(out).items() if n.endswith(".mp4")}
-
-
-def _pyav(data: bytes) -> tuple[Any, int]:
-    """An independent reader's view of an mp4: its frames (rgb24) and frame rate."""
-    import av
-
-    with av.open(io.BytesIO(data), mode="r") as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return np.stack(frames), int(stream.average_rate or 0)
 
 
 def _without_when(value: Any) -> Any:

@@ -18,7 +18,9 @@ from synthgen.pipelines.session import BuildResult
 from synthgen.validators.corpus import validate_dir
 from tests.conftest import read_rows, write_recipe
 from tests.pipelines.test_balance import COUNTS, _samples, make_folder
-from tests.pipelines.test_video_build import CLIPS, FPS, _clips, _pyav, clip_recipe
+from tests.pipelines.test_video_build import _clips
+from tests.video import CLIPS, FPS, clip_recipe
+from tests.video import pyav_frames as _pyav
 
 FAMILY = "animatediff"
 
