@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -1130,21 +1132,48 @@ class _Signals:
     def __init__(self, run: RunContext):
         self.run = run
         self.raising = True
+        self._importing = 0  # the main thread's imports in progress, nested
+        self._deferred: int | None = None  # a signal received during one, unwound after it
         self._before = (
             signal.getsignal(signal.SIGTERM),
             signal.getsignal(signal.SIGINT),
             sys.unraisablehook,
+            builtins.__import__,
         )
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self.received)
         signal.signal(signal.SIGINT, self.received)
         sys.unraisablehook = self._unraisable
+        builtins.__import__ = self._import
 
     def received(self, signum: int, frame: object) -> None:
         self.run.receive(signum)
-        if self.raising:
+        if not self.raising:
+            return
+        if self._importing:
+            # A module's import runs C++ that calls back into Python (torch's pybind11
+            # initialisers): an exception raised there aborts the process (std::terminate,
+            # status -6). The import finishes first; `_import` unwinds as it returns.
+            if self._deferred is None:
+                self._deferred = signum
+            return
+        raise _unwinding(signum)
+
+    def _import(self, *args: Any, **kwargs: Any) -> Any:
+        """`import`, with signals held until the outermost import in the main thread
+        returns (signal handlers run only there)."""
+        if threading.get_ident() != threading.main_thread().ident:
+            return self._before[3](*args, **kwargs)
+        self._importing += 1
+        try:
+            module = self._before[3](*args, **kwargs)
+        finally:
+            self._importing -= 1
+        if not self._importing and self._deferred is not None and self.raising:
+            signum, self._deferred = self._deferred, None
             raise _unwinding(signum)
+        return module
 
     def _unraisable(self, unraisable: Any) -> None:
         if not (isinstance(unraisable.exc_value, Terminated) and self.run.signals):
@@ -1160,6 +1189,8 @@ class _Signals:
             if before is not None:  # None: not set from Python, nothing to put back
                 signal.signal(signum, before)
         sys.unraisablehook = self._before[2]
+        if builtins.__import__ == self._import:
+            builtins.__import__ = self._before[3]
 
 
 def _handle_signals(run: RunContext) -> _Signals:

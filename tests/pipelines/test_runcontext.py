@@ -44,7 +44,12 @@ def test_each_run_has_its_own_clock_and_records() -> None:
 def test_a_signal_is_recorded_in_the_run_whose_handlers_got_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.unraisablehook
+    saved = (
+        signal.getsignal(signal.SIGTERM),
+        signal.getsignal(signal.SIGINT),
+        sys.unraisablehook,
+        __import__,
+    )
     earlier, run = RunContext(), RunContext()
     first = cli._handle_signals(earlier)
     try:
@@ -65,11 +70,41 @@ def test_a_signal_is_recorded_in_the_run_whose_handlers_got_it(
         first.restore()
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == saved[:2]
     assert sys.unraisablehook is saved[2]
+    assert __import__ is saved[3]
     assert run.signals == [signal.SIGTERM, signal.SIGINT, signal.SIGINT]
     assert earlier.signals == []
     assert cli._signal_exit(earlier) is None  # a run that got no signal exits as it would
     assert cli._signal_exit(run) == cli.EXIT_TERMINATED  # the first signal decides
     assert "synthgen: terminated; nothing was written" in capsys.readouterr().err
+
+
+def test_a_signal_during_an_import_unwinds_once_the_import_has_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A C++ initialiser that calls back into Python (torch.distributed's) aborts the
+    # process if the handler raises inside it: the import finishes, then the command unwinds.
+    (tmp_path / "sg_slow_import.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.2)\n"
+        "import json\n"  # a nested import finishes without unwinding either
+        "FINISHED = True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    saved_import = __import__
+    run = RunContext()
+    signals = cli._handle_signals(run)
+    try:
+        with pytest.raises(cli.Terminated):
+            import sg_slow_import  # noqa: F401
+    finally:
+        signals.restore()
+    assert sys.modules["sg_slow_import"].FINISHED
+    assert run.signals == [signal.SIGTERM]
+    import builtins
+
+    assert builtins.__import__ is saved_import
+    sys.modules.pop("sg_slow_import")
 
 
 def test_a_program_that_calls_main_keeps_its_own_handlers(tmp_path: Path) -> None:
