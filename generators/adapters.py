@@ -9,9 +9,12 @@ one table, recorded as a build constant (`adapters` in provenance):
 
 A distillation LoRA (LCM-LoRA, TCD-LoRA, Hyper-SD) samples well only with the sampler it was
 distilled for: its file declares it in the safetensors metadata (`sampler`: a recipe sampler
-name such as `lcm` or `tcd`; optionally `timestep_spacing`, e.g. `trailing`), and the recipe's
-sampler (or, with `native`, the model folder's own scheduler) must match, else the build is
-refused naming the file and the sampler it needs. The declaration travels in the table.
+name such as `lcm` or `tcd`; optionally `timestep_spacing`, e.g. `trailing`) or, for a file
+published without it, the recipe's adapter entry does (`sampler: lcm`, `timestep_spacing`);
+the recipe's sampler (or, with `native`, the model folder's own scheduler) must match, else
+the build is refused naming the file and the sampler it needs. The declaration travels in
+the table. A kind of adapter the model's pipeline cannot load (textual inversion on a
+T5-only family) is refused by name.
 
 `check_adapter` opens only safetensors files (tensors, never code: nothing executes) and
 refuses, naming the file: a missing file, anything but safetensors, a LoRA whose modules or
@@ -195,10 +198,11 @@ def check_adapter(
         raise AdapterError(f"{path}: holds no tensors")
     token = None
     declared: dict[str, str | None] = {}
+    _check_loader(path, spec.kind, pipeline_class)
     if spec.kind == "lora":
         _require_peft(path)
         check_lora(path, model_path, pipeline_class)
-        declared = declared_sampling(path)
+        declared = _with_recipe_sampling(path, declared_sampling(path), spec)
     else:
         token = check_embedding(path, model_path, spec.token)
     sha = file_sha256(path)
@@ -206,6 +210,38 @@ def check_adapter(
 
 
 SPACINGS = ("leading", "trailing", "linspace")
+# the diffusers loader method each adapter kind needs on the pipeline class
+_LOADERS = {"lora": "load_lora_weights", "textual_inversion": "load_textual_inversion"}
+
+
+def _check_loader(path: Path, kind: str, pipeline_class: str) -> None:
+    """The model's pipeline can load this kind of adapter (no textual inversion without a
+    CLIP text encoder: T5-only families such as Wan, LTX, CogVideoX, PixArt)."""
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class, None)
+    if cls is not None and not hasattr(cls, _LOADERS[kind]):
+        what = "textual-inversion embeddings" if kind == "textual_inversion" else "LoRAs"
+        raise AdapterError(f"{path}: {pipeline_class} does not load {what} (kind: {kind})")
+
+
+def _with_recipe_sampling(
+    path: Path, declared: dict[str, str | None], spec: AdapterSpec
+) -> dict[str, str | None]:
+    """The file's declared sampler and spacing, completed by the recipe's (`sampler`,
+    `timestep_spacing` on the adapter); the two disagreeing is refused by name."""
+    out = dict(declared)
+    for name in ("sampler", "timestep_spacing"):
+        mine = getattr(spec, name)
+        if mine is None:
+            continue
+        theirs = out.get(name)
+        if theirs is not None and theirs != mine:
+            raise AdapterError(
+                f"{path}: the file declares {name} {theirs!r}; the recipe's adapter says {mine!r}"
+            )
+        out[name] = mine
+    return out
 
 
 def declared_sampling(path: Path) -> dict[str, str | None]:

@@ -546,6 +546,7 @@ def _check_student(folder: ModelFolder, sched: Any, sampling: Any) -> None:
                 "sampling.steps %d: a timestep-distilled Flux (schnell) samples in 1-4 steps",
                 sampling.steps,
             )
+    _check_adversarial_student(folder, sched, sampling)
     few_step = type(sched).__name__ in ("LCMScheduler", "TCDScheduler")
     if few_step and folder.family.embedded_guidance is None and guidance > 2.0:
         logger.warning(
@@ -554,6 +555,56 @@ def _check_student(folder: ModelFolder, sched: Any, sampling: Any) -> None:
             guidance,
             type(sched).__name__,
             folder.class_name,
+        )
+
+
+# Adversarially distilled SD / SDXL students (SD-Turbo, SDXL-Turbo, SDXL-Lightning, Hyper-SD
+# full checkpoints): a standard pipeline folder whose only marks are its name (a hub snapshot
+# keeps the repository's: models--stabilityai--sdxl-turbo/...) and a trailing-spaced scheduler.
+_ADVERSARIAL_STUDENTS = {"turbo": "Turbo", "lightning": "Lightning", "hyper-sd": "Hyper-SD"}
+
+
+def adversarial_student(folder: ModelFolder) -> str | None:
+    """'Turbo' / 'Lightning' / 'Hyper-SD' for such a student (its folder or hub repository
+    name says so), else None."""
+    if folder.family.name not in ("sd", "sdxl"):
+        return None
+    path = folder.path
+    names = [path.name, str(folder.index.get("_name_or_path", ""))]
+    if path.parent.name == "snapshots":  # a hub cache: models--<owner>--<repo>/snapshots/<rev>
+        names.append(path.parent.parent.name)
+    names = [n.lower() for n in names]
+    for mark, name in _ADVERSARIAL_STUDENTS.items():
+        if any(mark in n for n in names):
+            return name
+    return None
+
+
+def _check_adversarial_student(folder: ModelFolder, sched: Any, sampling: Any) -> None:
+    """A Turbo / Lightning student samples in 1-8 steps, without classifier-free guidance,
+    with trailing timesteps (a 1-step call at `leading` spacing starts from a timestep the
+    student never saw): each convention broken is warned by name."""
+    student = adversarial_student(folder)
+    if student is None:
+        return
+    who = f"{folder.path.name} (a {student} student, by its name)"
+    guidance = float(sampling.guidance_scale)
+    if guidance > 1.0:
+        logger.warning(
+            "sampling.guidance_scale %s: %s samples without classifier-free guidance; set 0 "
+            "(guidance doubles every call's cost and over-saturates its images)",
+            guidance,
+            who,
+        )
+    if sampling.steps > 8:
+        logger.warning("sampling.steps %d: %s was distilled for 1-8 steps", sampling.steps, who)
+    spacing = getattr(sched.config, "timestep_spacing", None)
+    if spacing is not None and spacing != "trailing":
+        logger.warning(
+            "timestep spacing %r: %s samples with trailing timesteps; set "
+            "sampling.timestep_spacing: trailing",
+            spacing,
+            who,
         )
 
 

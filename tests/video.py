@@ -4,6 +4,8 @@ recipe, and PyAV as the independent reader of an mp4."""
 from __future__ import annotations
 
 import io
+import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,20 @@ def pyav_frames(data: bytes) -> tuple[Any, int]:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         return np.stack(frames), int(stream.average_rate or 0)
+
+
+def clips_and_sidecars(out: Path) -> tuple[dict[str, bytes], dict[str, dict[str, Any]]]:
+    """A build's clips (mp4 bytes) and sidecars (parsed JSON), by key, from its tars."""
+    clips: dict[str, bytes] = {}
+    sidecars: dict[str, dict[str, Any]] = {}
+    for tar in sorted(out.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf:
+                member = tf.extractfile(m)
+                assert member is not None
+                key, _, ext = m.name.partition(".")
+                if ext == "mp4":
+                    clips[key] = member.read()
+                elif ext == "json":
+                    sidecars[key] = json.loads(member.read())
+    return clips, sidecars

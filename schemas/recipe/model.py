@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from synthgen.schemas.recipe.common import _Frozen
-from synthgen.schemas.recipe.fields import RecipePath
+from synthgen.schemas.recipe.fields import HashOmit, RecipePath
 
 
 class ModelSpec(_Frozen):
@@ -81,6 +81,30 @@ class AdapterSpec(_Frozen):
         max_length=100,
         description="textual inversion: the token prompts use; null: the file's one token",
     )
+    # A distillation LoRA's own sampler, for a file that does not declare it in its metadata
+    # (LCM-LoRA, TCD-LoRA and Hyper-SD as published): the build is refused unless the
+    # recipe samples with it. A file that declares another is refused.
+    sampler: Annotated[str | None, HashOmit.IF_DEFAULT] = Field(
+        default=None,
+        description="a distillation LoRA: the sampler it was distilled for (lcm, tcd, ...)",
+    )
+    timestep_spacing: Annotated[
+        Literal["leading", "trailing", "linspace"] | None, HashOmit.IF_DEFAULT
+    ] = Field(
+        default=None,
+        description="a distillation LoRA: the timestep spacing it samples with (Hyper-SD: "
+        "trailing)",
+    )
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v: str | None) -> str | None:
+        from synthgen.schemas.recipe.sampling import SCHEDULERS
+
+        if v is not None and (v not in SCHEDULERS or v == "native"):
+            known = ", ".join(n for n in SCHEDULERS if n != "native")
+            raise ValueError(f"sampler {v!r}: a LoRA declares one of {known}")
+        return v
 
     @field_validator("path")
     @classmethod
@@ -95,4 +119,6 @@ class AdapterSpec(_Frozen):
             raise ValueError(f"{self.path}: `token` is for textual_inversion adapters")
         if self.kind == "textual_inversion" and self.scale != 1.0:
             raise ValueError(f"{self.path}: `scale` is for lora adapters")
+        if self.kind == "textual_inversion" and (self.sampler or self.timestep_spacing):
+            raise ValueError(f"{self.path}: `sampler` / `timestep_spacing` are for lora adapters")
         return self

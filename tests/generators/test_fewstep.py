@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from synthgen.generators.adapters import AdapterError, declared_sampling
 from synthgen.generators.regenerate import Inputs, regenerate
@@ -191,7 +192,10 @@ def _declare(path: Path, **metadata: str) -> Path:
     return path
 
 
-def _lora_recipe(tmp: Path, model_dir: Path, lora: Path | None, **sampling: Any) -> Path:
+def _lora_recipe(
+    tmp: Path, model_dir: Path, lora: Path | None, entry: dict | None = None, **sampling: Any
+) -> Path:
+    """A tiny recipe with `lora` as its one adapter (`entry`: the adapter's recipe entry)."""
     data = tiny_recipe_dict(model_dir)
     data["model"] = {"path": str(model_dir / "sd"), "compute_batch": 2}
     data["sampling"] = {**data["sampling"], **SMALL, "negative_prompt": "", **sampling}
@@ -199,7 +203,7 @@ def _lora_recipe(tmp: Path, model_dir: Path, lora: Path | None, **sampling: Any)
     data["count_per_class"] = 2
     data["checks"] = {"clip_score": None}
     if lora is not None:
-        data["adapters"] = [{"path": str(lora)}]
+        data["adapters"] = [entry or {"path": str(lora)}]
     tmp.mkdir(parents=True, exist_ok=True)
     return write_recipe(tmp / "recipe.yaml", data)
 
@@ -262,6 +266,40 @@ def test_a_hyper_sd_lora_declares_trailing_spacing(model_dir: Path, tmp_path: Pa
     assert _json(resolved.adapters)["all"][0]["timestep_spacing"] == "trailing"
 
 
+def test_a_published_lora_without_metadata_takes_its_sampler_from_the_recipe(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # LCM-LoRA, TCD-LoRA, Hyper-SD as published declare nothing: the recipe's entry does
+    lora = make_lora(model_dir / "sd", tmp_path / "published_hyper.safetensors", seed=2)
+    assert declared_sampling(lora) == {"sampler": None, "timestep_spacing": None}
+    entry = {"path": str(lora), "sampler": "ddim", "timestep_spacing": "trailing"}
+
+    def recipe(where: str, **sampling: Any) -> Path:
+        return _lora_recipe(tmp_path / where, model_dir, lora, entry, **sampling)
+
+    with pytest.raises(AdapterError, match=r"published_hyper.safetensors: .*'ddim' sampler.*'lcm'"):
+        _resolved(recipe("lcm", scheduler="lcm"))
+    with pytest.raises(AdapterError, match=r"published_hyper.safetensors: samples with 'trailing'"):
+        _resolved(recipe("leading", scheduler="ddim"))
+    resolved = _resolved(recipe("ddim", scheduler="ddim", timestep_spacing="trailing"))
+    (ref,) = _json(resolved.adapters)["all"]
+    assert (ref["sampler"], ref["timestep_spacing"]) == ("ddim", "trailing")
+    # a file that declares one sampler and a recipe that says another: refused by name
+    _declare(lora, sampler="lcm")
+    with pytest.raises(AdapterError, match=r"declares sampler 'lcm'; the recipe's adapter says"):
+        _resolved(recipe("both", scheduler="ddim", timestep_spacing="trailing"))
+    # the entry docs/models.md shows is one the recipe model takes
+    from synthgen.schemas.recipe.model import AdapterSpec
+
+    doc = (Path(__file__).parents[2] / "docs" / "models.md").read_text()
+    (shown,) = [b for b in doc.split("```yaml")[1:] if "sampler:" in b.split("```")[0]]
+    (spec,) = yaml.safe_load(shown.split("```")[0])["adapters"]
+    assert AdapterSpec(**spec).sampler == "ddim"
+    magic = _lora_recipe(tmp_path / "magic", model_dir, lora, {**entry, "sampler": "magic"})
+    with pytest.raises(RecipeError, match=r"sampler 'magic'"):
+        load_recipe(magic)
+
+
 def test_a_lora_declaring_an_unknown_sampler_is_refused(model_dir: Path, tmp_path: Path) -> None:
     lora = _declare(make_lora(model_dir / "sd", tmp_path / "odd.safetensors"), sampler="magic")
     with pytest.raises(AdapterError, match=r"odd.safetensors: declares sampler 'magic'"):
@@ -280,6 +318,45 @@ def test_cfg_above_a_few_step_students_range_is_warned_by_name(
     with caplog.at_level("WARNING", logger="synthgen.generators.model_folder"):
         _resolved(calm)
     assert "LCMScheduler" not in caplog.text
+
+
+def test_a_turbo_snapshot_is_known_by_its_name_and_its_conventions_warned(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from synthgen.generators.model_folder import adversarial_student, inspect_folder
+    from synthgen.generators.random_pipelines import save_snapshot
+
+    hub = tmp_path / "hub" / "models--stabilityai--sdxl-turbo" / "snapshots" / "0a1b2c"
+    turbo = save_snapshot("sdxl", hub, seed=0)
+    config = json.loads((turbo / "scheduler" / "scheduler_config.json").read_text())
+    config.update(_class_name="EulerAncestralDiscreteScheduler", timestep_spacing="trailing")
+    (turbo / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    plain = save_snapshot("sdxl", tmp_path / "sdxl-base", seed=0)
+    assert adversarial_student(inspect_folder(turbo)) == "Turbo"
+    assert adversarial_student(inspect_folder(plain)) is None
+
+    def warned(folder: Path, **sampling: Any) -> str:
+        data = tiny_recipe_dict(model_dir)
+        data["model"] = {"path": str(folder), "compute_batch": 2}
+        data["sampling"] = {**data["sampling"], **SMALL, "negative_prompt": "", **sampling}
+        where = tmp_path / f"r{len(list(tmp_path.glob('r*')))}"
+        where.mkdir()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="synthgen.generators.model_folder"):
+            _resolved(write_recipe(where / "recipe.yaml", data))
+        return caplog.text
+
+    loud = warned(
+        turbo, scheduler="euler", steps=20, guidance_scale=7.5, timestep_spacing="leading"
+    )
+    assert "0a1b2c (a Turbo student, by its name)" in loud  # the hub repository's name
+    assert "samples without classifier-free guidance; set 0" in loud
+    assert "sampling.steps 20:" in loud and "distilled for 1-8 steps" in loud
+    assert (
+        "timestep spacing 'leading'" in loud and "set sampling.timestep_spacing: trailing" in loud
+    )
+    assert warned(turbo, scheduler="native", steps=1, guidance_scale=0.0) == ""
+    assert warned(plain, scheduler="euler", steps=20, guidance_scale=7.5) == ""
 
 
 def test_a_long_prompt_for_pixart_sigma_is_warned_about_not_refused(

@@ -32,7 +32,7 @@ from synthgen.schemas.records import GenerationRequest
 from synthgen.storage.codecs import video_codec
 from synthgen.storage.watermark import read_watermark, watermark_payload
 from tests.conftest import tiny_recipe_dict, write_recipe
-from tests.video import clip_recipe
+from tests.video import clip_recipe, clips_and_sidecars
 from tests.video import pyav_frames as _pyav
 
 # family -> (pipeline class, height, width, frames): the smallest clip each tiny model makes
@@ -286,9 +286,6 @@ def test_a_non_finite_clip_fails(video_root: Path) -> None:
 def test_a_tiny_video_build_writes_clips_pyav_reads_as_the_parquet_states(
     video_root: Path, model_dir: Path, tmp_path: Path
 ) -> None:
-    import json
-    import tarfile
-
     from synthgen.generators.regenerate import Inputs, regenerate
     from tests.conftest import read_rows
 
@@ -300,18 +297,7 @@ def test_a_tiny_video_build_writes_clips_pyav_reads_as_the_parquet_states(
     rows = read_rows(out).to_pylist()
     assert len(rows) == 4
     stated = {r["key"]: r for r in rows}
-    clips: dict[str, bytes] = {}
-    sidecars: dict[str, dict[str, Any]] = {}
-    for tar in sorted(out.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            for m in tf:
-                member = tf.extractfile(m)
-                assert member is not None
-                key, _, ext = m.name.partition(".")
-                if ext == "mp4":
-                    clips[key] = member.read()
-                elif ext == "json":
-                    sidecars[key] = json.loads(member.read())
+    clips, sidecars = clips_and_sidecars(out)
     accepted = {k for k, r in stated.items() if r["status"] == "accepted"}
     assert accepted and set(clips) == accepted
     for key, data_ in clips.items():
