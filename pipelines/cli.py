@@ -789,13 +789,14 @@ def _build_summary(
         "reused_shards": len(reused),
         "generated_now": generated_now,
         "seconds": round(seconds, 3),
-        "images_per_second": rate(generated_now, seconds),
+        "images_per_second": rate(generated_now, seconds),  # samples: clips in a video build
+        "unit": "clip" if manifest.recipe.get("sampling", {}).get("num_frames") else "image",
         "metrics": dict(metrics or {}),
     }
 
 
 def _print_build(args: argparse.Namespace, summary: dict[str, Any]) -> int:
-    from synthgen.pipelines.progress import RATE_DEFINITION
+    from synthgen.pipelines.progress import rate_definition
 
     published = None
     if args.publish:
@@ -816,7 +817,7 @@ def _print_build(args: argparse.Namespace, summary: dict[str, Any]) -> int:
         f"synthgen: built {s['location']}: {s['accepted']} accepted, {s['rejected']} rejected"
         + (f", {s['failed']} failed" if s["failed"] else "")
         + f" in {s['shards']} shard(s); {s['generated_now']} generated in {s['seconds']:.1f}s "
-        f"({s['images_per_second']:.2f} images/s: {RATE_DEFINITION})"
+        f"({s['images_per_second']:.2f} {s['unit']}s/s: {rate_definition(s['unit'])})"
         + (f"; reused {s['reused_shards']} shard(s)" if s["reused_shards"] else "")
     )
     if published:

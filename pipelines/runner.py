@@ -153,7 +153,12 @@ def run_shards(
     settings, ctx = guided_round(resolved, generation_settings(resolved), ctx, plan_round, out)
     to_generate = _not_staged(out, shard_ids)
     metrics: dict[str, int] = {}
-    shown = Progress(progress_dir, total, *done_counts, started=started) if show_progress else None
+    unit = "image" if r.sampling.num_frames is None else "clip"
+    shown = (
+        Progress(progress_dir, total, *done_counts, started=started, unit=unit)
+        if show_progress
+        else None
+    )
     with shown or contextlib.nullcontext(), carried_plugins(r) as plugins:
         if to_generate:
             spec = _stage_spec(

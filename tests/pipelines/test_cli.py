@@ -78,17 +78,14 @@ def test_regenerate_refuses_a_changed_model(
     rows = pq.read_table(cli_build / "00000.parquet", columns=["key"]).to_pylist()
     moved = tmp_path / "copy"
     shutil.copytree(cli_build, moved)
-    model = model_dir / "sd"  # where the copy's private state says the build found it
-    backup = (model / "scheduler" / "scheduler_config.json").read_text()
-    try:
-        (model / "scheduler" / "scheduler_config.json").write_text(
-            backup.replace('"steps_offset": 1', '"steps_offset": 0')
-        )
-        proc = _run("regenerate", str(moved), rows[0]["key"])
-        assert proc.returncode == 1
-        assert "content differs" in proc.stderr
-    finally:
-        (model / "scheduler" / "scheduler_config.json").write_text(backup)
+    # a changed copy of the model (the shared folder stays as it is: other tests, in other
+    # processes, build with it at this moment)
+    model = Path(shutil.copytree(model_dir / "sd", tmp_path / "sd"))
+    config = model / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace('"steps_offset": 1', '"steps_offset": 0'))
+    proc = _run("regenerate", str(moved), rows[0]["key"], "--model", str(model))
+    assert proc.returncode == 1
+    assert "content differs" in proc.stderr
 
 
 def test_report_and_validate_commands(cli_build: Path) -> None:

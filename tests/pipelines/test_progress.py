@@ -84,6 +84,15 @@ def test_without_a_terminal_progress_is_logged(
     assert lines and "generated 2/4" in lines[-1] and "ETA" in lines[-1]
 
 
+def test_a_clip_builds_progress_counts_clips(tmp_path: Path) -> None:
+    (tmp_path / "w0.log").write_text("GGGC", encoding="ascii")  # one failed a check
+    clips = Progress(tmp_path, 8, stream=io.StringIO(), unit="clip").line()
+    images = Progress(tmp_path, 8, stream=io.StringIO()).line()
+    assert "generated 3/8, 1 clip failed a check so far" in clips and "clips/s" in clips
+    assert "1 image failed a check so far" in images and "img/s" in images
+    assert "image" not in clips and "img" not in clips
+
+
 def test_the_rate_runs_from_the_clock_it_is_given(tmp_path: Path) -> None:
     _progress_files(tmp_path, 10, 0, 0)
     long_ago = Progress(tmp_path, 20, stream=io.StringIO(), started=time.monotonic() - 100.0)
