@@ -147,6 +147,9 @@ class ShardJob:
     device_ms: float = 0.0  # time spent in this shard's model calls (compare's cost figure)
     error: BaseException | None = None
     signed: dict[str, bytes] = field(default_factory=dict)  # key -> image with credentials
+    # the worker's in-flight slots this shard holds; `reclaimed`: given back at its failure
+    slots: int = 0
+    reclaimed: bool = False
     staged: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -210,6 +213,15 @@ class Worker:
         if not requests:
             self._stage(job)
             return job
+        try:
+            self._run_calls(job, requests)
+        except BaseException as exc:  # the device stopped (out of memory): the build stops,
+            job.fail(exc)  # and a retry of the bundle finds every slot free
+            self._reclaim(job)
+            raise
+        return job
+
+    def _run_calls(self, job: ShardJob, requests: Sequence[GenerationRequest]) -> None:
         calls = plan_calls(self.settings, requests)
         # scoring chunks: consecutive requests in call order, so a chunk completes after at
         # most one chunk's worth of calls (the bound on images in flight relies on it)
@@ -222,7 +234,6 @@ class Worker:
             if job.error is not None:  # the feeder failed this shard: stop spending the device
                 break
             self._call(job, call)
-        return job
 
     def _call(self, job: ShardJob, call: ModelCall) -> None:
         """One model call, or its halves after a failure; each image goes to host work."""
@@ -264,7 +275,7 @@ class Worker:
         del images
         try:
             for i, request in enumerate(call.requests):
-                self._take_slot()
+                self._take_slot(job)
                 self.host.submit(self._host_work, job, request, out.pixels[i], out.finite[i])
             self.score_ready()
         except BaseException as exc:
@@ -289,11 +300,34 @@ class Worker:
             for padded, real in padded_chunks(part, self.settings.compute_batch):
                 self._call(job, ModelCall(padded, real, call.params))
 
-    def _take_slot(self) -> None:
+    def _take_slot(self, job: ShardJob) -> None:
         """Wait for room between the model and the scorers, scoring what is ready meanwhile
-        (the feeder is also a thread that scores)."""
+        (the feeder is also a thread that scores); the slot is the shard's until released."""
         while not self.slots.acquire(timeout=0.005):
             self.score_ready()
+        with job.lock:
+            if not job.reclaimed:
+                job.slots += 1
+                return
+        self.slots.release()  # the shard has failed: its work is dropped
+
+    def _release(self, job: ShardJob) -> None:
+        """One of `job`'s slots back (none once its slots were reclaimed)."""
+        with job.lock:
+            if job.reclaimed:
+                return
+            job.slots -= 1
+        self.slots.release()
+
+    def _reclaim(self, job: ShardJob) -> None:
+        """A failed shard's slots back at once: images of it that are still being prepared
+        or wait in a chunk that will never complete (its later calls were not fed) would
+        otherwise hold them for the worker's life, and a worker Beam reuses for a retry
+        would have that much less room, down to none."""
+        with job.lock:
+            held, job.slots, job.reclaimed = job.slots, 0, True
+        for _ in range(held):
+            self.slots.release()
 
     # -- host work (pool threads) -----------------------------------------------------------
     def _host_work(self, job: ShardJob, request: GenerationRequest, pixels: Any, ok: bool) -> None:
@@ -307,7 +341,7 @@ class Worker:
             self._sign(job, sample)
         except Exception as exc:
             logger.warning("sample %s failed: %s", request.key, type(exc).__name__)
-            self.slots.release()
+            self._release(job)
             self._unprepared(job, request.key, failed_sample(request, exc))
             return
         chunk = job.chunks[request.key]
@@ -366,6 +400,8 @@ class Worker:
                 if not self.ready:
                     return
                 job, chunk = self.ready.popleft()
+                if job.error is not None:
+                    continue  # a failed shard's chunk: not scored (its slots are reclaimed)
                 items = [(job, chunk.prepared[k]) for k in chunk.keys if k in chunk.prepared]
                 try:
                     scored = self._score(items)
@@ -374,7 +410,7 @@ class Worker:
                     raise
             try:
                 for sample in scored:
-                    self.slots.release()
+                    self._release(job)
                     self._finished(job, sample)
             except BaseException as exc:
                 job.fail(exc)
@@ -420,6 +456,7 @@ class Worker:
         while not job.staged.wait(timeout=0.002):
             self.score_ready()
         if job.error is not None:
+            self._reclaim(job)
             raise job.error
 
     def __del__(self) -> None:

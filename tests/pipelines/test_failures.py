@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from synthgen.generators.handler import generate_batch
+from synthgen.generators.handler import DeviceOutOfMemory, generate_batch
 from synthgen.generators.planning import plan
 from synthgen.pipelines.build import run_build
 from synthgen.pipelines.generate import StageSpec, Worker
@@ -149,6 +150,39 @@ def test_a_failing_score_fails_only_its_sample_and_keeps_the_others(
     column = next(c for c in want[requests[0].key] if c.endswith("_score"))
     for s in (samples[0], samples[2], samples[3]):
         assert s.scores[column] == pytest.approx(want[s.request.key][column], abs=0), column
+
+
+def test_a_shard_that_fails_gives_back_every_slot_it_held(
+    worker: Worker, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring runs out of device memory on a shard's first chunk: the shard fails, and the
+    worker (which Beam reuses for the retry) has all its room between model and scorers
+    again, not less by the images the failed shard had in flight."""
+    import synthgen.pipelines.generate as stage
+
+    requests = plan(worker.spec.recipe)[:6]
+    real, scored = stage.score_batch, []
+
+    def score(scorers: Any, items: Any) -> Any:
+        scored.append(len(items))
+        if len(scored) == 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(scorers, items)
+
+    monkeypatch.setattr(stage, "score_batch", score)
+    job = worker.generate(93, requests)
+    with pytest.raises(DeviceOutOfMemory, match="scoring"):
+        worker.wait(job)
+    deadline = time.monotonic() + 10.0
+    while worker.slots._value != worker.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)  # host threads still finishing the failed shard's images
+    assert worker.slots._value == worker.in_flight, "slots held by a failed shard"
+    assert job.slots == 0 and job.reclaimed
+    monkeypatch.setattr(stage, "score_batch", real)
+    samples = _stage(worker, 94, requests)  # the same worker, the same images as ever
+    want = _rows(clean.output)
+    assert [s.image_sha256 for s in samples] == [want[r.key]["image_sha256"] for r in requests]
+    assert worker.slots._value == worker.in_flight
 
 
 def test_error_messages_are_one_short_line_without_paths() -> None:
