@@ -211,20 +211,29 @@ def preview_image(data: bytes) -> Any:
     return decode_image(data)
 
 
-@functools.lru_cache(maxsize=32)
 def image_codec(fmt: str, png_compress_level: int = 1, quality: int = 95) -> Codec:
-    """The codec of format `fmt` with these encoding options (one instance per setting)."""
-    cls = codec_class(fmt)
+    """The codec of format `fmt` with these encoding options (one instance per setting and
+    class: the name is looked up each time, so a plug-in registered again under a name is
+    the one used)."""
+    return _image_codec(codec_class(fmt), png_compress_level, quality)
+
+
+@functools.lru_cache(maxsize=32)
+def _image_codec(cls: type[Codec], png_compress_level: int, quality: int) -> Codec:
     options = {"png_compress_level": png_compress_level, "quality": quality}
     names = cls.options_model.model_fields
     return cls(cls.options_model(**{k: v for k, v in options.items() if k in names}))
 
 
-@functools.lru_cache(maxsize=32)
 def video_codec(fmt: str, fps: int = 8) -> VideoCodec:
     """The clip codec of format `fmt` (`mp4`, `mp4-lossless`) encoding at `fps` frames a
-    second, with its other options at their defaults (one instance per setting)."""
+    second, with its other options at their defaults (one instance per setting and class)."""
     cls = codec_class(fmt)
     if not issubclass(cls, VideoCodec):
         raise UnknownFormat(f"{fmt!r} is an {cls.kind} format, not a video format")
+    return _video_codec(cls, fps)
+
+
+@functools.lru_cache(maxsize=32)
+def _video_codec(cls: type[VideoCodec], fps: int) -> VideoCodec:
     return cls(cls.options_model(fps=fps))

@@ -137,6 +137,26 @@ def test_the_codec_is_found_by_name_and_extension_and_encodes_through_the_regist
         type("OtherPng", (ImageCodec,), {"name": "png", "encode": lambda self, p: b""})
 
 
+def test_a_codec_registered_again_under_its_name_is_the_one_used() -> None:
+    from synthgen.storage.codecs.base import CODECS, image_codec
+
+    def tga(marker: bytes) -> type[ImageCodec]:
+        body = {"name": "tga-test", "media_type": "image/x-tga", "extension": "tga"}
+        return type("Tga", (ImageCodec,), {**body, "encode": lambda self, p: marker})
+
+    first = tga(b"one")
+    try:
+        assert image_codec("tga-test").encode(None) == b"one"  # cached per setting
+        CODECS.remove("tga-test")  # a test's plug-in gone, and another under its name
+        second = tga(b"two")
+        assert isinstance(image_codec("tga-test"), second) and second is not first
+        assert image_codec("tga-test").encode(None) == b"two"
+    finally:
+        CODECS.remove("tga-test")
+    with pytest.raises(UnknownFormat, match="'tga-test'"):
+        image_codec("tga-test")
+
+
 def test_a_shard_from_the_plugin_writer_and_codec_reads_back(tmp_path: Path) -> None:
     samples = bmp_samples(4)
     JsonlWriter.written.clear()
