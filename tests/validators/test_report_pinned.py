@@ -51,6 +51,14 @@ PINNED = {
     ),
 }
 
+# report.json as a second x86 machine (AMD EPYC, AVX-512 BLAS kernels) writes it: the
+# metrics' last digits (Frechet distance's matrix square root, Vendi's eigenvalues) round
+# differently there; the page, which shows them rounded, is the same.
+PINNED_AVX512_JSON = {
+    "computed_metrics": "03ccd51d0c06724bcc892152827d21851fcaccb4cfc0deb629d09361dea52751",
+    "full": "574f0ed6f9dd10d7d6182752d89893a9e6a9c63b88d7d52a04de8fde895f3206",
+}
+
 
 def _variant(name: str, tmp: Path) -> tuple[ReportData, dict[str, Any]]:
     if name == "full":
@@ -70,7 +78,9 @@ def _variant(name: str, tmp: Path) -> tuple[ReportData, dict[str, Any]]:
 def test_report_bytes_are_pinned(name: str, tmp_path: Path) -> None:
     data, report = _variant(name, tmp_path)
     page = render_html(data, report)
-    assert (_sha(_json(report)), _sha(page)) == PINNED[name]
+    json_sha, page_sha = PINNED[name]
+    assert _sha(page) == page_sha
+    assert _sha(_json(report)) in (json_sha, PINNED_AVX512_JSON.get(name, json_sha))
 
 
 def test_the_fixture_fills_every_section(tmp_path: Path) -> None:
