@@ -192,6 +192,7 @@ class Worker:
         self._progress = _progress_file(spec.progress_dir)
         self._reported = False
         self._signing = _signing(spec)
+        self._signer = _signer_id(self._signing)  # recorded with the images signed here
         self.feed: queue.Queue[tuple[ShardJob, ModelCall, Any] | None] = queue.Queue(FEED_DEPTH)
         threading.Thread(
             target=_feeder, args=(self.feed, weakref.ref(self)), name="synthgen-feed", daemon=True
@@ -444,7 +445,8 @@ class Worker:
     def _stage(self, job: ShardJob) -> None:
         try:
             maybe_fault("stage", f"{job.shard:05d}")
-            write_staged(Path(self.spec.out), job.shard, job.samples, job.signed)
+            signer = self._signer if job.signed else None
+            write_staged(Path(self.spec.out), job.shard, job.samples, job.signed, signer)
             job.samples, job.signed = [], {}  # on disk now: the memory goes
         except BaseException as exc:
             job.fail(exc)
@@ -488,6 +490,18 @@ def _signing(spec: StageSpec) -> Any:
     from synthgen.storage.c2pa_sign import read_signing_config
 
     return read_signing_config(Path(spec.out))
+
+
+def _signer_id(config: Any) -> str | None:
+    """The certificate a signing worker signs with (`c2pa_sign.signer_id`), or None."""
+    if config is None:
+        return None
+    from synthgen.storage.c2pa_sign import SigningError, signer_id
+
+    try:
+        return signer_id(config)
+    except SigningError:
+        return None  # its signing fails too: the writer signs, and reports why
 
 
 def _feeder(

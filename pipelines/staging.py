@@ -90,11 +90,19 @@ def _row(s: Sample, signed: bytes | None = None) -> dict[str, object]:
     }
 
 
+SIGNER_KEY = b"synthgen.signer"  # the staging file's metadata: who signed its images
+
+
 def write_staged(
-    out: Path, shard: int, samples: Iterable[Sample], signed: Mapping[str, bytes] | None = None
+    out: Path,
+    shard: int,
+    samples: Iterable[Sample],
+    signed: Mapping[str, bytes] | None = None,
+    signer: str | None = None,
 ) -> int:
     """Write a shard's scored samples (sorted by key, one per key) atomically, with the
-    signed image of each key in `signed`; returns the count."""
+    signed image of each key in `signed` and `signer` (`c2pa_sign.signer_id`: the
+    certificate they were signed with); returns the count."""
     by_key: dict[str, Sample] = {}
     for s in samples:  # a retried bundle repeats identical samples
         seen = by_key.get(s.request.key)
@@ -104,8 +112,9 @@ def write_staged(
     rows = [_row(by_key[k], signed.get(k)) for k in sorted(by_key)]
     path = staging_path(out, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    with atomic_write(path) as f, pa.ipc.new_file(f, SCHEMA) as writer:
+    schema = SCHEMA if signer is None else SCHEMA.with_metadata({SIGNER_KEY: signer.encode()})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_write(path) as f, pa.ipc.new_file(f, schema) as writer:
         writer.write_table(table)
     return len(rows)
 
@@ -162,11 +171,16 @@ def _media(row: Mapping[str, Any]) -> Media:
     return Media(data, row["media_type"], row["extension"], shape, row["phash"])
 
 
-def read_signed(out: Path, shard: int) -> dict[str, bytes]:
-    """The images a staged shard holds signed (key -> bytes); none in a file made without."""
+def read_signed(out: Path, shard: int, signer: str | None) -> dict[str, bytes]:
+    """The images a staged shard holds signed by `signer` (key -> bytes): none in a file
+    made without, or signed with other credentials (the certificate was rotated between a
+    build's runs: the writer signs those again, so that one build has one signer)."""
     with pa.memory_map(str(staging_path(out, shard))) as source:
         table = pa.ipc.open_file(source).read_all()
     if "signed_image" not in table.column_names:
+        return {}
+    staged_by = (table.schema.metadata or {}).get(SIGNER_KEY)
+    if signer is None or staged_by != signer.encode():
         return {}
     requests = table.column("request").to_pylist()
     images = table.column("signed_image").to_pylist()

@@ -115,12 +115,13 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element: tuple[int, Iterable[Sample]]) -> Iterator[ShardStats]:
         from synthgen.pipelines.staging import read_signed, read_staged
+        from synthgen.storage.c2pa_sign import current_signer
 
         shard, decided = element
         maybe_fault("write", f"{shard:05d}")
         out = Path(self._out_dir)
         samples = with_staged(decided, read_staged(out, shard))
-        signed = read_signed(out, shard)
+        signed = read_signed(out, shard, current_signer(out))
         yield write_shard(out, shard, samples, self._ctx, self._columns, signed)
         self._shards.inc()
 

@@ -131,6 +131,25 @@ def write_signing_config(out_dir: Path, config: SigningConfig | None) -> None:
         write_bytes_atomic(path, config.to_json())
 
 
+def signer_id(config: SigningConfig) -> str:
+    """Who signs with `config`: the sha256 of its certificate chain and algorithm (what a
+    rotated certificate changes; the key is never read for it)."""
+    chain = _read_secret("c2pa.cert_chain", config.cert_chain, config.cert_chain_env)
+    return hashlib.sha256(chain + b"\0" + config.alg.encode()).hexdigest()
+
+
+def current_signer(out_dir: Path) -> str | None:
+    """`signer_id` of the build's signing config now; None for a build that signs nothing
+    (or whose certificate cannot be read: the writer's signing reports that)."""
+    config = read_signing_config(out_dir)
+    if config is None:
+        return None
+    try:
+        return signer_id(config)
+    except SigningError:
+        return None
+
+
 def read_signing_config(out_dir: Path) -> SigningConfig | None:
     path = out_dir / STATE_DIR / CONFIG_NAME
     try:

@@ -240,6 +240,37 @@ def test_images_are_signed_with_their_host_work_not_after_generation(
         assert cred.present and cred.valid and cred.hash_ok and cred.trusted, cred
 
 
+def test_a_certificate_rotated_before_a_resume_signs_the_whole_build(
+    model_dir: Path, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images signed with their host work wait in staging with the certificate that signed
+    them; a resume after the certificate changed signs them again with the new one, so the
+    build has one signer."""
+    from synthgen.storage.faults import InjectedFault
+
+    rotated = make_pki(tmp_path / "rotated")
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(pki.chain.read_bytes())
+    data = signed_recipe(model_dir, pki, cert_chain=str(chain), key_env=KEY_ENV)
+    out = tmp_path / "out"
+    monkeypatch.setenv(KEY_ENV, pki.key_pem.decode())
+    monkeypatch.setenv("SYNTHGEN_FAULT", "write:*:raise")  # every shard staged, none written
+    with pytest.raises(Exception) as failed:
+        run_build(data, out, show_progress=False)
+    assert "injected fault" in str(failed.value) or isinstance(failed.value, InjectedFault)
+    assert not list(out.glob("*.tar")) and list((out / ".synthgen").rglob("*.arrow"))
+    monkeypatch.delenv("SYNTHGEN_FAULT")
+    chain.write_bytes(rotated.chain.read_bytes())  # the certificate and key rotated
+    monkeypatch.setenv(KEY_ENV, rotated.key_pem.decode())
+    run_build(data, out, resume=True, show_progress=False)
+    images = tar_images(out)
+    assert len(images) == 3
+    for data_ in images.values():
+        cred = read_credentials(data_, rotated.ca.read_bytes())
+        assert cred.present and cred.valid and cred.trusted, cred  # the new signer's
+        assert not read_credentials(data_, pki.ca.read_bytes()).trusted
+
+
 def test_verify_checks_credentials_trust_and_regenerates(
     build: CliBuild, pki: Pki, capsys: pytest.CaptureFixture[str]
 ) -> None:
