@@ -455,7 +455,7 @@ class BuildSession:
             shards=[s.entry() for s in stats],
             lineage=self.lineage,
             watermark=WatermarkInfo.model_validate(
-                watermark_info(r.hash, r.sampling.width, r.sampling.height)
+                watermark_info(r.hash, r.sampling.width, r.sampling.height, _lossy_clips(r))
             ),
             usage=UsageInfo.model_validate(
                 license_info(
@@ -464,3 +464,14 @@ class BuildSession:
             ),
             **finish.extra,
         )
+
+
+def _lossy_clips(recipe: Recipe) -> str | None:
+    """The clip format of a video build whose codec is lossy (its clips carry no
+    watermark), else None."""
+    if recipe.sampling.num_frames is None:
+        return None
+    from synthgen.storage.codecs import video_codec
+
+    fmt = recipe.output.video_format
+    return None if video_codec(fmt, recipe.sampling.fps).lossless else fmt

@@ -352,7 +352,8 @@ class WatermarkInfo(_Contract):
     method: str
     payload: str = Field(description="hex: magic `SG` + the first 4 bytes of the recipe hash")
     skipped: str | None = Field(
-        default=None, description="why the build's images carry no watermark (too small)"
+        default=None,
+        description="why the build's images carry no watermark (too small; clips in a lossy codec)",
     )
 
 

@@ -232,13 +232,21 @@ def judge_payload(found: bytes | None, recipe_hashes: list[str]) -> WatermarkVer
     return WatermarkVerdict(False, found.hex(), "watermark of another build")
 
 
-def watermark_info(recipe_hash: str, width: int, height: int) -> dict[str, str | None]:
-    """The manifest's `watermark` entry of a build: method, payload, and why it was skipped."""
-    return {
-        "method": METHOD,
-        "payload": watermark_payload(recipe_hash).hex(),
-        "skipped": skip_reason(width, height),
-    }
+LOSSY_CLIPS = (
+    "clips encoded as {fmt}, a lossy codec whose quantisation does not keep the payload: not "
+    "watermarked (output.video_format: mp4-lossless carries it in every frame)"
+)
+
+
+def watermark_info(
+    recipe_hash: str, width: int, height: int, lossy_clips: str | None = None
+) -> dict[str, str | None]:
+    """The manifest's `watermark` entry of a build: method, payload, and why it was skipped
+    (images too small; `lossy_clips`: the lossy clip format a video build encodes to)."""
+    skipped = skip_reason(width, height)
+    if skipped is None and lossy_clips is not None:
+        skipped = LOSSY_CLIPS.format(fmt=lossy_clips)
+    return {"method": METHOD, "payload": watermark_payload(recipe_hash).hex(), "skipped": skipped}
 
 
 def survives_encoding(fmt: str, quality: int, width: int, height: int) -> bool:

@@ -248,3 +248,26 @@ def test_the_card_declares_a_video_feature_and_load_yields_clips(tmp_path: Path)
         assert np.array_equal(c.frames, blob(FRAMES, SIZE, shift=2 * int(c.key[-1])))
         assert (c.label, c.class_name, c.fps, c.duration_s) == (0, "zero", FPS, 1.0)
         assert c.prompt == by_key[c.key].request.prompt and c.data == by_key[c.key].media.data
+
+
+def test_the_manifest_says_why_lossy_clips_carry_no_watermark(model_dir: Path) -> None:
+    from synthgen.pipelines.session import _lossy_clips
+    from synthgen.schemas.recipe import recipe_from_dict
+    from synthgen.storage.watermark import watermark_info
+    from tests.conftest import tiny_recipe_dict
+
+    def recipe(**output: str) -> object:
+        data = tiny_recipe_dict(model_dir)
+        data["sampling"] = {**data["sampling"], "height": 256, "width": 256, "num_frames": 6}
+        data["output"] = {**data["output"], **output}
+        return recipe_from_dict(data)
+
+    lossy, lossless = recipe(), recipe(video_format="mp4-lossless")
+    assert _lossy_clips(lossy) == "mp4" and _lossy_clips(lossless) is None
+    assert _lossy_clips(recipe_from_dict(tiny_recipe_dict(model_dir))) is None  # images
+    said = watermark_info("ab" * 32, 256, 256, _lossy_clips(lossy))["skipped"]
+    assert said is not None and "clips encoded as mp4, a lossy codec" in said
+    assert "mp4-lossless carries it" in said
+    assert watermark_info("ab" * 32, 256, 256, _lossy_clips(lossless))["skipped"] is None
+    small = watermark_info("ab" * 32, 16, 16, "mp4")["skipped"]  # too small says so first
+    assert small is not None and "smaller than" in small
