@@ -1,7 +1,8 @@
-"""Adapters on clip families: a LoRA on the denoiser of each kind of video model (the
-AnimateDiff UNet, the Wan transformer) changes the clips and the build's identity and
-regenerates byte for byte; a textual-inversion embedding on a family without a CLIP text
-encoder is refused by name before anything loads."""
+"""Adapters and conditioning on clip families: a LoRA on the denoiser of each kind of video
+model (the AnimateDiff UNet, the Wan transformer) changes the clips and the build's identity
+and regenerates byte for byte; a textual-inversion embedding on a family without a CLIP text
+encoder, and an image-conditioned mode on any video family, are refused by name before
+anything loads."""
 
 from __future__ import annotations
 
@@ -85,3 +86,22 @@ def test_a_textual_inversion_on_a_t5_video_family_is_refused_by_name(
     with pytest.raises(AdapterError, match="WanPipeline does not load textual-inversion"):
         run_build(write_recipe(tmp_path / "r.yaml", data), tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("family", ["wan", "ltx", "cogvideox", "animatediff"])
+def test_an_image_conditioned_mode_on_a_video_family_is_refused_by_name(
+    family: str, model_dir: Path
+) -> None:
+    from synthgen.generators.conditioning import ConditioningError
+    from synthgen.generators.modes.base import mode_classes
+    from synthgen.schemas.recipe import recipe_from_dict
+    from synthgen.schemas.recipe.conditioning import ConditioningSpec
+    from tests.conftest import tiny_recipe_dict
+
+    recipe = recipe_from_dict(tiny_recipe_dict(model_dir))
+    for name in ("img2img", "inpaint", "controlnet", "ip_adapter"):
+        spec = ConditioningSpec.model_construct(mode=name)  # the family decides, first
+        with pytest.raises(
+            ConditioningError, match=f"{name} has no diffusers pipeline for {family}"
+        ):
+            mode_classes()[name]().validate(recipe, "zero", spec, family)
