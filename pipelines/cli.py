@@ -595,10 +595,13 @@ def _fixed_plan(recipe: Any, examples: int, out: dict[str, Any]) -> list[str]:
     shards = shard_ids(recipe)
     out |= {"samples": count_planned(recipe), "shards": len(shards)}
     s = recipe.sampling
+    what = "samples" if s.num_frames is None else "clips"
+    size = f"{s.width}x{s.height}"
+    if s.num_frames is not None:  # a clip's length, and how it is stored
+        size += f", {s.num_frames} frames at {s.fps} fps ({recipe.output.video_format})"
     lines = [
-        f"{count_planned(recipe)} samples in {len(shards)} shard(s) of up to "
-        f"{recipe.output.shard_size}; {s.width}x{s.height}, {s.steps} steps, "
-        f"scheduler {s.scheduler}"
+        f"{count_planned(recipe)} {what} in {len(shards)} shard(s) of up to "
+        f"{recipe.output.shard_size}; {size}, {s.steps} steps, scheduler {s.scheduler}"
     ]
     shown: dict[int, int] = {}
     for r in plan_shard(recipe, shards[0]) if shards else []:

@@ -271,3 +271,14 @@ def test_the_manifest_says_why_lossy_clips_carry_no_watermark(model_dir: Path) -
     assert watermark_info("ab" * 32, 256, 256, _lossy_clips(lossless))["skipped"] is None
     small = watermark_info("ab" * 32, 16, 16, "mp4")["skipped"]  # too small says so first
     assert small is not None and "smaller than" in small
+
+
+def test_plan_counts_clips_and_says_how_long_and_how_stored(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from synthgen.pipelines import cli
+
+    recipe = Path(__file__).parents[2] / "recipes" / "moving-digits.yaml"
+    assert cli.main(["plan", str(recipe)]) == 0
+    said = capsys.readouterr().out
+    assert "200 clips in 2 shard(s) of up to 100; 16x16, 8 frames at 8 fps (mp4)" in said
