@@ -194,13 +194,32 @@ def build_embeddings(
         vectors = table.column(column).combine_chunks()
         if vectors.null_count == len(vectors):
             continue
-        names = table.column("class_name").to_pylist()
-        states = table.column("status").to_pylist()
-        for name, state, vec in zip(names, states, vectors.to_pylist(), strict=True):
-            if vec is None or (status is not None and state != status):
-                continue
-            parts.setdefault(name, []).append(np.asarray(vec, dtype=np.float32))
-    return {name: np.stack(v) for name, v in parts.items()}
+        keep = ~np.asarray(vectors.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        if status is not None:
+            states = np.asarray(table.column("status").to_pylist(), dtype=object)
+            keep &= states == status
+        names = np.asarray(table.column("class_name").to_pylist(), dtype=object)
+        matrix = _rows_of(vectors)
+        for name in dict.fromkeys(names[keep]):  # classes in the order they first appear
+            parts.setdefault(name, []).append(matrix[keep & (names == name)])
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def _rows_of(vectors: Any) -> np.ndarray:
+    """(N, D) float32 of a list column's rows, in one copy (a null row: NaN, left out by
+    the caller; a null inside a row: NaN, as np.asarray makes of None)."""
+    import pyarrow as pa
+
+    if pa.types.is_fixed_size_list(vectors.type):
+        dim = vectors.type.list_size
+        flat = vectors.values.slice(vectors.offset * dim, len(vectors) * dim)
+        flat = flat.to_numpy(zero_copy_only=False)
+        return np.asarray(flat, dtype=np.float32).reshape(len(vectors), dim)
+    rows = [np.full(0, np.nan) if v is None else v for v in vectors.to_pylist()]
+    width = max((len(r) for r in rows), default=0)
+    return np.asarray(
+        [np.full(width, np.nan) if len(r) == 0 else r for r in rows], dtype=np.float32
+    )
 
 
 def gate_values(metrics: Mapping[str, Any], name: str, per_class: bool) -> dict[str, Any]:
