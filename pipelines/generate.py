@@ -76,6 +76,7 @@ from synthgen.schemas.manifest import PlanRound
 from synthgen.schemas.plugins import register_carried
 from synthgen.schemas.recipe import Recipe
 from synthgen.schemas.records import BuildContext, GenerationRequest, Sample, withheld
+from synthgen.storage.c2pa_sign import config_signer
 from synthgen.storage.codecs import image_codec
 from synthgen.storage.faults import maybe_fault
 from synthgen.storage.host import usable_cores
@@ -192,7 +193,7 @@ class Worker:
         self._progress = _progress_file(spec.progress_dir)
         self._reported = False
         self._signing = _signing(spec)
-        self._signer = _signer_id(self._signing)  # recorded with the images signed here
+        self._signer = config_signer(self._signing)  # recorded with the images signed here
         self.feed: queue.Queue[tuple[ShardJob, ModelCall, Any] | None] = queue.Queue(FEED_DEPTH)
         threading.Thread(
             target=_feeder, args=(self.feed, weakref.ref(self)), name="synthgen-feed", daemon=True
@@ -490,18 +491,6 @@ def _signing(spec: StageSpec) -> Any:
     from synthgen.storage.c2pa_sign import read_signing_config
 
     return read_signing_config(Path(spec.out))
-
-
-def _signer_id(config: Any) -> str | None:
-    """The certificate a signing worker signs with (`c2pa_sign.signer_id`), or None."""
-    if config is None:
-        return None
-    from synthgen.storage.c2pa_sign import SigningError, signer_id
-
-    try:
-        return signer_id(config)
-    except SigningError:
-        return None  # its signing fails too: the writer signs, and reports why
 
 
 def _feeder(

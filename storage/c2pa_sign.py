@@ -138,16 +138,20 @@ def signer_id(config: SigningConfig) -> str:
     return hashlib.sha256(chain + b"\0" + config.alg.encode()).hexdigest()
 
 
-def current_signer(out_dir: Path) -> str | None:
-    """`signer_id` of the build's signing config now; None for a build that signs nothing
-    (or whose certificate cannot be read: the writer's signing reports that)."""
-    config = read_signing_config(out_dir)
+def config_signer(config: SigningConfig | None) -> str | None:
+    """`signer_id` of `config`; None without one (a build that signs nothing) or when its
+    certificate cannot be read (the signing itself reports that)."""
     if config is None:
         return None
     try:
         return signer_id(config)
     except SigningError:
         return None
+
+
+def current_signer(out_dir: Path) -> str | None:
+    """`config_signer` of the build's signing config now."""
+    return config_signer(read_signing_config(out_dir))
 
 
 def read_signing_config(out_dir: Path) -> SigningConfig | None:
