@@ -22,6 +22,7 @@ from synthgen.schemas.media import DEFAULT_VIDEO_FORMAT, Shape
 from synthgen.schemas.recipe.sampling import DEFAULT_FPS
 from synthgen.schemas.records import GenerationRequest, Sample
 from synthgen.storage.codecs import image_codec
+from synthgen.storage.host import pin_torch_threads
 from synthgen.storage.watermark import can_carry, embed_watermark
 
 logger = logging.getLogger(__name__)
@@ -231,6 +232,7 @@ def call_model(model: Any, settings: GenerationSettings, call: ModelCall) -> Any
     from synthgen.storage.faults import maybe_fault
 
     loaded = as_loaded(model, settings)
+    pin_torch_threads(settings.device, settings.cpu_threads)  # in the thread that calls
     pipe = loaded.pipe
     family_name = settings.pipeline_class or type(pipe).__name__
     family = FAMILIES[family_name]

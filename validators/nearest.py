@@ -35,6 +35,7 @@ from synthgen.schemas.scores import ScoreColumn
 from synthgen.storage.atomic import atomic_write, write_bytes_atomic
 from synthgen.storage.cache import shared_cache
 from synthgen.storage.hashing import file_sha256
+from synthgen.storage.host import pin_torch_threads
 
 CACHE_VERSION = 3  # 3: the file carries its key and a digest of its content
 CACHE_METADATA = b"synthgen.reference"  # Parquet schema metadata: {"key", "content_sha256"}
@@ -179,6 +180,7 @@ def clip_encoder(clip: Any, device: str = "cpu", cpu_threads: int = 1) -> Callab
     bundle = clip.load(models)
 
     def encode(images: list[Any]) -> np.ndarray:
+        pin_torch_threads(device, cpu_threads)  # the calling thread's count (storage.host)
         return np.asarray(encode_images(bundle, images, clip.compute_batch).numpy())
 
     return encode

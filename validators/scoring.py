@@ -16,6 +16,7 @@ from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import Recipe, ScorerSpec, resolve_path
 from synthgen.schemas.records import Sample, Score
 from synthgen.schemas.scores import ScoreColumn
+from synthgen.storage.host import pin_torch_threads
 from synthgen.validators.frames import (
     DEFAULT_FRAMES,
     clip_fingerprint,
@@ -202,6 +203,7 @@ def score_prepared(loaded: LoadedScorers, prepared: Sequence[Prepared]) -> list[
 
     A clip's sampled frames join the batch as images (N clips of K frames: N * K images,
     in the scorers' fixed-shape batches) and each scorer's rows of them are aggregated."""
+    pin_torch_threads(loaded.models.device, loaded.models.cpu_threads)  # this thread's
     samples: list[Sample] = []
     images: list[Any] = []
     inputs: list[dict[Hashable, Any]] = []
