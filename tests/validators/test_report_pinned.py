@@ -29,6 +29,17 @@ def _json(report: dict[str, Any]) -> str:
     return json.dumps(report, indent=2, default=str)  # as write_report writes it
 
 
+def _rounded(value: Any) -> Any:
+    """`value` with every float at 8 significant digits: what no BLAS kernel changes."""
+    if isinstance(value, float):
+        return float(f"{value:.8g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _with_trend(data: ReportData, report: dict[str, Any], tmp: Path) -> dict[str, Any]:
     gates = (data.manifest.recipe.get("validation") or {}).get("metrics") or {}
     report["trend"] = build_trend(report, previous_report(report), tmp / "build-previous", gates)
@@ -59,6 +70,14 @@ PINNED_AVX512_JSON = {
     "full": "574f0ed6f9dd10d7d6182752d89893a9e6a9c63b88d7d52a04de8fde895f3206",
 }
 
+# On other machines (a third: AMD EPYC, AVX2 kernels) the metrics' last digits move again:
+# report.json with every float at 8 significant digits, as any of them writes it.
+PINNED_ROUNDED_JSON = {
+    "computed_metrics": "58c6b92813cf7e0cf314e1473311e7e6b667c6f79740cd93c4df3f919201759f",
+    "full": "eca081c5ebe4e81d2e3cddf36b4a6e790826b12036e61f7c8a7e87954bca6ccf",
+    "plain": "8866d9202490f65d94ed20ab4d93707c12766b7fa02c169bc98d3be92192b21c",
+}
+
 
 def _variant(name: str, tmp: Path) -> tuple[ReportData, dict[str, Any]]:
     if name == "full":
@@ -80,7 +99,8 @@ def test_report_bytes_are_pinned(name: str, tmp_path: Path) -> None:
     page = render_html(data, report)
     json_sha, page_sha = PINNED[name]
     assert _sha(page) == page_sha
-    assert _sha(_json(report)) in (json_sha, PINNED_AVX512_JSON.get(name, json_sha))
+    exact = _sha(_json(report)) in (json_sha, PINNED_AVX512_JSON.get(name, json_sha))
+    assert exact or _sha(_json(_rounded(report))) == PINNED_ROUNDED_JSON[name], name
 
 
 def test_the_fixture_fills_every_section(tmp_path: Path) -> None:
