@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from typing import Any
 
 from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import AdapterSpec, Recipe, resolve_path
+from synthgen.schemas.recipe.sampling import TimestepSpacing
 from synthgen.schemas.records import canonical_json
 from synthgen.storage.hashing import file_sha256
 from synthgen.storage.model_files import safetensors_header
@@ -209,7 +211,7 @@ def check_adapter(
     return AdapterRef(spec.kind, adapter_name(sha), str(path), sha, spec.scale, token, **declared)
 
 
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = typing.get_args(TimestepSpacing)
 # the diffusers loader method each adapter kind needs on the pipeline class
 _LOADERS = {"lora": "load_lora_weights", "textual_inversion": "load_textual_inversion"}
 

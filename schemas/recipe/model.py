@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from synthgen.schemas.recipe.common import _Frozen
 from synthgen.schemas.recipe.fields import HashOmit, RecipePath
+from synthgen.schemas.recipe.sampling import TimestepSpacing
 
 
 class ModelSpec(_Frozen):
@@ -88,9 +89,7 @@ class AdapterSpec(_Frozen):
         default=None,
         description="a distillation LoRA: the sampler it was distilled for (lcm, tcd, ...)",
     )
-    timestep_spacing: Annotated[
-        Literal["leading", "trailing", "linspace"] | None, HashOmit.IF_DEFAULT
-    ] = Field(
+    timestep_spacing: Annotated[TimestepSpacing | None, HashOmit.IF_DEFAULT] = Field(
         default=None,
         description="a distillation LoRA: the timestep spacing it samples with (Hyper-SD: "
         "trailing)",

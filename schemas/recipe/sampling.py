@@ -11,6 +11,10 @@ from pydantic import Field, field_validator, model_validator
 from synthgen.schemas.recipe.common import _Frozen
 from synthgen.schemas.recipe.fields import HashOmit
 
+# How a sampler spaces its timesteps (diffusers' `timestep_spacing`): the recipe's and an
+# adapter's choices, and what a LoRA file may declare.
+TimestepSpacing = Literal["leading", "trailing", "linspace"]
+
 # Sampler names a recipe may give, each with the kind of model it is for: `diffusion`
 # (epsilon / v-prediction: SD 1.x/2.x, SDXL, PixArt, LCM students), `flow` (flow matching:
 # SD3, Flux, SANA) or `trigflow` (sCM consistency: SANA-Sprint). `lcm`, `tcd` and `scm` are
@@ -93,9 +97,7 @@ class SamplingSpec(_Frozen):
         description="per-sample guidance drawn from `levels` evenly spaced values in "
         "[low, high] (or `[low, high]`); a class's own guidance_scale is not jittered",
     )
-    timestep_spacing: Annotated[
-        Literal["leading", "trailing", "linspace"] | None, HashOmit.IF_DEFAULT
-    ] = Field(
+    timestep_spacing: Annotated[TimestepSpacing | None, HashOmit.IF_DEFAULT] = Field(
         default=None,
         description="how the sampler spaces its timesteps (Turbo / Hyper-SD sample with "
         "`trailing`); null keeps the scheduler config's",
