@@ -12,11 +12,13 @@ from typing import Any
 
 import torch
 
-from synthgen.generators.handler import GenerationSettings, plan_calls, run_call
+from synthgen.generators.handler import plan_calls, run_call
 from synthgen.generators.model_folder import load_pipeline
-from synthgen.generators.random_pipelines import save_snapshot
-from synthgen.schemas.records import GenerationRequest
+from synthgen.generators.planning import plan
+from synthgen.pipelines.resolve import generation_settings, resolve
+from synthgen.schemas.recipe import recipe_from_dict
 from synthgen.storage.host import pin_torch_threads
+from tests.conftest import tiny_recipe_dict
 
 
 def _in_a_thread_that_met(count: int, work: Callable[[], Any]) -> tuple[int, Any]:
@@ -47,37 +49,19 @@ def _in_a_thread_that_met(count: int, work: Callable[[], Any]) -> tuple[int, Any
 
 
 def test_a_model_call_computes_on_the_recipes_thread_count_in_a_reused_thread(
-    tmp_path: Path,
+    model_dir: Path, tmp_path: Path
 ) -> None:
-    folder = save_snapshot("sd", tmp_path / "sd", seed=0)
-    pipe = load_pipeline(folder, "native", "float32", "cpu", 1)
+    recipe = recipe_from_dict(tiny_recipe_dict(model_dir, count_per_class=1))
+    assert recipe.model.cpu_threads == 1
+    settings = generation_settings(resolve(recipe, tmp_path))
+    pipe = load_pipeline(model_dir / "sd", "native", "float32", "cpu", 1)
     seen: list[int] = []
     pipe.unet.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
-    settings = GenerationSettings(
-        model_path=str(folder),
-        scheduler="native",
-        steps=2,
-        guidance_scale=1.0,
-        height=16,
-        width=16,
-        dtype="float32",
-        device="cpu",
-        compute_batch=2,
-        cpu_threads=1,
-        image_format="png",
-        png_compress_level=1,
-        quality=95,
-        pipeline_class="StableDiffusionPipeline",
-    )
-    request = GenerationRequest(
-        key="k", shard=0, index=0, class_label=0, class_name="zero",
-        prompt="a handwritten digit 0", negative_prompt="", seed=1,
-    )  # fmt: skip
-    (call,) = plan_calls(settings, [request])
+    call = plan_calls(settings, plan(recipe)[:1])[0]
     before, out = _in_a_thread_that_met(3, lambda: run_call(pipe, settings, call))
     assert before == 3  # the thread still had the count it met, as torch leaves it
     assert seen and set(seen) == {1}  # every UNet pass ran on the recipe's one thread
-    assert out.pixels[0].shape == (16, 16, 3)
+    assert out.pixels[0].shape == (settings.height, settings.width, 3)
 
 
 def test_pinning_leaves_other_devices_and_a_matching_count_alone() -> None:
