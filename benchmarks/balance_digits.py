@@ -34,17 +34,18 @@ once per mode:
 `--cuts 3,5,8 2,4,9`; `--minority` is the one-cut form. `--target minority` tops up only the
 minority classes (each to the largest class) in the open-loop modes; `max` (default) every
 class short of the largest. `--set` overrides apply to every mode (e.g. `--set
-sampling.guidance_scale=2.0`). The same classifier (an SVC on 8x8 grey pixels) is trained on
-the imbalanced real set and on each balanced set (real + accepted synthetic, read back from
-the balanced index and the shards), and tested on the real test split. Reported per mode:
-minority recall per class, their mean, macro-F1, the synthetic images used, the diversity of
-the generated top-up (mean pairwise distance of its 8x8 pixel features, per minority class;
-the full real train class for comparison), the share of distinct synthetic images, rounds,
-rejects and build time; per round, the SVC on the synthetic images accepted up to that round
-and (feedback) the build's own probe metrics, allocation and reason from the manifest.
-With `feedback` and `text`, the closed-loop goal: on every cut, feedback reaches text's
-minority recall with at most half of text's synthetic images, and is not below
-`text-equal` (text at feedback's budget).
+sampling.guidance_scale=2.0`); `--feedback-set` overrides apply to the feedback modes only
+(e.g. `--feedback-set balance.feedback.features=image_embedding`). The same classifier (an
+SVC on 8x8 grey pixels) is trained on the imbalanced real set and on each balanced set (real
++ accepted synthetic, read back from the balanced index and the shards), and tested on the
+real test split. Reported per mode: minority recall per class, their mean, macro-F1, the
+synthetic images used, the diversity of the generated top-up (mean pairwise distance of its
+8x8 pixel features, per minority class; the full real train class for comparison), the share
+of distinct synthetic images, rounds, rejects and build time; per round, the SVC on the
+synthetic images accepted up to that round and (feedback) the build's own probe metrics,
+allocation and reason from the manifest. With `feedback` and `text`, the closed-loop goal:
+on every cut, feedback reaches text's minority recall with at most half of text's synthetic
+images, and is not below `text-equal` (text at feedback's budget).
 `--steps` overrides sampling.steps (smaller: faster, for slow machines).
 """
 
@@ -293,6 +294,8 @@ def mode_overrides(mode: str, cut: Cut, source: Path, args: argparse.Namespace) 
         overrides.append("balance.strategy=feedback")
     if mode == "feedback-guided":
         overrides.append("balance.feedback.guidance=feedback")
+    if not open_loop:
+        overrides += args.feedback_overrides
     return overrides + args.overrides
 
 
@@ -558,6 +561,14 @@ def parse_args() -> argparse.Namespace:
         action="append",
         default=[],
         help="recipe override for every mode, e.g. sampling.guidance_scale=2.0",
+    )
+    parser.add_argument(
+        "--feedback-set",
+        dest="feedback_overrides",
+        action="append",
+        default=[],
+        help="recipe override for the feedback modes only, e.g. "
+        "balance.feedback.features=image_embedding",
     )
     return parser.parse_args()
 

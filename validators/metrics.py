@@ -205,6 +205,35 @@ def build_embeddings(
     return {name: np.concatenate(v) for name, v in parts.items()}
 
 
+def build_images(
+    out: Any, shards: list[int], status: str | None = "accepted"
+) -> dict[str, list[Any]]:
+    """Class name -> the decoded images (PIL, RGB) of a build's samples (accepted only by
+    default), shard by shard in each Parquet table's row order: what a pixel probe reads."""
+    import pyarrow.parquet as pq
+
+    from synthgen.schemas.manifest import shard_files
+    from synthgen.schemas.media import WRITTEN_IMAGE_EXTENSIONS
+    from synthgen.storage.images import decode_image
+    from synthgen.storage.tars import iter_tar_samples
+
+    parts: dict[str, list[Any]] = {}
+    for shard in shards:
+        files = shard_files(shard)
+        table = pq.read_table(out / files.parquet, columns=["key", "class_name", "status"])
+        columns = (table.column(c).to_pylist() for c in ("key", "class_name", "status"))
+        rows = [(k, n) for k, n, s in zip(*columns, strict=True) if status in (None, s)]
+        if not rows:
+            continue
+        data = {
+            sample.key: sample.parts[0][1]
+            for sample in iter_tar_samples(out / files.tar, extensions=WRITTEN_IMAGE_EXTENSIONS)
+        }
+        for key, name in rows:
+            parts.setdefault(name, []).append(decode_image(data[key]))
+    return parts
+
+
 def _rows_of(vectors: Any) -> np.ndarray:
     """(N, D) float32 of a list column's rows, in one copy (a null row: NaN, left out by
     the caller; a null inside a row: NaN, as np.asarray makes of None)."""

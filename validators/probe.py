@@ -1,4 +1,5 @@
-"""A small probe classifier on CLIP image embeddings, cross-validated on the real images.
+"""A small probe classifier on CLIP image embeddings (or grey pixels), cross-validated on the
+real images.
 
 Closed-loop balancing (`balance.strategy: feedback`) trains one each round, on the real images
 plus the synthetic ones accepted so far, and asks where it errs on real images it did not
@@ -8,7 +9,8 @@ torch thread, folds and k-means from the seed, so a resumed build trains the sam
 A probe file is safetensors with tensors `weight` [C, D], `bias` [C] (linear) or `w1` [H, D],
 `b1` [H], `w2` [C, H], `b2` [C] (mlp: `relu(x @ w1.T + b1) @ w2.T + b2`), float32, and
 metadata `kind`, `classes` (JSON list of class ids in row order), `embedding` (the CLIP
-model) and `normalise` (`l2`): `logits = x @ weight.T + bias` for an L2-normalised x.
+model, or `pixels-SxS`: `pixel_features`) and `normalise` (`l2`): `logits = x @ weight.T + bias`
+for an L2-normalised x.
 """
 
 from __future__ import annotations
@@ -28,6 +30,30 @@ MLP_HIDDEN = 64
 L2 = 1e-4  # weight decay on the mean cross-entropy: keeps separable classes finite
 LBFGS_STEPS = 200
 AUGMENT_NOISE = 8.0  # grey levels (of 255): the oversampling baseline's pixel noise
+
+
+# -- what a probe reads --------------------------------------------------------------------
+
+
+def pixel_name(size: int) -> str:
+    """The `embedding` a pixel probe's file records."""
+    return f"pixels-{size}x{size}"
+
+
+def pixel_features(images: Sequence[Any], size: int) -> np.ndarray:
+    """(n, size * size) float32 features of PIL images: the mean of the colour channels in
+    [0, 1], averaged over boxes down to `size` x `size` (PIL's BOX filter), L2-normalised
+    (an all-black image stays zero): a pixel classifier's view of the images."""
+    from PIL import Image
+
+    out = np.zeros((len(images), size * size), dtype=np.float32)
+    for i, image in enumerate(images):
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        grey = Image.fromarray(rgb.mean(axis=2), mode="F")
+        small = np.asarray(grey.resize((size, size), Image.Resampling.BOX), dtype=np.float32)
+        norm = float(np.linalg.norm(small))
+        out[i] = small.reshape(-1) / norm if norm > 0 else small.reshape(-1)
+    return out
 
 
 # -- the probe -----------------------------------------------------------------------------

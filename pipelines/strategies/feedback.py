@@ -54,6 +54,8 @@ from synthgen.validators.probe import (
     class_clusters,
     cross_validate,
     oversampled,
+    pixel_features,
+    pixel_name,
     train_probe,
 )
 
@@ -128,20 +130,22 @@ def reason(
 
 @dataclass(frozen=True)
 class RealSet:
-    """The source's real images as the probe sees them: embeddings, labels, references,
-    k-means cluster within the class, and which classes started short."""
+    """The source's real images as the probe sees them: its features `x` (the image
+    embeddings, or grey pixels), labels, references, k-means cluster within the class (of
+    the embeddings `emb`), and which classes started short."""
 
     x: np.ndarray
     y: np.ndarray
     refs: list[str]
     clusters: np.ndarray
     minority: list[int]
+    emb: np.ndarray
 
     def centroids(self, c: int) -> dict[int, np.ndarray]:
         """Cluster id -> the unit-length mean embedding of class `c`'s cluster."""
         out = {}
         for k in np.unique(self.clusters[self.y == c]):
-            mean = self.x[(self.y == c) & (self.clusters == k)].mean(axis=0)
+            mean = self.emb[(self.y == c) & (self.clusters == k)].mean(axis=0)
             out[int(k)] = mean / max(float(np.linalg.norm(mean)), 1e-12)
         return out
 
@@ -213,6 +217,11 @@ class Feedback(Balance):
                 "balance.strategy: feedback trains its probe on the stored image embeddings: "
                 "add `{name: clip_embedding}` to scoring.scorers"
             )
+        if self._fb.features == "pixels" and self.recipe.sampling.num_frames is not None:
+            raise RecipeError(
+                "balance.feedback.features: pixels reads still images; a clip build "
+                "(sampling.num_frames) uses `features: image_embedding`"
+            )
         self._check_guidance()
         super().prepare()
         self._seed = self.recipe.seed if self._fb.seed is None else self._fb.seed
@@ -274,15 +283,18 @@ class Feedback(Balance):
         y = np.asarray(embedded.labels, dtype=np.int64)
         minority = sorted(c for c, d in self.deficit.items() if d > 0)
         index = {r: i for i, r in enumerate(embedded.refs)}
-        wanted = {i for i, c in enumerate(embedded.labels) if c in minority}
+        pixels = self._fb.features == "pixels"
+        wanted = {i for i, c in enumerate(embedded.labels) if pixels or c in minority}
         images = {
             index[im.reference]: decode_image(im.data)
             for im in self.source.iter_images()
             if index.get(im.reference) in wanted
         }
-        x = np.asarray(embedded.embeddings, dtype=np.float32)
-        clusters = class_clusters(x, y, self._fb.clusters, self._seed)
-        return RealSet(x, y, list(embedded.refs), clusters, minority), images
+        emb = np.asarray(embedded.embeddings, dtype=np.float32)
+        x = self._encode([images[i] for i in range(len(y))]) if pixels else emb
+        clusters = class_clusters(emb, y, self._fb.clusters, self._seed)
+        real = RealSet(x, y, list(embedded.refs), clusters, minority, emb)
+        return real, {i: im for i, im in images.items() if int(y[i]) in minority}
 
     def _clip(self) -> Any:
         from synthgen.pipelines.references import embedding_encoder
@@ -290,8 +302,11 @@ class Feedback(Balance):
         return embedding_encoder(self.resolved.scorers)
 
     def _encode(self, images: list[Any]) -> np.ndarray:
+        """The probe's features of decoded images."""
         from synthgen.validators.nearest import clip_encoder
 
+        if self._fb.features == "pixels":
+            return pixel_features(images, self._fb.pixels_size)
         m = self.recipe.model
         return np.asarray(clip_encoder(self._clip(), m.device, m.cpu_threads)(images))
 
@@ -323,12 +338,18 @@ class Feedback(Balance):
         )
 
     def _synthetic(self) -> Extra:
-        """The accepted synthetic images so far, by their stored embeddings."""
-        from synthgen.validators.metrics import build_embeddings
+        """The accepted synthetic images so far, by their stored embeddings (or their
+        pixels, read back from the shards)."""
+        from synthgen.validators.metrics import build_embeddings, build_images
 
         assert self._column is not None
         shards = sorted(s.shard for o in self._session.rounds for s in o.stats)
-        by_name = build_embeddings(self._session.out, shards, self._column)
+        if self._fb.features == "pixels":
+            by_name = {
+                n: self._encode(ims) for n, ims in build_images(self._session.out, shards).items()
+            }
+        else:
+            by_name = build_embeddings(self._session.out, shards, self._column)
         ids = {c.name: c.id for c in self.recipe.classes}
         xs = [v for _, v in sorted(by_name.items())]
         if not xs:
@@ -346,7 +367,7 @@ class Feedback(Balance):
             self._classes,
             self._fb.probe,
             self._seed,
-            embedding=self._clip().name,
+            embedding=self._probe_reads(),
         )
         data = probe.to_bytes()
         name = probe_name(round_)
@@ -356,6 +377,12 @@ class Feedback(Balance):
         sha = hashlib.sha256(data).hexdigest()
         self._probe_files[name] = FileInfo(sha256=sha, bytes=len(data))
         return name, sha
+
+    def _probe_reads(self) -> str:
+        """What the probe's file records it reads: the CLIP model, or the pixel grid."""
+        if self._fb.features == "pixels":
+            return pixel_name(self._fb.pixels_size)
+        return str(self._clip().name)
 
     def _stop_reason(self, short: Mapping[int, int]) -> str | None:
         if not short:

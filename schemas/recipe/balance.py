@@ -29,12 +29,23 @@ class LoraTrainSpec(_Frozen):
 
 class FeedbackSpec(_Frozen):
     """Closed-loop balancing (`strategy: feedback`): each round a probe classifier on the CLIP
-    image embeddings, trained on the real images and the synthetic ones accepted so far, is
-    cross-validated on the real images; the next round's samples go to the short classes
-    (and, within a class, the regions) it gets wrong."""
+    image embeddings (or, `features: pixels`, the images' grey pixels), trained on the real
+    images and the synthetic ones accepted so far, is cross-validated on the real images; the
+    next round's samples go to the short classes (and, within a class, the regions) it gets
+    wrong."""
 
     probe: Literal["linear", "mlp"] = Field(
         default="linear", description="multinomial logistic regression, or a one-layer MLP"
+    )
+    features: Annotated[Literal["image_embedding", "pixels"], HashOmit.IF_DEFAULT] = Field(
+        default="image_embedding",
+        description="what the probe reads: the stored CLIP image embeddings, or the images' "
+        "grey pixels averaged down to `pixels_size` x `pixels_size` (for data a pixel "
+        "classifier separates better than the embedding does; the clusters and prompt "
+        "weights still use the embeddings)",
+    )
+    pixels_size: Annotated[int, HashOmit.IF_DEFAULT] = Field(
+        default=8, ge=2, le=64, description="side of the grey pixel grid (`features: pixels`)"
     )
     folds: int = Field(
         default=3,
@@ -106,6 +117,17 @@ class FeedbackSpec(_Frozen):
             )
         if self.scale == 0.0:
             raise ValueError("feedback.scale 0 guides nothing: use `guidance: none`")
+        if self.features == "pixels" and self.guidance == "feedback":
+            raise ValueError(
+                "feedback.guidance: feedback steers sampling through the CLIP image tower, "
+                "which a pixel probe does not read: use `features: image_embedding`, or "
+                "`guidance: none`"
+            )
+        if self.features != "pixels" and self.pixels_size != 8:
+            raise ValueError(
+                "feedback.pixels_size sets the pixel probe's grid: add `features: pixels`, "
+                "or leave it out"
+            )
         if self.guidance == "none" and (
             self.criterion != "loss" or self.scale != 0.1 or self.every != 2
         ):

@@ -24,8 +24,15 @@ from synthgen.pipelines.strategies.feedback import (
 )
 from synthgen.schemas.manifest import ClassFocus
 from synthgen.schemas.recipe import RecipeError, recipe_from_dict
+from synthgen.storage.images import decode_image
 from synthgen.validators.probe import Extra, class_clusters, cross_validate
-from tests.conftest import SPLIT_THRESHOLD, shared_build, tiny_recipe_dict, write_recipe
+from tests.conftest import (
+    SPLIT_THRESHOLD,
+    read_rows,
+    shared_build,
+    tiny_recipe_dict,
+    write_recipe,
+)
 from tests.pipelines.test_balance import make_folder
 
 FEEDBACK = {
@@ -192,6 +199,12 @@ def test_img2img_samples_start_from_the_focus_sources(model_dir: Path) -> None:
         ({"feedback": {"folds": 1}}, "folds"),
         ({"feedback": {"guidance": "feedback", "scale": 0.0}}, "use `guidance: none`"),
         ({"strategy": "closed-loop"}, "strategy"),
+        (
+            {"feedback": {"features": "pixels", "guidance": "feedback"}},
+            "which a pixel probe does not read",
+        ),
+        ({"feedback": {"pixels_size": 4}}, "add `features: pixels`"),
+        ({"feedback": {"features": "pixel"}}, "features"),
     ],
 )
 def test_bad_feedback_options_are_refused_by_name(
@@ -256,6 +269,7 @@ def _first_round(tmp_path: Path, data: dict[str, Any]) -> tuple[Feedback, Any]:
     from synthgen.pipelines.resolve import resolve
     from synthgen.schemas.recipe import load_recipe
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     recipe, base = load_recipe(write_recipe(tmp_path / "r.yaml", data))
     strategy = Feedback(resolve(recipe, base))
     strategy.prepare()
@@ -429,3 +443,124 @@ def test_a_guided_build_changes_the_images_and_regenerates_them_byte_for_byte(
     assert again == images[key]
     with pytest.raises(ValueError, match="clip_loader"):
         regenerate(sidecars[key], Inputs.for_build(out))
+
+
+# -- a probe on the pixels -----------------------------------------------------------------
+
+
+def test_pixel_features_are_the_grey_grid_of_each_image_l2_normalised() -> None:
+    from PIL import Image
+
+    from synthgen.validators.probe import pixel_features
+
+    half = np.zeros((4, 4, 3), dtype=np.uint8)
+    half[:, :2] = 255  # the left half white
+    red = np.zeros((4, 4, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    images = [Image.fromarray(a) for a in (half, red, np.zeros((4, 4, 3), np.uint8))]
+    x = pixel_features(images, 2)
+    assert x.shape == (3, 4) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], [2**-0.5, 0, 2**-0.5, 0], atol=1e-6)
+    np.testing.assert_allclose(x[1], [0.5] * 4, atol=1e-6)  # grey 1/3 everywhere
+    assert not x[2].any()  # all black stays zero
+
+
+def test_build_images_reads_the_accepted_images_in_the_embeddings_order(
+    feedback_build: Path,
+) -> None:
+    """`build_images` returns, per class, the images of the rows `build_embeddings` returns,
+    in the same order: the CLIP embedding of each decoded image is its stored one."""
+    from synthgen.schemas.manifest import shard_files
+    from synthgen.storage.tars import iter_tar_samples
+    from synthgen.validators.metrics import build_embeddings, build_images
+
+    manifest = json.loads((feedback_build / "manifest.json").read_text())
+    shards = [s["shard"] for s in manifest["shards"]]
+    rows = read_rows(feedback_build).to_pylist()
+    column = next(c for c in rows[0] if c.endswith("_embedding"))
+    images = build_images(feedback_build, shards)
+    stored = build_embeddings(feedback_build, shards, column)
+    assert {n: len(v) for n, v in images.items()} == {n: len(v) for n, v in stored.items()}
+    accepted = [r for r in rows if r["status"] == "accepted"]
+    assert sum(len(v) for v in images.values()) == len(accepted) > 0
+    tars = {
+        s.key: s.members["png"]
+        for shard in shards
+        for s in iter_tar_samples(feedback_build / shard_files(shard).tar, extensions={"png"})
+    }
+    for name, decoded in images.items():
+        mine = [r for r in accepted if r["class_name"] == name]
+        for image, row in zip(decoded, mine, strict=True):
+            assert image.tobytes() == decode_image(tars[row["key"]]).tobytes()
+
+
+def _pixel_recipe(model_dir: Path, source: Path) -> dict[str, Any]:
+    return _recipe_dict(model_dir, str(source), features="pixels", pixels_size=4)
+
+
+def test_a_pixel_probe_reads_the_grey_grid_and_its_file_says_so(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """`features: pixels`: the probe's rows are the real images' 4x4 grey grids, its file
+    records `pixels-4x4`; the clusters (and so the prompt weights) are still those of the
+    image embeddings; the hash changes only when the option is set."""
+    from synthgen.validators.probe import Probe, pixel_features
+
+    source = make_folder(tmp_path / "src")
+    strategy, plan = _first_round(tmp_path / "pixels", _pixel_recipe(model_dir, source))
+    embedded, _ = _first_round(tmp_path / "embedding", _recipe_dict(model_dir, str(source)))
+    assert plan is not None
+    real = strategy.real
+    assert real.x.shape == (12, 16)
+    by_ref = {im.reference: decode_image(im.data) for im in strategy.source.iter_images()}
+    np.testing.assert_array_equal(real.x, pixel_features([by_ref[r] for r in real.refs], 4))
+    np.testing.assert_array_equal(real.emb, embedded.real.x)
+    np.testing.assert_array_equal(real.clusters, embedded.real.clusters)
+    probe = Probe.load(tmp_path / "pixels" / "out" / "_feedback" / "probe-0.safetensors")
+    assert probe.embedding == "pixels-4x4" and probe.tensors["weight"].shape == (3, 16)
+    spelled = _recipe_dict(model_dir, str(source), features="image_embedding", pixels_size=8)
+    plain = recipe_from_dict(_recipe_dict(model_dir, str(source)))
+    assert recipe_from_dict(spelled).hash == plain.hash  # defaults left out of the hash
+    assert recipe_from_dict(_pixel_recipe(model_dir, source)).hash != plain.hash
+
+
+def test_a_pixel_probe_build_trains_each_round_on_the_accepted_images_pixels(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Every later round's probe is the one trained on the real images' and the accepted
+    synthetic images' grey grids, read back from the shards: the saved bytes match a probe
+    trained here from those pixels."""
+    from synthgen.validators.metrics import build_images
+    from synthgen.validators.probe import pixel_features, train_probe
+
+    source = make_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", _pixel_recipe(model_dir, source))
+    run_build(recipe, out, show_progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    rounds = manifest["balance"]["feedback"]["rounds"]
+    assert len(rounds) >= 2 and rounds[-1]["synthetic_so_far"] > 0
+    strategy, _ = _first_round(tmp_path / "again", _pixel_recipe(model_dir, source))
+    ids = {"zero": 0, "one": 1, "two": 2}
+    shards = sorted(manifest["shards"], key=lambda s: s["shard"])
+    for r in rounds[1:]:
+        # the shards before this round: the first ones holding its synthetic_so_far
+        done = next(
+            i
+            for i in range(len(shards) + 1)
+            if sum(s["accepted"] for s in shards[:i]) == r["synthetic_so_far"]
+        )
+        images = build_images(out, [s["shard"] for s in shards[:done]])
+        names = sorted(images)
+        syn_x = np.concatenate([pixel_features(images[n], 4) for n in names])
+        syn_y = np.concatenate([np.full(len(images[n]), ids[n]) for n in names])
+        assert len(syn_y) == r["synthetic_so_far"]
+        probe = train_probe(
+            np.concatenate([strategy.real.x, syn_x]),
+            np.concatenate([strategy.real.y, syn_y]),
+            [0, 1, 2],
+            "linear",
+            7,
+            embedding="pixels-4x4",
+        )
+        assert probe.to_bytes() == (out / r["probe"]).read_bytes(), r["round"]
