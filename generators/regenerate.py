@@ -20,10 +20,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthgen.generators.conditioning import conditioning_from_provenance
-from synthgen.generators.handler import GenerationSettings, generate_batch
 from synthgen.generators.model_folder import ModelFolderError, load_pipeline
 from synthgen.generators.provenance_bounds import check_provenance_bounds
 from synthgen.generators.sources.webdataset_source import is_pattern
@@ -40,6 +39,9 @@ from synthgen.schemas.records import (
 )
 from synthgen.storage.hashing import file_sha256, folder_sha256
 from synthgen.storage.watermark import watermark_payload
+
+if TYPE_CHECKING:  # the handler imports torch and Beam: only once the inputs are found
+    from synthgen.generators.handler import GenerationSettings
 
 
 def _loads(value: Any) -> Any:
@@ -292,6 +294,8 @@ def _restore_non_finite(cls: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def settings_from_provenance(prov: dict[str, Any]) -> GenerationSettings:
+    from synthgen.generators.handler import GenerationSettings
+
     device, _, threads = str(prov["device"]).partition(":threads=")
     encoding = _loads(prov["image_encoding"])
     # Options beyond the classic ones; absent from older records (then: the defaults).
@@ -423,4 +427,6 @@ def regenerate(
         conditioning_source_sha256=prov.get("conditioning_source_sha256"),
         conditioning=_slots_json(prov.get("conditioning")),
     )
+    from synthgen.generators.handler import generate_batch
+
     return generate_batch(pipe, settings, [request])[0].image

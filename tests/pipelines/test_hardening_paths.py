@@ -28,6 +28,7 @@ from synthgen.pipelines.build import run_build
 from synthgen.validators.corpus import validate_dir
 from tests.conftest import tiny_recipe_dict, write_recipe
 from tests.pipelines.test_balance import make_folder, make_webdataset
+from tests.pipelines.test_operability import PROBE, heavy_at_exit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -210,8 +211,10 @@ def test_no_published_file_of_a_balancing_build_holds_a_machine_path(
 
 
 def _regenerate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`synthgen regenerate ARGS` run from `cwd`, its stderr ending with the heavy modules
+    loaded by exit (tests.pipelines.test_operability.PROBE)."""
     return subprocess.run(
-        [sys.executable, "-m", "synthgen.pipelines.cli", "regenerate", *args],
+        [sys.executable, "-c", PROBE, "regenerate", *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -236,9 +239,11 @@ def test_regenerate_finds_the_inputs_here_with_model_or_by_the_recipe_folder(
     run = _regenerate(str(copy), key, cwd=elsewhere)
     assert run.returncode == 1
     assert "model folder '../models/sd' not found" in run.stderr and "--model PATH" in run.stderr
+    assert heavy_at_exit(run) == [], "refused before torch, Beam or diffusers is imported"
     run = _regenerate(str(copy), key, "--model", str(machine / "models" / "sd"), cwd=elsewhere)
     assert run.returncode == 1
     assert "'../data/cond' not found" in run.stderr and "--inputs DIR" in run.stderr
+    assert heavy_at_exit(run) == []
     model = ["--model", str(machine / "models" / "sd")]
     run = _regenerate(str(copy), key, *model, "--inputs", str(machine / "recipes"), cwd=elsewhere)
     assert run.returncode == 0 and "matches" in run.stdout, run.stderr
