@@ -104,10 +104,14 @@ def allocate(
     return {c: n for c, n in out.items() if n > 0}
 
 
-def allocation_errors(ev: Evaluation, short: Mapping[int, int]) -> tuple[dict[int, float], str]:
+def allocation_errors(
+    ev: Evaluation, short: Mapping[int, int], by: str = "error"
+) -> tuple[dict[int, float], str]:
     """What the allocation is proportional to, and its name: the held-out error of each
-    class; when the probe misreads no held-out image of any short class, the soft error
-    (1 - the true class's probability), which still ranks them."""
+    class; when the probe misreads no held-out image of any short class, or with `by`
+    `soft_error`, the soft error (1 - the true class's probability), which still ranks them."""
+    if by == "soft_error":
+        return dict(ev.per_class_soft_error), "held-out soft error"
     if any(ev.per_class_error.get(c, 1.0) > 0 for c in short):
         return dict(ev.per_class_error), "held-out error"
     return dict(ev.per_class_soft_error), "held-out soft error (no short class misread)"
@@ -421,7 +425,7 @@ class Feedback(Balance):
         probe, sha = self._save_probe(round_, synthetic)
         short = self._short()
         self.stop = self._stop_reason(short)
-        errors, what = allocation_errors(ev, short)
+        errors, what = allocation_errors(ev, short, self._fb.allocate_by)
         budget = min(self._fb.round_budget, self._fb.max_synthetic - self._planned)
         alloc = {} if self.stop else allocate(errors, self._caps(short), budget, self._fb.floor)
         why = f"stopped: {self.stop}" if self.stop else reason(errors, what, alloc, self.names)

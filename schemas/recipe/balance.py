@@ -44,6 +44,12 @@ class FeedbackSpec(_Frozen):
         "classifier separates better than the embedding does; the clusters and prompt "
         "weights still use the embeddings)",
     )
+    allocate_by: Annotated[Literal["error", "soft_error"], HashOmit.IF_DEFAULT] = Field(
+        default="error",
+        description="what a round's budget follows: the held-out error of each class (its "
+        "soft error when the probe misreads no short class), or always the soft error (1 - "
+        "the true class's probability: steadier when a class has a handful of real images)",
+    )
     pixels_size: Annotated[int, HashOmit.IF_DEFAULT] = Field(
         default=8, ge=2, le=64, description="side of the grey pixel grid (`features: pixels`)"
     )

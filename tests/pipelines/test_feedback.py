@@ -131,6 +131,28 @@ def test_when_no_short_class_is_misread_the_soft_error_ranks_them() -> None:
     assert allocation_errors(ev, {0: 5})[0] == ev.per_class_error  # type: ignore[arg-type]
 
 
+def test_allocate_by_soft_error_follows_it_even_where_classes_are_misread(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    ev = SimpleNamespace(
+        per_class_error={0: 0.4, 1: 0.2, 2: 0.2}, per_class_soft_error={0: 0.5, 1: 0.4, 2: 0.6}
+    )
+    errors, what = allocation_errors(ev, {0: 5, 1: 5}, "soft_error")  # type: ignore[arg-type]
+    assert errors == ev.per_class_soft_error and what == "held-out soft error"
+    # a build's first round follows it, and says so in its reason
+    data = _recipe_dict(model_dir, str(make_folder(tmp_path / "src")), allocate_by="soft_error")
+    strategy, plan = _first_round(tmp_path, data)
+    assert plan is not None
+    record = strategy.feedback_rounds[0]
+    assert "probe's held-out soft error (highest" in record.reason
+    soft = strategy.evaluation.per_class_soft_error
+    expected = allocate(soft, strategy._caps(strategy._short()), 4, FEEDBACK["floor"])
+    assert record.allocation == {strategy.names[c]: n for c, n in sorted(expected.items())}
+    plain = recipe_from_dict(_recipe_dict(model_dir, "unused"))
+    spelled = recipe_from_dict(_recipe_dict(model_dir, "unused", allocate_by="error"))
+    assert spelled.hash == plain.hash != recipe_from_dict(data).hash
+
+
 def test_plateau_after_patience_rounds_without_min_delta() -> None:
     assert not plateaued([0.5], 1, 0.01)
     assert not plateaued([0.5, 0.4], 1, 0.01)
