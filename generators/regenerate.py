@@ -407,7 +407,14 @@ def regenerate(
     if cls is not None:
         sched = _restore_non_finite(cls, sched)
     pipe.scheduler = make_scheduler("native", sched)
-    request = GenerationRequest(
+    from synthgen.generators.handler import generate_batch
+
+    return generate_batch(pipe, settings, [request_from_provenance(prov)])[0].image
+
+
+def request_from_provenance(prov: dict[str, Any]) -> GenerationRequest:
+    """The generation request a sample's record describes."""
+    return GenerationRequest(
         key=str(prov["key"]),
         shard=int(prov["shard"]),
         index=int(prov["index"]),
@@ -427,6 +434,3 @@ def regenerate(
         conditioning_source_sha256=prov.get("conditioning_source_sha256"),
         conditioning=_slots_json(prov.get("conditioning")),
     )
-    from synthgen.generators.handler import generate_batch
-
-    return generate_batch(pipe, settings, [request])[0].image

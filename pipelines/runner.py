@@ -130,18 +130,13 @@ def run_shards(
 ) -> dict[str, int]:
     """Generate, score, check and write `shard_ids` of one round; returns Beam's counters.
 
-    1. the checks: per sample (pixel checks run with each image's host work), and build-wide
-       over this round plus `earlier_shards`
+    1. the checks: per sample (with each image's host work) and build-wide (this round plus
+       `earlier_shards`)
     2. pipeline one: shard ids -> `GenerateShards` (pipelines.generate: one worker per
-       process and device, the model loaded once, host work streamed beside the device
-       loop) -> one staging file per shard as soon as it is done; shards already staged are
-       skipped. On Dask each shard is its own bag partition, so the workers share the model
-       work, and each worker's memory allocator is set for model work first
-    3. pipeline two: staging files (without image bytes) -> decided samples -> shard files
-       (each writer reads its shard's images from staging)
-    Each runs with the progress display (its clock from `started`, the build's start); a
-    runner that does not finish DONE is a failure.
-    """
+       process and device, the model loaded once, host work beside the device loop) -> one
+       staging file per shard (shards already staged are skipped; on Dask one partition each)
+    3. pipeline two: staging files (no image bytes) -> decided samples -> shard files
+    Both show progress (clock: `started`); a runner not finishing DONE is a failure."""
     r = resolved.recipe
     for note in padding_waste(r):
         logger.warning("%s", note)

@@ -79,6 +79,27 @@ def test_no_import_cycle_between_packages() -> None:
     assert [p for p in PACKAGES if reaches(p, p, set())] == []
 
 
+MAX_FUNCTION_LINES = 60
+
+
+def _package_files() -> list[Path]:
+    """The package's modules, each once (synthgen/'s folders link to the top-level ones)."""
+    files = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
+    return files + sorted((ROOT / "synthgen").glob("*.py"))
+
+
+def test_no_package_function_is_longer_than_60_lines() -> None:
+    """Every function and method of the package, docstring included, fits in 60 lines."""
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})"
+        for path in _package_files()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (node.end_lineno or node.lineno) - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert long == [], "\n".join(long)
+
+
 def test_installed_distribution_has_one_top_level_name() -> None:
     dist = metadata.distribution("synthgen-corpus")
     top = (dist.read_text("top_level.txt") or "").split()
