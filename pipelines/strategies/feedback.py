@@ -234,6 +234,7 @@ class Feedback(Balance):
         self._planned = 0
         self.stop: str | None = None
         self._probe_files: dict[str, FileInfo] = {}
+        self._pixels: dict[int, dict[str, np.ndarray]] = {}  # shard -> class -> features
 
     def _check_guidance(self) -> None:
         """`guidance: feedback` needs the guidance module, and a family it can steer."""
@@ -344,14 +345,12 @@ class Feedback(Balance):
     def _synthetic(self) -> Extra:
         """The accepted synthetic images so far, by their stored embeddings (or their
         pixels, read back from the shards)."""
-        from synthgen.validators.metrics import build_embeddings, build_images
+        from synthgen.validators.metrics import build_embeddings
 
         assert self._column is not None
         shards = sorted(s.shard for o in self._session.rounds for s in o.stats)
         if self._fb.features == "pixels":
-            by_name = {
-                n: self._encode(ims) for n, ims in build_images(self._session.out, shards).items()
-            }
+            by_name = self._synthetic_pixels(shards)
         else:
             by_name = build_embeddings(self._session.out, shards, self._column)
         ids = {c.name: c.id for c in self.recipe.classes}
@@ -361,6 +360,21 @@ class Feedback(Balance):
         ys = [np.full(len(v), ids[n]) for n, v in sorted(by_name.items())]
         x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
         return Extra(x, y, np.full(len(y), -1, dtype=np.int64))
+
+    def _synthetic_pixels(self, shards: list[int]) -> dict[str, np.ndarray]:
+        """Class name -> the pixel features of the accepted images of `shards`, in shard
+        order; each finished shard is decoded once per build, not once per round."""
+        from synthgen.validators.metrics import build_images
+
+        for shard in shards:
+            if shard not in self._pixels:
+                images = build_images(self._session.out, [shard])
+                self._pixels[shard] = {n: self._encode(ims) for n, ims in images.items()}
+        parts: dict[str, list[np.ndarray]] = {}
+        for shard in shards:
+            for name, x in self._pixels[shard].items():
+                parts.setdefault(name, []).append(x)
+        return {name: np.concatenate(v) for name, v in parts.items()}
 
     def _save_probe(self, round_: int, synthetic: Extra) -> tuple[str, str]:
         """The probe on every real image and the synthetic ones, saved for this round."""

@@ -547,18 +547,28 @@ def test_a_pixel_probe_reads_the_grey_grid_and_its_file_says_so(
 
 
 def test_a_pixel_probe_build_trains_each_round_on_the_accepted_images_pixels(
-    tmp_path: Path, model_dir: Path
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every later round's probe is the one trained on the real images' and the accepted
-    synthetic images' grey grids, read back from the shards: the saved bytes match a probe
-    trained here from those pixels."""
+    synthetic images' grey grids, read back from the shards (each shard once per build):
+    the saved bytes match a probe trained here from those pixels."""
+    from synthgen.validators import metrics
     from synthgen.validators.metrics import build_images
     from synthgen.validators.probe import pixel_features, train_probe
 
+    read: list[int] = []
+
+    def counted(out: Path, shards: list[int], *args: Any) -> dict[str, list[Any]]:
+        read.extend(shards)
+        return build_images(out, shards, *args)
+
+    monkeypatch.setattr(metrics, "build_images", counted)
     source = make_folder(tmp_path / "src")
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", _pixel_recipe(model_dir, source))
     run_build(recipe, out, show_progress=False)
+    monkeypatch.undo()
+    assert read and sorted(read) == sorted(set(read)), "a shard decoded twice"
     manifest = json.loads((out / "manifest.json").read_text())
     rounds = manifest["balance"]["feedback"]["rounds"]
     assert len(rounds) >= 2 and rounds[-1]["synthetic_so_far"] > 0
