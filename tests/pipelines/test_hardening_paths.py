@@ -222,16 +222,37 @@ def _regenerate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _regenerate_in(
+    cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str, str]:
+    """`synthgen regenerate ARGS` in this process, run from `cwd`: exit code, stdout, stderr
+    (the refusals run in a fresh process, to show what they import)."""
+    from synthgen.pipelines.cli import main
+
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        m.chdir(cwd)
+        code = main(["regenerate", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_regenerate_finds_the_inputs_here_with_model_or_by_the_recipe_folder(
-    relative_build: Path, machine: Path, tmp_path: Path
+    relative_build: Path,
+    machine: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     key = str(next(r["key"] for r in _rows(relative_build) if r["status"] == "accepted"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     image = tmp_path / "again.png"
     # on the building machine: where the build found them (its private state)
-    run = _regenerate(str(relative_build), key, "--image-out", str(image), cwd=elsewhere)
-    assert run.returncode == 0 and "matches" in run.stdout, run.stderr
+    code, out, err = _regenerate_in(
+        elsewhere, monkeypatch, capsys, str(relative_build), key, "--image-out", str(image)
+    )
+    assert code == 0 and "matches" in out, err
     assert image.read_bytes() == _tar_image(relative_build, key)
     # the build as published (no private state), regenerated elsewhere
     copy = tmp_path / "copy"
@@ -245,11 +266,12 @@ def test_regenerate_finds_the_inputs_here_with_model_or_by_the_recipe_folder(
     assert "'../data/cond' not found" in run.stderr and "--inputs DIR" in run.stderr
     assert heavy_at_exit(run) == []
     model = ["--model", str(machine / "models" / "sd")]
-    run = _regenerate(str(copy), key, *model, "--inputs", str(machine / "recipes"), cwd=elsewhere)
-    assert run.returncode == 0 and "matches" in run.stdout, run.stderr
+    inputs = ["--inputs", str(machine / "recipes")]
+    code, out, err = _regenerate_in(elsewhere, monkeypatch, capsys, str(copy), key, *model, *inputs)
+    assert code == 0 and "matches" in out, err
     # from the recipe's folder, the recorded relative paths resolve as they did
-    run = _regenerate(str(copy), key, cwd=machine / "recipes")
-    assert run.returncode == 0 and "matches" in run.stdout, run.stderr
+    code, out, err = _regenerate_in(machine / "recipes", monkeypatch, capsys, str(copy), key)
+    assert code == 0 and "matches" in out, err
 
 
 def test_a_record_with_an_absolute_model_path_still_regenerates(
