@@ -80,7 +80,9 @@ def _validate(
     suite = context.suites.add(gx.ExpectationSuite(name=f"synthgen_{name}{part}"))
     for e in expectations:
         suite.add_expectation(e)
-    outcome = batch.validate(suite)
+    # BASIC keeps what `_detail` reads (observed value, unexpected count and examples) and
+    # skips SUMMARY's extra metrics: the corpus gate in about half the time.
+    outcome = batch.validate(suite, result_format="BASIC")
     out = []
     for r in outcome.results:
         cfg = r.expectation_config
