@@ -54,15 +54,27 @@ def test_set_overrides_reach_the_build(cli_build: Path) -> None:
     assert len(manifest["shards"]) == 3
 
 
-def test_regenerate_matches_recorded_bytes(cli_build: Path, tmp_path: Path) -> None:
-    rows = pq.read_table(cli_build / "00001.parquet").to_pylist()
-    for row in (rows[0], rows[-1]):
-        out_png = tmp_path / f"{row['key']}.png"
-        proc = _run("regenerate", str(cli_build), row["key"], "--image-out", str(out_png))
-        assert proc.returncode == 0, proc.stderr
-        assert "matches" in proc.stdout
-        import hashlib
+def test_regenerate_matches_recorded_bytes(
+    cli_build: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first row from the command line, the last in this process (the same command)."""
+    import hashlib
 
+    from synthgen.pipelines.cli import main
+
+    rows = pq.read_table(cli_build / "00001.parquet").to_pylist()
+    for row, fresh in ((rows[0], True), (rows[-1], False)):
+        out_png = tmp_path / f"{row['key']}.png"
+        args = ("regenerate", str(cli_build), row["key"], "--image-out", str(out_png))
+        if fresh:
+            proc = _run(*args)
+            code, out, err = proc.returncode, proc.stdout, proc.stderr
+        else:
+            capsys.readouterr()
+            code = main(list(args))
+            out, err = capsys.readouterr()
+        assert code == 0, err
+        assert "matches" in out
         assert hashlib.sha256(out_png.read_bytes()).hexdigest() == row["image_sha256"]
 
 

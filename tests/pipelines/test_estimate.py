@@ -214,11 +214,18 @@ def test_plan_estimate_on_the_command_line(recipe_file: Path) -> None:
     assert "add --estimate" in plain.stdout and "loaded" not in plain.stderr
 
 
-def test_plan_estimate_json_carries_the_figures(recipe_file: Path) -> None:
-    args = ("plan", str(recipe_file), "--estimate", "--json", "--price-per-hour", "3.6")
-    done = run_cli(*args)
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+def test_plan_estimate_json_carries_the_figures(
+    recipe_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In this process (the command line's own run is the test above)."""
+    from synthgen.pipelines.cli import main
+
+    args = ["plan", str(recipe_file), "--estimate", "--json", "--price-per-hour", "3.6"]
+    capsys.readouterr()
+    code = main(args)
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    out = json.loads(stdout)
     f = out["estimate_figures"]
     assert (f["method"], f["calls"], f["images"], f["price_per_hour"]) == (RECIPE_STEPS, 5, 12, 3.6)
     assert f["device_seconds_per_1k_generated"] == pytest.approx(f["generate_seconds"] / 12e-3)
