@@ -73,6 +73,30 @@ def test_config_that_does_not_match_its_weights_is_refused(sd: Path) -> None:
         inspect_folder(sd)
 
 
+def test_the_shapes_a_config_implies_are_built_once_and_again_when_it_changes(
+    sd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from synthgen.generators import model_folder
+
+    built: list[str] = []
+    real = model_folder._build_meta_shapes
+
+    def counted(sub: Path, cls: type) -> dict[str, tuple[int, ...]] | None:
+        built.append(sub.name)
+        return real(sub, cls)
+
+    monkeypatch.setattr(model_folder, "_build_meta_shapes", counted)
+    model_folder._implied_shapes.cache_clear()
+    inspect_folder(sd)
+    assert sorted(built) == ["text_encoder", "unet", "vae"]
+    inspect_folder(sd)  # a build's driver, then its in-process worker
+    assert sorted(built) == ["text_encoder", "unet", "vae"]
+    _edit_json(sd / "unet" / "config.json", block_out_channels=[16, 4096])
+    with pytest.raises(ModelFolderError, match=r"unet: config.json does not match the weights"):
+        inspect_folder(sd)
+    assert sorted(built) == ["text_encoder", "unet", "unet", "vae"]
+
+
 def test_component_with_only_pickles_is_refused_with_a_conversion_hint(
     sd: Path, tmp_path: Path
 ) -> None:
