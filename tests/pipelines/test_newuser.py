@@ -238,22 +238,25 @@ def test_status_of_a_root_and_of_an_unfinished_dir(
 
 # -- D: paths and roots -----------------------------------------------------------------
 def test_validate_reference_finds_the_builds_clip_folder_from_anywhere(
-    tmp_path: Path, published: tuple[Path, Path, str]
+    tmp_path: Path,
+    published: tuple[Path, Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    from synthgen.pipelines.cli import main
     from tests.pipelines.test_balance import make_folder
 
     _, root, _ = published
     reference = make_folder(tmp_path / "reference")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()  # neither the recipe's folder nor its parent
-    proc = subprocess.run(
-        [sys.executable, "-m", "synthgen.pipelines.cli", "validate", str(root),
-         "--reference", str(reference), "--json"],
-        capture_output=True, text=True, timeout=600, cwd=elsewhere,
-    )  # fmt: skip
-    assert "CLIP model folder not found" not in proc.stderr, proc.stderr
-    assert "no manifest" not in proc.stderr, proc.stderr
-    summary = json.loads(proc.stdout)
+    monkeypatch.chdir(elsewhere)  # in this process: the paths resolve as from a shell there
+    capsys.readouterr()
+    main(["validate", str(root), "--reference", str(reference), "--json"])
+    stdout, stderr = capsys.readouterr()
+    assert "CLIP model folder not found" not in stderr, stderr
+    assert "no manifest" not in stderr, stderr
+    summary = json.loads(stdout)
     assert summary["command"] == "validate" and summary["expectations_passed"] > 0
     # measured against the reference (the tiny random CLIP calls everything a near copy)
     assert [f for f in summary["failures"] if not f.startswith("near_copy:")] == [], summary
@@ -283,15 +286,17 @@ def test_a_missing_clip_folder_names_clip_model(
 
 @pytest.mark.parametrize("command", ["validate", "report", "verify", "status"])
 def test_every_command_follows_a_local_publish_root(
-    command: str, published: tuple[Path, Path, str]
+    command: str, published: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """In this process: the command line itself is run by the tests around it."""
+    from synthgen.pipelines.cli import main
+
     _, root, _ = published
-    proc = subprocess.run(
-        [sys.executable, "-m", "synthgen.pipelines.cli", command, str(root)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert "no manifest" not in proc.stderr
+    capsys.readouterr()
+    code = main([command, str(root)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr + stdout
+    assert "no manifest" not in stderr
 
 
 def test_a_bad_set_value_is_named_as_that_set(recipe: Path) -> None:
