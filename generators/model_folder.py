@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib
 import logging
 import math
@@ -30,6 +29,7 @@ from typing import Any, cast
 from synthgen.generators.families import FAMILIES, SCHEDULER_CLASSES, Family
 from synthgen.schemas.errors import ModelFolderError
 from synthgen.schemas.recipe import SCHEDULERS
+from synthgen.storage.hashing import file_sha256
 from synthgen.storage.model_files import (
     UNSAFE_WEIGHT_SUFFIXES,
     read_json_object,
@@ -262,10 +262,10 @@ def _meta_shapes(sub: Path, cls: Any) -> dict[str, tuple[int, ...]] | None:
     bytes and the class alone, so a build's driver and an in-process worker, which both
     inspect the folder, build the meta-device model once (about 0.3 s of a tiny build)."""
     try:
-        digest = hashlib.sha256((sub / "config.json").read_bytes()).hexdigest()
-    except OSError:
-        digest = ""
-    shapes = _implied_shapes(sub, cls, digest) if digest else _build_meta_shapes(sub, cls)
+        digest = file_sha256(sub / "config.json")
+    except OSError:  # no config to build from: the loader reports it
+        return _build_meta_shapes(sub, cls)
+    shapes = _implied_shapes(sub, cls, digest)
     return None if shapes is None else dict(shapes)
 
 

@@ -154,6 +154,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`synthgen ARGS` in this process (its current folder): exit code, stdout, stderr."""
+    from synthgen.pipelines.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 # -- an S3 server on loopback (moto), for object-store tests ----------------------------
 S3_SECRET = "s3cr3t-" + hashlib.sha256(b"never-log-me").hexdigest()[:20]
 S3_BUCKET = "corpora"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import SPLIT_THRESHOLD, run_cli, tiny_recipe_dict, write_recipe
+from tests.conftest import SPLIT_THRESHOLD, run_cli, run_main, tiny_recipe_dict, write_recipe
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -60,8 +60,6 @@ def test_regenerate_matches_recorded_bytes(
     """The first row from the command line, the last in this process (the same command)."""
     import hashlib
 
-    from synthgen.pipelines.cli import main
-
     rows = pq.read_table(cli_build / "00001.parquet").to_pylist()
     for row, fresh in ((rows[0], True), (rows[-1], False)):
         out_png = tmp_path / f"{row['key']}.png"
@@ -70,9 +68,7 @@ def test_regenerate_matches_recorded_bytes(
             proc = _run(*args)
             code, out, err = proc.returncode, proc.stdout, proc.stderr
         else:
-            capsys.readouterr()
-            code = main(list(args))
-            out, err = capsys.readouterr()
+            code, out, err = run_main(capsys, *args)
         assert code == 0, err
         assert "matches" in out
         assert hashlib.sha256(out_png.read_bytes()).hexdigest() == row["image_sha256"]

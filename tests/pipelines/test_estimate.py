@@ -23,7 +23,7 @@ from synthgen.pipelines.estimate import (
 )
 from synthgen.pipelines.resolve import resolve
 from synthgen.schemas.recipe import load_recipe
-from tests.conftest import run_cli, tiny_recipe_dict, write_recipe
+from tests.conftest import run_cli, run_main, tiny_recipe_dict, write_recipe
 from tests.generators.families import make_snapshot
 from tests.generators.test_families import _recipe
 
@@ -218,12 +218,8 @@ def test_plan_estimate_json_carries_the_figures(
     recipe_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """In this process (the command line's own run is the test above)."""
-    from synthgen.pipelines.cli import main
-
-    args = ["plan", str(recipe_file), "--estimate", "--json", "--price-per-hour", "3.6"]
-    capsys.readouterr()
-    code = main(args)
-    stdout, stderr = capsys.readouterr()
+    args = ("plan", str(recipe_file), "--estimate", "--json", "--price-per-hour", "3.6")
+    code, stdout, stderr = run_main(capsys, *args)
     assert code == 0, stderr
     out = json.loads(stdout)
     f = out["estimate_figures"]

@@ -26,7 +26,7 @@ import pytest
 from synthgen.generators.regenerate import Inputs, find_provenance, regenerate
 from synthgen.pipelines.build import run_build
 from synthgen.validators.corpus import validate_dir
-from tests.conftest import tiny_recipe_dict, write_recipe
+from tests.conftest import run_main, tiny_recipe_dict, write_recipe
 from tests.pipelines.test_balance import make_folder, make_webdataset
 from tests.pipelines.test_operability import PROBE, heavy_at_exit
 
@@ -227,14 +227,9 @@ def _regenerate_in(
 ) -> tuple[int, str, str]:
     """`synthgen regenerate ARGS` in this process, run from `cwd`: exit code, stdout, stderr
     (the refusals run in a fresh process, to show what they import)."""
-    from synthgen.pipelines.cli import main
-
-    capsys.readouterr()
     with monkeypatch.context() as m:
         m.chdir(cwd)
-        code = main(["regenerate", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
+        return run_main(capsys, "regenerate", *args)
 
 
 def test_regenerate_finds_the_inputs_here_with_model_or_by_the_recipe_folder(

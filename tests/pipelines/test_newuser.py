@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_recipe_dict, write_recipe
+from tests.conftest import run_main, tiny_recipe_dict, write_recipe
 from tests.pipelines.test_balance import make_parquet
 
 HEAVY = ("torch", "diffusers", "apache_beam", "open_clip", "transformers")
@@ -243,7 +243,6 @@ def test_validate_reference_finds_the_builds_clip_folder_from_anywhere(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from synthgen.pipelines.cli import main
     from tests.pipelines.test_balance import make_folder
 
     _, root, _ = published
@@ -251,9 +250,9 @@ def test_validate_reference_finds_the_builds_clip_folder_from_anywhere(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()  # neither the recipe's folder nor its parent
     monkeypatch.chdir(elsewhere)  # in this process: the paths resolve as from a shell there
-    capsys.readouterr()
-    main(["validate", str(root), "--reference", str(reference), "--json"])
-    stdout, stderr = capsys.readouterr()
+    _, stdout, stderr = run_main(
+        capsys, "validate", str(root), "--reference", str(reference), "--json"
+    )
     assert "CLIP model folder not found" not in stderr, stderr
     assert "no manifest" not in stderr, stderr
     summary = json.loads(stdout)
@@ -289,12 +288,8 @@ def test_every_command_follows_a_local_publish_root(
     command: str, published: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """In this process: the command line itself is run by the tests around it."""
-    from synthgen.pipelines.cli import main
-
     _, root, _ = published
-    capsys.readouterr()
-    code = main([command, str(root)])
-    stdout, stderr = capsys.readouterr()
+    code, stdout, stderr = run_main(capsys, command, str(root))
     assert code == 0, stderr + stdout
     assert "no manifest" not in stderr
 
