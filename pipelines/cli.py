@@ -1464,13 +1464,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if is_remote(args.dir):
         raise BuildError(f"{args.dir}: status reads local folders only (not yet a store)")
-    status = build_status(Path(args.dir))
+    where = Path(args.dir)
+    if not where.is_dir():
+        # a scheduler's typo must not read as "a build that has not started"
+        what = "not a folder" if where.exists() else "no such folder"
+        raise BuildError(f"{args.dir}: {what}")
+    status = build_status(where)
+    # a folder that is neither a build nor a publish root is an error, not a state
+    known = "root" in status or status["build"]
     if args.json:
-        _print_json({"command": "status", "ok": True, **status})
+        _print_json({"command": "status", "ok": known, **status})
     else:
         for line in format_status(status):
             print(line)
-    return EXIT_OK
+    return EXIT_OK if known else EXIT_FAILED
 
 
 # The subcommands other than `build` (which also takes Beam's arguments and the run context).

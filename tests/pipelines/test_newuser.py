@@ -236,6 +236,29 @@ def test_status_of_a_root_and_of_an_unfinished_dir(
     assert "incomplete; 0 shard(s) written, 3 pending" in run.stdout
 
 
+def test_status_of_a_missing_or_foreign_folder_fails_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scheduler's typo or a folder that is no build must not exit 0 like a build."""
+    missing = tmp_path / "typo"
+    code, stdout, stderr = run_main(capsys, "status", str(missing), "--json")
+    assert code == 1 and not missing.exists()
+    assert json.loads(stdout) == {
+        "command": "status",
+        "ok": False,
+        "error": f"{missing}: no such folder",
+    }, stdout
+    (tmp_path / "file").write_text("x")
+    code, _, stderr = run_main(capsys, "status", str(tmp_path / "file"))
+    assert code == 1 and "not a folder" in stderr, stderr
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    code, stdout, _ = run_main(capsys, "status", str(foreign))
+    assert code == 1 and stdout.strip() == f"{foreign}: not a synthgen build"
+    code, stdout, _ = run_main(capsys, "status", str(foreign), "--json")
+    assert code == 1 and json.loads(stdout)["ok"] is False and json.loads(stdout)["build"] is False
+
+
 # -- D: paths and roots -----------------------------------------------------------------
 def test_validate_reference_finds_the_builds_clip_folder_from_anywhere(
     tmp_path: Path,
