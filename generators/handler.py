@@ -154,14 +154,23 @@ class LoadedModel:
         self.pipe = pipe
         self.inputs: WorkerInputs = WorkerInputs(conditioning)
         self.guidance_clip: Any = None  # feedback guidance's CLIP, loaded on first guided call
+        # the worker's scorer models (validators.scorers.base.WorkerModels), where the model
+        # runs beside them: guidance uses their CLIP copy rather than loading another
+        self.scorer_models: Any = None
 
 
 def guidance_clip(loaded: LoadedModel, settings: GenerationSettings) -> Any:
-    """The CLIP model feedback guidance differentiates through: one per model copy."""
+    """The CLIP model feedback guidance differentiates through. On a CPU the scorers' copy
+    of the same folder (the same float32 weights, so the same bytes as `regenerate`, which
+    loads its own); on a GPU the scorers run in half precision, so guidance loads a float32
+    copy per model copy."""
     if loaded.guidance_clip is None:
         assert settings.clip_loader is not None and settings.guidance_clip is not None
         path = Path(settings.guidance_clip[0])
-        loaded.guidance_clip = settings.clip_loader(path, settings.device)
+        shared = None
+        if loaded.scorer_models is not None and settings.device.startswith("cpu"):
+            shared = loaded.scorer_models.loaded(("clip", str(path)))
+        loaded.guidance_clip = shared or settings.clip_loader(path, settings.device)
     return loaded.guidance_clip
 
 

@@ -59,6 +59,7 @@ from synthgen.generators.handler import (
     DeviceOutOfMemory,
     DiffusersHandler,
     GenerationSettings,
+    LoadedModel,
     ModelCall,
     call_model,
     finish_image,
@@ -182,6 +183,9 @@ class Worker:
         self.scorers: LoadedScorers = ScoreSamples(
             list(spec.scorers), self.device, r.model.cpu_threads
         ).load_model()
+        for loaded in list(self.copies.queue):  # guidance can use the scorers' CLIP copy
+            if isinstance(loaded, LoadedModel):
+                loaded.scorer_models = self.scorers.models
         cap_malloc_arenas()  # before the host threads exist
         self.host = ThreadPoolExecutor(spec.threads(), thread_name_prefix="synthgen-host")
         # room for a whole scoring chunk plus the call that completes it, twice over

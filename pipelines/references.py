@@ -84,10 +84,16 @@ def _set_spec(recipe: Recipe, kind: str, embeds: bool) -> tuple[Any, int] | None
 
 
 def prepare_reference(
-    recipe: Recipe, ref: ReferenceInput, clip: Any, cache_dir: Path, device: str = "cpu"
+    recipe: Recipe,
+    ref: ReferenceInput,
+    clip: Any,
+    cache_dir: Path,
+    device: str = "cpu",
+    models: Any = None,
 ) -> Path:
     """The embedded set's cache file under `cache_dir` (made once per source content, CLIP
-    weights and class mapping; later builds and rounds read it)."""
+    weights and class mapping; later builds and rounds read it). `models`: the caller's
+    WorkerModels, where it keeps the CLIP model loaded for more work (else one for this)."""
     import itertools
 
     from synthgen.generators.sources.base import PixelLimit
@@ -123,26 +129,31 @@ def prepare_reference(
             for image in source.iter_images()  # labels and bytes from one walk, each checked
             if (cid := resolve(image.label)) is not None
         )
-        encode = clip_encoder(clip, device, recipe.model.cpu_threads)
+        encode = clip_encoder(clip, device, recipe.model.cpu_threads, models)
         return embed_reference(itertools.islice(items, ref.max_images), encode)
 
     return cached_reference(cache_dir, ref.kind, key, make)
 
 
 def prepare_references(
-    resolved: Any, inputs: Sequence[ReferenceInput], out: Path
+    resolved: Any, inputs: Sequence[ReferenceInput], out: Path, models: Any = None
 ) -> dict[str, str]:
     """kind -> the embedded set's cache file, under the build's `.synthgen/` (made once),
-    embedded by the scorer that writes the image embeddings."""
+    embedded by the scorer that writes the image embeddings (its CLIP copy loaded into
+    `models`, the session's WorkerModels, or one for these sets)."""
     from synthgen.schemas.manifest import STATE_DIR
 
     if not inputs:
         return {}
+    from synthgen.validators.scorers.base import WorkerModels
+
     clip = embedding_encoder(resolved.scorers)
-    device = resolved.recipe.model.device
+    m = resolved.recipe.model
     cache = out / STATE_DIR / "references"
+    if models is None:
+        models = WorkerModels(m.device, m.cpu_threads)  # one CLIP copy for every set made
     return {
-        ref.kind: str(prepare_reference(resolved.recipe, ref, clip, cache, device))
+        ref.kind: str(prepare_reference(resolved.recipe, ref, clip, cache, m.device, models))
         for ref in inputs
     }
 

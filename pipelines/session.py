@@ -73,6 +73,7 @@ from synthgen.storage.watermark import watermark_info
 from synthgen.validators.build_checks import check_columns
 from synthgen.validators.gate_process import GateProcess
 from synthgen.validators.report import record_run_start, write_report
+from synthgen.validators.scorers.base import WorkerModels
 from synthgen.validators.trend import previous_build
 
 if TYPE_CHECKING:
@@ -152,6 +153,10 @@ class BuildSession:
         self._planned_per_class: dict[str, int] = {}
         self._stack = ExitStack()
         self._gate = GateProcess()  # the build's own is taken when it opens
+        # the models the driver loads for this build (the reference sets' and a feedback
+        # strategy's CLIP copy): each loaded once however many steps use it
+        m = resolved.recipe.model
+        self.driver_models = WorkerModels(m.device, m.cpu_threads)
         self.state: BuildState | None = None
         self.ctx: BuildContext | None = None
         self.lineage: Lineage | None = None
@@ -203,7 +208,9 @@ class BuildSession:
         if self.mirror is not None:
             self.mirror.push()  # the state object first: the store is now a build
         self.ctx = make_context(self.resolved, self.state.created_at)
-        self.reference_paths = prepare_references(self.resolved, self.references, self.out)
+        self.reference_paths = prepare_references(
+            self.resolved, self.references, self.out, self.driver_models
+        )
         signing = signing_config(self.recipe.output.c2pa, self.resolved.base_dir)
         write_signing_config(self.out, signing)  # what the writer signs with (no secrets)
         return verified_manifest(self.out, self.state)

@@ -170,13 +170,17 @@ def embed_reference(
     return ReferenceSet(refs, labels, hashes, np.concatenate(parts), thumbs, shifted)
 
 
-def clip_encoder(clip: Any, device: str = "cpu", cpu_threads: int = 1) -> Callable[..., Any]:
+def clip_encoder(
+    clip: Any, device: str = "cpu", cpu_threads: int = 1, models: Any = None
+) -> Callable[..., Any]:
     """Decoded images -> normalised embeddings with the scorers' own CLIP (a ClipRef), in the
-    same fixed-shape batches the `clip_embedding` scorer uses: equal images, equal vectors."""
+    same fixed-shape batches the `clip_embedding` scorer uses: equal images, equal vectors.
+    `models`: a WorkerModels the caller keeps, so its later encoders share one loaded copy."""
     from synthgen.validators.clip_model import encode_images
     from synthgen.validators.scorers.base import WorkerModels
 
-    models = WorkerModels(device, cpu_threads)
+    if models is None:
+        models = WorkerModels(device, cpu_threads)
     bundle = clip.load(models)
 
     def encode(images: list[Any]) -> np.ndarray:

@@ -234,7 +234,7 @@ class Feedback(Balance):
         self._planned = 0
         self.stop: str | None = None
         self._probe_files: dict[str, FileInfo] = {}
-        self._pixels: dict[int, dict[str, np.ndarray]] = {}  # shard -> class -> features
+        self._features: dict[int, dict[str, np.ndarray]] = {}  # shard -> class -> features
 
     def _check_guidance(self) -> None:
         """`guidance: feedback` needs the guidance module, and a family it can steer."""
@@ -284,7 +284,8 @@ class Feedback(Balance):
         ref = ReferenceInput("reference", self.resolved.balance_source, self._spec, 10_000_000)
         cache = session.out / STATE_DIR / "references"
         device = self.recipe.model.device
-        embedded = read_reference(prepare_reference(self.recipe, ref, clip, cache, device))
+        made = prepare_reference(self.recipe, ref, clip, cache, device, self._models())
+        embedded = read_reference(made)
         y = np.asarray(embedded.labels, dtype=np.int64)
         minority = sorted(c for c, d in self.deficit.items() if d > 0)
         index = {r: i for i, r in enumerate(embedded.refs)}
@@ -306,6 +307,12 @@ class Feedback(Balance):
 
         return embedding_encoder(self.resolved.scorers)
 
+    def _models(self) -> Any:
+        """The session's driver models (a WorkerModels): the reference sets, the real
+        images, the prompts, the oversampling baseline and every round's pixels share the
+        CLIP copy loaded on first use."""
+        return self._session.driver_models
+
     def _encode(self, images: list[Any]) -> np.ndarray:
         """The probe's features of decoded images."""
         from synthgen.validators.nearest import clip_encoder
@@ -313,15 +320,15 @@ class Feedback(Balance):
         if self._fb.features == "pixels":
             return pixel_features(images, self._fb.pixels_size)
         m = self.recipe.model
-        return np.asarray(clip_encoder(self._clip(), m.device, m.cpu_threads)(images))
+        encode = clip_encoder(self._clip(), m.device, m.cpu_threads, self._models())
+        return np.asarray(encode(images))
 
     def _prompt_embeddings(self) -> dict[int, np.ndarray]:
         """Class id -> its prompt templates' normalised CLIP text embeddings."""
         from synthgen.validators.clip_model import encode_texts
-        from synthgen.validators.scorers.base import WorkerModels
 
         clip = self._clip()
-        bundle = clip.load(WorkerModels(self.recipe.model.device, self.recipe.model.cpu_threads))
+        bundle = clip.load(self._models())
         return {
             c.id: np.asarray(encode_texts(bundle, list(c.prompts), clip.compute_batch).numpy())
             for c in self.recipe.classes
@@ -345,14 +352,8 @@ class Feedback(Balance):
     def _synthetic(self) -> Extra:
         """The accepted synthetic images so far, by their stored embeddings (or their
         pixels, read back from the shards)."""
-        from synthgen.validators.metrics import build_embeddings
-
-        assert self._column is not None
         shards = sorted(s.shard for o in self._session.rounds for s in o.stats)
-        if self._fb.features == "pixels":
-            by_name = self._synthetic_pixels(shards)
-        else:
-            by_name = build_embeddings(self._session.out, shards, self._column)
+        by_name = self._synthetic_features(shards)
         ids = {c.name: c.id for c in self.recipe.classes}
         xs = [v for _, v in sorted(by_name.items())]
         if not xs:
@@ -361,18 +362,24 @@ class Feedback(Balance):
         x, y = np.concatenate(xs), np.concatenate(ys).astype(np.int64)
         return Extra(x, y, np.full(len(y), -1, dtype=np.int64))
 
-    def _synthetic_pixels(self, shards: list[int]) -> dict[str, np.ndarray]:
-        """Class name -> the pixel features of the accepted images of `shards`, in shard
-        order; each finished shard is decoded once per build, not once per round."""
-        from synthgen.validators.metrics import build_images
+    def _synthetic_features(self, shards: list[int]) -> dict[str, np.ndarray]:
+        """Class name -> the probe's features of the accepted images of `shards`, in shard
+        order: each finished shard is read once per build (its embedding column, or its
+        images decoded), not once per round."""
+        from synthgen.validators.metrics import build_embeddings, build_images
 
+        assert self._column is not None
         for shard in shards:
-            if shard not in self._pixels:
+            if shard in self._features:
+                continue
+            if self._fb.features == "pixels":
                 images = build_images(self._session.out, [shard])
-                self._pixels[shard] = {n: self._encode(ims) for n, ims in images.items()}
+                self._features[shard] = {n: self._encode(ims) for n, ims in images.items()}
+            else:
+                self._features[shard] = build_embeddings(self._session.out, [shard], self._column)
         parts: dict[str, list[np.ndarray]] = {}
         for shard in shards:
-            for name, x in self._pixels[shard].items():
+            for name, x in self._features[shard].items():
                 parts.setdefault(name, []).append(x)
         return {name: np.concatenate(v) for name, v in parts.items()}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -290,13 +291,17 @@ def _first_round(tmp_path: Path, data: dict[str, Any]) -> tuple[Feedback, Any]:
     """A feedback strategy's first round, planned without a build (nothing generated)."""
     from synthgen.pipelines.resolve import resolve
     from synthgen.schemas.recipe import load_recipe
+    from synthgen.validators.scorers.base import WorkerModels
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     recipe, base = load_recipe(write_recipe(tmp_path / "r.yaml", data))
     strategy = Feedback(resolve(recipe, base))
     strategy.prepare()
     try:
-        strategy.begin(SimpleNamespace(out=tmp_path / "out", rounds=[]))  # type: ignore[arg-type]
+        session = SimpleNamespace(
+            out=tmp_path / "out", rounds=[], driver_models=WorkerModels("cpu", 1)
+        )
+        strategy.begin(session)  # type: ignore[arg-type]
         return strategy, strategy.next_round()
     finally:
         strategy.close()
@@ -400,8 +405,22 @@ def test_resume_after_an_interrupted_round_replays_the_rounds_exactly(
         run_build(recipe, out, resume=True, show_progress=False)
     assert not (out / "manifest.json").exists()
     monkeypatch.delenv("SYNTHGEN_FAULT")
+    from synthgen.validators import metrics
+
+    read: list[int] = []
+    real_read = metrics.build_embeddings
+
+    def counted(where: Path, shards: list[int], *args: Any) -> dict[str, np.ndarray]:
+        if sys._getframe(1).f_code.co_name == "_synthetic_features":  # the probe's reads
+            read.extend(shards)
+        return real_read(where, shards, *args)
+
+    monkeypatch.setattr(metrics, "build_embeddings", counted)
     result = run_build(recipe, out, resume=True, show_progress=False)
+    monkeypatch.undo()
     assert result.reused_shards == [0]
+    # each shard's embeddings read once by the rounds after it, not once per round
+    assert read and sorted(read) == sorted(set(read)), read
     again = json.loads((out / "manifest.json").read_text())
     assert again["balance"]["feedback"] == clean["balance"]["feedback"]
     assert again["balance"] == clean["balance"] and again["files"] == clean["files"]
@@ -423,7 +442,7 @@ def test_existing_recipes_keep_the_topup_strategy(model_dir: Path) -> None:
 
 
 def test_a_guided_build_changes_the_images_and_regenerates_them_byte_for_byte(
-    tmp_path: Path, feedback_build: Path, model_dir: Path
+    tmp_path: Path, feedback_build: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`guidance: feedback`: the same plan as the unguided build (same keys, seeds, round 0
     probe), other pixels; each sample records its round's probe and CLIP model, and
@@ -439,7 +458,22 @@ def test_a_guided_build_changes_the_images_and_regenerates_them_byte_for_byte(
     data = _recipe_dict(model_dir, str(source), guidance="feedback", scale=0.3, every=1)
     data["balance"]["max_rounds"] = 1
     out = tmp_path / "guided"
+    from synthgen.validators import clip_folder
+
+    loads: list[str] = []
+    real_load = clip_folder.load_clip
+
+    def counted(path: Path, device: str = "cpu") -> Any:
+        loads.append(str(path))
+        return real_load(path, device)
+
+    monkeypatch.setattr(clip_folder, "load_clip", counted)
     run_build(write_recipe(tmp_path / "recipe.yaml", data), out, show_progress=False)
+    monkeypatch.undo()
+    # two CLIP copies: the driver's one (the reference set, the real images, the prompts,
+    # the baseline) and the worker's, which guidance differentiates through as the scorers
+    # do (guidance loaded one per model copy, and the driver one per use, before)
+    assert len(loads) == 2, loads
     guided = {r["key"]: r for r in read_rows(out).to_pylist()}
     plain = {r["key"]: r for r in read_rows(feedback_build).to_pylist() if r["shard"] == 0}
     assert set(guided) == set(plain)  # round 0 planned the same samples

@@ -65,6 +65,12 @@ class WorkerModels:
         self._models: dict[Hashable, Any] = {}
         self._lock = threading.RLock()  # threads of one worker load each model once
 
+    def loaded(self, key: Hashable) -> Any:
+        """The model loaded under `key`, or None: for another stage of the same worker that
+        can use a scorer's copy instead of loading its own."""
+        with self._lock:
+            return self._models.get(key)
+
     def get(self, key: Hashable, load: Callable[[], T]) -> T:
         with self._lock:
             if key not in self._models:
