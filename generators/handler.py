@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,22 +154,19 @@ class LoadedModel:
         self.pipe = pipe
         self.inputs: WorkerInputs = WorkerInputs(conditioning)
         self.guidance_clip: Any = None  # feedback guidance's CLIP, loaded on first guided call
-        # the worker's scorer models (validators.scorers.base.WorkerModels), where the model
-        # runs beside them: guidance uses their CLIP copy rather than loading another
-        self.scorer_models: Any = None
+        # path -> the worker's scorers' float32 copy of that CLIP folder or None, where the
+        # model runs beside them (pipelines.generate.Worker): guidance uses it, not another
+        self.scorer_clip: Callable[[str], Any] | None = None
 
 
 def guidance_clip(loaded: LoadedModel, settings: GenerationSettings) -> Any:
-    """The CLIP model feedback guidance differentiates through. On a CPU the scorers' copy
-    of the same folder (the same float32 weights, so the same bytes as `regenerate`, which
-    loads its own); on a GPU the scorers run in half precision, so guidance loads a float32
-    copy per model copy."""
+    """The CLIP model feedback guidance differentiates through: the scorers' copy of the
+    same folder where it is float32 (the same bytes as `regenerate`, which loads its own),
+    else one loaded per model copy (a GPU's scorers run in half precision)."""
     if loaded.guidance_clip is None:
         assert settings.clip_loader is not None and settings.guidance_clip is not None
         path = Path(settings.guidance_clip[0])
-        shared = None
-        if loaded.scorer_models is not None and settings.device.startswith("cpu"):
-            shared = loaded.scorer_models.loaded(("clip", str(path)))
+        shared = None if loaded.scorer_clip is None else loaded.scorer_clip(str(path))
         loaded.guidance_clip = shared or settings.clip_loader(path, settings.device)
     return loaded.guidance_clip
 

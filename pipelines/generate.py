@@ -36,6 +36,7 @@ thread, from what each finished shard reports: Beam attributes a counter only th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -82,6 +83,7 @@ from synthgen.storage.codecs import image_codec
 from synthgen.storage.faults import maybe_fault
 from synthgen.storage.host import usable_cores
 from synthgen.validators.base import Check, record_pixel_checks
+from synthgen.validators.clip_model import float32_copy
 from synthgen.validators.scorers.base import Scorer
 from synthgen.validators.scoring import LoadedScorers, Prepared, ScoreSamples, prepare_sample
 from synthgen.validators.scoring import score_prepared as score_batch
@@ -183,9 +185,10 @@ class Worker:
         self.scorers: LoadedScorers = ScoreSamples(
             list(spec.scorers), self.device, r.model.cpu_threads
         ).load_model()
+        shared_clip = functools.partial(float32_copy, self.scorers.models)
         for loaded in list(self.copies.queue):  # guidance can use the scorers' CLIP copy
             if isinstance(loaded, LoadedModel):
-                loaded.scorer_models = self.scorers.models
+                loaded.scorer_clip = shared_clip
         cap_malloc_arenas()  # before the host threads exist
         self.host = ThreadPoolExecutor(spec.threads(), thread_name_prefix="synthgen-host")
         # room for a whole scoring chunk plus the call that completes it, twice over

@@ -80,7 +80,7 @@ class ClipRef:
 
     def load(self, models: WorkerModels) -> ClipBundle:
         """The worker's one copy of this model (loaded on first use)."""
-        return models.get(("clip", self.path), lambda: _load(self.path, models))
+        return models.get(_key(self.path), lambda: _load(self.path, models))
 
     @property
     def pixels_key(self) -> tuple[str, str]:
@@ -101,6 +101,22 @@ class ClipRef:
             return encode_pixels(bundle, pixels, self.compute_batch)
 
         return batch.shared(key, compute)
+
+
+def _key(path: str) -> tuple[str, str]:
+    return ("clip", path)
+
+
+def float32_copy(models: WorkerModels, path: str) -> ClipBundle | None:
+    """The scorers' loaded copy of the CLIP folder at `path` where it is in float32 (on a
+    GPU they score in half precision), else None: for work that must compute exactly as a
+    freshly loaded copy does (feedback guidance, which `regenerate` repeats)."""
+    import torch
+
+    bundle: ClipBundle | None = models.loaded(_key(path))
+    if bundle is None or next(bundle.model.parameters()).dtype != torch.float32:
+        return None
+    return bundle
 
 
 def _load(path: str, models: WorkerModels) -> ClipBundle:

@@ -411,7 +411,8 @@ def test_resume_after_an_interrupted_round_replays_the_rounds_exactly(
     real_read = metrics.build_embeddings
 
     def counted(where: Path, shards: list[int], *args: Any) -> dict[str, np.ndarray]:
-        if sys._getframe(1).f_code.co_name == "_synthetic_features":  # the probe's reads
+        caller = sys._getframe(1).f_globals["__name__"]
+        if caller == "synthgen.pipelines.strategies.feedback":  # the probe's reads
             read.extend(shards)
         return real_read(where, shards, *args)
 
@@ -460,16 +461,18 @@ def test_a_guided_build_changes_the_images_and_regenerates_them_byte_for_byte(
     out = tmp_path / "guided"
     from synthgen.validators import clip_folder
 
-    loads: list[str] = []
     real_load = clip_folder.load_clip
+    loads_file = tmp_path / "clip-loads.txt"  # a file: the settings' loader goes pickled
 
     def counted(path: Path, device: str = "cpu") -> Any:
-        loads.append(str(path))
+        with open(loads_file, "a", encoding="utf-8") as f:
+            f.write(f"{path}\n")
         return real_load(path, device)
 
     monkeypatch.setattr(clip_folder, "load_clip", counted)
     run_build(write_recipe(tmp_path / "recipe.yaml", data), out, show_progress=False)
     monkeypatch.undo()
+    loads = loads_file.read_text(encoding="utf-8").splitlines()
     # two CLIP copies: the driver's one (the reference set, the real images, the prompts,
     # the baseline) and the worker's, which guidance differentiates through as the scorers
     # do (guidance loaded one per model copy, and the driver one per use, before)
