@@ -403,7 +403,12 @@ class Worker:
     # -- device scorers (the feeder, and a DoFn thread waiting for its shard) -----------------
     def score_ready(self) -> None:
         """Score every chunk whose members are all prepared (the device scorers, one call
-        per chunk; inside, fixed-shape batches of `scoring.batch_size`)."""
+        per chunk; inside, fixed-shape batches of `scoring.batch_size`).
+
+        A chunk's failure (scoring out of device memory) fails the chunk's own shard and
+        is not raised here: the thread scoring it may be feeding or waiting for another
+        shard, and the shard that failed raises it from its `wait`, after giving back its
+        slots."""
         while True:
             with self._scoring:
                 if not self.ready:
@@ -414,16 +419,15 @@ class Worker:
                 items = [(job, chunk.prepared[k]) for k in chunk.keys if k in chunk.prepared]
                 try:
                     scored = self._score(items)
-                except BaseException as exc:
+                except Exception as exc:
                     job.fail(exc)  # the chunk's own shard, whichever thread scores it
-                    raise
+                    continue
             try:
                 for sample in scored:
                     self._release(job)
                     self._finished(job, sample)
-            except BaseException as exc:
+            except Exception as exc:
                 job.fail(exc)
-                raise
 
     def _score(self, items: list[tuple[ShardJob, Prepared]]) -> list[Sample]:
         """The device scorers on one batch, or its halves after a failure."""

@@ -152,16 +152,26 @@ def test_a_failing_score_fails_only_its_sample_and_keeps_the_others(
         assert s.scores[column] == pytest.approx(want[s.request.key][column], abs=0), column
 
 
+@pytest.mark.parametrize("scorer", ["either thread", "the waiting thread"])
 def test_a_shard_that_fails_gives_back_every_slot_it_held(
-    worker: Worker, clean: Any, monkeypatch: pytest.MonkeyPatch
+    worker: Worker, clean: Any, monkeypatch: pytest.MonkeyPatch, scorer: str
 ) -> None:
     """Scoring runs out of device memory on a shard's first chunk: the shard fails, and the
     worker (which Beam reuses for the retry) has all its room between model and scorers
-    again, not less by the images the failed shard had in flight."""
+    again, not less by the images the failed shard had in flight. Whichever thread scores
+    the chunk: the feeder, or (host work slower than the calls) the one waiting for it."""
     import synthgen.pipelines.generate as stage
 
     requests = plan(worker.spec.recipe)[:6]
     real, scored = stage.score_batch, []
+    if scorer == "the waiting thread":
+        finish = stage.finish_image
+
+        def slow_finish(*args: Any) -> Any:
+            time.sleep(0.3)  # the feeder has fed every call, and idles, before one is ready
+            return finish(*args)
+
+        monkeypatch.setattr(stage, "finish_image", slow_finish)
 
     def score(scorers: Any, items: Any) -> Any:
         scored.append(len(items))
@@ -178,7 +188,7 @@ def test_a_shard_that_fails_gives_back_every_slot_it_held(
         time.sleep(0.01)  # host threads still finishing the failed shard's images
     assert worker.slots._value == worker.in_flight, "slots held by a failed shard"
     assert job.slots == 0 and job.reclaimed
-    monkeypatch.setattr(stage, "score_batch", real)
+    monkeypatch.undo()  # the real scorers and host work again
     samples = _stage(worker, 94, requests)  # the same worker, the same images as ever
     want = _rows(clean.output)
     assert [s.image_sha256 for s in samples] == [want[r.key]["image_sha256"] for r in requests]
