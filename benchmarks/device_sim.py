@@ -1,7 +1,8 @@
 """The production path on a simulated device: the real build (Beam, the generating stage,
 scorers, checks, staging, the writer, the gate, the report) with the denoiser replaced by a
 stand-in that holds neither the GIL nor a core for a fixed device time per call
-(`time.sleep`) and returns deterministic full-size images.
+(`time.sleep`) and returns deterministic full-size images, made and quantised at no host
+cost (a device does both in its own time; the host copies their uint8 bytes).
 
 Device times per call, from published H100 figures:
     sd15     512x512,   batch 8,  0.53 s  (about 15 images/s)
@@ -77,14 +78,35 @@ def image_bank(size: int, n: int = 16) -> Any:
     return torch.from_numpy(np.stack(out).astype(np.float32))
 
 
+class DeviceImages:
+    """A call's images as they sit on the simulated device: uint8 (H, W, C) views of the
+    stand-in's bank, quantised "on the device" as `handler.to_pixels` quantises on a real
+    one. `sim_to_pixels` copies them to the host, the one host cost of a real device's
+    output (its uint8 copy)."""
+
+    def __init__(self, crops: list[Any]):
+        self.crops = crops
+
+    def __getitem__(self, part: slice) -> DeviceImages:
+        return DeviceImages(self.crops[part])
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
 class SimulatedPipeline:
     """A diffusers-pipeline stand-in: sleeps `device_s` per call (no GIL, no core) and
-    returns images from a fixed bank chosen by each request's generator seed."""
+    returns images from a fixed bank chosen by each request's generator seed. Making them
+    costs the host nothing (views of a bank quantised and tiled once, before the build), as a
+    real device makes and quantises its images in its own time, not the host's."""
 
     def __init__(self, profile: Profile):
+        import numpy as np
 
         self.profile = profile
-        self.bank = image_bank(profile.size)
+        bank = (image_bank(profile.size).mul(255).clamp_(0, 255).round_()).to(torch.uint8)
+        # each image tiled 2 x 2 (H, W, C): a roll by s is the crop at (size - s, size - s)
+        self.tiled = [np.tile(b.permute(1, 2, 0).numpy(), (2, 2, 1)) for b in bank]
         self.calls = 0
         self.busy_s = 0.0
         self.first: float | None = None
@@ -92,19 +114,17 @@ class SimulatedPipeline:
         self._lock = threading.Lock()
 
     def _image(self, seed: int) -> Any:
-        """A distinct image per seed: a bank image shifted by a seed-dependent offset (no two
-        samples are duplicates, as with a real model)."""
+        """A distinct image per seed: a bank image rolled by a seed-dependent offset along its
+        diagonal (no two samples are duplicates, as with a real model; the picture's kind is
+        kept, the grain differs). A view: no pixel is copied."""
         size = self.profile.size
-        base = self.bank[seed % len(self.bank)]
-        # a shift along the gradient's diagonal keeps the picture's kind; the grain differs
-        shift = (seed // len(self.bank)) % size
-        return torch.roll(base, shifts=(shift, shift), dims=(1, 2))
+        tiled = self.tiled[seed % len(self.tiled)]
+        at = size - (seed // len(self.tiled)) % size
+        return tiled[at : at + size, at : at + size]
 
     def __call__(self, *, generator: list[Any], output_type: str = "pt", **_: Any) -> Any:
         start = time.monotonic()
-        # the images are made within the call's device time (a device makes them in it)
-        seeds = [g.initial_seed() for g in generator]
-        images = torch.stack([self._image(s) for s in seeds])
+        images = DeviceImages([self._image(g.initial_seed()) for g in generator])
         time.sleep(max(0.0, self.profile.device_s - (time.monotonic() - start)))
         with self._lock:
             self.calls += 1
@@ -118,6 +138,22 @@ class SimulatedPipeline:
         out = Out()
         out.images = images  # type: ignore[attr-defined]
         return out
+
+
+def sim_to_pixels(original: Any) -> Any:
+    """`handler.to_pixels` for the stand-in's `DeviceImages`: their uint8 bytes copied to
+    the host (what `.cpu()` of a real device's quantised images costs); anything else goes
+    through `original`."""
+    import numpy as np
+
+    from synthgen.generators.handler import CallOutput
+
+    def to_pixels(images: Any) -> Any:
+        if isinstance(images, DeviceImages):
+            return CallOutput(np.stack(images.crops), [True] * len(images))
+        return original(images)
+
+    return to_pixels
 
 
 def _models(tmp: Path) -> Path:
@@ -188,7 +224,9 @@ def run_profile(
         recipe = write_recipe(tmp / "recipe.yaml", data)
         sim = SimulatedPipeline(profile)
         original = handler.DiffusersHandler.load_model
+        original_to_pixels = handler.to_pixels
         handler.DiffusersHandler.load_model = lambda self: sim  # type: ignore[method-assign]
+        handler.to_pixels = sim_to_pixels(original_to_pixels)  # type: ignore[assignment]
         try:
             cpu0 = _cpu()
             start = time.monotonic()
@@ -201,6 +239,7 @@ def run_profile(
             cpu = _cpu() - cpu0
         finally:
             handler.DiffusersHandler.load_model = original  # type: ignore[method-assign]
+            handler.to_pixels = original_to_pixels  # type: ignore[assignment]
         made = result.manifest.counts.attempted
         failed = result.manifest.counts.failed
         if failed:
