@@ -420,18 +420,32 @@ class Feedback(Balance):
             return "max_rounds"
         return None
 
-    def _caps(self, short: Mapping[int, int]) -> dict[int, int]:
-        """What each short class can use this round: its need over its measured accept rate
-        (times `overgenerate`)."""
+    def _caps(self, short: Mapping[int, int]) -> tuple[dict[int, int], list[int]]:
+        """What each short class can use this round (its need over its measured accept rate,
+        times `overgenerate`), and the classes given up on: those accepting under
+        `min_accept_rate`. A feedback build owes no class an exact count, so a class the
+        checks keep rejecting is left where it is while the others go on; the build fails
+        only when every short class is given up on."""
         from synthgen.pipelines.output import BuildError
 
-        caps = {}
+        caps, given_up = {}, []
         for c, n in short.items():
             rate = 1.0 if self.attempted[c] == 0 else self.accepted[c] / self.attempted[c]
             if self.attempted[c] and rate < self._spec.min_accept_rate:
-                raise BuildError(self._unfillable(dict(short)))
+                given_up.append(c)
+                continue
             caps[c] = math.ceil(n / max(rate, 1e-9) * self._spec.overgenerate)
-        return caps
+        if short and not caps:
+            raise BuildError(self._unfillable(dict(short)))
+        return caps, sorted(given_up)
+
+    def _given_up(self, given_up: list[int]) -> str:
+        """The reason's clause naming the classes given up on, with what they accepted."""
+        parts = ", ".join(
+            f"{self.names[c]} ({self.accepted[c]} of {self.attempted[c]} accepted)"
+            for c in given_up
+        )
+        return f"; given up on (accepting under {self._spec.min_accept_rate:.0%}): {parts}"
 
     def next_round(self) -> PlanRound | None:
         """1. the probe on the data so far, cross-validated 2. stop? 3. the allocation by its
@@ -448,8 +462,16 @@ class Feedback(Balance):
         self.stop = self._stop_reason(short)
         errors, what = allocation_errors(ev, short, self._fb.allocate_by)
         budget = min(self._fb.round_budget, self._fb.max_synthetic - self._planned)
-        alloc = {} if self.stop else allocate(errors, self._caps(short), budget, self._fb.floor)
-        why = f"stopped: {self.stop}" if self.stop else reason(errors, what, alloc, self.names)
+        alloc: dict[int, int] = {}
+        if self.stop:
+            why = f"stopped: {self.stop}"
+        else:
+            caps, given_up = self._caps(short)
+            alloc = allocate(errors, caps, budget, self._fb.floor)
+            why = reason(errors, what, alloc, self.names)
+            if given_up:
+                why += self._given_up(given_up)
+                logger.warning("feedback round %d%s", round_, self._given_up(given_up))
         self.feedback_rounds.append(
             FeedbackRound(
                 round=round_,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -147,7 +148,7 @@ def test_allocate_by_soft_error_follows_it_even_where_classes_are_misread(
     record = strategy.feedback_rounds[0]
     assert "probe's held-out soft error (highest" in record.reason
     soft = strategy.evaluation.per_class_soft_error
-    expected = allocate(soft, strategy._caps(strategy._short()), 4, FEEDBACK["floor"])
+    expected = allocate(soft, strategy._caps(strategy._short())[0], 4, FEEDBACK["floor"])
     assert record.allocation == {strategy.names[c]: n for c, n in sorted(expected.items())}
     plain = recipe_from_dict(_recipe_dict(model_dir, "unused"))
     spelled = recipe_from_dict(_recipe_dict(model_dir, "unused", allocate_by="error"))
@@ -305,6 +306,35 @@ def _first_round(tmp_path: Path, data: dict[str, Any]) -> tuple[Feedback, Any]:
         return strategy, strategy.next_round()
     finally:
         strategy.close()
+
+
+def test_a_class_the_checks_keep_rejecting_is_given_up_while_the_others_go_on(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """A feedback build owes no class an exact count: a short class accepting under
+    `min_accept_rate` is left out of the round (named in its reason), not the build's
+    failure, until every short class is."""
+    from synthgen.pipelines.output import BuildError
+
+    data = _recipe_dict(model_dir, str(make_folder(tmp_path / "src")), max_synthetic=40)
+    strategy, plan = _first_round(tmp_path, data)
+    assert plan is not None
+    short = strategy._short()
+    one, two = (next(c.id for c in strategy.recipe.classes if c.name == n) for n in ("one", "two"))
+    assert set(short) == {one, two}
+    strategy.attempted[one], strategy.accepted[one] = 2, 0  # 0 of 2: under 2 %
+    strategy.attempted[two], strategy.accepted[two] = 4, 1
+    caps, given_up = strategy._caps(short)
+    assert given_up == [one] and set(caps) == {two}
+    assert caps[two] == math.ceil(short[two] / 0.25 * strategy._spec.overgenerate)
+    nxt = strategy.next_round()
+    assert nxt is not None and nxt.quota is not None and set(nxt.quota) == {two}
+    why = strategy.feedback_rounds[-1].reason
+    assert "given up on (accepting under 2%): one (0 of 2 accepted)" in why
+    assert strategy.feedback_rounds[-1].allocation.keys() == {"two"}
+    strategy.attempted[two], strategy.accepted[two] = 100, 1  # now every short class
+    with pytest.raises(BuildError, match="balancing could not fill"):
+        strategy._caps(short)
 
 
 def test_an_img2img_round_starts_from_the_images_the_probe_finds_hard(
