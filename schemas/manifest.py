@@ -275,6 +275,11 @@ class FeedbackRound(_Contract):
     metrics: ProbeMetrics
     allocation: dict[str, int] = Field(description="class name -> samples planned next")
     reason: str
+    given_up: list[str] = Field(
+        default_factory=list,
+        description="short classes left out of the next round and after: accepting under "
+        "`balance.min_accept_rate`",
+    )
     probe: str | None = Field(default=None, description="the saved probe, relative to the build")
     probe_sha256: str | None = None
 

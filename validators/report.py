@@ -2081,7 +2081,24 @@ def _feedback_section(
             + (f" ({html.escape(why)})" if why else "")
             + ".</p>"
         )
-    return parts
+    return parts + _given_up(feedback)
+
+
+def _given_up(feedback: dict[str, Any]) -> list[str]:
+    """The classes a round left out (accepting under `min_accept_rate`), each with the
+    round that first did."""
+    first: dict[str, int] = {}
+    for r in feedback.get("rounds") or []:
+        for c in r.get("given_up") or []:
+            first.setdefault(c, r["round"])
+    if not first:
+        return []
+    named = ", ".join(f"{html.escape(c)} (after round {n})" for c, n in first.items())
+    return [
+        f"<p data-given-up='{html.escape(' '.join(first))}'>Given up on, accepting under "
+        f"<code>balance.min_accept_rate</code> of their top-ups (the other classes went on): "
+        f"{named}.</p>"
+    ]
 
 
 def _balance_section(report: dict[str, Any], charts: dict[str, str]) -> list[str]:

@@ -463,6 +463,7 @@ class Feedback(Balance):
         errors, what = allocation_errors(ev, short, self._fb.allocate_by)
         budget = min(self._fb.round_budget, self._fb.max_synthetic - self._planned)
         alloc: dict[int, int] = {}
+        given_up: list[int] = []
         if self.stop:
             why = f"stopped: {self.stop}"
         else:
@@ -479,6 +480,7 @@ class Feedback(Balance):
                 metrics=probe_metrics(ev, self.names),
                 allocation={self.names[c]: n for c, n in sorted(alloc.items())},
                 reason=why,
+                given_up=[self.names[c] for c in given_up],
                 probe=probe,
                 probe_sha256=sha,
             )

@@ -332,6 +332,8 @@ def test_a_class_the_checks_keep_rejecting_is_given_up_while_the_others_go_on(
     why = strategy.feedback_rounds[-1].reason
     assert "given up on (accepting under 2%): one (0 of 2 accepted)" in why
     assert strategy.feedback_rounds[-1].allocation.keys() == {"two"}
+    assert strategy.feedback_rounds[-1].given_up == ["one"]
+    assert strategy.feedback_rounds[0].given_up == []
     strategy.attempted[two], strategy.accepted[two] = 100, 1  # now every short class
     with pytest.raises(BuildError, match="balancing could not fill"):
         strategy._caps(short)

@@ -42,6 +42,7 @@ def feedback_info() -> dict[str, Any]:
                 "metrics": _metrics(err, rec, {"zero": 2 * err, "one": err / 2, "two": err}),
                 "allocation": alloc,
                 "reason": reason,
+                "given_up": ["one"] if i else [],
                 "probe": f"_feedback/probe-{i}.safetensors",
                 "probe_sha256": f"{i}" * 64,
             }
@@ -166,6 +167,7 @@ def test_allocation_table_lists_each_rounds_classes_reason_and_the_stop(tmp_path
     assert rows[1][:2] == ["1", "200"] and rows[1][6:] == ["60", "10", "30", "zero still errs"]
     assert rows[2][1] == "400" and rows[2][6:9] == ["0", "0", "0"]
     assert "Stopped: <b>plateau</b>" in page and "data-stop='plateau'" in page
+    assert "<p data-given-up='one'>" in page and "one (after round 1)." in page
     refs = re.search(r"<table data-table='feedback-references'>(.*?)</table>", page)
     assert refs and "oversampling baseline" in refs.group(1) and "0.205" in refs.group(1)
     classes = re.search(r"<table data-table='feedback-classes'>(.*?)</table>", page)
@@ -200,6 +202,7 @@ def test_one_round_and_a_missing_reference_still_draw(tmp_path: Path) -> None:
     assert svg.count("<circle ") == 2
     assert svg.count("<line class='reference'") == 2
     assert "real only" not in svg
+    assert report_module._given_up(info) == [], "round 0 gave up on nothing"
 
 
 def test_the_chart_is_the_same_bytes_every_time() -> None:
