@@ -228,7 +228,7 @@ def _deciding(
     write: WriteShards,
 ) -> beam.Pipeline:
     """Pipeline two: each shard's staged samples (no image bytes) decided, then written."""
-    second = pipeline(options)
+    second = pipeline(deciding_options(options))
     _ = (
         second
         | "ShardIds" >> beam.Create(shard_ids)
@@ -277,13 +277,12 @@ def pipeline(options: PipelineOptions) -> beam.Pipeline:
     the workers; `--direct_num_workers` and `--direct_running_mode` apply); a streaming
     one is left to Beam's DirectRunner.
     """
-    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
     from apache_beam.runners.runner import create_runner
 
-    std = options.view_as(StandardOptions)
-    runner = create_runner(std.runner)  # any of Beam's names for it: DirectRunner, direct, ...
-    if not isinstance(runner, SwitchingDirectRunner) or std.streaming:
-        return beam.Pipeline(runner=runner, options=options)
+    if not _fn_api_runner(options):  # any of Beam's names for it: DirectRunner, direct, ...
+        return beam.Pipeline(
+            runner=create_runner(options.view_as(StandardOptions).runner), options=options
+        )
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
@@ -349,6 +348,36 @@ def generation_options(options: PipelineOptions) -> PipelineOptions:
     spread = copy.deepcopy(options)
     spread.view_as(DaskOptions).partition_size = 1
     return spread
+
+
+def deciding_options(options: PipelineOptions) -> PipelineOptions:
+    """The deciding pipeline's options: on this machine's DirectRunner, its `multi_processing`
+    workers become as many threads of the build's process.
+
+    The deciding pipeline does no model work: scalar checks over staged scores, and shard
+    files written from staged bytes. Its worker processes would each start cold once per
+    round (Python, Beam, pyarrow and synthgen imported again, 5-15 s each on 2 cores) for
+    work that takes a fraction of that; threads start at once and share the build's
+    imports. A runner with its own workers (Dask, Dataflow, Flink) keeps them.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
+        return options
+    if not _fn_api_runner(options):
+        return options
+    threads = copy.deepcopy(options)
+    threads.view_as(DirectOptions).direct_running_mode = "multi_threading"
+    return threads
+
+
+def _fn_api_runner(options: PipelineOptions) -> bool:
+    """Whether `pipeline` runs `options` on Beam's FnApiRunner (a batch DirectRunner)."""
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    from apache_beam.runners.runner import create_runner
+
+    std = options.view_as(StandardOptions)
+    return isinstance(create_runner(std.runner), SwitchingDirectRunner) and not std.streaming
 
 
 class PrepareDaskWorker(beam.DoFn):

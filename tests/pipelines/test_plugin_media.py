@@ -251,8 +251,10 @@ def test_an_unknown_codec_or_writer_fails_before_any_output(
 
 
 def test_plugins_from_a_test_file_reach_worker_processes(tmp_path: Path, model_dir: Path) -> None:
-    """Two worker processes know nothing of this file: the codec and writer classes travel
-    with the work and register there, so the build finds them by name as the driver did."""
+    """Two worker processes know nothing of this file: the codec class travels with the
+    generating work and registers there, and the writer class with the writing work (threads
+    of this process on the DirectRunner, a cluster's workers elsewhere), so each is found by
+    name as the driver found it."""
     from synthgen.pipelines.build import run_build
 
     data = tiny_recipe_dict(model_dir, count_per_class=2)

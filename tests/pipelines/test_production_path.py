@@ -188,12 +188,23 @@ def test_four_worker_processes_each_generate_and_score_on_their_own_device(
     data = tiny_recipe_dict(model_dir, count_per_class=4)
     data["output"] = {"shard_size": 2}  # 6 shards for 4 workers
     recipe = write_recipe(tmp_path / "recipe.yaml", data)
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    started: list[int] = []
+    start = worker_handlers.SubprocessSdkWorkerHandler.start_worker
+
+    def counted(handler: Any) -> None:
+        started.append(1)
+        start(handler)
+
+    monkeypatch.setattr(worker_handlers.SubprocessSdkWorkerHandler, "start_worker", counted)
     result = run_build(
         recipe,
         tmp_path / "out",
         beam_args=["--direct_running_mode=multi_processing", "--direct_num_workers=4"],
         show_progress=False,
     )
+    assert len(started) == 4, "worker processes for generating only; checks and writing in threads"
     m = result.metrics
     workers = {k.removeprefix("workers_on_"): v for k, v in m.items() if k.startswith("workers_on")}
     assert len(workers) >= 2, f"several workers generated: {m}"

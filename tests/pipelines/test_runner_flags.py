@@ -131,6 +131,25 @@ def test_accelerator_hint_only_on_the_model_step(
     assert hinted(deciding) == set(), "checks and writing ask for no accelerator"
 
 
+def test_the_deciding_pipeline_runs_on_threads_where_generation_has_processes() -> None:
+    """Checks and writing do no model work: on the DirectRunner their worker processes (a
+    cold start each, every round) become as many threads; other runners keep theirs."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    processes = beam_options(["--direct_running_mode=multi_processing", "--direct_num_workers=4"])
+    threads = runner.deciding_options(processes)
+    assert threads.view_as(DirectOptions).direct_running_mode == "multi_threading"
+    assert threads.view_as(DirectOptions).direct_num_workers == 4
+    assert processes.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    assert runner.generation_options(processes) is processes, "generation keeps its processes"
+    for kept in (
+        beam_options([]),
+        beam_options(["--direct_running_mode=multi_threading", "--direct_num_workers=2"]),
+        beam_options(["--runner=DaskRunner", "--direct_running_mode=multi_processing"]),
+    ):
+        assert runner.deciding_options(kept) is kept
+
+
 def test_a_batch_build_on_the_direct_runner_runs_on_the_fn_api_runner() -> None:
     from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
     from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
