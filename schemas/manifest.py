@@ -288,7 +288,7 @@ class FeedbackInfo(_Contract):
     """`strategy: feedback`: every round's probe, and the baselines it is measured against."""
 
     rounds: list[FeedbackRound]
-    stop: Literal["budget", "plateau", "targets", "max_rounds"]
+    stop: Literal["budget", "plateau", "targets", "max_rounds", "given_up"]
     baseline: ProbeMetrics = Field(
         description="the probe on the real images, minority classes oversampled and augmented"
     )

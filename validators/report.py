@@ -1969,6 +1969,7 @@ STOP_REASONS = {
     "plateau": "the held-out error stopped improving (patience rounds within min_delta)",
     "targets": "every class reached its target",
     "max_rounds": "the round limit (max_rounds) was reached",
+    "given_up": "every class still short was given up on, accepting under min_accept_rate",
 }
 
 
@@ -2093,7 +2094,9 @@ def _given_up(feedback: dict[str, Any]) -> list[str]:
             first.setdefault(c, r["round"])
     if not first:
         return []
-    named = ", ".join(f"{html.escape(c)} (after round {n})" for c, n in first.items())
+    named = ", ".join(
+        f"{html.escape(c)} (left out of round {n}'s plan and after)" for c, n in first.items()
+    )
     return [
         f"<p data-given-up='{html.escape(' '.join(first))}'>Given up on, accepting under "
         f"<code>balance.min_accept_rate</code> of their top-ups (the other classes went on): "

@@ -409,9 +409,20 @@ class Feedback(Balance):
             return pixel_name(self._fb.pixels_size)
         return str(self._clip().name)
 
-    def _stop_reason(self, short: Mapping[int, int]) -> str | None:
+    def _stop_reason(
+        self, short: Mapping[int, int], caps: Mapping[int, int], accepted: int
+    ) -> str | None:
+        """Why the build stops before this round, if it does. Every class still short given
+        up on (`_caps`) ends a build that has accepted synthetic images (the rest reached
+        their targets or the budget went to them) and fails one that has accepted none."""
+        from synthgen.pipelines.output import BuildError
+
         if not short:
             return "targets"
+        if not caps:
+            if not accepted:
+                raise BuildError(self._unfillable(dict(short)))
+            return "given_up"
         if self._planned >= self._fb.max_synthetic:
             return "budget"
         if plateaued(self._errors, self._fb.patience, self._fb.min_delta):
@@ -424,10 +435,8 @@ class Feedback(Balance):
         """What each short class can use this round (its need over its measured accept rate,
         times `overgenerate`), and the classes given up on: those accepting under
         `min_accept_rate`. A feedback build owes no class an exact count, so a class the
-        checks keep rejecting is left where it is while the others go on; the build fails
-        only when every short class is given up on."""
-        from synthgen.pipelines.output import BuildError
-
+        checks keep rejecting is left where it is while the others go on (`_stop_reason`
+        says what happens when none is left)."""
         caps, given_up = {}, []
         for c, n in short.items():
             rate = 1.0 if self.attempted[c] == 0 else self.accepted[c] / self.attempted[c]
@@ -435,8 +444,6 @@ class Feedback(Balance):
                 given_up.append(c)
                 continue
             caps[c] = math.ceil(n / max(rate, 1e-9) * self._spec.overgenerate)
-        if short and not caps:
-            raise BuildError(self._unfillable(dict(short)))
         return caps, sorted(given_up)
 
     def _given_up(self, given_up: list[int]) -> str:
@@ -459,20 +466,22 @@ class Feedback(Balance):
         self._errors.append(ev.macro_soft_error)
         probe, sha = self._save_probe(round_, synthetic)
         short = self._short()
-        self.stop = self._stop_reason(short)
-        errors, what = allocation_errors(ev, short, self._fb.allocate_by)
+        caps, given_up = self._caps(short)
+        self.stop = self._stop_reason(short, caps, synthetic.synthetic())
+        # measured over the classes this round can still fill
+        errors, what = allocation_errors(ev, caps, self._fb.allocate_by)
         budget = min(self._fb.round_budget, self._fb.max_synthetic - self._planned)
         alloc: dict[int, int] = {}
-        given_up: list[int] = []
         if self.stop:
             why = f"stopped: {self.stop}"
         else:
-            caps, given_up = self._caps(short)
             alloc = allocate(errors, caps, budget, self._fb.floor)
             why = reason(errors, what, alloc, self.names)
-            if given_up:
-                why += self._given_up(given_up)
-                logger.warning("feedback round %d%s", round_, self._given_up(given_up))
+        if given_up:
+            why += self._given_up(given_up)
+            before = set(self.feedback_rounds[-1].given_up) if self.feedback_rounds else set()
+            if new := [c for c in given_up if self.names[c] not in before]:
+                logger.warning("feedback round %d%s", round_, self._given_up(new))
         self.feedback_rounds.append(
             FeedbackRound(
                 round=round_,
@@ -555,7 +564,7 @@ class Feedback(Balance):
         assert self.stop is not None
         info = FeedbackInfo(
             rounds=self.feedback_rounds,
-            stop=cast(Literal["budget", "plateau", "targets", "max_rounds"], self.stop),
+            stop=cast(Literal["budget", "plateau", "targets", "max_rounds", "given_up"], self.stop),
             baseline=probe_metrics(self.baseline, self.names),
             real_only=probe_metrics(self.real_only, self.names),
             baseline_method=BASELINE_METHOD,

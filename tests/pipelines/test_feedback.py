@@ -312,8 +312,11 @@ def test_a_class_the_checks_keep_rejecting_is_given_up_while_the_others_go_on(
     tmp_path: Path, model_dir: Path
 ) -> None:
     """A feedback build owes no class an exact count: a short class accepting under
-    `min_accept_rate` is left out of the round (named in its reason), not the build's
-    failure, until every short class is."""
+    `min_accept_rate` is left out of the round (named in its reason), its error no longer
+    choosing the measure the others are planned by; once every class still short is given
+    up on the build stops, or fails if it has accepted no synthetic image."""
+    import dataclasses
+
     from synthgen.pipelines.output import BuildError
 
     data = _recipe_dict(model_dir, str(make_folder(tmp_path / "src")), max_synthetic=40)
@@ -327,16 +330,31 @@ def test_a_class_the_checks_keep_rejecting_is_given_up_while_the_others_go_on(
     caps, given_up = strategy._caps(short)
     assert given_up == [one] and set(caps) == {two}
     assert caps[two] == math.ceil(short[two] / 0.25 * strategy._spec.overgenerate)
+    evaluate = strategy._evaluate
+
+    def one_misread(synthetic: Any) -> Any:  # the given-up class errs, the other does not
+        ev = evaluate(synthetic)
+        return dataclasses.replace(ev, per_class_error={**ev.per_class_error, one: 0.5, two: 0.0})
+
+    strategy._evaluate = one_misread  # type: ignore[method-assign]
     nxt = strategy.next_round()
     assert nxt is not None and nxt.quota is not None and set(nxt.quota) == {two}
-    why = strategy.feedback_rounds[-1].reason
-    assert "given up on (accepting under 2%): one (0 of 2 accepted)" in why
-    assert strategy.feedback_rounds[-1].allocation.keys() == {"two"}
-    assert strategy.feedback_rounds[-1].given_up == ["one"]
+    record = strategy.feedback_rounds[-1]
+    assert "given up on (accepting under 2%): one (0 of 2 accepted)" in record.reason
+    assert "soft error (no short class misread)" in record.reason, "measured over two alone"
+    assert record.allocation.keys() == {"two"} and record.given_up == ["one"]
     assert strategy.feedback_rounds[0].given_up == []
-    strategy.attempted[two], strategy.accepted[two] = 100, 1  # now every short class
+    floor = math.floor(FEEDBACK["floor"] * FEEDBACK["round_budget"])
+    assert record.allocation["two"] > floor, "two gets more than its floor: its soft error"
+
+    strategy.attempted[two], strategy.accepted[two] = 100, 1  # now every class still short
     with pytest.raises(BuildError, match="balancing could not fill"):
-        strategy._caps(short)
+        strategy.next_round()  # and no synthetic image accepted: the build fails
+    x, ids = strategy.real.x[:2], np.full(2, two, np.int64)  # two accepted images
+    strategy._synthetic = lambda: Extra(x, ids, np.full(2, -1, np.int64))  # type: ignore[method-assign]
+    assert strategy.next_round() is None
+    assert strategy.stop == "given_up" and strategy.feedback_rounds[-1].given_up == ["one", "two"]
+    assert strategy.feedback_rounds[-1].reason.startswith("stopped: given_up; given up on")
 
 
 def test_an_img2img_round_starts_from_the_images_the_probe_finds_hard(

@@ -252,9 +252,9 @@ def test_an_unknown_codec_or_writer_fails_before_any_output(
 
 def test_plugins_from_a_test_file_reach_worker_processes(tmp_path: Path, model_dir: Path) -> None:
     """Two worker processes know nothing of this file: the codec class travels with the
-    generating work and registers there, and the writer class with the writing work (threads
-    of this process on the DirectRunner, a cluster's workers elsewhere), so each is found by
-    name as the driver found it."""
+    generating work and registers there, so it is found by name as the driver found it. (The
+    writer runs where the shards are written: threads of this process on the DirectRunner;
+    the next test carries it to a process that cannot import this file.)"""
     from synthgen.pipelines.build import run_build
 
     data = tiny_recipe_dict(model_dir, count_per_class=2)
@@ -274,3 +274,41 @@ def test_plugins_from_a_test_file_reach_worker_processes(tmp_path: Path, model_d
             members += tf.getnames()
     assert members and all(n.split(".")[-1] in ("bmp", "cls", "json", "txt") for n in members)
     assert sum(n.endswith(".bmp") for n in members) == 6
+
+
+def test_the_writing_work_carries_the_writer_to_a_process_that_cannot_import_it(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """On a runner whose writing runs in worker processes (Dask, Dataflow), the shard-writing
+    DoFn, pickled as Beam pickles it during a build, registers this file's writer in a fresh
+    interpreter that cannot import this file, so the build finds it there by name."""
+    import os
+    import subprocess
+    import sys
+
+    from apache_beam.internal import pickler
+
+    from synthgen.pipelines.runner import carried_plugins
+    from synthgen.pipelines.transforms import WriteShardFn
+    from synthgen.schemas.recipe import load_recipe
+
+    data = tiny_recipe_dict(model_dir)
+    data["output"] = {"writer": "webdataset-jsonl"}
+    recipe, _ = load_recipe(write_recipe(tmp_path / "recipe.yaml", data))
+    with carried_plugins(recipe) as plugins:
+        assert JsonlWriter in plugins
+        blob = pickler.dumps(WriteShardFn(str(tmp_path), None, (), plugins))  # type: ignore[arg-type]
+    code = (
+        "import sys; from apache_beam.internal import pickler\n"
+        "from synthgen.pipelines.shard_writers import shard_writer_class\n"
+        "fn = pickler.loads(sys.stdin.buffer.read()); fn.setup()\n"
+        "cls = shard_writer_class('webdataset-jsonl')\n"
+        "print(cls.__name__, cls.__module__, 'tests' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=blob, capture_output=True, cwd=tmp_path, env=env
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().split() == ["JsonlWriter", __name__, "False"]

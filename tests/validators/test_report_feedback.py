@@ -167,7 +167,8 @@ def test_allocation_table_lists_each_rounds_classes_reason_and_the_stop(tmp_path
     assert rows[1][:2] == ["1", "200"] and rows[1][6:] == ["60", "10", "30", "zero still errs"]
     assert rows[2][1] == "400" and rows[2][6:9] == ["0", "0", "0"]
     assert "Stopped: <b>plateau</b>" in page and "data-stop='plateau'" in page
-    assert "<p data-given-up='one'>" in page and "one (after round 1)." in page
+    assert "<p data-given-up='one'>" in page
+    assert "one (left out of round 1's plan and after)." in page
     refs = re.search(r"<table data-table='feedback-references'>(.*?)</table>", page)
     assert refs and "oversampling baseline" in refs.group(1) and "0.205" in refs.group(1)
     classes = re.search(r"<table data-table='feedback-classes'>(.*?)</table>", page)
