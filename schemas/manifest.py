@@ -284,11 +284,15 @@ class FeedbackRound(_Contract):
     probe_sha256: str | None = None
 
 
+# why a feedback build stopped planning rounds (`Feedback._stop_reason`)
+FeedbackStop = Literal["budget", "plateau", "targets", "max_rounds", "given_up"]
+
+
 class FeedbackInfo(_Contract):
     """`strategy: feedback`: every round's probe, and the baselines it is measured against."""
 
     rounds: list[FeedbackRound]
-    stop: Literal["budget", "plateau", "targets", "max_rounds", "given_up"]
+    stop: FeedbackStop
     baseline: ProbeMetrics = Field(
         description="the probe on the real images, minority classes oversampled and augmented"
     )

@@ -28,7 +28,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from synthgen.schemas.manifest import (
     ClassFocus,
     FeedbackInfo,
     FeedbackRound,
+    FeedbackStop,
     FileInfo,
     PlanRound,
     ProbeMetrics,
@@ -564,7 +565,7 @@ class Feedback(Balance):
         assert self.stop is not None
         info = FeedbackInfo(
             rounds=self.feedback_rounds,
-            stop=cast(Literal["budget", "plateau", "targets", "max_rounds", "given_up"], self.stop),
+            stop=cast(FeedbackStop, self.stop),
             baseline=probe_metrics(self.baseline, self.names),
             real_only=probe_metrics(self.real_only, self.names),
             baseline_method=BASELINE_METHOD,
