@@ -277,8 +277,8 @@ class FeedbackRound(_Contract):
     reason: str
     given_up: list[str] = Field(
         default_factory=list,
-        description="short classes left out of the next round and after: accepting under "
-        "`balance.min_accept_rate`",
+        description="short classes left out of the next round and after: their top-ups "
+        "showed (at 95% confidence) that they accept under `balance.min_accept_rate`",
     )
     probe: str | None = Field(default=None, description="the saved probe, relative to the build")
     probe_sha256: str | None = None

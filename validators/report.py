@@ -1969,7 +1969,8 @@ STOP_REASONS = {
     "plateau": "the held-out error stopped improving (patience rounds within min_delta)",
     "targets": "every class reached its target",
     "max_rounds": "the round limit (max_rounds) was reached",
-    "given_up": "every class still short was given up on, accepting under min_accept_rate",
+    "given_up": "every class still short was given up on: its top-ups showed it accepts under "
+    "min_accept_rate",
 }
 
 
@@ -2086,7 +2087,7 @@ def _feedback_section(
 
 
 def _given_up(feedback: dict[str, Any]) -> list[str]:
-    """The classes a round left out (accepting under `min_accept_rate`), each with the
+    """The classes a round left out (shown to accept under `min_accept_rate`), each with the
     round that first did."""
     first: dict[str, int] = {}
     for r in feedback.get("rounds") or []:
@@ -2098,8 +2099,9 @@ def _given_up(feedback: dict[str, Any]) -> list[str]:
         f"{html.escape(c)} (left out of round {n}'s plan and after)" for c, n in first.items()
     )
     return [
-        f"<p data-given-up='{html.escape(' '.join(first))}'>Given up on, accepting under "
-        f"<code>balance.min_accept_rate</code> of their top-ups (the other classes went on): "
+        f"<p data-given-up='{html.escape(' '.join(first))}'>Given up on, their top-ups "
+        "showing (at 95% confidence) that they accept under "
+        f"<code>balance.min_accept_rate</code> (the other classes went on): "
         f"{named}.</p>"
     ]
 

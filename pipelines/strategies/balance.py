@@ -28,11 +28,40 @@ from synthgen.pipelines.session import BuildSession, Finish, RoundOutcome
 from synthgen.pipelines.strategies.base import Strategy
 from synthgen.schemas.manifest import BalanceInfo, BalanceRound, FileInfo, PlanRound, shard_files
 from synthgen.schemas.recipe import BalanceSpec, Recipe
+from synthgen.schemas.recipe.balance import GIVE_UP_CONFIDENCE
 from synthgen.schemas.records import public_path, public_reference
 from synthgen.storage.atomic import atomic_write
 from synthgen.storage.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
+
+
+def accept_rate_bound(accepted: int, attempted: int) -> float:
+    """The highest accept rate that `accepted` of `attempted` leaves plausible: the one-sided
+    Clopper-Pearson upper bound at GIVE_UP_CONFIDENCE (1.0 before any attempt)."""
+    if attempted <= 0 or accepted >= attempted:
+        return 1.0
+    if accepted == 0:  # the bound's closed form: 1 - (1 - confidence) ** (1 / attempted)
+        return 1.0 - (1.0 - GIVE_UP_CONFIDENCE) ** (1.0 / attempted)
+    from scipy.special import betaincinv
+
+    return float(betaincinv(accepted + 1, attempted - accepted, GIVE_UP_CONFIDENCE))
+
+
+def planning_rate(accepted: int, attempted: int) -> float:
+    """The accept rate a class's next top-ups are planned by: the measured one; 1.0 before
+    any attempt; while it has accepted none, the highest rate its attempts leave plausible
+    (`accept_rate_bound`), so each round asks for more without planning on nothing."""
+    if attempted <= 0:
+        return 1.0
+    return accepted / attempted if accepted else accept_rate_bound(0, attempted)
+
+
+def shown_below(accepted: int, attempted: int, min_rate: float) -> bool:
+    """Whether `accepted` of `attempted` shows (at GIVE_UP_CONFIDENCE) an accept rate under
+    `min_rate`: the class is given up on."""
+    return attempted > 0 and accept_rate_bound(accepted, attempted) < min_rate
+
 
 # The balanced index lives in its own folder, so that `BUILD/*.parquet` (duckdb, polars, a
 # glob handed to pyarrow) matches the shard files only; `_` keeps it out of pyarrow's (and
@@ -162,9 +191,9 @@ class Balance(Strategy):
             return None
         counts = dict(self.attempted)
         for c, n in need.items():
-            rate = 1.0 if self.attempted[c] == 0 else self.accepted[c] / self.attempted[c]
-            if self.attempted[c] and rate < self._spec.min_accept_rate:
+            if shown_below(self.accepted[c], self.attempted[c], self._spec.min_accept_rate):
                 raise BuildError(self._unfillable(need))
+            rate = planning_rate(self.accepted[c], self.attempted[c])
             counts[c] = self.attempted[c] + math.ceil(n / rate * self._spec.overgenerate)
         self._last = PlanRound(
             round=len(self.history),
@@ -259,7 +288,8 @@ class Balance(Strategy):
         ]
         return (
             f"balancing could not fill: {'; '.join(parts)} within {spec.max_rounds} round(s) "
-            f"(a class accepting under {spec.min_accept_rate:.0%} is given up on); "
+            f"(a class is given up on once its top-ups show, at {GIVE_UP_CONFIDENCE:.0%} "
+            f"confidence, that it accepts under {spec.min_accept_rate:.0%}); "
             "loosen its checks, improve its prompts, or lower its target"
         )
 

@@ -33,7 +33,7 @@ from typing import Any, cast
 import numpy as np
 
 from synthgen.pipelines.session import BuildSession, Finish
-from synthgen.pipelines.strategies.balance import Balance
+from synthgen.pipelines.strategies.balance import Balance, planning_rate, shown_below
 from synthgen.schemas.manifest import (
     ClassFocus,
     FeedbackInfo,
@@ -433,18 +433,19 @@ class Feedback(Balance):
         return None
 
     def _caps(self, short: Mapping[int, int]) -> tuple[dict[int, int], list[int]]:
-        """What each short class can use this round (its need over its measured accept rate,
-        times `overgenerate`), and the classes given up on: those accepting under
-        `min_accept_rate`. A feedback build owes no class an exact count, so a class the
+        """What each short class can use this round (its need over its accept rate,
+        `planning_rate`, times `overgenerate`), and the classes given up on: those whose
+        top-ups show they accept under `min_accept_rate` (`shown_below`: two rejected of two
+        is no such evidence). A feedback build owes no class an exact count, so a class the
         checks keep rejecting is left where it is while the others go on (`_stop_reason`
         says what happens when none is left)."""
         caps, given_up = {}, []
         for c, n in short.items():
-            rate = 1.0 if self.attempted[c] == 0 else self.accepted[c] / self.attempted[c]
-            if self.attempted[c] and rate < self._spec.min_accept_rate:
+            if shown_below(self.accepted[c], self.attempted[c], self._spec.min_accept_rate):
                 given_up.append(c)
                 continue
-            caps[c] = math.ceil(n / max(rate, 1e-9) * self._spec.overgenerate)
+            rate = planning_rate(self.accepted[c], self.attempted[c])
+            caps[c] = math.ceil(n / rate * self._spec.overgenerate)
         return caps, sorted(given_up)
 
     def _given_up(self, given_up: list[int]) -> str:
@@ -453,7 +454,7 @@ class Feedback(Balance):
             f"{self.names[c]} ({self.accepted[c]} of {self.attempted[c]} accepted)"
             for c in given_up
         )
-        return f"; given up on (accepting under {self._spec.min_accept_rate:.0%}): {parts}"
+        return f"; given up on (shown to accept under {self._spec.min_accept_rate:.0%}): {parts}"
 
     def next_round(self) -> PlanRound | None:
         """1. the probe on the data so far, cross-validated 2. stop? 3. the allocation by its

@@ -11,6 +11,11 @@ from synthgen.schemas.recipe.common import MAX_COUNT_PER_CLASS, _Frozen
 from synthgen.schemas.recipe.fields import HashOmit
 from synthgen.schemas.recipe.sources import AtSource, LabelledSource
 
+# How sure a build must be that a class accepts under `min_accept_rate` before it gives the
+# class up: a few rejected top-ups are no evidence (a class accepting half of its images
+# rejects both of its first two a quarter of the time).
+GIVE_UP_CONFIDENCE = 0.95
+
 
 class LoraTrainSpec(_Frozen):
     """A small LoRA on the UNet's attention projections, fine-tuned on one class's real
@@ -165,7 +170,11 @@ class BalanceSpec(LabelledSource, AtSource):
         default=1.1, ge=1.0, le=10.0, description="margin on top of the measured accept rate"
     )
     min_accept_rate: float = Field(
-        default=0.02, gt=0.0, le=1.0, description="a class accepting less cannot be filled"
+        default=0.02,
+        gt=0.0,
+        le=1.0,
+        description=f"a class whose top-ups show (at {GIVE_UP_CONFIDENCE:.0%} confidence: the "
+        "upper bound of its accept rate) that it accepts less is given up on",
     )
     conditioning: Annotated[
         BalanceConditioning | dict[BalanceMixMode, float], HashOmit.IF_DEFAULT

@@ -311,7 +311,7 @@ def _first_round(tmp_path: Path, data: dict[str, Any]) -> tuple[Feedback, Any]:
 def test_a_class_the_checks_keep_rejecting_is_given_up_while_the_others_go_on(
     tmp_path: Path, model_dir: Path
 ) -> None:
-    """A feedback build owes no class an exact count: a short class accepting under
+    """A feedback build owes no class an exact count: a short class shown to accept under
     `min_accept_rate` is left out of the round (named in its reason), its error no longer
     choosing the measure the others are planned by; once every class still short is given
     up on the build stops, or fails if it has accepted no synthetic image."""
@@ -325,8 +325,13 @@ def test_a_class_the_checks_keep_rejecting_is_given_up_while_the_others_go_on(
     short = strategy._short()
     one, two = (next(c.id for c in strategy.recipe.classes if c.name == n) for n in ("one", "two"))
     assert set(short) == {one, two}
-    strategy.attempted[one], strategy.accepted[one] = 2, 0  # 0 of 2: under 2 %
+    strategy.attempted[one], strategy.accepted[one] = 2, 0  # 0 of 2: no evidence yet
     strategy.attempted[two], strategy.accepted[two] = 4, 1
+    caps, given_up = strategy._caps(short)
+    assert given_up == [] and caps[one] == math.ceil(
+        short[one] / (1 - 0.05**0.5) * strategy._spec.overgenerate
+    ), "planned by the highest rate 0 of 2 leaves plausible"
+    strategy.attempted[one] = 149  # 0 of 149: under 2 % at 95 % confidence
     caps, given_up = strategy._caps(short)
     assert given_up == [one] and set(caps) == {two}
     assert caps[two] == math.ceil(short[two] / 0.25 * strategy._spec.overgenerate)
@@ -340,14 +345,14 @@ def test_a_class_the_checks_keep_rejecting_is_given_up_while_the_others_go_on(
     nxt = strategy.next_round()
     assert nxt is not None and nxt.quota is not None and set(nxt.quota) == {two}
     record = strategy.feedback_rounds[-1]
-    assert "given up on (accepting under 2%): one (0 of 2 accepted)" in record.reason
+    assert "given up on (shown to accept under 2%): one (0 of 149 accepted)" in record.reason
     assert "soft error (no short class misread)" in record.reason, "measured over two alone"
     assert record.allocation.keys() == {"two"} and record.given_up == ["one"]
     assert strategy.feedback_rounds[0].given_up == []
     floor = math.floor(FEEDBACK["floor"] * FEEDBACK["round_budget"])
     assert record.allocation["two"] > floor, "two gets more than its floor: its soft error"
 
-    strategy.attempted[two], strategy.accepted[two] = 100, 1  # now every class still short
+    strategy.attempted[two], strategy.accepted[two] = 300, 1  # now every class still short
     with pytest.raises(BuildError, match="balancing could not fill"):
         strategy.next_round()  # and no synthetic image accepted: the build fails
     x, ids = strategy.real.x[:2], np.full(2, two, np.int64)  # two accepted images

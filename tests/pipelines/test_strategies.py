@@ -6,6 +6,7 @@ strategy reads (`class_label`, `status`), written here.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from synthgen.pipelines.output import BuildError
 from synthgen.pipelines.resolve import resolve
 from synthgen.pipelines.session import RoundOutcome
 from synthgen.pipelines.strategies import Balance, FixedCount, strategy_for
+from synthgen.pipelines.strategies.balance import accept_rate_bound, planning_rate, shown_below
 from synthgen.schemas.manifest import PlanRound, ShardStats, shard_files
 from synthgen.schemas.recipe import load_recipe
 from tests.pipelines.test_balance import _balance_recipe, make_folder
@@ -92,19 +94,49 @@ def test_balance_plans_the_deficit_then_what_the_accept_rate_says(
         strategy.close()
 
 
-def test_balance_gives_up_on_a_class_below_the_minimum_accept_rate(
+def test_balance_gives_up_only_on_a_class_shown_to_accept_under_the_minimum_rate(
     tmp_path: Path, model_dir: Path
 ) -> None:
+    """0 of 4 is no evidence against a rate of 0.2 (a class accepting 20 % rejects four in a
+    row 41 % of the time): the next round plans by the highest plausible rate instead; only
+    once its top-ups put even that bound under the minimum is the build failed by name."""
     strategy = _balance(tmp_path, model_dir, overgenerate=1.0, min_accept_rate=0.2)
     try:
         first = strategy.next_round()
         assert first is not None
         rows = [(1, "rejected")] * 4 + [(2, "accepted")] * 2
         strategy.observe(_outcome(tmp_path / "out", first, {0: rows}))
-        with pytest.raises(BuildError, match=r"one \(short by 4: 0 of 4 generated"):
+        second = strategy.next_round()  # 0 of 4: bound 1 - 0.05 ** (1 / 4) = 0.527
+        assert second is not None and second.quota == {1: 4}
+        assert second.counts is not None
+        assert second.counts[1] == 4 + math.ceil(4 / (1 - 0.05**0.25)) == 12
+        rows = [(1, "rejected")] * 8  # 0 of 12: bound 0.221, still over 0.2
+        strategy.observe(_outcome(tmp_path / "out", second, {1: rows}))
+        third = strategy.next_round()
+        assert third is not None and third.counts is not None
+        assert third.counts[1] == 12 + math.ceil(4 / (1 - 0.05 ** (1 / 12))) == 31
+        rows = [(1, "rejected")] * 19  # 0 of 31: bound 0.092
+        strategy.observe(_outcome(tmp_path / "out", third, {2: rows}))
+        with pytest.raises(BuildError, match=r"one \(short by 4: 0 of 31 generated"):
             strategy.next_round()
     finally:
         strategy.close()
+
+
+def test_the_accept_rate_bound_is_clopper_pearsons() -> None:
+    """The one-sided 95 % upper bound: closed form at 0 accepted, the beta quantile else
+    (values from the binomial tail: P(X <= k | n, bound) = 0.05)."""
+    from math import comb
+
+    for k, n in ((0, 1), (0, 2), (0, 149), (1, 100), (3, 40), (39, 40)):
+        p = accept_rate_bound(k, n)
+        tail = sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+        assert tail == pytest.approx(0.05, abs=1e-9), (k, n)
+    assert accept_rate_bound(0, 0) == accept_rate_bound(5, 5) == 1.0
+    assert not shown_below(0, 148, 0.02) and shown_below(0, 149, 0.02)
+    assert not shown_below(0, 2, 0.02), "two rejected of two is no evidence"
+    assert planning_rate(0, 0) == 1.0 and planning_rate(1, 4) == 0.25
+    assert planning_rate(0, 4) == pytest.approx(1 - 0.05**0.25)
 
 
 def test_balance_stops_after_max_rounds(tmp_path: Path, model_dir: Path) -> None:
