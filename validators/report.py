@@ -1969,8 +1969,8 @@ STOP_REASONS = {
     "plateau": "the held-out error stopped improving (patience rounds within min_delta)",
     "targets": "every class reached its target",
     "max_rounds": "the round limit (max_rounds) was reached",
-    "given_up": "every class still short was given up on: its top-ups showed it accepts under "
-    "min_accept_rate",
+    "given_up": "every class still short was given up on, accepting too few of its top-ups "
+    "(min_accept_rate)",
 }
 
 
@@ -2099,9 +2099,9 @@ def _given_up(feedback: dict[str, Any]) -> list[str]:
         f"{html.escape(c)} (left out of round {n}'s plan and after)" for c, n in first.items()
     )
     return [
-        f"<p data-given-up='{html.escape(' '.join(first))}'>Given up on, their top-ups "
-        "showing (at 95% confidence) that they accept under "
-        f"<code>balance.min_accept_rate</code> (the other classes went on): "
+        f"<p data-given-up='{html.escape(' '.join(first))}'>Given up on, accepting too "
+        "few of their top-ups (<code>balance.min_accept_rate</code>; each round's reason "
+        f"gives the counts; the other classes went on): "
         f"{named}.</p>"
     ]
 

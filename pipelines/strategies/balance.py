@@ -48,13 +48,16 @@ def accept_rate_bound(accepted: int, attempted: int) -> float:
     return float(betaincinv(accepted + 1, attempted - accepted, GIVE_UP_CONFIDENCE))
 
 
-def planning_rate(accepted: int, attempted: int) -> float:
-    """The accept rate a class's next top-ups are planned by: the measured one; 1.0 before
-    any attempt; while it has accepted none, the highest rate its attempts leave plausible
+def planning_rate(accepted: int, attempted: int, min_rate: float) -> float:
+    """The accept rate a class's next top-ups are planned by: 1.0 before any attempt; the
+    measured one, but never under `min_rate` (a class not yet shown to accept less is
+    planned as if it accepted that much: a round asks for at most need / min_rate); while
+    it has accepted none, the highest rate its attempts leave plausible
     (`accept_rate_bound`), so each round asks for more without planning on nothing."""
     if attempted <= 0:
         return 1.0
-    return accepted / attempted if accepted else accept_rate_bound(0, attempted)
+    rate = accepted / attempted if accepted else accept_rate_bound(0, attempted)
+    return max(rate, min_rate)
 
 
 def shown_below(accepted: int, attempted: int, min_rate: float) -> bool:
@@ -185,7 +188,8 @@ class Balance(Strategy):
         return {c: d - self.accepted[c] for c, d in self.deficit.items() if d > self.accepted[c]}
 
     def next_round(self) -> PlanRound | None:
-        """1. what each short class still needs 2. its measured accept rate 3. the plan."""
+        """1. what each short class still needs 2. the accept rate it is planned by
+        (`planning_rate`) 3. the plan."""
         need = self._need()
         if not need or len(self.history) >= self._spec.max_rounds:
             return None
@@ -193,7 +197,7 @@ class Balance(Strategy):
         for c, n in need.items():
             if shown_below(self.accepted[c], self.attempted[c], self._spec.min_accept_rate):
                 raise BuildError(self._unfillable(need))
-            rate = planning_rate(self.accepted[c], self.attempted[c])
+            rate = planning_rate(self.accepted[c], self.attempted[c], self._spec.min_accept_rate)
             counts[c] = self.attempted[c] + math.ceil(n / rate * self._spec.overgenerate)
         self._last = PlanRound(
             round=len(self.history),

@@ -444,7 +444,7 @@ class Feedback(Balance):
             if shown_below(self.accepted[c], self.attempted[c], self._spec.min_accept_rate):
                 given_up.append(c)
                 continue
-            rate = planning_rate(self.accepted[c], self.attempted[c])
+            rate = planning_rate(self.accepted[c], self.attempted[c], self._spec.min_accept_rate)
             caps[c] = math.ceil(n / rate * self._spec.overgenerate)
         return caps, sorted(given_up)
 

@@ -167,7 +167,10 @@ class BalanceSpec(LabelledSource, AtSource):
     )
     max_rounds: int = Field(default=4, ge=1, le=20)
     overgenerate: float = Field(
-        default=1.1, ge=1.0, le=10.0, description="margin on top of the measured accept rate"
+        default=1.1,
+        ge=1.0,
+        le=10.0,
+        description="margin on top of the accept rate a round is planned by",
     )
     min_accept_rate: float = Field(
         default=0.02,

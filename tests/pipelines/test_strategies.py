@@ -135,8 +135,11 @@ def test_the_accept_rate_bound_is_clopper_pearsons() -> None:
     assert accept_rate_bound(0, 0) == accept_rate_bound(5, 5) == 1.0
     assert not shown_below(0, 148, 0.02) and shown_below(0, 149, 0.02)
     assert not shown_below(0, 2, 0.02), "two rejected of two is no evidence"
-    assert planning_rate(0, 0) == 1.0 and planning_rate(1, 4) == 0.25
-    assert planning_rate(0, 4) == pytest.approx(1 - 0.05**0.25)
+    assert planning_rate(0, 0, 0.02) == 1.0 and planning_rate(1, 4, 0.02) == 0.25
+    assert planning_rate(0, 4, 0.02) == pytest.approx(1 - 0.05**0.25)
+    # 1 of 100 is not shown under 2 % (bound 0.047): planned, but never under the minimum
+    assert not shown_below(1, 100, 0.02) and planning_rate(1, 100, 0.02) == 0.02
+    assert planning_rate(0, 148, 0.02) == pytest.approx(0.02004, abs=1e-5)
 
 
 def test_balance_stops_after_max_rounds(tmp_path: Path, model_dir: Path) -> None:
