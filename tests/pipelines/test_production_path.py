@@ -188,16 +188,16 @@ def test_four_worker_processes_each_generate_and_score_on_their_own_device(
     data = tiny_recipe_dict(model_dir, count_per_class=4)
     data["output"] = {"shard_size": 2}  # 6 shards for 4 workers
     recipe = write_recipe(tmp_path / "recipe.yaml", data)
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from apache_beam.runners.portability import local_job_service
 
-    started: list[int] = []
-    start = worker_handlers.SubprocessSdkWorkerHandler.start_worker
+    started: list[int] = []  # one per worker process Beam runs
+    run_worker = local_job_service.SubprocessSdkWorker.run
 
-    def counted(handler: Any) -> None:
+    def counted(worker: Any) -> None:
         started.append(1)
-        start(handler)
+        run_worker(worker)
 
-    monkeypatch.setattr(worker_handlers.SubprocessSdkWorkerHandler, "start_worker", counted)
+    monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", counted)
     result = run_build(
         recipe,
         tmp_path / "out",
@@ -255,6 +255,42 @@ def test_a_kill_mid_round_costs_at_most_the_shards_in_flight(
     result = run_build(recipe, out, resume=True, show_progress=False)
     assert calls.count == unstaged == result.metrics["generate_calls"]
     assert _corpus(out) == _corpus(clean.output)
+
+
+def test_a_worker_process_killed_mid_bundle_fails_the_build_by_name_and_resume_completes_it(
+    tmp_path: Path, recipe: Path, clean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beam's subprocess workers are watched: one killed mid-bundle (as the out-of-memory
+    killer does) used to leave the build waiting for its bundle forever."""
+    out = tmp_path / "out"
+    worker_flags = ["--direct_running_mode=multi_processing", "--direct_num_workers=1"]
+    died = subprocess.run(
+        [sys.executable, "-m", "synthgen.pipelines.cli", "build", str(recipe), "-o", str(out),
+         "--no-progress", "--", *worker_flags],
+        # the 4th sample the worker generates: in the second of 5 shards
+        env={**os.environ, "SYNTHGEN_FAULT": "generate:#4:kill"},
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang fails here
+    )  # fmt: skip
+    assert died.returncode == 1, died.stderr
+    last = died.stderr.strip().splitlines()[-1]
+    assert last.startswith("synthgen: error: a worker process ended mid-build (killed by SIGKILL")
+    assert "--resume" in last
+    assert not (out / "manifest.json").exists()
+    calls = _Calls(monkeypatch)
+    result = run_build(recipe, out, resume=True, show_progress=False)
+    assert calls.count == result.metrics["generate_calls"] >= 1
+    assert _corpus(out) == _corpus(clean.output)
+
+
+def test_exit_causes_are_named() -> None:
+    from synthgen.pipelines.runner import _exit_cause
+
+    assert _exit_cause(137).startswith("killed by SIGKILL, as the kernel's out-of-memory")
+    assert _exit_cause(-9) == _exit_cause(137)
+    assert _exit_cause(-15) == "killed by SIGTERM"
+    assert _exit_cause(1) == "exit status 1"
 
 
 def test_sdxl_is_built_without_diffusers_own_watermark(
