@@ -305,99 +305,17 @@ QUIET_WORKER = (
 )
 
 
-# The environment of a `multi_processing` worker that the build watches (WatchedWorkers):
-# Beam's subprocess environment under a name of synthgen's, so that only synthgen's own
-# pipelines get the watching handler.
-WATCHED_WORKER_URN = "synthgen:env:watched_subprocess_python:v1"
-
-
-class WorkerProcessDied(BuildError):
-    """A `multi_processing` worker process ended while the build needed it."""
-
-
-def _exit_cause(code: int) -> str:
-    """A worker's exit status in words (through Beam's shell: 128 + N is signal N)."""
-    import signal
-
-    number = -code if code < 0 else code - 128 if code > 128 else 0
-    if number:
-        with contextlib.suppress(ValueError):
-            name = signal.Signals(number).name
-            oom = ", as the kernel's out-of-memory killer ends a process" if number == 9 else ""
-            return f"killed by {name}{oom}"
-    return f"exit status {code}"
-
-
-def _watch_workers() -> None:
-    """Register WatchedWorkers for WATCHED_WORKER_URN (once per process).
-
-    Beam's SubprocessSdkWorkerHandler runs the worker in a thread that only raises when the
-    process ends; the build's thread keeps waiting for the bundle the worker was running,
-    so a worker killed mid-bundle (out of memory, `kill -9`) hung the build forever. Here
-    the end of a worker that was not asked to stop fails whatever the build waits on from
-    it, and every later request to it, with WorkerProcessDied naming how it ended."""
-    import re
-    import threading
-
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers as wh
-
-    if WATCHED_WORKER_URN in wh.WorkerHandler._registered_environments:
-        return
-
-    @wh.WorkerHandler.register_environment(WATCHED_WORKER_URN, bytes)
-    class WatchedWorkers(wh.SubprocessSdkWorkerHandler):  # type: ignore[misc]
-        def start_worker(self) -> None:
-            from apache_beam.runners.portability import local_job_service
-
-            self.stopping = False
-            self.worker = local_job_service.SubprocessSdkWorker(
-                self._worker_command_line, self.control_address, self.provision_info,
-                self.worker_id,
-            )  # fmt: skip
-            self.worker_thread = threading.Thread(name="run_worker", target=self._run)
-            self.worker_thread.start()
-
-        def _run(self) -> None:
-            try:
-                self.worker.run()
-            except RuntimeError as exc:  # Beam's "Worker subprocess exited with return code N"
-                if self.stopping:
-                    return
-                found = re.search(r"return code (-?\d+)", str(exc))
-                cause = _exit_cause(int(found.group(1))) if found else str(exc)
-                died = WorkerProcessDied(
-                    f"a worker process ended mid-build ({cause}); shards finished before it "
-                    "are kept: rerun the same command with --resume to continue the build "
-                    "(with fewer --workers or a smaller model.compute_batch if it ran out "
-                    "of memory)"
-                )
-                self.control_conn.abort(died)
-                conn = self.control_conn
-
-                def refuse(req: Any) -> Any:
-                    if req is wh.BeamFnControlServicer._DONE_MARKER:
-                        return None
-                    future = wh.ControlFuture(getattr(req, "instruction_id", "") or "dead")
-                    future.abort(died)
-                    return future
-
-                conn.push = refuse  # type: ignore[method-assign]
-
-        def stop_worker(self) -> None:
-            self.stopping = True
-            super().stop_worker()
-
-
 def _quiet_workers(fn_runner: Any, provision: Any) -> Any:
     """An FnApiRunner whose `multi_processing` workers start as QUIET_WORKER, watched
-    (`_watch_workers`)."""
+    (synthgen.pipelines.workers)."""
     import shlex
 
     from apache_beam.portability import python_urns
 
+    from synthgen.pipelines.workers import WATCHED_WORKER_URN
+
     beams = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main".encode()
     ours = f"{shlex.quote(sys.executable)} -c {shlex.quote(QUIET_WORKER)}".encode()
-    _watch_workers()
 
     class QuietWorkersRunner(fn_runner.FnApiRunner):  # type: ignore[misc]
         def run_via_runner_api(self, pipeline_proto: Any, options: Any) -> Any:
@@ -546,11 +464,16 @@ def _add(total: dict[str, int], more: dict[str, int]) -> None:
 def _run(pipeline: beam.Pipeline) -> dict[str, int]:
     result = None
     state = None
+    from synthgen.pipelines import workers
+
+    deaths = len(workers.DEATHS)
     try:
         with safe_child_paths():
             result = pipeline.run()
             state = result.wait_until_finish()
     except Exception as exc:
+        if len(workers.DEATHS) > deaths:  # whatever Beam raised after, the cause is that
+            raise workers.DEATHS[deaths] from exc
         advice = _out_of_memory_advice(exc)
         if advice is not None:  # the device ran out of memory: stop with what to change
             raise BuildError(advice) from None

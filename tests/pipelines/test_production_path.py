@@ -275,7 +275,9 @@ def test_a_worker_process_killed_mid_bundle_fails_the_build_by_name_and_resume_c
     )  # fmt: skip
     assert died.returncode == 1, died.stderr
     last = died.stderr.strip().splitlines()[-1]
-    assert last.startswith("synthgen: error: a worker process ended mid-build (killed by SIGKILL")
+    assert last.startswith(
+        "synthgen: error: a worker process ended while the build needed it (killed by SIGKILL"
+    )
     assert "--resume" in last
     assert not (out / "manifest.json").exists()
     calls = _Calls(monkeypatch)
@@ -285,7 +287,7 @@ def test_a_worker_process_killed_mid_bundle_fails_the_build_by_name_and_resume_c
 
 
 def test_exit_causes_are_named() -> None:
-    from synthgen.pipelines.runner import _exit_cause
+    from synthgen.pipelines.workers import exit_cause as _exit_cause
 
     assert _exit_cause(137).startswith("killed by SIGKILL, as the kernel's out-of-memory")
     assert _exit_cause(-9) == _exit_cause(137)
