@@ -187,6 +187,16 @@ class Balance(Strategy):
     def _need(self) -> dict[int, int]:
         return {c: d - self.accepted[c] for c, d in self.deficit.items() if d > self.accepted[c]}
 
+    def _planning_rate(self, c: int) -> float | None:
+        """The accept rate class `c`'s next top-ups are planned by (`planning_rate`), or None
+        once its top-ups show it accepts under `min_accept_rate` (`shown_below`)."""
+        accepted, attempted, low = self.accepted[c], self.attempted[c], self._spec.min_accept_rate
+        return (
+            None
+            if shown_below(accepted, attempted, low)
+            else planning_rate(accepted, attempted, low)
+        )
+
     def next_round(self) -> PlanRound | None:
         """1. what each short class still needs 2. the accept rate it is planned by
         (`planning_rate`) 3. the plan."""
@@ -195,9 +205,9 @@ class Balance(Strategy):
             return None
         counts = dict(self.attempted)
         for c, n in need.items():
-            if shown_below(self.accepted[c], self.attempted[c], self._spec.min_accept_rate):
+            rate = self._planning_rate(c)
+            if rate is None:
                 raise BuildError(self._unfillable(need))
-            rate = planning_rate(self.accepted[c], self.attempted[c], self._spec.min_accept_rate)
             counts[c] = self.attempted[c] + math.ceil(n / rate * self._spec.overgenerate)
         self._last = PlanRound(
             round=len(self.history),

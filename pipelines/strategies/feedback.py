@@ -33,7 +33,7 @@ from typing import Any, cast
 import numpy as np
 
 from synthgen.pipelines.session import BuildSession, Finish
-from synthgen.pipelines.strategies.balance import Balance, planning_rate, shown_below
+from synthgen.pipelines.strategies.balance import Balance
 from synthgen.schemas.manifest import (
     ClassFocus,
     FeedbackInfo,
@@ -434,17 +434,17 @@ class Feedback(Balance):
 
     def _caps(self, short: Mapping[int, int]) -> tuple[dict[int, int], list[int]]:
         """What each short class can use this round (its need over its accept rate,
-        `planning_rate`, times `overgenerate`), and the classes given up on: those whose
+        `_planning_rate`, times `overgenerate`), and the classes given up on: those whose
         top-ups show they accept under `min_accept_rate` (`shown_below`: two rejected of two
         is no such evidence). A feedback build owes no class an exact count, so a class the
         checks keep rejecting is left where it is while the others go on (`_stop_reason`
         says what happens when none is left)."""
         caps, given_up = {}, []
         for c, n in short.items():
-            if shown_below(self.accepted[c], self.attempted[c], self._spec.min_accept_rate):
+            rate = self._planning_rate(c)
+            if rate is None:
                 given_up.append(c)
                 continue
-            rate = planning_rate(self.accepted[c], self.attempted[c], self._spec.min_accept_rate)
             caps[c] = math.ceil(n / rate * self._spec.overgenerate)
         return caps, sorted(given_up)
 
